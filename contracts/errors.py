@@ -1,0 +1,58 @@
+"""Stable error codes carried by bus replies and HTTP problem details.
+
+Codes are part of the contract: clients branch on them, so they never change meaning.
+The gateway maps each to an HTTP status with ``HTTP_STATUS``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from msgspec import Struct
+
+
+class ErrorInfo(Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """Why a command was rejected."""
+
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+# Edge validation (the message itself is wrong)
+MALFORMED_MESSAGE = "malformed_message"  # not JSON, or not an object
+INVALID_COMMAND = "invalid_command"  # JSON, but fields missing / wrong type / out of range
+UNKNOWN_COMMAND = "unknown_command"  # no handler for this subject
+INVALID_SUBJECT = "invalid_subject"
+
+# Domain rules
+SESSION_NOT_FOUND = "session_not_found"
+SESSION_EXISTS = "session_exists"
+NOT_A_PARTICIPANT = "not_a_participant"
+ALREADY_SUBMITTED = "already_submitted"
+SESSION_CLOSED = "session_closed"
+NOT_AUTHORIZED = "not_authorized"
+INVALID_CRITERIA = "invalid_criteria"
+NOT_DUE = "not_due"
+
+# Infrastructure
+STORE_UNAVAILABLE = "store_unavailable"  # nothing was recorded: retry with the same command_id
+ENGINE_UNAVAILABLE = "engine_unavailable"  # no engine answered in time
+
+#: HTTP status for each code (the gateway's view; the bus carries only the code).
+HTTP_STATUS: dict[str, int] = {
+    MALFORMED_MESSAGE: 400,
+    INVALID_COMMAND: 400,
+    UNKNOWN_COMMAND: 400,
+    INVALID_SUBJECT: 400,
+    INVALID_CRITERIA: 400,
+    SESSION_NOT_FOUND: 404,
+    SESSION_EXISTS: 409,
+    NOT_A_PARTICIPANT: 403,
+    NOT_AUTHORIZED: 403,
+    ALREADY_SUBMITTED: 409,
+    SESSION_CLOSED: 409,
+    NOT_DUE: 409,
+    STORE_UNAVAILABLE: 503,
+    ENGINE_UNAVAILABLE: 503,
+}

@@ -1,0 +1,78 @@
+"""NATS subject names: the one place that knows how subjects are spelled.
+
+Commands: ``chorus.cmd.<actor_id>.<aggregate>.<command>``. The actor is a subject token
+so NATS permissions can pin each agent user to ``chorus.cmd.<its id>.>``.
+Events: ``chorus.evt.<aggregate>.<aggregate_id>.<EventType>`` in the EVENTS stream.
+Dead letters: ``chorus.dlq.<reason>``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from msgspec import Struct
+
+CMD_PREFIX = "chorus.cmd"
+EVT_PREFIX = "chorus.evt"
+DLQ_PREFIX = "chorus.dlq"
+
+#: Queue group shared by engine workers: each command is handled by exactly one worker.
+ENGINE_QUEUE = "chorus-engine"
+#: JetStream stream holding every event, fed by the relay.
+EVENTS_STREAM = "EVENTS"
+#: JetStream stream keeping dead letters for inspection.
+DLQ_STREAM = "DLQ"
+
+#: A subject token: no dots, no wildcards, no whitespace.
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-:@]{1,128}$")
+
+
+class CommandSubject(Struct, frozen=True):
+    """A parsed command subject."""
+
+    actor: str
+    aggregate: str
+    command: str
+
+
+def is_token(value: str) -> bool:
+    """True if ``value`` can be used as one subject token (ids, actor names)."""
+    return bool(TOKEN_RE.match(value))
+
+
+def command_subject(actor: str, aggregate: str, command: str) -> str:
+    """The subject an actor publishes ``command`` to."""
+    if not is_token(actor):
+        raise ValueError(f"actor {actor!r} is not a valid subject token")
+    return f"{CMD_PREFIX}.{actor}.{aggregate}.{command}"
+
+
+def parse_command_subject(subject: str) -> CommandSubject | None:
+    """Split a command subject, or None if it does not have the expected shape."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[0] != "chorus" or parts[1] != "cmd":
+        return None
+    return CommandSubject(actor=parts[2], aggregate=parts[3], command=parts[4])
+
+
+def command_wildcard(aggregate: str = "*") -> str:
+    """Subscription subject for every actor's commands to ``aggregate``."""
+    return f"{CMD_PREFIX}.*.{aggregate}.*"
+
+
+def event_subject(aggregate: str, aggregate_id: str, event_type: str) -> str:
+    return f"{EVT_PREFIX}.{aggregate}.{aggregate_id}.{event_type}"
+
+
+def event_filter(aggregate: str = "*", aggregate_id: str = "*") -> str:
+    """Filter subject for the events of one aggregate instance (or all of a kind)."""
+    return f"{EVT_PREFIX}.{aggregate}.{aggregate_id}.*"
+
+
+def dlq_subject(reason: str) -> str:
+    return f"{DLQ_PREFIX}.{reason}"
+
+
+def event_message_id(aggregate_id: str, version: int) -> str:
+    """JetStream ``Nats-Msg-Id`` of an event: republishing it is absorbed as a duplicate."""
+    return f"{aggregate_id}:{version}"

@@ -1,0 +1,1 @@
+"""The write side: aggregates, command handlers, the command worker, timers and the relay."""

@@ -1,0 +1,54 @@
+"""Domain errors: each carries a stable code from ``contracts.errors``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contracts import errors as codes
+
+
+class DomainError(Exception):
+    """A command broke a rule; nothing was recorded."""
+
+    code: str = "domain_error"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class SessionNotFound(DomainError):
+    code = codes.SESSION_NOT_FOUND
+
+
+class SessionExists(DomainError):
+    code = codes.SESSION_EXISTS
+
+
+class NotAParticipant(DomainError):
+    code = codes.NOT_A_PARTICIPANT
+
+
+class AlreadySubmitted(DomainError):
+    code = codes.ALREADY_SUBMITTED
+
+
+class SessionClosed(DomainError):
+    code = codes.SESSION_CLOSED
+
+
+class NotAuthorized(DomainError):
+    code = codes.NOT_AUTHORIZED
+
+
+class InvalidCriteria(DomainError):
+    code = codes.INVALID_CRITERIA
+
+
+class InvalidCommand(DomainError):
+    code = codes.INVALID_COMMAND
+
+
+class NotDue(DomainError):
+    code = codes.NOT_DUE

@@ -1,0 +1,57 @@
+"""The handler map: which command goes to which decision, in one readable table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+from uuid import UUID
+
+import msgspec
+
+from contracts.envelope import Envelope
+from contracts.sessions import CancelSession, OpenSession, SubmitResult, TimeOutSession
+from engine import session
+
+
+class AggregateState(Protocol):
+    id: UUID
+    version: int
+    last_hash: str
+
+    def apply(self, event: msgspec.Struct) -> None: ...
+
+
+Decide = Callable[[Any, Any, str, datetime], list[msgspec.Struct]]
+
+
+@dataclass(frozen=True)
+class Handler:
+    """One command: its payload type, the aggregate it targets and the decision."""
+
+    aggregate: str
+    command: str
+    payload: type[msgspec.Struct]
+    decide: Decide
+    new_state: Callable[[UUID], AggregateState]
+
+    def target(self, payload: Any) -> UUID:
+        """The id of the aggregate instance the payload names."""
+        return UUID(payload.session_id)
+
+
+HANDLERS: dict[tuple[str, str], Handler] = {
+    (h.aggregate, h.command): h
+    for h in (
+        Handler("session", "open", OpenSession, session.decide_open, session.SessionState),
+        Handler("session", "submit_result", SubmitResult, session.decide_submit, session.SessionState),
+        Handler("session", "cancel", CancelSession, session.decide_cancel, session.SessionState),
+        Handler("session", "timeout", TimeOutSession, session.decide_timeout, session.SessionState),
+    )
+}
+
+#: One typed decoder per command, built once: decoding happens once, at the edge.
+DECODERS: dict[tuple[str, str], msgspec.json.Decoder[Any]] = {
+    key: msgspec.json.Decoder(Envelope[h.payload]) for key, h in HANDLERS.items()  # type: ignore[name-defined]
+}

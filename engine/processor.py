@@ -1,0 +1,279 @@
+"""The command processor: decide, record in one transaction per batch, then answer.
+
+Runs synchronously (the eventsourcing recorder has no async API), called from one worker
+thread so batches are applied in arrival order. A batch's events and its dedup records
+are written with one ``insert_events`` call: one transaction (group commit). Replies are
+built only after that call returns, so nothing is ``accepted`` before it is durable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from eventsourcing.persistence import ApplicationRecorder, IntegrityError, StoredEvent
+
+from contracts import errors as codes
+from contracts.envelope import Envelope, Reply
+from contracts.errors import ErrorInfo
+from engine.errors import DomainError
+from engine.handlers import AggregateState, Handler
+from events.codec import EventMeta, decode_record, encode_event, typed_event
+from events.commands import CommandAccepted, command_record_id
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command that passed edge validation: typed, with the actor from the subject."""
+
+    actor: str
+    handler: Handler
+    envelope: Envelope[Any]
+
+    @property
+    def command_id(self) -> str:
+        return self.envelope.command_id
+
+
+_accepted_decoder = msgspec.json.Decoder(CommandAccepted)
+
+
+class _Staged:
+    """What one command will write if the batch commits."""
+
+    __slots__ = ("command", "events", "reply_index")
+
+    def __init__(self, command: Command, events: list[StoredEvent], reply_index: int) -> None:
+        self.command = command
+        self.events = events
+        self.reply_index = reply_index
+
+
+class Processor:
+    """Turns batches of commands into recorded events and replies."""
+
+    def __init__(
+        self,
+        recorder: ApplicationRecorder,
+        clock: Clock = utc_now,
+        cache_size: int = 10_000,
+    ) -> None:
+        self.recorder = recorder
+        self.clock = clock
+        self.cache_size = cache_size
+        self._cache: OrderedDict[UUID, AggregateState] = OrderedDict()
+
+    # Aggregates -----------------------------------------------------------------------------
+
+    def load(self, handler: Handler, aggregate_id: UUID) -> AggregateState:
+        """The aggregate from the cache, else folded from its stored events.
+
+        This engine assumes it is the usual writer of the aggregates it caches; if another
+        worker wrote meanwhile, the save fails on the version check and the command is
+        retried on a fresh fold.
+        """
+        state = self._cache.get(aggregate_id)
+        if state is not None:
+            self._cache.move_to_end(aggregate_id)
+            return state
+        state = handler.new_state(aggregate_id)
+        for stored in self.recorder.select_events(aggregate_id):
+            record = decode_record(stored)
+            state.apply(typed_event(record))
+            state.last_hash = record.hash
+        self._cache[aggregate_id] = state
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return state
+
+    def evict(self, ids: Sequence[UUID]) -> None:
+        for aggregate_id in ids:
+            self._cache.pop(aggregate_id, None)
+
+    # Dedup ----------------------------------------------------------------------------------
+
+    def recorded_outcome(self, actor: str, command_id: str) -> CommandAccepted | None:
+        """The outcome recorded when this actor's command id was first accepted, if ever."""
+        found = self.recorder.select_events(command_record_id(actor, command_id), limit=1)
+        if not found:
+            return None
+        body = decode_record(found[0])
+        return msgspec.convert(body.data, CommandAccepted)
+
+    # Batches --------------------------------------------------------------------------------
+
+    def handle_batch(self, commands: Sequence[Command], attempt: int = 0) -> list[Reply]:
+        """Decide every command, record the batch in one transaction, return the replies.
+
+        If the transaction fails on a version conflict (another writer, or the same command
+        raced on two workers), the touched aggregates are evicted and each command is
+        retried alone, so one conflict never rejects its neighbours.
+        """
+        replies: list[Reply | None] = [None] * len(commands)
+        staged: list[_Staged] = []
+        touched: list[UUID] = []
+        in_batch: dict[UUID, int] = {}
+        repeats: list[tuple[int, int]] = []
+        now = self.clock()
+        for index, command in enumerate(commands):
+            key = command_record_id(command.actor, command.command_id)
+            if key in in_batch:
+                repeats.append((index, in_batch[key]))
+                continue
+            previous = self.recorded_outcome(command.actor, command.command_id)
+            if previous is not None:
+                replies[index] = _duplicate(command, previous)
+                continue
+            try:
+                events = self._decide(command, now, touched)
+            except DomainError as error:
+                replies[index] = _rejected(command, error.code, error.message, error.details)
+                continue
+            except Exception:
+                # A bug in a decision must not take the worker down with it.
+                log.exception("decision failed for %s", command.command_id)
+                replies[index] = _rejected(
+                    command, "internal_error", "the engine failed on this command"
+                )
+                continue
+            aggregate_id = command.handler.target(command.envelope.payload)
+            version = self._cache[aggregate_id].version
+            outcome = CommandAccepted(
+                command_id=command.command_id,
+                actor=command.actor,
+                aggregate=command.handler.aggregate,
+                aggregate_id=str(aggregate_id),
+                version=version,
+            )
+            dedup, _ = encode_event(
+                aggregate="command",
+                aggregate_id=key,
+                version=1,
+                event=outcome,
+                meta=EventMeta(actor=command.actor, command_id=command.command_id),
+                occurred_at=now,
+                prev_hash="",
+            )
+            events.append(dedup)
+            in_batch[key] = index
+            replies[index] = Reply(
+                command_id=command.command_id,
+                status="accepted",
+                aggregate_id=str(aggregate_id),
+                version=version,
+            )
+            staged.append(_Staged(command, events, index))
+
+        if staged:
+            try:
+                self._commit(staged, replies)
+            except IntegrityError:
+                self.evict(touched)
+                if attempt >= 3:
+                    return [
+                        _rejected(c, codes.STORE_UNAVAILABLE, "write conflict persisted; retry")
+                        for c in commands
+                    ]
+                # Redo one by one: each command refolds and may now be a duplicate.
+                return [self.handle_batch([c], attempt + 1)[0] for c in commands]
+            except Exception as error:
+                # Nothing was recorded: say so, so the client retries with the same command id.
+                self.evict(touched)
+                log.warning("store write failed: %s", error)
+                for item in staged:
+                    replies[item.reply_index] = _rejected(
+                        item.command,
+                        codes.STORE_UNAVAILABLE,
+                        f"the event store is unavailable: {error}",
+                    )
+        for index, first in repeats:
+            # A retry that arrived in the same batch as its original shares its fate.
+            reply = replies[first]
+            assert reply is not None
+            replies[index] = (
+                msgspec.structs.replace(reply, status="duplicate")
+                if reply.status == "accepted"
+                else reply
+            )
+        return [r for r in replies if r is not None]
+
+    def _decide(self, command: Command, now: datetime, touched: list[UUID]) -> list[StoredEvent]:
+        handler = command.handler
+        payload = command.envelope.payload
+        aggregate_id = handler.target(payload)
+        state = self.load(handler, aggregate_id)
+        decided = handler.decide(state, payload, command.actor, now)
+        meta = EventMeta(
+            actor=command.actor,
+            command_id=command.command_id,
+            correlation_id=command.envelope.correlation_id or command.command_id,
+            causation_id=command.envelope.causation_id,
+        )
+        stored: list[StoredEvent] = []
+        touched.append(aggregate_id)
+        for event in decided:
+            record, digest = encode_event(
+                aggregate=handler.aggregate,
+                aggregate_id=aggregate_id,
+                version=state.version + 1,
+                event=event,
+                meta=meta,
+                occurred_at=now,
+                prev_hash=state.last_hash,
+            )
+            state.apply(event)
+            state.last_hash = digest
+            stored.append(record)
+        return stored
+
+    def _commit(self, staged: list[_Staged], replies: list[Reply | None]) -> None:
+        """One transaction for the whole batch; stamps each reply with its log position."""
+        positions = self.recorder.insert_events([e for s in staged for e in s.events])
+        if not positions:
+            return
+        offset = 0
+        for item in staged:
+            offset += len(item.events)
+            reply = replies[item.reply_index]
+            assert reply is not None
+            # The item's rows are its domain events, then its dedup record.
+            replies[item.reply_index] = msgspec.structs.replace(
+                reply, position=positions[offset - 2]
+            )
+
+
+def _duplicate(command: Command, previous: CommandAccepted) -> Reply:
+    return Reply(
+        command_id=command.command_id,
+        status="duplicate",
+        aggregate_id=previous.aggregate_id,
+        version=previous.version,
+    )
+
+
+def _rejected(command: Command, code: str, message: str, details: dict[str, Any] | None = None) -> Reply:
+    aggregate_id: str | None
+    try:
+        aggregate_id = str(command.handler.target(command.envelope.payload))
+    except (AttributeError, ValueError):
+        aggregate_id = None
+    return Reply(
+        command_id=command.command_id,
+        status="rejected",
+        aggregate_id=aggregate_id,
+        error=ErrorInfo(code=code, message=message, details=details),
+    )

@@ -1,0 +1,126 @@
+"""The relay: follows the event store's notification log and publishes to EVENTS.
+
+No dual write: the engine only writes the store; the relay makes the stream catch up.
+Its position is the stream itself: the last message carries ``Chorus-Position``. Every
+publish also says which stream sequence it expects to follow
+(``Nats-Expected-Last-Sequence``), so the stream holds events in position order with no
+gap even if a publish fails midway or two relays run at once: a failed or raced publish
+makes the relay re-read the stream's tail and resume from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+from eventsourcing.persistence import ApplicationRecorder
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NotFoundError
+
+from contracts.subjects import EVENTS_STREAM, event_message_id, event_subject
+from events.codec import decode_record, is_domain_topic
+
+log = logging.getLogger(__name__)
+
+_encoder = msgspec.json.Encoder()
+POSITION_HEADER = "Chorus-Position"
+
+
+class Relay:
+    def __init__(
+        self,
+        recorder: ApplicationRecorder,
+        js: JetStreamContext,
+        *,
+        batch_size: int = 500,
+        idle_interval: float = 0.05,
+    ) -> None:
+        self.recorder = recorder
+        self.js = js
+        self.batch_size = batch_size
+        self.idle_interval = idle_interval
+        self.position = 0  # last store position known to be in the stream
+        self._stream_seq = 0
+        self._wake = asyncio.Event()
+        self.published = 0
+
+    def wake(self) -> None:
+        """Called after a commit so the relay does not wait for its next poll."""
+        self._wake.set()
+
+    async def resync(self) -> None:
+        """Read the stream's tail: where to resume and which sequence comes next."""
+        info = await self.js.stream_info(EVENTS_STREAM)
+        self._stream_seq = info.state.last_seq
+        self.position = 0
+        if self._stream_seq:
+            try:
+                last = await self.js.get_msg(EVENTS_STREAM, seq=self._stream_seq)
+            except NotFoundError:
+                last = None
+            if last is not None and last.headers and POSITION_HEADER in last.headers:
+                self.position = int(last.headers[POSITION_HEADER])
+
+    async def run(self) -> None:
+        await self.resync()
+        while True:
+            try:
+                moved = await self.step()
+            except (APIError, TimeoutError, asyncio.TimeoutError) as error:
+                log.warning("relay publish failed, resyncing: %s", error)
+                await asyncio.sleep(0.5)
+                await self._resync_quietly()
+                continue
+            except Exception as error:
+                log.warning("relay failed, retrying: %s", error)
+                await asyncio.sleep(0.5)
+                await self._resync_quietly()
+                continue
+            if not moved:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.idle_interval)
+                except TimeoutError:
+                    pass
+
+    async def _resync_quietly(self) -> None:
+        try:
+            await self.resync()
+        except Exception as error:
+            log.warning("relay cannot read the stream yet: %s", error)
+
+    async def step(self) -> bool:
+        """Publish the next batch; True if the log had anything after our position."""
+        notifications = await asyncio.to_thread(
+            self.recorder.select_notifications, self.position + 1, self.batch_size
+        )
+        if not notifications:
+            return False
+        futures = []
+        last_domain = self.position
+        for n in notifications:
+            if not is_domain_topic(n.topic):
+                continue
+            record = decode_record(n)
+            headers = {
+                "Nats-Msg-Id": event_message_id(record.aggregate_id, record.version),
+                "Nats-Expected-Last-Sequence": str(self._stream_seq + len(futures)),
+                POSITION_HEADER: str(n.id),
+            }
+            subject = event_subject(record.aggregate, record.aggregate_id, record.type)
+            futures.append(await self.js.publish_async(subject, _encoder.encode(record), headers=headers))
+            last_domain = n.id
+        if futures:
+            acks = await asyncio.wait_for(asyncio.gather(*futures), timeout=10)
+            for ack in acks:
+                if ack.duplicate:
+                    # Someone stored it before us: our view of the tail is stale.
+                    await self.resync()
+                    return True
+            self._stream_seq = acks[-1].seq
+            self.published += len(futures)
+        # Bookkeeping notifications after the last domain event are skipped, not lost:
+        # the tail message still names the last domain position, and they carry no event.
+        self.position = max(last_domain, notifications[-1].id)
+        return True

@@ -1,0 +1,89 @@
+"""The engine service: worker, timer and relay over one NATS connection and one store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import nats
+from eventsourcing.persistence import ApplicationRecorder
+from nats.aio.client import Client as NATS
+
+from engine.processor import Clock, Processor, utc_now
+from engine.relay import Relay
+from engine.streams import ensure_streams
+from engine.timers import SessionTimer
+from engine.worker import CommandWorker
+from events.store import open_recorder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineConfig:
+    nats_url: str
+    database_url: str
+    batch_max: int = 256
+    batch_window: float = 0.002
+    cache_size: int = 10_000
+    relay: bool = True
+    timers: bool = True
+    replicas: int = 1
+    clock: Clock = field(default=utc_now)
+
+
+class EngineService:
+    """Everything the engine process runs; ``start`` then ``stop`` (or ``async with``)."""
+
+    def __init__(self, config: EngineConfig, recorder: ApplicationRecorder | None = None) -> None:
+        self.config = config
+        self.recorder = recorder or open_recorder(config.database_url)
+        self.nc: NATS | None = None
+        self.worker: CommandWorker | None = None
+        self.relay: Relay | None = None
+        self.timer: SessionTimer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.nc = await nats.connect(
+            cfg.nats_url, name="chorus-engine", max_reconnect_attempts=-1, reconnect_time_wait=0.5
+        )
+        js = self.nc.jetstream()
+        await ensure_streams(js, cfg.replicas)
+        processor = Processor(self.recorder, clock=cfg.clock, cache_size=cfg.cache_size)
+        self.worker = CommandWorker(
+            self.nc, processor, batch_max=cfg.batch_max, batch_window=cfg.batch_window
+        )
+        self._tasks.append(asyncio.create_task(self.worker.run(), name="engine-worker"))
+        if cfg.relay:
+            self.relay = Relay(self.recorder, js)
+            self.worker.on_committed = self.relay.wake
+            self._tasks.append(asyncio.create_task(self.relay.run(), name="engine-relay"))
+        if cfg.timers:
+            self.timer = SessionTimer(self.recorder, self.worker, cfg.clock)
+            self._tasks.append(asyncio.create_task(self.timer.run(), name="engine-timer"))
+        await self.worker.start()
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            await self.worker.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.worker is not None:
+            self.worker.close()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+
+    async def __aenter__(self) -> EngineService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

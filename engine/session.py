@@ -1,0 +1,181 @@
+"""The CoordinationSession aggregate: its state, the fold, and the decisions.
+
+State changes only in ``SessionState.apply`` (the fold); the ``decide_*`` functions check
+the invariants with named checks and return the events to record, raising a
+``DomainError`` (with a stable code) instead when a rule is broken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import UUID
+
+import msgspec
+
+from contracts.sessions import CancelSession, OpenSession, SubmitResult, Task, TimeOutSession
+from engine import errors
+from engine.criteria import evaluate
+from events.codec import GENESIS_HASH
+from events.session import (
+    ResultSubmitted,
+    SessionCancelled,
+    SessionFinalised,
+    SessionOpened,
+    SessionTimedOut,
+)
+
+AGGREGATE = "session"
+CLOSED = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
+
+
+@dataclass
+class SessionState:
+    """Everything the decisions need, rebuilt by folding the session's events."""
+
+    id: UUID
+    version: int = 0
+    last_hash: str = GENESIS_HASH
+    status: str = "new"
+    coordinator_id: str = ""
+    opened_by: str = ""
+    participants: tuple[str, ...] = ()
+    participant_set: frozenset[str] = frozenset()
+    task: Task | None = None
+    timeout_seconds: int = 0
+    deadline: datetime | None = None
+    results: dict[str, ResultSubmitted] = field(default_factory=dict)
+    outcome_reason: str | None = None
+
+    @property
+    def exists(self) -> bool:
+        return self.version > 0
+
+    @property
+    def is_closed(self) -> bool:
+        return self.status in CLOSED
+
+    def apply(self, event: msgspec.Struct) -> None:
+        """The fold: the only place a session's state changes."""
+        match event:
+            case SessionOpened():
+                self.status = "open"
+                self.coordinator_id = event.coordinator_id
+                self.opened_by = event.opened_by
+                self.participants = tuple(event.participants)
+                self.participant_set = frozenset(event.participants)
+                self.task = event.task
+                self.timeout_seconds = event.timeout_seconds
+                self.deadline = event.deadline
+            case ResultSubmitted():
+                self.results[event.agent_id] = event
+            case SessionFinalised():
+                self.status = event.outcome
+                self.outcome_reason = event.reason
+            case SessionTimedOut():
+                self.status = "timed_out"
+                self.outcome_reason = "deadline passed"
+            case SessionCancelled():
+                self.status = "cancelled"
+                self.outcome_reason = event.reason
+            case _:
+                raise TypeError(f"not a session event: {type(event).__name__}")
+        self.version += 1
+
+    # Named checks -------------------------------------------------------------------------
+
+    def check_exists(self) -> None:
+        if not self.exists:
+            raise errors.SessionNotFound(f"session {self.id} does not exist")
+
+    def check_is_open(self, now: datetime) -> None:
+        if self.is_closed:
+            raise errors.SessionClosed(
+                f"session {self.id} is {self.status}", {"status": self.status}
+            )
+        if self.deadline is not None and now >= self.deadline:
+            raise errors.SessionClosed(
+                f"session {self.id} passed its deadline", {"deadline": self.deadline.isoformat()}
+            )
+
+    def check_is_participant(self, agent_id: str) -> None:
+        if agent_id not in self.participant_set:
+            raise errors.NotAParticipant(f"{agent_id} is not a participant of session {self.id}")
+
+    def check_has_not_submitted(self, agent_id: str) -> None:
+        if agent_id in self.results:
+            raise errors.AlreadySubmitted(f"{agent_id} already submitted a result")
+
+    def check_may_cancel(self, actor: str) -> None:
+        if actor not in (self.coordinator_id, self.opened_by):
+            raise errors.NotAuthorized(
+                f"only the coordinator or the opener may cancel session {self.id}"
+            )
+
+    @property
+    def pending(self) -> list[str]:
+        return [p for p in self.participants if p not in self.results]
+
+
+# Decisions ----------------------------------------------------------------------------------
+
+
+def decide_open(state: SessionState, cmd: OpenSession, actor: str, now: datetime) -> list[msgspec.Struct]:
+    if state.exists:
+        raise errors.SessionExists(f"session {state.id} already exists")
+    if len(set(cmd.participants)) != len(cmd.participants):
+        dupes = sorted({p for p in cmd.participants if cmd.participants.count(p) > 1})
+        raise errors.InvalidCommand(
+            "participants must be unique", {"field": "payload.participants", "duplicates": dupes}
+        )
+    if cmd.task.criteria.min_results > len(cmd.participants):
+        raise errors.InvalidCriteria(
+            f"min_results={cmd.task.criteria.min_results} exceeds the "
+            f"{len(cmd.participants)} participants",
+            {"field": "payload.task.criteria.min_results"},
+        )
+    return [
+        SessionOpened(
+            session_id=str(state.id),
+            coordinator_id=cmd.coordinator_id or actor,
+            opened_by=actor,
+            participants=list(cmd.participants),
+            task=cmd.task,
+            timeout_seconds=cmd.timeout_seconds,
+            deadline=now + timedelta(seconds=cmd.timeout_seconds),
+        )
+    ]
+
+
+def decide_submit(state: SessionState, cmd: SubmitResult, actor: str, now: datetime) -> list[msgspec.Struct]:
+    state.check_exists()
+    state.check_is_participant(actor)
+    state.check_is_open(now)
+    state.check_has_not_submitted(actor)
+    submitted = ResultSubmitted(
+        agent_id=actor, result=cmd.result, success=cmd.success, output_hash=cmd.output_hash
+    )
+    out: list[msgspec.Struct] = [submitted]
+    if len(state.results) + 1 == len(state.participants):
+        assert state.task is not None
+        verdict = evaluate(state.task.criteria, [*state.results.values(), submitted])
+        out.append(SessionFinalised(outcome=verdict.outcome, reason=verdict.reason, verdict=verdict))
+    return out
+
+
+def decide_cancel(state: SessionState, cmd: CancelSession, actor: str, now: datetime) -> list[msgspec.Struct]:
+    state.check_exists()
+    state.check_may_cancel(actor)
+    if state.is_closed:
+        raise errors.SessionClosed(f"session {state.id} is {state.status}", {"status": state.status})
+    return [SessionCancelled(reason=cmd.reason, cancelled_by=actor)]
+
+
+def decide_timeout(state: SessionState, cmd: TimeOutSession, actor: str, now: datetime) -> list[msgspec.Struct]:
+    state.check_exists()
+    if state.is_closed:
+        raise errors.SessionClosed(f"session {state.id} is {state.status}", {"status": state.status})
+    assert state.deadline is not None
+    if now < state.deadline:
+        raise errors.NotDue(f"session {state.id} is due at {state.deadline.isoformat()}")
+    return [SessionTimedOut(deadline=state.deadline, pending=state.pending)]

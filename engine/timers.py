@@ -1,0 +1,101 @@
+"""Session deadlines: time out every open session that passes its deadline.
+
+The timer follows the notification log (only session open/close topics), keeps a heap of
+open sessions by deadline, and when one is due sends a ``timeout`` command through the
+same worker pipeline as every other command. The command id is derived from the session
+(``timeout:<id>``), so engines that race on the same deadline record it once. Because the
+heap is rebuilt from the log at start, a deadline that passed while the engine was down
+fires right after it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+import msgspec
+from eventsourcing.persistence import ApplicationRecorder
+
+from contracts.envelope import Envelope
+from contracts.sessions import TimeOutSession
+from engine.handlers import HANDLERS
+from engine.processor import Command, utc_now
+from engine.worker import CommandWorker
+from events.codec import decode_record, topic_of
+
+log = logging.getLogger(__name__)
+
+OPENED = topic_of("session", "SessionOpened")
+CLOSING = [topic_of("session", t) for t in ("SessionFinalised", "SessionTimedOut", "SessionCancelled")]
+
+_deadline_decoder = msgspec.json.Decoder()
+
+
+class SessionTimer:
+    def __init__(
+        self,
+        recorder: ApplicationRecorder,
+        worker: CommandWorker,
+        clock: Callable[[], datetime] = utc_now,
+        *,
+        max_sleep: float = 0.25,
+    ) -> None:
+        self.recorder = recorder
+        self.worker = worker
+        self.clock = clock
+        self.max_sleep = max_sleep
+        self.position = 0
+        self._heap: list[tuple[datetime, str]] = []
+        self._open: set[str] = set()
+        self.fired = 0
+
+    def _catch_up(self) -> None:
+        while True:
+            batch = self.recorder.select_notifications(
+                self.position + 1, 1000, topics=[OPENED, *CLOSING]
+            )
+            if not batch:
+                return
+            for n in batch:
+                record = decode_record(n)
+                if n.topic == OPENED:
+                    deadline = datetime.fromisoformat(record.data["deadline"])
+                    heapq.heappush(self._heap, (deadline, record.aggregate_id))
+                    self._open.add(record.aggregate_id)
+                else:
+                    self._open.discard(record.aggregate_id)
+            self.position = batch[-1].id
+
+    async def run(self) -> None:
+        handler = HANDLERS[("session", "timeout")]
+        while True:
+            try:
+                await asyncio.to_thread(self._catch_up)
+            except Exception as error:
+                log.warning("timer cannot read the log: %s", error)
+                await asyncio.sleep(1)
+                continue
+            now = self.clock()
+            while self._heap and self._heap[0][0] <= now:
+                _, session_id = heapq.heappop(self._heap)
+                if session_id not in self._open:
+                    continue
+                command = Command(
+                    actor="system",
+                    handler=handler,
+                    envelope=Envelope(
+                        command_id=f"timeout:{session_id}",
+                        payload=TimeOutSession(session_id=session_id),
+                    ),
+                )
+                reply = await self.worker.submit(command)
+                self._open.discard(session_id)
+                if reply.status == "accepted":
+                    self.fired += 1
+            sleep = self.max_sleep
+            if self._heap:
+                sleep = min(sleep, max(0.0, (self._heap[0][0] - self.clock()).total_seconds()))
+            await asyncio.sleep(sleep)

@@ -1,0 +1,231 @@
+"""The command worker: NATS requests in, micro-batches through the processor, replies out.
+
+Workers share the queue group ``chorus-engine``: each command reaches one worker. A worker
+takes what arrived within ``batch_window`` seconds (up to ``batch_max`` commands), hands the
+batch to the processor in its single writer thread, and answers each request once the
+batch's transaction has committed. Invalid messages are answered ``rejected`` at once and
+copied to ``chorus.dlq.<reason>``; they never reach the processor or stall the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from contracts import errors as codes
+from contracts.envelope import Reply
+from contracts.errors import ErrorInfo
+from contracts.subjects import (
+    CMD_PREFIX,
+    ENGINE_QUEUE,
+    dlq_subject,
+    is_token,
+    parse_command_subject,
+)
+from engine.handlers import DECODERS, HANDLERS
+from engine.processor import Command, Processor
+
+log = logging.getLogger(__name__)
+
+_reply_encoder = msgspec.json.Encoder()
+_loose_decoder = msgspec.json.Decoder()
+
+
+@dataclass
+class Incoming:
+    """A command waiting for its batch: from NATS (with a reply subject) or from a timer."""
+
+    command: Command
+    reply_to: str | None
+    done: asyncio.Future[Reply] | None = None
+
+
+class Rejection(Exception):
+    """A message failed edge validation."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def parse_message(subject: str, data: bytes) -> Command:
+    """Validate a raw command message into a typed Command, or raise Rejection."""
+    parsed = parse_command_subject(subject)
+    if parsed is None or not is_token(parsed.actor):
+        raise Rejection(codes.INVALID_SUBJECT, f"not a command subject: {subject}")
+    key = (parsed.aggregate, parsed.command)
+    handler = HANDLERS.get(key)
+    if handler is None or parsed.command == "timeout" and parsed.actor != "system":
+        known = sorted(f"{a}.{c}" for a, c in HANDLERS if c != "timeout")
+        raise Rejection(
+            codes.UNKNOWN_COMMAND,
+            f"unknown command {parsed.aggregate}.{parsed.command}",
+            {"known": known},
+        )
+    try:
+        envelope = DECODERS[key].decode(data)
+    except msgspec.ValidationError as error:
+        raise Rejection(codes.INVALID_COMMAND, str(error), _error_path(str(error))) from None
+    except msgspec.DecodeError as error:
+        raise Rejection(codes.MALFORMED_MESSAGE, f"body is not valid JSON: {error}") from None
+    return Command(actor=parsed.actor, handler=handler, envelope=envelope)
+
+
+def _error_path(message: str) -> dict[str, Any] | None:
+    """msgspec says ``... - at `$.payload.x` ``: expose the path as a field name."""
+    if "at `$." in message:
+        return {"field": message.rsplit("at `$.", 1)[1].rstrip("`")}
+    return None
+
+
+def _command_id_of(data: bytes) -> str:
+    """Best effort: echo the client's command id even when the rest is invalid."""
+    try:
+        body = _loose_decoder.decode(data)
+    except msgspec.DecodeError:
+        return ""
+    if isinstance(body, dict) and isinstance(body.get("command_id"), str):
+        return str(body["command_id"])[:200]
+    return ""
+
+
+class CommandWorker:
+    """One engine worker: subscription, batcher and writer thread."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        processor: Processor,
+        *,
+        batch_max: int = 256,
+        batch_window: float = 0.002,
+        subject: str = f"{CMD_PREFIX}.>",
+    ) -> None:
+        self.nc = nc
+        self.processor = processor
+        self.batch_max = batch_max
+        self.batch_window = batch_window
+        self.subject = subject
+        self.queue: asyncio.Queue[Incoming] = asyncio.Queue()
+        # One thread: batches are applied strictly one after another, in arrival order.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chorus-writer")
+        self._sub: Subscription | None = None
+        self.handled = 0
+        self.batches = 0
+        self.on_committed: Callable[[], Awaitable[None] | None] | None = None
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(
+            self.subject,
+            queue=ENGINE_QUEUE,
+            cb=self._on_message,
+            pending_msgs_limit=1_000_000,
+            pending_bytes_limit=1024 * 1024 * 1024,
+        )
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    def close(self) -> None:
+        """Wait for a batch in flight to finish its transaction."""
+        self._writer.shutdown(wait=True)
+
+    async def _on_message(self, msg: Msg) -> None:
+        try:
+            command = parse_message(msg.subject, msg.data)
+        except Rejection as rejection:
+            await self._reject(msg, rejection)
+            return
+        self.queue.put_nowait(Incoming(command, msg.reply or None))
+
+    async def submit(self, command: Command) -> Reply:
+        """Run a command from inside the engine (timers) through the same pipeline."""
+        done: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait(Incoming(command, None, done))
+        return await done
+
+    async def _reject(self, msg: Msg, rejection: Rejection) -> None:
+        reply = Reply(
+            command_id=_command_id_of(msg.data),
+            status="rejected",
+            error=ErrorInfo(code=rejection.code, message=rejection.message, details=rejection.details),
+        )
+        try:
+            if msg.reply:
+                await self.nc.publish(msg.reply, _reply_encoder.encode(reply))
+            await self.nc.publish(
+                dlq_subject(rejection.code),
+                msg.data,
+                headers={
+                    "Chorus-Reason": rejection.code,
+                    "Chorus-Error": rejection.message[:1000],
+                    "Chorus-Subject": msg.subject,
+                },
+            )
+        except Exception as error:  # a dead letter must never take the worker down
+            log.warning("could not answer an invalid message: %s", error)
+
+    async def run(self) -> None:
+        """Take micro-batches until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = time.monotonic() + self.batch_window
+            while len(batch) < self.batch_max:
+                try:
+                    batch.append(self.queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except TimeoutError:
+                    break
+            commands = [item.command for item in batch]
+            try:
+                replies = await loop.run_in_executor(
+                    self._writer, self.processor.handle_batch, commands
+                )
+            except Exception as error:
+                # e.g. the store could not be read: nothing was recorded, the clients retry.
+                log.warning("batch failed before commit: %s", error)
+                self.processor.evict(list(self.processor._cache))
+                replies = [
+                    Reply(
+                        command_id=c.command_id,
+                        status="rejected",
+                        error=ErrorInfo(
+                            code=codes.STORE_UNAVAILABLE,
+                            message=f"the event store is unavailable: {error}",
+                        ),
+                    )
+                    for c in commands
+                ]
+            self.handled += len(batch)
+            self.batches += 1
+            for item, reply in zip(batch, replies, strict=True):
+                if item.done is not None and not item.done.done():
+                    item.done.set_result(reply)
+                elif item.reply_to:
+                    await self.nc.publish(item.reply_to, _reply_encoder.encode(reply))
+            if self.on_committed is not None:
+                result = self.on_committed()
+                if result is not None:
+                    await result

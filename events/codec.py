@@ -1,0 +1,191 @@
+"""How events are stored: one JSON body per event, hash-chained per aggregate.
+
+The eventsourcing recorder stores ``StoredEvent(originator_id, originator_version, topic,
+state)``. Our topic is ``<aggregate>.<EventType>``; the state is a msgspec-encoded
+``StoredBody``. Reading turns a notification into a ``contracts.feed.EventRecord`` and
+runs upcasters so old shapes read as the current one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from eventsourcing.persistence import Notification, StoredEvent
+
+from contracts.feed import EventRecord
+from events.commands import CommandAccepted
+from events.session import SESSION_EVENTS
+
+GENESIS_HASH = "0" * 64
+
+#: aggregate name -> {event type name -> data class}
+EVENT_TYPES: dict[str, dict[str, type[msgspec.Struct]]] = {
+    "session": SESSION_EVENTS,
+    "command": {"CommandAccepted": CommandAccepted},
+}
+
+#: Current schema version per (aggregate, type). Absent means 1.
+SCHEMA_VERSIONS: dict[tuple[str, str], int] = {}
+
+#: (aggregate, type, from_version) -> function turning data of that version into the next.
+UPCASTERS: dict[tuple[str, str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+class StoredBody(msgspec.Struct, kw_only=True, frozen=True):
+    type: str
+    schema_version: int
+    occurred_at: datetime
+    actor: str
+    command_id: str
+    correlation_id: str | None
+    causation_id: str | None
+    data: msgspec.Raw
+    prev_hash: str
+    hash: str
+
+
+class EventMeta(msgspec.Struct, kw_only=True, frozen=True):
+    """Who caused an event and why: copied from the command envelope."""
+
+    actor: str
+    command_id: str
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_canonical = msgspec.json.Encoder(order="sorted")
+_body_decoder = msgspec.json.Decoder(StoredBody)
+_dict_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def topic_of(aggregate: str, event_type: str) -> str:
+    return f"{aggregate}.{event_type}"
+
+
+def chain_hash(
+    prev_hash: str,
+    *,
+    aggregate: str,
+    aggregate_id: str,
+    version: int,
+    event_type: str,
+    schema_version: int,
+    occurred_at: datetime,
+    meta: EventMeta,
+    data: bytes,
+) -> str:
+    """sha256 over the previous hash and the canonical form of this event's content."""
+    header = _canonical.encode(
+        {
+            "aggregate": aggregate,
+            "aggregate_id": aggregate_id,
+            "version": version,
+            "type": event_type,
+            "schema_version": schema_version,
+            "occurred_at": occurred_at,
+            "actor": meta.actor,
+            "command_id": meta.command_id,
+            "correlation_id": meta.correlation_id,
+            "causation_id": meta.causation_id,
+        }
+    )
+    digest = hashlib.sha256(prev_hash.encode())
+    digest.update(header)
+    digest.update(data)
+    return digest.hexdigest()
+
+
+def encode_event(
+    *,
+    aggregate: str,
+    aggregate_id: UUID,
+    version: int,
+    event: msgspec.Struct,
+    meta: EventMeta,
+    occurred_at: datetime,
+    prev_hash: str,
+) -> tuple[StoredEvent, str]:
+    """Build the StoredEvent for ``event``; returns it with its hash (the next prev_hash)."""
+    event_type = type(event).__name__
+    schema_version = SCHEMA_VERSIONS.get((aggregate, event_type), 1)
+    data = _canonical.encode(event)
+    digest = chain_hash(
+        prev_hash,
+        aggregate=aggregate,
+        aggregate_id=str(aggregate_id),
+        version=version,
+        event_type=event_type,
+        schema_version=schema_version,
+        occurred_at=occurred_at,
+        meta=meta,
+        data=data,
+    )
+    body = StoredBody(
+        type=event_type,
+        schema_version=schema_version,
+        occurred_at=occurred_at,
+        actor=meta.actor,
+        command_id=meta.command_id,
+        correlation_id=meta.correlation_id,
+        causation_id=meta.causation_id,
+        data=msgspec.Raw(data),
+        prev_hash=prev_hash,
+        hash=digest,
+    )
+    stored = StoredEvent(
+        originator_id=aggregate_id,
+        originator_version=version,
+        topic=topic_of(aggregate, event_type),
+        state=_encoder.encode(body),
+    )
+    return stored, digest
+
+
+def _upcast(aggregate: str, event_type: str, version: int, data: dict[str, Any]) -> dict[str, Any]:
+    current = SCHEMA_VERSIONS.get((aggregate, event_type), 1)
+    while version < current:
+        data = UPCASTERS[(aggregate, event_type, version)](data)
+        version += 1
+    return data
+
+
+def decode_record(stored: StoredEvent, position: int | None = None) -> EventRecord:
+    """Turn a stored event (or notification) into the wire record, upcast to today's shape."""
+    if position is None:
+        position = stored.id if isinstance(stored, Notification) else 0
+    aggregate = stored.topic.split(".", 1)[0]
+    body = _body_decoder.decode(stored.state)
+    data = _upcast(aggregate, body.type, body.schema_version, _dict_decoder.decode(body.data))
+    return EventRecord(
+        position=position,
+        aggregate=aggregate,
+        aggregate_id=str(stored.originator_id),
+        version=stored.originator_version,
+        type=body.type,
+        schema_version=SCHEMA_VERSIONS.get((aggregate, body.type), 1),
+        occurred_at=body.occurred_at,
+        actor=body.actor,
+        command_id=body.command_id,
+        correlation_id=body.correlation_id,
+        causation_id=body.causation_id,
+        data=data,
+        prev_hash=body.prev_hash,
+        hash=body.hash,
+    )
+
+
+def typed_event(record: EventRecord) -> msgspec.Struct:
+    """The record's data as its event class (for folds)."""
+    cls = EVENT_TYPES[record.aggregate][record.type]
+    return msgspec.convert(record.data, cls)
+
+
+def is_domain_topic(topic: str) -> bool:
+    """False for bookkeeping records (command dedup) that feeds and projections skip."""
+    return not topic.startswith("command.")
