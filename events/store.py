@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from eventsourcing.persistence import ApplicationRecorder, InfrastructureFactory
+from uuid import UUID
+
+from eventsourcing.persistence import ApplicationRecorder, InfrastructureFactory, Notification
+from eventsourcing.sqlite import SQLiteApplicationRecorder
 
 
 def recorder_env(database_url: str) -> dict[str, str]:
@@ -36,3 +39,48 @@ def open_recorder(database_url: str) -> ApplicationRecorder:
     """The application recorder: events, the notification log and optimistic concurrency."""
     factory = InfrastructureFactory.construct(recorder_env(database_url))
     return factory.application_recorder()
+
+
+def select_aggregate_notifications(
+    recorder: ApplicationRecorder,
+    aggregate_id: UUID,
+    *,
+    gt: int = 0,
+    lte: int | None = None,
+    limit: int = 1000,
+) -> list[Notification]:
+    """An aggregate's events *with* their global positions, oldest first.
+
+    eventsourcing's ``select_events`` leaves positions out, and history records need
+    them; this reads the same table through the recorder's own connection pool.
+    """
+    table = recorder.events_table_name  # type: ignore[attr-defined]
+    if isinstance(recorder, SQLiteApplicationRecorder):
+        key: object = aggregate_id.hex
+        position_column, mark = "rowid", "?"
+    else:
+        key = aggregate_id
+        position_column, mark = "notification_id", "%s"
+    sql = (
+        f"SELECT {position_column} AS position, originator_id, originator_version, topic, state "
+        f"FROM {table} WHERE originator_id={mark} AND originator_version>{mark} "
+    )
+    params: list[object] = [key, gt]
+    if lte is not None:
+        sql += f"AND originator_version<={mark} "
+        params.append(lte)
+    sql += f"ORDER BY originator_version LIMIT {mark}"
+    params.append(limit)
+    with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return [
+        Notification(
+            id=row["position"],
+            originator_id=aggregate_id,
+            originator_version=row["originator_version"],
+            topic=row["topic"],
+            state=bytes(row["state"]),
+        )
+        for row in rows
+    ]

@@ -1,0 +1,37 @@
+"""Read-only access to the event store for history queries (the gateway's window on it)."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from eventsourcing.persistence import ApplicationRecorder
+
+from contracts.feed import EventRecord
+from events.codec import decode_record
+from events.store import open_recorder, select_aggregate_notifications
+
+
+class History:
+    """An aggregate's recorded events, oldest first, with positions."""
+
+    def __init__(self, database_url: str, recorder: ApplicationRecorder | None = None) -> None:
+        self.recorder = recorder or open_recorder(database_url)
+
+    def aggregate_events(
+        self, aggregate: str, aggregate_id: str, *, after_version: int = 0, limit: int = 1000
+    ) -> list[EventRecord]:
+        try:
+            key = UUID(aggregate_id)
+        except ValueError:
+            return []
+        records = [
+            decode_record(n)
+            for n in select_aggregate_notifications(
+                self.recorder, key, gt=after_version, limit=limit
+            )
+        ]
+        return [r for r in records if r.aggregate == aggregate]
+
+    def head(self) -> int:
+        """The newest position in the store (for projection lag)."""
+        return self.recorder.max_notification_id() or 0

@@ -1,0 +1,253 @@
+"""The ``sessions`` read model: one row per session, one per participant, and its queries."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+from contracts.feed import EventRecord
+
+NAME = "sessions"
+
+DDL = [
+    """CREATE TABLE IF NOT EXISTS sessions (
+        seq INTEGER PRIMARY KEY,          -- log position of SessionOpened: list order, cursor
+        id TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL,
+        coordinator_id TEXT NOT NULL,
+        opened_by TEXT NOT NULL,
+        task TEXT NOT NULL,
+        timeout_seconds INTEGER NOT NULL,
+        deadline TEXT NOT NULL,
+        outcome TEXT,
+        participant_count INTEGER NOT NULL,
+        submitted_count INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS sessions_status ON sessions (status, seq)",
+    """CREATE TABLE IF NOT EXISTS session_participants (
+        session_id TEXT NOT NULL,
+        agent_id TEXT NOT NULL,
+        ord INTEGER NOT NULL,
+        result TEXT,
+        success INTEGER,
+        output_hash TEXT,
+        submitted_at TEXT,
+        PRIMARY KEY (session_id, agent_id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS session_participants_agent ON session_participants (agent_id)",
+]
+TABLES = ["sessions", "session_participants"]
+
+_json = msgspec.json.Encoder(order="sorted")
+_decode = msgspec.json.Decoder()
+
+
+def _ts(value: datetime) -> str:
+    return value.isoformat()
+
+
+class SessionsProjection:
+    """Folds session events into rows. ``apply`` runs inside the runner's transaction."""
+
+    name = NAME
+    aggregates = frozenset({"session"})
+    ddl = DDL
+    tables = TABLES
+
+    def apply(self, conn: sqlite3.Connection, record: EventRecord) -> None:
+        data = record.data
+        sid = record.aggregate_id
+        at = _ts(record.occurred_at)
+        match record.type:
+            case "SessionOpened":
+                conn.execute(
+                    "INSERT INTO sessions (seq, id, status, coordinator_id, opened_by, task, "
+                    "timeout_seconds, deadline, outcome, participant_count, submitted_count, "
+                    "version, created_at, updated_at) "
+                    "VALUES (?, ?, 'open', ?, ?, ?, ?, ?, NULL, ?, 0, ?, ?, ?)",
+                    (
+                        record.position, sid, data["coordinator_id"], data["opened_by"],
+                        _json.encode(data["task"]).decode(), data["timeout_seconds"],
+                        data["deadline"], len(data["participants"]), record.version, at, at,
+                    ),
+                )  # fmt: skip
+                conn.executemany(
+                    "INSERT INTO session_participants (session_id, agent_id, ord) VALUES (?, ?, ?)",
+                    [(sid, agent, i) for i, agent in enumerate(data["participants"])],
+                )
+            case "ResultSubmitted":
+                conn.execute(
+                    "UPDATE session_participants SET result=?, success=?, output_hash=?, "
+                    "submitted_at=? WHERE session_id=? AND agent_id=?",
+                    (
+                        _json.encode(data["result"]).decode(), int(data["success"]),
+                        data.get("output_hash"), at, sid, data["agent_id"],
+                    ),
+                )  # fmt: skip
+                conn.execute(
+                    "UPDATE sessions SET submitted_count=submitted_count+1, version=?, "
+                    "updated_at=? WHERE id=?",
+                    (record.version, at, sid),
+                )
+            case "SessionFinalised":
+                self._close(conn, record, data["outcome"], {
+                    "outcome": data["outcome"], "reason": data["reason"],
+                    "verdict": data["verdict"],
+                })  # fmt: skip
+            case "SessionTimedOut":
+                self._close(conn, record, "timed_out", {
+                    "outcome": "timed_out", "reason": "deadline passed",
+                    "pending": data["pending"],
+                })  # fmt: skip
+            case "SessionCancelled":
+                self._close(conn, record, "cancelled", {
+                    "outcome": "cancelled", "reason": data["reason"],
+                    "cancelled_by": data["cancelled_by"],
+                })  # fmt: skip
+
+    @staticmethod
+    def _close(conn: sqlite3.Connection, record: EventRecord, status: str, outcome: dict[str, Any]) -> None:
+        conn.execute(
+            "UPDATE sessions SET status=?, outcome=?, version=?, updated_at=? WHERE id=?",
+            (status, _json.encode(outcome).decode(), record.version, _ts(record.occurred_at),
+             record.aggregate_id),
+        )  # fmt: skip
+
+
+# Queries ------------------------------------------------------------------------------------
+
+SessionStatus = Literal["open", "succeeded", "failed", "timed_out", "cancelled"]
+
+
+class ResultView(msgspec.Struct, kw_only=True):
+    result: dict[str, Any]
+    success: bool
+    output_hash: str | None
+    submitted_at: str
+
+
+class SessionView(msgspec.Struct, kw_only=True):
+    """A session as the gateway serves it."""
+
+    session_id: str
+    status: SessionStatus
+    coordinator_id: str
+    opened_by: str
+    participants: list[str]
+    task: dict[str, Any]
+    timeout_seconds: int
+    deadline: str
+    results: dict[str, ResultView]
+    pending: list[str]
+    outcome: dict[str, Any] | None
+    version: int
+    created_at: str
+    updated_at: str
+
+
+class SessionPage(msgspec.Struct, kw_only=True):
+    items: list[SessionView]
+    next_cursor: str | None
+
+
+def _view(conn: sqlite3.Connection, row: sqlite3.Row) -> SessionView:
+    parts = conn.execute(
+        "SELECT agent_id, result, success, output_hash, submitted_at FROM session_participants "
+        "WHERE session_id=? ORDER BY ord",
+        (row["id"],),
+    ).fetchall()
+    results = {
+        p["agent_id"]: ResultView(
+            result=_decode.decode(p["result"]),
+            success=bool(p["success"]),
+            output_hash=p["output_hash"],
+            submitted_at=p["submitted_at"],
+        )
+        for p in parts
+        if p["submitted_at"] is not None
+    }
+    return SessionView(
+        session_id=row["id"],
+        status=row["status"],
+        coordinator_id=row["coordinator_id"],
+        opened_by=row["opened_by"],
+        participants=[p["agent_id"] for p in parts],
+        task=_decode.decode(row["task"]),
+        timeout_seconds=row["timeout_seconds"],
+        deadline=row["deadline"],
+        results=results,
+        pending=[p["agent_id"] for p in parts if p["submitted_at"] is None],
+        outcome=_decode.decode(row["outcome"]) if row["outcome"] else None,
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def get_session(conn: sqlite3.Connection, session_id: str) -> SessionView | None:
+    try:
+        row = conn.execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return _view(conn, row) if row else None
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """Raises ValueError for a cursor we did not issue."""
+    padded = cursor + "=" * (-len(cursor) % 4)
+    try:
+        text = base64.urlsafe_b64decode(padded.encode()).decode()
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError("invalid cursor") from error
+    if not text.startswith("s:") or not text[2:].isdigit():
+        raise ValueError("invalid cursor")
+    return int(text[2:])
+
+
+def list_sessions(
+    conn: sqlite3.Connection,
+    *,
+    status: str | None = None,
+    participant: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> SessionPage:
+    """Newest first, keyset-paged by the opening position."""
+    where, params = [], []  # type: ignore[var-annotated]
+    if status:
+        where.append("s.status=?")
+        params.append(status)
+    if participant:
+        where.append(
+            "EXISTS (SELECT 1 FROM session_participants p WHERE p.session_id=s.id AND p.agent_id=?)"
+        )
+        params.append(participant)
+    if cursor:
+        where.append("s.seq<?")
+        params.append(decode_cursor(cursor))
+    sql = "SELECT s.* FROM sessions s"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY s.seq DESC LIMIT ?"
+    params.append(limit + 1)
+    try:
+        rows = conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:
+        return SessionPage(items=[], next_cursor=None)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return SessionPage(
+        items=[_view(conn, r) for r in rows],
+        next_cursor=encode_cursor(rows[-1]["seq"]) if more and rows else None,
+    )
