@@ -21,6 +21,15 @@ from events.store import open_recorder
 log = logging.getLogger(__name__)
 
 
+async def close_nats(nc: NATS, timeout: float = 3.0) -> None:
+    """Drain if the server is there; never hang on shutdown if it is not."""
+    try:
+        await asyncio.wait_for(nc.drain(), timeout)
+    except Exception:  # noqa: BLE001 - best effort: we are shutting down either way
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
 @dataclass
 class EngineConfig:
     nats_url: str
@@ -78,8 +87,7 @@ class EngineService:
         if self.worker is not None:
             self.worker.close()
         if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
+            await close_nats(self.nc)
 
     async def __aenter__(self) -> EngineService:
         await self.start()

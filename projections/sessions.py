@@ -50,7 +50,8 @@ _decode = msgspec.json.Decoder()
 
 
 def _ts(value: datetime) -> str:
-    return value.isoformat()
+    """RFC 3339 in UTC with a ``Z``, the same spelling msgspec uses on the wire."""
+    return value.isoformat().replace("+00:00", "Z")
 
 
 class SessionsProjection:

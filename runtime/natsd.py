@@ -99,6 +99,7 @@ def start_nats_server(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,  # noqa: PLW1509 - needed so no orphan survives us
+            start_new_session=True,
         )
     ports_file = ports_dir / f"nats-server_{process.pid}.ports"
     deadline = time.monotonic() + timeout

@@ -1,0 +1,87 @@
+"""Building the Litestar application (one factory; no module-level connections)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import nats
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from gateway.auth import BearerKeyMiddleware, KeyCache
+from gateway.bus import CommandBus
+from gateway.errors import EXCEPTION_HANDLERS, request_id_middleware
+from gateway.feeds import session_feed
+from gateway.health import health, ready
+from gateway.keys import KeyStore
+from gateway.sessions import SessionController
+from gateway.state import GatewayConfig, Services
+from projections.history import History
+from projections.readstore import ReadStore
+
+PUBLIC_PATHS = ["^/health$", "^/ready$", "^/schema"]
+
+
+def create_app(config: GatewayConfig) -> Litestar:
+    services_box: dict[str, Services] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        nc = await nats.connect(
+            config.nats_url, name="chorus-gateway", max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        )  # fmt: skip
+        services_box["services"] = Services(
+            config=config,
+            nc=nc,
+            bus=CommandBus(nc, timeout=config.command_timeout),
+            reads=ReadStore(config.read_store_url, readonly=True),
+            history=History(config.database_url),
+        )
+        try:
+            yield
+        finally:
+            try:
+                await asyncio.wait_for(nc.drain(), 3)
+            except Exception:  # noqa: BLE001 - shutting down either way; never hang here
+                with contextlib.suppress(Exception):
+                    await nc.close()
+
+    def provide_services() -> Services:
+        return services_box["services"]
+
+    keys = KeyCache(KeyStore(Path(config.keys_path)))
+    return Litestar(
+        route_handlers=[SessionController, session_feed, health, ready],
+        dependencies={"services": Provide(provide_services, sync_to_thread=False)},
+        lifespan=[lifespan],
+        middleware=[
+            request_id_middleware,
+            DefineMiddleware(BearerKeyMiddleware, keys=keys, exclude=PUBLIC_PATHS),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        request_max_body_size=config.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Chorus",
+            version="1",
+            description="Event-sourced coordination for fleets of agents. "
+            "Authenticate with `Authorization: Bearer <api key>`.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            components=Components(
+                security_schemes={
+                    "apiKey": SecurityScheme(type="http", scheme="bearer", description="API key")
+                }
+            ),
+            security=[{"apiKey": []}],
+        ),
+        debug=False,
+    )

@@ -1,0 +1,78 @@
+"""Publishing commands to the engine and turning its replies into HTTP outcomes."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from contracts import errors as codes
+from contracts.envelope import Envelope, Reply
+from contracts.subjects import command_subject
+from gateway.errors import Problem
+
+_encoder = msgspec.json.Encoder()
+_reply_decoder = msgspec.json.Decoder(Reply)
+
+
+class CommandBus:
+    def __init__(self, nc: NATS, timeout: float = 10.0) -> None:
+        self.nc = nc
+        self.timeout = timeout
+
+    async def send(
+        self,
+        actor: str,
+        aggregate: str,
+        command: str,
+        payload: msgspec.Struct,
+        *,
+        command_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Reply:
+        """Request/reply with the engine. Raises Problem for rejections and outages."""
+        envelope = Envelope(
+            command_id=command_id or uuid.uuid4().hex,
+            payload=payload,
+            correlation_id=correlation_id,
+        )
+        subject = command_subject(actor, aggregate, command)
+        try:
+            msg = await self.nc.request(subject, _encoder.encode(envelope), timeout=self.timeout)
+        except NoRespondersError:
+            raise Problem(
+                503, codes.ENGINE_UNAVAILABLE, "no engine is running to take commands; retry later",
+                headers={"Retry-After": "1"},
+            ) from None  # fmt: skip
+        except NatsTimeout:
+            raise Problem(
+                503, codes.ENGINE_UNAVAILABLE,
+                "the engine did not answer in time; retry with the same Idempotency-Key",
+                headers={"Retry-After": "1"},
+            ) from None  # fmt: skip
+        reply = _reply_decoder.decode(msg.data)
+        if reply.status == "rejected":
+            error = reply.error
+            assert error is not None
+            raise Problem(
+                codes.HTTP_STATUS.get(error.code, 400),
+                error.code,
+                error.message,
+                details=error.details,
+            )
+        return reply
+
+
+def idempotency_key(headers: Any) -> str | None:
+    """``Idempotency-Key`` becomes the command id, so a retried POST never acts twice."""
+    value = headers.get("idempotency-key")
+    if value is None:
+        return None
+    value = value.strip()
+    if not 1 <= len(value) <= 200:
+        raise Problem(400, "invalid_idempotency_key", "Idempotency-Key must be 1-200 characters")
+    return str(value)

@@ -1,0 +1,164 @@
+"""RFC 9457 problem details for every error, each with a stable ``code`` and the request id."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+REQUEST_ID_HEADER = "x-request-id"
+
+#: Status -> (code, title) for errors raised by the framework itself.
+_FRAMEWORK_CODES: dict[int, tuple[str, str]] = {
+    400: ("bad_request", "Bad request"),
+    401: ("unauthenticated", "Authentication required"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    406: ("not_acceptable", "Not acceptable"),
+    413: ("body_too_large", "Request body too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+    429: ("rate_limited", "Too many requests"),
+}
+
+
+class Problem(HTTPException):
+    """An error with a stable code; raised by handlers, rendered as problem details."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        title: str | None = None,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail=detail, status_code=status, headers=headers)
+        self.code = code
+        self.title = title or code.replace("_", " ").capitalize()
+        self.details = details
+
+
+def request_id_of(scope: Scope) -> str:
+    state = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+    rid = state.get("request_id")
+    if rid is None:
+        rid = uuid.uuid4().hex
+        state["request_id"] = rid
+    return str(rid)
+
+
+def request_id_middleware(app: ASGIApp) -> ASGIApp:
+    """Takes ``X-Request-Id`` from the client (or makes one) and echoes it on the response."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode())
+        state = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+        if incoming and 0 < len(incoming) <= 128 and incoming.isascii():
+            state["request_id"] = incoming.decode()
+        rid = request_id_of(scope)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER.encode(), rid.encode()))
+                message["headers"] = headers  # type: ignore[typeddict-unknown-key]
+            await send(message)
+
+        await app(scope, receive, send_with_id)
+
+    return middleware
+
+
+def problem_response(
+    request: Request[Any, Any, Any],
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {
+        "type": f"https://chorus.dev/problems/{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "instance": request.url.path,
+        "request_id": request_id_of(request.scope),
+    }
+    if details:
+        body["details"] = details
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def handle_problem(request: Request[Any, Any, Any], exc: Problem) -> Response[dict[str, Any]]:
+    return problem_response(
+        request, exc.status_code, exc.code, exc.title, exc.detail, exc.details, exc.headers
+    )
+
+
+def handle_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    """Field-level details from Litestar/msgspec validation, e.g. unknown or missing fields."""
+    fields: list[dict[str, Any]] = []
+    extra = exc.extra if isinstance(exc.extra, list) else ([exc.extra] if exc.extra else [])
+    for item in extra:
+        if isinstance(item, dict):
+            message = str(item.get("message", ""))
+            field = _path_from(message) or item.get("key")
+            fields.append({"field": field, "message": message, "source": item.get("source")})
+    detail = fields[0]["message"] if fields else exc.detail
+    return problem_response(
+        request, 400, "validation_error", "Invalid request", detail or "invalid request",
+        {"fields": fields} if fields else None,
+    )  # fmt: skip
+
+
+def _path_from(message: str) -> str | None:
+    if "unknown field `" in message:
+        name = message.split("unknown field `", 1)[1].split("`", 1)[0]
+        where = _path_from(message.split("unknown field", 1)[1].split("`", 2)[-1]) or "$"
+        return name if where == "$" else f"{where}.{name}"
+    if "at `$." in message:
+        return message.rsplit("at `$.", 1)[1].rstrip("`")
+    if "at `$`" in message:
+        return "$"
+    return None
+
+
+def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    code, title = _FRAMEWORK_CODES.get(exc.status_code, ("http_error", "HTTP error"))
+    if exc.status_code >= 500:
+        code, title = "internal_error", "Internal error"
+    return problem_response(request, exc.status_code, code, title, exc.detail, None, exc.headers)
+
+
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(
+        request, 500, "internal_error", "Internal error",
+        "the gateway failed on this request; the request id identifies it in the logs",
+    )  # fmt: skip
+
+
+EXCEPTION_HANDLERS = {
+    Problem: handle_problem,
+    ValidationException: handle_validation,
+    HTTPException: handle_http,
+    Exception: handle_unexpected,
+}
+
+__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "Problem", "request_id_middleware"]

@@ -1,0 +1,112 @@
+"""Live event feeds over WebSocket, served from the JetStream EVENTS stream.
+
+``WS /api/v1/sessions/{id}/feed?since=<position>``: every event of the session after
+``since``, then live ones. An ordered consumer on the session's subject replays the
+stream's history and continues live in one sequence, so there is no switch-over where an
+event could fall between catch-up and live. Records carry their global position and
+anything at or below the last one sent is skipped, so a relay re-publish can never show
+up twice.
+
+Client messages: the text ``ping`` is answered ``pong``; anything else gets an error
+message (the socket stays open).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from typing import Annotated, Any
+
+from litestar import WebSocket, websocket
+from litestar.exceptions import WebSocketDisconnect
+from litestar.params import Parameter
+from nats.js.api import DeliverPolicy
+
+from contracts.subjects import event_filter
+from gateway.auth import can_read
+from gateway.state import Services
+
+POSITION_HEADER = "Chorus-Position"
+CLOSE_NOT_FOUND = 4404
+
+
+class Feed:
+    """One WebSocket fed from one ordered JetStream consumer."""
+
+    def __init__(self, socket: WebSocket[Any, Any, Any], services: Services, since: int) -> None:
+        self.socket = socket
+        self.services = services
+        self.last = since
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, text: str) -> None:
+        async with self._send_lock:
+            await self.socket.send_text(text)
+
+    async def pump(self, subject: str) -> None:
+        js = self.services.nc.jetstream()
+        sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+        try:
+            async for msg in sub.messages:
+                position = int((msg.headers or {}).get(POSITION_HEADER, "0"))
+                if position <= self.last:
+                    continue
+                await self.send(msg.data.decode())
+                self.last = position
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def listen(self) -> None:
+        while True:
+            text = await self.socket.receive_text()
+            if text.strip().lower() == "ping":
+                await self.send("pong")
+            else:
+                await self.send(
+                    json.dumps(
+                        {
+                            "type": "error",
+                            "code": "unknown_message",
+                            "message": "send the text 'ping' to check the connection; "
+                            "nothing else is understood on this feed",
+                        }
+                    )
+                )
+
+    async def serve(self, subject: str) -> None:
+        pump = asyncio.create_task(self.pump(subject))
+        listen = asyncio.create_task(self.listen())
+        try:
+            done, _ = await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = task.exception()
+                if error is not None and not isinstance(error, WebSocketDisconnect):
+                    raise error
+        finally:
+            for task in (pump, listen):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+
+@websocket("/api/v1/sessions/{session_id:uuid}/feed", guards=[can_read])
+async def session_feed(
+    socket: WebSocket[Any, Any, Any],
+    session_id: uuid.UUID,
+    services: Services,
+    since: Annotated[int, Parameter(ge=0)] = 0,
+) -> None:
+    await socket.accept()
+    exists = await services.read_history("session", str(session_id), limit=1)
+    if not exists:
+        await socket.send_text(
+            json.dumps({"type": "error", "code": "session_not_found",
+                        "message": f"session {session_id} does not exist"})
+        )  # fmt: skip
+        await socket.close(code=CLOSE_NOT_FOUND, reason="session_not_found")
+        return
+    with contextlib.suppress(WebSocketDisconnect):
+        await Feed(socket, services, since).serve(event_filter("session", str(session_id)))

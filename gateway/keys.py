@@ -1,0 +1,103 @@
+"""API keys: created by ``chorus keys create``, stored hashed, each bound to an actor and role.
+
+A key looks like ``chk_<key id>_<secret>``; only sha256(secret) is stored, so a leaked
+key file does not leak usable keys. The secret has 256 bits, so a plain hash suffices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, get_args
+
+from msgspec import Struct
+
+from contracts.subjects import is_token
+
+Role = Literal["agent", "operator", "auditor", "admin"]
+ROLES: tuple[str, ...] = get_args(Role)
+
+DDL = """CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    role TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+)"""
+
+
+class Principal(Struct, frozen=True):
+    """Who is calling: the actor every command is issued as, and their role."""
+
+    actor: str
+    role: str
+    key_id: str
+
+
+class KeyStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as conn:
+            conn.execute(DDL)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        return conn
+
+    def create(self, actor: str, role: str) -> str:
+        """Store a new key and return it; it is shown once and never stored in the clear."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        if not is_token(actor):
+            raise ValueError("actor must be 1-128 characters of letters, digits, _ - : @")
+        key_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
+                (key_id, _hash(secret), actor, role, datetime.now(UTC).isoformat()),
+            )
+        return f"chk_{key_id}_{secret}"
+
+    def authenticate(self, key: str) -> Principal | None:
+        parts = key.split("_", 2)
+        if len(parts) != 3 or parts[0] != "chk":
+            return None
+        _, key_id, secret = parts
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT secret_hash, actor, role FROM api_keys WHERE key_id=? AND revoked_at IS NULL",
+                (key_id,),
+            ).fetchone()
+        if row is None or not hmac.compare_digest(row[0], _hash(secret)):
+            return None
+        return Principal(actor=row[1], role=row[2], key_id=key_id)
+
+    def revoke(self, key_id: str) -> bool:
+        with self._connect() as conn:
+            cur = conn.execute(
+                "UPDATE api_keys SET revoked_at=? WHERE key_id=? AND revoked_at IS NULL",
+                (datetime.now(UTC).isoformat(), key_id),
+            )
+        return cur.rowcount > 0
+
+    def count(self, role: str | None = None) -> int:
+        with self._connect() as conn:
+            if role is None:
+                return int(conn.execute("SELECT count(*) FROM api_keys").fetchone()[0])
+            return int(
+                conn.execute(
+                    "SELECT count(*) FROM api_keys WHERE role=? AND revoked_at IS NULL", (role,)
+                ).fetchone()[0]
+            )
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()

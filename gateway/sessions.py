@@ -1,0 +1,217 @@
+"""Coordination sessions over HTTP: open, submit, cancel, query, history."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.params import Parameter
+from msgspec import Meta, Struct
+
+from contracts import errors as codes
+from contracts.envelope import Reply
+from contracts.feed import EventRecord
+from contracts.sessions import (
+    CancelSession,
+    Id,
+    OpenSession,
+    SessionId,
+    SubmitResult,
+    Task,
+)
+from gateway.auth import can_read, can_write
+from gateway.bus import idempotency_key
+from gateway.errors import Problem
+from gateway.keys import Principal
+from gateway.state import Services
+from projections import sessions as read_model
+
+STATUSES = ("open", "succeeded", "failed", "timed_out", "cancelled")
+
+
+class OpenSessionBody(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Open a session. The opener is the caller's actor; ``coordinator_id`` defaults to it."""
+
+    participants: Annotated[list[Id], Meta(min_length=1, max_length=1000)]
+    task: Task
+    timeout_seconds: Annotated[int, Meta(ge=1, le=86_400)] = 600
+    coordinator_id: Id | None = None
+    session_id: SessionId | None = None
+
+
+class SubmitResultBody(Struct, kw_only=True, forbid_unknown_fields=True):
+    result: dict[str, Any]
+    success: bool = True
+    output_hash: Annotated[str, Meta(max_length=200)] | None = None
+
+
+class CancelBody(Struct, kw_only=True, forbid_unknown_fields=True):
+    reason: Annotated[str, Meta(min_length=1, max_length=2000)] = "cancelled"
+
+
+class SessionCreated(Struct, kw_only=True):
+    session_id: str
+    status: str
+    version: int
+    command_status: str
+
+
+class CommandOutcome(Struct, kw_only=True):
+    session_id: str
+    status: str
+    version: int
+
+
+class EventPage(Struct, kw_only=True):
+    items: list[EventRecord]
+    next_after_version: int | None
+
+
+def _replayed(reply: Reply) -> dict[str, str]:
+    return {"Idempotent-Replayed": "true"} if reply.status == "duplicate" else {}
+
+
+class SessionController(Controller):
+    path = "/api/v1/sessions"
+    tags = ["sessions"]
+
+    @post("/", guards=[can_write], status_code=201, summary="Open a coordination session")
+    async def open_session(
+        self, request: Request[Principal, Any, Any], data: OpenSessionBody, services: Services
+    ) -> Response[SessionCreated]:
+        principal = request.user
+        command_id = idempotency_key(request.headers)
+        session_id = data.session_id or (
+            str(uuid.uuid5(uuid.NAMESPACE_URL, f"{principal.actor}/{command_id}"))
+            if command_id
+            else str(uuid.uuid4())
+        )
+        reply = await services.bus.send(
+            principal.actor,
+            "session",
+            "open",
+            OpenSession(
+                session_id=session_id,
+                participants=data.participants,
+                task=data.task,
+                timeout_seconds=data.timeout_seconds,
+                coordinator_id=data.coordinator_id,
+            ),
+            command_id=command_id,
+            correlation_id=request.headers.get("x-correlation-id"),
+        )
+        await services.wait_for_projection(read_model.NAME, reply.position)
+        assert reply.aggregate_id is not None and reply.version is not None
+        return Response(
+            SessionCreated(
+                session_id=reply.aggregate_id,
+                status="open",
+                version=reply.version,
+                command_status=reply.status,
+            ),
+            status_code=201,
+            headers={"Location": f"/api/v1/sessions/{reply.aggregate_id}", **_replayed(reply)},
+        )
+
+    @post("/{session_id:uuid}/results", guards=[can_write], status_code=200,
+          summary="Submit the caller's result")  # fmt: skip
+    async def submit_result(
+        self,
+        request: Request[Principal, Any, Any],
+        session_id: uuid.UUID,
+        data: SubmitResultBody,
+        services: Services,
+    ) -> Response[CommandOutcome]:
+        reply = await services.bus.send(
+            request.user.actor,
+            "session",
+            "submit_result",
+            SubmitResult(
+                session_id=str(session_id),
+                result=data.result,
+                success=data.success,
+                output_hash=data.output_hash,
+            ),
+            command_id=idempotency_key(request.headers),
+            correlation_id=request.headers.get("x-correlation-id"),
+        )
+        await services.wait_for_projection(read_model.NAME, reply.position)
+        assert reply.version is not None
+        return Response(
+            CommandOutcome(session_id=str(session_id), status=reply.status, version=reply.version),
+            headers=_replayed(reply),
+        )
+
+    @post("/{session_id:uuid}/cancel", guards=[can_write], status_code=200,
+          summary="Cancel a session (coordinator or opener)")  # fmt: skip
+    async def cancel(
+        self,
+        request: Request[Principal, Any, Any],
+        session_id: uuid.UUID,
+        services: Services,
+        data: CancelBody | None = None,
+    ) -> Response[CommandOutcome]:
+        reply = await services.bus.send(
+            request.user.actor,
+            "session",
+            "cancel",
+            CancelSession(session_id=str(session_id), reason=(data or CancelBody()).reason),
+            command_id=idempotency_key(request.headers),
+            correlation_id=request.headers.get("x-correlation-id"),
+        )
+        await services.wait_for_projection(read_model.NAME, reply.position)
+        assert reply.version is not None
+        return Response(
+            CommandOutcome(session_id=str(session_id), status=reply.status, version=reply.version),
+            headers=_replayed(reply),
+        )
+
+    @get("/{session_id:uuid}", guards=[can_read], summary="A session's current state")
+    async def get_session(self, session_id: uuid.UUID, services: Services) -> read_model.SessionView:
+        view = await services.read(read_model.get_session, str(session_id))
+        if view is None:
+            raise Problem(404, codes.SESSION_NOT_FOUND, f"session {session_id} does not exist")
+        return view  # type: ignore[no-any-return]
+
+    @get("/", guards=[can_read], summary="List sessions, newest first")
+    async def list_sessions(
+        self,
+        services: Services,
+        status: str | None = None,
+        participant: str | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+        cursor: str | None = None,
+    ) -> read_model.SessionPage:
+        if status is not None and status not in STATUSES:
+            raise Problem(
+                400, "invalid_parameter", f"status must be one of: {', '.join(STATUSES)}",
+                details={"field": "status", "allowed": list(STATUSES)},
+            )  # fmt: skip
+        if cursor is not None:
+            try:
+                read_model.decode_cursor(cursor)
+            except ValueError:
+                raise Problem(400, "invalid_cursor", "cursor was not issued by this API") from None
+        return await services.read(  # type: ignore[no-any-return]
+            read_model.list_sessions, status=status, participant=participant, limit=limit,
+            cursor=cursor,
+        )  # fmt: skip
+
+    @get("/{session_id:uuid}/events", guards=[can_read], summary="A session's history, oldest first")
+    async def events(
+        self,
+        session_id: uuid.UUID,
+        services: Services,
+        after_version: Annotated[int, Parameter(ge=0)] = 0,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 500,
+    ) -> EventPage:
+        records = await services.read_history(
+            "session", str(session_id), after_version=after_version, limit=limit
+        )
+        if not records and after_version == 0:
+            raise Problem(404, codes.SESSION_NOT_FOUND, f"session {session_id} does not exist")
+        return EventPage(
+            items=records,
+            next_after_version=records[-1].version if len(records) == limit else None,
+        )

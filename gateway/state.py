@@ -1,0 +1,56 @@
+"""What the gateway's handlers share: the bus, the read store, history. Built in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from gateway.bus import CommandBus
+from projections.history import History
+from projections.readstore import ReadStore
+
+
+@dataclass
+class GatewayConfig:
+    nats_url: str
+    database_url: str
+    read_store_url: str
+    keys_path: str
+    max_body_bytes: int = 1024 * 1024
+    command_timeout: float = 10.0
+    read_your_writes_timeout: float = 2.0
+
+
+@dataclass
+class Services:
+    config: GatewayConfig
+    nc: NATS
+    bus: CommandBus
+    reads: ReadStore
+    history: History
+
+    async def read(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a read-store query off the event loop."""
+        return await asyncio.to_thread(lambda: fn(self.reads.connection(), *args, **kwargs))
+
+    async def wait_for_projection(self, name: str, position: int) -> bool:
+        """Read-your-writes: wait (bounded) until projection ``name`` has seen ``position``."""
+        if position <= 0:
+            return True
+        deadline = time.monotonic() + self.config.read_your_writes_timeout
+        delay = 0.002
+        while self.reads.position(name) < position:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return True
+
+    async def read_history(self, aggregate: str, aggregate_id: str, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(
+            self.history.aggregate_events, aggregate, aggregate_id, **kwargs
+        )

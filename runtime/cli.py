@@ -1,0 +1,150 @@
+"""The ``chorus`` command: ``up`` (embedded), split processes, keys, schema export."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from runtime.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        k: v
+        for k, v in {
+            "data_dir": getattr(args, "data_dir", None),
+            "nats_url": getattr(args, "nats_url", None),
+            "database_url": getattr(args, "database_url", None),
+            "host": getattr(args, "host", None),
+            "port": getattr(args, "port", None),
+        }.items()
+        if v is not None
+    }
+    return Settings(**overrides)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="where embedded data lives (default ./.chorus)")
+    parser.add_argument("--nats-url", help="NATS to use (env CHORUS_NATS_URL)")
+    parser.add_argument("--database-url", help="event store URL (env CHORUS_DATABASE_URL)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chorus", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run everything on this machine (embedded nats-server, SQLite)")
+    _common(up)
+    up.add_argument("--host", help="gateway bind address (default 127.0.0.1)")
+    up.add_argument("--port", type=int, help="gateway port (default 8000)")
+
+    for name, text in (
+        ("engine", "run command workers, timers and the relay"),
+        ("gateway", "run the HTTP/WebSocket gateway"),
+    ):
+        p = sub.add_parser(name, help=text)
+        _common(p)
+        if name == "gateway":
+            p.add_argument("--host")
+            p.add_argument("--port", type=int)
+
+    project = sub.add_parser("project", help="run the projector, or rebuild read models")
+    _common(project)
+    project.add_argument("--rebuild", action="store_true", help="rebuild from position 0 and exit")
+    project.add_argument("--read-store-url", help="rebuild into this read store instead")
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it (once)")
+    create.add_argument("--actor", required=True)
+    create.add_argument("--role", required=True, choices=["agent", "operator", "auditor", "admin"])
+    create.add_argument("--data-dir", type=Path)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id (chk_<id>_...)")
+    revoke.add_argument("key_id")
+    revoke.add_argument("--data-dir", type=Path)
+
+    schema = sub.add_parser("schema", help="write JSON Schema and AsyncAPI of the bus contracts")
+    schema.add_argument("--out", type=Path, default=Path("schema"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = _settings(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    match args.command:
+        case "up":
+            from runtime.supervisor import run_up
+
+            return run_up(settings)
+        case "engine":
+            from runtime.processes import run_engine
+
+            run_engine(settings)
+        case "gateway":
+            from runtime.processes import run_gateway
+
+            run_gateway(settings)
+        case "project":
+            from runtime.processes import projection_runner, run_projector
+
+            if args.rebuild:
+                runner = projection_runner(settings, args.read_store_url)
+                started = time.monotonic()
+                count = runner.rebuild(_progress(started))
+                elapsed = time.monotonic() - started
+                print(
+                    f"\nrebuilt {runner.projection.name}: {count} notifications in "
+                    f"{elapsed:.2f}s, position {runner.position}"
+                )
+            else:
+                run_projector(settings)
+        case "keys":
+            from gateway.keys import KeyStore
+
+            store = KeyStore(Path(str(settings.resolved().keys_path)))
+            if args.keys_command == "create":
+                try:
+                    print(store.create(args.actor, args.role))
+                except ValueError as error:
+                    print(f"chorus: {error}", file=sys.stderr)
+                    return 2
+            else:
+                if not store.revoke(args.key_id):
+                    print(f"chorus: no active key {args.key_id}", file=sys.stderr)
+                    return 1
+                print(f"revoked {args.key_id}")
+        case "schema":
+            from runtime.schema import write_schema
+
+            for path in write_schema(args.out):
+                print(path)
+    return 0
+
+
+def _progress(started: float):  # type: ignore[no-untyped-def]
+    def show(position: int, head: int) -> None:
+        elapsed = max(time.monotonic() - started, 1e-6)
+        rate = position / elapsed
+        eta = (head - position) / rate if rate else 0
+        width = 30
+        filled = int(width * position / head) if head else width
+        bar = "#" * filled + "." * (width - filled)
+        print(
+            f"\r[{bar}] {position}/{head} {rate:,.0f} events/s ETA {eta:.1f}s",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return show
+
+
+if __name__ == "__main__":
+    sys.exit(main())

