@@ -21,12 +21,12 @@ from typing import Annotated, Any
 
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
-from litestar.params import Parameter
+from litestar.params import FromPath, QueryParameter
 from nats.js.api import DeliverPolicy
 
 from contracts.subjects import event_filter
 from gateway.auth import can_read
-from gateway.state import Services
+from gateway.state import Services, ServicesDep
 
 POSITION_HEADER = "Chorus-Position"
 CLOSE_NOT_FOUND = 4404
@@ -95,9 +95,9 @@ class Feed:
 @websocket("/api/v1/sessions/{session_id:uuid}/feed", guards=[can_read])
 async def session_feed(
     socket: WebSocket[Any, Any, Any],
-    session_id: uuid.UUID,
-    services: Services,
-    since: Annotated[int, Parameter(ge=0)] = 0,
+    session_id: FromPath[uuid.UUID],
+    services: ServicesDep,
+    since: Annotated[int, QueryParameter(ge=0)] = 0,
 ) -> None:
     await socket.accept()
     exists = await services.read_history("session", str(session_id), limit=1)

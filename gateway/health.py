@@ -7,7 +7,7 @@ from typing import Any
 
 from litestar import Response, get
 
-from gateway.state import Services
+from gateway.state import ServicesDep
 from projections import sessions as read_model
 
 
@@ -18,7 +18,7 @@ async def health() -> dict[str, str]:
 
 @get("/ready", exclude_from_auth=True, tags=["health"],
      summary="NATS connected, store reachable, projection lag")  # fmt: skip
-async def ready(services: Services) -> Response[dict[str, Any]]:
+async def ready(services: ServicesDep) -> Response[dict[str, Any]]:
     checks: dict[str, Any] = {"nats": services.nc.is_connected}
     try:
         head = await asyncio.to_thread(services.history.head)

@@ -6,7 +6,7 @@ import uuid
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from msgspec import Meta, Struct
 
 from contracts import errors as codes
@@ -24,7 +24,7 @@ from gateway.auth import can_read, can_write
 from gateway.bus import idempotency_key
 from gateway.errors import Problem
 from gateway.keys import Principal
-from gateway.state import Services
+from gateway.state import ServicesDep
 from projections import sessions as read_model
 
 STATUSES = ("open", "succeeded", "failed", "timed_out", "cancelled")
@@ -78,7 +78,8 @@ class SessionController(Controller):
 
     @post("/", guards=[can_write], status_code=201, summary="Open a coordination session")
     async def open_session(
-        self, request: Request[Principal, Any, Any], data: OpenSessionBody, services: Services
+        self, request: Request[Principal, Any, Any], data: JSONBody[OpenSessionBody],
+        services: ServicesDep,
     ) -> Response[SessionCreated]:
         principal = request.user
         command_id = idempotency_key(request.headers)
@@ -119,9 +120,9 @@ class SessionController(Controller):
     async def submit_result(
         self,
         request: Request[Principal, Any, Any],
-        session_id: uuid.UUID,
-        data: SubmitResultBody,
-        services: Services,
+        session_id: FromPath[uuid.UUID],
+        data: JSONBody[SubmitResultBody],
+        services: ServicesDep,
     ) -> Response[CommandOutcome]:
         reply = await services.bus.send(
             request.user.actor,
@@ -148,9 +149,9 @@ class SessionController(Controller):
     async def cancel(
         self,
         request: Request[Principal, Any, Any],
-        session_id: uuid.UUID,
-        services: Services,
-        data: CancelBody | None = None,
+        session_id: FromPath[uuid.UUID],
+        services: ServicesDep,
+        data: JSONBody[CancelBody | None] = None,
     ) -> Response[CommandOutcome]:
         reply = await services.bus.send(
             request.user.actor,
@@ -168,7 +169,7 @@ class SessionController(Controller):
         )
 
     @get("/{session_id:uuid}", guards=[can_read], summary="A session's current state")
-    async def get_session(self, session_id: uuid.UUID, services: Services) -> read_model.SessionView:
+    async def get_session(self, session_id: FromPath[uuid.UUID], services: ServicesDep) -> read_model.SessionView:
         view = await services.read(read_model.get_session, str(session_id))
         if view is None:
             raise Problem(404, codes.SESSION_NOT_FOUND, f"session {session_id} does not exist")
@@ -177,11 +178,11 @@ class SessionController(Controller):
     @get("/", guards=[can_read], summary="List sessions, newest first")
     async def list_sessions(
         self,
-        services: Services,
-        status: str | None = None,
-        participant: str | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
-        cursor: str | None = None,
+        services: ServicesDep,
+        status: FromQuery[str | None] = None,
+        participant: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+        cursor: FromQuery[str | None] = None,
     ) -> read_model.SessionPage:
         if status is not None and status not in STATUSES:
             raise Problem(
@@ -201,10 +202,10 @@ class SessionController(Controller):
     @get("/{session_id:uuid}/events", guards=[can_read], summary="A session's history, oldest first")
     async def events(
         self,
-        session_id: uuid.UUID,
-        services: Services,
-        after_version: Annotated[int, Parameter(ge=0)] = 0,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 500,
+        session_id: FromPath[uuid.UUID],
+        services: ServicesDep,
+        after_version: Annotated[int, QueryParameter(ge=0)] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 500,
     ) -> EventPage:
         records = await services.read_history(
             "session", str(session_id), after_version=after_version, limit=limit

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from litestar.di import NamedDependency
 from nats.aio.client import Client as NATS
 
 from gateway.bus import CommandBus
@@ -54,3 +55,7 @@ class Services:
         return await asyncio.to_thread(
             self.history.aggregate_events, aggregate, aggregate_id, **kwargs
         )
+
+
+#: How handlers ask for the services (an explicit named dependency).
+ServicesDep = NamedDependency[Services]

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
+import threading
+import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -15,9 +19,13 @@ from pathlib import Path
 
 import nats
 import pytest
+import uvicorn
 from nats.aio.client import Client as NATS
 
 from engine.service import EngineConfig, EngineService
+from gateway.app import create_app
+from gateway.keys import KeyStore
+from gateway.state import GatewayConfig
 from events.store import open_recorder
 from projections.readstore import ReadStore
 from projections.runner import ProjectionRunner
@@ -32,15 +40,22 @@ class NatsEndpoint:
 
 
 def _docker_answers() -> bool:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    if not (os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
             import docker
 
-            docker.from_env(timeout=2).ping()
-    except Exception:
-        return False
-    return True
+            client = docker.from_env(timeout=2)
+        except Exception:
+            return False
+        try:
+            return bool(client.ping())
+        except Exception:
+            return False
+        finally:
+            client.close()
 
 
 @pytest.fixture(scope="session")
@@ -108,3 +123,54 @@ async def nc(nats_server: NatsEndpoint) -> AsyncIterator[NATS]:
         yield client
     finally:
         await client.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Gateway:
+    """A real gateway on a loopback port (uvicorn in its own thread and event loop)."""
+
+    url: str
+    ws_url: str
+    keys: KeyStore
+
+    def key(self, actor: str, role: str = "agent") -> dict[str, str]:
+        """Authorization headers for a new key of ``actor`` with ``role``."""
+        return {"Authorization": f"Bearer {self.keys.create(actor, role)}"}
+
+
+@pytest.fixture
+def gateway(
+    nats_server: NatsEndpoint, database_url: str, read_store_url: str, tmp_path: Path
+) -> Iterator[Gateway]:
+    keys_path = tmp_path / "keys.db"
+    app = create_app(
+        GatewayConfig(
+            nats_url=nats_server.url,
+            database_url=database_url,
+            read_store_url=read_store_url,
+            keys_path=str(keys_path),
+            max_body_bytes=64 * 1024,
+        )
+    )
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.01)
+    try:
+        yield Gateway(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", KeyStore(keys_path))
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -40,7 +40,9 @@ OPENED = SessionOpened(
 )
 
 
-def encode(event: msgspec.Struct, version: int = 1, prev_hash: str = GENESIS_HASH) -> tuple[StoredEvent, str]:
+def encode(
+    event: msgspec.Struct, version: int = 1, prev_hash: str = GENESIS_HASH
+) -> tuple[StoredEvent, str]:
     return encode_event(
         aggregate="session",
         aggregate_id=AID,
@@ -129,8 +131,12 @@ def test_the_stored_hash_is_what_a_verifier_recomputes() -> None:
 
 
 def test_tampering_with_the_stored_data_changes_the_recomputed_hash() -> None:
-    stored, digest = encode(ResultSubmitted(agent_id="a", result={"answer": 41}, success=True), version=2)
-    forged = msgspec.json.encode({"agent_id": "a", "output_hash": None, "result": {"answer": 42}, "success": True})
+    stored, digest = encode(
+        ResultSubmitted(agent_id="a", result={"answer": 41}, success=True), version=2
+    )
+    forged = msgspec.json.encode(
+        {"agent_id": "a", "output_hash": None, "result": {"answer": 42}, "success": True}
+    )
     tampered = with_body(stored, data=msgspec.Raw(forged))
     assert decode_record(tampered).data["result"] == {"answer": 42}
     assert decode_record(tampered).hash == digest  # the stored hash still claims the old one
@@ -148,7 +154,9 @@ def test_tampering_with_the_stored_data_changes_the_recomputed_hash() -> None:
         {"schema_version": 2},
     ],
 )
-def test_tampering_with_the_stored_metadata_changes_the_recomputed_hash(changes: dict[str, Any]) -> None:
+def test_tampering_with_the_stored_metadata_changes_the_recomputed_hash(
+    changes: dict[str, Any],
+) -> None:
     stored, digest = encode(OPENED)
     assert recompute(with_body(stored, **changes)) != digest
 
@@ -166,14 +174,16 @@ def test_the_hash_covers_the_aggregate_id_and_version_of_the_row() -> None:
 
 
 def test_each_hash_chains_to_the_previous_one() -> None:
-    first, first_hash = encode(OPENED, version=1)
+    _, first_hash = encode(OPENED, version=1)
     second, second_hash = encode(
         SessionCancelled(reason="no", cancelled_by="boss"), version=2, prev_hash=first_hash
     )
     assert decode_record(second).prev_hash == first_hash
     assert recompute(second) == second_hash
     # The same event after a different predecessor hashes differently.
-    _, other = encode(SessionCancelled(reason="no", cancelled_by="boss"), version=2, prev_hash=GENESIS_HASH)
+    _, other = encode(
+        SessionCancelled(reason="no", cancelled_by="boss"), version=2, prev_hash=GENESIS_HASH
+    )
     assert other != second_hash
 
 

@@ -29,7 +29,11 @@ def test_a_command_subject_round_trips_through_the_parser() -> None:
     assert subject == "chorus.cmd.agent-7.session.submit_result"
     parsed = parse_command_subject(subject)
     assert parsed is not None
-    assert (parsed.actor, parsed.aggregate, parsed.command) == ("agent-7", "session", "submit_result")
+    assert (parsed.actor, parsed.aggregate, parsed.command) == (
+        "agent-7",
+        "session",
+        "submit_result",
+    )
 
 
 @pytest.mark.parametrize("actor", ["", "a.b", "a b", "*", ">", "x" * 129])
@@ -45,7 +49,9 @@ def test_ids_with_colons_and_at_signs_are_tokens() -> None:
 
 
 def test_event_subjects_and_message_ids_name_the_aggregate_instance() -> None:
-    assert event_subject("session", "abc", "SessionOpened") == "chorus.evt.session.abc.SessionOpened"
+    assert (
+        event_subject("session", "abc", "SessionOpened") == "chorus.evt.session.abc.SessionOpened"
+    )
     assert event_filter("session", "abc") == "chorus.evt.session.abc.*"
     assert command_wildcard("session") == "chorus.cmd.*.session.*"
     assert event_message_id("abc", 3) == "abc:3"

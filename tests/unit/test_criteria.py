@@ -11,7 +11,9 @@ from engine.criteria import evaluate
 from events.session import ResultSubmitted, Verdict
 
 
-def result(success: bool = True, output_hash: str | None = None, agent: str = "a") -> ResultSubmitted:
+def result(
+    success: bool = True, output_hash: str | None = None, agent: str = "a"
+) -> ResultSubmitted:
     return ResultSubmitted(agent_id=agent, result={}, success=success, output_hash=output_hash)
 
 
@@ -61,7 +63,9 @@ def test_require_all_is_the_default_rule() -> None:
         ((False, False, True), "failed"),
     ],
 )
-def test_require_majority_needs_strictly_more_than_half(flags: tuple[bool, ...], expected: str) -> None:
+def test_require_majority_needs_strictly_more_than_half(
+    flags: tuple[bool, ...], expected: str
+) -> None:
     verdict = evaluate(Criteria(require="majority"), outcomes(*flags))
     assert verdict.outcome == expected
     if expected == "failed":
@@ -206,7 +210,9 @@ def test_the_verdict_depends_only_on_the_multiset_of_results(
 
 @settings(max_examples=200, deadline=None)
 @given(criteria=criteria_st, results=st.lists(result_st, max_size=8))
-def test_the_verdict_counts_are_consistent(criteria: Criteria, results: list[ResultSubmitted]) -> None:
+def test_the_verdict_counts_are_consistent(
+    criteria: Criteria, results: list[ResultSubmitted]
+) -> None:
     verdict = evaluate(criteria, results)
     successes = sum(r.success for r in results)
     assert verdict.results == len(results)

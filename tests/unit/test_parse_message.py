@@ -46,7 +46,9 @@ def test_a_valid_message_becomes_a_typed_command_with_the_actor_from_the_subject
 
 
 def test_a_submit_message_is_parsed_with_its_defaults() -> None:
-    data = json.dumps({"command_id": "s", "payload": {"session_id": SID, "result": {"x": 1}}}).encode()
+    data = json.dumps(
+        {"command_id": "s", "payload": {"session_id": SID, "result": {"x": 1}}}
+    ).encode()
     command = parse_message("chorus.cmd.a.session.submit_result", data)
     assert command.envelope.payload == SubmitResult(session_id=SID, result={"x": 1})
 
@@ -98,7 +100,10 @@ def test_a_timeout_out_of_range_is_an_invalid_command(timeout: int) -> None:
 
 @pytest.mark.parametrize("timeout", [1, 86_400])
 def test_timeouts_at_the_bounds_are_accepted(timeout: int) -> None:
-    assert parse_message(OPEN_SUBJECT, body(timeout_seconds=timeout)).envelope.payload.timeout_seconds == timeout
+    assert (
+        parse_message(OPEN_SUBJECT, body(timeout_seconds=timeout)).envelope.payload.timeout_seconds
+        == timeout
+    )
 
 
 @pytest.mark.parametrize("count", [0, 1001])
