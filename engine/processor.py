@@ -26,6 +26,7 @@ from engine.errors import DomainError
 from engine.handlers import AggregateState, Handler
 from events.codec import EventMeta, decode_record, encode_event, typed_event
 from events.commands import CommandAccepted, command_record_id
+from events.store import select_aggregate_notifications
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,6 @@ class Command:
     @property
     def command_id(self) -> str:
         return self.envelope.command_id
-
-
-_accepted_decoder = msgspec.json.Decoder(CommandAccepted)
 
 
 class _Staged:
@@ -79,26 +77,49 @@ class Processor:
 
     # Aggregates -----------------------------------------------------------------------------
 
-    def load(self, handler: Handler, aggregate_id: UUID) -> AggregateState:
-        """The aggregate from the cache, else folded from its stored events.
+    def load(
+        self,
+        handler: Handler,
+        aggregate_id: UUID,
+        working: dict[UUID, AggregateState] | None = None,
+    ) -> AggregateState:
+        """The aggregate as this batch sees it: staged in the batch, else cached, else folded.
 
-        This engine assumes it is the usual writer of the aggregates it caches; if another
-        worker wrote meanwhile, the save fails on the version check and the command is
-        retried on a fresh fold.
+        ``working`` holds every aggregate the batch touched, with its staged events applied;
+        it enters the cache only once the batch has committed (``remember``), so the cache
+        holds committed states only, and an aggregate that does not exist yet is never
+        cached (another worker may create it). This engine assumes it is the usual writer
+        of what it caches; if another worker wrote meanwhile, the save fails on the version
+        check and the command is retried on a fresh fold.
+
+        Without ``working`` (outside a batch) the loaded state is cached at once.
         """
-        state = self._cache.get(aggregate_id)
-        if state is not None:
-            self._cache.move_to_end(aggregate_id)
+        if working is None:
+            alone: dict[UUID, AggregateState] = {}
+            state = self.load(handler, aggregate_id, alone)
+            self.remember(alone)
             return state
-        state = handler.new_state(aggregate_id)
-        for stored in self.recorder.select_events(aggregate_id):
-            record = decode_record(stored)
-            state.apply(typed_event(record))
-            state.last_hash = record.hash
-        self._cache[aggregate_id] = state
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        state = working.get(aggregate_id)
+        if state is not None:
+            return state
+        state = self._cache.pop(aggregate_id, None)
+        if state is None:
+            state = handler.new_state(aggregate_id)
+            for stored in self.recorder.select_events(aggregate_id):
+                record = decode_record(stored)
+                state.apply(typed_event(record))
+                state.last_hash = record.hash
+        working[aggregate_id] = state
         return state
+
+    def remember(self, working: dict[UUID, AggregateState]) -> None:
+        """After a commit: keep the batch's aggregates, least recently used out first."""
+        for aggregate_id, state in working.items():
+            if state.version > 0 and self.cache_size > 0:
+                self._cache[aggregate_id] = state
+                self._cache.move_to_end(aggregate_id)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     def evict(self, ids: Sequence[UUID]) -> None:
         for aggregate_id in ids:
@@ -106,13 +127,25 @@ class Processor:
 
     # Dedup ----------------------------------------------------------------------------------
 
-    def recorded_outcome(self, actor: str, command_id: str) -> CommandAccepted | None:
-        """The outcome recorded when this actor's command id was first accepted, if ever."""
-        found = self.recorder.select_events(command_record_id(actor, command_id), limit=1)
+    def recorded_outcome(self, actor: str, command_id: str) -> Reply | None:
+        """The reply to give a repeat of this actor's command id, if it was ever accepted.
+
+        The dedup record is written last in its command's rows, in one transaction, so the
+        command's last domain event sits at the position just before it.
+        """
+        found = select_aggregate_notifications(
+            self.recorder, command_record_id(actor, command_id), limit=1
+        )
         if not found:
             return None
-        body = decode_record(found[0])
-        return msgspec.convert(body.data, CommandAccepted)
+        outcome = msgspec.convert(decode_record(found[0]).data, CommandAccepted)
+        return Reply(
+            command_id=command_id,
+            status="duplicate",
+            aggregate_id=outcome.aggregate_id,
+            version=outcome.version,
+            position=found[0].id - 1,
+        )
 
     # Batches --------------------------------------------------------------------------------
 
@@ -125,7 +158,7 @@ class Processor:
         """
         replies: list[Reply | None] = [None] * len(commands)
         staged: list[_Staged] = []
-        touched: list[UUID] = []
+        working: dict[UUID, AggregateState] = {}
         in_batch: dict[UUID, int] = {}
         repeats: list[tuple[int, int]] = []
         now = self.clock()
@@ -136,10 +169,10 @@ class Processor:
                 continue
             previous = self.recorded_outcome(command.actor, command.command_id)
             if previous is not None:
-                replies[index] = _duplicate(command, previous)
+                replies[index] = previous
                 continue
             try:
-                events = self._decide(command, now, touched)
+                events = self._decide(command, now, working)
             except DomainError as error:
                 replies[index] = _rejected(command, error.code, error.message, error.details)
                 continue
@@ -151,7 +184,7 @@ class Processor:
                 )
                 continue
             aggregate_id = command.handler.target(command.envelope.payload)
-            version = self._cache[aggregate_id].version
+            version = working[aggregate_id].version
             outcome = CommandAccepted(
                 command_id=command.command_id,
                 actor=command.actor,
@@ -182,7 +215,7 @@ class Processor:
             try:
                 self._commit(staged, replies)
             except IntegrityError:
-                self.evict(touched)
+                self.evict(list(working))
                 if attempt >= 3:
                     return [
                         _rejected(c, codes.STORE_UNAVAILABLE, "write conflict persisted; retry")
@@ -192,7 +225,7 @@ class Processor:
                 return [self.handle_batch([c], attempt + 1)[0] for c in commands]
             except Exception as error:
                 # Nothing was recorded: say so, so the client retries with the same command id.
-                self.evict(touched)
+                self.evict(list(working))
                 log.warning("store write failed: %s", error)
                 for item in staged:
                     replies[item.reply_index] = _rejected(
@@ -200,6 +233,10 @@ class Processor:
                         codes.STORE_UNAVAILABLE,
                         f"the event store is unavailable: {error}",
                     )
+            else:
+                self.remember(working)
+        else:
+            self.remember(working)
         for index, first in repeats:
             # A retry that arrived in the same batch as its original shares its fate.
             reply = replies[first]
@@ -211,11 +248,13 @@ class Processor:
             )
         return [r for r in replies if r is not None]
 
-    def _decide(self, command: Command, now: datetime, touched: list[UUID]) -> list[StoredEvent]:
+    def _decide(
+        self, command: Command, now: datetime, working: dict[UUID, AggregateState]
+    ) -> list[StoredEvent]:
         handler = command.handler
         payload = command.envelope.payload
         aggregate_id = handler.target(payload)
-        state = self.load(handler, aggregate_id)
+        state = self.load(handler, aggregate_id, working)
         decided = handler.decide(state, payload, command.actor, now)
         meta = EventMeta(
             actor=command.actor,
@@ -224,7 +263,6 @@ class Processor:
             causation_id=command.envelope.causation_id,
         )
         stored: list[StoredEvent] = []
-        touched.append(aggregate_id)
         for event in decided:
             record, digest = encode_event(
                 aggregate=handler.aggregate,
@@ -254,15 +292,6 @@ class Processor:
             replies[item.reply_index] = msgspec.structs.replace(
                 reply, position=positions[offset - 2]
             )
-
-
-def _duplicate(command: Command, previous: CommandAccepted) -> Reply:
-    return Reply(
-        command_id=command.command_id,
-        status="duplicate",
-        aggregate_id=previous.aggregate_id,
-        version=previous.version,
-    )
 
 
 def _rejected(command: Command, code: str, message: str, details: dict[str, Any] | None = None) -> Reply:

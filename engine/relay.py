@@ -67,7 +67,7 @@ class Relay:
         while True:
             try:
                 moved = await self.step()
-            except (APIError, TimeoutError, asyncio.TimeoutError) as error:
+            except (APIError, TimeoutError) as error:
                 log.warning("relay publish failed, resyncing: %s", error)
                 await asyncio.sleep(0.5)
                 await self._resync_quietly()

@@ -25,7 +25,7 @@ async def close_nats(nc: NATS, timeout: float = 3.0) -> None:
     """Drain if the server is there; never hang on shutdown if it is not."""
     try:
         await asyncio.wait_for(nc.drain(), timeout)
-    except Exception:  # noqa: BLE001 - best effort: we are shutting down either way
+    except Exception:
         with contextlib.suppress(Exception):
             await nc.close()
 

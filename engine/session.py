@@ -166,8 +166,7 @@ def decide_submit(state: SessionState, cmd: SubmitResult, actor: str, now: datet
 def decide_cancel(state: SessionState, cmd: CancelSession, actor: str, now: datetime) -> list[msgspec.Struct]:
     state.check_exists()
     state.check_may_cancel(actor)
-    if state.is_closed:
-        raise errors.SessionClosed(f"session {state.id} is {state.status}", {"status": state.status})
+    state.check_is_open(now)
     return [SessionCancelled(reason=cmd.reason, cancelled_by=actor)]
 
 

@@ -67,7 +67,7 @@ def parse_message(subject: str, data: bytes) -> Command:
         raise Rejection(codes.INVALID_SUBJECT, f"not a command subject: {subject}")
     key = (parsed.aggregate, parsed.command)
     handler = HANDLERS.get(key)
-    if handler is None or parsed.command == "timeout" and parsed.actor != "system":
+    if handler is None or (parsed.command == "timeout" and parsed.actor != "system"):
         known = sorted(f"{a}.{c}" for a, c in HANDLERS if c != "timeout")
         raise Rejection(
             codes.UNKNOWN_COMMAND,
@@ -77,17 +77,25 @@ def parse_message(subject: str, data: bytes) -> Command:
     try:
         envelope = DECODERS[key].decode(data)
     except msgspec.ValidationError as error:
-        raise Rejection(codes.INVALID_COMMAND, str(error), _error_path(str(error))) from None
+        message = str(error)
+        if message.startswith("Expected `object`") and "at `$." not in message:
+            raise Rejection(codes.MALFORMED_MESSAGE, f"body must be a JSON object: {message}") from None
+        raise Rejection(codes.INVALID_COMMAND, message, _error_path(message)) from None
     except msgspec.DecodeError as error:
         raise Rejection(codes.MALFORMED_MESSAGE, f"body is not valid JSON: {error}") from None
     return Command(actor=parsed.actor, handler=handler, envelope=envelope)
 
 
 def _error_path(message: str) -> dict[str, Any] | None:
-    """msgspec says ``... - at `$.payload.x` ``: expose the path as a field name."""
-    if "at `$." in message:
-        return {"field": message.rsplit("at `$.", 1)[1].rstrip("`")}
-    return None
+    """msgspec says ``... - at `$.payload.x` ``: expose the path as a field name.
+
+    For an unknown field the path names its object; the field itself is appended.
+    """
+    where = message.rsplit("at `$", 1)[1].rstrip("`").lstrip(".") if "at `$" in message else ""
+    if "unknown field `" in message:
+        name = message.split("unknown field `", 1)[1].split("`", 1)[0]
+        where = f"{where}.{name}" if where else name
+    return {"field": where} if where else None
 
 
 def _command_id_of(data: bytes) -> str:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from urllib.parse import unquote, urlparse
-
 from uuid import UUID
 
 from eventsourcing.persistence import ApplicationRecorder, InfrastructureFactory, Notification
-from eventsourcing.sqlite import SQLiteApplicationRecorder
+from eventsourcing.sqlite import SQLiteDatastore
 
 
 def recorder_env(database_url: str) -> dict[str, str]:
@@ -55,7 +54,7 @@ def select_aggregate_notifications(
     them; this reads the same table through the recorder's own connection pool.
     """
     table = recorder.events_table_name  # type: ignore[attr-defined]
-    if isinstance(recorder, SQLiteApplicationRecorder):
+    if isinstance(recorder.datastore, SQLiteDatastore):  # type: ignore[attr-defined]
         key: object = aggregate_id.hex
         position_column, mark = "rowid", "?"
     else:

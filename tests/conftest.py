@@ -23,10 +23,10 @@ import uvicorn
 from nats.aio.client import Client as NATS
 
 from engine.service import EngineConfig, EngineService
+from events.store import open_recorder
 from gateway.app import create_app
 from gateway.keys import KeyStore
 from gateway.state import GatewayConfig
-from events.store import open_recorder
 from projections.readstore import ReadStore
 from projections.runner import ProjectionRunner
 from projections.sessions import SessionsProjection

@@ -305,8 +305,8 @@ def test_the_same_command_id_from_another_actor_is_not_a_duplicate(
 def test_the_dedup_record_keeps_the_original_outcome(processor: Processor) -> None:
     x = new_sid()
     processor.handle_batch([open_session(x), submit(x, "a", command_id="s")])
-    assert processor.recorded_outcome("a", "s") == CommandAccepted(
-        command_id="s", actor="a", aggregate=SESSION, aggregate_id=x, version=2
+    assert processor.recorded_outcome("a", "s") == Reply(
+        command_id="s", status="duplicate", aggregate_id=x, version=2, position=3
     )
     assert processor.recorded_outcome("b", "s") is None
 
@@ -667,15 +667,9 @@ def test_a_conflict_that_persists_is_answered_store_unavailable(
     assert recorder.select_events(uuid.UUID(x)) == []
 
 
-# Known bugs (strict xfail: they start failing once fixed, so the marker can go) -----------------
+# Regressions of bugs found while writing these tests ----------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Processor.load caches the empty state of a session that did not exist yet; "
-    "a rejection decided on a stale cache writes nothing, so no version conflict ever "
-    "corrects it and the session stays 'not found' on this worker",
-)
 def test_a_worker_that_saw_a_session_missing_accepts_results_once_another_worker_opened_it(
     recorder: ApplicationRecorder, second_recorder: ApplicationRecorder, clock: FakeClock
 ) -> None:
@@ -691,12 +685,6 @@ def test_a_worker_that_saw_a_session_missing_accepts_results_once_another_worker
     assert later[0].status == "accepted", later[0].error
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when a batch touches more aggregates than cache_size, an aggregate with "
-    "staged (uncommitted) events is evicted mid-batch and refolded from the store without "
-    "them, so a later command in the same batch is wrongly rejected",
-)
 def test_a_batch_wider_than_the_cache_still_sees_its_own_staged_events(
     recorder: ApplicationRecorder, clock: FakeClock
 ) -> None:
