@@ -142,6 +142,8 @@ class CommandWorker:
             pending_msgs_limit=1_000_000,
             pending_bytes_limit=1024 * 1024 * 1024,
         )
+        # Once start() returns, the server knows the subscription: no "no responders".
+        await self.nc.flush()
 
     async def stop(self) -> None:
         if self._sub is not None:
