@@ -96,13 +96,13 @@ class Processor:
         """
         if working is None:
             alone: dict[UUID, AggregateState] = {}
-            state = self.load(handler, aggregate_id, alone)
+            loaded = self.load(handler, aggregate_id, alone)
             self.remember(alone)
-            return state
-        state = working.get(aggregate_id)
-        if state is not None:
-            return state
-        state = self._cache.pop(aggregate_id, None)
+            return loaded
+        staged = working.get(aggregate_id)
+        if staged is not None:
+            return staged
+        state = self._cache.pop(aggregate_id) if aggregate_id in self._cache else None
         if state is None:
             state = handler.new_state(aggregate_id)
             for stored in self.recorder.select_events(aggregate_id):

@@ -11,11 +11,13 @@ makes the relay re-read the stream's tail and resume from there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import msgspec
 from eventsourcing.persistence import ApplicationRecorder
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 from nats.js.errors import APIError, NotFoundError
 
 from contracts.subjects import EVENTS_STREAM, event_message_id, event_subject
@@ -79,10 +81,8 @@ class Relay:
                 continue
             if not moved:
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.idle_interval)
-                except TimeoutError:
-                    pass
 
     async def _resync_quietly(self) -> None:
         try:
@@ -97,7 +97,7 @@ class Relay:
         )
         if not notifications:
             return False
-        futures = []
+        futures: list[asyncio.Future[PubAck]] = []
         last_domain = self.position
         for n in notifications:
             if not is_domain_topic(n.topic):

@@ -225,7 +225,8 @@ def list_sessions(
     cursor: str | None = None,
 ) -> SessionPage:
     """Newest first, keyset-paged by the opening position."""
-    where, params = [], []  # type: ignore[var-annotated]
+    where: list[str] = []
+    params: list[object] = []
     if status:
         where.append("s.status=?")
         params.append(status)
