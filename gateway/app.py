@@ -51,7 +51,7 @@ def create_app(config: GatewayConfig) -> Litestar:
         finally:
             try:
                 await asyncio.wait_for(nc.drain(), 3)
-            except Exception:  # noqa: BLE001 - shutting down either way; never hang here
+            except Exception:  # shutting down either way; never hang here
                 with contextlib.suppress(Exception):
                     await nc.close()
 

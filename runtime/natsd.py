@@ -98,7 +98,7 @@ def start_nats_server(
             args,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - needed so no orphan survives us
+            preexec_fn=die_with_parent,  # no orphan survives us, even after SIGKILL
             start_new_session=True,
         )
     ports_file = ports_dir / f"nats-server_{process.pid}.ports"

@@ -51,7 +51,7 @@ class Supervisor:
                 env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,  # noqa: PLW1509 - no orphans if we are killed
+                preexec_fn=die_with_parent,  # no orphans if we are killed
                 # Own process group: a terminal's Ctrl-C reaches only us, and we stop the
                 # children in order (NATS last, so they can drain).
                 start_new_session=True,
