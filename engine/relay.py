@@ -18,7 +18,7 @@ import msgspec
 from eventsourcing.persistence import ApplicationRecorder
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from contracts.subjects import EVENTS_STREAM, event_message_id, event_subject
 from events.codec import decode_record, is_domain_topic
@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 _encoder = msgspec.json.Encoder()
 POSITION_HEADER = "Chorus-Position"
+
+
+class StreamAheadOfStore(RuntimeError):
+    """EVENTS holds positions the event store does not have."""
 
 
 class Relay:
@@ -63,32 +67,44 @@ class Relay:
                 last = None
             if last is not None and last.headers and POSITION_HEADER in last.headers:
                 self.position = int(last.headers[POSITION_HEADER])
+        head = await asyncio.to_thread(self.recorder.max_notification_id) or 0
+        if self.position > head:
+            # The stream was fed from another store (e.g. the store was replaced but NATS
+            # kept its data). Publishing would interleave two histories: refuse loudly.
+            raise StreamAheadOfStore(
+                f"EVENTS ends at position {self.position} but the event store ends at {head}: "
+                "the stream belongs to another event store; purge EVENTS or restore the store"
+            )
 
     async def run(self) -> None:
-        await self.resync()
+        await self._resync_until_ok()
         while True:
             try:
                 moved = await self.step()
-            except (APIError, TimeoutError) as error:
+            except Exception as error:
+                # A failed or raced publish (or NATS away): our view of the tail may be
+                # stale, so re-read it and resume from what the stream really holds.
                 log.warning("relay publish failed, resyncing: %s", error)
                 await asyncio.sleep(0.5)
-                await self._resync_quietly()
-                continue
-            except Exception as error:
-                log.warning("relay failed, retrying: %s", error)
-                await asyncio.sleep(0.5)
-                await self._resync_quietly()
+                await self._resync_until_ok()
                 continue
             if not moved:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.idle_interval)
 
-    async def _resync_quietly(self) -> None:
-        try:
-            await self.resync()
-        except Exception as error:
-            log.warning("relay cannot read the stream yet: %s", error)
+    async def _resync_until_ok(self) -> None:
+        while True:
+            try:
+                await self.resync()
+            except StreamAheadOfStore as error:
+                log.error("relay stopped: %s", error)
+                await asyncio.sleep(10)
+            except Exception as error:
+                log.warning("relay cannot read the stream yet: %s", error)
+                await asyncio.sleep(0.5)
+            else:
+                return
 
     async def step(self) -> bool:
         """Publish the next batch; True if the log had anything after our position."""

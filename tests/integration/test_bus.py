@@ -11,7 +11,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
 
-from engine.relay import Relay
+from engine.relay import Relay, StreamAheadOfStore
 from engine.service import EngineConfig, EngineService
 from events.codec import decode_record, is_domain_topic
 from events.store import open_recorder
@@ -219,3 +219,13 @@ async def test_two_engine_workers_share_the_queue_without_double_effects(nats_se
     assert [r.version for r in records] == list(range(1, 23))
     assert sorted(r.data["agent_id"] for r in records if r.type == "ResultSubmitted") == sorted(agents)
     assert records[-1].type == "SessionFinalised"
+
+
+async def test_relay_refuses_a_stream_fed_from_another_store(engine: EngineService, nc: NATS, tmp_path: Any) -> None:
+    """A replaced event store must not interleave its history into the old stream."""
+    for _ in range(3):
+        await send(nc, "coord", "open", open_payload(["a1"]))
+    await stream_records(nc, 3)
+    other = Relay(open_recorder(f"sqlite:///{tmp_path}/other.db"), nc.jetstream())
+    with pytest.raises(StreamAheadOfStore, match="another event store"):
+        await other.resync()
