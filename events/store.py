@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID
 
 from eventsourcing.persistence import ApplicationRecorder, InfrastructureFactory, Notification
@@ -23,7 +23,7 @@ def recorder_env(database_url: str) -> dict[str, str]:
             "SQLITE_LOCK_TIMEOUT": "10",
         }
     if url.scheme in ("postgres", "postgresql"):
-        return {
+        env = {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
             "POSTGRES_DBNAME": url.path.lstrip("/"),
             "POSTGRES_HOST": url.hostname or "localhost",
@@ -31,6 +31,10 @@ def recorder_env(database_url: str) -> dict[str, str]:
             "POSTGRES_USER": unquote(url.username or ""),
             "POSTGRES_PASSWORD": unquote(url.password or ""),
         }
+        schema = parse_qs(url.query).get("schema")
+        if schema:
+            env["POSTGRES_SCHEMA"] = schema[0]
+        return env
     raise ValueError(f"unsupported database URL {database_url!r} (use sqlite:/// or postgresql://)")
 
 
@@ -54,10 +58,13 @@ def select_aggregate_notifications(
     them; this reads the same table through the recorder's own connection pool.
     """
     table = recorder.events_table_name  # type: ignore[attr-defined]
-    if isinstance(recorder.datastore, SQLiteDatastore):  # type: ignore[attr-defined]
+    datastore = recorder.datastore  # type: ignore[attr-defined]
+    if isinstance(datastore, SQLiteDatastore):
         key: object = aggregate_id.hex
         position_column, mark = "rowid", "?"
     else:
+        # Identifiers come from the recorder's own settings, never from a request.
+        table = f'"{datastore.schema}"."{table}"'
         key = aggregate_id
         position_column, mark = "notification_id", "%s"
     sql = (
