@@ -14,12 +14,12 @@ import asyncio
 import heapq
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
-import msgspec
 from eventsourcing.persistence import ApplicationRecorder
 
 from contracts.envelope import Envelope
+from contracts.errors import STORE_UNAVAILABLE
 from contracts.sessions import TimeOutSession
 from engine.handlers import HANDLERS
 from engine.processor import Command, utc_now
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 OPENED = topic_of("session", "SessionOpened")
 CLOSING = [topic_of("session", t) for t in ("SessionFinalised", "SessionTimedOut", "SessionCancelled")]
 
-_deadline_decoder = msgspec.json.Decoder()
+RETRY_AFTER = timedelta(seconds=1)
 
 
 class SessionTimer:
@@ -92,6 +92,10 @@ class SessionTimer:
                     ),
                 )
                 reply = await self.worker.submit(command)
+                if reply.error is not None and reply.error.code == STORE_UNAVAILABLE:
+                    # Nothing was recorded: try again shortly.
+                    heapq.heappush(self._heap, (now + RETRY_AFTER, session_id))
+                    continue
                 self._open.discard(session_id)
                 if reply.status == "accepted":
                     self.fired += 1

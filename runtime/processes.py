@@ -58,7 +58,8 @@ def run_engine(settings: Settings) -> None:
 
 def projection_runner(settings: Settings, read_store_url: str | None = None) -> ProjectionRunner:
     s = settings.resolved()
-    assert s.database_url is not None and s.read_store_url is not None
+    assert s.database_url is not None
+    assert s.read_store_url is not None
     return ProjectionRunner(
         open_recorder(s.database_url),
         ReadStore(read_store_url or s.read_store_url),

@@ -9,6 +9,7 @@ is killed (PR_SET_PDEATHSIG), so no orphan survives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -65,7 +66,12 @@ class Supervisor:
             self.nats = start_nats_server(Path(s.data_dir) / "nats")
             self.settings = s = s.model_copy(update={"nats_url": self.nats.url})
         assert s.nats_url is not None
-        nc = await nats.connect(s.nats_url, name="chorus-up")
+        try:
+            nc = await nats.connect(
+                s.nats_url, name="chorus-up", connect_timeout=5, max_reconnect_attempts=2
+            )
+        except Exception as error:
+            raise SystemExit(f"chorus: cannot reach NATS at {s.nats_url}: {error}") from None
         try:
             await ensure_streams(nc.jetstream(), s.stream_replicas)
         finally:
@@ -104,10 +110,8 @@ class Supervisor:
             if self.nats is not None and self.nats.process.poll() is not None:
                 print("chorus: nats-server exited; stopping", file=sys.stderr, flush=True)
                 stop.set()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
-            except TimeoutError:
-                pass
 
     def stop(self, timeout: float = 10.0) -> None:
         """Gateway first (no new commands), then projector and engine, then NATS."""
@@ -155,8 +159,9 @@ def run_up(settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        admin_key = supervisor.first_admin_key()
         await supervisor.start()
+        # Only after a successful start, so a failed first start never swallows the key.
+        admin_key = supervisor.first_admin_key()
         s = supervisor.settings
         base = f"http://{s.host}:{s.port}"
         ready = await _wait_http(f"{base}/health")
