@@ -11,7 +11,6 @@ makes the relay re-read the stream's tail and resume from there.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import msgspec
@@ -20,6 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
 
+from contracts.aio import raise_if_cancelling, wait_event
 from contracts.subjects import EVENTS_STREAM, event_message_id, event_subject
 from events.codec import decode_record, is_domain_topic
 
@@ -82,6 +82,7 @@ class Relay:
             try:
                 moved = await self.step()
             except Exception as error:
+                raise_if_cancelling()
                 # A failed or raced publish (or NATS away): our view of the tail may be
                 # stale, so re-read it and resume from what the stream really holds.
                 log.warning("relay publish failed, resyncing: %s", error)
@@ -90,17 +91,18 @@ class Relay:
                 continue
             if not moved:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.idle_interval)
+                await wait_event(self._wake, self.idle_interval)
 
     async def _resync_until_ok(self) -> None:
         while True:
             try:
                 await self.resync()
             except StreamAheadOfStore as error:
+                raise_if_cancelling()
                 log.error("relay stopped: %s", error)
                 await asyncio.sleep(10)
             except Exception as error:
+                raise_if_cancelling()
                 log.warning("relay cannot read the stream yet: %s", error)
                 await asyncio.sleep(0.5)
             else:
@@ -128,7 +130,8 @@ class Relay:
             futures.append(await self.js.publish_async(subject, _encoder.encode(record), headers=headers))
             last_domain = n.id
         if futures:
-            acks = await asyncio.wait_for(asyncio.gather(*futures), timeout=10)
+            async with asyncio.timeout(10):
+                acks = await asyncio.gather(*futures)
             for ack in acks:
                 if ack.duplicate:
                     # Someone stored it before us: our view of the tail is stale.

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 async def close_nats(nc: NATS, timeout: float = 3.0) -> None:
     """Drain if the server is there; never hang on shutdown if it is not."""
     try:
-        await asyncio.wait_for(nc.drain(), timeout)
+        async with asyncio.timeout(timeout):
+            await nc.drain()
     except Exception:
         with contextlib.suppress(Exception):
             await nc.close()
@@ -81,9 +82,14 @@ class EngineService:
             await self.worker.stop()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            # Bounded: a task that ignores its cancellation must not hang shutdown.
+            done, stuck = await asyncio.wait(self._tasks, timeout=5)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.warning("task %s had failed: %s", task.get_name(), task.exception())
+            for task in stuck:
+                log.warning("task %s did not stop in time", task.get_name())
         if self.worker is not None:
             self.worker.close()
         if self.nc is not None:

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from eventsourcing.persistence import ApplicationRecorder
 
+from contracts.aio import raise_if_cancelling
 from contracts.envelope import Envelope
 from contracts.errors import STORE_UNAVAILABLE
 from contracts.sessions import TimeOutSession
@@ -75,6 +76,7 @@ class SessionTimer:
             try:
                 await asyncio.to_thread(self._catch_up)
             except Exception as error:
+                raise_if_cancelling()
                 log.warning("timer cannot read the log: %s", error)
                 await asyncio.sleep(1)
                 continue

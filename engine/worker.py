@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from contracts import errors as codes
+from contracts.aio import raise_if_cancelling
 from contracts.envelope import Reply
 from contracts.errors import ErrorInfo
 from contracts.subjects import (
@@ -205,8 +206,10 @@ class CommandWorker:
                 if remaining <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                    async with asyncio.timeout(remaining):
+                        batch.append(await self.queue.get())
                 except TimeoutError:
+                    raise_if_cancelling()  # a cancel racing the timeout (see contracts.aio)
                     break
             commands = [item.command for item in batch]
             try:
@@ -214,6 +217,7 @@ class CommandWorker:
                     self._writer, self.processor.handle_batch, commands
                 )
             except Exception as error:
+                raise_if_cancelling()
                 # e.g. the store could not be read: nothing was recorded, the clients retry.
                 log.warning("batch failed before commit: %s", error)
                 self.processor.evict(list(self.processor._cache))

@@ -50,7 +50,8 @@ def create_app(config: GatewayConfig) -> Litestar:
             yield
         finally:
             try:
-                await asyncio.wait_for(nc.drain(), 3)
+                async with asyncio.timeout(3):
+                    await nc.drain()
             except Exception:  # shutting down either way; never hang here
                 with contextlib.suppress(Exception):
                     await nc.close()

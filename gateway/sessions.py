@@ -103,7 +103,8 @@ class SessionController(Controller):
             correlation_id=request.headers.get("x-correlation-id"),
         )
         await services.wait_for_projection(read_model.NAME, reply.position)
-        assert reply.aggregate_id is not None and reply.version is not None
+        assert reply.aggregate_id is not None
+        assert reply.version is not None
         return Response(
             SessionCreated(
                 session_id=reply.aggregate_id,

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from eventsourcing.persistence import ApplicationRecorder
 
+from contracts.aio import raise_if_cancelling
 from contracts.feed import EventRecord
 from events.codec import decode_record, is_domain_topic
 from projections.readstore import ReadStore, set_position
@@ -99,6 +100,7 @@ class ProjectionRunner:
             try:
                 moved = await asyncio.to_thread(self.step)
             except Exception as error:
+                raise_if_cancelling()
                 log.warning("projection %s failed a batch, retrying: %s", self.projection.name, error)
                 await asyncio.sleep(1)
                 continue

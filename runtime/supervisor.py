@@ -9,7 +9,6 @@ is killed (PR_SET_PDEATHSIG), so no orphan survives.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import nats
 
+from contracts.aio import wait_event
 from engine.streams import ensure_streams
 from gateway.keys import KeyStore
 from runtime.natsd import NatsServer, die_with_parent, start_nats_server
@@ -110,8 +110,7 @@ class Supervisor:
             if self.nats is not None and self.nats.process.poll() is not None:
                 print("chorus: nats-server exited; stopping", file=sys.stderr, flush=True)
                 stop.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+            await wait_event(stop, 0.5)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Gateway first (no new commands), then projector and engine, then NATS."""
