@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -20,9 +22,10 @@ _reply_decoder = msgspec.json.Decoder(Reply)
 
 
 class CommandBus:
-    def __init__(self, nc: NATS, timeout: float = 10.0) -> None:
+    def __init__(self, nc: NATS, timeout: float = 10.0, no_responders_grace: float = 3.0) -> None:
         self.nc = nc
         self.timeout = timeout
+        self.no_responders_grace = no_responders_grace
 
     async def send(
         self,
@@ -41,8 +44,9 @@ class CommandBus:
             correlation_id=correlation_id,
         )
         subject = command_subject(actor, aggregate, command)
+        body = _encoder.encode(envelope)
         try:
-            msg = await self.nc.request(subject, _encoder.encode(envelope), timeout=self.timeout)
+            msg = await self._request(subject, body)
         except NoRespondersError:
             raise Problem(
                 503, codes.ENGINE_UNAVAILABLE, "no engine is running to take commands; retry later",
@@ -65,6 +69,24 @@ class CommandBus:
                 details=error.details,
             )
         return reply
+
+
+    async def _request(self, subject: str, body: bytes) -> Any:
+        """One request, retried while no engine listens (for up to ``no_responders_grace``).
+
+        Right after an engine (re)starts, the server may briefly report no responders;
+        the command id is the same on every try, so retrying can never act twice.
+        """
+        deadline = time.monotonic() + self.no_responders_grace
+        delay = 0.05
+        while True:
+            try:
+                return await self.nc.request(subject, body, timeout=self.timeout)
+            except NoRespondersError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
 
 def idempotency_key(headers: Any) -> str | None:

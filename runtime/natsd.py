@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -72,14 +73,31 @@ def start_nats_server(
     port: int = -1,
     monitor: bool = True,
     config: Path | None = None,
+    token: str | None = None,
     timeout: float = 15,
 ) -> NatsServer:
-    """Start nats-server with JetStream storing under ``data_dir``; wait until it listens."""
+    """Start nats-server with JetStream storing under ``data_dir``; wait until it listens.
+
+    Without a ``config``, the server requires a token (random unless given; kept in
+    ``data_dir/token`` so a restart keeps it), and the returned URL carries it. On loopback this keeps other local
+    processes off the bus, and a client left over from an earlier server that happened to
+    have the same port cannot join this one.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     ports_dir = data_dir / "ports"
     ports_dir.mkdir(exist_ok=True)
     for stale in ports_dir.glob("*.ports"):
         stale.unlink()
+    if config is None:
+        # The token goes in a private file, not on the command line where `ps` shows it.
+        token_file = data_dir / "token"
+        if token is None:
+            token = token_file.read_text().strip() if token_file.exists() else secrets.token_hex(16)
+        token_file.write_text(token)
+        token_file.chmod(0o600)
+        config = data_dir / "auth.conf"
+        config.write_text(f'authorization {{ token: "{token}" }}\n')
+        config.chmod(0o600)
     args = [
         nats_server_binary(),
         "-a", host,
@@ -113,6 +131,8 @@ def start_nats_server(
                 time.sleep(0.02)
                 continue
             nats_url = ports["nats"][0]
+            if token:
+                nats_url = nats_url.replace("nats://", f"nats://{token}@", 1)
             monitor_url = (ports.get("monitoring") or [None])[0]
             return NatsServer(process, nats_url, monitor_url, data_dir)
         time.sleep(0.02)

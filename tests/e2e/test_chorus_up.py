@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import sqlite3
 import subprocess
 import uuid
@@ -230,7 +231,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
 
 
 def test_banner_names_embedded_nats_and_admin_key(scenario: Scenario) -> None:
-    assert scenario.nats_url.startswith("nats://127.0.0.1:")
+    assert re.match(r"^nats://[0-9a-f]{32}@127\.0\.0\.1:\d+$", scenario.nats_url)
     assert scenario.admin_key is not None
     assert scenario.admin_key.startswith("chk_")
     assert set(scenario.children) >= {"nats-server", "engine", "project", "gateway"}

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 from nats.js.api import DeliverPolicy
 
 from engine.relay import Relay, StreamAheadOfStore
@@ -19,10 +20,18 @@ from tests.conftest import NatsEndpoint
 
 
 async def send(nc: NATS, actor: str, command: str, payload: dict[str, Any], command_id: str | None = None) -> dict[str, Any]:
-    body = {"command_id": command_id or uuid.uuid4().hex, "payload": payload}
-    msg = await nc.request(f"chorus.cmd.{actor}.session.{command}", json.dumps(body).encode(), timeout=5)
-    reply: dict[str, Any] = json.loads(msg.data)
-    return reply
+    """A well-behaved client: a request, retried with the same command id while no engine
+    listens yet (the server can report no responders just after an engine restarts)."""
+    body = json.dumps({"command_id": command_id or uuid.uuid4().hex, "payload": payload}).encode()
+    for _ in range(40):
+        try:
+            msg = await nc.request(f"chorus.cmd.{actor}.session.{command}", body, timeout=5)
+        except NoRespondersError:
+            await asyncio.sleep(0.05)
+            continue
+        reply: dict[str, Any] = json.loads(msg.data)
+        return reply
+    raise AssertionError("no engine answered")
 
 
 def open_payload(participants: list[str], timeout: int = 600, **criteria: Any) -> dict[str, Any]:
