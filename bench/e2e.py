@@ -152,7 +152,7 @@ async def run(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         await asyncio.gather(*(agent(i, a) for i, a in enumerate(agents)))
         replied = time.perf_counter() - started
-        while projected_position(work / "read.db") < last_position:
+        while projected_position(work / "read.db") < last_position:  # noqa: ASYNC110 - polls a file another process writes
             await asyncio.sleep(0.005)
         visible = time.perf_counter() - started
         for nc in conns:

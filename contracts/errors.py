@@ -24,6 +24,7 @@ MALFORMED_MESSAGE = "malformed_message"  # not JSON, or not an object
 INVALID_COMMAND = "invalid_command"  # JSON, but fields missing / wrong type / out of range
 UNKNOWN_COMMAND = "unknown_command"  # no handler for this subject
 INVALID_SUBJECT = "invalid_subject"
+COMMAND_ID_REUSED = "command_id_reused"  # same (actor, command_id), different command
 
 # Domain rules
 SESSION_NOT_FOUND = "session_not_found"
@@ -45,6 +46,7 @@ HTTP_STATUS: dict[str, int] = {
     INVALID_COMMAND: 400,
     UNKNOWN_COMMAND: 400,
     INVALID_SUBJECT: 400,
+    COMMAND_ID_REUSED: 422,
     INVALID_CRITERIA: 400,
     SESSION_NOT_FOUND: 404,
     SESSION_EXISTS: 409,

@@ -8,6 +8,7 @@ built only after that call returns, so nothing is ``accepted`` before it is dura
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -48,6 +49,16 @@ class Command:
     @property
     def command_id(self) -> str:
         return self.envelope.command_id
+
+    @property
+    def fingerprint(self) -> str:
+        """What the command asks for, so a reused command id can be told from a retry."""
+        digest = hashlib.sha256(f"{self.handler.aggregate}.{self.handler.command}:".encode())
+        digest.update(_canonical.encode(self.envelope.payload))
+        return digest.hexdigest()
+
+
+_canonical = msgspec.json.Encoder(order="sorted")
 
 
 class _Staged:
@@ -127,18 +138,21 @@ class Processor:
 
     # Dedup ----------------------------------------------------------------------------------
 
-    def recorded_outcome(self, actor: str, command_id: str) -> Reply | None:
+    def recorded_outcome(self, command: Command) -> Reply | None:
         """The reply to give a repeat of this actor's command id, if it was ever accepted.
 
         The dedup record is written last in its command's rows, in one transaction, so the
         command's last domain event sits at the position just before it.
         """
+        command_id = command.command_id
         found = select_aggregate_notifications(
-            self.recorder, command_record_id(actor, command_id), limit=1
+            self.recorder, command_record_id(command.actor, command_id), limit=1
         )
         if not found:
             return None
         outcome = msgspec.convert(decode_record(found[0]).data, CommandAccepted)
+        if outcome.fingerprint and outcome.fingerprint != command.fingerprint:
+            return _reused(command)
         return Reply(
             command_id=command_id,
             status="duplicate",
@@ -167,7 +181,7 @@ class Processor:
             if key in in_batch:
                 repeats.append((index, in_batch[key]))
                 continue
-            previous = self.recorded_outcome(command.actor, command.command_id)
+            previous = self.recorded_outcome(command)
             if previous is not None:
                 replies[index] = previous
                 continue
@@ -191,6 +205,7 @@ class Processor:
                 aggregate=command.handler.aggregate,
                 aggregate_id=str(aggregate_id),
                 version=version,
+                fingerprint=command.fingerprint,
             )
             dedup, _ = encode_event(
                 aggregate="command",
@@ -241,11 +256,12 @@ class Processor:
             # A retry that arrived in the same batch as its original shares its fate.
             reply = replies[first]
             assert reply is not None
-            replies[index] = (
-                msgspec.structs.replace(reply, status="duplicate")
-                if reply.status == "accepted"
-                else reply
-            )
+            if commands[index].fingerprint != commands[first].fingerprint:
+                replies[index] = _reused(commands[index])
+            elif reply.status == "accepted":
+                replies[index] = msgspec.structs.replace(reply, status="duplicate")
+            else:
+                replies[index] = reply
         return [r for r in replies if r is not None]
 
     def _decide(
@@ -292,6 +308,15 @@ class Processor:
             replies[item.reply_index] = msgspec.structs.replace(
                 reply, position=positions[offset - 2]
             )
+
+
+def _reused(command: Command) -> Reply:
+    return _rejected(
+        command,
+        codes.COMMAND_ID_REUSED,
+        f"command id {command.command_id!r} was already used for a different command; "
+        "use a new id for a new command",
+    )
 
 
 def _rejected(command: Command, code: str, message: str, details: dict[str, Any] | None = None) -> Reply:

@@ -20,7 +20,9 @@ class CommandAccepted(Struct, kw_only=True, frozen=True):
     aggregate: str
     aggregate_id: str
     version: int
-    position_hint: int = 0
+    #: sha256 of the command's name and payload: a reused id with another command is an
+    #: error, not a duplicate. Empty in records written before it existed.
+    fingerprint: str = ""
 
 
 def command_record_id(actor: str, command_id: str) -> uuid.UUID:

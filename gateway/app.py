@@ -18,7 +18,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from gateway.auth import BearerKeyMiddleware, KeyCache
 from gateway.bus import CommandBus
-from gateway.errors import EXCEPTION_HANDLERS, request_id_middleware
+from gateway.errors import EXCEPTION_HANDLERS, add_request_id_header
 from gateway.feeds import session_feed
 from gateway.health import health, ready
 from gateway.keys import KeyStore
@@ -64,10 +64,8 @@ def create_app(config: GatewayConfig) -> Litestar:
         route_handlers=[SessionController, session_feed, health, ready],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         lifespan=[lifespan],
-        middleware=[
-            request_id_middleware,
-            DefineMiddleware(BearerKeyMiddleware, keys=keys, exclude=PUBLIC_PATHS),
-        ],
+        middleware=[DefineMiddleware(BearerKeyMiddleware, keys=keys, exclude=PUBLIC_PATHS)],
+        before_send=[add_request_id_header],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=config.max_body_bytes,
         openapi_config=OpenAPIConfig(

@@ -8,7 +8,7 @@ from typing import Any
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Message, Scope
 
 log = logging.getLogger(__name__)
 
@@ -49,37 +49,26 @@ class Problem(HTTPException):
 
 
 def request_id_of(scope: Scope) -> str:
+    """The client's ``X-Request-Id`` (if sane), else a new one; fixed for the request."""
     state = scope.setdefault("state", {})  # type: ignore[typeddict-item]
     rid = state.get("request_id")
     if rid is None:
-        rid = uuid.uuid4().hex
+        incoming = dict(scope.get("headers", [])).get(REQUEST_ID_HEADER.encode())
+        if incoming and len(incoming) <= 128 and all(32 < b < 127 for b in incoming):
+            rid = incoming.decode()
+        else:
+            rid = uuid.uuid4().hex
         state["request_id"] = rid
     return str(rid)
 
 
-def request_id_middleware(app: ASGIApp) -> ASGIApp:
-    """Takes ``X-Request-Id`` from the client (or makes one) and echoes it on the response."""
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await app(scope, receive, send)
-            return
-        incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode())
-        state = scope.setdefault("state", {})  # type: ignore[typeddict-item]
-        if incoming and 0 < len(incoming) <= 128 and incoming.isascii():
-            state["request_id"] = incoming.decode()
-        rid = request_id_of(scope)
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers.append((REQUEST_ID_HEADER.encode(), rid.encode()))
-                message["headers"] = headers  # type: ignore[typeddict-unknown-key]
-            await send(message)
-
-        await app(scope, receive, send_with_id)
-
-    return middleware
+async def add_request_id_header(message: Message, scope: Scope) -> None:
+    """``before_send`` hook: it sees every response, also errors raised before routing
+    (unknown route, wrong method) and by the auth middleware, which a middleware misses."""
+    if message["type"] == "http.response.start":
+        headers = list(message.get("headers", []))
+        headers.append((REQUEST_ID_HEADER.encode(), request_id_of(scope).encode()))
+        message["headers"] = headers  # type: ignore[typeddict-unknown-key]
 
 
 def problem_response(
@@ -118,7 +107,7 @@ def handle_validation(request: Request[Any, Any, Any], exc: ValidationException)
     for item in extra:
         if isinstance(item, dict):
             message = str(item.get("message", ""))
-            field = _path_from(message) or item.get("key")
+            field = field_of(message, item.get("key"))
             fields.append({"field": field, "message": message, "source": item.get("source")})
     detail = fields[0]["message"] if fields else exc.detail
     return problem_response(
@@ -127,16 +116,18 @@ def handle_validation(request: Request[Any, Any, Any], exc: ValidationException)
     )  # fmt: skip
 
 
-def _path_from(message: str) -> str | None:
-    if "unknown field `" in message:
-        name = message.split("unknown field `", 1)[1].split("`", 1)[0]
-        where = _path_from(message.split("unknown field", 1)[1].split("`", 2)[-1]) or "$"
-        return name if where == "$" else f"{where}.{name}"
-    if "at `$." in message:
-        return message.rsplit("at `$.", 1)[1].rstrip("`")
-    if "at `$`" in message:
-        return "$"
-    return None
+def field_of(message: str, key: object) -> str | None:
+    """The dotted path of the offending field.
+
+    Litestar gives the path of the object (``data`` for the body's root) in ``key``; for
+    unknown and missing fields msgspec names the field only in the message.
+    """
+    where = "" if key in (None, "data") else str(key)
+    for marker in ("unknown field `", "missing required field `"):
+        if marker in message:
+            name = message.split(marker, 1)[1].split("`", 1)[0]
+            return f"{where}.{name}" if where else name
+    return where or ("$" if key == "data" else None)
 
 
 def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
@@ -161,4 +152,4 @@ EXCEPTION_HANDLERS = {
     Exception: handle_unexpected,
 }
 
-__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "Problem", "request_id_middleware"]
+__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "Problem", "add_request_id_header"]

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromPath, QueryParameter
+from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
 from contracts.subjects import event_filter
@@ -45,19 +46,13 @@ class Feed:
         async with self._send_lock:
             await self.socket.send_text(text)
 
-    async def pump(self, subject: str) -> None:
-        js = self.services.nc.jetstream()
-        sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-        try:
-            async for msg in sub.messages:
-                position = int((msg.headers or {}).get(POSITION_HEADER, "0"))
-                if position <= self.last:
-                    continue
-                await self.send(msg.data.decode())
-                self.last = position
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+    async def pump(self, sub: JetStreamContext.PushSubscription) -> None:
+        async for msg in sub.messages:
+            position = int((msg.headers or {}).get(POSITION_HEADER, "0"))
+            if position <= self.last:
+                continue
+            await self.send(msg.data.decode())
+            self.last = position
 
     async def listen(self) -> None:
         while True:
@@ -77,7 +72,10 @@ class Feed:
                 )
 
     async def serve(self, subject: str) -> None:
-        pump = asyncio.create_task(self.pump(subject))
+        # Subscribe before any task exists, so no cancellation can land inside it.
+        js = self.services.nc.jetstream()
+        sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+        pump = asyncio.create_task(self.pump(sub))
         listen = asyncio.create_task(self.listen())
         try:
             done, _ = await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
@@ -86,10 +84,21 @@ class Feed:
                 if error is not None and not isinstance(error, WebSocketDisconnect):
                     raise error
         finally:
-            for task in (pump, listen):
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            await _stop(pump, listen)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+async def _stop(*tasks: asyncio.Task[None]) -> None:
+    """Cancel until done: a cancel can be lost inside library code (see contracts.aio)."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: a disconnect is the normal end of a feed
 
 
 @websocket("/api/v1/sessions/{session_id:uuid}/feed", guards=[can_read])

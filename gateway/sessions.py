@@ -211,7 +211,10 @@ class SessionController(Controller):
         records = await services.read_history(
             "session", str(session_id), after_version=after_version, limit=limit
         )
-        if not records and after_version == 0:
+        if not records and (
+            after_version == 0
+            or not await services.read_history("session", str(session_id), limit=1)
+        ):
             raise Problem(404, codes.SESSION_NOT_FOUND, f"session {session_id} does not exist")
         return EventPage(
             items=records,

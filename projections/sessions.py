@@ -211,9 +211,12 @@ def decode_cursor(cursor: str) -> int:
         text = base64.urlsafe_b64decode(padded.encode()).decode()
     except (ValueError, UnicodeDecodeError) as error:
         raise ValueError("invalid cursor") from error
-    if not text.startswith("s:") or not text[2:].isdigit():
+    if not text.startswith("s:") or not text[2:].isdigit() or len(text) > 22:
         raise ValueError("invalid cursor")
-    return int(text[2:])
+    seq = int(text[2:])
+    if seq >= 2**63:  # beyond SQLite's INTEGER: we never issued it
+        raise ValueError("invalid cursor")
+    return seq
 
 
 def list_sessions(

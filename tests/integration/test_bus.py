@@ -86,10 +86,20 @@ async def test_retry_with_same_command_id_is_duplicate_with_original_outcome(eng
     payload = open_payload(["a1", "a2"])
     await send(nc, "coord", "open", payload)
     first = await send(nc, "a1", "submit_result", {"session_id": payload["session_id"], "result": {"x": 1}}, "r-1")
-    again = await send(nc, "a1", "submit_result", {"session_id": payload["session_id"], "result": {"x": 2}}, "r-1")
+    again = await send(nc, "a1", "submit_result", {"session_id": payload["session_id"], "result": {"x": 1}}, "r-1")
     assert first["status"] == "accepted"
     assert again["status"] == "duplicate"
     assert (again["aggregate_id"], again["version"]) == (first["aggregate_id"], first["version"])
+    assert [r.type for r in domain_records(database_url)] == ["SessionOpened", "ResultSubmitted"]
+
+
+async def test_command_id_reused_for_a_different_command_is_rejected(engine: EngineService, nc: NATS, database_url: str) -> None:
+    payload = open_payload(["a1", "a2"])
+    await send(nc, "coord", "open", payload)
+    await send(nc, "a1", "submit_result", {"session_id": payload["session_id"], "result": {"x": 1}}, "r-1")
+    reused = await send(nc, "a1", "submit_result", {"session_id": payload["session_id"], "result": {"x": 2}}, "r-1")
+    assert reused["status"] == "rejected"
+    assert reused["error"]["code"] == "command_id_reused"
     assert [r.type for r in domain_records(database_url)] == ["SessionOpened", "ResultSubmitted"]
 
 

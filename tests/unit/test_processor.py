@@ -266,12 +266,15 @@ def test_a_repeated_command_in_a_later_batch_is_a_duplicate_and_writes_nothing(
     assert event_types(recorder, x) == ["SessionOpened", "ResultSubmitted"]
 
 
-def test_a_repeat_is_a_duplicate_even_when_its_payload_differs(processor: Processor) -> None:
+def test_a_repeat_with_a_different_payload_is_a_reused_id_not_a_duplicate(
+    processor: Processor,
+) -> None:
     x = new_sid()
     processor.handle_batch([open_session(x, command_id="o")])
     replay = processor.handle_batch([open_session(new_sid(), command_id="o")])
-    assert statuses(replay) == ["duplicate"]
-    assert replay[0].aggregate_id == x
+    assert statuses(replay) == ["rejected"]
+    assert replay[0].error is not None
+    assert replay[0].error.code == codes.COMMAND_ID_REUSED
 
 
 def test_a_repeat_within_one_batch_is_a_duplicate(
@@ -305,10 +308,34 @@ def test_the_same_command_id_from_another_actor_is_not_a_duplicate(
 def test_the_dedup_record_keeps_the_original_outcome(processor: Processor) -> None:
     x = new_sid()
     processor.handle_batch([open_session(x), submit(x, "a", command_id="s")])
-    assert processor.recorded_outcome("a", "s") == Reply(
+    assert processor.recorded_outcome(submit(x, "a", command_id="s")) == Reply(
         command_id="s", status="duplicate", aggregate_id=x, version=2, position=3
     )
-    assert processor.recorded_outcome("b", "s") is None
+    assert processor.recorded_outcome(submit(x, "b", command_id="s")) is None
+
+
+def test_a_command_id_reused_for_another_command_is_rejected_not_deduplicated(
+    processor: Processor, recorder: ApplicationRecorder
+) -> None:
+    x = new_sid()
+    processor.handle_batch([open_session(x, command_id="o")])
+    before = last_position(recorder)
+    later = processor.handle_batch([command("boss", "cancel", "o", CancelSession(session_id=x))])
+    # Same actor, same id, a different command: neither a duplicate nor a second effect.
+    assert later[0].status == "rejected"
+    assert later[0].error is not None
+    assert later[0].error.code == codes.COMMAND_ID_REUSED
+    assert last_position(recorder) == before
+
+
+def test_a_reused_command_id_within_one_batch_is_rejected(processor: Processor) -> None:
+    x = new_sid()
+    replies = processor.handle_batch(
+        [open_session(x), submit(x, "a", command_id="k"), submit(x, "a", command_id="k", success=False)]
+    )
+    assert statuses(replies) == ["accepted", "accepted", "rejected"]
+    assert replies[2].error is not None
+    assert replies[2].error.code == codes.COMMAND_ID_REUSED
 
 
 def test_a_rejected_command_id_can_be_retried_once_the_rule_holds(processor: Processor) -> None:
@@ -352,7 +379,7 @@ def test_rejected_commands_write_nothing(
     assert replies[0].position == 0
     assert replies[0].aggregate_id == cmd.envelope.payload.session_id
     assert last_position(recorder) == before
-    assert processor.recorded_outcome(cmd.actor, cmd.command_id) is None
+    assert processor.recorded_outcome(cmd) is None
 
 
 def test_invalid_open_commands_are_rejected_with_their_details(processor: Processor) -> None:
@@ -587,11 +614,11 @@ class RacingProcessor(Processor):
         super().__init__(*args, **kwargs)
         self.blind_lookups = 1
 
-    def recorded_outcome(self, actor: str, command_id: str) -> CommandAccepted | None:
+    def recorded_outcome(self, command: Command) -> Reply | None:
         if self.blind_lookups:
             self.blind_lookups -= 1
             return None
-        return super().recorded_outcome(actor, command_id)
+        return super().recorded_outcome(command)
 
 
 def test_a_command_raced_on_two_workers_is_recorded_once(
