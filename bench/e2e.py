@@ -179,7 +179,9 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--sessions", type=int, default=300)
     parser.add_argument("--participants", type=int, default=10)
     parser.add_argument("--agents", type=int, default=50)

@@ -45,7 +45,9 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     (h.aggregate, h.command): h
     for h in (
         Handler("session", "open", OpenSession, session.decide_open, session.SessionState),
-        Handler("session", "submit_result", SubmitResult, session.decide_submit, session.SessionState),
+        Handler(
+            "session", "submit_result", SubmitResult, session.decide_submit, session.SessionState
+        ),
         Handler("session", "cancel", CancelSession, session.decide_cancel, session.SessionState),
         Handler("session", "timeout", TimeOutSession, session.decide_timeout, session.SessionState),
     )
@@ -53,5 +55,6 @@ HANDLERS: dict[tuple[str, str], Handler] = {
 
 #: One typed decoder per command, built once: decoding happens once, at the edge.
 DECODERS: dict[tuple[str, str], msgspec.json.Decoder[Any]] = {
-    key: msgspec.json.Decoder(Envelope[h.payload]) for key, h in HANDLERS.items()  # type: ignore[name-defined]
+    key: msgspec.json.Decoder(Envelope[h.payload])  # type: ignore[name-defined]
+    for key, h in HANDLERS.items()
 }

@@ -319,7 +319,9 @@ def _reused(command: Command) -> Reply:
     )
 
 
-def _rejected(command: Command, code: str, message: str, details: dict[str, Any] | None = None) -> Reply:
+def _rejected(
+    command: Command, code: str, message: str, details: dict[str, Any] | None = None
+) -> Reply:
     aggregate_id: str | None
     try:
         aggregate_id = str(command.handler.target(command.envelope.payload))

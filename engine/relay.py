@@ -127,7 +127,9 @@ class Relay:
                 POSITION_HEADER: str(n.id),
             }
             subject = event_subject(record.aggregate, record.aggregate_id, record.type)
-            futures.append(await self.js.publish_async(subject, _encoder.encode(record), headers=headers))
+            futures.append(
+                await self.js.publish_async(subject, _encoder.encode(record), headers=headers)
+            )
             last_domain = n.id
         if futures:
             async with asyncio.timeout(10):

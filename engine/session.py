@@ -120,7 +120,9 @@ class SessionState:
 # Decisions ----------------------------------------------------------------------------------
 
 
-def decide_open(state: SessionState, cmd: OpenSession, actor: str, now: datetime) -> list[msgspec.Struct]:
+def decide_open(
+    state: SessionState, cmd: OpenSession, actor: str, now: datetime
+) -> list[msgspec.Struct]:
     if state.exists:
         raise errors.SessionExists(f"session {state.id} already exists")
     if len(set(cmd.participants)) != len(cmd.participants):
@@ -147,7 +149,9 @@ def decide_open(state: SessionState, cmd: OpenSession, actor: str, now: datetime
     ]
 
 
-def decide_submit(state: SessionState, cmd: SubmitResult, actor: str, now: datetime) -> list[msgspec.Struct]:
+def decide_submit(
+    state: SessionState, cmd: SubmitResult, actor: str, now: datetime
+) -> list[msgspec.Struct]:
     state.check_exists()
     state.check_is_participant(actor)
     state.check_is_open(now)
@@ -159,21 +163,29 @@ def decide_submit(state: SessionState, cmd: SubmitResult, actor: str, now: datet
     if len(state.results) + 1 == len(state.participants):
         assert state.task is not None
         verdict = evaluate(state.task.criteria, [*state.results.values(), submitted])
-        out.append(SessionFinalised(outcome=verdict.outcome, reason=verdict.reason, verdict=verdict))
+        out.append(
+            SessionFinalised(outcome=verdict.outcome, reason=verdict.reason, verdict=verdict)
+        )
     return out
 
 
-def decide_cancel(state: SessionState, cmd: CancelSession, actor: str, now: datetime) -> list[msgspec.Struct]:
+def decide_cancel(
+    state: SessionState, cmd: CancelSession, actor: str, now: datetime
+) -> list[msgspec.Struct]:
     state.check_exists()
     state.check_may_cancel(actor)
     state.check_is_open(now)
     return [SessionCancelled(reason=cmd.reason, cancelled_by=actor)]
 
 
-def decide_timeout(state: SessionState, cmd: TimeOutSession, actor: str, now: datetime) -> list[msgspec.Struct]:
+def decide_timeout(
+    state: SessionState, cmd: TimeOutSession, actor: str, now: datetime
+) -> list[msgspec.Struct]:
     state.check_exists()
     if state.is_closed:
-        raise errors.SessionClosed(f"session {state.id} is {state.status}", {"status": state.status})
+        raise errors.SessionClosed(
+            f"session {state.id} is {state.status}", {"status": state.status}
+        )
     assert state.deadline is not None
     if now < state.deadline:
         raise errors.NotDue(f"session {state.id} is due at {state.deadline.isoformat()}")

@@ -30,7 +30,9 @@ from events.codec import decode_record, topic_of
 log = logging.getLogger(__name__)
 
 OPENED = topic_of("session", "SessionOpened")
-CLOSING = [topic_of("session", t) for t in ("SessionFinalised", "SessionTimedOut", "SessionCancelled")]
+CLOSING = [
+    topic_of("session", t) for t in ("SessionFinalised", "SessionTimedOut", "SessionCancelled")
+]
 
 RETRY_AFTER = timedelta(seconds=1)
 

@@ -80,7 +80,9 @@ def parse_message(subject: str, data: bytes) -> Command:
     except msgspec.ValidationError as error:
         message = str(error)
         if message.startswith("Expected `object`") and "at `$." not in message:
-            raise Rejection(codes.MALFORMED_MESSAGE, f"body must be a JSON object: {message}") from None
+            raise Rejection(
+                codes.MALFORMED_MESSAGE, f"body must be a JSON object: {message}"
+            ) from None
         raise Rejection(codes.INVALID_COMMAND, message, _error_path(message)) from None
     except msgspec.DecodeError as error:
         raise Rejection(codes.MALFORMED_MESSAGE, f"body is not valid JSON: {error}") from None
@@ -173,7 +175,9 @@ class CommandWorker:
         reply = Reply(
             command_id=_command_id_of(msg.data),
             status="rejected",
-            error=ErrorInfo(code=rejection.code, message=rejection.message, details=rejection.details),
+            error=ErrorInfo(
+                code=rejection.code, message=rejection.message, details=rejection.details
+            ),
         )
         try:
             if msg.reply:

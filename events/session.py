@@ -53,7 +53,9 @@ class SessionCancelled(Struct, kw_only=True, frozen=True):
     cancelled_by: str
 
 
-SessionEvent = SessionOpened | ResultSubmitted | SessionFinalised | SessionTimedOut | SessionCancelled
+SessionEvent = (
+    SessionOpened | ResultSubmitted | SessionFinalised | SessionTimedOut | SessionCancelled
+)
 
 #: Every session event class by its type name (the stored ``type`` field).
 SESSION_EVENTS: dict[str, type[Struct]] = {

@@ -49,7 +49,9 @@ class BearerKeyMiddleware(AbstractAuthenticationMiddleware):
         super().__init__(app, exclude=exclude)
         self.keys = keys
 
-    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
         header = connection.headers.get("authorization", "")
         key = ""
         if header[:7].lower() == "bearer ":

@@ -70,7 +70,6 @@ class CommandBus:
             )
         return reply
 
-
     async def _request(self, subject: str, body: bytes) -> Any:
         """One request, retried while no engine listens (for up to ``no_responders_grace``).
 

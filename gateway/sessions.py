@@ -78,7 +78,9 @@ class SessionController(Controller):
 
     @post("/", guards=[can_write], status_code=201, summary="Open a coordination session")
     async def open_session(
-        self, request: Request[Principal, Any, Any], data: JSONBody[OpenSessionBody],
+        self,
+        request: Request[Principal, Any, Any],
+        data: JSONBody[OpenSessionBody],
         services: ServicesDep,
     ) -> Response[SessionCreated]:
         principal = request.user
@@ -170,7 +172,9 @@ class SessionController(Controller):
         )
 
     @get("/{session_id:uuid}", guards=[can_read], summary="A session's current state")
-    async def get_session(self, session_id: FromPath[uuid.UUID], services: ServicesDep) -> read_model.SessionView:
+    async def get_session(
+        self, session_id: FromPath[uuid.UUID], services: ServicesDep
+    ) -> read_model.SessionView:
         view = await services.read(read_model.get_session, str(session_id))
         if view is None:
             raise Problem(404, codes.SESSION_NOT_FOUND, f"session {session_id} does not exist")
@@ -200,7 +204,9 @@ class SessionController(Controller):
             cursor=cursor,
         )  # fmt: skip
 
-    @get("/{session_id:uuid}/events", guards=[can_read], summary="A session's history, oldest first")
+    @get(
+        "/{session_id:uuid}/events", guards=[can_read], summary="A session's history, oldest first"
+    )
     async def events(
         self,
         session_id: FromPath[uuid.UUID],

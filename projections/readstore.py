@@ -39,7 +39,9 @@ class ReadStore:
     def connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
             conn.row_factory = sqlite3.Row
             if not self.readonly:
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -61,9 +63,11 @@ class ReadStore:
 
     def position(self, name: str) -> int:
         try:
-            row = self.connection().execute(
-                "SELECT position FROM tracking WHERE name=?", (name,)
-            ).fetchone()
+            row = (
+                self.connection()
+                .execute("SELECT position FROM tracking WHERE name=?", (name,))
+                .fetchone()
+            )
         except sqlite3.OperationalError:  # not created yet: nothing projected
             return 0
         return int(row[0]) if row else 0

@@ -101,7 +101,9 @@ class ProjectionRunner:
                 moved = await asyncio.to_thread(self.step)
             except Exception as error:
                 raise_if_cancelling()
-                log.warning("projection %s failed a batch, retrying: %s", self.projection.name, error)
+                log.warning(
+                    "projection %s failed a batch, retrying: %s", self.projection.name, error
+                )
                 await asyncio.sleep(1)
                 continue
             if not moved:

@@ -114,7 +114,9 @@ class SessionsProjection:
                 })  # fmt: skip
 
     @staticmethod
-    def _close(conn: sqlite3.Connection, record: EventRecord, status: str, outcome: dict[str, Any]) -> None:
+    def _close(
+        conn: sqlite3.Connection, record: EventRecord, status: str, outcome: dict[str, Any]
+    ) -> None:
         conn.execute(
             "UPDATE sessions SET status=?, outcome=?, version=?, updated_at=? WHERE id=?",
             (status, _json.encode(outcome).decode(), record.version, _ts(record.occurred_at),

@@ -27,7 +27,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, help="where embedded data lives (default ./.chorus)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="where embedded data lives (default ./.chorus)"
+    )
     parser.add_argument("--nats-url", help="NATS to use (env CHORUS_NATS_URL)")
     parser.add_argument("--database-url", help="event store URL (env CHORUS_DATABASE_URL)")
 

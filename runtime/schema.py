@@ -25,7 +25,9 @@ def _ref_template(name: str) -> str:
 
 
 def contract_types() -> dict[str, Any]:
-    types: dict[str, Any] = {f"session.{name}": Envelope[cls] for name, cls in PUBLIC_COMMANDS.items()}  # type: ignore[valid-type]
+    types: dict[str, Any] = {
+        f"session.{name}": Envelope[cls] for name, cls in PUBLIC_COMMANDS.items()
+    }  # type: ignore[valid-type]
     types["Reply"] = Reply
     types["EventRecord"] = EventRecord
     for name, cls in SESSION_EVENTS.items():
@@ -62,7 +64,9 @@ def asyncapi() -> dict[str, Any]:
         messages[key] = {"name": key, "payload": by_name[f"session.{command}"]}
         channels[key] = {
             "address": "chorus.cmd.{actor_id}.session." + command,
-            "parameters": {"actor_id": {"description": "The acting agent; NATS permissions pin it"}},
+            "parameters": {
+                "actor_id": {"description": "The acting agent; NATS permissions pin it"}
+            },
             "messages": {key: {"$ref": f"#/components/messages/{key}"}},
         }
         operations[key] = {

@@ -17,7 +17,9 @@ class Settings(BaseSettings):
     nats_url: str | None = Field(
         default=None, description="Use this NATS instead of starting an embedded nats-server"
     )
-    database_url: str | None = Field(default=None, description="Event store: sqlite:/// or postgresql://")
+    database_url: str | None = Field(
+        default=None, description="Event store: sqlite:/// or postgresql://"
+    )
     read_store_url: str | None = Field(default=None, description="Read models: sqlite:///")
     keys_path: Path | None = None
     host: str = "127.0.0.1"

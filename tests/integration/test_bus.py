@@ -19,7 +19,9 @@ from events.store import open_recorder
 from tests.conftest import NatsEndpoint
 
 
-async def send(nc: NATS, actor: str, command: str, payload: dict[str, Any], command_id: str | None = None) -> dict[str, Any]:
+async def send(
+    nc: NATS, actor: str, command: str, payload: dict[str, Any], command_id: str | None = None
+) -> dict[str, Any]:
     """A well-behaved client: a request, retried with the same command id while no engine
     listens yet (the server can report no responders just after an engine restarts)."""
     body = json.dumps({"command_id": command_id or uuid.uuid4().hex, "payload": payload}).encode()
@@ -52,7 +54,9 @@ def domain_records(database_url: str) -> list[Any]:
     ]
 
 
-async def stream_records(nc: NATS, expected: int, subject: str = "chorus.evt.>") -> list[dict[str, Any]]:
+async def stream_records(
+    nc: NATS, expected: int, subject: str = "chorus.evt.>"
+) -> list[dict[str, Any]]:
     """Everything in EVENTS (waits until ``expected`` records have arrived)."""
     js = nc.jetstream()
     sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
@@ -70,7 +74,9 @@ async def stream_records(nc: NATS, expected: int, subject: str = "chorus.evt.>")
     return out
 
 
-async def test_command_is_answered_once_its_events_are_in_the_store(engine: EngineService, nc: NATS, database_url: str) -> None:
+async def test_command_is_answered_once_its_events_are_in_the_store(
+    engine: EngineService, nc: NATS, database_url: str
+) -> None:
     payload = open_payload(["a1", "a2"])
     reply = await send(nc, "coord", "open", payload, "open-1")
     assert reply["status"] == "accepted"
@@ -82,28 +88,42 @@ async def test_command_is_answered_once_its_events_are_in_the_store(engine: Engi
     assert stored[0].command_id == "open-1"
 
 
-async def test_retry_with_same_command_id_is_duplicate_with_original_outcome(engine: EngineService, nc: NATS, database_url: str) -> None:
+async def test_retry_with_same_command_id_is_duplicate_with_original_outcome(
+    engine: EngineService, nc: NATS, database_url: str
+) -> None:
     payload = open_payload(["a1", "a2"])
     await send(nc, "coord", "open", payload)
-    first = await send(nc, "a1", "submit_result", {"session_id": payload["session_id"], "result": {"x": 1}}, "r-1")
-    again = await send(nc, "a1", "submit_result", {"session_id": payload["session_id"], "result": {"x": 1}}, "r-1")
+    first = await send(
+        nc, "a1", "submit_result", {"session_id": payload["session_id"], "result": {"x": 1}}, "r-1"
+    )
+    again = await send(
+        nc, "a1", "submit_result", {"session_id": payload["session_id"], "result": {"x": 1}}, "r-1"
+    )
     assert first["status"] == "accepted"
     assert again["status"] == "duplicate"
     assert (again["aggregate_id"], again["version"]) == (first["aggregate_id"], first["version"])
     assert [r.type for r in domain_records(database_url)] == ["SessionOpened", "ResultSubmitted"]
 
 
-async def test_command_id_reused_for_a_different_command_is_rejected(engine: EngineService, nc: NATS, database_url: str) -> None:
+async def test_command_id_reused_for_a_different_command_is_rejected(
+    engine: EngineService, nc: NATS, database_url: str
+) -> None:
     payload = open_payload(["a1", "a2"])
     await send(nc, "coord", "open", payload)
-    await send(nc, "a1", "submit_result", {"session_id": payload["session_id"], "result": {"x": 1}}, "r-1")
-    reused = await send(nc, "a1", "submit_result", {"session_id": payload["session_id"], "result": {"x": 2}}, "r-1")
+    await send(
+        nc, "a1", "submit_result", {"session_id": payload["session_id"], "result": {"x": 1}}, "r-1"
+    )
+    reused = await send(
+        nc, "a1", "submit_result", {"session_id": payload["session_id"], "result": {"x": 2}}, "r-1"
+    )
     assert reused["status"] == "rejected"
     assert reused["error"]["code"] == "command_id_reused"
     assert [r.type for r in domain_records(database_url)] == ["SessionOpened", "ResultSubmitted"]
 
 
-async def test_duplicate_is_recognised_after_an_engine_restart(nats_server: NatsEndpoint, nc: NATS, database_url: str) -> None:
+async def test_duplicate_is_recognised_after_an_engine_restart(
+    nats_server: NatsEndpoint, nc: NATS, database_url: str
+) -> None:
     payload = open_payload(["a1"])
     async with EngineService(EngineConfig(nats_url=nats_server.url, database_url=database_url)):
         first = await send(nc, "coord", "open", payload, "same")
@@ -114,9 +134,13 @@ async def test_duplicate_is_recognised_after_an_engine_restart(nats_server: Nats
     assert len(domain_records(database_url)) == 1
 
 
-async def test_malformed_message_is_rejected_dead_lettered_and_does_not_stall_the_worker(engine: EngineService, nc: NATS) -> None:
+async def test_malformed_message_is_rejected_dead_lettered_and_does_not_stall_the_worker(
+    engine: EngineService, nc: NATS
+) -> None:
     js = nc.jetstream()
-    dlq = await js.subscribe("chorus.dlq.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    dlq = await js.subscribe(
+        "chorus.dlq.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+    )
     msg = await nc.request("chorus.cmd.a1.session.submit_result", b"{not json", timeout=5)
     reply = json.loads(msg.data)
     assert reply["status"] == "rejected"
@@ -142,7 +166,9 @@ async def test_invalid_payload_names_the_field(engine: EngineService, nc: NATS) 
     assert reply["error"]["details"]["field"] == "payload.timeout_seconds"
 
 
-async def test_unknown_command_is_rejected_with_the_known_ones(engine: EngineService, nc: NATS) -> None:
+async def test_unknown_command_is_rejected_with_the_known_ones(
+    engine: EngineService, nc: NATS
+) -> None:
     reply = await send(nc, "coord", "explode", {"session_id": str(uuid.uuid4())})
     assert reply["error"]["code"] == "unknown_command"
     assert "session.submit_result" in reply["error"]["details"]["known"]
@@ -159,9 +185,14 @@ async def test_no_stream_captures_command_subjects(engine: EngineService, nc: NA
     assert set(reply) >= {"command_id", "status", "aggregate_id", "version", "error"}
 
 
-async def test_plain_publish_without_reply_subject_is_still_recorded(engine: EngineService, nc: NATS, database_url: str) -> None:
+async def test_plain_publish_without_reply_subject_is_still_recorded(
+    engine: EngineService, nc: NATS, database_url: str
+) -> None:
     payload = open_payload(["a1"])
-    await nc.publish("chorus.cmd.coord.session.open", json.dumps({"command_id": "fire-and-forget", "payload": payload}).encode())
+    await nc.publish(
+        "chorus.cmd.coord.session.open",
+        json.dumps({"command_id": "fire-and-forget", "payload": payload}).encode(),
+    )
     for _ in range(200):
         if domain_records(database_url):
             break
@@ -169,7 +200,9 @@ async def test_plain_publish_without_reply_subject_is_still_recorded(engine: Eng
     assert [r.command_id for r in domain_records(database_url)] == ["fire-and-forget"]
 
 
-async def test_relay_publishes_every_event_with_its_message_id(engine: EngineService, nc: NATS, database_url: str) -> None:
+async def test_relay_publishes_every_event_with_its_message_id(
+    engine: EngineService, nc: NATS, database_url: str
+) -> None:
     payload = open_payload(["a1", "a2"], require="any")
     sid = payload["session_id"]
     await send(nc, "coord", "open", payload)
@@ -183,12 +216,16 @@ async def test_relay_publishes_every_event_with_its_message_id(engine: EngineSer
     assert published[-1]["data"]["outcome"] == "succeeded"
 
 
-async def test_restarted_relay_fills_the_stream_without_gap_or_duplicate(nats_server: NatsEndpoint, nc: NATS, database_url: str) -> None:
+async def test_restarted_relay_fills_the_stream_without_gap_or_duplicate(
+    nats_server: NatsEndpoint, nc: NATS, database_url: str
+) -> None:
     # Phase 1: engine with relay; phase 2: events written while no relay runs.
     async with EngineService(EngineConfig(nats_url=nats_server.url, database_url=database_url)):
         for _ in range(5):
             await send(nc, "coord", "open", open_payload(["a1"]))
-    async with EngineService(EngineConfig(nats_url=nats_server.url, database_url=database_url, relay=False)):
+    async with EngineService(
+        EngineConfig(nats_url=nats_server.url, database_url=database_url, relay=False)
+    ):
         for _ in range(7):
             await send(nc, "coord", "open", open_payload(["a1"]))
     stored = domain_records(database_url)
@@ -202,9 +239,13 @@ async def test_restarted_relay_fills_the_stream_without_gap_or_duplicate(nats_se
     assert [r["position"] for r in published] == [r.position for r in stored]
 
 
-async def test_session_times_out_even_when_the_engine_was_down_at_its_deadline(nats_server: NatsEndpoint, nc: NATS, database_url: str) -> None:
+async def test_session_times_out_even_when_the_engine_was_down_at_its_deadline(
+    nats_server: NatsEndpoint, nc: NATS, database_url: str
+) -> None:
     payload = open_payload(["a1", "a2"], timeout=1)
-    async with EngineService(EngineConfig(nats_url=nats_server.url, database_url=database_url, timers=False)):
+    async with EngineService(
+        EngineConfig(nats_url=nats_server.url, database_url=database_url, timers=False)
+    ):
         await send(nc, "coord", "open", payload)
         await send(nc, "a1", "submit_result", {"session_id": payload["session_id"], "result": {}})
     await asyncio.sleep(1.2)  # the deadline passes while no engine runs
@@ -219,7 +260,9 @@ async def test_session_times_out_even_when_the_engine_was_down_at_its_deadline(n
     assert last.data["pending"] == ["a2"]
 
 
-async def test_two_engine_workers_share_the_queue_without_double_effects(nats_server: NatsEndpoint, nc: NATS, database_url: str) -> None:
+async def test_two_engine_workers_share_the_queue_without_double_effects(
+    nats_server: NatsEndpoint, nc: NATS, database_url: str
+) -> None:
     """Stale caches on two workers conflict on the store's version check and are retried."""
     agents = [f"a{i}" for i in range(20)]
     payload = open_payload(agents, require="all")
@@ -228,19 +271,29 @@ async def test_two_engine_workers_share_the_queue_without_double_effects(nats_se
     async with EngineService(config), EngineService(config):
         assert (await send(nc, "coord", "open", payload))["status"] == "accepted"
         replies = await asyncio.gather(
-            *(send(nc, a, "submit_result", {"session_id": sid, "result": {"n": i}}, f"c-{a}") for i, a in enumerate(agents)),
-            *(send(nc, a, "submit_result", {"session_id": sid, "result": {"n": i}}, f"c-{a}") for i, a in enumerate(agents)),
+            *(
+                send(nc, a, "submit_result", {"session_id": sid, "result": {"n": i}}, f"c-{a}")
+                for i, a in enumerate(agents)
+            ),
+            *(
+                send(nc, a, "submit_result", {"session_id": sid, "result": {"n": i}}, f"c-{a}")
+                for i, a in enumerate(agents)
+            ),
         )
     statuses = sorted(r["status"] for r in replies)
     assert statuses.count("accepted") == 20
     assert statuses.count("duplicate") == 20
     records = [r for r in domain_records(database_url) if r.aggregate_id == sid]
     assert [r.version for r in records] == list(range(1, 23))
-    assert sorted(r.data["agent_id"] for r in records if r.type == "ResultSubmitted") == sorted(agents)
+    assert sorted(r.data["agent_id"] for r in records if r.type == "ResultSubmitted") == sorted(
+        agents
+    )
     assert records[-1].type == "SessionFinalised"
 
 
-async def test_relay_refuses_a_stream_fed_from_another_store(engine: EngineService, nc: NATS, tmp_path: Any) -> None:
+async def test_relay_refuses_a_stream_fed_from_another_store(
+    engine: EngineService, nc: NATS, tmp_path: Any
+) -> None:
     """A replaced event store must not interleave its history into the old stream."""
     for _ in range(3):
         await send(nc, "coord", "open", open_payload(["a1"]))

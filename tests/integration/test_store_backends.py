@@ -93,17 +93,13 @@ def test_history_of_an_aggregate_carries_its_global_positions(store_url: str) ->
     processor.handle_batch([open_cmd(sid, ["a", "b"]), open_cmd(other, ["a"])])
     processor.handle_batch([submit_cmd(sid, "a"), submit_cmd(other, "a"), submit_cmd(sid, "b")])
     history = select_aggregate_notifications(recorder, uuid.UUID(sid))
-    log = {
-        n.id: n
-        for n in recorder.select_notifications(1, 100)
-        if str(n.originator_id) == sid
-    }
+    log = {n.id: n for n in recorder.select_notifications(1, 100) if str(n.originator_id) == sid}
     assert [n.id for n in history] == sorted(log)
     assert [n.originator_version for n in history] == [1, 2, 3, 4]
     assert [decode_record(n).type for n in history][-1] == "SessionFinalised"
-    assert [n.id for n in select_aggregate_notifications(recorder, uuid.UUID(sid), gt=2, limit=1)] == [
-        sorted(log)[2]
-    ]
+    assert [
+        n.id for n in select_aggregate_notifications(recorder, uuid.UUID(sid), gt=2, limit=1)
+    ] == [sorted(log)[2]]
 
 
 def test_a_repeat_after_restart_is_a_duplicate_with_the_original_outcome(store_url: str) -> None:
@@ -131,7 +127,9 @@ def test_stale_caches_on_two_workers_conflict_and_retry_without_loss(store_url: 
     late = two.handle_batch([submit_cmd(sid, "b")])[0]
     assert late.status == "accepted"
     assert late.version == 3
-    versions = [n.originator_version for n in select_aggregate_notifications(one.recorder, uuid.UUID(sid))]
+    versions = [
+        n.originator_version for n in select_aggregate_notifications(one.recorder, uuid.UUID(sid))
+    ]
     assert versions == [1, 2, 3]
 
 
@@ -142,12 +140,18 @@ def test_projection_equals_its_rebuild(store_url: str, tmp_path: Path) -> None:
     processor.handle_batch([open_cmd(s, ["a", "b"]) for s in sids])
     processor.handle_batch([submit_cmd(sids[0], "a"), submit_cmd(sids[0], "b", success=False)])
     processor.handle_batch([submit_cmd(sids[1], "a")])
-    live = ProjectionRunner(recorder, ReadStore(f"sqlite:///{tmp_path}/live.db"), SessionsProjection())
+    live = ProjectionRunner(
+        recorder, ReadStore(f"sqlite:///{tmp_path}/live.db"), SessionsProjection()
+    )
     live.run_to_head()
-    rebuilt = ProjectionRunner(recorder, ReadStore(f"sqlite:///{tmp_path}/re.db"), SessionsProjection())
+    rebuilt = ProjectionRunner(
+        recorder, ReadStore(f"sqlite:///{tmp_path}/re.db"), SessionsProjection()
+    )
     rebuilt.rebuild()
     for sid in sids:
-        assert get_session(live.store.connection(), sid) == get_session(rebuilt.store.connection(), sid)
+        assert get_session(live.store.connection(), sid) == get_session(
+            rebuilt.store.connection(), sid
+        )
     view = get_session(live.store.connection(), sids[0])
     assert view is not None
     assert view.status == "failed"

@@ -19,7 +19,6 @@ from engine.handlers import HANDLERS
 from engine.processor import Command, Processor
 from engine.session import SessionState
 from events.codec import GENESIS_HASH, EventMeta, StoredBody, chain_hash, decode_record
-from events.commands import CommandAccepted
 from events.store import open_recorder, select_aggregate_notifications
 
 from .conftest import FakeClock
@@ -331,7 +330,11 @@ def test_a_command_id_reused_for_another_command_is_rejected_not_deduplicated(
 def test_a_reused_command_id_within_one_batch_is_rejected(processor: Processor) -> None:
     x = new_sid()
     replies = processor.handle_batch(
-        [open_session(x), submit(x, "a", command_id="k"), submit(x, "a", command_id="k", success=False)]
+        [
+            open_session(x),
+            submit(x, "a", command_id="k"),
+            submit(x, "a", command_id="k", success=False),
+        ]
     )
     assert statuses(replies) == ["accepted", "accepted", "rejected"]
     assert replies[2].error is not None
