@@ -24,7 +24,7 @@ from gateway.auth import can_read, can_write
 from gateway.bus import idempotency_key
 from gateway.errors import Problem
 from gateway.keys import Principal
-from gateway.state import ServicesDep
+from gateway.state import Services, ServicesDep
 from projections import sessions as read_model
 
 STATUSES = ("open", "succeeded", "failed", "timed_out", "cancelled")
@@ -70,6 +70,26 @@ class EventPage(Struct, kw_only=True):
 
 def _replayed(reply: Reply) -> dict[str, str]:
     return {"Idempotent-Replayed": "true"} if reply.status == "duplicate" else {}
+
+
+async def _session_command(
+    request: Request[Principal, Any, Any], services: Services, command: str, payload: Any
+) -> Response[CommandOutcome]:
+    """Issue a command on an existing session as the caller; answer once it is readable."""
+    reply = await services.bus.send(
+        request.user.actor,
+        "session",
+        command,
+        payload,
+        command_id=idempotency_key(request.headers),
+        correlation_id=request.headers.get("x-correlation-id"),
+    )
+    await services.wait_for_projection(read_model.NAME, reply.position)
+    assert reply.version is not None
+    return Response(
+        CommandOutcome(session_id=payload.session_id, status=reply.status, version=reply.version),
+        headers=_replayed(reply),
+    )
 
 
 class SessionController(Controller):
@@ -127,25 +147,13 @@ class SessionController(Controller):
         data: JSONBody[SubmitResultBody],
         services: ServicesDep,
     ) -> Response[CommandOutcome]:
-        reply = await services.bus.send(
-            request.user.actor,
-            "session",
-            "submit_result",
-            SubmitResult(
-                session_id=str(session_id),
-                result=data.result,
-                success=data.success,
-                output_hash=data.output_hash,
-            ),
-            command_id=idempotency_key(request.headers),
-            correlation_id=request.headers.get("x-correlation-id"),
+        payload = SubmitResult(
+            session_id=str(session_id),
+            result=data.result,
+            success=data.success,
+            output_hash=data.output_hash,
         )
-        await services.wait_for_projection(read_model.NAME, reply.position)
-        assert reply.version is not None
-        return Response(
-            CommandOutcome(session_id=str(session_id), status=reply.status, version=reply.version),
-            headers=_replayed(reply),
-        )
+        return await _session_command(request, services, "submit_result", payload)
 
     @post("/{session_id:uuid}/cancel", guards=[can_write], status_code=200,
           summary="Cancel a session (coordinator or opener)")  # fmt: skip
@@ -156,20 +164,8 @@ class SessionController(Controller):
         services: ServicesDep,
         data: JSONBody[CancelBody | None] = None,
     ) -> Response[CommandOutcome]:
-        reply = await services.bus.send(
-            request.user.actor,
-            "session",
-            "cancel",
-            CancelSession(session_id=str(session_id), reason=(data or CancelBody()).reason),
-            command_id=idempotency_key(request.headers),
-            correlation_id=request.headers.get("x-correlation-id"),
-        )
-        await services.wait_for_projection(read_model.NAME, reply.position)
-        assert reply.version is not None
-        return Response(
-            CommandOutcome(session_id=str(session_id), status=reply.status, version=reply.version),
-            headers=_replayed(reply),
-        )
+        payload = CancelSession(session_id=str(session_id), reason=(data or CancelBody()).reason)
+        return await _session_command(request, services, "cancel", payload)
 
     @get("/{session_id:uuid}", guards=[can_read], summary="A session's current state")
     async def get_session(
