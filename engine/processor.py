@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 from uuid import UUID
 
@@ -27,7 +28,7 @@ from engine.errors import DomainError
 from engine.handlers import AggregateState, Handler
 from events.codec import EventMeta, decode_record, encode_event, typed_event
 from events.commands import CommandAccepted, command_record_id
-from events.store import select_aggregate_notifications
+from events.store import select_first_events
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class Command:
     def command_id(self) -> str:
         return self.envelope.command_id
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """What the command asks for, so a reused command id can be told from a retry."""
         digest = hashlib.sha256(f"{self.handler.aggregate}.{self.handler.command}:".encode())
@@ -139,27 +140,38 @@ class Processor:
     # Dedup ----------------------------------------------------------------------------------
 
     def recorded_outcome(self, command: Command) -> Reply | None:
-        """The reply to give a repeat of this actor's command id, if it was ever accepted.
+        """The reply to give a repeat of this actor's command id, if it was ever accepted."""
+        return self.recorded_outcomes([command])[0]
 
-        The dedup record is written last in its command's rows, in one transaction, so the
-        command's last domain event sits at the position just before it.
+    def recorded_outcomes(self, commands: Sequence[Command]) -> list[Reply | None]:
+        """For each command, the reply owed to a repeat, or None if its id is new.
+
+        One query for the whole batch. The dedup record is written last in its command's
+        rows, in one transaction, so the command's last domain event sits at the position
+        just before it.
         """
-        command_id = command.command_id
-        found = select_aggregate_notifications(
-            self.recorder, command_record_id(command.actor, command_id), limit=1
-        )
-        if not found:
-            return None
-        outcome = msgspec.convert(decode_record(found[0]).data, CommandAccepted)
-        if outcome.fingerprint and outcome.fingerprint != command.fingerprint:
-            return _reused(command)
-        return Reply(
-            command_id=command_id,
-            status="duplicate",
-            aggregate_id=outcome.aggregate_id,
-            version=outcome.version,
-            position=found[0].id - 1,
-        )
+        keys = [command_record_id(c.actor, c.command_id) for c in commands]
+        found = select_first_events(self.recorder, keys)
+        replies: list[Reply | None] = []
+        for command, key in zip(commands, keys, strict=True):
+            record = found.get(key)
+            if record is None:
+                replies.append(None)
+                continue
+            outcome = msgspec.convert(decode_record(record).data, CommandAccepted)
+            if outcome.fingerprint and outcome.fingerprint != command.fingerprint:
+                replies.append(_reused(command))
+                continue
+            replies.append(
+                Reply(
+                    command_id=command.command_id,
+                    status="duplicate",
+                    aggregate_id=outcome.aggregate_id,
+                    version=outcome.version,
+                    position=record.id - 1,
+                )
+            )
+        return replies
 
     # Batches --------------------------------------------------------------------------------
 
@@ -176,12 +188,13 @@ class Processor:
         in_batch: dict[UUID, int] = {}
         repeats: list[tuple[int, int]] = []
         now = self.clock()
+        recorded = self.recorded_outcomes(commands)
         for index, command in enumerate(commands):
             key = command_record_id(command.actor, command.command_id)
             if key in in_batch:
                 repeats.append((index, in_batch[key]))
                 continue
-            previous = self.recorded_outcome(command)
+            previous = recorded[index]
             if previous is not None:
                 replies[index] = previous
                 continue

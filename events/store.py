@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID
 
@@ -44,6 +45,37 @@ def open_recorder(database_url: str) -> ApplicationRecorder:
     return factory.application_recorder()
 
 
+class _Dialect:
+    """What differs between the recorders for our own read queries."""
+
+    def __init__(self, recorder: ApplicationRecorder) -> None:
+        table = recorder.events_table_name  # type: ignore[attr-defined]
+        datastore = recorder.datastore  # type: ignore[attr-defined]
+        self.sqlite = isinstance(datastore, SQLiteDatastore)
+        if self.sqlite:
+            self.table, self.position, self.mark = table, "rowid", "?"
+        else:
+            # Identifiers come from the recorder's own settings, never from a request.
+            self.table = f'"{datastore.schema}"."{table}"'
+            self.position, self.mark = "notification_id", "%s"
+
+    def key(self, aggregate_id: UUID) -> object:
+        return aggregate_id.hex if self.sqlite else aggregate_id
+
+    def columns(self) -> str:
+        return f"{self.position} AS position, originator_id, originator_version, topic, state"
+
+
+def _notification(row: Any, aggregate_id: UUID) -> Notification:
+    return Notification(
+        id=row["position"],
+        originator_id=aggregate_id,
+        originator_version=row["originator_version"],
+        topic=row["topic"],
+        state=bytes(row["state"]),
+    )
+
+
 def select_aggregate_notifications(
     recorder: ApplicationRecorder,
     aggregate_id: UUID,
@@ -57,36 +89,45 @@ def select_aggregate_notifications(
     eventsourcing's ``select_events`` leaves positions out, and history records need
     them; this reads the same table through the recorder's own connection pool.
     """
-    table = recorder.events_table_name  # type: ignore[attr-defined]
-    datastore = recorder.datastore  # type: ignore[attr-defined]
-    if isinstance(datastore, SQLiteDatastore):
-        key: object = aggregate_id.hex
-        position_column, mark = "rowid", "?"
-    else:
-        # Identifiers come from the recorder's own settings, never from a request.
-        table = f'"{datastore.schema}"."{table}"'
-        key = aggregate_id
-        position_column, mark = "notification_id", "%s"
-    sql = (
-        f"SELECT {position_column} AS position, originator_id, originator_version, topic, state "
-        f"FROM {table} WHERE originator_id={mark} AND originator_version>{mark} "
-    )
-    params: list[object] = [key, gt]
+    d = _Dialect(recorder)
+    m = d.mark
+    sql = f"SELECT {d.columns()} FROM {d.table} WHERE originator_id={m} AND originator_version>{m} "
+    params: list[object] = [d.key(aggregate_id), gt]
     if lte is not None:
-        sql += f"AND originator_version<={mark} "
+        sql += f"AND originator_version<={m} "
         params.append(lte)
-    sql += f"ORDER BY originator_version LIMIT {mark}"
+    sql += f"ORDER BY originator_version LIMIT {m}"
     params.append(limit)
     with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    return [
-        Notification(
-            id=row["position"],
-            originator_id=aggregate_id,
-            originator_version=row["originator_version"],
-            topic=row["topic"],
-            state=bytes(row["state"]),
-        )
-        for row in rows
-    ]
+    return [_notification(row, aggregate_id) for row in rows]
+
+
+def select_first_events(
+    recorder: ApplicationRecorder, aggregate_ids: list[UUID]
+) -> dict[UUID, Notification]:
+    """The first event of each of these aggregates that exists, in one query.
+
+    The engine looks up a whole batch's dedup records this way: one round trip per batch
+    instead of one per command.
+    """
+    if not aggregate_ids:
+        return {}
+    d = _Dialect(recorder)
+    by_key = {d.key(a): a for a in aggregate_ids}
+    if d.sqlite:
+        marks = ",".join("?" * len(by_key))
+        where, params = f"originator_id IN ({marks})", list(by_key)
+    else:
+        where, params = "originator_id = ANY(%s)", [list(by_key)]
+    sql = f"SELECT {d.columns()} FROM {d.table} WHERE {where} AND originator_version=1"
+    with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    found = {}
+    for row in rows:
+        raw = row["originator_id"]
+        aggregate_id = by_key.get(raw) or UUID(str(raw))
+        found[aggregate_id] = _notification(row, aggregate_id)
+    return found

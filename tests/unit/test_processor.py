@@ -617,11 +617,11 @@ class RacingProcessor(Processor):
         super().__init__(*args, **kwargs)
         self.blind_lookups = 1
 
-    def recorded_outcome(self, command: Command) -> Reply | None:
+    def recorded_outcomes(self, commands: Sequence[Command]) -> list[Reply | None]:
         if self.blind_lookups:
             self.blind_lookups -= 1
-            return None
-        return super().recorded_outcome(command)
+            return [None] * len(commands)
+        return super().recorded_outcomes(commands)
 
 
 def test_a_command_raced_on_two_workers_is_recorded_once(
