@@ -16,6 +16,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
+from contracts.workflow_types import WorkflowTypeRegistry
 from gateway.auth import BearerKeyMiddleware, KeyCache
 from gateway.bus import CommandBus
 from gateway.errors import EXCEPTION_HANDLERS, add_request_id_header
@@ -24,6 +25,7 @@ from gateway.health import health, ready
 from gateway.keys import KeyStore
 from gateway.sessions import SessionController
 from gateway.state import GatewayConfig, Services
+from gateway.workflow_types import list_workflow_types
 from projections.history import History
 from projections.readstore import ReadStore
 
@@ -45,6 +47,7 @@ def create_app(config: GatewayConfig) -> Litestar:
             bus=CommandBus(nc, timeout=config.command_timeout),
             reads=ReadStore(config.read_store_url, readonly=True),
             history=History(config.database_url),
+            workflow_types=workflow_types,
         )
         try:
             yield
@@ -60,8 +63,12 @@ def create_app(config: GatewayConfig) -> Litestar:
         return services_box["services"]
 
     keys = KeyCache(KeyStore(Path(config.keys_path)))
+    # Loaded at build time: a broken types file stops the gateway with its reason.
+    workflow_types = WorkflowTypeRegistry.load(
+        Path(config.workflow_types_path) if config.workflow_types_path else None
+    )
     return Litestar(
-        route_handlers=[SessionController, session_feed, health, ready],
+        route_handlers=[SessionController, session_feed, list_workflow_types, health, ready],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         lifespan=[lifespan],
         middleware=[DefineMiddleware(BearerKeyMiddleware, keys=keys, exclude=PUBLIC_PATHS)],

@@ -10,6 +10,7 @@ from typing import Any
 from litestar.di import NamedDependency
 from nats.aio.client import Client as NATS
 
+from contracts.workflow_types import WorkflowTypeRegistry
 from gateway.bus import CommandBus
 from projections.history import History
 from projections.readstore import ReadStore
@@ -24,6 +25,7 @@ class GatewayConfig:
     max_body_bytes: int = 1024 * 1024
     command_timeout: float = 10.0
     read_your_writes_timeout: float = 2.0
+    workflow_types_path: str | None = None
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Services:
     bus: CommandBus
     reads: ReadStore
     history: History
+    workflow_types: WorkflowTypeRegistry
 
     async def read(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a read-store query off the event loop."""

@@ -20,6 +20,7 @@ def _settings(args: argparse.Namespace) -> Settings:
             "database_url": getattr(args, "database_url", None),
             "host": getattr(args, "host", None),
             "port": getattr(args, "port", None),
+            "workflow_types": getattr(args, "workflow_types", None),
         }.items()
         if v is not None
     }
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(up)
     up.add_argument("--host", help="gateway bind address (default 127.0.0.1)")
     up.add_argument("--port", type=int, help="gateway port (default 8000)")
+    up.add_argument("--workflow-types", type=Path, help="TOML file of extra workflow types")
 
     for name, text in (
         ("engine", "run command workers, timers and the relay"),
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "gateway":
             p.add_argument("--host")
             p.add_argument("--port", type=int)
+            p.add_argument("--workflow-types", type=Path)
 
     project = sub.add_parser("project", help="run the projector, or rebuild read models")
     _common(project)

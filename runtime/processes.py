@@ -95,6 +95,7 @@ def run_gateway(settings: Settings) -> None:
             read_store_url=str(s.read_store_url),
             keys_path=str(s.keys_path),
             max_body_bytes=s.max_body_bytes,
+            workflow_types_path=str(s.workflow_types) if s.workflow_types else None,
         )
     )
     uvicorn.run(

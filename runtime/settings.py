@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     stream_replicas: int = Field(default=1, ge=1, le=5)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: str = "WARNING"
+    workflow_types: Path | None = Field(
+        default=None, description="TOML file of extra workflow types ([[workflow_types]])"
+    )
 
     def resolved(self) -> Settings:
         """A copy with every derived default filled in, paths made absolute."""
@@ -62,4 +65,6 @@ class Settings(BaseSettings):
         }
         if s.nats_url:
             env["CHORUS_NATS_URL"] = s.nats_url
+        if s.workflow_types:
+            env["CHORUS_WORKFLOW_TYPES"] = str(s.workflow_types.expanduser().resolve())
         return env

@@ -19,6 +19,7 @@ from pathlib import Path
 import nats
 
 from contracts.aio import wait_event
+from contracts.workflow_types import WorkflowTypeRegistry
 from engine.streams import ensure_streams
 from gateway.keys import KeyStore
 from runtime.natsd import NatsServer, die_with_parent, start_nats_server
@@ -62,6 +63,10 @@ class Supervisor:
     async def start(self) -> None:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        try:  # fail fast with the reason, instead of a gateway that keeps restarting
+            WorkflowTypeRegistry.load(s.workflow_types)
+        except ValueError as error:
+            raise SystemExit(f"chorus: {error}") from None
         if not s.nats_url:
             self.nats = start_nats_server(Path(s.data_dir) / "nats")
             self.settings = s = s.model_copy(update={"nats_url": self.nats.url})
