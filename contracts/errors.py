@@ -35,6 +35,13 @@ SESSION_CLOSED = "session_closed"
 NOT_AUTHORIZED = "not_authorized"
 INVALID_CRITERIA = "invalid_criteria"
 NOT_DUE = "not_due"
+WORKFLOW_NOT_FOUND = "workflow_not_found"
+WORKFLOW_EXISTS = "workflow_exists"
+WORKFLOW_CLOSED = "workflow_closed"
+UNKNOWN_WORKFLOW_TYPE = "unknown_workflow_type"
+PHASE_NOT_CURRENT = "phase_not_current"
+NOT_ASSIGNED = "not_assigned"
+PROGRESS_NOT_MONOTONIC = "progress_not_monotonic"
 
 # Infrastructure
 STORE_UNAVAILABLE = "store_unavailable"  # nothing was recorded: retry with the same command_id
@@ -55,6 +62,13 @@ HTTP_STATUS: dict[str, int] = {
     ALREADY_SUBMITTED: 409,
     SESSION_CLOSED: 409,
     NOT_DUE: 409,
+    WORKFLOW_NOT_FOUND: 404,
+    WORKFLOW_EXISTS: 409,
+    WORKFLOW_CLOSED: 409,
+    UNKNOWN_WORKFLOW_TYPE: 400,
+    PHASE_NOT_CURRENT: 409,
+    NOT_ASSIGNED: 403,
+    PROGRESS_NOT_MONOTONIC: 409,
     STORE_UNAVAILABLE: 503,
     ENGINE_UNAVAILABLE: 503,
 }

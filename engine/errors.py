@@ -52,3 +52,31 @@ class InvalidCommand(DomainError):
 
 class NotDue(DomainError):
     code = codes.NOT_DUE
+
+
+class WorkflowNotFound(DomainError):
+    code = codes.WORKFLOW_NOT_FOUND
+
+
+class WorkflowExists(DomainError):
+    code = codes.WORKFLOW_EXISTS
+
+
+class WorkflowClosed(DomainError):
+    code = codes.WORKFLOW_CLOSED
+
+
+class UnknownWorkflowType(DomainError):
+    code = codes.UNKNOWN_WORKFLOW_TYPE
+
+
+class PhaseNotCurrent(DomainError):
+    code = codes.PHASE_NOT_CURRENT
+
+
+class NotAssigned(DomainError):
+    code = codes.NOT_ASSIGNED
+
+
+class ProgressNotMonotonic(DomainError):
+    code = codes.PROGRESS_NOT_MONOTONIC

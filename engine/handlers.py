@@ -12,7 +12,17 @@ import msgspec
 
 from contracts.envelope import Envelope
 from contracts.sessions import CancelSession, OpenSession, SubmitResult, TimeOutSession
-from engine import session
+from contracts.workflows import (
+    CancelWorkflow,
+    CompletePhase,
+    FailPhase,
+    RecordPartialResult,
+    ReportProgress,
+    StartPhase,
+    StartWorkflow,
+)
+from engine import session, workflow
+from engine.context import EngineContext
 
 
 class AggregateState(Protocol):
@@ -23,7 +33,7 @@ class AggregateState(Protocol):
     def apply(self, event: msgspec.Struct) -> None: ...
 
 
-Decide = Callable[[Any, Any, str, datetime], list[msgspec.Struct]]
+Decide = Callable[[Any, Any, str, datetime, EngineContext], list[msgspec.Struct]]
 
 
 @dataclass(frozen=True)
@@ -35,10 +45,11 @@ class Handler:
     payload: type[msgspec.Struct]
     decide: Decide
     new_state: Callable[[UUID], AggregateState]
+    id_field: str = "session_id"
 
     def target(self, payload: Any) -> UUID:
         """The id of the aggregate instance the payload names."""
-        return UUID(payload.session_id)
+        return UUID(getattr(payload, self.id_field))
 
 
 HANDLERS: dict[tuple[str, str], Handler] = {
@@ -50,6 +61,22 @@ HANDLERS: dict[tuple[str, str], Handler] = {
         ),
         Handler("session", "cancel", CancelSession, session.decide_cancel, session.SessionState),
         Handler("session", "timeout", TimeOutSession, session.decide_timeout, session.SessionState),
+        *(
+            Handler("workflow", name, payload, decide, workflow.WorkflowState, "workflow_id")
+            for name, payload, decide in (
+                ("start", StartWorkflow, workflow.decide_start),
+                ("start_phase", StartPhase, workflow.decide_start_phase),
+                ("report_progress", ReportProgress, workflow.decide_report_progress),
+                (
+                    "record_partial_result",
+                    RecordPartialResult,
+                    workflow.decide_record_partial_result,
+                ),
+                ("complete_phase", CompletePhase, workflow.decide_complete_phase),
+                ("fail_phase", FailPhase, workflow.decide_fail_phase),
+                ("cancel", CancelWorkflow, workflow.decide_cancel),
+            )
+        ),
     )
 }
 

@@ -24,6 +24,7 @@ from eventsourcing.persistence import ApplicationRecorder, IntegrityError, Store
 from contracts import errors as codes
 from contracts.envelope import Envelope, Reply
 from contracts.errors import ErrorInfo
+from engine.context import EngineContext
 from engine.errors import DomainError
 from engine.handlers import AggregateState, Handler
 from events.codec import EventMeta, decode_record, encode_event, typed_event
@@ -81,9 +82,11 @@ class Processor:
         recorder: ApplicationRecorder,
         clock: Clock = utc_now,
         cache_size: int = 10_000,
+        context: EngineContext | None = None,
     ) -> None:
         self.recorder = recorder
         self.clock = clock
+        self.context = context or EngineContext()
         self.cache_size = cache_size
         self._cache: OrderedDict[UUID, AggregateState] = OrderedDict()
 
@@ -284,7 +287,7 @@ class Processor:
         payload = command.envelope.payload
         aggregate_id = handler.target(payload)
         state = self.load(handler, aggregate_id, working)
-        decided = handler.decide(state, payload, command.actor, now)
+        decided = handler.decide(state, payload, command.actor, now, self.context)
         meta = EventMeta(
             actor=command.actor,
             command_id=command.command_id,

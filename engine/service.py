@@ -11,6 +11,8 @@ import nats
 from eventsourcing.persistence import ApplicationRecorder
 from nats.aio.client import Client as NATS
 
+from contracts.workflow_types import WorkflowTypeRegistry
+from engine.context import EngineContext
 from engine.processor import Clock, Processor, utc_now
 from engine.relay import Relay
 from engine.streams import ensure_streams
@@ -41,6 +43,7 @@ class EngineConfig:
     relay: bool = True
     timers: bool = True
     replicas: int = 1
+    workflow_types: WorkflowTypeRegistry = field(default_factory=WorkflowTypeRegistry)
     clock: Clock = field(default=utc_now)
 
 
@@ -63,7 +66,12 @@ class EngineService:
         )
         js = self.nc.jetstream()
         await ensure_streams(js, cfg.replicas)
-        processor = Processor(self.recorder, clock=cfg.clock, cache_size=cfg.cache_size)
+        processor = Processor(
+            self.recorder,
+            clock=cfg.clock,
+            cache_size=cfg.cache_size,
+            context=EngineContext(workflow_types=cfg.workflow_types),
+        )
         self.worker = CommandWorker(
             self.nc, processor, batch_max=cfg.batch_max, batch_window=cfg.batch_window
         )

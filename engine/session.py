@@ -15,6 +15,7 @@ import msgspec
 
 from contracts.sessions import CancelSession, OpenSession, SubmitResult, Task, TimeOutSession
 from engine import errors
+from engine.context import EngineContext
 from engine.criteria import evaluate
 from events.codec import GENESIS_HASH
 from events.session import (
@@ -121,7 +122,11 @@ class SessionState:
 
 
 def decide_open(
-    state: SessionState, cmd: OpenSession, actor: str, now: datetime
+    state: SessionState,
+    cmd: OpenSession,
+    actor: str,
+    now: datetime,
+    ctx: EngineContext | None = None,
 ) -> list[msgspec.Struct]:
     if state.exists:
         raise errors.SessionExists(f"session {state.id} already exists")
@@ -150,7 +155,11 @@ def decide_open(
 
 
 def decide_submit(
-    state: SessionState, cmd: SubmitResult, actor: str, now: datetime
+    state: SessionState,
+    cmd: SubmitResult,
+    actor: str,
+    now: datetime,
+    ctx: EngineContext | None = None,
 ) -> list[msgspec.Struct]:
     state.check_exists()
     state.check_is_participant(actor)
@@ -170,7 +179,11 @@ def decide_submit(
 
 
 def decide_cancel(
-    state: SessionState, cmd: CancelSession, actor: str, now: datetime
+    state: SessionState,
+    cmd: CancelSession,
+    actor: str,
+    now: datetime,
+    ctx: EngineContext | None = None,
 ) -> list[msgspec.Struct]:
     state.check_exists()
     state.check_may_cancel(actor)
@@ -179,7 +192,11 @@ def decide_cancel(
 
 
 def decide_timeout(
-    state: SessionState, cmd: TimeOutSession, actor: str, now: datetime
+    state: SessionState,
+    cmd: TimeOutSession,
+    actor: str,
+    now: datetime,
+    ctx: EngineContext | None = None,
 ) -> list[msgspec.Struct]:
     state.check_exists()
     if state.is_closed:

@@ -20,12 +20,14 @@ from eventsourcing.persistence import Notification, StoredEvent
 from contracts.feed import EventRecord
 from events.commands import CommandAccepted
 from events.session import SESSION_EVENTS
+from events.workflow import WORKFLOW_EVENTS
 
 GENESIS_HASH = "0" * 64
 
 #: aggregate name -> {event type name -> data class}
 EVENT_TYPES: dict[str, dict[str, type[msgspec.Struct]]] = {
     "session": SESSION_EVENTS,
+    "workflow": WORKFLOW_EVENTS,
     "command": {"CommandAccepted": CommandAccepted},
 }
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 
+from contracts.workflow_types import WorkflowTypeRegistry
 from engine.service import EngineConfig, EngineService
 from events.store import open_recorder
 from projections.readstore import ReadStore
@@ -41,6 +42,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         batch_window=s.batch_window_ms / 1000,
         cache_size=s.cache_size,
         replicas=s.stream_replicas,
+        workflow_types=WorkflowTypeRegistry.load(s.workflow_types),
     )
 
 

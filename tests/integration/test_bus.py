@@ -20,14 +20,19 @@ from tests.conftest import NatsEndpoint
 
 
 async def send(
-    nc: NATS, actor: str, command: str, payload: dict[str, Any], command_id: str | None = None
+    nc: NATS,
+    actor: str,
+    command: str,
+    payload: dict[str, Any],
+    command_id: str | None = None,
+    aggregate: str = "session",
 ) -> dict[str, Any]:
     """A well-behaved client: a request, retried with the same command id while no engine
     listens yet (the server can report no responders just after an engine restarts)."""
     body = json.dumps({"command_id": command_id or uuid.uuid4().hex, "payload": payload}).encode()
     for _ in range(40):
         try:
-            msg = await nc.request(f"chorus.cmd.{actor}.session.{command}", body, timeout=5)
+            msg = await nc.request(f"chorus.cmd.{actor}.{aggregate}.{command}", body, timeout=5)
         except NoRespondersError:
             await asyncio.sleep(0.05)
             continue

@@ -20,6 +20,7 @@ from contracts.subjects import (
     is_token,
     parse_command_subject,
 )
+from contracts.workflows import WORKFLOW_COMMANDS
 from engine import errors
 from engine.handlers import DECODERS, HANDLERS
 
@@ -86,7 +87,9 @@ def test_every_session_command_has_a_handler_and_a_decoder() -> None:
         handler = HANDLERS[("session", name)]
         assert handler.payload is payload
         assert ("session", name) in DECODERS
-    assert set(HANDLERS) == {("session", name) for name in SESSION_COMMANDS}
+    assert set(HANDLERS) == {("session", name) for name in SESSION_COMMANDS} | {
+        ("workflow", name) for name in WORKFLOW_COMMANDS
+    }
 
 
 def test_an_envelope_refuses_unknown_fields() -> None:

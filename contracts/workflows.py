@@ -1,0 +1,76 @@
+"""Command payloads for workflows (``chorus.cmd.<actor>.workflow.<command>``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, get_args
+
+from msgspec import Meta, Struct
+
+from contracts.sessions import Id, SessionId
+
+WorkflowId = SessionId  # a UUID chosen by the starter
+Priority = Literal["low", "normal", "high", "critical"]
+PRIORITIES: tuple[str, ...] = get_args(Priority)
+PhaseName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_\-]{0,63}$")]
+Progress = Annotated[int, Meta(ge=0, le=100)]
+
+
+class StartWorkflow(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    workflow_id: WorkflowId
+    requirements: Annotated[str, Meta(min_length=1, max_length=100_000)]
+    workflow_type: Annotated[str, Meta(min_length=1, max_length=64)]
+    configuration: dict[str, Any] = {}
+    priority: Priority = "normal"
+
+
+class StartPhase(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Start the next phase; it is assigned to ``assignee`` (default: the actor)."""
+
+    workflow_id: WorkflowId
+    phase: PhaseName
+    assignee: Id | None = None
+
+
+class ReportProgress(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    workflow_id: WorkflowId
+    phase: PhaseName
+    progress: Progress
+
+
+class RecordPartialResult(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    workflow_id: WorkflowId
+    phase: PhaseName
+    result: dict[str, Any]
+
+
+class CompletePhase(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    workflow_id: WorkflowId
+    phase: PhaseName
+    result: dict[str, Any] = {}
+
+
+class PhaseError(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    code: Annotated[str, Meta(min_length=1, max_length=100)]
+    message: Annotated[str, Meta(min_length=1, max_length=10_000)]
+
+
+class FailPhase(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    workflow_id: WorkflowId
+    phase: PhaseName
+    error: PhaseError
+
+
+class CancelWorkflow(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    workflow_id: WorkflowId
+    reason: Annotated[str, Meta(min_length=1, max_length=2000)] = "cancelled"
+
+
+WORKFLOW_COMMANDS: dict[str, type[Struct]] = {
+    "start": StartWorkflow,
+    "start_phase": StartPhase,
+    "report_progress": ReportProgress,
+    "record_partial_result": RecordPartialResult,
+    "complete_phase": CompletePhase,
+    "fail_phase": FailPhase,
+    "cancel": CancelWorkflow,
+}

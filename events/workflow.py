@@ -1,0 +1,77 @@
+"""Events of the Workflow aggregate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from msgspec import Struct
+
+from contracts.workflow_types import Phase
+from contracts.workflows import PhaseError
+
+
+class WorkflowStarted(Struct, kw_only=True, frozen=True):
+    """The type's phases are copied in: a later change of the type never rewrites history."""
+
+    workflow_id: str
+    workflow_type: str
+    phases: list[Phase]
+    requirements: str
+    configuration: dict[str, Any]
+    priority: str
+    started_by: str
+
+
+class PhaseStarted(Struct, kw_only=True, frozen=True):
+    phase: str
+    assignee: str
+
+
+class PhaseProgressReported(Struct, kw_only=True, frozen=True):
+    phase: str
+    progress: int
+
+
+class PartialResultRecorded(Struct, kw_only=True, frozen=True):
+    phase: str
+    result: dict[str, Any]
+
+
+class PhaseCompleted(Struct, kw_only=True, frozen=True):
+    phase: str
+    result: dict[str, Any]
+
+
+class PhaseFailed(Struct, kw_only=True, frozen=True):
+    phase: str
+    error: PhaseError
+
+
+class WorkflowCompleted(Struct, kw_only=True, frozen=True):
+    final_result: dict[str, Any]
+
+
+class WorkflowFailed(Struct, kw_only=True, frozen=True):
+    phase: str
+    error: PhaseError
+
+
+class WorkflowCancelled(Struct, kw_only=True, frozen=True):
+    reason: str
+    cancelled_by: str
+
+
+WORKFLOW_EVENTS: dict[str, type[Struct]] = {
+    cls.__name__: cls
+    for cls in (
+        WorkflowStarted,
+        PhaseStarted,
+        PhaseProgressReported,
+        PartialResultRecorded,
+        PhaseCompleted,
+        PhaseFailed,
+        WorkflowCompleted,
+        WorkflowFailed,
+        WorkflowCancelled,
+    )
+}
