@@ -85,3 +85,9 @@ def set_position(conn: sqlite3.Connection, name: str, position: int) -> None:
         "ON CONFLICT(name) DO UPDATE SET position=excluded.position",
         (name, position),
     )
+
+
+def position_in(conn: sqlite3.Connection, name: str, schema: str = "main") -> int:
+    """A projection's position as seen inside the caller's transaction."""
+    row = conn.execute(f"SELECT position FROM {schema}.tracking WHERE name=?", (name,)).fetchone()
+    return int(row[0]) if row else 0

@@ -19,7 +19,7 @@ from eventsourcing.persistence import ApplicationRecorder
 from contracts.aio import raise_if_cancelling
 from contracts.feed import EventRecord
 from events.codec import decode_record, is_domain_topic
-from projections.readstore import ReadStore, set_position
+from projections.readstore import ReadStore, position_in, set_position
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,19 @@ class ProjectionRunner:
         return self.store.position(self.projection.name)
 
     def step(self) -> int:
-        """Apply the next batch; returns how many notifications it consumed."""
-        start = self.position + 1
-        notifications = self.recorder.select_notifications(start, self.batch_size)
+        """Apply the next batch; returns how many notifications it consumed.
+
+        The position is read again inside the write transaction (compare-and-set): if
+        another writer moved it meanwhile (a rebuild swapping tables in), this batch is
+        dropped and the next step starts from the new position.
+        """
+        start = self.position
+        notifications = self.recorder.select_notifications(start + 1, self.batch_size)
         if not notifications:
             return 0
         with self.store.transaction() as conn:
+            if position_in(conn, self.projection.name) != start:
+                return 0
             for n in notifications:
                 if not is_domain_topic(n.topic):
                     continue
@@ -86,14 +93,44 @@ class ProjectionRunner:
         return total
 
     def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
-        """Drop the read model and replay the log from position 0."""
-        with self.store.transaction() as conn:
+        """Replay the log from position 0 into a fresh store, then swap it in atomically.
+
+        Blue/green: the rebuild fills a separate SQLite file while queries (and a running
+        projector) keep using the live tables; one transaction then replaces the live rows
+        and position with the rebuilt ones. A running projector resumes from there.
+        """
+        shadow_path = self.store.path.with_name(f"{self.store.path.name}.rebuild")
+        for leftover in shadow_path.parent.glob(f"{shadow_path.name}*"):
+            leftover.unlink()
+        shadow = ProjectionRunner(
+            self.recorder, ReadStore(f"sqlite:///{shadow_path}"), self.projection,
+            batch_size=self.batch_size,
+        )  # fmt: skip
+        count = shadow.run_to_head(progress)
+        conn = self.store.connection()
+        conn.execute("ATTACH DATABASE ? AS shadow", (str(shadow_path),))
+        try:
+            while not self._swap_in(shadow_position=shadow.position):
+                # The live projector is ahead of the shadow: catch up, so the swap never
+                # shows queries an older state than they already saw.
+                count += shadow.run_to_head(progress)
+        finally:
+            conn.execute("DETACH DATABASE shadow")
+            shadow.store.close()
+            for leftover in shadow_path.parent.glob(f"{shadow_path.name}*"):
+                leftover.unlink()
+        return count
+
+    def _swap_in(self, shadow_position: int) -> bool:
+        """Replace the live rows and position with the shadow's, unless live is ahead."""
+        with self.store.transaction() as tx:
+            if position_in(tx, self.projection.name) > shadow_position:
+                return False
             for table in self.projection.tables:
-                conn.execute(f"DROP TABLE IF EXISTS {table}")
-            for statement in self.projection.ddl:
-                conn.execute(statement)
-            set_position(conn, self.projection.name, 0)
-        return self.run_to_head(progress)
+                tx.execute(f"DELETE FROM main.{table}")
+                tx.execute(f"INSERT INTO main.{table} SELECT * FROM shadow.{table}")
+            set_position(tx, self.projection.name, shadow_position)
+        return True
 
     async def run(self) -> None:
         while True:
