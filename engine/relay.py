@@ -11,11 +11,15 @@ makes the relay re-read the stream's tail and resume from there.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import secrets
 
 import msgspec
 from eventsourcing.persistence import ApplicationRecorder
-from nats.js import JetStreamContext
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
 
@@ -33,17 +37,76 @@ class StreamAheadOfStore(RuntimeError):
     """EVENTS holds positions the event store does not have."""
 
 
+class PublishRejected(RuntimeError):
+    """JetStream refused a publish (e.g. another relay moved the stream's tail)."""
+
+
+class OrderedPublisher:
+    """Publishes to JetStream in order and collects every PubAck, errors included.
+
+    nats-py's ``publish_async`` raises an API error inside its reply callback instead of
+    failing the future, so a refused publish would leave its future pending forever.
+    Here each message's reply resolves its own future, error or not.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self._prefix = f"_INBOX.{secrets.token_hex(8)}"
+        self._pending: dict[str, asyncio.Future[PubAck]] = {}
+        self._sub: Subscription | None = None
+        self._next = 0
+
+    async def publish(
+        self, subject: str, data: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[PubAck]:
+        if self._sub is None:
+            self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+        self._next += 1
+        token = f"{self._prefix}.{self._next}"
+        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        self._pending[token] = future
+        await self.nc.publish(subject, data, reply=token, headers=headers)
+        return future
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._pending.pop(msg.subject, None)
+        if future is None or future.done():
+            return
+        try:
+            body = json.loads(msg.data) if msg.data else {}
+        except ValueError:
+            body = {}
+        if msg.headers and msg.headers.get("Status") == "503":
+            future.set_exception(PublishRejected("no stream answered (EVENTS missing?)"))
+        elif "error" in body:
+            future.set_exception(PublishRejected(str(body["error"].get("description", body))))
+        elif "seq" in body:
+            future.set_result(PubAck(stream=body.get("stream", ""), seq=body["seq"],
+                                     duplicate=body.get("duplicate")))  # fmt: skip
+        else:
+            future.set_exception(PublishRejected(f"unexpected reply: {msg.data[:200]!r}"))
+
+    def abandon(self) -> None:
+        """Forget replies still owed (after a failure, the relay resyncs from the stream)."""
+        for future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
+
+
 class Relay:
     def __init__(
         self,
         recorder: ApplicationRecorder,
-        js: JetStreamContext,
+        nc: NATS,
         *,
         batch_size: int = 500,
         idle_interval: float = 0.05,
+        scan_back: int = 10_000,
     ) -> None:
         self.recorder = recorder
-        self.js = js
+        self.js = nc.jetstream()
+        self.publisher = OrderedPublisher(nc)
+        self.scan_back = scan_back
         self.batch_size = batch_size
         self.idle_interval = idle_interval
         self.position = 0  # last store position known to be in the stream
@@ -57,16 +120,22 @@ class Relay:
 
     async def resync(self) -> None:
         """Read the stream's tail: where to resume and which sequence comes next."""
+        self.publisher.abandon()
         info = await self.js.stream_info(EVENTS_STREAM)
         self._stream_seq = info.state.last_seq
         self.position = 0
-        if self._stream_seq:
+        # The newest message we published; skip anything foreign someone else put there.
+        seq = self._stream_seq
+        lowest = max(info.state.first_seq, self._stream_seq - self.scan_back)
+        while seq >= lowest and seq > 0:
             try:
-                last = await self.js.get_msg(EVENTS_STREAM, seq=self._stream_seq)
+                message = await self.js.get_msg(EVENTS_STREAM, seq=seq)
             except NotFoundError:
-                last = None
-            if last is not None and last.headers and POSITION_HEADER in last.headers:
-                self.position = int(last.headers[POSITION_HEADER])
+                message = None
+            if message is not None and message.headers and POSITION_HEADER in message.headers:
+                self.position = int(message.headers[POSITION_HEADER])
+                break
+            seq -= 1
         head = await asyncio.to_thread(self.recorder.max_notification_id) or 0
         if self.position > head:
             # The stream was fed from another store (e.g. the store was replaced but NATS
@@ -127,9 +196,7 @@ class Relay:
                 POSITION_HEADER: str(n.id),
             }
             subject = event_subject(record.aggregate, record.aggregate_id, record.type)
-            futures.append(
-                await self.js.publish_async(subject, _encoder.encode(record), headers=headers)
-            )
+            futures.append(await self.publisher.publish(subject, _encoder.encode(record), headers))
             last_domain = n.id
         if futures:
             async with asyncio.timeout(10):

@@ -77,7 +77,7 @@ class EngineService:
         )
         self._tasks.append(asyncio.create_task(self.worker.run(), name="engine-worker"))
         if cfg.relay:
-            self.relay = Relay(self.recorder, js)
+            self.relay = Relay(self.recorder, self.nc)
             self.worker.on_committed = self.relay.wake
             self._tasks.append(asyncio.create_task(self.relay.run(), name="engine-relay"))
         if cfg.timers:

@@ -235,7 +235,7 @@ async def test_restarted_relay_fills_the_stream_without_gap_or_duplicate(
             await send(nc, "coord", "open", open_payload(["a1"]))
     stored = domain_records(database_url)
     assert len(stored) == 12
-    relay = Relay(open_recorder(database_url), nc.jetstream())
+    relay = Relay(open_recorder(database_url), nc)
     await relay.resync()
     assert 1 <= relay.position < stored[-1].position  # it knows where it stopped
     while await relay.step():
@@ -303,6 +303,34 @@ async def test_relay_refuses_a_stream_fed_from_another_store(
     for _ in range(3):
         await send(nc, "coord", "open", open_payload(["a1"]))
     await stream_records(nc, 3)
-    other = Relay(open_recorder(f"sqlite:///{tmp_path}/other.db"), nc.jetstream())
+    other = Relay(open_recorder(f"sqlite:///{tmp_path}/other.db"), nc)
     with pytest.raises(StreamAheadOfStore, match="another event store"):
         await other.resync()
+
+
+async def test_a_foreign_message_on_the_event_subjects_does_not_stop_the_relay(
+    engine: EngineService, nc: NATS, database_url: str
+) -> None:
+    await send(nc, "coord", "open", open_payload(["a1"]))
+    await stream_records(nc, 1)
+    await nc.jetstream().publish("chorus.evt.session.x.Bogus", b"{}")
+    for _ in range(3):
+        await send(nc, "coord", "open", open_payload(["a1"]))
+    # Restart the relay too: its resync must look past the foreign tail message.
+    assert engine.relay is not None
+    await engine.relay.resync()
+    await send(nc, "coord", "open", open_payload(["a1"]))
+    stored = domain_records(database_url)
+    published = [r for r in await stream_records(nc, len(stored) + 1) if "position" in r]
+    assert [r["position"] for r in published] == [r.position for r in stored]
+
+
+async def test_two_relays_on_one_store_keep_the_stream_complete_and_ordered(
+    nats_server: NatsEndpoint, nc: NATS, database_url: str
+) -> None:
+    config = EngineConfig(nats_url=nats_server.url, database_url=database_url)
+    async with EngineService(config), EngineService(config):
+        await asyncio.gather(*(send(nc, "coord", "open", open_payload(["a1"])) for _ in range(60)))
+        stored = domain_records(database_url)
+        published = await stream_records(nc, len(stored))
+    assert [r["position"] for r in published] == [r.position for r in stored]
