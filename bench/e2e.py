@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -176,6 +177,7 @@ async def run(args: argparse.Namespace) -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ with no logic at all. The ratio says how much of the store's own speed the engin
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 import uuid
@@ -83,6 +84,7 @@ def main() -> None:
     print(f"  processor (decide, dedup, hash, commit)  {engine_rate:>10,.0f} commands/s")
     print(f"  bare recorder inserts, same rows         {bare_rate:>10,.0f} commands/s (baseline)")
     print(f"  ratio processor / bare store             {engine_rate / bare_rate:>10.3f}")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ NOT_ASSIGNED = "not_assigned"
 PROGRESS_NOT_MONOTONIC = "progress_not_monotonic"
 
 # Infrastructure
+INTERNAL_ERROR = "internal_error"  # a bug: nothing was recorded
 STORE_UNAVAILABLE = "store_unavailable"  # nothing was recorded: retry with the same command_id
 ENGINE_UNAVAILABLE = "engine_unavailable"  # no engine answered in time
 
@@ -69,6 +70,7 @@ HTTP_STATUS: dict[str, int] = {
     PHASE_NOT_CURRENT: 409,
     NOT_ASSIGNED: 403,
     PROGRESS_NOT_MONOTONIC: 409,
+    INTERNAL_ERROR: 500,
     STORE_UNAVAILABLE: 503,
     ENGINE_UNAVAILABLE: 503,
 }

@@ -210,7 +210,7 @@ class Processor:
                 # A bug in a decision must not take the worker down with it.
                 log.exception("decision failed for %s", command.command_id)
                 replies[index] = _rejected(
-                    command, "internal_error", "the engine failed on this command"
+                    command, codes.INTERNAL_ERROR, "the engine failed on this command"
                 )
                 continue
             aggregate_id = command.handler.target(command.envelope.payload)

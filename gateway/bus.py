@@ -63,7 +63,8 @@ class CommandBus:
             error = reply.error
             assert error is not None
             raise Problem(
-                codes.HTTP_STATUS.get(error.code, 400),
+                # A code this gateway does not know yet is the engine's fault, not the client's.
+                codes.HTTP_STATUS.get(error.code, 500),
                 error.code,
                 error.message,
                 details=error.details,

@@ -127,10 +127,12 @@ class SessionController(Controller):
         await services.wait_for_projection(read_model.NAME, reply.position)
         assert reply.aggregate_id is not None
         assert reply.version is not None
+        # A replay may come long after: say what the session is now, not what it was.
+        view = await services.read(read_model.get_session, reply.aggregate_id)
         return Response(
             SessionCreated(
                 session_id=reply.aggregate_id,
-                status="open",
+                status=view.status if view is not None else "open",
                 version=reply.version,
                 command_status=reply.status,
             ),
