@@ -85,6 +85,11 @@ class EngineService:
             self._tasks.append(asyncio.create_task(self.timer.run(), name="engine-timer"))
         await self.worker.start()
 
+    async def wait_failed(self) -> asyncio.Task[None]:
+        """Returns the first of the engine's tasks to end; they only end by failing."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        return next(iter(done))
+
     async def stop(self) -> None:
         if self.worker is not None:
             await self.worker.stop()

@@ -22,7 +22,7 @@ from contracts.aio import raise_if_cancelling
 from contracts.envelope import Envelope
 from contracts.errors import STORE_UNAVAILABLE
 from contracts.sessions import TimeOutSession
-from engine.handlers import HANDLERS
+from engine.handlers import HANDLERS, Handler
 from engine.processor import Command, utc_now
 from engine.worker import CommandWorker
 from events.codec import decode_record, topic_of
@@ -72,6 +72,17 @@ class SessionTimer:
                     self._open.discard(record.aggregate_id)
             self.position = batch[-1].id
 
+    @staticmethod
+    def _timeout(handler: Handler, session_id: str) -> Command:
+        return Command(
+            actor="system",
+            handler=handler,
+            envelope=Envelope(
+                command_id=f"timeout:{session_id}",
+                payload=TimeOutSession(session_id=session_id),
+            ),
+        )
+
     async def run(self) -> None:
         handler = HANDLERS[("session", "timeout")]
         while True:
@@ -83,26 +94,24 @@ class SessionTimer:
                 await asyncio.sleep(1)
                 continue
             now = self.clock()
+            due: list[str] = []
             while self._heap and self._heap[0][0] <= now:
                 _, session_id = heapq.heappop(self._heap)
-                if session_id not in self._open:
-                    continue
-                command = Command(
-                    actor="system",
-                    handler=handler,
-                    envelope=Envelope(
-                        command_id=f"timeout:{session_id}",
-                        payload=TimeOutSession(session_id=session_id),
-                    ),
+                if session_id in self._open:
+                    due.append(session_id)
+            if due:
+                # All at once: the worker takes them in as few batches as it can.
+                replies = await asyncio.gather(
+                    *(self.worker.submit(self._timeout(handler, sid)) for sid in due)
                 )
-                reply = await self.worker.submit(command)
-                if reply.error is not None and reply.error.code == STORE_UNAVAILABLE:
-                    # Nothing was recorded: try again shortly.
-                    heapq.heappush(self._heap, (now + RETRY_AFTER, session_id))
-                    continue
-                self._open.discard(session_id)
-                if reply.status == "accepted":
-                    self.fired += 1
+                for session_id, reply in zip(due, replies, strict=True):
+                    if reply.error is not None and reply.error.code == STORE_UNAVAILABLE:
+                        # Nothing was recorded: try again shortly.
+                        heapq.heappush(self._heap, (now + RETRY_AFTER, session_id))
+                        continue
+                    self._open.discard(session_id)
+                    if reply.status == "accepted":
+                        self.fired += 1
             sleep = self.max_sleep
             if self._heap:
                 sleep = min(sleep, max(0.0, (self._heap[0][0] - self.clock()).total_seconds()))

@@ -47,15 +47,27 @@ def engine_config(settings: Settings) -> EngineConfig:
 
 
 def run_engine(settings: Settings) -> None:
-    async def main() -> None:
+    async def main() -> int:
         service = EngineService(engine_config(settings))
         await service.start()
+        signalled = asyncio.create_task(_until_signalled())
+        failed = asyncio.create_task(service.wait_failed())
         try:
-            await _until_signalled()
+            await asyncio.wait({signalled, failed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            signalled.cancel()
+            failed.cancel()
             await service.stop()
+        if failed.done() and not failed.cancelled():
+            # A dead worker, relay or timer must not hide in a live process: exit, so the
+            # supervisor (chorus up, compose, systemd) restarts us.
+            task = failed.result()
+            log.error("engine task %s ended: %r; exiting", task.get_name(), task.exception())
+            return 1
+        return 0
 
-    asyncio.run(main())
+    if code := asyncio.run(main()):
+        raise SystemExit(code)
 
 
 def projection_runner(settings: Settings, read_store_url: str | None = None) -> ProjectionRunner:
