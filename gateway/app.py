@@ -20,12 +20,17 @@ from contracts.workflow_types import WorkflowTypeRegistry
 from gateway.auth import BearerKeyMiddleware, KeyCache
 from gateway.bus import CommandBus
 from gateway.errors import EXCEPTION_HANDLERS, add_request_id_header
-from gateway.feeds import session_feed
+from gateway.feeds import session_feed, workflow_feed
 from gateway.health import health, ready
 from gateway.keys import KeyStore
 from gateway.sessions import SessionController
 from gateway.state import GatewayConfig, Services
 from gateway.workflow_types import list_workflow_types
+from gateway.workflows import (
+    WorkflowController,
+    execute_workflow,
+    workflow_status_alias,
+)
 from projections.history import History
 from projections.readstore import ReadStore
 
@@ -68,7 +73,17 @@ def create_app(config: GatewayConfig) -> Litestar:
         Path(config.workflow_types_path) if config.workflow_types_path else None
     )
     return Litestar(
-        route_handlers=[SessionController, session_feed, list_workflow_types, health, ready],
+        route_handlers=[
+            SessionController,
+            session_feed,
+            WorkflowController,
+            workflow_feed,
+            execute_workflow,
+            workflow_status_alias,
+            list_workflow_types,
+            health,
+            ready,
+        ],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         lifespan=[lifespan],
         middleware=[DefineMiddleware(BearerKeyMiddleware, keys=keys, exclude=PUBLIC_PATHS)],

@@ -101,6 +101,24 @@ async def _stop(*tasks: asyncio.Task[None]) -> None:
             task.exception()  # retrieved: a disconnect is the normal end of a feed
 
 
+async def serve_feed(
+    socket: WebSocket[Any, Any, Any], services: Services, aggregate: str, aggregate_id: str,
+    since: int,
+) -> None:  # fmt: skip
+    """Accept, check the aggregate exists (close 4404 if not), then feed it."""
+    await socket.accept()
+    if not await services.read_history(aggregate, aggregate_id, limit=1):
+        code = f"{aggregate}_not_found"
+        await socket.send_text(
+            json.dumps({"type": "error", "code": code,
+                        "message": f"{aggregate} {aggregate_id} does not exist"})
+        )  # fmt: skip
+        await socket.close(code=CLOSE_NOT_FOUND, reason=code)
+        return
+    with contextlib.suppress(WebSocketDisconnect):
+        await Feed(socket, services, since).serve(event_filter(aggregate, aggregate_id))
+
+
 @websocket("/api/v1/sessions/{session_id:uuid}/feed", guards=[can_read])
 async def session_feed(
     socket: WebSocket[Any, Any, Any],
@@ -108,14 +126,14 @@ async def session_feed(
     services: ServicesDep,
     since: Annotated[int, QueryParameter(ge=0)] = 0,
 ) -> None:
-    await socket.accept()
-    exists = await services.read_history("session", str(session_id), limit=1)
-    if not exists:
-        await socket.send_text(
-            json.dumps({"type": "error", "code": "session_not_found",
-                        "message": f"session {session_id} does not exist"})
-        )  # fmt: skip
-        await socket.close(code=CLOSE_NOT_FOUND, reason="session_not_found")
-        return
-    with contextlib.suppress(WebSocketDisconnect):
-        await Feed(socket, services, since).serve(event_filter("session", str(session_id)))
+    await serve_feed(socket, services, "session", str(session_id), since)
+
+
+@websocket("/api/v1/workflows/{workflow_id:uuid}/feed", guards=[can_read])
+async def workflow_feed(
+    socket: WebSocket[Any, Any, Any],
+    workflow_id: FromPath[uuid.UUID],
+    services: ServicesDep,
+    since: Annotated[int, QueryParameter(ge=0)] = 0,
+) -> None:
+    await serve_feed(socket, services, "workflow", str(workflow_id), since)

@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     project = sub.add_parser("project", help="run the projector, or rebuild read models")
     _common(project)
     project.add_argument("--rebuild", action="store_true", help="rebuild from position 0 and exit")
+    project.add_argument("names", nargs="*", help="read models to rebuild (default: all)")
     project.add_argument("--read-store-url", help="rebuild into this read store instead")
 
     keys = sub.add_parser("keys", help="manage API keys")
@@ -97,17 +98,17 @@ def main(argv: list[str] | None = None) -> int:
 
             run_gateway(settings)
         case "project":
-            from runtime.processes import projection_runner, run_projector
+            from runtime.processes import projection_runners, run_projector
 
             if args.rebuild:
-                runner = projection_runner(settings, args.read_store_url)
-                started = time.monotonic()
-                count = runner.rebuild(_progress(started))
-                elapsed = time.monotonic() - started
-                print(
-                    f"\nrebuilt {runner.projection.name}: {count} notifications in "
-                    f"{elapsed:.2f}s, position {runner.position}"
-                )
+                for runner in projection_runners(settings, args.read_store_url, args.names):
+                    started = time.monotonic()
+                    count = runner.rebuild(_progress(started))
+                    elapsed = time.monotonic() - started
+                    print(
+                        f"\nrebuilt {runner.projection.name}: {count} notifications in "
+                        f"{elapsed:.2f}s, position {runner.position}"
+                    )
             else:
                 run_projector(settings)
         case "keys":

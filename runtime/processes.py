@@ -13,6 +13,7 @@ from events.store import open_recorder
 from projections.readstore import ReadStore
 from projections.runner import ProjectionRunner
 from projections.sessions import SessionsProjection
+from projections.workflows import WorkflowsProjection
 from runtime.settings import Settings
 
 log = logging.getLogger("chorus")
@@ -70,27 +71,40 @@ def run_engine(settings: Settings) -> None:
         raise SystemExit(code)
 
 
-def projection_runner(settings: Settings, read_store_url: str | None = None) -> ProjectionRunner:
+PROJECTIONS = {"sessions": SessionsProjection, "workflows": WorkflowsProjection}
+
+
+def projection_runners(
+    settings: Settings, read_store_url: str | None = None, names: list[str] | None = None
+) -> list[ProjectionRunner]:
+    """One runner per read model, all on one read store."""
     s = settings.resolved()
     assert s.database_url is not None
     assert s.read_store_url is not None
-    return ProjectionRunner(
-        open_recorder(s.database_url),
-        ReadStore(read_store_url or s.read_store_url),
-        SessionsProjection(),
-    )
+    unknown = set(names or []) - set(PROJECTIONS)
+    if unknown:
+        raise SystemExit(
+            f"unknown projection {', '.join(sorted(unknown))}; known: {', '.join(PROJECTIONS)}"
+        )
+    recorder = open_recorder(s.database_url)
+    store = ReadStore(read_store_url or s.read_store_url)
+    return [
+        ProjectionRunner(recorder, store, PROJECTIONS[name]())
+        for name in (names or list(PROJECTIONS))
+    ]
 
 
 def run_projector(settings: Settings) -> None:
     async def main() -> None:
-        runner = projection_runner(settings)
-        task = asyncio.create_task(runner.run())
+        tasks = [asyncio.create_task(r.run()) for r in projection_runners(settings)]
         try:
             await _until_signalled()
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     asyncio.run(main())
 

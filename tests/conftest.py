@@ -30,6 +30,7 @@ from gateway.state import GatewayConfig
 from projections.readstore import ReadStore
 from projections.runner import ProjectionRunner
 from projections.sessions import SessionsProjection
+from projections.workflows import WorkflowsProjection
 from runtime.natsd import start_nats_server
 
 
@@ -103,17 +104,20 @@ async def engine(nats_server: NatsEndpoint, database_url: str) -> AsyncIterator[
 
 @pytest.fixture
 async def projector(database_url: str, read_store_url: str) -> AsyncIterator[ProjectionRunner]:
-    runner = ProjectionRunner(
-        open_recorder(database_url), ReadStore(read_store_url), SessionsProjection(),
-        idle_interval=0.005,
-    )  # fmt: skip
-    task = asyncio.create_task(runner.run())
+    """The sessions runner (returned) and the workflows runner, on one read store."""
+    recorder = open_recorder(database_url)
+    store = ReadStore(read_store_url)
+    runner = ProjectionRunner(recorder, store, SessionsProjection(), idle_interval=0.005)
+    workflows = ProjectionRunner(recorder, store, WorkflowsProjection(), idle_interval=0.005)
+    tasks = [asyncio.create_task(runner.run()), asyncio.create_task(workflows.run())]
     try:
         yield runner
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 @pytest.fixture

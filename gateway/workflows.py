@@ -1,0 +1,191 @@
+"""Workflows over HTTP: start, follow, cancel, history; plus the seeds' paths."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from msgspec import Meta, Struct
+
+from contracts import errors as codes
+from contracts.workflows import PRIORITIES, CancelWorkflow, StartWorkflow
+from gateway.auth import can_read, can_write
+from gateway.bus import idempotency_key
+from gateway.errors import Problem
+from gateway.keys import Principal
+from gateway.sessions import EventPage
+from gateway.state import Services, ServicesDep
+from projections import workflows as read_model
+
+STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+
+
+class StartWorkflowBody(Struct, kw_only=True, forbid_unknown_fields=True):
+    requirements: Annotated[str, Meta(min_length=1, max_length=100_000)]
+    workflow_type: Annotated[str, Meta(min_length=1, max_length=64)]
+    configuration: dict[str, Any] = {}
+    # Checked by hand so the 400 can name the allowed values.
+    priority: str = "normal"
+
+
+class WorkflowAccepted(Struct, kw_only=True):
+    workflow_id: str
+    status: str
+    created_at: str | None
+    estimated_completion: str | None
+    command_status: str
+
+
+class CancelBody(Struct, kw_only=True, forbid_unknown_fields=True):
+    reason: Annotated[str, Meta(min_length=1, max_length=2000)] = "cancelled"
+
+
+def _check_choice(field: str, value: str | None, allowed: tuple[str, ...]) -> None:
+    if value is not None and value not in allowed:
+        raise Problem(
+            400, "validation_error", f"{field} must be one of: {', '.join(allowed)}",
+            details={"fields": [{"field": field, "allowed": list(allowed),
+                                 "message": f"invalid {field} {value!r}"}]},
+        )  # fmt: skip
+
+
+async def start_workflow(
+    request: Request[Principal, Any, Any], data: StartWorkflowBody, services: Services
+) -> Response[WorkflowAccepted]:
+    _check_choice("priority", data.priority, PRIORITIES)
+    command_id = idempotency_key(request.headers)
+    workflow_id = (
+        str(uuid.uuid5(uuid.NAMESPACE_URL, f"{request.user.actor}/workflow/{command_id}"))
+        if command_id
+        else str(uuid.uuid4())
+    )
+    reply = await services.bus.send(
+        request.user.actor,
+        "workflow",
+        "start",
+        StartWorkflow(
+            workflow_id=workflow_id,
+            requirements=data.requirements,
+            workflow_type=data.workflow_type,
+            configuration=data.configuration,
+            priority=data.priority,  # type: ignore[arg-type]
+        ),
+        command_id=command_id,
+        correlation_id=request.headers.get("x-correlation-id"),
+    )
+    await services.wait_for_projection(read_model.NAME, reply.position)
+    assert reply.aggregate_id is not None
+    view = await services.read(read_model.get_workflow, reply.aggregate_id)
+    return Response(
+        WorkflowAccepted(
+            workflow_id=reply.aggregate_id,
+            status=view.status if view else "queued",
+            created_at=view.created_at if view else None,
+            estimated_completion=view.estimated_completion if view else None,
+            command_status=reply.status,
+        ),
+        status_code=202,
+        headers={"Location": f"/api/v1/workflows/{reply.aggregate_id}"},
+    )
+
+
+async def workflow_status(workflow_id: uuid.UUID, services: Services) -> read_model.WorkflowView:
+    view = await services.read(read_model.get_workflow, str(workflow_id))
+    if view is None:
+        raise Problem(404, codes.WORKFLOW_NOT_FOUND, f"workflow {workflow_id} does not exist")
+    return view  # type: ignore[no-any-return]
+
+
+class WorkflowController(Controller):
+    path = "/api/v1/workflows"
+    tags = ["workflows"]
+
+    @post("/", guards=[can_write], status_code=202, summary="Start a workflow")
+    async def start(
+        self,
+        request: Request[Principal, Any, Any],
+        data: JSONBody[StartWorkflowBody],
+        services: ServicesDep,
+    ) -> Response[WorkflowAccepted]:
+        return await start_workflow(request, data, services)
+
+    @get("/{workflow_id:uuid}", guards=[can_read], summary="A workflow's status and progress")
+    async def get_workflow(
+        self, workflow_id: FromPath[uuid.UUID], services: ServicesDep
+    ) -> read_model.WorkflowView:
+        return await workflow_status(workflow_id, services)
+
+    @get("/", guards=[can_read], summary="List workflows, newest first")
+    async def list_workflows(
+        self,
+        services: ServicesDep,
+        status: FromQuery[str | None] = None,
+        type: FromQuery[str | None] = None,
+        priority: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+        cursor: FromQuery[str | None] = None,
+    ) -> read_model.WorkflowPage:
+        _check_choice("status", status, STATUSES)
+        _check_choice("priority", priority, PRIORITIES)
+        if cursor is not None:
+            try:
+                read_model.decode_cursor(cursor)
+            except ValueError:
+                raise Problem(400, "invalid_cursor", "cursor was not issued by this API") from None
+        return await services.read(  # type: ignore[no-any-return]
+            read_model.list_workflows, status=status, workflow_type=type, priority=priority,
+            limit=limit, cursor=cursor,
+        )  # fmt: skip
+
+    @post("/{workflow_id:uuid}/cancel", guards=[can_write], status_code=200,
+          summary="Cancel a workflow (its starter)")  # fmt: skip
+    async def cancel(
+        self,
+        request: Request[Principal, Any, Any],
+        workflow_id: FromPath[uuid.UUID],
+        services: ServicesDep,
+        data: JSONBody[CancelBody | None] = None,
+    ) -> read_model.WorkflowView:
+        reply = await services.bus.send(
+            request.user.actor, "workflow", "cancel",
+            CancelWorkflow(workflow_id=str(workflow_id), reason=(data or CancelBody()).reason),
+            command_id=idempotency_key(request.headers),
+        )  # fmt: skip
+        await services.wait_for_projection(read_model.NAME, reply.position)
+        return await workflow_status(workflow_id, services)
+
+    @get("/{workflow_id:uuid}/events", guards=[can_read], summary="A workflow's history")
+    async def events(
+        self,
+        workflow_id: FromPath[uuid.UUID],
+        services: ServicesDep,
+        after_version: Annotated[int, QueryParameter(ge=0)] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 500,
+    ) -> EventPage:
+        records = await services.read_history(
+            "workflow", str(workflow_id), after_version=after_version, limit=limit
+        )
+        if not records and not await services.read_history("workflow", str(workflow_id), limit=1):
+            raise Problem(404, codes.WORKFLOW_NOT_FOUND, f"workflow {workflow_id} does not exist")
+        return EventPage(
+            items=records,
+            next_after_version=records[-1].version if len(records) == limit else None,
+        )
+
+
+@post("/execute-workflow", guards=[can_write], status_code=202, tags=["workflows"],
+      summary="Seed alias of POST /api/v1/workflows")  # fmt: skip
+async def execute_workflow(
+    request: Request[Principal, Any, Any], data: JSONBody[StartWorkflowBody], services: ServicesDep
+) -> Response[WorkflowAccepted]:
+    return await start_workflow(request, data, services)
+
+
+@get("/workflow-status/{workflow_id:uuid}", guards=[can_read], tags=["workflows"],
+     summary="Seed alias of GET /api/v1/workflows/{id}")  # fmt: skip
+async def workflow_status_alias(
+    workflow_id: FromPath[uuid.UUID], services: ServicesDep
+) -> read_model.WorkflowView:
+    return await workflow_status(workflow_id, services)

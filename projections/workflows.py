@@ -1,0 +1,257 @@
+"""The ``workflows`` read model: one row per workflow, plus observed phase durations."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from contracts.feed import EventRecord
+from projections.sessions import decode_cursor, encode_cursor
+
+NAME = "workflows"
+
+DDL = [
+    """CREATE TABLE IF NOT EXISTS workflows (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        workflow_type TEXT NOT NULL,
+        status TEXT NOT NULL,
+        priority TEXT NOT NULL,
+        started_by TEXT NOT NULL,
+        requirements TEXT NOT NULL,
+        configuration TEXT NOT NULL,
+        phases TEXT NOT NULL,
+        current_phase TEXT,
+        current_assignee TEXT,
+        current_started_at TEXT,
+        current_progress INTEGER NOT NULL,
+        phases_completed TEXT NOT NULL,
+        errors TEXT NOT NULL,
+        partial_results TEXT NOT NULL,
+        final_result TEXT,
+        version INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        updated_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS workflows_status ON workflows (status, seq)",
+    """CREATE TABLE IF NOT EXISTS phase_durations (
+        workflow_type TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        completed INTEGER NOT NULL,
+        total_seconds REAL NOT NULL,
+        PRIMARY KEY (workflow_type, phase)
+    )""",
+]
+TABLES = ["workflows", "phase_durations"]
+
+_json = msgspec.json.Encoder(order="sorted")
+_decode = msgspec.json.Decoder()
+
+
+def _ts(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _parse(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+class WorkflowsProjection:
+    name = NAME
+    aggregates = frozenset({"workflow"})
+    ddl = DDL
+    tables = TABLES
+
+    def apply(self, conn: sqlite3.Connection, record: EventRecord) -> None:
+        data = record.data
+        wid = record.aggregate_id
+        at = _ts(record.occurred_at)
+        if record.type == "WorkflowStarted":
+            conn.execute(
+                "INSERT INTO workflows (seq, id, workflow_type, status, priority, started_by, "
+                "requirements, configuration, phases, current_progress, phases_completed, errors, "
+                "partial_results, version, created_at, updated_at) "
+                "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, 0, '[]', '[]', '{}', ?, ?, ?)",
+                (
+                    record.position, wid, data["workflow_type"], data["priority"],
+                    data["started_by"], data["requirements"],
+                    _json.encode(data["configuration"]).decode(),
+                    _json.encode(data["phases"]).decode(), record.version, at, at,
+                ),
+            )  # fmt: skip
+            return
+        row = conn.execute("SELECT * FROM workflows WHERE id=?", (wid,)).fetchone()
+        if row is None:
+            return
+        changes: dict[str, Any] = {"version": record.version, "updated_at": at}
+        match record.type:
+            case "PhaseStarted":
+                changes.update(
+                    status="running", current_phase=data["phase"], current_progress=0,
+                    current_assignee=data["assignee"], current_started_at=at,
+                    started_at=row["started_at"] or at,
+                )  # fmt: skip
+            case "PhaseProgressReported":
+                changes["current_progress"] = data["progress"]
+            case "PartialResultRecorded":
+                partial = _decode.decode(row["partial_results"])
+                partial.setdefault(data["phase"], []).append(data["result"])
+                changes["partial_results"] = _json.encode(partial).decode()
+            case "PhaseCompleted":
+                done = [*_decode.decode(row["phases_completed"]), data["phase"]]
+                changes.update(
+                    phases_completed=_json.encode(done).decode(), current_phase=None,
+                    current_assignee=None, current_progress=0, current_started_at=None,
+                )  # fmt: skip
+                if row["current_started_at"]:
+                    seconds = (
+                        record.occurred_at - _parse(row["current_started_at"])
+                    ).total_seconds()
+                    conn.execute(
+                        "INSERT INTO phase_durations VALUES (?, ?, 1, ?) "
+                        "ON CONFLICT(workflow_type, phase) DO UPDATE SET "
+                        "completed=completed+1, total_seconds=total_seconds+excluded.total_seconds",
+                        (row["workflow_type"], data["phase"], max(seconds, 0.0)),
+                    )
+            case "PhaseFailed":
+                errors = [*_decode.decode(row["errors"]), {"phase": data["phase"], **data["error"]}]
+                changes["errors"] = _json.encode(errors).decode()
+            case "WorkflowCompleted":
+                changes.update(status="completed", final_result=_json.encode(data["final_result"]).decode(),
+                               finished_at=at)  # fmt: skip
+            case "WorkflowFailed":
+                changes.update(status="failed", finished_at=at, current_phase=None)
+            case "WorkflowCancelled":
+                changes.update(status="cancelled", finished_at=at, current_phase=None)
+        columns = ", ".join(f"{k}=?" for k in changes)
+        conn.execute(f"UPDATE workflows SET {columns} WHERE id=?", (*changes.values(), wid))
+
+
+# Queries ------------------------------------------------------------------------------------
+
+
+class WorkflowView(msgspec.Struct, kw_only=True):
+    workflow_id: str
+    workflow_type: str
+    status: str
+    priority: str
+    progress: int
+    current_phase: str | None
+    current_assignee: str | None
+    phases: list[str]
+    phases_completed: list[str]
+    errors: list[dict[str, Any]]
+    partial_results: dict[str, list[dict[str, Any]]]
+    final_result: dict[str, Any] | None
+    requirements: str
+    configuration: dict[str, Any]
+    started_by: str
+    version: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    updated_at: str
+    estimated_completion: str | None
+
+
+class WorkflowPage(msgspec.Struct, kw_only=True):
+    items: list[WorkflowView]
+    next_cursor: str | None
+
+
+def _average_seconds(conn: sqlite3.Connection, workflow_type: str) -> dict[str, float]:
+    return {
+        r["phase"]: r["total_seconds"] / r["completed"]
+        for r in conn.execute(
+            "SELECT phase, completed, total_seconds FROM phase_durations WHERE workflow_type=?",
+            (workflow_type,),
+        )
+    }
+
+
+def estimate_completion(
+    phases: list[dict[str, Any]],
+    completed: int,
+    since: datetime,
+    observed: dict[str, float],
+) -> datetime:
+    """From the start of the running (or next) phase, the remaining phases' durations:
+    the average observed for this type where known, else the type's expected duration."""
+    remaining = phases[completed:]
+    seconds = sum(observed.get(p["name"], float(p.get("expected_seconds", 600))) for p in remaining)
+    return since + timedelta(seconds=seconds)
+
+
+def _view(conn: sqlite3.Connection, row: sqlite3.Row) -> WorkflowView:
+    phases = _decode.decode(row["phases"])
+    done = _decode.decode(row["phases_completed"])
+    status = row["status"]
+    n = len(phases)
+    progress = 100 if status == "completed" else (len(done) * 100 + row["current_progress"]) // n
+    estimated = None
+    if status in ("queued", "running"):
+        since = _parse(row["current_started_at"] or row["updated_at"])
+        observed = _average_seconds(conn, row["workflow_type"])
+        estimated = _ts(estimate_completion(phases, len(done), since, observed))
+    return WorkflowView(
+        workflow_id=row["id"], workflow_type=row["workflow_type"], status=status,
+        priority=row["priority"], progress=progress, current_phase=row["current_phase"],
+        current_assignee=row["current_assignee"], phases=[p["name"] for p in phases],
+        phases_completed=done, errors=_decode.decode(row["errors"]),
+        partial_results=_decode.decode(row["partial_results"]),
+        final_result=_decode.decode(row["final_result"]) if row["final_result"] else None,
+        requirements=row["requirements"], configuration=_decode.decode(row["configuration"]),
+        started_by=row["started_by"], version=row["version"], created_at=row["created_at"],
+        started_at=row["started_at"], finished_at=row["finished_at"],
+        updated_at=row["updated_at"], estimated_completion=estimated,
+    )  # fmt: skip
+
+
+def get_workflow(conn: sqlite3.Connection, workflow_id: str) -> WorkflowView | None:
+    try:
+        row = conn.execute("SELECT * FROM workflows WHERE id=?", (workflow_id,)).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return _view(conn, row) if row else None
+
+
+def list_workflows(
+    conn: sqlite3.Connection,
+    *,
+    status: str | None = None,
+    workflow_type: str | None = None,
+    priority: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> WorkflowPage:
+    where: list[str] = []
+    params: list[object] = []
+    for column, value in (
+        ("status", status),
+        ("workflow_type", workflow_type),
+        ("priority", priority),
+    ):
+        if value:
+            where.append(f"{column}=?")
+            params.append(value)
+    if cursor:
+        where.append("seq<?")
+        params.append(decode_cursor(cursor))
+    sql = "SELECT * FROM workflows" + (" WHERE " + " AND ".join(where) if where else "")
+    sql += " ORDER BY seq DESC LIMIT ?"
+    params.append(limit + 1)
+    try:
+        rows = conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:
+        return WorkflowPage(items=[], next_cursor=None)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return WorkflowPage(
+        items=[_view(conn, r) for r in rows],
+        next_cursor=encode_cursor(rows[-1]["seq"]) if more and rows else None,
+    )
