@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 
 from contracts.workflow_types import WorkflowTypeRegistry
 from engine.context import EngineContext
+from engine.delegation import DelegationManager
 from engine.processor import Clock, Processor, utc_now
 from engine.relay import Relay
 from engine.streams import ensure_streams
@@ -42,6 +43,7 @@ class EngineConfig:
     cache_size: int = 10_000
     relay: bool = True
     timers: bool = True
+    delegation: bool = True
     replicas: int = 1
     workflow_types: WorkflowTypeRegistry = field(default_factory=WorkflowTypeRegistry)
     clock: Clock = field(default=utc_now)
@@ -57,6 +59,7 @@ class EngineService:
         self.worker: CommandWorker | None = None
         self.relay: Relay | None = None
         self.timer: SessionTimer | None = None
+        self.delegation: DelegationManager | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -83,6 +86,9 @@ class EngineService:
         if cfg.timers:
             self.timer = SessionTimer(self.recorder, self.worker, cfg.clock)
             self._tasks.append(asyncio.create_task(self.timer.run(), name="engine-timer"))
+        if cfg.delegation:
+            self.delegation = DelegationManager(self.recorder, self.worker)
+            self._tasks.append(asyncio.create_task(self.delegation.run(), name="engine-delegation"))
         await self.worker.start()
 
     async def wait_failed(self) -> asyncio.Task[None]:

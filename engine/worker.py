@@ -67,8 +67,12 @@ def parse_message(subject: str, data: bytes) -> Command:
     if parsed is None or not is_token(parsed.actor):
         raise Rejection(codes.INVALID_SUBJECT, f"not a command subject: {subject}")
     key = (parsed.aggregate, parsed.command)
+    if parsed.actor == "system":
+        # Only the engine's own timers and process managers act as "system", and they do
+        # not come over the bus.
+        raise Rejection(codes.NOT_AUTHORIZED, "the actor 'system' is reserved for the engine")
     handler = HANDLERS.get(key)
-    if handler is None or (parsed.command == "timeout" and parsed.actor != "system"):
+    if handler is None or parsed.command == "timeout":
         known = sorted(f"{a}.{c}" for a, c in HANDLERS if c != "timeout")
         raise Rejection(
             codes.UNKNOWN_COMMAND,

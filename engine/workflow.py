@@ -147,7 +147,8 @@ class WorkflowState:
             )
 
     def check_may_report(self, actor: str) -> None:
-        if actor not in (self.assignee, self.started_by):
+        # "system" is the engine itself (the delegation manager); no bus client can be it.
+        if actor not in (self.assignee, self.started_by, "system"):
             raise errors.NotAssigned(
                 f"{actor} is not assigned to the current phase of workflow {self.id}",
                 {"assignee": self.assignee},

@@ -25,6 +25,18 @@ async def agent(nc: NATS, actor: str, command: str, **payload: Any) -> dict[str,
     return reply
 
 
+async def wait_for(
+    http: httpx.AsyncClient, headers: dict[str, str], wid: str, check: Any, what: str
+) -> dict[str, Any]:
+    """The workflow's view once ``check`` holds (the read model follows the log)."""
+    for _ in range(400):
+        body: dict[str, Any] = (await http.get(f"{BASE}/{wid}", headers=headers)).json()
+        if check(body):
+            return body
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"workflow {wid}: {what} never showed: {body}")
+
+
 async def wait_status(
     http: httpx.AsyncClient, headers: dict[str, str], wid: str, status: str
 ) -> dict[str, Any]:
@@ -64,12 +76,9 @@ async def test_a_workflow_started_over_http_is_followed_phase_by_phase(
             phase="implement",
             result={"files": 3},
         )
-        running = await wait_status(http, ops, wid, "running")
-        for _ in range(100):
-            if running["progress"] == 25:
-                break
-            running = (await http.get(f"{BASE}/{wid}", headers=ops)).json()
-            await asyncio.sleep(0.02)
+        running = await wait_for(
+            http, ops, wid, lambda w: w["progress"] == 25 and w["partial_results"], "progress"
+        )
         assert running["progress"] == 25
         assert running["current_phase"] == "implement"
         assert running["partial_results"] == {"implement": [{"files": 3}]}

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from contracts import errors as codes
-from contracts.sessions import OpenSession, SubmitResult, TimeOutSession
+from contracts.sessions import OpenSession, SubmitResult
 from engine.handlers import HANDLERS
 from engine.worker import Rejection, parse_message
 
@@ -154,12 +154,16 @@ def test_an_unknown_aggregate_is_an_unknown_command() -> None:
     assert rejection("chorus.cmd.alice.invoice.open", body()).code == codes.UNKNOWN_COMMAND
 
 
-def test_the_timeout_command_is_unknown_to_anyone_but_the_system() -> None:
+def test_the_timeout_command_is_not_accepted_from_the_bus() -> None:
     data = json.dumps({"command_id": "t", "payload": {"session_id": SID}}).encode()
     assert rejection("chorus.cmd.alice.session.timeout", data).code == codes.UNKNOWN_COMMAND
-    command = parse_message("chorus.cmd.system.session.timeout", data)
-    assert command.actor == "system"
-    assert command.envelope.payload == TimeOutSession(session_id=SID)
+
+
+def test_nobody_on_the_bus_can_act_as_the_system() -> None:
+    """Timers and process managers act as "system" from inside the engine only."""
+    data = json.dumps({"command_id": "t", "payload": {"session_id": SID}}).encode()
+    for command in ("timeout", "cancel", "submit_result"):
+        assert rejection(f"chorus.cmd.system.session.{command}", data).code == codes.NOT_AUTHORIZED
 
 
 def test_the_subject_is_checked_before_the_body() -> None:

@@ -1,0 +1,225 @@
+"""The delegation process manager: phases run as coordination sessions.
+
+When a phase whose type has a ``delegate`` rule starts, this opens a session for it; when
+that session closes, it completes the phase with the session's outcome (succeeded) or
+fails it with the reason (failed, timed out, cancelled).
+
+Exactly once in effect, across crashes: it follows the notification log and rebuilds its
+to-do list from the log at start, and every command it sends has an id derived from the
+workflow and phase (the session id too), so anything re-sent after a restart is answered
+``duplicate`` and changes nothing. Work waiting to be opened goes highest priority first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from eventsourcing.persistence import ApplicationRecorder
+
+from contracts.aio import raise_if_cancelling
+from contracts.envelope import Envelope
+from contracts.errors import STORE_UNAVAILABLE
+from contracts.sessions import OpenSession, Task
+from contracts.workflow_types import Delegation, Phase
+from contracts.workflows import CompletePhase, FailPhase, PhaseError
+from engine.handlers import HANDLERS
+from engine.processor import Command
+from engine.worker import CommandWorker
+from events.codec import decode_record, topic_of
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "system"
+DELEGATION_NAMESPACE = uuid.UUID("9a3f7c1e-2b7d-4e43-8d0e-64656c656761")
+PRIORITY_RANK = {"critical": 0, "high": 1, "normal": 2, "low": 3}
+TOPICS = [
+    topic_of("workflow", t)
+    for t in ("WorkflowStarted", "PhaseStarted", "PhaseCompleted", "PhaseFailed",
+              "WorkflowCancelled")
+] + [
+    topic_of("session", t)
+    for t in ("SessionOpened", "SessionFinalised", "SessionTimedOut", "SessionCancelled")
+]  # fmt: skip
+CLOSED_ERRORS = {
+    "SessionTimedOut": "session_timed_out",
+    "SessionCancelled": "session_cancelled",
+}
+
+
+def delegated_session_id(workflow_id: str, phase: str) -> str:
+    """The session of a delegated phase: derived, so it can only ever be opened once."""
+    return str(uuid.uuid5(DELEGATION_NAMESPACE, f"{workflow_id}/{phase}"))
+
+
+@dataclass
+class _Workflow:
+    workflow_type: str
+    requirements: str
+    priority: str
+    phases: dict[str, Phase]
+
+
+@dataclass(order=True)
+class _ToOpen:
+    rank: int
+    position: int
+    workflow_id: str = field(compare=False)
+    phase: str = field(compare=False)
+
+
+class DelegationManager:
+    def __init__(
+        self, recorder: ApplicationRecorder, worker: CommandWorker, *, idle: float = 0.1
+    ) -> None:
+        self.recorder = recorder
+        self.worker = worker
+        self.idle = idle
+        self.position = 0
+        self._workflows: dict[str, _Workflow] = {}
+        self._to_open: list[_ToOpen] = []
+        self._opened: set[str] = set()  # session ids known to exist
+        self._phase_of: dict[str, tuple[str, str]] = {}  # session id -> (workflow, phase)
+        self._to_finish: dict[str, tuple[str, dict[str, Any]]] = {}  # session -> (type, data)
+        self._done: set[tuple[str, str]] = set()  # phases finished (or workflow cancelled)
+
+    def _catch_up(self) -> None:
+        while True:
+            batch = self.recorder.select_notifications(self.position + 1, 1000, topics=TOPICS)
+            if not batch:
+                return
+            for n in batch:
+                self._observe(n.id, decode_record(n))
+            self.position = batch[-1].id
+
+    def _observe(self, position: int, record: Any) -> None:
+        data = record.data
+        wid = record.aggregate_id
+        match record.type:
+            case "WorkflowStarted":
+                phases = [msgspec.convert(p, Phase) for p in data["phases"]]
+                self._workflows[wid] = _Workflow(
+                    data["workflow_type"], data["requirements"], data["priority"],
+                    {p.name: p for p in phases},
+                )  # fmt: skip
+            case "PhaseStarted":
+                workflow = self._workflows.get(wid)
+                phase = workflow.phases.get(data["phase"]) if workflow else None
+                if workflow is None or phase is None or phase.delegate is None:
+                    return
+                sid = delegated_session_id(wid, phase.name)
+                self._phase_of[sid] = (wid, phase.name)
+                if sid not in self._opened:
+                    rank = PRIORITY_RANK.get(workflow.priority, 2)
+                    heapq.heappush(self._to_open, _ToOpen(rank, position, wid, phase.name))
+            case "PhaseCompleted" | "PhaseFailed":
+                self._finished(wid, data["phase"])
+            case "WorkflowCancelled":
+                for w, p in list(self._phase_of.values()):
+                    if w == wid:
+                        self._finished(w, p)
+            case "SessionOpened":
+                self._opened.add(record.aggregate_id)
+            case "SessionFinalised" | "SessionTimedOut" | "SessionCancelled":
+                sid = record.aggregate_id
+                if sid in self._phase_of and self._phase_of[sid] not in self._done:
+                    self._to_finish[sid] = (record.type, data)
+
+    def _finished(self, workflow_id: str, phase: str) -> None:
+        self._done.add((workflow_id, phase))
+        self._to_finish.pop(delegated_session_id(workflow_id, phase), None)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self._catch_up)
+                await self._open_due()
+                await self._finish_due()
+            except Exception as error:
+                raise_if_cancelling()
+                log.warning("delegation manager failed a round, retrying: %s", error)
+                await asyncio.sleep(1)
+                continue
+            await asyncio.sleep(self.idle)
+
+    async def _open_due(self) -> None:
+        while self._to_open:
+            item = heapq.heappop(self._to_open)
+            key = (item.workflow_id, item.phase)
+            sid = delegated_session_id(*key)
+            if key in self._done or sid in self._opened:
+                continue
+            workflow = self._workflows[item.workflow_id]
+            rule = workflow.phases[item.phase].delegate
+            assert rule is not None
+            reply = await self._send(
+                self._open_command(item.workflow_id, item.phase, workflow, rule)
+            )
+            if reply.error is not None and reply.error.code == STORE_UNAVAILABLE:
+                heapq.heappush(self._to_open, item)
+                return
+            if reply.status == "rejected":
+                # The rule cannot be carried out (e.g. routing by capability needs the agent
+                # registry): the phase fails with the reason instead of hanging.
+                assert reply.error is not None
+                await self._send(self._fail(item.workflow_id, item.phase,
+                                            reply.error.code, reply.error.message))  # fmt: skip
+            self._opened.add(sid)
+
+    def _open_command(self, wid: str, phase: str, workflow: _Workflow, rule: Delegation) -> Command:
+        description = f"{workflow.workflow_type}/{phase}: {workflow.requirements}"[:10_000]
+        payload = OpenSession(
+            session_id=delegated_session_id(wid, phase),
+            participants=list(rule.participants or []) or ["unroutable"],
+            task=Task(description=description, criteria=rule.criteria),
+            timeout_seconds=rule.timeout_seconds,
+            coordinator_id=SYSTEM,
+        )
+        if not rule.participants:
+            # Capability routing arrives with the agent registry; until then say so.
+            return self._fail(wid, phase, "routing_unavailable",
+                              "delegation by capabilities needs the agent registry")  # fmt: skip
+        return self._command("session", "open", f"delegate-open:{wid}/{phase}", payload, wid)
+
+    async def _finish_due(self) -> None:
+        for sid, (event_type, data) in list(self._to_finish.items()):
+            wid, phase = self._phase_of[sid]
+            if event_type == "SessionFinalised" and data["outcome"] == "succeeded":
+                command = self._command(
+                    "workflow", "complete_phase", f"delegate-finish:{wid}/{phase}",
+                    CompletePhase(workflow_id=wid, phase=phase, result={
+                        "session_id": sid, "outcome": data["outcome"], "verdict": data["verdict"],
+                    }),
+                    wid,
+                )  # fmt: skip
+            else:
+                code = CLOSED_ERRORS.get(event_type, "session_failed")
+                reason = data.get("reason") or "the session passed its deadline"
+                command = self._fail(wid, phase, code, f"session {sid}: {reason}")
+            reply = await self._send(command)
+            if reply.error is not None and reply.error.code == STORE_UNAVAILABLE:
+                return
+            self._to_finish.pop(sid, None)
+
+    def _fail(self, wid: str, phase: str, code: str, message: str) -> Command:
+        payload = FailPhase(workflow_id=wid, phase=phase,
+                            error=PhaseError(code=code, message=message[:10_000]))  # fmt: skip
+        return self._command(
+            "workflow", "fail_phase", f"delegate-finish:{wid}/{phase}", payload, wid
+        )
+
+    @staticmethod
+    def _command(aggregate: str, name: str, command_id: str, payload: Any, wid: str) -> Command:
+        return Command(
+            actor=SYSTEM,
+            handler=HANDLERS[(aggregate, name)],
+            envelope=Envelope(command_id=command_id, payload=payload, correlation_id=wid),
+        )
+
+    async def _send(self, command: Command) -> Any:
+        return await self.worker.submit(command)

@@ -1,0 +1,167 @@
+"""Delegated phases: the process manager opens a session per phase and finishes the phase
+with the session's outcome, exactly once, also when the engine was down in between."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from contracts.sessions import Criteria
+from contracts.workflow_types import BUILT_IN, Delegation, Phase, WorkflowType, WorkflowTypeRegistry
+from engine.delegation import delegated_session_id
+from engine.service import EngineConfig, EngineService
+from tests.conftest import NatsEndpoint
+from tests.integration.test_bus import domain_records, send
+
+AGENTS = ["agent-1", "agent-2", "agent-3"]
+REVIEWED = WorkflowType(
+    name="reviewed",
+    phases=[
+        Phase(
+            name="review",
+            delegate=Delegation(
+                participants=AGENTS, criteria=Criteria(require="majority"), timeout_seconds=60
+            ),
+        ),
+        Phase(name="release"),
+    ],
+)
+
+
+def config(
+    nats_server: NatsEndpoint, database_url: str, *, delegation: bool = True
+) -> EngineConfig:
+    return EngineConfig(
+        nats_url=nats_server.url,
+        database_url=database_url,
+        delegation=delegation,
+        workflow_types=WorkflowTypeRegistry([*BUILT_IN, REVIEWED]),
+    )
+
+
+async def start(nc: NATS, priority: str = "normal") -> str:
+    wid = str(uuid.uuid4())
+    payload = {
+        "workflow_id": wid,
+        "requirements": "review PR 7",
+        "workflow_type": "reviewed",
+        "priority": priority,
+    }
+    assert (await send(nc, "ops", "start", payload, aggregate="workflow"))["status"] == "accepted"
+    assert (
+        await send(
+            nc, "ops", "start_phase", {"workflow_id": wid, "phase": "review"}, aggregate="workflow"
+        )
+    )["status"] == "accepted"
+    return wid
+
+
+def events_of(database_url: str, aggregate_id: str) -> list[Any]:
+    return [r for r in domain_records(database_url) if r.aggregate_id == aggregate_id]
+
+
+async def until(predicate: Any, what: str) -> None:
+    for _ in range(300):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def submit_all(nc: NATS, sid: str, successes: list[bool]) -> None:
+    for agent, success in zip(AGENTS, successes, strict=True):
+        reply = await send(
+            nc,
+            agent,
+            "submit_result",
+            {"session_id": sid, "result": {"ok": success}, "success": success},
+        )
+        assert reply["status"] == "accepted", reply
+
+
+async def test_a_delegated_phase_completes_with_the_sessions_outcome(
+    nats_server: NatsEndpoint, nc: NATS, database_url: str
+) -> None:
+    async with EngineService(config(nats_server, database_url)):
+        wid = await start(nc)
+        sid = delegated_session_id(wid, "review")
+        await until(lambda: events_of(database_url, sid), "the session to open")
+        opened = events_of(database_url, sid)[0]
+        assert opened.data["participants"] == AGENTS
+        assert opened.correlation_id == wid
+        await submit_all(nc, sid, [True, True, False])
+        await until(
+            lambda: any(r.type == "PhaseCompleted" for r in events_of(database_url, wid)),
+            "the phase",
+        )
+    completed = next(r for r in events_of(database_url, wid) if r.type == "PhaseCompleted")
+    assert completed.actor == "system"
+    assert completed.data["result"]["session_id"] == sid
+    assert completed.data["result"]["outcome"] == "succeeded"
+
+
+async def test_a_failed_session_fails_the_phase_and_the_workflow(
+    nats_server: NatsEndpoint, nc: NATS, database_url: str
+) -> None:
+    async with EngineService(config(nats_server, database_url)):
+        wid = await start(nc)
+        sid = delegated_session_id(wid, "review")
+        await until(lambda: events_of(database_url, sid), "the session to open")
+        await submit_all(nc, sid, [False, False, True])
+        await until(
+            lambda: events_of(database_url, wid)[-1].type == "WorkflowFailed", "the failure"
+        )
+    failed = next(r for r in events_of(database_url, wid) if r.type == "PhaseFailed")
+    assert failed.data["error"]["code"] == "session_failed"
+    assert "require majority not met" in failed.data["error"]["message"]
+
+
+async def test_engine_down_between_phase_start_and_session_open_opens_exactly_one_session(
+    nats_server: NatsEndpoint, nc: NATS, database_url: str
+) -> None:
+    async with EngineService(config(nats_server, database_url, delegation=False)):
+        wid = await start(nc)  # the phase starts; the engine "dies" before opening the session
+    sid = delegated_session_id(wid, "review")
+    assert events_of(database_url, sid) == []
+    for _ in range(2):  # two restarts: the second must not open it again
+        async with EngineService(config(nats_server, database_url)):
+            await until(lambda: events_of(database_url, sid), "the session to open")
+            await asyncio.sleep(0.3)
+    assert [r.type for r in events_of(database_url, sid)] == ["SessionOpened"]
+
+
+async def test_engine_down_between_session_finalising_and_phase_completing_completes_it_once(
+    nats_server: NatsEndpoint, nc: NATS, database_url: str
+) -> None:
+    async with EngineService(config(nats_server, database_url)):
+        wid = await start(nc)
+        sid = delegated_session_id(wid, "review")
+        await until(lambda: events_of(database_url, sid), "the session to open")
+    async with EngineService(config(nats_server, database_url, delegation=False)):
+        await submit_all(nc, sid, [True, True, True])  # finalised while nobody finishes phases
+    assert not any(r.type == "PhaseCompleted" for r in events_of(database_url, wid))
+    for _ in range(2):
+        async with EngineService(config(nats_server, database_url)):
+            await until(
+                lambda: any(r.type == "PhaseCompleted" for r in events_of(database_url, wid)),
+                "the phase",
+            )
+            await asyncio.sleep(0.3)
+    assert [r.type for r in events_of(database_url, wid)].count("PhaseCompleted") == 1
+
+
+async def test_queued_delegations_open_highest_priority_first(
+    nats_server: NatsEndpoint, nc: NATS, database_url: str
+) -> None:
+    async with EngineService(config(nats_server, database_url, delegation=False)):
+        by_priority = {p: await start(nc, p) for p in ("low", "normal", "critical", "high")}
+    async with EngineService(config(nats_server, database_url)):
+        sessions = {p: delegated_session_id(w, "review") for p, w in by_priority.items()}
+        await until(
+            lambda: all(events_of(database_url, s) for s in sessions.values()), "all sessions"
+        )
+    order = sorted(sessions, key=lambda p: events_of(database_url, sessions[p])[0].position)
+    assert order == ["critical", "high", "normal", "low"]
