@@ -73,6 +73,16 @@ BUILT_IN: tuple[WorkflowType, ...] = (
 )
 
 
+#: The one registry aggregate that records types defined over the API.
+REGISTRY_ID = "6f1d9b52-5c1e-5d3a-9a51-726567697374"
+
+
+class DefineWorkflowType(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``chorus.cmd.<actor>.workflow_type.define``: add or replace a type (admins)."""
+
+    workflow_type: WorkflowType
+
+
 class TypesFile(Struct, forbid_unknown_fields=True):
     workflow_types: list[WorkflowType]
 
@@ -104,3 +114,10 @@ class WorkflowTypeRegistry:
 
     def all(self) -> list[WorkflowType]:
         return sorted(self._types.values(), key=lambda t: t.name)
+
+    def with_defined(self, defined: list[WorkflowType]) -> WorkflowTypeRegistry:
+        """This registry plus the types defined over the API (they win on a name clash)."""
+        merged = WorkflowTypeRegistry(list(self._types.values()))
+        for workflow_type in defined:
+            merged._types[workflow_type.name] = workflow_type
+        return merged

@@ -12,6 +12,7 @@ import msgspec
 
 from contracts.envelope import Envelope
 from contracts.sessions import CancelSession, OpenSession, SubmitResult, TimeOutSession
+from contracts.workflow_types import REGISTRY_ID, DefineWorkflowType
 from contracts.workflows import (
     CancelWorkflow,
     CompletePhase,
@@ -21,7 +22,7 @@ from contracts.workflows import (
     StartPhase,
     StartWorkflow,
 )
-from engine import session, workflow
+from engine import registry, session, workflow
 from engine.context import EngineContext
 
 
@@ -46,10 +47,11 @@ class Handler:
     decide: Decide
     new_state: Callable[[UUID], AggregateState]
     id_field: str = "session_id"
+    fixed_id: str | None = None  # for singletons such as the type registry
 
     def target(self, payload: Any) -> UUID:
         """The id of the aggregate instance the payload names."""
-        return UUID(getattr(payload, self.id_field))
+        return UUID(self.fixed_id or getattr(payload, self.id_field))
 
 
 HANDLERS: dict[tuple[str, str], Handler] = {
@@ -76,6 +78,14 @@ HANDLERS: dict[tuple[str, str], Handler] = {
                 ("fail_phase", FailPhase, workflow.decide_fail_phase),
                 ("cancel", CancelWorkflow, workflow.decide_cancel),
             )
+        ),
+        Handler(
+            "workflow_type",
+            "define",
+            DefineWorkflowType,
+            registry.decide_define,
+            registry.RegistryState,
+            fixed_id=REGISTRY_ID,
         ),
     )
 }

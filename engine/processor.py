@@ -8,6 +8,7 @@ built only after that call returns, so nothing is ``accepted`` before it is dura
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections import OrderedDict
@@ -24,9 +25,10 @@ from eventsourcing.persistence import ApplicationRecorder, IntegrityError, Store
 from contracts import errors as codes
 from contracts.envelope import Envelope, Reply
 from contracts.errors import ErrorInfo
+from contracts.workflow_types import REGISTRY_ID, WorkflowType
 from engine.context import EngineContext
 from engine.errors import DomainError
-from engine.handlers import AggregateState, Handler
+from engine.handlers import HANDLERS, AggregateState, Handler
 from events.codec import EventMeta, decode_record, encode_event, typed_event
 from events.commands import CommandAccepted, command_record_id
 from events.store import select_first_events
@@ -86,7 +88,10 @@ class Processor:
     ) -> None:
         self.recorder = recorder
         self.clock = clock
-        self.context = context or EngineContext()
+        # Decisions see the types defined over the API through this processor's store.
+        self.context = dataclasses.replace(
+            context or EngineContext(), defined_types=self._defined_types
+        )
         self.cache_size = cache_size
         self._cache: OrderedDict[UUID, AggregateState] = OrderedDict()
 
@@ -135,6 +140,14 @@ class Processor:
                 self._cache.move_to_end(aggregate_id)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+    def _defined_types(self, refresh: bool = False) -> list[WorkflowType]:
+        handler = HANDLERS[("workflow_type", "define")]
+        registry_id = UUID(REGISTRY_ID)
+        if refresh:
+            self.evict([registry_id])
+        state = self.load(handler, registry_id)
+        return list(state.defined.values())  # type: ignore[attr-defined]
 
     def evict(self, ids: Sequence[UUID]) -> None:
         for aggregate_id in ids:

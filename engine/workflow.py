@@ -167,8 +167,12 @@ def decide_start(
 ) -> list[msgspec.Struct]:
     if state.exists:
         raise errors.WorkflowExists(f"workflow {state.id} already exists")
-    registry = (ctx or EngineContext()).workflow_types
+    context = ctx or EngineContext()
+    registry = context.registry()
     workflow_type = registry.get(cmd.workflow_type)
+    if workflow_type is None:  # perhaps just defined by another engine worker
+        registry = context.registry(refresh=True)
+        workflow_type = registry.get(cmd.workflow_type)
     if workflow_type is None:
         known = [t.name for t in registry.all()]
         raise errors.UnknownWorkflowType(

@@ -20,7 +20,7 @@ from eventsourcing.persistence import Notification, StoredEvent
 from contracts.feed import EventRecord
 from events.commands import CommandAccepted
 from events.session import SESSION_EVENTS
-from events.workflow import WORKFLOW_EVENTS
+from events.workflow import REGISTRY_EVENTS, WORKFLOW_EVENTS
 
 GENESIS_HASH = "0" * 64
 
@@ -28,6 +28,7 @@ GENESIS_HASH = "0" * 64
 EVENT_TYPES: dict[str, dict[str, type[msgspec.Struct]]] = {
     "session": SESSION_EVENTS,
     "workflow": WORKFLOW_EVENTS,
+    "workflow_type": REGISTRY_EVENTS,
     "command": {"CommandAccepted": CommandAccepted},
 }
 

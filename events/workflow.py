@@ -6,7 +6,7 @@ from typing import Any
 
 from msgspec import Struct
 
-from contracts.workflow_types import Phase
+from contracts.workflow_types import Phase, WorkflowType
 from contracts.workflows import PhaseError
 
 
@@ -61,6 +61,11 @@ class WorkflowCancelled(Struct, kw_only=True, frozen=True):
     cancelled_by: str
 
 
+class WorkflowTypeDefined(Struct, kw_only=True, frozen=True):
+    workflow_type: WorkflowType
+    defined_by: str
+
+
 WORKFLOW_EVENTS: dict[str, type[Struct]] = {
     cls.__name__: cls
     for cls in (
@@ -75,3 +80,5 @@ WORKFLOW_EVENTS: dict[str, type[Struct]] = {
         WorkflowCancelled,
     )
 }
+
+REGISTRY_EVENTS: dict[str, type[Struct]] = {"WorkflowTypeDefined": WorkflowTypeDefined}

@@ -25,7 +25,7 @@ from gateway.health import health, ready
 from gateway.keys import KeyStore
 from gateway.sessions import SessionController
 from gateway.state import GatewayConfig, Services
-from gateway.workflow_types import list_workflow_types
+from gateway.workflow_types import define_workflow_type, list_workflow_types
 from gateway.workflows import (
     WorkflowController,
     execute_workflow,
@@ -81,6 +81,7 @@ def create_app(config: GatewayConfig) -> Litestar:
             execute_workflow,
             workflow_status_alias,
             list_workflow_types,
+            define_workflow_type,
             health,
             ready,
         ],

@@ -1,12 +1,29 @@
-"""The workflow type registry over HTTP (and the seeds' ``/workflow-types`` path)."""
+"""The workflow type registry over HTTP (and the seeds' ``/workflow-types`` path).
+
+Built-in and file types come from the gateway's own registry; types defined over the API
+are events of the registry aggregate, read from the store, so every gateway and engine
+sees the same list.
+"""
 
 from __future__ import annotations
 
-from litestar import get
+from typing import Any
 
-from contracts.workflow_types import WorkflowType
-from gateway.auth import can_read
-from gateway.state import ServicesDep
+import msgspec
+from litestar import Request, get, post
+from litestar.params import JSONBody
+
+from contracts.workflow_types import REGISTRY_ID, DefineWorkflowType, WorkflowType
+from gateway.auth import can_read, require_roles
+from gateway.bus import idempotency_key
+from gateway.keys import Principal
+from gateway.state import Services, ServicesDep
+
+
+async def all_types(services: Services) -> list[WorkflowType]:
+    records = await services.read_history("workflow_type", REGISTRY_ID, limit=10_000)
+    defined = [msgspec.convert(r.data["workflow_type"], WorkflowType) for r in records]
+    return services.workflow_types.with_defined(defined).all()
 
 
 @get(
@@ -16,4 +33,24 @@ from gateway.state import ServicesDep
     summary="Workflow types and their phases",
 )
 async def list_workflow_types(services: ServicesDep) -> dict[str, list[WorkflowType]]:
-    return {"items": services.workflow_types.all()}
+    return {"items": await all_types(services)}
+
+
+@post(
+    "/api/v1/workflow-types",
+    guards=[require_roles("admin")],
+    status_code=201,
+    tags=["workflows"],
+    summary="Define (or replace) a workflow type; workflows already started keep theirs",
+)
+async def define_workflow_type(
+    request: Request[Principal, Any, Any], data: JSONBody[WorkflowType], services: ServicesDep
+) -> WorkflowType:
+    await services.bus.send(
+        request.user.actor,
+        "workflow_type",
+        "define",
+        DefineWorkflowType(workflow_type=data),
+        command_id=idempotency_key(request.headers),
+    )
+    return data

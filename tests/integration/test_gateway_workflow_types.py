@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -21,3 +23,42 @@ async def test_workflow_types_are_listed_with_their_phases(gateway: Gateway, pat
     ]  # fmt: skip
     assert all(p["expected_seconds"] > 0 for p in types["full"]["phases"])
     assert unauthenticated.status_code == 401
+
+
+async def test_an_admin_defines_a_type_that_workflows_can_use_at_once(
+    engine: Any, projector: Any, gateway: Gateway
+) -> None:
+    new_type = {
+        "name": "triage",
+        "description": "Sort incoming reports",
+        "phases": [{"name": "classify", "expected_seconds": 60}, {"name": "assign"}],
+    }
+    admin = gateway.key("root", "admin")
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        forbidden = await http.post(
+            "/api/v1/workflow-types", json=new_type, headers=gateway.key("ops", "operator")
+        )
+        assert forbidden.status_code == 403
+        invalid = await http.post(
+            "/api/v1/workflow-types",
+            json={**new_type, "phases": [{"name": "a"}, {"name": "a"}]},
+            headers=admin,
+        )
+        assert invalid.status_code == 400
+        created = await http.post("/api/v1/workflow-types", json=new_type, headers=admin)
+        assert created.status_code == 201, created.text
+        listed = (await http.get("/api/v1/workflow-types", headers=admin)).json()["items"]
+        assert [p["name"] for p in next(t for t in listed if t["name"] == "triage")["phases"]] == [
+            "classify",
+            "assign",
+        ]
+        started = await http.post(
+            "/api/v1/workflows",
+            json={"requirements": "sort these", "workflow_type": "triage"},
+            headers=admin,
+        )
+        assert started.status_code == 202, started.text
+        view = (
+            await http.get(f"/api/v1/workflows/{started.json()['workflow_id']}", headers=admin)
+        ).json()
+        assert view["phases"] == ["classify", "assign"]

@@ -89,7 +89,7 @@ def test_every_session_command_has_a_handler_and_a_decoder() -> None:
         assert ("session", name) in DECODERS
     assert set(HANDLERS) == {("session", name) for name in SESSION_COMMANDS} | {
         ("workflow", name) for name in WORKFLOW_COMMANDS
-    }
+    } | {("workflow_type", "define")}
 
 
 def test_an_envelope_refuses_unknown_fields() -> None:
