@@ -11,7 +11,6 @@ from msgspec import Meta, Struct
 
 from contracts import errors as codes
 from contracts.envelope import Reply
-from contracts.feed import EventRecord
 from contracts.sessions import (
     CancelSession,
     Id,
@@ -23,6 +22,7 @@ from contracts.sessions import (
 from gateway.auth import can_read, can_write
 from gateway.bus import idempotency_key
 from gateway.errors import Problem
+from gateway.history import EventPage, history_page
 from gateway.keys import Principal
 from gateway.state import Services, ServicesDep
 from projections import sessions as read_model
@@ -61,11 +61,6 @@ class CommandOutcome(Struct, kw_only=True):
     session_id: str
     status: str
     version: int
-
-
-class EventPage(Struct, kw_only=True):
-    items: list[EventRecord]
-    next_after_version: int | None
 
 
 def _replayed(reply: Reply) -> dict[str, str]:
@@ -212,15 +207,4 @@ class SessionController(Controller):
         after_version: Annotated[int, QueryParameter(ge=0)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 500,
     ) -> EventPage:
-        records = await services.read_history(
-            "session", str(session_id), after_version=after_version, limit=limit
-        )
-        if not records and (
-            after_version == 0
-            or not await services.read_history("session", str(session_id), limit=1)
-        ):
-            raise Problem(404, codes.SESSION_NOT_FOUND, f"session {session_id} does not exist")
-        return EventPage(
-            items=records,
-            next_after_version=records[-1].version if len(records) == limit else None,
-        )
+        return await history_page(services, "session", str(session_id), after_version, limit)

@@ -14,8 +14,8 @@ from contracts.workflows import PRIORITIES, CancelWorkflow, StartWorkflow
 from gateway.auth import can_read, can_write
 from gateway.bus import idempotency_key
 from gateway.errors import Problem
+from gateway.history import EventPage, history_page
 from gateway.keys import Principal
-from gateway.sessions import EventPage
 from gateway.state import Services, ServicesDep
 from projections import workflows as read_model
 
@@ -164,15 +164,7 @@ class WorkflowController(Controller):
         after_version: Annotated[int, QueryParameter(ge=0)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 500,
     ) -> EventPage:
-        records = await services.read_history(
-            "workflow", str(workflow_id), after_version=after_version, limit=limit
-        )
-        if not records and not await services.read_history("workflow", str(workflow_id), limit=1):
-            raise Problem(404, codes.WORKFLOW_NOT_FOUND, f"workflow {workflow_id} does not exist")
-        return EventPage(
-            items=records,
-            next_after_version=records[-1].version if len(records) == limit else None,
-        )
+        return await history_page(services, "workflow", str(workflow_id), after_version, limit)
 
 
 @post("/execute-workflow", guards=[can_write], status_code=202, tags=["workflows"],
