@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import nats
@@ -46,6 +47,7 @@ class EngineConfig:
     delegation: bool = True
     replicas: int = 1
     workflow_types: WorkflowTypeRegistry = field(default_factory=WorkflowTypeRegistry)
+    is_operator: Callable[[str], bool] = field(default=lambda actor: False)
     clock: Clock = field(default=utc_now)
 
 
@@ -73,7 +75,7 @@ class EngineService:
             self.recorder,
             clock=cfg.clock,
             cache_size=cfg.cache_size,
-            context=EngineContext(workflow_types=cfg.workflow_types),
+            context=EngineContext(workflow_types=cfg.workflow_types, is_operator=cfg.is_operator),
         )
         self.worker = CommandWorker(
             self.nc, processor, batch_max=cfg.batch_max, batch_window=cfg.batch_window

@@ -80,6 +80,17 @@ class KeyStore:
             return None
         return Principal(actor=row[1], role=row[2], key_id=key_id)
 
+    def has_role(self, actor: str, roles: tuple[str, ...]) -> bool:
+        """Whether ``actor`` holds an active key with one of ``roles``."""
+        marks = ",".join("?" * len(roles))
+        with self._connect() as conn:
+            row = conn.execute(
+                f"SELECT 1 FROM api_keys WHERE actor=? AND role IN ({marks}) "
+                "AND revoked_at IS NULL LIMIT 1",
+                (actor, *roles),
+            ).fetchone()
+        return row is not None
+
     def revoke(self, key_id: str) -> bool:
         with self._connect() as conn:
             cur = conn.execute(

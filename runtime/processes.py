@@ -6,10 +6,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 from contracts.workflow_types import WorkflowTypeRegistry
 from engine.service import EngineConfig, EngineService
 from events.store import open_recorder
+from gateway.keys import KeyStore
 from projections.readstore import ReadStore
 from projections.runner import ProjectionRunner
 from projections.sessions import SessionsProjection
@@ -44,7 +48,26 @@ def engine_config(settings: Settings) -> EngineConfig:
         cache_size=s.cache_size,
         replicas=s.stream_replicas,
         workflow_types=WorkflowTypeRegistry.load(s.workflow_types),
+        is_operator=operator_check(Path(str(s.keys_path))),
     )
+
+
+def operator_check(keys_path: Path, ttl: float = 5.0) -> Callable[[str], bool]:
+    """Operators (and admins) may report on any workflow phase. Their keys live in the
+    gateway's key store; the answer is cached briefly, so a revoked key stops counting
+    within ``ttl`` seconds."""
+    store = KeyStore(keys_path)
+    cache: dict[str, tuple[float, bool]] = {}
+
+    def is_operator(actor: str) -> bool:
+        now = time.monotonic()
+        hit = cache.get(actor)
+        if hit is None or now - hit[0] > ttl:
+            hit = (now, store.has_role(actor, ("operator", "admin")))
+            cache[actor] = hit
+        return hit[1]
+
+    return is_operator
 
 
 def run_engine(settings: Settings) -> None:

@@ -23,6 +23,7 @@ from contracts.workflows import (
     StartWorkflow,
 )
 from engine import errors
+from engine.context import EngineContext
 from engine.workflow import (
     WorkflowState,
     decide_cancel,
@@ -253,3 +254,15 @@ def test_progress_is_monotonic_and_replay_reproduces_the_state(commands: list[An
     for event in recorded:
         replayed.apply(event)
     assert dataclasses.asdict(replayed) == dataclasses.asdict(state)
+
+
+def test_an_operator_may_report_on_any_phase_through_the_engine_context() -> None:
+    state = started()
+    run(state, decide_start_phase, StartPhase(workflow_id=WID, phase="implement"), "agent-1")
+    report = ReportProgress(workflow_id=WID, phase="implement", progress=40)
+    with pytest.raises(errors.NotAssigned):
+        decide_report_progress(state, report, "ops-2", NOW, EngineContext())
+    operators = EngineContext(is_operator=lambda actor: actor == "ops-2")
+    assert decide_report_progress(state, report, "ops-2", NOW, operators)
+    with pytest.raises(errors.NotAssigned):
+        decide_report_progress(state, report, "agent-9", NOW, operators)
