@@ -25,7 +25,7 @@ from eventsourcing.persistence import ApplicationRecorder
 from contracts.aio import raise_if_cancelling
 from contracts.envelope import Envelope
 from contracts.errors import STORE_UNAVAILABLE
-from contracts.sessions import OpenSession, Task
+from contracts.sessions import CancelSession, OpenSession, Task
 from contracts.workflow_types import Delegation, Phase
 from contracts.workflows import CompletePhase, FailPhase, PhaseError
 from engine.handlers import HANDLERS
@@ -87,6 +87,7 @@ class DelegationManager:
         self._phase_of: dict[str, tuple[str, str]] = {}  # session id -> (workflow, phase)
         self._to_finish: dict[str, tuple[str, dict[str, Any]]] = {}  # session -> (type, data)
         self._done: set[tuple[str, str]] = set()  # phases finished (or workflow cancelled)
+        self._to_cancel: set[str] = set()  # sessions of cancelled workflows, still open
 
     def _catch_up(self) -> None:
         while True:
@@ -120,14 +121,23 @@ class DelegationManager:
             case "PhaseCompleted" | "PhaseFailed":
                 self._finished(wid, data["phase"])
             case "WorkflowCancelled":
-                for w, p in list(self._phase_of.values()):
-                    if w == wid:
+                for sid, (w, p) in list(self._phase_of.items()):
+                    if w == wid and (w, p) not in self._done:
                         self._finished(w, p)
+                        if sid in self._opened:
+                            # Nobody will use its outcome: release its agents now.
+                            self._to_cancel.add(sid)
             case "SessionOpened":
-                self._opened.add(record.aggregate_id)
+                # Only a session the engine opened speaks for a phase: someone who guessed
+                # the derived id and opened it first must not finish the phase.
+                if data["opened_by"] == SYSTEM and record.aggregate_id in self._phase_of:
+                    self._opened.add(record.aggregate_id)
+            case "SessionCancelled" if record.aggregate_id in self._to_cancel:
+                self._to_cancel.discard(record.aggregate_id)
             case "SessionFinalised" | "SessionTimedOut" | "SessionCancelled":
                 sid = record.aggregate_id
-                if sid in self._phase_of and self._phase_of[sid] not in self._done:
+                self._to_cancel.discard(sid)
+                if sid in self._opened and self._phase_of[sid] not in self._done:
                     self._to_finish[sid] = (record.type, data)
 
     def _finished(self, workflow_id: str, phase: str) -> None:
@@ -140,6 +150,7 @@ class DelegationManager:
                 await asyncio.to_thread(self._catch_up)
                 await self._open_due()
                 await self._finish_due()
+                await self._cancel_due()
             except Exception as error:
                 raise_if_cancelling()
                 log.warning("delegation manager failed a round, retrying: %s", error)
@@ -157,19 +168,20 @@ class DelegationManager:
             workflow = self._workflows[item.workflow_id]
             rule = workflow.phases[item.phase].delegate
             assert rule is not None
+            # Back on the heap until an answer is in: an error here must not lose it.
+            heapq.heappush(self._to_open, item)
             reply = await self._send(
                 self._open_command(item.workflow_id, item.phase, workflow, rule)
             )
-            if reply.error is not None and reply.error.code == STORE_UNAVAILABLE:
-                heapq.heappush(self._to_open, item)
-                return
-            if reply.status == "rejected":
-                # The rule cannot be carried out (e.g. routing by capability needs the agent
-                # registry): the phase fails with the reason instead of hanging.
+            if reply.status == "rejected" and not _retryable(reply):
+                # The rule cannot be carried out (participants invalid, or routing by
+                # capability, which needs the agent registry): fail the phase with the reason.
                 assert reply.error is not None
-                await self._send(self._fail(item.workflow_id, item.phase,
-                                            reply.error.code, reply.error.message))  # fmt: skip
-            self._opened.add(sid)
+                reply = await self._send(self._fail(item.workflow_id, item.phase,
+                                                    reply.error.code, reply.error.message))  # fmt: skip
+            if _retryable(reply):
+                return  # still on the heap: next round
+            heapq.heappop(self._to_open)
 
     def _open_command(self, wid: str, phase: str, workflow: _Workflow, rule: Delegation) -> Command:
         description = f"{workflow.workflow_type}/{phase}: {workflow.requirements}"[:10_000]
@@ -202,9 +214,20 @@ class DelegationManager:
                 reason = data.get("reason") or "the session passed its deadline"
                 command = self._fail(wid, phase, code, f"session {sid}: {reason}")
             reply = await self._send(command)
-            if reply.error is not None and reply.error.code == STORE_UNAVAILABLE:
+            if _retryable(reply):
                 return
             self._to_finish.pop(sid, None)
+
+    async def _cancel_due(self) -> None:
+        for sid in list(self._to_cancel):
+            wid, phase = self._phase_of[sid]
+            command = self._command(
+                "session", "cancel", f"delegate-cancel:{wid}/{phase}",
+                CancelSession(session_id=sid, reason=f"workflow {wid} was cancelled"), wid,
+            )  # fmt: skip
+            reply = await self._send(command)
+            if not _retryable(reply):
+                self._to_cancel.discard(sid)
 
     def _fail(self, wid: str, phase: str, code: str, message: str) -> Command:
         payload = FailPhase(workflow_id=wid, phase=phase,
@@ -223,3 +246,8 @@ class DelegationManager:
 
     async def _send(self, command: Command) -> Any:
         return await self.worker.submit(command)
+
+
+def _retryable(reply: Any) -> bool:
+    """Nothing was recorded and trying again may work."""
+    return reply.error is not None and reply.error.code == STORE_UNAVAILABLE

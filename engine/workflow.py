@@ -204,6 +204,10 @@ def decide_start_phase(
     state.check_exists()
     state.check_not_finished()
     state.check_is_next_phase(cmd.phase)
+    if state.phases[state.completed].delegate is not None:
+        # A delegated phase is the engine's to finish (from its session's outcome), so no
+        # agent can complete it by hand while the session runs.
+        return [PhaseStarted(phase=cmd.phase, assignee="system")]
     return [PhaseStarted(phase=cmd.phase, assignee=cmd.assignee or actor)]
 
 

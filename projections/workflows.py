@@ -124,10 +124,12 @@ class WorkflowsProjection:
             case "WorkflowCompleted":
                 changes.update(status="completed", final_result=_json.encode(data["final_result"]).decode(),
                                finished_at=at)  # fmt: skip
-            case "WorkflowFailed":
-                changes.update(status="failed", finished_at=at, current_phase=None)
-            case "WorkflowCancelled":
-                changes.update(status="cancelled", finished_at=at, current_phase=None)
+            case "WorkflowFailed" | "WorkflowCancelled":
+                changes.update(
+                    status="failed" if record.type == "WorkflowFailed" else "cancelled",
+                    finished_at=at, current_phase=None, current_assignee=None,
+                    current_progress=0, current_started_at=None,
+                )  # fmt: skip
         columns = ", ".join(f"{k}=?" for k in changes)
         conn.execute(f"UPDATE workflows SET {columns} WHERE id=?", (*changes.values(), wid))
 

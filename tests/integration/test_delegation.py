@@ -165,3 +165,76 @@ async def test_queued_delegations_open_highest_priority_first(
         )
     order = sorted(sessions, key=lambda p: events_of(database_url, sessions[p])[0].position)
     assert order == ["critical", "high", "normal", "low"]
+
+
+async def test_cancelling_the_workflow_cancels_its_running_session(
+    nats_server: NatsEndpoint, nc: NATS, database_url: str
+) -> None:
+    async with EngineService(config(nats_server, database_url)):
+        wid = await start(nc)
+        sid = delegated_session_id(wid, "review")
+        await until(lambda: events_of(database_url, sid), "the session to open")
+        reply = await send(
+            nc, "ops", "cancel", {"workflow_id": wid, "reason": "stop"}, aggregate="workflow"
+        )
+        assert reply["status"] == "accepted"
+        await until(
+            lambda: events_of(database_url, sid)[-1].type == "SessionCancelled",
+            "the session's cancel",
+        )
+    assert events_of(database_url, sid)[-1].actor == "system"
+
+
+async def test_an_agent_cannot_finish_a_delegated_phase_by_hand(
+    nats_server: NatsEndpoint, nc: NATS, database_url: str
+) -> None:
+    async with EngineService(config(nats_server, database_url)):
+        wid = await start(nc)
+        reply = await send(
+            nc,
+            "agent-1",
+            "complete_phase",
+            {"workflow_id": wid, "phase": "review"},
+            aggregate="workflow",
+        )
+    assert reply["error"]["code"] == "not_assigned"
+
+
+async def test_a_session_opened_by_someone_else_under_the_derived_id_never_finishes_the_phase(
+    nats_server: NatsEndpoint, nc: NATS, database_url: str
+) -> None:
+    async with EngineService(config(nats_server, database_url, delegation=False)):
+        wid = await start(nc)
+        sid = delegated_session_id(wid, "review")
+        hijack = {"session_id": sid, "participants": ["mallory"], "task": {"description": "x"}}
+        assert (await send(nc, "mallory", "open", hijack))["status"] == "accepted"
+        await send(nc, "mallory", "submit_result", {"session_id": sid, "result": {"pwned": True}})
+    async with EngineService(config(nats_server, database_url)):
+        await until(
+            lambda: events_of(database_url, wid)[-1].type == "WorkflowFailed", "the phase to fail"
+        )
+    types = [r.type for r in events_of(database_url, wid)]
+    assert "PhaseCompleted" not in types
+    failed = next(r for r in events_of(database_url, wid) if r.type == "PhaseFailed")
+    assert failed.data["error"]["code"] == "session_exists"
+
+
+async def test_a_delegation_the_engine_cannot_open_fails_the_phase_with_the_reason(
+    nats_server: NatsEndpoint, nc: NATS, database_url: str
+) -> None:
+    broken = WorkflowType(
+        name="reviewed",
+        phases=[Phase(name="review", delegate=Delegation(participants=["a", "a"]))],
+    )
+    cfg = EngineConfig(
+        nats_url=nats_server.url,
+        database_url=database_url,
+        workflow_types=WorkflowTypeRegistry([*BUILT_IN, broken]),
+    )
+    async with EngineService(cfg):
+        wid = await start(nc)
+        await until(
+            lambda: events_of(database_url, wid)[-1].type == "WorkflowFailed", "the phase to fail"
+        )
+    failed = next(r for r in events_of(database_url, wid) if r.type == "PhaseFailed")
+    assert failed.data["error"]["code"] == "invalid_command"
