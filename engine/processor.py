@@ -142,11 +142,17 @@ class Processor:
             self._cache.popitem(last=False)
 
     def _defined_types(self, refresh: bool = False) -> list[WorkflowType]:
+        """Types defined over the API, fast-forwarded on every read: another engine worker
+        may have defined or replaced one since this worker cached the registry."""
         handler = HANDLERS[("workflow_type", "define")]
         registry_id = UUID(REGISTRY_ID)
         if refresh:
             self.evict([registry_id])
         state = self.load(handler, registry_id)
+        for stored in self.recorder.select_events(registry_id, gt=state.version):
+            record = decode_record(stored)
+            state.apply(typed_event(record))
+            state.last_hash = record.hash
         return list(state.defined.values())  # type: ignore[attr-defined]
 
     def evict(self, ids: Sequence[UUID]) -> None:

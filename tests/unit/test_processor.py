@@ -722,3 +722,38 @@ def test_a_batch_wider_than_the_cache_still_sees_its_own_staged_events(
     x, y = new_sid(), new_sid()
     replies = proc.handle_batch([open_session(x), open_session(y), submit(x, "a")])
     assert statuses(replies) == ["accepted", "accepted", "accepted"]
+
+
+def test_a_type_redefined_by_another_worker_is_used_at_once(
+    recorder: ApplicationRecorder, second_recorder: ApplicationRecorder, clock: FakeClock
+) -> None:
+    from contracts.workflow_types import DefineWorkflowType, Phase, WorkflowType
+    from contracts.workflows import StartWorkflow
+
+    def define(*phases: str) -> Command:
+        payload = DefineWorkflowType(
+            workflow_type=WorkflowType(name="custom", phases=[Phase(name=p) for p in phases])
+        )
+        return Command(
+            actor="root",
+            handler=HANDLERS[("workflow_type", "define")],
+            envelope=Envelope(command_id=uuid.uuid4().hex, payload=payload),
+        )
+
+    def start_custom() -> Command:
+        wid = new_sid()
+        payload = StartWorkflow(workflow_id=wid, requirements="r", workflow_type="custom")
+        return Command(
+            actor="ops",
+            handler=HANDLERS[("workflow", "start")],
+            envelope=Envelope(command_id=uuid.uuid4().hex, payload=payload),
+        )
+
+    one = Processor(recorder, clock=clock)
+    two = Processor(second_recorder, clock=clock)
+    assert statuses(one.handle_batch([define("a")])) == ["accepted"]
+    assert statuses(two.handle_batch([start_custom()])) == ["accepted"]  # two caches "a"
+    one.handle_batch([define("x", "y")])
+    started = two.handle_batch([start_custom()])
+    record = decode_record(recorder.select_events(uuid.UUID(started[0].aggregate_id))[0])
+    assert [p["name"] for p in record.data["phases"]] == ["x", "y"]
