@@ -150,6 +150,30 @@ def encode_event(
     return stored, digest
 
 
+def recompute_hash(stored: StoredEvent) -> str:
+    """The hash a verifier derives from a stored row alone (with its stored prev_hash).
+
+    Equal to the stored ``hash`` unless the row was altered after it was written.
+    """
+    body = _body_decoder.decode(stored.state)
+    return chain_hash(
+        body.prev_hash,
+        aggregate=stored.topic.split(".", 1)[0],
+        aggregate_id=str(stored.originator_id),
+        version=stored.originator_version,
+        event_type=body.type,
+        schema_version=body.schema_version,
+        occurred_at=body.occurred_at,
+        meta=EventMeta(
+            actor=body.actor,
+            command_id=body.command_id,
+            correlation_id=body.correlation_id,
+            causation_id=body.causation_id,
+        ),
+        data=bytes(body.data),
+    )
+
+
 def _upcast(aggregate: str, event_type: str, version: int, data: dict[str, Any]) -> dict[str, Any]:
     current = SCHEMA_VERSIONS.get((aggregate, event_type), 1)
     while version < current:

@@ -98,3 +98,11 @@ def idempotency_key(headers: Any) -> str | None:
     if not 1 <= len(value) <= 200:
         raise Problem(400, "invalid_idempotency_key", "Idempotency-Key must be 1-200 characters")
     return str(value)
+
+
+def derived_id(actor: str, kind: str, command_id: str | None) -> str:
+    """The id of what a create command makes: derived from the Idempotency-Key when one is
+    given (so a retried POST names the same aggregate), else random."""
+    if command_id is None:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{actor}/{kind}/{command_id}"))

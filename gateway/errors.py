@@ -48,6 +48,15 @@ class Problem(HTTPException):
         self.details = details
 
 
+def check_cursor(cursor: str | None, decode: Any) -> None:
+    """400 ``invalid_cursor`` for a paging cursor this API did not issue."""
+    if cursor is not None:
+        try:
+            decode(cursor)
+        except ValueError:
+            raise Problem(400, "invalid_cursor", "cursor was not issued by this API") from None
+
+
 def request_id_of(scope: Scope) -> str:
     """The client's ``X-Request-Id`` (if sane), else a new one; fixed for the request."""
     state = scope.setdefault("state", {})  # type: ignore[typeddict-item]

@@ -20,8 +20,8 @@ from contracts.sessions import (
     Task,
 )
 from gateway.auth import can_read, can_write
-from gateway.bus import idempotency_key
-from gateway.errors import Problem
+from gateway.bus import derived_id, idempotency_key
+from gateway.errors import Problem, check_cursor
 from gateway.history import EventPage, history_page
 from gateway.keys import Principal
 from gateway.state import Services, ServicesDep
@@ -100,11 +100,7 @@ class SessionController(Controller):
     ) -> Response[SessionCreated]:
         principal = request.user
         command_id = idempotency_key(request.headers)
-        session_id = data.session_id or (
-            str(uuid.uuid5(uuid.NAMESPACE_URL, f"{principal.actor}/{command_id}"))
-            if command_id
-            else str(uuid.uuid4())
-        )
+        session_id = data.session_id or derived_id(principal.actor, "session", command_id)
         reply = await services.bus.send(
             principal.actor,
             "session",
@@ -187,11 +183,7 @@ class SessionController(Controller):
                 400, "invalid_parameter", f"status must be one of: {', '.join(STATUSES)}",
                 details={"field": "status", "allowed": list(STATUSES)},
             )  # fmt: skip
-        if cursor is not None:
-            try:
-                read_model.decode_cursor(cursor)
-            except ValueError:
-                raise Problem(400, "invalid_cursor", "cursor was not issued by this API") from None
+        check_cursor(cursor, read_model.decode_cursor)
         return await services.read(  # type: ignore[no-any-return]
             read_model.list_sessions, status=status, participant=participant, limit=limit,
             cursor=cursor,

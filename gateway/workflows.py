@@ -12,8 +12,8 @@ from msgspec import Meta, Struct
 from contracts import errors as codes
 from contracts.workflows import PRIORITIES, CancelWorkflow, StartWorkflow
 from gateway.auth import can_read, can_write
-from gateway.bus import idempotency_key
-from gateway.errors import Problem
+from gateway.bus import derived_id, idempotency_key
+from gateway.errors import Problem, check_cursor
 from gateway.history import EventPage, history_page
 from gateway.keys import Principal
 from gateway.state import Services, ServicesDep
@@ -56,11 +56,7 @@ async def start_workflow(
 ) -> Response[WorkflowAccepted]:
     _check_choice("priority", data.priority, PRIORITIES)
     command_id = idempotency_key(request.headers)
-    workflow_id = (
-        str(uuid.uuid5(uuid.NAMESPACE_URL, f"{request.user.actor}/workflow/{command_id}"))
-        if command_id
-        else str(uuid.uuid4())
-    )
+    workflow_id = derived_id(request.user.actor, "workflow", command_id)
     reply = await services.bus.send(
         request.user.actor,
         "workflow",
@@ -129,11 +125,7 @@ class WorkflowController(Controller):
     ) -> read_model.WorkflowPage:
         _check_choice("status", status, STATUSES)
         _check_choice("priority", priority, PRIORITIES)
-        if cursor is not None:
-            try:
-                read_model.decode_cursor(cursor)
-            except ValueError:
-                raise Problem(400, "invalid_cursor", "cursor was not issued by this API") from None
+        check_cursor(cursor, read_model.decode_cursor)
         return await services.read(  # type: ignore[no-any-return]
             read_model.list_workflows, status=status, workflow_type=type, priority=priority,
             limit=limit, cursor=cursor,

@@ -386,7 +386,8 @@ class EngineProcess:
     leaves no engine behind.
     """
 
-    def __init__(self, nats_url: str, database_url: str, data_dir: Path) -> None:
+    def __init__(self, nats_url: str, database_url: str, data_dir: Path, **extra_env: str) -> None:
+        self.extra_env = extra_env
         self.nats_url = nats_url
         self.database_url = database_url
         self.data_dir = data_dir
@@ -407,6 +408,7 @@ class EngineProcess:
             CHORUS_NATS_URL=self.nats_url,
             CHORUS_DATABASE_URL=self.database_url,
             CHORUS_DATA_DIR=str(self.data_dir),
+            **self.extra_env,
         )
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.starts + 1} ---\n".encode())

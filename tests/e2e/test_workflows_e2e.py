@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -23,13 +22,12 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from engine.delegation import delegated_session_id
-from runtime.natsd import NatsServer, die_with_parent, start_nats_server
+from runtime.natsd import NatsServer, start_nats_server
 
 from . import conftest as e2e
 from .conftest import (
     EngineProcess,
     async_wait_until,
-    clean_env,
     cli,
     domain_events,
     free_port,
@@ -297,35 +295,6 @@ async def test_workflows_complete_fail_and_cancel_under_chorus_up(
 # 2. SIGKILL the engine around a delegated phase ---------------------------------------------------
 
 
-class WorkflowEngine(EngineProcess):
-    """The split engine, also told about the operator's workflow types."""
-
-    def __init__(self, nats_url: str, database_url: str, data_dir: Path, types: Path) -> None:
-        super().__init__(nats_url, database_url, data_dir)
-        self.types = types
-
-    def start(self) -> None:
-        assert self.process is None or self.process.poll() is not None
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = clean_env(
-            CHORUS_NATS_URL=self.nats_url,
-            CHORUS_DATABASE_URL=self.database_url,
-            CHORUS_DATA_DIR=str(self.data_dir),
-            CHORUS_WORKFLOW_TYPES=str(self.types),
-        )
-        with self.log_path.open("ab") as log:
-            log.write(f"--- start {self.starts + 1} ---\n".encode())
-            log.flush()
-            self.process = subprocess.Popen(
-                cli("engine"),
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,
-            )
-        self.starts += 1
-
-
 @pytest.fixture
 def natsd(tmp_path: Path) -> Iterator[NatsServer]:
     server = start_nats_server(tmp_path / "nats")
@@ -336,9 +305,13 @@ def natsd(tmp_path: Path) -> Iterator[NatsServer]:
 
 
 @pytest.fixture
-def workflow_engine(natsd: NatsServer, tmp_path: Path) -> Iterator[WorkflowEngine]:
-    engine = WorkflowEngine(
-        natsd.url, sqlite_url(tmp_path / "events.db"), tmp_path / "engine", write_types(tmp_path)
+def workflow_engine(natsd: NatsServer, tmp_path: Path) -> Iterator[EngineProcess]:
+    """The split engine, also told about the operator's workflow types."""
+    engine = EngineProcess(
+        natsd.url,
+        sqlite_url(tmp_path / "events.db"),
+        tmp_path / "engine",
+        CHORUS_WORKFLOW_TYPES=str(write_types(tmp_path)),
     )
     try:
         yield engine
@@ -357,7 +330,7 @@ def phase_completions(database_url: str, wid: str, phase: str) -> list[Any]:
 @pytest.mark.e2e
 @pytest.mark.kill
 async def test_delegated_phase_survives_engine_kills_exactly_once(
-    natsd: NatsServer, workflow_engine: WorkflowEngine
+    natsd: NatsServer, workflow_engine: EngineProcess
 ) -> None:
     engine = workflow_engine
     db = engine.database_url

@@ -59,6 +59,14 @@ async def start(nc: NATS, priority: str = "normal") -> str:
     return wid
 
 
+async def start_with_open_session(nc: NATS, database_url: str) -> tuple[str, str]:
+    """A workflow whose delegated review phase has started and whose session is open."""
+    wid = await start(nc)
+    sid = delegated_session_id(wid, "review")
+    await until(lambda: events_of(database_url, sid), "the session to open")
+    return wid, sid
+
+
 def events_of(database_url: str, aggregate_id: str) -> list[Any]:
     return [r for r in domain_records(database_url) if r.aggregate_id == aggregate_id]
 
@@ -86,9 +94,7 @@ async def test_a_delegated_phase_completes_with_the_sessions_outcome(
     nats_server: NatsEndpoint, nc: NATS, database_url: str
 ) -> None:
     async with EngineService(config(nats_server, database_url)):
-        wid = await start(nc)
-        sid = delegated_session_id(wid, "review")
-        await until(lambda: events_of(database_url, sid), "the session to open")
+        wid, sid = await start_with_open_session(nc, database_url)
         opened = events_of(database_url, sid)[0]
         assert opened.data["participants"] == AGENTS
         assert opened.correlation_id == wid
@@ -107,9 +113,7 @@ async def test_a_failed_session_fails_the_phase_and_the_workflow(
     nats_server: NatsEndpoint, nc: NATS, database_url: str
 ) -> None:
     async with EngineService(config(nats_server, database_url)):
-        wid = await start(nc)
-        sid = delegated_session_id(wid, "review")
-        await until(lambda: events_of(database_url, sid), "the session to open")
+        wid, sid = await start_with_open_session(nc, database_url)
         await submit_all(nc, sid, [False, False, True])
         await until(
             lambda: events_of(database_url, wid)[-1].type == "WorkflowFailed", "the failure"
@@ -137,9 +141,7 @@ async def test_engine_down_between_session_finalising_and_phase_completing_compl
     nats_server: NatsEndpoint, nc: NATS, database_url: str
 ) -> None:
     async with EngineService(config(nats_server, database_url)):
-        wid = await start(nc)
-        sid = delegated_session_id(wid, "review")
-        await until(lambda: events_of(database_url, sid), "the session to open")
+        wid, sid = await start_with_open_session(nc, database_url)
     async with EngineService(config(nats_server, database_url, delegation=False)):
         await submit_all(nc, sid, [True, True, True])  # finalised while nobody finishes phases
     assert not any(r.type == "PhaseCompleted" for r in events_of(database_url, wid))
@@ -171,9 +173,7 @@ async def test_cancelling_the_workflow_cancels_its_running_session(
     nats_server: NatsEndpoint, nc: NATS, database_url: str
 ) -> None:
     async with EngineService(config(nats_server, database_url)):
-        wid = await start(nc)
-        sid = delegated_session_id(wid, "review")
-        await until(lambda: events_of(database_url, sid), "the session to open")
+        wid, sid = await start_with_open_session(nc, database_url)
         reply = await send(
             nc, "ops", "cancel", {"workflow_id": wid, "reason": "stop"}, aggregate="workflow"
         )

@@ -16,10 +16,10 @@ from events.codec import (
     GENESIS_HASH,
     EventMeta,
     StoredBody,
-    chain_hash,
     decode_record,
     encode_event,
     is_domain_topic,
+    recompute_hash,
     typed_event,
 )
 from events.commands import command_record_id
@@ -56,23 +56,7 @@ def encode(
 
 def recompute(stored: StoredEvent) -> str:
     """The hash a verifier computes from a stored row alone."""
-    body = msgspec.json.decode(stored.state, type=StoredBody)
-    return chain_hash(
-        body.prev_hash,
-        aggregate=stored.topic.split(".", 1)[0],
-        aggregate_id=str(stored.originator_id),
-        version=stored.originator_version,
-        event_type=body.type,
-        schema_version=body.schema_version,
-        occurred_at=body.occurred_at,
-        meta=EventMeta(
-            actor=body.actor,
-            command_id=body.command_id,
-            correlation_id=body.correlation_id,
-            causation_id=body.causation_id,
-        ),
-        data=bytes(body.data),
-    )
+    return recompute_hash(stored)
 
 
 def with_body(stored: StoredEvent, **changes: Any) -> StoredEvent:

@@ -18,7 +18,12 @@ from contracts.sessions import CancelSession, OpenSession, SubmitResult, Task, T
 from engine.handlers import HANDLERS
 from engine.processor import Command, Processor
 from engine.session import SessionState
-from events.codec import GENESIS_HASH, EventMeta, StoredBody, chain_hash, decode_record
+from events.codec import (
+    GENESIS_HASH,
+    StoredBody,
+    decode_record,
+    recompute_hash,
+)
 from events.store import open_recorder, select_aggregate_notifications
 
 from .conftest import FakeClock
@@ -94,22 +99,7 @@ def assert_chain_intact(recorder: ApplicationRecorder, sid: str) -> None:
         body = msgspec.json.decode(row.state, type=StoredBody)
         assert row.originator_version == expected_version
         assert body.prev_hash == prev
-        recomputed = chain_hash(
-            body.prev_hash,
-            aggregate=SESSION,
-            aggregate_id=sid,
-            version=row.originator_version,
-            event_type=body.type,
-            schema_version=body.schema_version,
-            occurred_at=body.occurred_at,
-            meta=EventMeta(
-                actor=body.actor,
-                command_id=body.command_id,
-                correlation_id=body.correlation_id,
-                causation_id=body.causation_id,
-            ),
-            data=bytes(body.data),
-        )
+        recomputed = recompute_hash(row)
         assert recomputed == body.hash
         prev = body.hash
 
