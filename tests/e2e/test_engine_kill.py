@@ -28,7 +28,7 @@ from nats.aio.client import Client as NATS
 
 from engine.service import EngineConfig, EngineService
 from events.codec import GENESIS_HASH
-from runtime.natsd import NatsServer, start_nats_server
+from runtime.natsd import NatsServer
 
 from .conftest import (
     EngineProcess,
@@ -54,15 +54,6 @@ PARTICIPANTS = [f"agent-{i}" for i in range(10)]
 CLIENTS = 16
 #: Kill the engine when this many commands have been answered (opens are the first 20).
 KILL_AFTER = (12, 90, 160)
-
-
-@pytest.fixture
-def natsd(tmp_path: Path) -> Iterator[NatsServer]:
-    server = start_nats_server(tmp_path / "nats")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

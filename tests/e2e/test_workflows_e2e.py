@@ -22,7 +22,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from engine.delegation import delegated_session_id
-from runtime.natsd import NatsServer, start_nats_server
+from runtime.natsd import NatsServer
 
 from . import conftest as e2e
 from .conftest import (
@@ -293,15 +293,6 @@ async def test_workflows_complete_fail_and_cancel_under_chorus_up(
 
 
 # 2. SIGKILL the engine around a delegated phase ---------------------------------------------------
-
-
-@pytest.fixture
-def natsd(tmp_path: Path) -> Iterator[NatsServer]:
-    server = start_nats_server(tmp_path / "nats")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
