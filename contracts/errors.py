@@ -42,6 +42,11 @@ UNKNOWN_WORKFLOW_TYPE = "unknown_workflow_type"
 PHASE_NOT_CURRENT = "phase_not_current"
 NOT_ASSIGNED = "not_assigned"
 PROGRESS_NOT_MONOTONIC = "progress_not_monotonic"
+AGENT_NOT_FOUND = "agent_not_found"
+AGENT_NAME_TAKEN = "agent_name_taken"  # registered by another key holder
+AGENT_RETIRED = "agent_retired"
+NOT_ENOUGH_AGENTS = "not_enough_agents"  # routing found fewer eligible agents than asked
+NO_CHANGE = "no_change"  # an engine-issued transition that already happened
 
 # Infrastructure
 INTERNAL_ERROR = "internal_error"  # a bug: nothing was recorded
@@ -70,6 +75,11 @@ HTTP_STATUS: dict[str, int] = {
     PHASE_NOT_CURRENT: 409,
     NOT_ASSIGNED: 403,
     PROGRESS_NOT_MONOTONIC: 409,
+    AGENT_NOT_FOUND: 404,
+    AGENT_NAME_TAKEN: 409,
+    AGENT_RETIRED: 409,
+    NOT_ENOUGH_AGENTS: 409,
+    NO_CHANGE: 409,
     INTERNAL_ERROR: 500,
     STORE_UNAVAILABLE: 503,
     ENGINE_UNAVAILABLE: 503,

@@ -35,14 +35,34 @@ class Task(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     criteria: Criteria = Criteria()
 
 
+Capability = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,63}$")]
+#: What a session does when a participant goes offline before submitting.
+LostPolicy = Literal["wait", "fail_fast", "replace"]
+
+
 class OpenSession(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """Open a coordination session. ``coordinator_id`` defaults to the actor."""
+    """Open a coordination session. ``coordinator_id`` defaults to the actor.
+
+    Name the ``participants``, or let the engine route: ``size`` online agents that have
+    every one of ``capabilities``, the most reliable first (the candidates and their
+    scores are recorded in ``SessionOpened``). ``capabilities`` also bound who may
+    replace a lost participant under ``on_participant_lost="replace"``.
+    """
 
     session_id: SessionId
-    participants: Annotated[list[Id], Meta(min_length=1, max_length=1000)]
     task: Task
+    participants: Annotated[list[Id], Meta(max_length=1000)] = []
+    capabilities: Annotated[list[Capability], Meta(max_length=100)] = []
+    size: Annotated[int, Meta(ge=1, le=1000)] | None = None
+    on_participant_lost: LostPolicy = "wait"
     timeout_seconds: Annotated[int, Meta(ge=1, le=86_400)] = 600
     coordinator_id: Id | None = None
+
+    def __post_init__(self) -> None:
+        if self.participants and self.size is not None:
+            raise ValueError("name participants or give a size to route by, not both")
+        if not self.participants and self.size is None:
+            raise ValueError("name participants, or give size (and capabilities) to route by")
 
 
 class SubmitResult(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -65,10 +85,19 @@ class TimeOutSession(Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     session_id: SessionId
 
 
+class ParticipantLost(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Issued by the engine when a participant that has not submitted goes offline."""
+
+    session_id: SessionId
+    agent_id: Id
+    reason: Annotated[str, Meta(min_length=1, max_length=2000)] = "agent went offline"
+
+
 #: command token -> payload type, for ``chorus.cmd.<actor>.session.<command>``.
 SESSION_COMMANDS: dict[str, type[Struct]] = {
     "open": OpenSession,
     "submit_result": SubmitResult,
     "cancel": CancelSession,
     "timeout": TimeOutSession,
+    "participant_lost": ParticipantLost,
 }

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
 
 from contracts.workflow_types import WorkflowType, WorkflowTypeRegistry
 
@@ -16,6 +18,14 @@ def _nobody(actor: str) -> bool:
     return False
 
 
+def _no_store(aggregate: str, aggregate_id: UUID) -> Any:
+    raise LookupError("this decision has no access to other aggregates")
+
+
+def _no_agents() -> Iterable[Any]:
+    return ()
+
+
 @dataclass(frozen=True)
 class EngineContext:
     #: Built-in and file-defined types.
@@ -25,6 +35,12 @@ class EngineContext:
     #: Whether an actor holds an operator (or admin) credential; the composition root
     #: wires it to the key store, which the engine itself does not know.
     is_operator: Callable[[str], bool] = _nobody
+    #: Another aggregate's current state, read-only (completion evidence looks up the
+    #: task's session or workflow). The processor supplies it.
+    load: Callable[[str, UUID], Any] = _no_store
+    #: Every registered agent's state as this engine last read it (for routing). The
+    #: processor supplies it.
+    agents: Callable[[], Iterable[Any]] = _no_agents
 
     def registry(self, refresh: bool = False) -> WorkflowTypeRegistry:
         """Every type a workflow may use now; ``refresh`` re-reads the defined ones."""

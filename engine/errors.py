@@ -80,3 +80,23 @@ class NotAssigned(DomainError):
 
 class ProgressNotMonotonic(DomainError):
     code = codes.PROGRESS_NOT_MONOTONIC
+
+
+class AgentNotFound(DomainError):
+    code = codes.AGENT_NOT_FOUND
+
+
+class AgentNameTaken(DomainError):
+    code = codes.AGENT_NAME_TAKEN
+
+
+class AgentRetired(DomainError):
+    code = codes.AGENT_RETIRED
+
+
+class NotEnoughAgents(DomainError):
+    code = codes.NOT_ENOUGH_AGENTS
+
+
+class NoChange(DomainError):
+    code = codes.NO_CHANGE

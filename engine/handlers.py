@@ -10,8 +10,23 @@ from uuid import UUID
 
 import msgspec
 
+from contracts.agents import (
+    MarkOffline,
+    MarkOnline,
+    RegisterAgent,
+    RetireAgent,
+    UpdateCapabilities,
+    VerifyCompletion,
+    agent_uuid,
+)
 from contracts.envelope import Envelope
-from contracts.sessions import CancelSession, OpenSession, SubmitResult, TimeOutSession
+from contracts.sessions import (
+    CancelSession,
+    OpenSession,
+    ParticipantLost,
+    SubmitResult,
+    TimeOutSession,
+)
 from contracts.workflow_types import REGISTRY_ID, DefineWorkflowType
 from contracts.workflows import (
     CancelWorkflow,
@@ -22,7 +37,7 @@ from contracts.workflows import (
     StartPhase,
     StartWorkflow,
 )
-from engine import registry, session, workflow
+from engine import agent, registry, session, workflow
 from engine.context import EngineContext
 
 
@@ -48,10 +63,15 @@ class Handler:
     new_state: Callable[[UUID], AggregateState]
     id_field: str = "session_id"
     fixed_id: str | None = None  # for singletons such as the type registry
+    #: Turns the id field into the aggregate's UUID when it is not one (agent names).
+    key: Callable[[str], UUID] | None = None
 
     def target(self, payload: Any) -> UUID:
         """The id of the aggregate instance the payload names."""
-        return UUID(self.fixed_id or getattr(payload, self.id_field))
+        if self.fixed_id is not None:
+            return UUID(self.fixed_id)
+        value = getattr(payload, self.id_field)
+        return self.key(value) if self.key is not None else UUID(value)
 
 
 HANDLERS: dict[tuple[str, str], Handler] = {
@@ -63,6 +83,32 @@ HANDLERS: dict[tuple[str, str], Handler] = {
         ),
         Handler("session", "cancel", CancelSession, session.decide_cancel, session.SessionState),
         Handler("session", "timeout", TimeOutSession, session.decide_timeout, session.SessionState),
+        Handler(
+            "session",
+            "participant_lost",
+            ParticipantLost,
+            session.decide_participant_lost,
+            session.SessionState,
+        ),
+        Handler(
+            "agent",
+            "register",
+            RegisterAgent,
+            agent.decide_register,
+            agent.AgentState,
+            "name",
+            key=agent_uuid,
+        ),
+        *(
+            Handler("agent", name, payload, decide, agent.AgentState, "agent_id", key=agent_uuid)
+            for name, payload, decide in (
+                ("update_capabilities", UpdateCapabilities, agent.decide_update_capabilities),
+                ("retire", RetireAgent, agent.decide_retire),
+                ("verify_completion", VerifyCompletion, agent.decide_verify_completion),
+                ("mark_online", MarkOnline, agent.decide_mark_online),
+                ("mark_offline", MarkOffline, agent.decide_mark_offline),
+            )
+        ),
         *(
             Handler("workflow", name, payload, decide, workflow.WorkflowState, "workflow_id")
             for name, payload, decide in (

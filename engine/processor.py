@@ -27,6 +27,7 @@ from contracts.envelope import Envelope, Reply
 from contracts.errors import ErrorInfo
 from contracts.workflow_types import REGISTRY_ID, WorkflowType
 from engine.context import EngineContext
+from engine.directory import AgentDirectory
 from engine.errors import DomainError
 from engine.handlers import HANDLERS, AggregateState, Handler
 from events.codec import EventMeta, decode_record, encode_event, typed_event
@@ -88,12 +89,18 @@ class Processor:
     ) -> None:
         self.recorder = recorder
         self.clock = clock
-        # Decisions see the types defined over the API through this processor's store.
+        self.directory = AgentDirectory(recorder)
+        # Decisions see the store through this processor: types defined over the API,
+        # other aggregates (within the batch's view) and the registered agents.
         self.context = dataclasses.replace(
-            context or EngineContext(), defined_types=self._defined_types
+            context or EngineContext(),
+            defined_types=self._defined_types,
+            load=self._lookup,
+            agents=lambda: self.directory.catch_up().values(),
         )
         self.cache_size = cache_size
         self._cache: OrderedDict[UUID, AggregateState] = OrderedDict()
+        self._working: dict[UUID, AggregateState] | None = None
 
     # Aggregates -----------------------------------------------------------------------------
 
@@ -140,6 +147,11 @@ class Processor:
                 self._cache.move_to_end(aggregate_id)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+    def _lookup(self, aggregate: str, aggregate_id: UUID) -> AggregateState:
+        """Another aggregate for a decision to read, as the running batch sees it."""
+        handler = next(h for (a, _), h in HANDLERS.items() if a == aggregate)
+        return self.load(handler, aggregate_id, self._working)
 
     def _defined_types(self, refresh: bool = False) -> list[WorkflowType]:
         """Types defined over the API, fast-forwarded on every read: another engine worker
@@ -306,7 +318,11 @@ class Processor:
         payload = command.envelope.payload
         aggregate_id = handler.target(payload)
         state = self.load(handler, aggregate_id, working)
-        decided = handler.decide(state, payload, command.actor, now, self.context)
+        self._working = working
+        try:
+            decided = handler.decide(state, payload, command.actor, now, self.context)
+        finally:
+            self._working = None
         meta = EventMeta(
             actor=command.actor,
             command_id=command.command_id,
@@ -339,6 +355,8 @@ class Processor:
             offset += len(item.events)
             reply = replies[item.reply_index]
             assert reply is not None
+            if len(item.events) < 2:
+                continue  # accepted with nothing to record (an idempotent repeat)
             # The item's rows are its domain events, then its dedup record.
             replies[item.reply_index] = msgspec.structs.replace(
                 reply, position=positions[offset - 2]

@@ -13,17 +13,30 @@ from uuid import UUID
 
 import msgspec
 
-from contracts.sessions import CancelSession, OpenSession, SubmitResult, Task, TimeOutSession
+from contracts.sessions import (
+    CancelSession,
+    OpenSession,
+    ParticipantLost,
+    SubmitResult,
+    Task,
+    TimeOutSession,
+)
 from engine import errors
 from engine.context import EngineContext
 from engine.criteria import evaluate
+from engine.routing import route
 from events.codec import GENESIS_HASH
 from events.session import (
+    ParticipantLost as ParticipantLostEvent,
+)
+from events.session import (
+    ParticipantReplaced,
     ResultSubmitted,
     SessionCancelled,
     SessionFinalised,
     SessionOpened,
     SessionTimedOut,
+    Verdict,
 )
 
 AGGREGATE = "session"
@@ -47,6 +60,12 @@ class SessionState:
     deadline: datetime | None = None
     results: dict[str, ResultSubmitted] = field(default_factory=dict)
     outcome_reason: str | None = None
+    capabilities: frozenset[str] = frozenset()
+    on_participant_lost: str = "wait"
+    #: agent -> when it was given the task (opening, or replacing a lost participant);
+    #: replaced agents stay here, they were assigned once.
+    assigned_at: dict[str, datetime] = field(default_factory=dict)
+    lost: set[str] = field(default_factory=set)
 
     @property
     def exists(self) -> bool:
@@ -68,6 +87,18 @@ class SessionState:
                 self.task = event.task
                 self.timeout_seconds = event.timeout_seconds
                 self.deadline = event.deadline
+                self.capabilities = frozenset(event.capabilities)
+                self.on_participant_lost = event.on_participant_lost
+                opened_at = event.deadline - timedelta(seconds=event.timeout_seconds)
+                self.assigned_at = dict.fromkeys(event.participants, opened_at)
+            case ParticipantLostEvent():
+                self.lost.add(event.agent_id)
+            case ParticipantReplaced():
+                self.participants = tuple(
+                    event.replacement if p == event.replaced else p for p in self.participants
+                )
+                self.participant_set = frozenset(self.participants)
+                self.assigned_at[event.replacement] = event.assigned_at
             case ResultSubmitted():
                 self.results[event.agent_id] = event
             case SessionFinalised():
@@ -135,21 +166,29 @@ def decide_open(
         raise errors.InvalidCommand(
             "participants must be unique", {"field": "payload.participants", "duplicates": dupes}
         )
-    if cmd.task.criteria.min_results > len(cmd.participants):
+    count = cmd.size if cmd.size is not None else len(cmd.participants)
+    if cmd.task.criteria.min_results > count:
         raise errors.InvalidCriteria(
-            f"min_results={cmd.task.criteria.min_results} exceeds the "
-            f"{len(cmd.participants)} participants",
+            f"min_results={cmd.task.criteria.min_results} exceeds the {count} participants",
             {"field": "payload.task.criteria.min_results"},
         )
+    routing = None
+    participants = list(cmd.participants)
+    if cmd.size is not None:
+        routing = route((ctx or EngineContext()).agents(), cmd.capabilities, cmd.size)
+        participants = list(routing.chosen)
     return [
         SessionOpened(
             session_id=str(state.id),
             coordinator_id=cmd.coordinator_id or actor,
             opened_by=actor,
-            participants=list(cmd.participants),
+            participants=participants,
             task=cmd.task,
             timeout_seconds=cmd.timeout_seconds,
             deadline=now + timedelta(seconds=cmd.timeout_seconds),
+            capabilities=sorted(set(cmd.capabilities)),
+            on_participant_lost=cmd.on_participant_lost,
+            routing=routing,
         )
     ]
 
@@ -207,3 +246,49 @@ def decide_timeout(
     if now < state.deadline:
         raise errors.NotDue(f"session {state.id} is due at {state.deadline.isoformat()}")
     return [SessionTimedOut(deadline=state.deadline, pending=state.pending)]
+
+
+def decide_participant_lost(
+    state: SessionState,
+    cmd: ParticipantLost,
+    actor: str,
+    now: datetime,
+    ctx: EngineContext | None = None,
+) -> list[msgspec.Struct]:
+    """A pending participant went offline: the session's policy decides what follows.
+
+    ``wait`` keeps expecting it (it may come back); ``fail_fast`` fails the session now;
+    ``replace`` gives its place to the best other online agent with the session's
+    capabilities, and keeps waiting if there is none.
+    """
+    state.check_exists()
+    state.check_is_open(now)
+    if cmd.agent_id not in state.pending:
+        raise errors.NoChange(f"{cmd.agent_id} is not a pending participant of {state.id}")
+    lost = ParticipantLostEvent(agent_id=cmd.agent_id, reason=cmd.reason, action="waiting")
+    if state.on_participant_lost == "fail_fast":
+        reason = f"participant {cmd.agent_id} was lost: {cmd.reason}"
+        succeeded = sum(r.success for r in state.results.values())
+        verdict = Verdict(outcome="failed", reason=reason, results=len(state.results),
+                          succeeded=succeeded)  # fmt: skip
+        return [
+            msgspec.structs.replace(lost, action="failed"),
+            SessionFinalised(outcome="failed", reason=reason, verdict=verdict),
+        ]
+    if state.on_participant_lost == "replace":
+        exclude = set(state.assigned_at) | state.participant_set
+        try:
+            routing = route((ctx or EngineContext()).agents(), state.capabilities, 1, exclude)
+        except errors.NotEnoughAgents:
+            return [msgspec.structs.replace(lost, reason=f"{cmd.reason}; no replacement online")]
+        return [
+            msgspec.structs.replace(lost, action="replaced"),
+            ParticipantReplaced(
+                replaced=cmd.agent_id,
+                replacement=routing.chosen[0],
+                reason=cmd.reason,
+                routing=routing,
+                assigned_at=now,
+            ),
+        ]
+    return [lost]

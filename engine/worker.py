@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from contracts import errors as codes
+from contracts.agents import ENGINE_ONLY
 from contracts.aio import raise_if_cancelling
 from contracts.envelope import Reply
 from contracts.errors import ErrorInfo
@@ -38,6 +39,7 @@ from engine.processor import Command, Processor
 
 log = logging.getLogger(__name__)
 
+HEARTBEAT_SUFFIX = ".agent.heartbeat"
 _reply_encoder = msgspec.json.Encoder()
 _loose_decoder = msgspec.json.Decoder()
 
@@ -72,8 +74,8 @@ def parse_message(subject: str, data: bytes) -> Command:
         # not come over the bus.
         raise Rejection(codes.NOT_AUTHORIZED, "the actor 'system' is reserved for the engine")
     handler = HANDLERS.get(key)
-    if handler is None or parsed.command == "timeout":
-        known = sorted(f"{a}.{c}" for a, c in HANDLERS if c != "timeout")
+    if handler is None or key in ENGINE_ONLY:
+        known = sorted(f"{a}.{c}" for a, c in HANDLERS if (a, c) not in ENGINE_ONLY)
         raise Rejection(
             codes.UNKNOWN_COMMAND,
             f"unknown command {parsed.aggregate}.{parsed.command}",
@@ -140,6 +142,9 @@ class CommandWorker:
         self.handled = 0
         self.batches = 0
         self.on_committed: Callable[[], Awaitable[None] | None] | None = None
+        #: Heartbeats bypass the processor: the liveness monitor takes them (they are
+        #: not events). Without one, a heartbeat is an unknown command.
+        self.on_heartbeat: Callable[[Msg], Awaitable[None]] | None = None
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(
@@ -162,6 +167,9 @@ class CommandWorker:
         self._writer.shutdown(wait=True)
 
     async def _on_message(self, msg: Msg) -> None:
+        if self.on_heartbeat is not None and msg.subject.endswith(HEARTBEAT_SUFFIX):
+            await self.on_heartbeat(msg)
+            return
         try:
             command = parse_message(msg.subject, msg.data)
         except Rejection as rejection:

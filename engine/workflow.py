@@ -61,6 +61,8 @@ class WorkflowState:
     partial_results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    #: phase -> (assignee, started at): who held each phase, for completion evidence.
+    assignments: dict[str, tuple[str, datetime | None]] = field(default_factory=dict)
 
     @property
     def exists(self) -> bool:
@@ -89,6 +91,7 @@ class WorkflowState:
                 self.current = self.completed
                 self.assignee = event.assignee
                 self.progress = 0
+                self.assignments[event.phase] = (event.assignee, event.started_at)
             case PhaseProgressReported():
                 self.progress = event.progress
             case PartialResultRecorded():
@@ -207,8 +210,8 @@ def decide_start_phase(
     if state.phases[state.completed].delegate is not None:
         # A delegated phase is the engine's to finish (from its session's outcome), so no
         # agent can complete it by hand while the session runs.
-        return [PhaseStarted(phase=cmd.phase, assignee="system")]
-    return [PhaseStarted(phase=cmd.phase, assignee=cmd.assignee or actor)]
+        return [PhaseStarted(phase=cmd.phase, assignee="system", started_at=now)]
+    return [PhaseStarted(phase=cmd.phase, assignee=cmd.assignee or actor, started_at=now)]
 
 
 def decide_report_progress(

@@ -18,6 +18,7 @@ import msgspec
 from eventsourcing.persistence import Notification, StoredEvent
 
 from contracts.feed import EventRecord
+from events.agent import AGENT_EVENTS
 from events.commands import CommandAccepted
 from events.session import SESSION_EVENTS
 from events.workflow import REGISTRY_EVENTS, WORKFLOW_EVENTS
@@ -29,6 +30,7 @@ EVENT_TYPES: dict[str, dict[str, type[msgspec.Struct]]] = {
     "session": SESSION_EVENTS,
     "workflow": WORKFLOW_EVENTS,
     "workflow_type": REGISTRY_EVENTS,
+    "agent": AGENT_EVENTS,
     "command": {"CommandAccepted": CommandAccepted},
 }
 

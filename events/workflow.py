@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from msgspec import Struct
@@ -25,6 +26,8 @@ class WorkflowStarted(Struct, kw_only=True, frozen=True):
 class PhaseStarted(Struct, kw_only=True, frozen=True):
     phase: str
     assignee: str
+    #: When the assignee got the phase (for checking completion evidence).
+    started_at: datetime | None = None
 
 
 class PhaseProgressReported(Struct, kw_only=True, frozen=True):

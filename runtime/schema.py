@@ -12,12 +12,26 @@ from typing import Any
 
 import msgspec
 
+from contracts.agents import AGENT_COMMANDS, ENGINE_ONLY, Heartbeat
 from contracts.envelope import Envelope, Reply
 from contracts.feed import EventRecord
 from contracts.sessions import SESSION_COMMANDS
-from events.session import SESSION_EVENTS
+from contracts.workflow_types import DefineWorkflowType
+from contracts.workflows import WORKFLOW_COMMANDS
+from events.codec import EVENT_TYPES
 
-PUBLIC_COMMANDS = {k: v for k, v in SESSION_COMMANDS.items() if k != "timeout"}
+#: "<aggregate>.<command>" -> payload, for every command a client may send.
+PUBLIC_COMMANDS: dict[str, type[msgspec.Struct]] = {
+    f"{aggregate}.{name}": cls
+    for aggregate, commands in (
+        ("session", SESSION_COMMANDS),
+        ("workflow", WORKFLOW_COMMANDS),
+        ("agent", {**AGENT_COMMANDS, "heartbeat": Heartbeat}),
+        ("workflow_type", {"define": DefineWorkflowType}),
+    )
+    for name, cls in commands.items()
+    if (aggregate, name) not in ENGINE_ONLY
+}
 
 
 def _ref_template(name: str) -> str:
@@ -26,12 +40,15 @@ def _ref_template(name: str) -> str:
 
 def contract_types() -> dict[str, Any]:
     types: dict[str, Any] = {
-        f"session.{name}": Envelope[cls] for name, cls in PUBLIC_COMMANDS.items()
-    }  # type: ignore[valid-type]
+        name: Envelope[cls]  # type: ignore[valid-type]
+        for name, cls in PUBLIC_COMMANDS.items()
+    }
     types["Reply"] = Reply
     types["EventRecord"] = EventRecord
-    for name, cls in SESSION_EVENTS.items():
-        types[f"event.session.{name}"] = cls
+    for aggregate, events in EVENT_TYPES.items():
+        if aggregate != "command":
+            for name, cls in events.items():
+                types[f"event.{aggregate}.{name}"] = cls
     return types
 
 
@@ -60,10 +77,10 @@ def asyncapi() -> dict[str, Any]:
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}
     for command in PUBLIC_COMMANDS:
-        key = f"session_{command}"
-        messages[key] = {"name": key, "payload": by_name[f"session.{command}"]}
+        key = command.replace(".", "_")
+        messages[key] = {"name": key, "payload": by_name[command]}
         channels[key] = {
-            "address": "chorus.cmd.{actor_id}.session." + command,
+            "address": "chorus.cmd.{actor_id}." + command,
             "parameters": {
                 "actor_id": {"description": "The acting agent; NATS permissions pin it"}
             },
@@ -72,7 +89,7 @@ def asyncapi() -> dict[str, Any]:
         operations[key] = {
             "action": "send",
             "channel": {"$ref": f"#/channels/{key}"},
-            "summary": f"session.{command} (NATS request; answered with a Reply)",
+            "summary": f"{command} (NATS request; answered with a Reply)",
             "reply": {"messages": [{"$ref": "#/components/messages/reply"}]},
         }
     messages["reply"] = {"name": "reply", "payload": by_name["Reply"]}
@@ -84,6 +101,16 @@ def asyncapi() -> dict[str, Any]:
         "messages": {"event": {"$ref": "#/components/messages/event"}},
     }
     operations["events"] = {"action": "receive", "channel": {"$ref": "#/channels/events"}}
+    channels["agent_ping"] = {
+        "address": "chorus.agent.{agent_id}.ping",
+        "description": "Health check: an agent answers this request with any reply",
+        "parameters": {"agent_id": {}},
+    }
+    operations["agent_ping"] = {
+        "action": "receive",
+        "channel": {"$ref": "#/channels/agent_ping"},
+        "summary": "agents subscribe and reply (the gateway's trigger_health_check)",
+    }
     channels["dead_letters"] = {
         "address": "chorus.dlq.{reason}",
         "description": "Rejected raw messages with Chorus-Reason / Chorus-Error / Chorus-Subject headers",

@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from contracts import errors as codes
+from contracts.agents import AGENT_COMMANDS
 from contracts.envelope import Envelope, Reply
 from contracts.errors import HTTP_STATUS, ErrorInfo
 from contracts.sessions import SESSION_COMMANDS, Criteria, OpenSession, Task
@@ -89,7 +90,7 @@ def test_every_session_command_has_a_handler_and_a_decoder() -> None:
         assert ("session", name) in DECODERS
     assert set(HANDLERS) == {("session", name) for name in SESSION_COMMANDS} | {
         ("workflow", name) for name in WORKFLOW_COMMANDS
-    } | {("workflow_type", "define")}
+    } | {("workflow_type", "define")} | {("agent", name) for name in AGENT_COMMANDS}
 
 
 def test_an_envelope_refuses_unknown_fields() -> None:

@@ -1,0 +1,100 @@
+"""Command payloads for agents (``chorus.cmd.<actor>.agent.<command>``).
+
+An agent's id is its registered name, and it is the actor token the agent uses on the
+bus: ``chorus.cmd.<agent_id>.agent.heartbeat`` and ``chorus.cmd.<agent_id>.session.*``.
+The engine keys the agent aggregate by ``agent_uuid(agent_id)``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from msgspec import Meta, Struct
+
+from contracts.sessions import Capability, Id
+
+AGENT_NAMESPACE = uuid.UUID("6c0a6f9e-4a59-4d43-9b61-6167656e7473")
+Capabilities = Annotated[list[Capability], Meta(max_length=100)]
+AgentType = Annotated[str, Meta(min_length=1, max_length=64)]
+OutputHash = Annotated[str, Meta(min_length=1, max_length=200)]
+#: A task is a session the agent took part in (its id), or a workflow phase
+#: (``<workflow_id>/<phase>``).
+TaskId = Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+def agent_uuid(agent_id: str) -> uuid.UUID:
+    """The agent aggregate's id: derived from the name, so a name is registered once."""
+    return uuid.uuid5(AGENT_NAMESPACE, agent_id)
+
+
+class RegisterAgent(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Register ``name`` (the agent id). The registering actor becomes its owner:
+    registering again is idempotent for the owner and rejected for anyone else."""
+
+    name: Id
+    type: AgentType = "generic"
+    capabilities: Capabilities = []
+    metadata: dict[str, Any] = {}
+
+
+class UpdateCapabilities(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    agent_id: Id
+    capabilities: Capabilities
+
+
+class RetireAgent(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    agent_id: Id
+    reason: Annotated[str, Meta(min_length=1, max_length=2000)] = "retired"
+
+
+class Heartbeat(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Optional body of a heartbeat; an empty message is a heartbeat of the actor."""
+
+    agent_id: Id | None = None
+
+
+class MarkOnline(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Issued by the engine's liveness monitor when a heartbeat ends an absence."""
+
+    agent_id: Id
+    last_seen: datetime
+
+
+class MarkOffline(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Issued by the engine's liveness monitor after the configured missed heartbeats."""
+
+    agent_id: Id
+    last_seen: datetime
+    missed_heartbeats: int
+
+
+class VerifyCompletion(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """An agent's claim that it completed a task, with the evidence to check it by.
+
+    ``output_hash`` must equal the hash recorded with the agent's submitted result: the
+    ``output_hash`` it gave, else ``sha256:`` + hex sha256 of the result's canonical JSON
+    (keys sorted, no whitespace). ``response_time`` is in seconds; without it the time from
+    assignment to ``completion_time`` is used.
+    """
+
+    agent_id: Id
+    task_id: TaskId
+    completion_time: datetime
+    output_hash: OutputHash
+    response_time: Annotated[float, Meta(ge=0, le=30 * 86_400)] | None = None
+
+
+AGENT_COMMANDS: dict[str, type[Struct]] = {
+    "register": RegisterAgent,
+    "update_capabilities": UpdateCapabilities,
+    "retire": RetireAgent,
+    "verify_completion": VerifyCompletion,
+    "mark_online": MarkOnline,
+    "mark_offline": MarkOffline,
+}
+
+#: Commands only the engine itself issues (refused on the bus).
+ENGINE_ONLY = frozenset({("agent", "mark_online"), ("agent", "mark_offline"),
+                         ("session", "timeout"), ("session", "participant_lost")})  # fmt: skip

@@ -1,0 +1,221 @@
+"""The Agent aggregate: registration, liveness transitions and verified completions.
+
+Keyed by ``agent_uuid(agent_id)``. Heartbeats never reach this aggregate: the liveness
+monitor (engine/liveness.py) keeps them in a JetStream KV bucket and sends
+``mark_online`` / ``mark_offline`` only when the status changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from contracts.agents import (
+    MarkOffline,
+    MarkOnline,
+    RegisterAgent,
+    RetireAgent,
+    UpdateCapabilities,
+    VerifyCompletion,
+)
+from engine import errors
+from engine.context import EngineContext
+from engine.evidence import judge
+from events.agent import (
+    AgentCameOnline,
+    AgentCapabilitiesUpdated,
+    AgentRegistered,
+    AgentRetired,
+    AgentWentOffline,
+    CompletionRejected,
+    CompletionVerified,
+)
+from events.codec import GENESIS_HASH
+from events.reliability import reliability_score
+
+AGGREGATE = "agent"
+
+
+@dataclass
+class AgentState:
+    id: UUID
+    version: int = 0
+    last_hash: str = GENESIS_HASH
+    agent_id: str = ""
+    type: str = ""
+    owner: str = ""
+    status: str = "new"  # online | offline | retired
+    capabilities: frozenset[str] = frozenset()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    last_seen: datetime | None = None
+    verified: int = 0
+    rejected: int = 0
+    verified_tasks: set[str] = field(default_factory=set)
+
+    @property
+    def exists(self) -> bool:
+        return self.version > 0
+
+    @property
+    def score(self) -> float:
+        return reliability_score(self.verified, self.rejected)
+
+    def apply(self, event: msgspec.Struct) -> None:
+        match event:
+            case AgentRegistered():
+                self.agent_id = event.agent_id
+                self.type = event.type
+                self.owner = event.owner
+                self.capabilities = frozenset(event.capabilities)
+                self.metadata = dict(event.metadata)
+                self.status = "online"  # registering is a sign of life
+                self.last_seen = event.registered_at
+            case AgentCapabilitiesUpdated():
+                self.capabilities = frozenset(event.capabilities)
+            case AgentRetired():
+                self.status = "retired"
+            case AgentCameOnline():
+                self.status = "online"
+                self.last_seen = event.last_seen
+            case AgentWentOffline():
+                self.status = "offline"
+                self.last_seen = event.last_seen
+            case CompletionVerified():
+                self.verified += 1
+                self.verified_tasks.add(event.task_id)
+            case CompletionRejected():
+                self.rejected += 1
+            case _:
+                raise TypeError(f"not an agent event: {type(event).__name__}")
+        self.version += 1
+
+    # Named checks -------------------------------------------------------------------------
+
+    def check_exists(self, agent_id: str) -> None:
+        if not self.exists:
+            raise errors.AgentNotFound(f"agent {agent_id} is not registered")
+
+    def check_not_retired(self) -> None:
+        if self.status == "retired":
+            raise errors.AgentRetired(f"agent {self.agent_id} is retired")
+
+    def check_may_manage(self, actor: str, ctx: EngineContext | None) -> None:
+        """The agent itself, the key holder that registered it, an operator, the engine."""
+        if actor in (self.agent_id, self.owner, "system"):
+            return
+        if ctx is not None and ctx.is_operator(actor):
+            return
+        raise errors.NotAuthorized(
+            f"{actor} may not act for agent {self.agent_id}", {"owner": self.owner}
+        )
+
+
+# Decisions ----------------------------------------------------------------------------------
+
+
+def decide_register(
+    state: AgentState,
+    cmd: RegisterAgent,
+    actor: str,
+    now: datetime,
+    ctx: EngineContext | None = None,
+) -> list[msgspec.Struct]:
+    """Idempotent for the owner: the same registration again records nothing, new
+    capabilities are recorded as an update. Anyone else is refused the name."""
+    if state.exists:
+        if actor != state.owner:
+            raise errors.AgentNameTaken(
+                f"agent name {cmd.name!r} is registered by another key holder"
+            )
+        state.check_not_retired()
+        if frozenset(cmd.capabilities) != state.capabilities:
+            return [AgentCapabilitiesUpdated(capabilities=_sorted(cmd.capabilities),
+                                             updated_by=actor)]  # fmt: skip
+        return []
+    return [
+        AgentRegistered(
+            agent_id=cmd.name,
+            type=cmd.type,
+            capabilities=_sorted(cmd.capabilities),
+            metadata=cmd.metadata,
+            owner=actor,
+            registered_at=now,
+        )
+    ]
+
+
+def decide_update_capabilities(
+    state: AgentState,
+    cmd: UpdateCapabilities,
+    actor: str,
+    now: datetime,
+    ctx: EngineContext | None = None,
+) -> list[msgspec.Struct]:
+    state.check_exists(cmd.agent_id)
+    state.check_may_manage(actor, ctx)
+    state.check_not_retired()
+    if frozenset(cmd.capabilities) == state.capabilities:
+        return []
+    return [AgentCapabilitiesUpdated(capabilities=_sorted(cmd.capabilities), updated_by=actor)]
+
+
+def decide_retire(
+    state: AgentState,
+    cmd: RetireAgent,
+    actor: str,
+    now: datetime,
+    ctx: EngineContext | None = None,
+) -> list[msgspec.Struct]:
+    state.check_exists(cmd.agent_id)
+    state.check_may_manage(actor, ctx)
+    state.check_not_retired()
+    return [AgentRetired(reason=cmd.reason, retired_by=actor)]
+
+
+def decide_mark_online(
+    state: AgentState,
+    cmd: MarkOnline,
+    actor: str,
+    now: datetime,
+    ctx: EngineContext | None = None,
+) -> list[msgspec.Struct]:
+    state.check_exists(cmd.agent_id)
+    if state.status != "offline":
+        raise errors.NoChange(f"agent {cmd.agent_id} is {state.status}")
+    return [AgentCameOnline(last_seen=cmd.last_seen)]
+
+
+def decide_mark_offline(
+    state: AgentState,
+    cmd: MarkOffline,
+    actor: str,
+    now: datetime,
+    ctx: EngineContext | None = None,
+) -> list[msgspec.Struct]:
+    state.check_exists(cmd.agent_id)
+    if state.status != "online":
+        raise errors.NoChange(f"agent {cmd.agent_id} is {state.status}")
+    if state.last_seen is not None and cmd.last_seen < state.last_seen:
+        raise errors.NoChange(f"agent {cmd.agent_id} was seen after {cmd.last_seen}")
+    return [AgentWentOffline(last_seen=cmd.last_seen, missed_heartbeats=cmd.missed_heartbeats)]
+
+
+def decide_verify_completion(
+    state: AgentState,
+    cmd: VerifyCompletion,
+    actor: str,
+    now: datetime,
+    ctx: EngineContext | None = None,
+) -> list[msgspec.Struct]:
+    """Always records a verdict (verified, or rejected with every failed check)."""
+    state.check_exists(cmd.agent_id)
+    state.check_may_manage(actor, ctx)
+    return [judge(cmd, state.verified_tasks, now, ctx or EngineContext())]
+
+
+def _sorted(capabilities: list[str]) -> list[str]:
+    return sorted(set(capabilities))

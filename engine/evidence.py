@@ -1,0 +1,174 @@
+"""Checking an agent's completion claim against the record, and scoring it.
+
+A task is a session the agent was a participant of (``task_id`` = the session id), or a
+workflow phase assigned to it (``task_id`` = ``<workflow_id>/<phase>``). The claim holds
+when every check passes:
+
+- ``task_not_found``: the task exists;
+- ``not_assigned``: it was assigned to this agent;
+- ``already_verified``: it was not verified before (a rejected claim may be corrected);
+- ``no_result``: the agent recorded a result for it (a phase: the phase completed);
+- ``hash_mismatch``: ``output_hash`` equals the recorded hash: the result's own
+  ``output_hash``, else ``sha256:`` + sha256 of its canonical JSON (``result_hash``);
+- ``completion_before_assignment`` / ``completion_in_future``: the completion time lies
+  between the assignment and now, give or take ``CLOCK_SKEW``.
+
+Quality of a verified completion, in [0, 1] (a rejected one scores 0):
+
+``quality = 0.5 + 0.3 * timeliness + 0.2 * agreement``
+
+- ``timeliness = max(0, 1 - response_time / allowed)``: ``allowed`` is the session's
+  timeout or the phase's expected duration; ``response_time`` is the evidence's, else the
+  time from assignment to completion. Instant work scores 1, work that used the whole
+  allowance 0.
+- ``agreement``: the share of the session's results whose hash equals this agent's (1 when
+  it is the only result, and for a phase, which has one worker).
+
+So a correct but slow, lone dissenter still scores at least 0.5: being verified is worth
+half, speed and consensus the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from contracts.agents import VerifyCompletion
+from engine.context import EngineContext
+from events.agent import CompletionRejected, CompletionVerified, Rejection
+
+CLOCK_SKEW = timedelta(seconds=5)
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
+def result_hash(result: dict[str, Any]) -> str:
+    """The hash recorded for a result that came without its own ``output_hash``."""
+    return "sha256:" + hashlib.sha256(_canonical.encode(result)).hexdigest()
+
+
+@dataclass(frozen=True)
+class TaskFacts:
+    """What the record says about one agent's task."""
+
+    kind: str  # session | phase
+    assigned_at: datetime
+    allowed_seconds: float
+    recorded_hash: str | None  # None: no result recorded yet
+    agreement: float
+
+
+class TaskProblem(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.rejection = Rejection(code=code, message=message)
+
+
+def task_facts(task_id: str, agent_id: str, ctx: EngineContext) -> TaskFacts:
+    """Find the task in the session or workflow aggregate, or raise TaskProblem."""
+    workflow_id, _, phase = task_id.partition("/")
+    try:
+        aggregate_id = UUID(workflow_id)
+    except ValueError:
+        raise TaskProblem("task_not_found", f"no task {task_id!r}") from None
+    if phase:
+        return _phase_facts(task_id, aggregate_id, phase, agent_id, ctx)
+    return _session_facts(task_id, aggregate_id, agent_id, ctx)
+
+
+def _session_facts(task_id: str, sid: UUID, agent_id: str, ctx: EngineContext) -> TaskFacts:
+    session: Any = ctx.load("session", sid)
+    if not session.exists:
+        raise TaskProblem("task_not_found", f"no session {task_id}")
+    assigned_at = session.assigned_at.get(agent_id)
+    if assigned_at is None:
+        raise TaskProblem("not_assigned", f"{agent_id} is not a participant of session {task_id}")
+    hashes = {a: r.output_hash or result_hash(r.result) for a, r in session.results.items()}
+    mine = hashes.get(agent_id)
+    agreement = sum(h == mine for h in hashes.values()) / len(hashes) if mine else 0.0
+    return TaskFacts("session", assigned_at, session.timeout_seconds, mine, agreement)
+
+
+def _phase_facts(
+    task_id: str, wid: UUID, phase: str, agent_id: str, ctx: EngineContext
+) -> TaskFacts:
+    workflow: Any = ctx.load("workflow", wid)
+    if not workflow.exists or phase not in {p.name for p in workflow.phases}:
+        raise TaskProblem("task_not_found", f"no workflow phase {task_id}")
+    assignee, started_at = workflow.assignments.get(phase, (None, None))
+    if assignee != agent_id or started_at is None:
+        raise TaskProblem("not_assigned", f"phase {task_id} was not assigned to {agent_id}")
+    result = workflow.results.get(phase)
+    allowed = next(p.expected_seconds for p in workflow.phases if p.name == phase)
+    recorded = result_hash(result) if result is not None else None
+    return TaskFacts("phase", started_at, allowed, recorded, 1.0)
+
+
+def judge(
+    cmd: VerifyCompletion, verified_tasks: set[str], now: datetime, ctx: EngineContext
+) -> CompletionVerified | CompletionRejected:
+    """The verdict on one claim: every failed check is a reason."""
+    try:
+        facts = task_facts(cmd.task_id, cmd.agent_id, ctx)
+    except TaskProblem as problem:
+        return _rejected(cmd, [problem.rejection])
+    reasons: list[Rejection] = []
+    if cmd.task_id in verified_tasks:
+        reasons.append(Rejection(code="already_verified",
+                                 message=f"task {cmd.task_id} was already verified"))  # fmt: skip
+    if facts.recorded_hash is None:
+        reasons.append(Rejection(code="no_result",
+                                 message=f"no result of {cmd.agent_id} is recorded for the task"))  # fmt: skip
+    elif cmd.output_hash != facts.recorded_hash:
+        reasons.append(Rejection(code="hash_mismatch", message=(
+            f"output_hash {cmd.output_hash} differs from the recorded {facts.recorded_hash}")))  # fmt: skip
+    if cmd.completion_time < facts.assigned_at - CLOCK_SKEW:
+        reasons.append(Rejection(code="completion_before_assignment", message=(
+            f"completion_time {cmd.completion_time.isoformat()} is before the assignment at "
+            f"{facts.assigned_at.isoformat()}")))  # fmt: skip
+    if cmd.completion_time > now + CLOCK_SKEW:
+        reasons.append(Rejection(code="completion_in_future", message=(
+            f"completion_time {cmd.completion_time.isoformat()} is in the future "
+            f"(now {now.isoformat()})")))  # fmt: skip
+    response = cmd.response_time
+    if response is None:
+        response = max(0.0, (cmd.completion_time - facts.assigned_at).total_seconds())
+    if reasons:
+        return _rejected(cmd, reasons, response)
+    parts = quality_parts(response, facts.allowed_seconds, facts.agreement)
+    return CompletionVerified(
+        task_id=cmd.task_id,
+        task_kind=facts.kind,
+        completion_time=cmd.completion_time,
+        output_hash=cmd.output_hash,
+        assigned_at=facts.assigned_at,
+        response_time=round(response, 6),
+        quality_score=quality_score(parts),
+        score_parts=parts,
+    )
+
+
+def quality_parts(response_time: float, allowed: float, agreement: float) -> dict[str, float]:
+    timeliness = max(0.0, 1.0 - response_time / allowed) if allowed > 0 else 0.0
+    return {"verified": 1.0, "timeliness": round(timeliness, 6), "agreement": round(agreement, 6)}
+
+
+def quality_score(parts: dict[str, float]) -> float:
+    return round(0.5 * parts["verified"] + 0.3 * parts["timeliness"]
+                 + 0.2 * parts["agreement"], 6)  # fmt: skip
+
+
+def _rejected(
+    cmd: VerifyCompletion, reasons: list[Rejection], response: float | None = None
+) -> CompletionRejected:
+    return CompletionRejected(
+        task_id=cmd.task_id,
+        completion_time=cmd.completion_time,
+        output_hash=cmd.output_hash,
+        reasons=reasons,
+        response_time=round(response, 6) if response is not None else None,
+    )

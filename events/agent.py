@@ -1,0 +1,85 @@
+"""Events of the Agent aggregate: registration, liveness transitions, verified evidence.
+
+Heartbeats are not events: only the transitions they cause (``AgentCameOnline``,
+``AgentWentOffline``) are recorded, so a fleet beating every second does not grow the log.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from msgspec import Struct
+
+
+class AgentRegistered(Struct, kw_only=True, frozen=True):
+    agent_id: str
+    type: str
+    capabilities: list[str]
+    metadata: dict[str, Any]
+    owner: str
+    registered_at: datetime
+
+
+class AgentCapabilitiesUpdated(Struct, kw_only=True, frozen=True):
+    capabilities: list[str]
+    updated_by: str
+
+
+class AgentRetired(Struct, kw_only=True, frozen=True):
+    reason: str
+    retired_by: str
+
+
+class AgentCameOnline(Struct, kw_only=True, frozen=True):
+    last_seen: datetime
+
+
+class AgentWentOffline(Struct, kw_only=True, frozen=True):
+    last_seen: datetime
+    missed_heartbeats: int
+
+
+class Rejection(Struct, kw_only=True, frozen=True):
+    """One failed check of a completion claim."""
+
+    code: str
+    message: str
+
+
+class CompletionVerified(Struct, kw_only=True, frozen=True):
+    """The evidence matched the record. ``quality_score`` in [0, 1], see engine/evidence.py."""
+
+    task_id: str
+    task_kind: str  # session | phase
+    completion_time: datetime
+    output_hash: str
+    assigned_at: datetime
+    response_time: float
+    quality_score: float
+    score_parts: dict[str, float]
+
+
+class CompletionRejected(Struct, kw_only=True, frozen=True):
+    """The evidence did not hold; every failed check is listed. Quality is 0."""
+
+    task_id: str
+    completion_time: datetime
+    output_hash: str
+    reasons: list[Rejection]
+    response_time: float | None = None
+    quality_score: float = 0.0
+
+
+AGENT_EVENTS: dict[str, type[Struct]] = {
+    cls.__name__: cls
+    for cls in (
+        AgentRegistered,
+        AgentCapabilitiesUpdated,
+        AgentRetired,
+        AgentCameOnline,
+        AgentWentOffline,
+        CompletionVerified,
+        CompletionRejected,
+    )
+}
