@@ -13,7 +13,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta, Struct
 
-from contracts.sessions import Criteria, Id
+from contracts.sessions import Capability, Criteria, Id, LostPolicy
 
 Name = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_\-]{0,63}$")]
 
@@ -23,10 +23,11 @@ class Delegation(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     with the required ``capabilities``."""
 
     participants: list[Id] | None = None
-    capabilities: list[str] | None = None
+    capabilities: list[Capability] | None = None
     size: Annotated[int, Meta(ge=1, le=1000)] | None = None
     criteria: Criteria = Criteria()
     timeout_seconds: Annotated[int, Meta(ge=1, le=86_400)] = 600
+    on_participant_lost: LostPolicy = "wait"
 
     def __post_init__(self) -> None:
         if not self.participants and not (self.capabilities and self.size):

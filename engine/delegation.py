@@ -12,7 +12,6 @@ workflow and phase (the session id too), so anything re-sent after a restart is 
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import logging
 import uuid
@@ -22,16 +21,17 @@ from typing import Any
 import msgspec
 from eventsourcing.persistence import ApplicationRecorder
 
-from contracts.aio import raise_if_cancelling
 from contracts.envelope import Envelope
 from contracts.errors import STORE_UNAVAILABLE
+from contracts.feed import EventRecord
 from contracts.sessions import CancelSession, OpenSession, Task
 from contracts.workflow_types import Delegation, Phase
 from contracts.workflows import CompletePhase, FailPhase, PhaseError
+from engine.follower import LogFollower
 from engine.handlers import HANDLERS
 from engine.processor import Command
 from engine.worker import CommandWorker
-from events.codec import decode_record, topic_of
+from events.codec import topic_of
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +73,13 @@ class _ToOpen:
     phase: str = field(compare=False)
 
 
-class DelegationManager:
+class DelegationManager(LogFollower):
+    topics = TOPICS
+
     def __init__(
         self, recorder: ApplicationRecorder, worker: CommandWorker, *, idle: float = 0.1
     ) -> None:
-        self.recorder = recorder
-        self.worker = worker
-        self.idle = idle
-        self.position = 0
+        super().__init__(recorder, worker, idle=idle)
         self._workflows: dict[str, _Workflow] = {}
         self._to_open: list[_ToOpen] = []
         self._opened: set[str] = set()  # session ids known to exist
@@ -89,16 +88,8 @@ class DelegationManager:
         self._done: set[tuple[str, str]] = set()  # phases finished (or workflow cancelled)
         self._to_cancel: set[str] = set()  # sessions of cancelled workflows, still open
 
-    def _catch_up(self) -> None:
-        while True:
-            batch = self.recorder.select_notifications(self.position + 1, 1000, topics=TOPICS)
-            if not batch:
-                return
-            for n in batch:
-                self._observe(n.id, decode_record(n))
-            self.position = batch[-1].id
-
-    def _observe(self, position: int, record: Any) -> None:
+    def observe(self, record: EventRecord) -> None:
+        position = record.position
         data = record.data
         wid = record.aggregate_id
         match record.type:
@@ -144,19 +135,10 @@ class DelegationManager:
         self._done.add((workflow_id, phase))
         self._to_finish.pop(delegated_session_id(workflow_id, phase), None)
 
-    async def run(self) -> None:
-        while True:
-            try:
-                await asyncio.to_thread(self._catch_up)
-                await self._open_due()
-                await self._finish_due()
-                await self._cancel_due()
-            except Exception as error:
-                raise_if_cancelling()
-                log.warning("delegation manager failed a round, retrying: %s", error)
-                await asyncio.sleep(1)
-                continue
-            await asyncio.sleep(self.idle)
+    async def act(self) -> None:
+        await self._open_due()
+        await self._finish_due()
+        await self._cancel_due()
 
     async def _open_due(self) -> None:
         while self._to_open:
@@ -174,8 +156,8 @@ class DelegationManager:
                 self._open_command(item.workflow_id, item.phase, workflow, rule)
             )
             if reply.status == "rejected" and not _retryable(reply):
-                # The rule cannot be carried out (participants invalid, or routing by
-                # capability, which needs the agent registry): fail the phase with the reason.
+                # The rule cannot be carried out (participants invalid, or not enough
+                # agents online with the capabilities): fail the phase with the reason.
                 assert reply.error is not None
                 reply = await self._send(self._fail(item.workflow_id, item.phase,
                                                     reply.error.code, reply.error.message))  # fmt: skip
@@ -184,18 +166,20 @@ class DelegationManager:
             heapq.heappop(self._to_open)
 
     def _open_command(self, wid: str, phase: str, workflow: _Workflow, rule: Delegation) -> Command:
+        """Named participants, or ``size`` agents with the capabilities, routed by the
+        engine by reliability (``not_enough_agents`` fails the phase)."""
         description = f"{workflow.workflow_type}/{phase}: {workflow.requirements}"[:10_000]
+        routed = not rule.participants
         payload = OpenSession(
             session_id=delegated_session_id(wid, phase),
-            participants=list(rule.participants or []) or ["unroutable"],
+            participants=[] if routed else list(rule.participants or []),
+            capabilities=list(rule.capabilities or []),
+            size=rule.size if routed else None,
+            on_participant_lost=rule.on_participant_lost,
             task=Task(description=description, criteria=rule.criteria),
             timeout_seconds=rule.timeout_seconds,
             coordinator_id=SYSTEM,
         )
-        if not rule.participants:
-            # Capability routing arrives with the agent registry; until then say so.
-            return self._fail(wid, phase, "routing_unavailable",
-                              "delegation by capabilities needs the agent registry")  # fmt: skip
         return self._command("session", "open", f"delegate-open:{wid}/{phase}", payload, wid)
 
     async def _finish_due(self) -> None:

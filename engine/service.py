@@ -15,6 +15,8 @@ from nats.aio.client import Client as NATS
 from contracts.workflow_types import WorkflowTypeRegistry
 from engine.context import EngineContext
 from engine.delegation import DelegationManager
+from engine.liveness import LivenessConfig, LivenessMonitor
+from engine.participants import ParticipantWatch
 from engine.processor import Clock, Processor, utc_now
 from engine.relay import Relay
 from engine.streams import ensure_streams
@@ -45,6 +47,9 @@ class EngineConfig:
     relay: bool = True
     timers: bool = True
     delegation: bool = True
+    #: Heartbeats, online/offline transitions and the participant watch.
+    liveness: bool = True
+    liveness_config: LivenessConfig = field(default_factory=LivenessConfig)
     replicas: int = 1
     workflow_types: WorkflowTypeRegistry = field(default_factory=WorkflowTypeRegistry)
     is_operator: Callable[[str], bool] = field(default=lambda actor: False)
@@ -62,6 +67,8 @@ class EngineService:
         self.relay: Relay | None = None
         self.timer: SessionTimer | None = None
         self.delegation: DelegationManager | None = None
+        self.liveness: LivenessMonitor | None = None
+        self.participants: ParticipantWatch | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -91,6 +98,16 @@ class EngineService:
         if cfg.delegation:
             self.delegation = DelegationManager(self.recorder, self.worker)
             self._tasks.append(asyncio.create_task(self.delegation.run(), name="engine-delegation"))
+        if cfg.liveness:
+            self.liveness = LivenessMonitor(
+                self.recorder, self.worker, self.nc, cfg.liveness_config, cfg.clock, cfg.replicas
+            )
+            await self.liveness.start()
+            self._tasks.append(asyncio.create_task(self.liveness.run(), name="engine-liveness"))
+            self.participants = ParticipantWatch(self.recorder, self.worker)
+            self._tasks.append(
+                asyncio.create_task(self.participants.run(), name="engine-participants")
+            )
         await self.worker.start()
 
     async def wait_failed(self) -> asyncio.Task[None]:

@@ -173,7 +173,7 @@ class CommandWorker:
         try:
             command = parse_message(msg.subject, msg.data)
         except Rejection as rejection:
-            await self._reject(msg, rejection)
+            await self.reject(msg, rejection)
             return
         self.queue.put_nowait(Incoming(command, msg.reply or None))
 
@@ -183,7 +183,8 @@ class CommandWorker:
         self.queue.put_nowait(Incoming(command, None, done))
         return await done
 
-    async def _reject(self, msg: Msg, rejection: Rejection) -> None:
+    async def reject(self, msg: Msg, rejection: Rejection) -> None:
+        """Answer an invalid message (if it asked) and copy it to the dead letters."""
         reply = Reply(
             command_id=_command_id_of(msg.data),
             status="rejected",

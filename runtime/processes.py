@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from contracts.workflow_types import WorkflowTypeRegistry
+from engine.liveness import LivenessConfig
 from engine.service import EngineConfig, EngineService
 from events.store import open_recorder
 from gateway.keys import KeyStore
@@ -49,6 +50,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         replicas=s.stream_replicas,
         workflow_types=WorkflowTypeRegistry.load(s.workflow_types),
         is_operator=operator_check(Path(str(s.keys_path))),
+        liveness_config=LivenessConfig(s.heartbeat_interval, s.missed_heartbeats),
     )
 
 

@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     stream_replicas: int = Field(default=1, ge=1, le=5)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: str = "WARNING"
+    heartbeat_interval: float = Field(
+        default=5.0, gt=0, le=3600, description="Seconds between an agent's heartbeats"
+    )
+    missed_heartbeats: int = Field(
+        default=3, ge=1, le=1000, description="Missed heartbeats before an agent is offline"
+    )
     workflow_types: Path | None = Field(
         default=None, description="TOML file of extra workflow types ([[workflow_types]])"
     )
@@ -62,6 +68,8 @@ class Settings(BaseSettings):
             "CHORUS_STREAM_REPLICAS": str(s.stream_replicas),
             "CHORUS_MAX_BODY_BYTES": str(s.max_body_bytes),
             "CHORUS_LOG_LEVEL": s.log_level,
+            "CHORUS_HEARTBEAT_INTERVAL": str(s.heartbeat_interval),
+            "CHORUS_MISSED_HEARTBEATS": str(s.missed_heartbeats),
         }
         if s.nats_url:
             env["CHORUS_NATS_URL"] = s.nats_url

@@ -238,3 +238,52 @@ async def test_a_delegation_the_engine_cannot_open_fails_the_phase_with_the_reas
         )
     failed = next(r for r in events_of(database_url, wid) if r.type == "PhaseFailed")
     assert failed.data["error"]["code"] == "invalid_command"
+
+
+ROUTED = WorkflowType(
+    name="reviewed",
+    phases=[
+        Phase(
+            name="review",
+            delegate=Delegation(
+                capabilities=["review"],
+                size=2,
+                timeout_seconds=60,
+                criteria=Criteria(min_results=2),
+            ),
+        ),
+        Phase(name="release"),
+    ],
+)
+
+
+async def test_a_phase_delegated_by_capabilities_goes_to_the_most_reliable_agents(
+    nats_server: NatsEndpoint, nc: NATS, database_url: str
+) -> None:
+    cfg = EngineConfig(nats_url=nats_server.url, database_url=database_url,
+                       workflow_types=WorkflowTypeRegistry([*BUILT_IN, ROUTED]))  # fmt: skip
+    async with EngineService(cfg):
+        for name, caps in (("rev-a", ["review"]), ("rev-b", ["review", "py"]), ("coder", ["py"])):
+            reply = await send(nc, name, "register", {"name": name, "capabilities": caps},
+                               aggregate="agent")  # fmt: skip
+            assert reply["status"] == "accepted"
+        wid = await start(nc)
+        sid = delegated_session_id(wid, "review")
+        await until(lambda: events_of(database_url, sid), "the session to open")
+        opened = events_of(database_url, sid)[0].data
+        assert sorted(opened["participants"]) == ["rev-a", "rev-b"]
+        assert opened["routing"]["capabilities"] == ["review"]
+        for agent in opened["participants"]:
+            await send(nc, agent, "submit_result", {"session_id": sid, "result": {"ok": 1}})
+        await until(
+            lambda: any(r.type == "PhaseCompleted" for r in events_of(database_url, wid)),
+            "the phase to complete",
+        )
+        # Not enough agents with a capability: the phase fails with the count found.
+        await send(nc, "rev-a", "retire", {"agent_id": "rev-a"}, aggregate="agent")
+        second = await start(nc)
+        await until(lambda: events_of(database_url, second)[-1].type == "WorkflowFailed",
+                    "the phase to fail")  # fmt: skip
+    failed = next(r for r in events_of(database_url, second) if r.type == "PhaseFailed")
+    assert failed.data["error"]["code"] == "not_enough_agents"
+    assert "1 online agent(s)" in failed.data["error"]["message"]

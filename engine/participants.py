@@ -1,0 +1,123 @@
+"""The participant watch: a session learns when a participant it waits on goes offline.
+
+A process manager following the log. It knows each open session's pending participants
+and each agent's status; when a pending participant is offline (it went offline, or it
+already was when the session opened) it sends the session ``participant_lost``, and the
+session's policy (wait, fail_fast, replace) decides what follows. The command id is
+derived from the session, the agent and the agent's version at that moment
+(``lost:<session>:<agent>:<v>``), so a restart that re-reads the log re-sends only
+duplicates, and a participant lost, back, and lost again is reported twice.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from eventsourcing.persistence import ApplicationRecorder
+
+from contracts.envelope import Envelope
+from contracts.errors import STORE_UNAVAILABLE
+from contracts.feed import EventRecord
+from contracts.sessions import ParticipantLost
+from engine.follower import LogFollower
+from engine.handlers import HANDLERS
+from engine.processor import Command
+from engine.worker import CommandWorker
+from events.codec import topic_of
+
+log = logging.getLogger(__name__)
+
+TOPICS = [
+    topic_of("session", t)
+    for t in ("SessionOpened", "ResultSubmitted", "ParticipantReplaced", "SessionFinalised",
+              "SessionTimedOut", "SessionCancelled")
+] + [
+    topic_of("agent", t)
+    for t in ("AgentRegistered", "AgentCameOnline", "AgentWentOffline", "AgentRetired")
+]  # fmt: skip
+CLOSING = {"SessionFinalised", "SessionTimedOut", "SessionCancelled"}
+
+
+class ParticipantWatch(LogFollower):
+    topics = TOPICS
+
+    def __init__(
+        self, recorder: ApplicationRecorder, worker: CommandWorker, *, idle: float = 0.1
+    ) -> None:
+        super().__init__(recorder, worker, idle=idle)
+        self._pending: dict[str, set[str]] = {}  # session -> participants yet to submit
+        self._sessions_of: dict[str, set[str]] = {}  # agent -> open sessions waiting on it
+        self._name: dict[str, str] = {}  # agent aggregate id -> agent id
+        self._status: dict[str, tuple[str, int]] = {}  # agent id -> (status, version)
+        self._to_report: dict[tuple[str, str], int] = {}  # (session, agent) -> agent version
+        self.reported = 0
+
+    def observe(self, record: EventRecord) -> None:
+        data, key = record.data, record.aggregate_id
+        match record.type:
+            case "AgentRegistered":
+                self._name[key] = data["agent_id"]
+                self._status[data["agent_id"]] = ("online", record.version)
+            case "AgentCameOnline" | "AgentWentOffline" | "AgentRetired":
+                agent = self._name.get(key)
+                if agent is None:
+                    return
+                status = {"AgentCameOnline": "online", "AgentWentOffline": "offline"}.get(
+                    record.type, "retired"
+                )
+                self._status[agent] = (status, record.version)
+                if status != "online":
+                    for sid in self._sessions_of.get(agent, ()):
+                        self._to_report[(sid, agent)] = record.version
+            case "SessionOpened":
+                self._pending[key] = set(data["participants"])
+                for agent in data["participants"]:
+                    self._sessions_of.setdefault(agent, set()).add(key)
+                    status, version = self._status.get(agent, ("unknown", 0))
+                    if status in ("offline", "retired"):
+                        self._to_report[(key, agent)] = version
+            case "ResultSubmitted":
+                self._leave(key, data["agent_id"])
+            case "ParticipantReplaced":
+                self._leave(key, data["replaced"])
+                new = data["replacement"]
+                self._pending.setdefault(key, set()).add(new)
+                self._sessions_of.setdefault(new, set()).add(key)
+            case closing if closing in CLOSING:
+                for agent in self._pending.pop(key, set()):
+                    self._leave(key, agent)
+
+    def _leave(self, sid: str, agent: str) -> None:
+        self._pending.get(sid, set()).discard(agent)
+        sessions = self._sessions_of.get(agent)
+        if sessions is not None:
+            sessions.discard(sid)
+            if not sessions:
+                del self._sessions_of[agent]
+        self._to_report.pop((sid, agent), None)
+
+    async def act(self) -> None:
+        """Report every pending participant that is (still) offline or retired."""
+        handler = HANDLERS[("session", "participant_lost")]
+        for (sid, agent), version in list(self._to_report.items()):
+            status, _ = self._status.get(agent, ("unknown", 0))
+            if status == "online" or agent not in self._pending.get(sid, ()):
+                self._to_report.pop((sid, agent), None)  # back, or no longer waited on
+                continue
+            reason = "agent retired" if status == "retired" else "agent went offline"
+            reply = await self.worker.submit(
+                Command(
+                    actor="system",
+                    handler=handler,
+                    envelope=Envelope(
+                        command_id=f"lost:{sid}:{agent}:{version}",
+                        payload=ParticipantLost(session_id=sid, agent_id=agent, reason=reason),
+                        correlation_id=sid,
+                    ),
+                )
+            )
+            if reply.error is not None and reply.error.code == STORE_UNAVAILABLE:
+                return  # nothing recorded: next round
+            self._to_report.pop((sid, agent), None)
+            if reply.status == "accepted":
+                self.reported += 1

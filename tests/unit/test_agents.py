@@ -1,0 +1,195 @@
+"""Agents as pure logic: the fold, registry rules, evidence checks, quality, routing and
+the participant-loss policies (no bus, no store: contexts are plain functions)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from contracts.agents import (
+    MarkOffline,
+    MarkOnline,
+    RegisterAgent,
+    VerifyCompletion,
+    agent_uuid,
+)
+from contracts.sessions import OpenSession, ParticipantLost, SubmitResult, Task
+from engine import errors
+from engine.agent import (
+    AgentState,
+    decide_mark_offline,
+    decide_mark_online,
+    decide_register,
+    decide_verify_completion,
+)
+from engine.context import EngineContext
+from engine.evidence import CLOCK_SKEW, quality_parts, quality_score, result_hash
+from engine.routing import route
+from engine.session import SessionState, decide_open, decide_participant_lost, decide_submit
+from events.agent import CompletionRejected, CompletionVerified
+from events.reliability import reliability_score, success_rate
+
+NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+SID = uuid.UUID("0b7e0c3a-6f0e-4c55-8f1e-2d6a7c9a1b01")
+
+
+def agent(name: str, caps: tuple[str, ...] = (), status: str = "online", verified: int = 0,
+          rejected: int = 0) -> AgentState:  # fmt: skip
+    state = AgentState(id=agent_uuid(name))
+    for event in decide_register(state, RegisterAgent(name=name, capabilities=list(caps)),
+                                 name, NOW):  # fmt: skip
+        state.apply(event)
+    state.status, state.verified, state.rejected = status, verified, rejected
+    return state
+
+
+def fold(state: Any, events: list[Any]) -> Any:
+    for event in events:
+        state.apply(event)
+    return state
+
+
+def test_reliability_is_laplace_smoothed_and_success_rate_is_observed() -> None:
+    assert reliability_score(0, 0) == 0.5
+    assert reliability_score(1, 0) == pytest.approx(2 / 3, abs=1e-6)
+    assert reliability_score(10, 0) == pytest.approx(11 / 12, abs=1e-6)
+    assert reliability_score(3, 1) == pytest.approx(4 / 6, abs=1e-6)
+    assert success_rate(0, 0) is None
+    assert success_rate(3, 1) == 0.75
+
+
+def test_registration_is_idempotent_for_the_owner_only() -> None:
+    state = agent("a1", ("py",))
+    assert state.status == "online" and state.owner == "a1"
+    assert decide_register(state, RegisterAgent(name="a1", capabilities=["py"]), "a1", NOW) == []
+    with pytest.raises(errors.AgentNameTaken):
+        decide_register(state, RegisterAgent(name="a1"), "someone-else", NOW)
+
+
+def test_liveness_transitions_only_change_what_is_true() -> None:
+    state = agent("a1")
+    with pytest.raises(errors.NoChange):
+        decide_mark_online(state, MarkOnline(agent_id="a1", last_seen=NOW), "system", NOW)
+    stale = MarkOffline(agent_id="a1", last_seen=NOW - timedelta(hours=1), missed_heartbeats=3)
+    with pytest.raises(errors.NoChange, match="seen after"):
+        decide_mark_offline(state, stale, "system", NOW)
+    later = NOW + timedelta(seconds=30)
+    offline = MarkOffline(agent_id="a1", last_seen=later, missed_heartbeats=3)
+    fold(state, decide_mark_offline(state, offline, "system", later))
+    assert state.status == "offline"
+    fold(state, decide_mark_online(state, MarkOnline(agent_id="a1", last_seen=later), "s", later))
+    assert state.status == "online" and state.version == 3
+
+
+def test_routing_ranks_by_reliability_then_id_among_eligible_online_agents() -> None:
+    agents = [
+        agent("zed", ("py",), verified=3),  # 4/5 = 0.8
+        agent("amy", ("py", "go"), verified=3),  # 0.8, wins the tie by id
+        agent("bob", ("py",)),  # 0.5
+        agent("off", ("py",), status="offline", verified=50),
+        agent("gopher", ("go",), verified=50),
+    ]
+    routing = route(agents, ["py"], 2)
+    assert routing.chosen == ["amy", "zed"]
+    assert [c.agent_id for c in routing.candidates] == ["amy", "zed", "bob"]
+    assert routing.eligible == 3
+    assert route(agents, ["py"], 1, exclude={"amy"}).chosen == ["zed"]
+    with pytest.raises(errors.NotEnoughAgents) as caught:
+        route(agents, ["py", "go"], 2)
+    assert caught.value.details == {"found": 1, "required": 2, "capabilities": ["go", "py"]}
+
+
+def session_with(participants: list[str], policy: str = "wait", caps: tuple[str, ...] = (),
+                 directory: list[AgentState] = ()) -> tuple[SessionState, EngineContext]:  # fmt: skip
+    ctx = EngineContext(agents=lambda: directory)
+    state = SessionState(id=SID)
+    opened = OpenSession(session_id=str(SID), participants=participants, capabilities=list(caps),
+                         task=Task(description="t"), on_participant_lost=policy)  # fmt: skip
+    return fold(state, decide_open(state, opened, "coord", NOW, ctx)), ctx
+
+
+def test_a_routed_session_records_its_candidates() -> None:
+    ctx = EngineContext(agents=lambda: [agent("a", ("py",), verified=1), agent("b", ("py",))])
+    opened = OpenSession(
+        session_id=str(SID), size=1, capabilities=["py"], task=Task(description="t")
+    )
+    event = decide_open(SessionState(id=SID), opened, "coord", NOW, ctx)[0]
+    assert event.participants == ["a"]
+    assert event.routing.chosen == ["a"] and len(event.routing.candidates) == 2
+
+
+def test_lost_participant_policies() -> None:
+    lost = ParticipantLost(session_id=str(SID), agent_id="b")
+    waiting, _ = session_with(["a", "b"])
+    events = decide_participant_lost(waiting, lost, "system", NOW)
+    assert [e.action for e in events] == ["waiting"]
+
+    failing, _ = session_with(["a", "b"], "fail_fast")
+    events = decide_participant_lost(failing, lost, "system", NOW)
+    assert [type(e).__name__ for e in events] == ["ParticipantLost", "SessionFinalised"]
+    assert fold(failing, events).status == "failed"
+
+    spares = [agent("c", ("py",)), agent("d", ("py",), verified=2), agent("e", ())]
+    replacing, ctx = session_with(["a", "b"], "replace", ("py",), spares)
+    events = decide_participant_lost(replacing, lost, "system", NOW, ctx)
+    assert events[1].replacement == "d"  # the most reliable with the capability
+    fold(replacing, events)
+    assert replacing.participants == ("a", "d") and replacing.assigned_at["d"] == NOW
+    with pytest.raises(errors.NotAParticipant):
+        decide_submit(replacing, SubmitResult(session_id=str(SID), result={}), "b", NOW)
+    with pytest.raises(errors.NoChange):  # b is no longer waited on
+        decide_participant_lost(replacing, lost, "system", NOW, ctx)
+
+    nobody, ctx = session_with(["a", "b"], "replace", ("py",), [])
+    events = decide_participant_lost(nobody, lost, "system", NOW, ctx)
+    assert [e.action for e in events] == ["waiting"] and "no replacement" in events[0].reason
+
+
+def verify(session: SessionState, claim: dict[str, Any], done: set[str] = frozenset()) -> Any:
+    me = agent("a")
+    me.verified_tasks = set(done)
+    ctx = EngineContext(load=lambda aggregate, aggregate_id: session)
+    cmd = VerifyCompletion(**{"agent_id": "a", "task_id": str(SID), "completion_time": NOW,
+                              "output_hash": result_hash({"x": 1}), **claim})  # fmt: skip
+    return decide_verify_completion(me, cmd, "a", NOW + timedelta(seconds=60), ctx)[0]
+
+
+def test_evidence_checks_name_every_failed_check() -> None:
+    session, _ = session_with(["a", "b"])
+    fold(session, decide_submit(session, SubmitResult(session_id=str(SID), result={"x": 1}),
+                                "a", NOW))  # fmt: skip
+    verdict = verify(session, {"completion_time": NOW + timedelta(seconds=30)})
+    assert isinstance(verdict, CompletionVerified)
+    # timeliness 1 - 30/600, agreement 1 (a lone result)
+    assert verdict.quality_score == pytest.approx(0.5 + 0.3 * 0.95 + 0.2, abs=1e-6)
+    bad = verify(session, {"output_hash": "x", "completion_time": NOW + timedelta(hours=1)},
+                 done={str(SID)})  # fmt: skip
+    assert isinstance(bad, CompletionRejected) and bad.quality_score == 0
+    assert [r.code for r in bad.reasons] == ["already_verified", "hash_mismatch",
+                                             "completion_in_future"]  # fmt: skip
+    early = verify(session, {"completion_time": NOW - CLOCK_SKEW - timedelta(seconds=1)})
+    assert [r.code for r in early.reasons] == ["completion_before_assignment"]
+    skewed = verify(session, {"completion_time": NOW - CLOCK_SKEW})
+    assert isinstance(skewed, CompletionVerified)
+    assert [r.code for r in verify(SessionState(id=SID), {}).reasons] == ["task_not_found"]
+    other, _ = session_with(["b"])
+    assert [r.code for r in verify(other, {}).reasons] == ["not_assigned"]
+    pending, _ = session_with(["a"])
+    assert [r.code for r in verify(pending, {}).reasons] == ["no_result"]
+
+
+def test_quality_score_formula() -> None:
+    assert quality_score(quality_parts(0, 600, 1.0)) == 1.0
+    assert quality_score(quality_parts(600, 600, 0.0)) == 0.5
+    assert quality_score(quality_parts(900, 600, 0.5)) == 0.6
+    assert quality_score(quality_parts(150, 600, 0.5)) == pytest.approx(0.5 + 0.225 + 0.1)
+
+
+def test_result_hash_is_sha256_of_canonical_json() -> None:
+    import hashlib
+
+    expected = hashlib.sha256(b'{"a":[1,2],"b":"x"}').hexdigest()
+    assert result_hash({"b": "x", "a": [1, 2]}) == f"sha256:{expected}"
