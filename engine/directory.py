@@ -15,6 +15,7 @@ from eventsourcing.persistence import ApplicationRecorder
 from engine.agent import AgentState
 from events.agent import AGENT_EVENTS
 from events.codec import decode_record, topic_of, typed_event
+from events.store import select_topics_after
 
 TOPICS = [topic_of("agent", name) for name in AGENT_EVENTS]
 
@@ -31,9 +32,7 @@ class AgentDirectory:
         """Read what is new; returns every agent by id (do not mutate)."""
         with self._lock:
             while True:
-                batch = self.recorder.select_notifications(self.position + 1, 1000, topics=TOPICS)
-                if not batch:
-                    return self.by_id
+                batch, position = select_topics_after(self.recorder, self.position, TOPICS)
                 for notification in batch:
                     record = decode_record(notification)
                     event = typed_event(record)
@@ -46,4 +45,6 @@ class AgentDirectory:
                     state.last_hash = record.hash
                     if state.agent_id:
                         self.by_id[state.agent_id] = state
-                self.position = batch[-1].id
+                if position == self.position:
+                    return self.by_id
+                self.position = position

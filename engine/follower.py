@@ -16,6 +16,7 @@ from contracts.aio import raise_if_cancelling
 from contracts.feed import EventRecord
 from engine.worker import CommandWorker
 from events.codec import decode_record
+from events.store import select_topics_after
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,12 @@ class LogFollower:
 
     def _catch_up(self) -> None:
         while True:
-            batch = self.recorder.select_notifications(self.position + 1, 1000, topics=self.topics)
-            if not batch:
-                return
+            batch, position = select_topics_after(self.recorder, self.position, self.topics)
             for notification in batch:
                 self.observe(decode_record(notification))
-            self.position = batch[-1].id
+            if position == self.position:
+                return
+            self.position = position
 
     async def run(self) -> None:
         while True:

@@ -26,6 +26,7 @@ from engine.handlers import HANDLERS, Handler
 from engine.processor import Command, utc_now
 from engine.worker import CommandWorker
 from events.codec import decode_record, topic_of
+from events.store import select_topics_after
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,7 @@ class SessionTimer:
 
     def _catch_up(self) -> None:
         while True:
-            batch = self.recorder.select_notifications(
-                self.position + 1, 1000, topics=[OPENED, *CLOSING]
-            )
-            if not batch:
-                return
+            batch, position = select_topics_after(self.recorder, self.position, [OPENED, *CLOSING])
             for n in batch:
                 record = decode_record(n)
                 if n.topic == OPENED:
@@ -70,7 +67,9 @@ class SessionTimer:
                     self._open.add(record.aggregate_id)
                 else:
                     self._open.discard(record.aggregate_id)
-            self.position = batch[-1].id
+            if position == self.position:
+                return
+            self.position = position
 
     @staticmethod
     def _timeout(handler: Handler, session_id: str) -> Command:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -131,3 +132,22 @@ def select_first_events(
         aggregate_id = by_key.get(raw) or UUID(str(raw))
         found[aggregate_id] = _notification(row, aggregate_id)
     return found
+
+
+def select_topics_after(
+    recorder: ApplicationRecorder, position: int, topics: list[str], limit: int = 1000
+) -> tuple[Sequence[Notification], int]:
+    """The next notifications of ``topics`` after ``position``, and the position to go on
+    from.
+
+    When none of the rest of the log matches, the position jumps to the log's end (read
+    before the query, so nothing committed meanwhile is skipped): followers of rare topics
+    (agents, timers) then scan only what is new, not everything since their last match.
+    """
+    end = recorder.max_notification_id() or 0
+    if end <= position:
+        return [], position
+    batch = recorder.select_notifications(position + 1, limit, stop=end, topics=topics)
+    if len(batch) < limit:
+        return batch, end
+    return batch, batch[-1].id

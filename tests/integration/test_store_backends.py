@@ -156,3 +156,26 @@ def test_projection_equals_its_rebuild(store_url: str, tmp_path: Path) -> None:
     assert view is not None
     assert view.status == "failed"
     assert live.position == rebuilt.position == recorder.max_notification_id()
+
+
+def test_a_follower_of_rare_topics_skips_to_the_end_of_the_log(store_url: str) -> None:
+    """Timers, process managers and the agent directory follow a few topics: with no match
+    left they move to the log's end, so the next read scans only what is new."""
+    from events.store import select_topics_after
+
+    recorder = open_recorder(store_url)
+    processor = Processor(recorder, clock=lambda: NOW)
+    sids = [str(uuid.uuid4()) for _ in range(3)]
+    processor.handle_batch([open_cmd(sid, ["a"]) for sid in sids])
+    end = recorder.max_notification_id()
+    opened = ["session.SessionOpened"]
+    batch, position = select_topics_after(recorder, 0, opened)
+    assert [str(n.originator_id) for n in batch] == sids and position == end
+    assert select_topics_after(recorder, position, opened) == ([], end)
+    rare, position = select_topics_after(recorder, 0, ["agent.AgentRegistered"])
+    assert rare == [] and position == end
+    # Paging: a full page stops at its last match, so nothing is skipped.
+    page, position = select_topics_after(recorder, 0, opened, limit=2)
+    assert len(page) == 2 and position == page[-1].id
+    rest, position = select_topics_after(recorder, position, opened, limit=2)
+    assert [str(n.originator_id) for n in rest] == sids[2:] and position == end
