@@ -211,10 +211,11 @@ class StopReport:
 class ChorusUp:
     """``chorus up`` as a child process; reads its banner; stops it and looks for orphans."""
 
-    def __init__(self, data_dir: Path, port: int, log_dir: Path) -> None:
+    def __init__(self, data_dir: Path, port: int, log_dir: Path, **env: str) -> None:
         self.data_dir = data_dir
         self.port = port
         self.log_dir = log_dir
+        self.env = env  # CHORUS_* settings for this run
         self.process: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self._cond = threading.Condition()
@@ -251,7 +252,7 @@ class ChorusUp:
         self.process = subprocess.Popen(
             cli("up", "--data-dir", str(self.data_dir), "--port", str(self.port)),
             cwd=self.log_dir,
-            env=clean_env(),
+            env=clean_env(**self.env),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -346,9 +347,9 @@ def assert_clean_stop(report: StopReport, timeout: float = 15) -> None:
 
 
 @contextlib.contextmanager
-def running_chorus(data_dir: Path, port: int, log_dir: Path) -> Iterator[ChorusUp]:
+def running_chorus(data_dir: Path, port: int, log_dir: Path, **env: str) -> Iterator[ChorusUp]:
     """Start ``chorus up``; always stop it; on a clean body, assert a clean stop too."""
-    up = ChorusUp(data_dir, port, log_dir)
+    up = ChorusUp(data_dir, port, log_dir, **env)
     try:
         up.start()
     except BaseException:
