@@ -7,10 +7,12 @@ The engine keys the agent aggregate by ``agent_uuid(agent_id)``.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
+import msgspec
 from msgspec import Meta, Struct
 
 from contracts.sessions import Capability, Id
@@ -22,6 +24,15 @@ OutputHash = Annotated[str, Meta(min_length=1, max_length=200)]
 #: A task is a session the agent took part in (its id), or a workflow phase
 #: (``<workflow_id>/<phase>``).
 TaskId = Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
+def result_hash(result: dict[str, Any]) -> str:
+    """The hash recorded for a result submitted without its own ``output_hash``:
+    ``sha256:`` + hex sha256 of its canonical JSON (sorted keys, no whitespace)."""
+    return "sha256:" + hashlib.sha256(_canonical.encode(result)).hexdigest()
 
 
 def agent_uuid(agent_id: str) -> uuid.UUID:

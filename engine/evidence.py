@@ -30,25 +30,16 @@ half, speed and consensus the rest.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-import msgspec
-
-from contracts.agents import VerifyCompletion
+from contracts.agents import VerifyCompletion, result_hash
 from engine.context import EngineContext
 from events.agent import CompletionRejected, CompletionVerified, Rejection
 
 CLOCK_SKEW = timedelta(seconds=5)
-_canonical = msgspec.json.Encoder(order="sorted")
-
-
-def result_hash(result: dict[str, Any]) -> str:
-    """The hash recorded for a result that came without its own ``output_hash``."""
-    return "sha256:" + hashlib.sha256(_canonical.encode(result)).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from contracts.agents import (
     RegisterAgent,
     VerifyCompletion,
     agent_uuid,
+    result_hash,
 )
 from contracts.sessions import OpenSession, ParticipantLost, SubmitResult, Task
 from engine import errors
@@ -26,7 +27,7 @@ from engine.agent import (
     decide_verify_completion,
 )
 from engine.context import EngineContext
-from engine.evidence import CLOCK_SKEW, quality_parts, quality_score, result_hash
+from engine.evidence import CLOCK_SKEW, quality_parts, quality_score
 from engine.routing import route
 from engine.session import SessionState, decide_open, decide_participant_lost, decide_submit
 from events.agent import CompletionRejected, CompletionVerified
