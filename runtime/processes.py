@@ -14,6 +14,7 @@ from contracts.workflow_types import WorkflowTypeRegistry
 from engine.service import EngineConfig, EngineService
 from events.store import open_recorder
 from gateway.keys import KeyStore
+from projections.agents import AgentsProjection
 from projections.readstore import ReadStore
 from projections.runner import ProjectionRunner
 from projections.sessions import SessionsProjection
@@ -94,7 +95,11 @@ def run_engine(settings: Settings) -> None:
         raise SystemExit(code)
 
 
-PROJECTIONS = {"sessions": SessionsProjection, "workflows": WorkflowsProjection}
+PROJECTIONS = {
+    "sessions": SessionsProjection,
+    "workflows": WorkflowsProjection,
+    "agents": AgentsProjection,
+}
 
 
 def projection_runners(
