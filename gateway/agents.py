@@ -131,7 +131,8 @@ def _as_of(value: str | None) -> datetime:
     if value is None:
         return datetime.now(UTC)
     try:
-        return read_model.parse_time(value)
+        # An unencoded "+00:00" arrives as " 00:00": take it as meant.
+        return read_model.parse_time(value.strip().replace(" ", "+"))
     except ValueError:
         raise Problem(
             400, "invalid_parameter", "as_of must be an RFC 3339 time, e.g. 2026-11-30T10:00:00Z",

@@ -436,3 +436,10 @@ async def test_the_agents_api_is_in_the_openapi_document(http):
     assert {"get", "post"} <= set(paths["/api/v1/agents"])
     for suffix in ("capabilities", "retire", "heartbeat", "verify-completion", "metrics", "events"):
         assert f"/api/v1/agents/{{agent_id}}/{suffix}" in paths, suffix
+
+
+async def test_ready_reports_the_lag_of_every_read_model(http, gateway):
+    await registered(http, gateway.key("a1"), "a1")
+    checks = (await http.get("/ready")).json()["checks"]
+    assert set(checks["projections"]) == {"sessions", "workflows", "agents"}
+    assert checks["projections"]["agents"]["position"] >= 1
