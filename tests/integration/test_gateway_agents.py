@@ -12,8 +12,11 @@ import nats
 import pytest
 
 from contracts.agents import agent_uuid
+from engine.evidence import result_hash
+from tests.integration.test_bus import send
 from tests.integration.test_gateway_support import (
     assert_problem,
+    eventually,
     open_session,
     problem_fields,
     submit,
@@ -443,3 +446,37 @@ async def test_ready_reports_the_lag_of_every_read_model(http, gateway):
     checks = (await http.get("/ready")).json()["checks"]
     assert set(checks["projections"]) == {"sessions", "workflows", "agents"}
     assert checks["projections"]["agents"]["position"] >= 1
+
+
+async def test_a_workflow_phase_makes_its_assignee_busy_and_can_be_verified(http, gateway, nc):
+    a1 = gateway.key("a1")
+    await registered(http, a1, "a1")
+    started = await http.post(
+        "/api/v1/workflows",
+        json={"requirements": "ship it", "workflow_type": "quick"},
+        headers=gateway.key("ops", "operator"),
+    )
+    assert started.status_code == 202, started.text
+    wid = started.json()["workflow_id"]
+    task_id = f"{wid}/implement"
+    reply = await send(nc, "a1", "start_phase", {"workflow_id": wid, "phase": "implement"},
+                       aggregate="workflow")  # fmt: skip
+    assert reply["status"] == "accepted", reply
+
+    async def busy() -> bool:
+        view = await get_agent(http, a1, "a1")
+        return view["status"] == "busy" and view["open_assignments"][0]["task_id"] == task_id
+
+    await eventually(busy, what="a1 busy with its phase")
+    result = {"diff": "+retry"}
+    reply = await send(nc, "a1", "complete_phase",
+                       {"workflow_id": wid, "phase": "implement", "result": result},
+                       aggregate="workflow")  # fmt: skip
+    assert reply["status"] == "accepted", reply
+
+    verdict = await verify(http, a1, "a1", task_id=task_id, completion_time=now(),
+                           output_hash=result_hash(result))  # fmt: skip
+    assert verdict.status_code == 200, verdict.text
+    assert (verdict.json()["verdict"], verdict.json()["task_kind"]) == ("verified", "phase")
+    view = await get_agent(http, a1, "a1")
+    assert (view["status"], view["total_tasks"], view["verified"]) == ("online", 1, 1)
