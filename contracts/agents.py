@@ -92,7 +92,7 @@ class VerifyCompletion(Struct, kw_only=True, frozen=True, forbid_unknown_fields=
 
     agent_id: Id
     task_id: TaskId
-    completion_time: datetime
+    completion_time: Annotated[datetime, Meta(tz=True)]
     output_hash: OutputHash
     response_time: Annotated[float, Meta(ge=0, le=30 * 86_400)] | None = None
 

@@ -52,6 +52,7 @@ NO_CHANGE = "no_change"  # an engine-issued transition that already happened
 INTERNAL_ERROR = "internal_error"  # a bug: nothing was recorded
 STORE_UNAVAILABLE = "store_unavailable"  # nothing was recorded: retry with the same command_id
 ENGINE_UNAVAILABLE = "engine_unavailable"  # no engine answered in time
+READ_MODEL_BEHIND = "read_model_behind"  # recorded, but not readable yet: retry the read
 
 #: HTTP status for each code (the gateway's view; the bus carries only the code).
 HTTP_STATUS: dict[str, int] = {
@@ -83,4 +84,5 @@ HTTP_STATUS: dict[str, int] = {
     INTERNAL_ERROR: 500,
     STORE_UNAVAILABLE: 503,
     ENGINE_UNAVAILABLE: 503,
+    READ_MODEL_BEHIND: 503,
 }

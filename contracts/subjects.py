@@ -4,6 +4,7 @@ Commands: ``chorus.cmd.<actor_id>.<aggregate>.<command>``. The actor is a subjec
 so NATS permissions can pin each agent user to ``chorus.cmd.<its id>.>``.
 Events: ``chorus.evt.<aggregate>.<aggregate_id>.<EventType>`` in the EVENTS stream.
 Dead letters: ``chorus.dlq.<reason>``.
+Health checks: ``chorus.agent.<agent_id>.ping``, a request each agent answers (any body).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from msgspec import Struct
 CMD_PREFIX = "chorus.cmd"
 EVT_PREFIX = "chorus.evt"
 DLQ_PREFIX = "chorus.dlq"
+AGENT_PREFIX = "chorus.agent"
 
 #: Queue group shared by engine workers: each command is handled by exactly one worker.
 ENGINE_QUEUE = "chorus-engine"
@@ -76,3 +78,10 @@ def dlq_subject(reason: str) -> str:
 def event_message_id(aggregate_id: str, version: int) -> str:
     """JetStream ``Nats-Msg-Id`` of an event: republishing it is absorbed as a duplicate."""
     return f"{aggregate_id}:{version}"
+
+
+def agent_ping_subject(agent_id: str) -> str:
+    """Where an agent answers health-check pings: a NATS request, any reply counts."""
+    if not is_token(agent_id):
+        raise ValueError(f"agent id {agent_id!r} is not a valid subject token")
+    return f"{AGENT_PREFIX}.{agent_id}.ping"

@@ -17,6 +17,8 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from contracts.workflow_types import WorkflowTypeRegistry
+from gateway.agent_feed import agent_feed
+from gateway.agents import AgentController
 from gateway.auth import BearerKeyMiddleware, KeyCache
 from gateway.bus import CommandBus
 from gateway.errors import EXCEPTION_HANDLERS, add_request_id_header
@@ -82,6 +84,8 @@ def create_app(config: GatewayConfig) -> Litestar:
             workflow_status_alias,
             list_workflow_types,
             define_workflow_type,
+            AgentController,
+            agent_feed,
             health,
             ready,
         ],

@@ -43,8 +43,12 @@ class CommandBus:
             payload=payload,
             correlation_id=correlation_id,
         )
-        subject = command_subject(actor, aggregate, command)
-        body = _encoder.encode(envelope)
+        return await self.exchange(command_subject(actor, aggregate, command),
+                                   _encoder.encode(envelope))  # fmt: skip
+
+    async def exchange(self, subject: str, body: bytes) -> Reply:
+        """Send ``body`` to a command subject and decode the engine's Reply (for commands
+        whose body is not an envelope, such as heartbeats). Raises Problem like ``send``."""
         try:
             msg = await self._request(subject, body)
         except NoRespondersError:

@@ -8,7 +8,9 @@ from typing import Any
 from litestar import Response, get
 
 from gateway.state import ServicesDep
-from projections import sessions as read_model
+from projections import agents, sessions, workflows
+
+PROJECTION_NAMES = (sessions.NAME, workflows.NAME, agents.NAME)
 
 
 @get("/health", exclude_from_auth=True, tags=["health"], summary="The gateway process is alive")
@@ -27,13 +29,13 @@ async def ready(services: ServicesDep) -> Response[dict[str, Any]]:
         head = None
         checks["event_store"] = False
         checks["event_store_error"] = str(error)
-    position = services.reads.position(read_model.NAME)
-    checks["projections"] = {
-        read_model.NAME: {
+    checks["projections"] = {}
+    for name in PROJECTION_NAMES:
+        position = services.reads.position(name)
+        checks["projections"][name] = {
             "position": position,
             "lag": (head - position) if head is not None else None,
         }
-    }
     ok = bool(checks["nats"] and checks["event_store"])
     return Response(
         {"status": "ready" if ok else "unavailable", "checks": checks},

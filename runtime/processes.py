@@ -15,6 +15,7 @@ from engine.liveness import LivenessConfig
 from engine.service import EngineConfig, EngineService
 from events.store import open_recorder
 from gateway.keys import KeyStore
+from projections.agents import AgentsProjection
 from projections.readstore import ReadStore
 from projections.runner import ProjectionRunner
 from projections.sessions import SessionsProjection
@@ -96,7 +97,11 @@ def run_engine(settings: Settings) -> None:
         raise SystemExit(code)
 
 
-PROJECTIONS = {"sessions": SessionsProjection, "workflows": WorkflowsProjection}
+PROJECTIONS = {
+    "sessions": SessionsProjection,
+    "workflows": WorkflowsProjection,
+    "agents": AgentsProjection,
+}
 
 
 def projection_runners(

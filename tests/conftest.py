@@ -27,6 +27,7 @@ from events.store import open_recorder
 from gateway.app import create_app
 from gateway.keys import KeyStore
 from gateway.state import GatewayConfig
+from projections.agents import AgentsProjection
 from projections.readstore import ReadStore
 from projections.runner import ProjectionRunner
 from projections.sessions import SessionsProjection
@@ -104,12 +105,15 @@ async def engine(nats_server: NatsEndpoint, database_url: str) -> AsyncIterator[
 
 @pytest.fixture
 async def projector(database_url: str, read_store_url: str) -> AsyncIterator[ProjectionRunner]:
-    """The sessions runner (returned) and the workflows runner, on one read store."""
+    """The sessions runner (returned), the workflows and agents runners, on one read store."""
     recorder = open_recorder(database_url)
     store = ReadStore(read_store_url)
     runner = ProjectionRunner(recorder, store, SessionsProjection(), idle_interval=0.005)
-    workflows = ProjectionRunner(recorder, store, WorkflowsProjection(), idle_interval=0.005)
-    tasks = [asyncio.create_task(runner.run()), asyncio.create_task(workflows.run())]
+    others = [
+        ProjectionRunner(recorder, store, projection, idle_interval=0.005)
+        for projection in (WorkflowsProjection(), AgentsProjection())
+    ]
+    tasks = [asyncio.create_task(r.run()) for r in (runner, *others)]
     try:
         yield runner
     finally:

@@ -1,0 +1,260 @@
+"""``WS /api/v1/agents/feed``: live status updates of every agent, and health checks.
+
+Served from an ordered JetStream consumer on ``chorus.evt.agent.>``: live from the moment
+the socket is accepted (the consumer exists before the handshake completes, so nothing
+recorded after the connection opened is missed), or everything after ``?since=<position>``
+first. Each agent event becomes one message naming the agent::
+
+    {"type": "agent_status", "agent_id": "agent-7", "status": "offline",
+     "event": "AgentWentOffline", "position": 812, "version": 4,
+     "occurred_at": "...", "data": {...}}
+
+``status`` is what the event made the agent (``online``, ``offline``, ``retired``); for an
+event that does not change it (capabilities, verdicts) it is the agent's status in the
+read model, where ``busy`` shows.
+
+Client messages (JSON objects; the text ``ping`` is answered ``pong``):
+
+- ``{"type": "subscribe_agent", "agent_id": "agent-7"}`` narrows the feed to the agents
+  named so far (acknowledged ``{"type": "subscribed", "agents": [...]}``);
+  ``{"type": "subscribe_all"}`` widens it again.
+- ``{"type": "trigger_health_check", "timeout": 2}`` sends a NATS request to
+  ``chorus.agent.<id>.ping`` of every online (or busy) agent at once and answers
+  ``{"type": "health_check", "answered": [...], "missing": [...], "timeout": 2.0}``;
+  an agent that does not reply within ``timeout`` seconds (default 2, at most 30) is missing.
+
+Anything else gets ``{"type": "error", "code": ..., "message": ...}``; the socket stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Annotated, Any
+
+import msgspec
+from litestar import WebSocket, websocket
+from litestar.exceptions import WebSocketDisconnect
+from litestar.params import QueryParameter
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+
+from contracts.agents import agent_uuid
+from contracts.aio import raise_if_cancelling
+from contracts.feed import EventRecord
+from contracts.subjects import EVT_PREFIX, agent_ping_subject, is_token
+from gateway.auth import can_read
+from gateway.feeds import POSITION_HEADER, _stop
+from gateway.state import Services, ServicesDep
+from projections import agents as read_model
+
+DEFAULT_PING_TIMEOUT = 2.0
+MAX_PING_TIMEOUT = 30.0
+#: What an event makes the agent; other events leave the status as it was.
+STATUS_OF = {
+    "AgentRegistered": "online",
+    "AgentCameOnline": "online",
+    "AgentWentOffline": "offline",
+    "AgentRetired": "retired",
+}
+
+_record = msgspec.json.Decoder(EventRecord)
+
+
+class AgentStatus(msgspec.Struct, kw_only=True):
+    type: str = "agent_status"
+    agent_id: str
+    status: str | None
+    event: str
+    position: int
+    version: int
+    occurred_at: str
+    data: dict[str, Any]
+
+
+_encoder = msgspec.json.Encoder()
+
+
+class AgentFeed:
+    """One WebSocket: the agent event pump and the client's messages, side by side."""
+
+    def __init__(self, socket: WebSocket[Any, Any, Any], services: Services, since: int) -> None:
+        self.socket = socket
+        self.services = services
+        self.last = since
+        self.watch: set[str] | None = None  # None: every agent
+        self.names: dict[str, str] = {}  # aggregate uuid -> agent name
+        self.checks: set[asyncio.Task[None]] = set()
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, message: Any) -> None:
+        text = message if isinstance(message, str) else _encoder.encode(message).decode()
+        async with self._send_lock:
+            await self.socket.send_text(text)
+
+    async def error(self, code: str, message: str) -> None:
+        await self.send({"type": "error", "code": code, "message": message})
+
+    # Agent events ---------------------------------------------------------------------------
+
+    async def pump(self, sub: JetStreamContext.PushSubscription) -> None:
+        async for msg in sub.messages:
+            position = int((msg.headers or {}).get(POSITION_HEADER, "0"))
+            if position <= self.last:
+                continue
+            self.last = position
+            try:
+                record = _record.decode(msg.data)
+            except msgspec.DecodeError:
+                continue  # not ours: the relay is the only writer of these subjects
+            name = await self.name_of(record)
+            if name is None or (self.watch is not None and name not in self.watch):
+                continue
+            status = STATUS_OF.get(record.type)
+            if status is None:
+                view = await self.services.read(read_model.get_agent, name)
+                status = view.status if view is not None else None
+            await self.send(
+                AgentStatus(
+                    agent_id=name, status=status, event=record.type, position=record.position,
+                    version=record.version, occurred_at=read_model.stamp(record.occurred_at),
+                    data=record.data,
+                )
+            )  # fmt: skip
+
+    async def name_of(self, record: EventRecord) -> str | None:
+        """The agent's name: registration carries it; later events only the aggregate id,
+        looked up in the read model, else in the store (the read model may lag the feed)."""
+        uuid = record.aggregate_id
+        if record.type == "AgentRegistered":
+            self.names[uuid] = record.data["agent_id"]
+        if uuid not in self.names:
+            name = await self.services.read(read_model.agent_name, uuid)
+            if name is None:
+                first = await self.services.read_history("agent", uuid, limit=1)
+                if first and first[0].type == "AgentRegistered":
+                    name = first[0].data["agent_id"]
+            if name is None:
+                return None
+            self.names[uuid] = name
+        return self.names[uuid]
+
+    # Client messages --------------------------------------------------------------------------
+
+    async def listen(self) -> None:
+        while True:
+            text = await self.socket.receive_text()
+            if text.strip().lower() == "ping":
+                await self.send("pong")
+                continue
+            try:
+                message = json.loads(text)
+            except ValueError:
+                await self.error("invalid_json", "messages are JSON objects with a `type`")
+                continue
+            if not isinstance(message, dict):
+                await self.error("invalid_message", "messages are JSON objects with a `type`")
+                continue
+            await self.handle(message)
+
+    async def handle(self, message: dict[str, Any]) -> None:
+        match message.get("type"):
+            case "subscribe_agent":
+                agent_id = message.get("agent_id")
+                if not isinstance(agent_id, str) or not await self.exists(agent_id):
+                    await self.error("agent_not_found", f"agent {agent_id!r} is not registered")
+                    return
+                self.watch = {*(self.watch or ()), agent_id}
+                await self.send({"type": "subscribed", "agents": sorted(self.watch)})
+            case "subscribe_all":
+                self.watch = None
+                await self.send({"type": "subscribed", "agents": "*"})
+            case "trigger_health_check":
+                timeout = message.get("timeout", DEFAULT_PING_TIMEOUT)
+                if (
+                    isinstance(timeout, bool)
+                    or not isinstance(timeout, int | float)
+                    or not 0 < timeout <= MAX_PING_TIMEOUT
+                ):
+                    await self.error(
+                        "invalid_message",
+                        f"timeout must be a number of seconds in (0, {MAX_PING_TIMEOUT:g}]",
+                    )
+                    return
+                task = asyncio.create_task(self.health_check(float(timeout)))
+                self.checks.add(task)
+                task.add_done_callback(self.checks.discard)
+            case kind:
+                await self.error(
+                    "unknown_message_type",
+                    f"unknown message type {kind!r}; known: subscribe_agent, subscribe_all, "
+                    "trigger_health_check (or the text ping)",
+                )
+
+    async def exists(self, agent_id: str) -> bool:
+        if not is_token(agent_id):
+            return False
+        if await self.services.read(read_model.get_agent, agent_id) is not None:
+            return True
+        return bool(await self.services.read_history("agent", str(agent_uuid(agent_id)), limit=1))
+
+    async def health_check(self, timeout: float) -> None:
+        """Ping every online agent at once; who answers within ``timeout`` is alive."""
+        agents: list[str] = await self.services.read(read_model.reachable_agents)
+        answers = await asyncio.gather(*(self.ping(agent, timeout) for agent in agents))
+        await self.send(
+            {
+                "type": "health_check",
+                "answered": [a for a, ok in zip(agents, answers, strict=True) if ok],
+                "missing": [a for a, ok in zip(agents, answers, strict=True) if not ok],
+                "timeout": timeout,
+            }
+        )
+
+    async def ping(self, agent_id: str, timeout: float) -> bool:
+        try:
+            await self.services.nc.request(agent_ping_subject(agent_id), b"", timeout=timeout)
+        except (NatsTimeout, NoRespondersError):
+            raise_if_cancelling()
+            return False
+        except Exception:  # a closing connection, say: the agent did not answer either way
+            raise_if_cancelling()
+            return False
+        return True
+
+    async def serve(self, sub: JetStreamContext.PushSubscription) -> None:
+        pump = asyncio.create_task(self.pump(sub))
+        listen = asyncio.create_task(self.listen())
+        try:
+            done, _ = await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = task.exception()
+                if error is not None and not isinstance(error, WebSocketDisconnect):
+                    raise error
+        finally:
+            await _stop(pump, listen, *self.checks)
+
+
+@websocket("/api/v1/agents/feed", guards=[can_read])
+async def agent_feed(
+    socket: WebSocket[Any, Any, Any],
+    services: ServicesDep,
+    since: Annotated[int | None, QueryParameter(ge=0)] = None,
+) -> None:
+    # The consumer exists before the handshake completes: "live from now" has no gap.
+    js = services.nc.jetstream()
+    sub = await js.subscribe(
+        f"{EVT_PREFIX}.agent.>",
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.NEW if since is None else DeliverPolicy.ALL,
+    )
+    try:
+        await socket.accept()
+        with contextlib.suppress(WebSocketDisconnect):
+            await AgentFeed(socket, services, since or 0).serve(sub)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

@@ -1,0 +1,207 @@
+"""``WS /api/v1/agents/feed`` of a real gateway: live status updates, narrowing, health
+checks answered by raw nats-py agents, and errors that keep the socket open."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import nats
+import pytest
+import websockets
+from websockets.exceptions import InvalidStatus
+
+from tests.integration.test_gateway_support import bearer, drain_until_pong, recv_json
+
+AGENTS = "/api/v1/agents"
+
+
+@pytest.fixture
+async def http(engine: Any, projector: Any, gateway: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
+        yield client
+
+
+def feed_url(gateway: Any, **params: Any) -> str:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"{gateway.ws_url}{AGENTS}/feed" + (f"?{query}" if query else "")
+
+
+async def register(http: httpx.AsyncClient, headers: dict[str, str], name: str) -> None:
+    response = await http.post(
+        AGENTS, json={"name": name, "capabilities": ["python"]}, headers=headers
+    )
+    assert response.status_code == 201, response.text
+
+
+async def retire(http: httpx.AsyncClient, headers: dict[str, str], name: str) -> None:
+    response = await http.post(f"{AGENTS}/{name}/retire", headers=headers)
+    assert response.status_code == 200, response.text
+
+
+async def updates(ws: Any, count: int) -> list[dict[str, Any]]:
+    """The next ``count`` frames, each an agent status update."""
+    out = []
+    for _ in range(count):
+        frame = await recv_json(ws)
+        assert isinstance(frame, dict) and frame.get("type") == "agent_status", frame
+        out.append(frame)
+    return out
+
+
+async def relayed(gateway: Any, headers: dict[str, str], count: int) -> None:
+    """Wait until the first ``count`` agent events are in the stream: a live feed opened
+    after that cannot see them (the relay publishes a moment after the read model shows)."""
+    async with websockets.connect(feed_url(gateway, since=0), additional_headers=headers) as ws:
+        await updates(ws, count)
+
+
+async def test_feed_sends_live_status_updates_naming_the_agent(http, gateway):
+    ops = gateway.key("ops", "operator")
+    async with websockets.connect(feed_url(gateway), additional_headers=ops) as ws:
+        await register(http, ops, "a1")
+        (registered,) = await updates(ws, 1)
+        caps = await http.put(
+            f"{AGENTS}/a1/capabilities", json={"capabilities": ["go"]}, headers=ops
+        )
+        assert caps.status_code == 200, caps.text
+        (changed,) = await updates(ws, 1)  # before retiring: its status is read at send time
+        await retire(http, ops, "a1")
+        (retired,) = await updates(ws, 1)
+        assert await drain_until_pong(ws) == []
+
+    assert registered["agent_id"] == "a1"
+    assert registered["event"] == "AgentRegistered"
+    assert registered["status"] == "online"
+    assert registered["data"]["capabilities"] == ["python"]
+    assert (changed["agent_id"], changed["event"]) == ("a1", "AgentCapabilitiesUpdated")
+    assert changed["status"] == "online"  # unchanged by this event: from the read model
+    assert (retired["agent_id"], retired["event"], retired["status"]) == (
+        "a1",
+        "AgentRetired",
+        "retired",
+    )
+    assert registered["position"] < changed["position"] < retired["position"]
+    history = (await http.get(f"{AGENTS}/a1/events", headers=ops)).json()["items"]
+    assert [e["position"] for e in history] == [
+        u["position"] for u in (registered, changed, retired)
+    ]
+
+
+async def test_feed_is_live_from_now_unless_asked_since_a_position(http, gateway):
+    ops = gateway.key("ops", "operator")
+    await register(http, ops, "a1")
+    await register(http, ops, "a2")
+
+    async with websockets.connect(feed_url(gateway, since=0), additional_headers=ops) as ws:
+        replayed = await updates(ws, 2)  # also proves both are in the stream by now
+    assert [u["agent_id"] for u in replayed] == ["a1", "a2"]
+
+    async with websockets.connect(
+        feed_url(gateway, since=replayed[0]["position"]), additional_headers=ops
+    ) as ws:
+        (after,) = await updates(ws, 1)
+        assert after["agent_id"] == "a2"
+        assert await drain_until_pong(ws) == []
+
+    async with websockets.connect(feed_url(gateway), additional_headers=ops) as ws:
+        assert await drain_until_pong(ws) == []  # nothing recorded before the connection
+        await retire(http, ops, "a2")
+        (live,) = await updates(ws, 1)
+    assert (live["agent_id"], live["status"]) == ("a2", "retired")
+
+
+async def test_subscribe_agent_narrows_the_feed_and_subscribe_all_widens_it(http, gateway):
+    ops = gateway.key("ops", "operator")
+    for name in ("a1", "a2", "a3"):
+        await register(http, ops, name)
+    await relayed(gateway, ops, 3)
+
+    async with websockets.connect(feed_url(gateway), additional_headers=ops) as ws:
+        await ws.send(json.dumps({"type": "subscribe_agent", "agent_id": "a2"}))
+        assert await recv_json(ws) == {"type": "subscribed", "agents": ["a2"]}
+        await retire(http, ops, "a1")
+        await retire(http, ops, "a2")
+        (only,) = await updates(ws, 1)
+        assert (only["agent_id"], only["event"]) == ("a2", "AgentRetired")
+        assert await drain_until_pong(ws) == []  # a1's retirement came first and was left out
+
+        await ws.send(json.dumps({"type": "subscribe_all"}))
+        assert await recv_json(ws) == {"type": "subscribed", "agents": "*"}
+        await retire(http, ops, "a3")
+        (widened,) = await updates(ws, 1)
+        assert widened["agent_id"] == "a3"
+
+
+async def test_health_check_pings_online_agents_and_reports_who_answered(
+    http, gateway, nats_server
+):
+    ops = gateway.key("ops", "operator")
+    for name in ("a1", "a2", "a3"):
+        await register(http, ops, name)
+    await retire(http, ops, "a3")  # retired: not pinged
+    await relayed(gateway, ops, 4)
+    agent = await nats.connect(nats_server.url)  # a1 answers; a2 never does
+    pings: list[str] = []
+    try:
+
+        async def pong(msg: Any) -> None:
+            pings.append(msg.subject)
+            await msg.respond(b'{"status": "ok"}')
+
+        await agent.subscribe("chorus.agent.a1.ping", cb=pong)
+        await agent.subscribe("chorus.agent.a3.ping", cb=pong)
+        await agent.flush()
+
+        async with websockets.connect(feed_url(gateway), additional_headers=ops) as ws:
+            await ws.send(json.dumps({"type": "trigger_health_check", "timeout": 0.5}))
+            report = await recv_json(ws)
+            await ws.send(json.dumps({"type": "trigger_health_check"}))
+            default = await recv_json(ws)
+    finally:
+        await agent.close()
+
+    assert report == {"type": "health_check", "answered": ["a1"], "missing": ["a2"],
+                      "timeout": 0.5}  # fmt: skip
+    assert default["answered"] == ["a1"]
+    assert default["timeout"] == 2.0
+    assert pings == ["chorus.agent.a1.ping", "chorus.agent.a1.ping"]
+
+
+async def test_bad_client_messages_get_errors_and_the_socket_stays_open(http, gateway):
+    ops = gateway.key("ops", "operator")
+    await register(http, ops, "a1")
+    await relayed(gateway, ops, 1)
+    async with websockets.connect(feed_url(gateway), additional_headers=ops) as ws:
+        for message, code in (
+            ("{not json", "invalid_json"),
+            ("[1, 2]", "invalid_message"),
+            (json.dumps({"type": "dance"}), "unknown_message_type"),
+            (json.dumps({"agent_id": "a1"}), "unknown_message_type"),
+            (json.dumps({"type": "subscribe_agent", "agent_id": "ghost"}), "agent_not_found"),
+            (json.dumps({"type": "subscribe_agent"}), "agent_not_found"),
+            (json.dumps({"type": "trigger_health_check", "timeout": 0}), "invalid_message"),
+            (json.dumps({"type": "trigger_health_check", "timeout": "1"}), "invalid_message"),
+            (json.dumps({"type": "trigger_health_check", "timeout": 31}), "invalid_message"),
+        ):
+            await ws.send(message)
+            error = await recv_json(ws)
+            assert error["type"] == "error", error
+            assert error["code"] == code, (message, error)
+            assert error["message"]
+        assert await drain_until_pong(ws) == []
+        await retire(http, ops, "a1")  # and it still feeds
+        (update,) = await updates(ws, 1)
+        assert update["agent_id"] == "a1"
+
+
+async def test_feed_needs_a_key_and_takes_it_as_a_query_parameter(http, gateway):
+    with pytest.raises(InvalidStatus) as refused:
+        async with websockets.connect(feed_url(gateway)):
+            pass
+    assert 400 <= refused.value.response.status_code < 500  # uvicorn refuses the handshake
+    auditor = gateway.key("aud", "auditor")
+    async with websockets.connect(feed_url(gateway, token=bearer(auditor))) as ws:
+        assert await drain_until_pong(ws) == []
