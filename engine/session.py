@@ -24,6 +24,7 @@ from events.session import (
     SessionFinalised,
     SessionOpened,
     SessionTimedOut,
+    result_digest,
 )
 
 AGGREGATE = "session"
@@ -166,7 +167,11 @@ def decide_submit(
     state.check_is_open(now)
     state.check_has_not_submitted(actor)
     submitted = ResultSubmitted(
-        agent_id=actor, result=cmd.result, success=cmd.success, output_hash=cmd.output_hash
+        agent_id=actor,
+        result=cmd.result,
+        success=cmd.success,
+        output_hash=cmd.output_hash,
+        result_digest=result_digest(cmd.result),
     )
     out: list[msgspec.Struct] = [submitted]
     if len(state.results) + 1 == len(state.participants):

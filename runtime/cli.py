@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     revoke.add_argument("--data-dir", type=Path)
 
+    from runtime import audit
+
+    audit.add_parser(sub, _common)
+
     schema = sub.add_parser("schema", help="write JSON Schema and AsyncAPI of the bus contracts")
     schema.add_argument("--out", type=Path, default=Path("schema"))
     return parser
@@ -126,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"chorus: no active key {args.key_id}", file=sys.stderr)
                     return 1
                 print(f"revoked {args.key_id}")
+        case "audit":
+            from runtime import audit
+
+            return audit.run(args, settings)
         case "schema":
             from runtime.schema import write_schema
 
