@@ -23,6 +23,8 @@ from events.ledger import last_seal
 from events.store import select_aggregate_notifications
 from events.verify import Report, verify_store
 
+__all__ = ["AuditLog", "LogFilter", "LogPage", "Report"]
+
 CHUNK = 1000
 #: A page scans at most this many positions, so a filter matching nothing stays cheap;
 #: the page's ``next_after`` says where to go on.
