@@ -89,7 +89,7 @@ class AuditLog:
                     if len(items) == limit:
                         break
         if len(items) < limit:
-            scanned = stop  # everything up to ``stop`` was looked at
+            scanned = max(stop, after)  # everything up to ``stop`` was looked at
         return LogPage(items=items, next_after=scanned, more=scanned < head)
 
     def stream(
