@@ -78,7 +78,10 @@ def _session_facts(task_id: str, sid: UUID, agent_id: str, ctx: EngineContext) -
     assigned_at = session.assigned_at.get(agent_id)
     if assigned_at is None:
         raise TaskProblem("not_assigned", f"{agent_id} is not a participant of session {task_id}")
-    hashes = {a: r.output_hash or result_hash(r.result) for a, r in session.results.items()}
+    hashes = {
+        a: r.output_hash or r.result_digest or result_hash(r.result)
+        for a, r in session.results.items()
+    }
     mine = hashes.get(agent_id)
     agreement = sum(h == mine for h in hashes.values()) / len(hashes) if mine else 0.0
     return TaskFacts("session", assigned_at, session.timeout_seconds, mine, agreement)

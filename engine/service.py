@@ -19,6 +19,7 @@ from engine.liveness import LivenessConfig, LivenessMonitor
 from engine.participants import ParticipantWatch
 from engine.processor import Clock, Processor, utc_now
 from engine.relay import Relay
+from engine.sealer import Sealer
 from engine.streams import ensure_streams
 from engine.timers import SessionTimer
 from engine.worker import CommandWorker
@@ -50,6 +51,8 @@ class EngineConfig:
     #: Heartbeats, online/offline transitions and the participant watch.
     liveness: bool = True
     liveness_config: LivenessConfig = field(default_factory=LivenessConfig)
+    #: Extend the seal ledger (the log's running hash) as events are recorded.
+    sealer: bool = True
     replicas: int = 1
     workflow_types: WorkflowTypeRegistry = field(default_factory=WorkflowTypeRegistry)
     is_operator: Callable[[str], bool] = field(default=lambda actor: False)
@@ -95,6 +98,9 @@ class EngineService:
         if cfg.timers:
             self.timer = SessionTimer(self.recorder, self.worker, cfg.clock)
             self._tasks.append(asyncio.create_task(self.timer.run(), name="engine-timer"))
+        if cfg.sealer:
+            sealer = Sealer(self.recorder)
+            self._tasks.append(asyncio.create_task(sealer.run(), name="engine-sealer"))
         if cfg.delegation:
             self.delegation = DelegationManager(self.recorder, self.worker)
             self._tasks.append(asyncio.create_task(self.delegation.run(), name="engine-delegation"))

@@ -37,6 +37,7 @@ from events.session import (
     SessionOpened,
     SessionTimedOut,
     Verdict,
+    result_digest,
 )
 
 AGGREGATE = "session"
@@ -205,7 +206,11 @@ def decide_submit(
     state.check_is_open(now)
     state.check_has_not_submitted(actor)
     submitted = ResultSubmitted(
-        agent_id=actor, result=cmd.result, success=cmd.success, output_hash=cmd.output_hash
+        agent_id=actor,
+        result=cmd.result,
+        success=cmd.success,
+        output_hash=cmd.output_hash,
+        result_digest=result_digest(cmd.result),
     )
     out: list[msgspec.Struct] = [submitted]
     if len(state.results) + 1 == len(state.participants):

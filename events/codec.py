@@ -20,7 +20,7 @@ from eventsourcing.persistence import Notification, StoredEvent
 from contracts.feed import EventRecord
 from events.agent import AGENT_EVENTS
 from events.commands import CommandAccepted
-from events.session import SESSION_EVENTS
+from events.session import SESSION_EVENTS, upcast_result_submitted_v1
 from events.workflow import REGISTRY_EVENTS, WORKFLOW_EVENTS
 
 GENESIS_HASH = "0" * 64
@@ -34,11 +34,16 @@ EVENT_TYPES: dict[str, dict[str, type[msgspec.Struct]]] = {
     "command": {"CommandAccepted": CommandAccepted},
 }
 
-#: Current schema version per (aggregate, type). Absent means 1.
-SCHEMA_VERSIONS: dict[tuple[str, str], int] = {}
+#: Current schema version per (aggregate, type). Absent means 1. Events are stored (and
+#: hashed) in the shape they were written in; reads upcast them to the current shape.
+SCHEMA_VERSIONS: dict[tuple[str, str], int] = {
+    ("session", "ResultSubmitted"): 2,  # + result_digest
+}
 
 #: (aggregate, type, from_version) -> function turning data of that version into the next.
-UPCASTERS: dict[tuple[str, str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+UPCASTERS: dict[tuple[str, str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
+    ("session", "ResultSubmitted", 1): upcast_result_submitted_v1,
+}
 
 
 class StoredBody(msgspec.Struct, kw_only=True, frozen=True):
@@ -150,6 +155,11 @@ def encode_event(
         state=_encoder.encode(body),
     )
     return stored, digest
+
+
+def stored_body(stored: StoredEvent) -> StoredBody:
+    """The stored row's body as written (not upcast): what its hash covers."""
+    return _body_decoder.decode(stored.state)
 
 
 def recompute_hash(stored: StoredEvent) -> str:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from msgspec import Struct
 
+from contracts.agents import result_hash
 from contracts.sessions import Task
 
 
@@ -43,10 +44,16 @@ class SessionOpened(Struct, kw_only=True, frozen=True):
 
 
 class ResultSubmitted(Struct, kw_only=True, frozen=True):
+    """Schema version 2 added ``result_digest``; version 1 events get it by upcasting."""
+
     agent_id: str
     result: dict[str, Any]
     success: bool
     output_hash: str | None = None
+    #: ``sha256:<hex>`` of the result's canonical JSON, computed by the engine: what the
+    #: agent *returned*, as opposed to ``output_hash``, what it *claims* to have produced.
+    #: Auditors compare results across agents and bundles by it without reading them.
+    result_digest: str | None = None
 
 
 class Verdict(Struct, kw_only=True, frozen=True):
@@ -92,6 +99,17 @@ class ParticipantReplaced(Struct, kw_only=True, frozen=True):
     reason: str
     routing: Routing
     assigned_at: datetime
+
+
+def result_digest(result: dict[str, Any]) -> str:
+    """The digest of a result: the same for equal results, whatever their key order.
+    It is the hash an agent proves its completion with (``contracts.agents.result_hash``)."""
+    return result_hash(result)
+
+
+def upcast_result_submitted_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """v1 -> v2: derive ``result_digest`` from the recorded result."""
+    return {**data, "result_digest": result_digest(data["result"])}
 
 
 SessionEvent = (

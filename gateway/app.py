@@ -19,6 +19,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from contracts.workflow_types import WorkflowTypeRegistry
 from gateway.agent_feed import agent_feed
 from gateway.agents import AgentController
+from gateway.audit import AuditController, global_log
 from gateway.auth import BearerKeyMiddleware, KeyCache
 from gateway.bus import CommandBus
 from gateway.errors import EXCEPTION_HANDLERS, add_request_id_header
@@ -33,6 +34,7 @@ from gateway.workflows import (
     execute_workflow,
     workflow_status_alias,
 )
+from projections.audit import AuditLog
 from projections.history import History
 from projections.readstore import ReadStore
 
@@ -48,12 +50,14 @@ def create_app(config: GatewayConfig) -> Litestar:
             config.nats_url, name="chorus-gateway", max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
         )  # fmt: skip
+        history = History(config.database_url)
         services_box["services"] = Services(
             config=config,
             nc=nc,
             bus=CommandBus(nc, timeout=config.command_timeout),
             reads=ReadStore(config.read_store_url, readonly=True),
-            history=History(config.database_url),
+            history=history,
+            audit=AuditLog(history.recorder, audit_key_path),
             workflow_types=workflow_types,
         )
         try:
@@ -70,6 +74,9 @@ def create_app(config: GatewayConfig) -> Litestar:
         return services_box["services"]
 
     keys = KeyCache(KeyStore(Path(config.keys_path)))
+    audit_key_path = Path(
+        config.audit_key_path or Path(config.keys_path).parent / "audit" / "signing.key"
+    )
     # Loaded at build time: a broken types file stops the gateway with its reason.
     workflow_types = WorkflowTypeRegistry.load(
         Path(config.workflow_types_path) if config.workflow_types_path else None
@@ -86,6 +93,8 @@ def create_app(config: GatewayConfig) -> Litestar:
             define_workflow_type,
             AgentController,
             agent_feed,
+            global_log,
+            AuditController,
             health,
             ready,
         ],

@@ -21,6 +21,8 @@ from gateway.keys import KeyStore, Principal
 #: Roles that may issue commands; auditors only read.
 WRITERS = frozenset({"agent", "operator", "admin"})
 READERS = frozenset({"agent", "operator", "auditor", "admin"})
+#: Roles that may read the record itself: history, time travel, exports, verification.
+AUDITORS = frozenset({"auditor", "admin"})
 
 CACHE_SECONDS = 5.0
 
@@ -89,3 +91,13 @@ def require_roles(*roles: str) -> Any:
 
 can_write = require_roles(*WRITERS)
 can_read = require_roles(*READERS)
+can_audit = require_roles(*AUDITORS)
+
+
+def check_auditor(principal: Principal) -> None:
+    """For a read that needs the auditor role only with some parameters (time travel)."""
+    if principal.role not in AUDITORS:
+        raise Problem(
+            403, "forbidden",
+            f"role {principal.role} may not read past states (allowed: admin, auditor)",
+        )  # fmt: skip

@@ -1,12 +1,20 @@
-"""An aggregate's recorded history as a page, shared by every resource that has one."""
+"""An aggregate's recorded history as a page, and its state at a past point, shared by
+every resource that has them."""
 
 from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
 
 from msgspec import Struct
 
 from contracts.feed import EventRecord
+from gateway.auth import check_auditor
 from gateway.errors import Problem
+from gateway.keys import Principal
 from gateway.state import Services
+from projections.timetravel import state_at
 
 
 class EventPage(Struct, kw_only=True):
@@ -29,3 +37,60 @@ async def history_page(
         items=records,
         next_after_version=records[-1].version if len(records) == limit else None,
     )
+
+
+def parse_time(field: str, value: str | None) -> datetime | None:
+    """An RFC 3339 time with its UTC offset; 400 ``invalid_parameter`` otherwise."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise Problem(
+            400, "invalid_parameter",
+            f"{field} must be an RFC 3339 time with an offset, e.g. 2030-01-01T12:00:00Z",
+            details={"field": field, "value": value},
+        )  # fmt: skip
+    return parsed
+
+
+def wants_past(at_version: int | None, as_of: str | None) -> bool:
+    return at_version is not None or as_of is not None
+
+
+async def past_view(
+    principal: Principal,
+    services: Services,
+    aggregate: str,
+    aggregate_id: str,
+    at_version: int | None,
+    as_of: str | None,
+) -> Any:
+    """The view at ``at_version`` or ``as_of``, folded from history (auditors and admins)."""
+    check_auditor(principal)
+    if at_version is not None and as_of is not None:
+        raise Problem(
+            400, "invalid_parameter", "give at_version or as_of, not both",
+            details={"fields": ["at_version", "as_of"]},
+        )  # fmt: skip
+    moment = parse_time("as_of", as_of)
+    past = await asyncio.to_thread(
+        state_at, services.history, aggregate, aggregate_id, at_version=at_version, as_of=moment
+    )
+    if past is None:
+        raise Problem(404, f"{aggregate}_not_found", f"{aggregate} {aggregate_id} does not exist")
+    if at_version is not None and at_version > past.current_version:
+        raise Problem(
+            404, "version_not_found",
+            f"{aggregate} {aggregate_id} has {past.current_version} versions, not {at_version}",
+            details={"current_version": past.current_version},
+        )  # fmt: skip
+    if past.view is None:
+        raise Problem(
+            404, f"{aggregate}_not_found",
+            f"{aggregate} {aggregate_id} did not exist yet at {as_of}",
+            details={"as_of": as_of},
+        )  # fmt: skip
+    return past.view

@@ -19,10 +19,10 @@ from contracts.sessions import (
     SubmitResult,
     Task,
 )
-from gateway.auth import can_read, can_write
+from gateway.auth import can_audit, can_read, can_write
 from gateway.bus import derived_id, idempotency_key
 from gateway.errors import Problem, check_cursor
-from gateway.history import EventPage, history_page
+from gateway.history import EventPage, history_page, past_view, wants_past
 from gateway.keys import Principal
 from gateway.state import Services, ServicesDep
 from projections import sessions as read_model
@@ -160,10 +160,22 @@ class SessionController(Controller):
         payload = CancelSession(session_id=str(session_id), reason=(data or CancelBody()).reason)
         return await _session_command(request, services, "cancel", payload)
 
-    @get("/{session_id:uuid}", guards=[can_read], summary="A session's current state")
+    @get(
+        "/{session_id:uuid}", guards=[can_read],
+        summary="A session's state: current, or at a version or time (auditors)",
+    )  # fmt: skip
     async def get_session(
-        self, session_id: FromPath[uuid.UUID], services: ServicesDep
+        self,
+        request: Request[Principal, Any, Any],
+        session_id: FromPath[uuid.UUID],
+        services: ServicesDep,
+        at_version: Annotated[int | None, QueryParameter(ge=1)] = None,
+        as_of: FromQuery[str | None] = None,
     ) -> read_model.SessionView:
+        if wants_past(at_version, as_of):
+            return await past_view(  # type: ignore[no-any-return]
+                request.user, services, "session", str(session_id), at_version, as_of
+            )
         view = await services.read(read_model.get_session, str(session_id))
         if view is None:
             raise Problem(404, codes.SESSION_NOT_FOUND, f"session {session_id} does not exist")
@@ -190,7 +202,7 @@ class SessionController(Controller):
         )  # fmt: skip
 
     @get(
-        "/{session_id:uuid}/events", guards=[can_read], summary="A session's history, oldest first"
+        "/{session_id:uuid}/events", guards=[can_audit], summary="A session's history, oldest first"
     )
     async def events(
         self,

@@ -12,6 +12,7 @@ from nats.aio.client import Client as NATS
 
 from contracts.workflow_types import WorkflowTypeRegistry
 from gateway.bus import CommandBus
+from projections.audit import AuditLog
 from projections.history import History
 from projections.readstore import ReadStore
 
@@ -26,6 +27,8 @@ class GatewayConfig:
     command_timeout: float = 10.0
     read_your_writes_timeout: float = 2.0
     workflow_types_path: str | None = None
+    #: Key that signs audit bundles; default ``<dir of keys_path>/audit/signing.key``.
+    audit_key_path: str | None = None
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Services:
     bus: CommandBus
     reads: ReadStore
     history: History
+    audit: AuditLog
     workflow_types: WorkflowTypeRegistry
 
     async def read(self, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -11,10 +11,10 @@ from msgspec import Meta, Struct
 
 from contracts import errors as codes
 from contracts.workflows import PRIORITIES, CancelWorkflow, StartWorkflow
-from gateway.auth import can_read, can_write
+from gateway.auth import can_audit, can_read, can_write
 from gateway.bus import derived_id, idempotency_key
 from gateway.errors import Problem, check_cursor
-from gateway.history import EventPage, history_page
+from gateway.history import EventPage, history_page, past_view, wants_past
 from gateway.keys import Principal
 from gateway.state import Services, ServicesDep
 from projections import workflows as read_model
@@ -107,10 +107,22 @@ class WorkflowController(Controller):
     ) -> Response[WorkflowAccepted]:
         return await start_workflow(request, data, services)
 
-    @get("/{workflow_id:uuid}", guards=[can_read], summary="A workflow's status and progress")
+    @get(
+        "/{workflow_id:uuid}", guards=[can_read],
+        summary="A workflow's status and progress: current, or at a version or time (auditors)",
+    )  # fmt: skip
     async def get_workflow(
-        self, workflow_id: FromPath[uuid.UUID], services: ServicesDep
+        self,
+        request: Request[Principal, Any, Any],
+        workflow_id: FromPath[uuid.UUID],
+        services: ServicesDep,
+        at_version: Annotated[int | None, QueryParameter(ge=1)] = None,
+        as_of: FromQuery[str | None] = None,
     ) -> read_model.WorkflowView:
+        if wants_past(at_version, as_of):
+            return await past_view(  # type: ignore[no-any-return]
+                request.user, services, "workflow", str(workflow_id), at_version, as_of
+            )
         return await workflow_status(workflow_id, services)
 
     @get("/", guards=[can_read], summary="List workflows, newest first")
@@ -148,7 +160,7 @@ class WorkflowController(Controller):
         await services.wait_for_projection(read_model.NAME, reply.position)
         return await workflow_status(workflow_id, services)
 
-    @get("/{workflow_id:uuid}/events", guards=[can_read], summary="A workflow's history")
+    @get("/{workflow_id:uuid}/events", guards=[can_audit], summary="A workflow's history")
     async def events(
         self,
         workflow_id: FromPath[uuid.UUID],

@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     revoke.add_argument("--data-dir", type=Path)
 
+    from runtime import audit
+
+    audit.add_parser(sub, _common)
+
     schema = sub.add_parser("schema", help="write JSON Schema and AsyncAPI of the bus contracts")
     schema.add_argument("--out", type=Path, default=Path("schema"))
     return parser
@@ -101,14 +105,17 @@ def main(argv: list[str] | None = None) -> int:
             from runtime.processes import projection_runners, run_projector
 
             if args.rebuild:
-                for runner in projection_runners(settings, args.read_store_url, args.names):
-                    started = time.monotonic()
-                    count = runner.rebuild(_progress(started))
-                    elapsed = time.monotonic() - started
-                    print(
-                        f"\nrebuilt {runner.projection.name}: {count} notifications in "
-                        f"{elapsed:.2f}s, position {runner.position}"
-                    )
+                from runtime.progress import replay_progress
+
+                with replay_progress() as track:
+                    for runner in projection_runners(settings, args.read_store_url, args.names):
+                        started = time.monotonic()
+                        count = runner.rebuild(track(runner.projection.name))
+                        elapsed = time.monotonic() - started
+                        print(
+                            f"rebuilt {runner.projection.name}: {count} notifications in "
+                            f"{elapsed:.2f}s, position {runner.position}"
+                        )
             else:
                 run_projector(settings)
         case "keys":
@@ -126,30 +133,16 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"chorus: no active key {args.key_id}", file=sys.stderr)
                     return 1
                 print(f"revoked {args.key_id}")
+        case "audit":
+            from runtime import audit
+
+            return audit.run(args, settings)
         case "schema":
             from runtime.schema import write_schema
 
             for path in write_schema(args.out):
                 print(path)
     return 0
-
-
-def _progress(started: float):  # type: ignore[no-untyped-def]
-    def show(position: int, head: int) -> None:
-        elapsed = max(time.monotonic() - started, 1e-6)
-        rate = position / elapsed
-        eta = (head - position) / rate if rate else 0
-        width = 30
-        filled = int(width * position / head) if head else width
-        bar = "#" * filled + "." * (width - filled)
-        print(
-            f"\r[{bar}] {position}/{head} {rate:,.0f} events/s ETA {eta:.1f}s",
-            end="",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    return show
 
 
 if __name__ == "__main__":

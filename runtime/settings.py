@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     )
     read_store_url: str | None = Field(default=None, description="Read models: sqlite:///")
     keys_path: Path | None = None
+    audit_key_path: Path | None = Field(
+        default=None, description="Ed25519 key that signs audit bundles (created on first use)"
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     batch_max: int = Field(default=256, ge=1, le=10_000)
@@ -49,6 +52,9 @@ class Settings(BaseSettings):
                 "database_url": self.database_url or f"sqlite:///{data_dir}/events.db",
                 "read_store_url": self.read_store_url or f"sqlite:///{data_dir}/read.db",
                 "keys_path": (self.keys_path or data_dir / "keys.db").expanduser().resolve(),
+                "audit_key_path": (self.audit_key_path or data_dir / "audit" / "signing.key")
+                .expanduser()
+                .resolve(),
             }
         )
 
@@ -60,6 +66,7 @@ class Settings(BaseSettings):
             "CHORUS_DATABASE_URL": str(s.database_url),
             "CHORUS_READ_STORE_URL": str(s.read_store_url),
             "CHORUS_KEYS_PATH": str(s.keys_path),
+            "CHORUS_AUDIT_KEY_PATH": str(s.audit_key_path),
             "CHORUS_HOST": s.host,
             "CHORUS_PORT": str(s.port),
             "CHORUS_BATCH_MAX": str(s.batch_max),

@@ -55,6 +55,7 @@ class Scenario:
     nats_url: str
     admin_key: str | None
     operator_key: str
+    auditor_key: str
     children: dict[str, str]
     session_a: str
     session_b: str
@@ -174,7 +175,10 @@ async def drive(up: ChorusUp, scenario: Scenario) -> None:
             scenario.view_a = await wait_for_status(http, a, "succeeded")
             scenario.view_b = await wait_for_status(http, b, "timed_out")
 
-            response = await http.get(f"/api/v1/sessions/{a}/events")
+            response = await http.get(
+                f"/api/v1/sessions/{a}/events",
+                headers={"Authorization": f"Bearer {scenario.auditor_key}"},
+            )
             assert response.status_code == 200, response.text
             scenario.events_a = response.json()["items"]
 
@@ -208,12 +212,14 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     try:
         up.start()
         operator_key = create_key(data_dir, "operator-1", "operator")
+        auditor_key = create_key(data_dir, "auditor-1", "auditor")
         result = Scenario(
             data_dir=data_dir,
             workdir=workdir,
             nats_url=up.nats_url or "",
             admin_key=up.admin_key,
             operator_key=operator_key,
+            auditor_key=auditor_key,
             children={role: str(info) for role, info in up.children.items()},
             session_a=str(uuid.uuid4()),
             session_b=str(uuid.uuid4()),
@@ -372,3 +378,24 @@ def test_admin_key_is_shown_by_the_first_start_that_succeeds(tmp_path: Path) -> 
     blocker.unlink()
     with running_chorus(data_dir, free_port(), tmp_path) as up:
         assert up.admin_key is not None, f"no admin key was ever shown:\n{up.output}"
+
+
+def test_the_record_chorus_up_wrote_verifies(scenario: Scenario) -> None:
+    """The engine's sealer ran under ``chorus up``: the store and its seals agree."""
+    assert scenario.stop is not None and scenario.stop.returncode == 0
+    done = subprocess.run(
+        cli("audit", "verify"),
+        cwd=scenario.workdir,
+        env=clean_env(
+            CHORUS_DATA_DIR=str(scenario.data_dir),
+            CHORUS_DATABASE_URL=sqlite_url(scenario.data_dir / "events.db"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("OK: "), done.stdout
+    with contextlib.closing(sqlite3.connect(scenario.data_dir / "events.db")) as conn:
+        assert conn.execute("SELECT count(*) FROM chorus_seals").fetchone()[0] > 0

@@ -257,7 +257,9 @@ async def test_idempotency_key_reused_for_another_request_is_not_reported_as_suc
 
     response = await submit(http, alice, session_id, {"n": 1})
 
-    recorded = [e["type"] for e in await get_events(http, alice, session_id)]
+    recorded = [
+        e["type"] for e in await get_events(http, gateway.key("auditor-1", "auditor"), session_id)
+    ]
     # Either the result is recorded, or the client is told it was not (a 4xx problem).
     assert recorded == ["SessionOpened", "ResultSubmitted"] or response.status_code >= 400, (
         response.status_code,
@@ -318,7 +320,9 @@ async def test_negative_after_version_is_a_400(http, gateway):
     owner = gateway.key("owner")
     session_id = await open_session(http, owner, ["bob"])
     response = await http.get(
-        f"{SESSIONS}/{session_id}/events", params={"after_version": -1}, headers=owner
+        f"{SESSIONS}/{session_id}/events",
+        params={"after_version": -1},
+        headers=gateway.key("auditor-1", "auditor"),
     )
     assert_problem(response, 400, "validation_error")
 
@@ -327,6 +331,6 @@ async def test_events_of_unknown_session_are_404_whatever_the_page(http, gateway
     response = await http.get(
         f"{SESSIONS}/{UNKNOWN_SESSION}/events",
         params={"after_version": 1},
-        headers=gateway.key("a"),
+        headers=gateway.key("auditor-1", "auditor"),
     )
     assert_problem(response, 404, "session_not_found")

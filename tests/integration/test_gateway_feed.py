@@ -59,7 +59,7 @@ async def test_feed_replays_then_streams_live_with_no_gap_and_no_duplicate(http,
         received += await recv_events(ws, 3)
         extra = await drain_until_pong(ws)
 
-    history = await get_events(http, owner, session_id)
+    history = await get_events(http, gateway.key("auditor-1", "auditor"), session_id)
     assert len(history) == 5
     assert extra == []
     assert [e["position"] for e in received] == [e["position"] for e in history]
@@ -73,7 +73,7 @@ async def test_feed_since_a_position_skips_everything_up_to_it(http, gateway):
     session_id = await open_session(http, owner, list(agents))
     for headers in agents.values():
         assert (await submit(http, headers, session_id)).status_code == 200
-    history = await get_events(http, owner, session_id)
+    history = await get_events(http, gateway.key("auditor-1", "auditor"), session_id)
     since = history[1]["position"]
 
     async with websockets.connect(
@@ -90,7 +90,7 @@ async def test_feed_since_a_position_skips_everything_up_to_it(http, gateway):
 async def test_feed_since_the_newest_position_sends_only_live_events(http, gateway):
     owner, bob = gateway.key("owner"), gateway.key("bob")
     session_id = await open_session(http, owner, ["bob", "carol"])
-    (opened,) = await get_events(http, owner, session_id)
+    (opened,) = await get_events(http, gateway.key("auditor-1", "auditor"), session_id)
 
     async with websockets.connect(
         feed_url(gateway, session_id, since=opened["position"]), additional_headers=owner
@@ -103,7 +103,7 @@ async def test_feed_since_the_newest_position_sends_only_live_events(http, gatew
     assert live["type"] == "ResultSubmitted"
     assert live["actor"] == "bob"
     assert live["position"] > opened["position"]
-    assert live == (await get_events(http, owner, session_id))[1]
+    assert live == (await get_events(http, gateway.key("auditor-1", "auditor"), session_id))[1]
 
 
 async def test_two_feeds_on_one_session_each_get_every_event(http, gateway):
@@ -289,9 +289,10 @@ async def own_gateway(
 async def test_feed_closed_while_subscribing_releases_its_consumer(own_gateway, nc):
     gateway, keys = own_gateway
     owner = {"Authorization": f"Bearer {keys.create('owner', 'agent')}"}
+    auditor = {"Authorization": f"Bearer {keys.create('auditor-1', 'auditor')}"}
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as http:
         session_id = await open_session(http, owner, ["bob"])
-        (opened,) = await get_events(http, owner, session_id)
+        (opened,) = await get_events(http, auditor, session_id)
     url = f"{gateway.ws_url}{SESSIONS}/{session_id}/feed?since={opened['position']}"
 
     # Close each socket after a different number of ping round trips, so that some closes

@@ -72,7 +72,7 @@ async def test_opener_is_the_key_actor_and_coordinator_defaults_to_it(http, gate
     chosen_view = await get_session(http, alice, chosen)
     assert chosen_view["opened_by"] == "alice"
     assert chosen_view["coordinator_id"] == "carol"
-    (opened,) = await get_events(http, alice, chosen)
+    (opened,) = await get_events(http, gateway.key("auditor-1", "auditor"), chosen)
     assert opened["actor"] == "alice"
     assert opened["data"]["opened_by"] == "alice"
 
@@ -99,7 +99,7 @@ async def test_client_chosen_session_id_is_used_and_cannot_be_opened_twice(http,
 
     assert_problem(again, 409, "session_exists")
     assert (await get_session(http, alice, chosen))["participants"] == ["bob"]
-    assert len(await get_events(http, alice, chosen)) == 1
+    assert len(await get_events(http, gateway.key("auditor-1", "auditor"), chosen)) == 1
 
 
 async def test_idempotency_key_replays_the_same_session_without_creating_another(http, gateway):
@@ -119,7 +119,7 @@ async def test_idempotency_key_replays_the_same_session_without_creating_another
 
     listed = (await http.get(SESSIONS, headers=alice)).json()
     assert [s["session_id"] for s in listed["items"]] == [session_id]
-    events = await get_events(http, alice, session_id)
+    events = await get_events(http, gateway.key("auditor-1", "auditor"), session_id)
     assert [e["type"] for e in events] == ["SessionOpened"]
     assert events[0]["command_id"] == "open-1"
 
@@ -155,7 +155,7 @@ async def test_correlation_id_header_is_recorded_on_the_event(http, gateway):
     alice = {**gateway.key("alice"), "X-Correlation-Id": "trace-42"}
     session_id = await open_session(http, alice, ["bob"])
 
-    (opened,) = await get_events(http, alice, session_id)
+    (opened,) = await get_events(http, gateway.key("auditor-1", "auditor"), session_id)
     assert opened["correlation_id"] == "trace-42"
 
 
@@ -210,7 +210,7 @@ async def test_second_result_from_the_same_participant_gets_409_already_submitte
     assert_problem(await submit(http, bob, session_id, {"n": 2}), 409, "already_submitted")
     view = await get_session(http, owner, session_id)
     assert view["results"]["bob"]["result"] == {"n": 1}
-    assert len(await get_events(http, owner, session_id)) == 2
+    assert len(await get_events(http, gateway.key("auditor-1", "auditor"), session_id)) == 2
 
 
 async def test_result_after_close_gets_409_session_closed(http, gateway):
@@ -233,7 +233,9 @@ async def test_retried_result_with_idempotency_key_is_recorded_once(http, gatewa
     assert "idempotent-replayed" not in first.headers
     assert retry.headers["idempotent-replayed"] == "true"
     assert retry.json()["version"] == first.json()["version"] == 2
-    types = [e["type"] for e in await get_events(http, owner, session_id)]
+    types = [
+        e["type"] for e in await get_events(http, gateway.key("auditor-1", "auditor"), session_id)
+    ]
     assert types == ["SessionOpened", "ResultSubmitted"]
 
 
@@ -303,7 +305,9 @@ async def test_last_result_finalises_the_session_by_its_criteria(
     assert view["outcome"]["outcome"] == outcome
     assert view["outcome"]["verdict"]["results"] == len(submissions)
     assert view["outcome"]["reason"]
-    types = [e["type"] for e in await get_events(http, owner, session_id)]
+    types = [
+        e["type"] for e in await get_events(http, gateway.key("auditor-1", "auditor"), session_id)
+    ]
     assert types == ["SessionOpened", *["ResultSubmitted"] * len(submissions), "SessionFinalised"]
     assert view["version"] == len(types)
     if criteria.get("agree_on") == "output_hash":
@@ -320,7 +324,7 @@ async def test_concurrent_last_results_finalise_the_session_exactly_once(http, g
     )
 
     assert [r.status_code for r in responses] == [200] * len(agents), [r.text for r in responses]
-    events = await get_events(http, owner, session_id)
+    events = await get_events(http, gateway.key("auditor-1", "auditor"), session_id)
     assert [e["type"] for e in events].count("SessionFinalised") == 1
     assert events[-1]["type"] == "SessionFinalised"
     assert sorted(e["data"]["agent_id"] for e in events if e["type"] == "ResultSubmitted") == agents
@@ -382,7 +386,7 @@ async def test_cancel_by_another_agent_gets_403_not_authorized(http, gateway):
         assert_problem(response, 403, "not_authorized")
 
     assert (await get_session(http, owner, session_id))["status"] == "open"
-    assert len(await get_events(http, owner, session_id)) == 1
+    assert len(await get_events(http, gateway.key("auditor-1", "auditor"), session_id)) == 1
 
 
 async def test_cancel_of_a_closed_session_gets_409(http, gateway):
@@ -420,7 +424,7 @@ async def test_session_past_its_deadline_times_out_listing_pending_participants(
     assert view["outcome"]["outcome"] == "timed_out"
     assert view["outcome"]["pending"] == ["carol", "dave"]
     assert view["pending"] == ["carol", "dave"]
-    events = await get_events(http, owner, session_id)
+    events = await get_events(http, gateway.key("auditor-1", "auditor"), session_id)
     assert events[-1]["type"] == "SessionTimedOut"
     assert events[-1]["actor"] == "system"
     assert_problem(await submit(http, gateway.key("carol"), session_id), 409, "session_closed")
@@ -511,7 +515,7 @@ async def test_events_are_oldest_first_with_versions_positions_and_a_hash_chain(
     assert (await submit(http, bob, session_id, success=True)).status_code == 200
     assert (await submit(http, carol, session_id, success=False)).status_code == 200
 
-    events = await get_events(http, owner, session_id)
+    events = await get_events(http, gateway.key("auditor-1", "auditor"), session_id)
 
     assert [e["type"] for e in events] == [
         "SessionOpened", "ResultSubmitted", "ResultSubmitted", "SessionFinalised",
@@ -544,19 +548,20 @@ async def test_events_page_by_version(http, gateway):
     session_id = await open_session(http, owner, agents)
     for agent in agents:
         assert (await submit(http, gateway.key(agent), session_id)).status_code == 200
-    everything = await get_events(http, owner, session_id)
+    everything = await get_events(http, gateway.key("auditor-1", "auditor"), session_id)
     assert len(everything) == 5
 
     url = f"{SESSIONS}/{session_id}/events"
-    first = (await http.get(url, params={"limit": 2}, headers=owner)).json()
+    auditor = gateway.key("auditor-1", "auditor")
+    first = (await http.get(url, params={"limit": 2}, headers=auditor)).json()
     second = (
         await http.get(
-            url, params={"limit": 2, "after_version": first["next_after_version"]}, headers=owner
+            url, params={"limit": 2, "after_version": first["next_after_version"]}, headers=auditor
         )
     ).json()
     rest = (
         await http.get(
-            url, params={"limit": 2, "after_version": second["next_after_version"]}, headers=owner
+            url, params={"limit": 2, "after_version": second["next_after_version"]}, headers=auditor
         )
     ).json()
 
@@ -567,7 +572,8 @@ async def test_events_page_by_version(http, gateway):
 
 
 async def test_events_of_unknown_session_get_404(http, gateway):
-    response = await http.get(f"{SESSIONS}/{UNKNOWN_SESSION}/events", headers=gateway.key("a"))
+    auditor = gateway.key("auditor-1", "auditor")
+    response = await http.get(f"{SESSIONS}/{UNKNOWN_SESSION}/events", headers=auditor)
     assert_problem(response, 404, "session_not_found")
 
 

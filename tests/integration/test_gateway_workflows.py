@@ -96,7 +96,8 @@ async def test_a_workflow_started_over_http_is_followed_phase_by_phase(
         assert done["estimated_completion"] is None
         alias = await http.get(f"/workflow-status/{wid}", headers=ops)
         assert alias.json()["status"] == "completed"
-        events = (await http.get(f"{BASE}/{wid}/events", headers=ops)).json()["items"]
+        auditor = gateway.key("auditor-1", "auditor")
+        events = (await http.get(f"{BASE}/{wid}/events", headers=auditor)).json()["items"]
         assert [e["type"] for e in events][-2:] == ["PhaseCompleted", "WorkflowCompleted"]
         listed = (
             await http.get(BASE, params={"type": "quick", "status": "completed"}, headers=ops)

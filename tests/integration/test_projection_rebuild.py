@@ -7,14 +7,21 @@ import sqlite3
 import uuid
 from pathlib import Path
 
+import httpx
+import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from engine.service import EngineService
 from events.store import open_recorder
 from projections.readstore import ReadStore
 from projections.runner import ProjectionRunner
 from projections.sessions import SessionsProjection, get_session
-from tests.integration.test_bus import open_payload, send
+from projections.workflows import WorkflowsProjection
+from runtime.cli import main
+from tests.conftest import Gateway
+from tests.integration.test_bus import domain_records, open_payload, send
+from tests.integration.test_gateway_support import eventually
 
 
 def rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
@@ -91,3 +98,77 @@ async def test_rebuild_in_place_under_load_keeps_queries_answering_and_ends_equa
     assert live == rows(tmp_path / "reference.db")
     assert len(live["sessions"]) > 5
     assert uuid.UUID(first["session_id"])
+
+
+async def test_chorus_project_rebuild_has_no_side_effects_and_serves_every_query(
+    engine: EngineService,
+    projector: ProjectionRunner,
+    gateway: Gateway,
+    nc: NATS,
+    database_url: str,
+    read_store_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A rebuild only writes read models: nothing reaches the bus (no feed event, no timer
+    command), nothing reaches the event store, and the gateway answers throughout."""
+    sessions = []
+    for _ in range(20):
+        payload = open_payload(["a1", "a2"], timeout=1)  # deadlines pass during the test
+        await send(nc, "coord", "open", payload)
+        await send(nc, "a1", "submit_result", {"session_id": payload["session_id"], "result": {}})
+        sessions.append(payload["session_id"])
+    recorder = open_recorder(database_url)
+
+    async def settled() -> bool:
+        """Every deadline fired, the relay published all, the projector caught up."""
+        head = recorder.max_notification_id()
+        timed_out = sum(1 for r in domain_records(database_url) if r.type == "SessionTimedOut")
+        stream = await nc.jetstream().stream_info("EVENTS")
+        return (
+            timed_out == len(sessions)
+            and stream.state.last_seq == len(domain_records(database_url))
+            and projector.position == head
+        )
+
+    await eventually(settled, timeout=30, what="timeouts, relay and projector settling")
+    head = recorder.max_notification_id()
+    stream_before = (await nc.jetstream().stream_info("EVENTS")).state.last_seq
+    on_the_bus: list[str] = []
+
+    async def spy_on(msg: Msg) -> None:
+        on_the_bus.append(msg.subject)
+
+    spy = await nc.subscribe("chorus.>", cb=spy_on)
+
+    argv = ["project", "--rebuild", "--database-url", database_url]
+    rebuild = asyncio.create_task(
+        asyncio.to_thread(main, [*argv, "--read-store-url", read_store_url])
+    )
+    answered = 0
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as http:
+        headers = gateway.key("watcher", "operator")
+        while not rebuild.done() or answered < 5:
+            one = await http.get(f"/api/v1/sessions/{sessions[0]}", headers=headers)
+            listed = await http.get("/api/v1/sessions", params={"limit": 500}, headers=headers)
+            assert one.status_code == 200, one.text
+            assert one.json()["status"] == "timed_out"
+            assert len(listed.json()["items"]) == len(sessions)
+            answered += 1
+    assert await rebuild == 0
+    await nc.flush()
+    await spy.unsubscribe()
+
+    assert on_the_bus == []
+    assert recorder.max_notification_id() == head
+    assert (await nc.jetstream().stream_info("EVENTS")).state.last_seq == stream_before
+    printed = capsys.readouterr()
+    assert "rebuilt sessions" in printed.out
+    assert "rebuilt workflows" in printed.out
+    assert "events/s" in printed.err  # the progress bar
+
+    reference = ReadStore(f"sqlite:///{tmp_path}/reference.db")
+    for projection in (SessionsProjection(), WorkflowsProjection()):
+        ProjectionRunner(recorder, reference, projection).run_to_head()
+    live = Path(read_store_url.removeprefix("sqlite:///"))
+    assert rows(live) == rows(tmp_path / "reference.db")

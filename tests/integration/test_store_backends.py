@@ -20,7 +20,9 @@ from contracts.sessions import OpenSession, SubmitResult, Task
 from engine.handlers import HANDLERS
 from engine.processor import Command, Processor
 from events.codec import decode_record, is_domain_topic
-from events.store import open_recorder, select_aggregate_notifications
+from events.ledger import last_seal, seal_all
+from events.store import _Dialect, open_recorder, select_aggregate_notifications
+from events.verify import verify_store
 from projections.readstore import ReadStore
 from projections.runner import ProjectionRunner
 from projections.sessions import SessionsProjection, get_session
@@ -179,3 +181,27 @@ def test_a_follower_of_rare_topics_skips_to_the_end_of_the_log(store_url: str) -
     assert len(page) == 2 and position == page[-1].id
     rest, position = select_topics_after(recorder, position, opened, limit=2)
     assert [str(n.originator_id) for n in rest] == sids[2:] and position == end
+
+
+def test_the_seal_ledger_verifies_and_catches_a_deleted_row(store_url: str) -> None:
+    recorder = open_recorder(store_url)
+    processor = Processor(recorder, clock=lambda: NOW)
+    sids = [str(uuid.uuid4()) for _ in range(3)]
+    processor.handle_batch([open_cmd(s, ["a", "b"]) for s in sids])
+    processor.handle_batch([submit_cmd(s, "a") for s in sids])
+    assert last_seal(recorder) is None
+    head = recorder.max_notification_id()
+    assert seal_all(recorder) == head
+    assert seal_all(recorder) == 0  # idempotent
+    processor.handle_batch([submit_cmd(sids[0], "b")])
+    report = verify_store(recorder)
+    assert report.ok, report.problems
+    assert (report.sealed_through, report.unsealed) == (head, 3)  # result, verdict, dedup
+
+    victim = select_aggregate_notifications(recorder, uuid.UUID(sids[1]))[-1]
+    d = _Dialect(recorder)
+    with recorder.datastore.transaction(commit=True) as cursor:  # type: ignore[attr-defined]
+        cursor.execute(f"DELETE FROM {d.table} WHERE {d.position}={d.mark}", [victim.id])
+    first = verify_store(recorder).first
+    assert first is not None
+    assert (first.position, first.kind, first.aggregate_id) == (victim.id, "deleted", sids[1])

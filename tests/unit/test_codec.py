@@ -175,7 +175,8 @@ def test_the_stored_data_is_canonical_with_sorted_keys() -> None:
     stored, _ = encode(ResultSubmitted(agent_id="a", result={"z": 1, "a": 2}, success=True))
     body = msgspec.json.decode(stored.state, type=StoredBody)
     assert bytes(body.data) == (
-        b'{"agent_id":"a","output_hash":null,"result":{"a":2,"z":1},"success":true}'
+        b'{"agent_id":"a","output_hash":null,"result":{"a":2,"z":1},"result_digest":null,'
+        b'"success":true}'
     )
 
 

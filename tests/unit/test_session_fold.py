@@ -38,6 +38,7 @@ from events.session import (
     SessionFinalised,
     SessionOpened,
     SessionTimedOut,
+    result_digest,
 )
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -161,7 +162,13 @@ def test_a_participant_result_is_recorded_without_finalising_while_others_are_pe
     state = opened()
     events = decide_submit(state, submit_cmd(output_hash="h"), "a", NOW)
     assert events == [
-        ResultSubmitted(agent_id="a", result={"ok": True}, success=True, output_hash="h")
+        ResultSubmitted(
+            agent_id="a",
+            result={"ok": True},
+            success=True,
+            output_hash="h",
+            result_digest=result_digest({"ok": True}),
+        )
     ]
     apply_all(state, events)
     assert state.status == "open"

@@ -1,0 +1,113 @@
+"""Time travel: an aggregate's state as it was at a version or a moment, from its history.
+
+The past state is rebuilt by folding the aggregate's recorded events (up to the version,
+or those that occurred up to the moment) through the *same projection* that builds the
+live read model, into a private in-memory SQLite database, and reading it back with the
+same query. So a past view has exactly the shape of the current one, and nothing is read
+from the live read model. The projections' folds are checked against the engine's folds
+by the property tests (``tests/unit/test_time_travel.py``), so no second copy of the
+domain fold is needed here and the import rules stay one-way.
+
+Aggregates plug in through ``REWINDS``: an entry names the projection and the query
+(agents add ``register(Rewind("agent", AgentsProjection, get_agent))``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from contracts.feed import EventRecord
+from projections import sessions, workflows
+from projections.history import History
+from projections.runner import Projection
+
+
+@dataclass(frozen=True)
+class Rewind:
+    """How to rebuild one aggregate type's view: its projection and its read query."""
+
+    aggregate: str
+    projection: Callable[[], Projection]
+    view: Callable[[sqlite3.Connection, str], Any]
+
+
+def _workflow_view(conn: sqlite3.Connection, workflow_id: str) -> Any:
+    """A past workflow has no estimate: that needs every workflow's durations at the time."""
+    view = workflows.get_workflow(conn, workflow_id)
+    return None if view is None else msgspec.structs.replace(view, estimated_completion=None)
+
+
+REWINDS: dict[str, Rewind] = {}
+
+
+def register(rewind: Rewind) -> None:
+    REWINDS[rewind.aggregate] = rewind
+
+
+register(Rewind("session", sessions.SessionsProjection, sessions.get_session))
+register(Rewind("workflow", workflows.WorkflowsProjection, _workflow_view))
+
+
+class PastState(msgspec.Struct, kw_only=True):
+    """``view`` is None if the aggregate did not exist yet at that point."""
+
+    view: Any
+    version: int
+    current_version: int
+
+
+def fold(aggregate: str, aggregate_id: str, records: list[EventRecord]) -> Any:
+    """The view after applying ``records`` (one aggregate's events, oldest first)."""
+    rewind = REWINDS[aggregate]
+    projection = rewind.projection()
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    try:
+        for statement in projection.ddl:
+            conn.execute(statement)
+        for record in records:
+            projection.apply(conn, record)
+        return rewind.view(conn, aggregate_id)
+    finally:
+        conn.close()
+
+
+def state_at(
+    history: History,
+    aggregate: str,
+    aggregate_id: str,
+    *,
+    at_version: int | None = None,
+    as_of: datetime | None = None,
+) -> PastState | None:
+    """The view at ``at_version`` or as of ``as_of``; None if the aggregate never existed.
+
+    ``as_of`` takes the longest prefix of the history whose events occurred at or before
+    it (an aggregate's events are recorded in time order by its single writer).
+    """
+    records: list[EventRecord] = []
+    while batch := history.aggregate_events(
+        aggregate, aggregate_id, after_version=records[-1].version if records else 0, limit=1000
+    ):
+        records.extend(batch)
+    if not records:
+        return None
+    current = records[-1].version
+    upto = len(records)
+    if at_version is not None:
+        upto = min(at_version, current)
+    if as_of is not None:
+        upto = next((i for i, r in enumerate(records) if r.occurred_at > as_of), len(records))
+    if upto == 0:
+        return PastState(view=None, version=0, current_version=current)
+    return PastState(
+        view=fold(aggregate, aggregate_id, records[:upto]),
+        version=records[upto - 1].version,
+        current_version=current,
+    )
