@@ -24,10 +24,10 @@ from contracts.agents import (
 )
 from contracts.envelope import Reply
 from contracts.subjects import command_subject, is_token
-from gateway.auth import can_read, can_write
+from gateway.auth import can_audit, can_read, can_write
 from gateway.bus import idempotency_key
 from gateway.errors import Problem, check_cursor
-from gateway.history import EventPage, history_page
+from gateway.history import EventPage, history_page, past_view, wants_past
 from gateway.keys import Principal
 from gateway.state import Services, ServicesDep
 from projections import agents as read_model
@@ -282,10 +282,21 @@ class AgentController(Controller):
             min_success_rate=min_success_rate, sort=sort, limit=limit, cursor=cursor,
         )  # fmt: skip
 
-    @get("/{agent_id:str}", guards=[can_read], summary="An agent, its status and record")
+    @get("/{agent_id:str}", guards=[can_read],
+         summary="An agent, its status and record: current, or at a version or time (auditors)")  # fmt: skip
     async def get_agent(
-        self, agent_id: FromPath[str], services: ServicesDep
+        self,
+        request: Request[Principal, Any, Any],
+        agent_id: FromPath[str],
+        services: ServicesDep,
+        at_version: Annotated[int | None, QueryParameter(ge=1)] = None,
+        as_of: FromQuery[str | None] = None,
     ) -> read_model.AgentDetail:
+        if wants_past(at_version, as_of):
+            _check_name(agent_id)
+            return await past_view(  # type: ignore[no-any-return]
+                request.user, services, "agent", str(agent_uuid(agent_id)), at_version, as_of
+            )
         return await _agent(services, agent_id)
 
     @get("/{agent_id:str}/metrics", guards=[can_read],
@@ -304,7 +315,8 @@ class AgentController(Controller):
             raise _not_found(agent_id)
         return found  # type: ignore[no-any-return]
 
-    @get("/{agent_id:str}/events", guards=[can_read], summary="An agent's history, oldest first")
+    @get("/{agent_id:str}/events", guards=[can_audit],
+         summary="An agent's history, oldest first (auditors)")  # fmt: skip
     async def events(
         self,
         agent_id: FromPath[str],

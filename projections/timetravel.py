@@ -8,8 +8,7 @@ from the live read model. The projections' folds are checked against the engine'
 by the property tests (``tests/unit/test_time_travel.py``), so no second copy of the
 domain fold is needed here and the import rules stay one-way.
 
-Aggregates plug in through ``REWINDS``: an entry names the projection and the query
-(agents add ``register(Rewind("agent", AgentsProjection, get_agent))``).
+Aggregates plug in through ``REWINDS``: an entry names the projection and the query.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from typing import Any
 import msgspec
 
 from contracts.feed import EventRecord
-from projections import sessions, workflows
+from projections import agents, sessions, workflows
 from projections.history import History
 from projections.runner import Projection
 
@@ -43,6 +42,17 @@ def _workflow_view(conn: sqlite3.Connection, workflow_id: str) -> Any:
     return None if view is None else msgspec.structs.replace(view, estimated_completion=None)
 
 
+def _agent_view(conn: sqlite3.Connection, aggregate_id: str) -> Any:
+    """An agent is addressed by its name, its aggregate by a UUID: look the name up. Its
+    past view is its own record (registration, status, capabilities, verdicts); open
+    assignments come from session and workflow events, which this fold does not read."""
+    try:
+        row = conn.execute("SELECT agent_id FROM agents WHERE uuid=?", (aggregate_id,)).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return None if row is None else agents.get_agent(conn, row[0])
+
+
 REWINDS: dict[str, Rewind] = {}
 
 
@@ -52,6 +62,7 @@ def register(rewind: Rewind) -> None:
 
 register(Rewind("session", sessions.SessionsProjection, sessions.get_session))
 register(Rewind("workflow", workflows.WorkflowsProjection, _workflow_view))
+register(Rewind("agent", agents.AgentsProjection, _agent_view))
 
 
 class PastState(msgspec.Struct, kw_only=True):

@@ -105,7 +105,8 @@ async def test_register_with_an_idempotency_key_replays_without_recording_again(
     assert "idempotent-replayed" not in first.headers
     assert second.status_code == 200, second.text
     assert second.headers["idempotent-replayed"] == "true"
-    events = (await http.get(f"{AGENTS}/a1/events", headers=headers)).json()["items"]
+    auditor = gateway.key("audit", "auditor")
+    events = (await http.get(f"{AGENTS}/a1/events", headers=auditor)).json()["items"]
     assert [e["type"] for e in events] == ["AgentRegistered"]
 
 
@@ -402,14 +403,31 @@ async def test_events_are_the_agents_history_paged(http, gateway):
                                   headers=a1)  # fmt: skip
         assert response.status_code == 200, response.text
 
-    page = (await http.get(f"{AGENTS}/a1/events", params={"limit": 2}, headers=a1)).json()
+    assert_problem(await http.get(f"{AGENTS}/a1/events", headers=a1), 403, "forbidden")
+    auditor = gateway.key("audit", "auditor")
+    page = (await http.get(f"{AGENTS}/a1/events", params={"limit": 2}, headers=auditor)).json()
     assert [e["type"] for e in page["items"]] == ["AgentRegistered", "AgentCapabilitiesUpdated"]
     assert page["items"][0]["aggregate_id"] == str(agent_uuid("a1"))
     assert page["items"][0]["actor"] == "a1"
     assert page["next_after_version"] == 2
-    rest = await http.get(f"{AGENTS}/a1/events", params={"after_version": 2}, headers=a1)
+    rest = await http.get(f"{AGENTS}/a1/events", params={"after_version": 2}, headers=auditor)
     assert [e["data"]["capabilities"] for e in rest.json()["items"]] == [["rust"], ["zig"]]
-    assert_problem(await http.get(f"{AGENTS}/ghost/events", headers=a1), 404, "agent_not_found")
+    ghost = await http.get(f"{AGENTS}/ghost/events", headers=auditor)
+    assert_problem(ghost, 404, "agent_not_found")
+
+    # Time travel: the agent as it was, folded from its history (auditors only).
+    past = await http.get(f"{AGENTS}/a1", params={"at_version": 2}, headers=auditor)
+    assert past.status_code == 200, past.text
+    assert past.json()["capabilities"] == ["go"]
+    now = (await http.get(f"{AGENTS}/a1", headers=a1)).json()
+    assert now["capabilities"] == ["zig"]
+    first = page["items"][0]["occurred_at"]
+    at_start = await http.get(f"{AGENTS}/a1", params={"as_of": first}, headers=auditor)
+    assert at_start.json()["capabilities"] == page["items"][0]["data"]["capabilities"]
+    denied = await http.get(f"{AGENTS}/a1", params={"at_version": 1}, headers=a1)
+    assert_problem(denied, 403, "forbidden")
+    too_far = await http.get(f"{AGENTS}/a1", params={"at_version": 9}, headers=auditor)
+    assert_problem(too_far, 404, "version_not_found")
 
 
 async def test_the_agents_api_is_in_the_openapi_document(http):
