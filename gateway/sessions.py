@@ -13,7 +13,9 @@ from contracts import errors as codes
 from contracts.envelope import Reply
 from contracts.sessions import (
     CancelSession,
+    Capability,
     Id,
+    LostPolicy,
     OpenSession,
     SessionId,
     SubmitResult,
@@ -31,13 +33,27 @@ STATUSES = ("open", "succeeded", "failed", "timed_out", "cancelled")
 
 
 class OpenSessionBody(Struct, kw_only=True, forbid_unknown_fields=True):
-    """Open a session. The opener is the caller's actor; ``coordinator_id`` defaults to it."""
+    """Open a session. The opener is the caller's actor; ``coordinator_id`` defaults to it.
 
-    participants: Annotated[list[Id], Meta(min_length=1, max_length=1000)]
+    Name ``participants``, or give ``size`` (and ``capabilities``) and the engine picks the
+    most reliable online agents. ``on_participant_lost`` says what happens when one goes
+    offline before submitting: ``wait``, ``fail_fast`` or ``replace``.
+    """
+
     task: Task
+    participants: Annotated[list[Id], Meta(max_length=1000)] = []
+    capabilities: Annotated[list[Capability], Meta(max_length=100)] = []
+    size: Annotated[int, Meta(ge=1, le=1000)] | None = None
+    on_participant_lost: LostPolicy = "wait"
     timeout_seconds: Annotated[int, Meta(ge=1, le=86_400)] = 600
     coordinator_id: Id | None = None
     session_id: SessionId | None = None
+
+    def __post_init__(self) -> None:
+        if self.participants and self.size is not None:
+            raise ValueError("name participants or give a size to route by, not both")
+        if not self.participants and self.size is None:
+            raise ValueError("name participants, or give size (and capabilities) to route by")
 
 
 class SubmitResultBody(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -108,6 +124,9 @@ class SessionController(Controller):
             OpenSession(
                 session_id=session_id,
                 participants=data.participants,
+                capabilities=data.capabilities,
+                size=data.size,
+                on_participant_lost=data.on_participant_lost,
                 task=data.task,
                 timeout_seconds=data.timeout_seconds,
                 coordinator_id=data.coordinator_id,

@@ -97,6 +97,15 @@ class SessionsProjection:
                     "updated_at=? WHERE id=?",
                     (record.version, at, sid),
                 )
+            case "ParticipantReplaced":
+                # The replacement takes the lost participant's place (and its order).
+                conn.execute(
+                    "UPDATE session_participants SET agent_id=? WHERE session_id=? AND agent_id=?",
+                    (data["replacement"], sid, data["replaced"]),
+                )
+                self._touch(conn, record)
+            case "ParticipantLost":
+                self._touch(conn, record)  # what the policy did shows in the events
             case "SessionFinalised":
                 self._close(conn, record, data["outcome"], {
                     "outcome": data["outcome"], "reason": data["reason"],
@@ -112,6 +121,13 @@ class SessionsProjection:
                     "outcome": "cancelled", "reason": data["reason"],
                     "cancelled_by": data["cancelled_by"],
                 })  # fmt: skip
+
+    @staticmethod
+    def _touch(conn: sqlite3.Connection, record: EventRecord) -> None:
+        conn.execute(
+            "UPDATE sessions SET version=?, updated_at=? WHERE id=?",
+            (record.version, _ts(record.occurred_at), record.aggregate_id),
+        )
 
     @staticmethod
     def _close(

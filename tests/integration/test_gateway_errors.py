@@ -116,7 +116,8 @@ async def test_wrong_method_is_a_405_problem(http, gateway):
 INVALID_OPEN_BODIES = [
     ("unknown field", open_body(["bob"], colour="red"), "colour"),
     ("wrong type", open_body(["bob"], timeout_seconds="ten"), "timeout_seconds"),
-    ("participants empty", open_body([]), "participants"),
+    # Participants or a size: a rule over two fields, reported on the body itself.
+    ("participants empty", open_body([]), "$"),
     ("timeout 0", open_body(["bob"], timeout_seconds=0), "timeout_seconds"),
     ("timeout 86401", open_body(["bob"], timeout_seconds=86_401), "timeout_seconds"),
     ("participant not a token", open_body(["not.a.token"]), "participants[0]"),
@@ -134,6 +135,8 @@ async def test_invalid_open_bodies_are_400s_naming_the_field(http, gateway):
 
         problem = assert_problem(response, 400, "validation_error")
         assert field in problem_fields(problem), (case, problem)
+        if field == "$":
+            assert "participants" in problem["detail"], (case, problem)
     assert (await http.get(SESSIONS, headers=alice)).json()["items"] == []
 
 
@@ -169,7 +172,7 @@ async def test_invalid_result_bodies_are_400s_naming_the_field(http, gateway):
 async def test_missing_required_field_is_named(http, gateway, endpoint):
     owner, bob = gateway.key("owner"), gateway.key("bob")
     if endpoint == "open":
-        path, body, field = SESSIONS, {"task": task()}, "participants"
+        path, body, field = SESSIONS, {"participants": ["bob"]}, "task"
     else:
         session_id = await open_session(http, owner, ["bob"])
         path, body, field = f"{SESSIONS}/{session_id}/results", {"success": True}, "result"
