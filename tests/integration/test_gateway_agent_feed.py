@@ -84,7 +84,9 @@ async def test_feed_sends_live_status_updates_naming_the_agent(http, gateway):
         "retired",
     )
     assert registered["position"] < changed["position"] < retired["position"]
-    history = (await http.get(f"{AGENTS}/a1/events", headers=ops)).json()["items"]
+    history = (
+        await http.get(f"{AGENTS}/a1/events", headers=gateway.key("audit", "auditor"))
+    ).json()["items"]
     assert [e["position"] for e in history] == [
         u["position"] for u in (registered, changed, retired)
     ]
