@@ -53,6 +53,7 @@ class AgentClient:
         self.give_up_after = give_up_after
         self._beating: asyncio.Task[None] | None = None
         self._pings: Subscription | None = None
+        self._submitted_at: dict[str, datetime] = {}  # task -> when its result was sent
 
     # Commands -------------------------------------------------------------------------------
 
@@ -96,7 +97,11 @@ class AgentClient:
         payload: dict[str, Any] = {"session_id": session_id, "result": result, "success": success}
         if output_hash is not None:
             payload["output_hash"] = output_hash
-        return await self.send("session", "submit_result", payload)
+        done = datetime.now(UTC)
+        reply = await self.send("session", "submit_result", payload)
+        if reply.status != "rejected":
+            self._submitted_at[session_id] = done
+        return reply
 
     async def verify_completion(
         self,
@@ -107,7 +112,9 @@ class AgentClient:
         completion_time: datetime | None = None,
         response_time: float | None = None,
     ) -> Reply:
-        """Claim the task done: the hash is ``output_hash``, else that of ``result``."""
+        """Claim the task done: the hash is ``output_hash``, else that of ``result``. The
+        completion time defaults to when this client submitted the task's result (a claim
+        may not be later than the recorded result), else now."""
         if output_hash is None:
             if result is None:
                 raise ValueError("give the result or its output_hash")
@@ -115,7 +122,9 @@ class AgentClient:
         payload: dict[str, Any] = {
             "agent_id": self.agent_id,
             "task_id": task_id,
-            "completion_time": (completion_time or datetime.now(UTC)).isoformat(),
+            "completion_time": (
+                completion_time or self._submitted_at.get(task_id) or datetime.now(UTC)
+            ).isoformat(),
             "output_hash": output_hash,
         }
         if response_time is not None:

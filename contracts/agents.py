@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -40,14 +40,23 @@ def agent_uuid(agent_id: str) -> uuid.UUID:
     return uuid.uuid5(AGENT_NAMESPACE, agent_id)
 
 
+#: Names that are actors of Chorus itself, never agents.
+RESERVED_NAMES = frozenset({"system", "gateway", "engine"})
+
+
 class RegisterAgent(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """Register ``name`` (the agent id). The registering actor becomes its owner:
+    """Register ``name`` (the agent id). An agent registers itself (the actor is the name);
+    an operator may register one for it. The registering actor becomes its owner:
     registering again is idempotent for the owner and rejected for anyone else."""
 
     name: Id
     type: AgentType = "generic"
     capabilities: Capabilities = []
     metadata: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        if self.name in RESERVED_NAMES:
+            raise ValueError(f"the name {self.name!r} is reserved")
 
 
 class UpdateCapabilities(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -95,6 +104,12 @@ class VerifyCompletion(Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     completion_time: Annotated[datetime, Meta(tz=True)]
     output_hash: OutputHash
     response_time: Annotated[float, Meta(ge=0, le=30 * 86_400)] | None = None
+
+    def __post_init__(self) -> None:
+        try:  # a zone offset can push a valid local time past the year 9999 in UTC
+            self.completion_time.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("completion_time is out of range in UTC") from None
 
 
 AGENT_COMMANDS: dict[str, type[Struct]] = {

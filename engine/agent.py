@@ -136,6 +136,12 @@ def decide_register(
             return [AgentCapabilitiesUpdated(capabilities=_sorted(cmd.capabilities),
                                              updated_by=actor)]  # fmt: skip
         return []
+    if actor != cmd.name and not (ctx is not None and ctx.is_operator(actor)):
+        raise errors.NotAuthorized(
+            f"{actor} may not register {cmd.name!r}: an agent registers itself, "
+            "or an operator registers it",
+            {"field": "payload.name"},
+        )
     return [
         AgentRegistered(
             agent_id=cmd.name,

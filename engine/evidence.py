@@ -1,26 +1,36 @@
 """Checking an agent's completion claim against the record, and scoring it.
 
 A task is a session the agent was a participant of (``task_id`` = the session id), or a
-workflow phase assigned to it (``task_id`` = ``<workflow_id>/<phase>``). The claim holds
-when every check passes:
+workflow phase assigned to it (``task_id`` = ``<workflow_id>/<phase>``). Task ids are
+compared in one canonical spelling (lower-case, hyphenated UUID), so one task cannot be
+claimed twice under two spellings. The claim holds when every check passes:
 
 - ``task_not_found``: the task exists;
 - ``not_assigned``: it was assigned to this agent;
+- ``self_assigned``: not by the agent itself (it opened or coordinates the session, or
+  started the workflow): nobody earns a record from work it handed itself;
 - ``already_verified``: it was not verified before (a rejected claim may be corrected);
 - ``no_result``: the agent recorded a result for it (a phase: the phase completed);
+- ``result_failed``: that result was a success (a failed result proves nothing done);
 - ``hash_mismatch``: ``output_hash`` equals the recorded hash: the result's own
   ``output_hash``, else ``sha256:`` + sha256 of its canonical JSON (``result_hash``);
-- ``completion_before_assignment`` / ``completion_in_future``: the completion time lies
-  between the assignment and now, give or take ``CLOCK_SKEW``.
+- ``completion_before_assignment`` / ``completion_after_result`` /
+  ``completion_in_future``: the completion time lies between the assignment and the
+  moment the engine recorded the result (and never after now), give or take
+  ``CLOCK_SKEW``;
+- ``response_time_implausible``: a stated ``response_time`` fits between the assignment
+  and the recorded result (the record, not the agent's word, bounds timing).
 
 Quality of a verified completion, in [0, 1] (a rejected one scores 0):
 
 ``quality = 0.5 + 0.3 * timeliness + 0.2 * agreement``
 
-- ``timeliness = max(0, 1 - response_time / allowed)``: ``allowed`` is the session's
-  timeout or the phase's expected duration; ``response_time`` is the evidence's, else the
-  time from assignment to completion. Instant work scores 1, work that used the whole
-  allowance 0.
+- ``timeliness = max(0, 1 - taken / allowed)``: ``allowed`` is the session's timeout or
+  the phase's expected duration; ``taken`` is the time from the assignment to the moment
+  the engine recorded the result (for results recorded before that time was kept: the
+  evidence's ``response_time``, else assignment to completion). Instant work scores 1,
+  work that used the whole allowance 0. The verdict's ``response_time`` (for the response
+  time percentiles) is the evidence's, else assignment to completion.
 - ``agreement``: the share of the session's results whose hash equals this agent's (1 when
   it is the only result, and for a phase, which has one worker).
 
@@ -50,6 +60,8 @@ class TaskFacts:
     assigned_at: datetime
     allowed_seconds: float
     recorded_hash: str | None  # None: no result recorded yet
+    recorded_at: datetime | None  # when the engine recorded the result (None: not known)
+    succeeded: bool
     agreement: float
 
 
@@ -59,11 +71,20 @@ class TaskProblem(Exception):
         self.rejection = Rejection(code=code, message=message)
 
 
+def canonical_task_id(task_id: str) -> str:
+    """One spelling per task: the UUID as ``str(UUID)``, then ``/<phase>`` if any."""
+    head, slash, phase = task_id.partition("/")
+    try:
+        return f"{UUID(head)}{slash}{phase}"
+    except ValueError:
+        return task_id
+
+
 def task_facts(task_id: str, agent_id: str, ctx: EngineContext) -> TaskFacts:
     """Find the task in the session or workflow aggregate, or raise TaskProblem."""
-    workflow_id, _, phase = task_id.partition("/")
+    head, _, phase = task_id.partition("/")
     try:
-        aggregate_id = UUID(workflow_id)
+        aggregate_id = UUID(head)
     except ValueError:
         raise TaskProblem("task_not_found", f"no task {task_id!r}") from None
     if phase:
@@ -78,13 +99,24 @@ def _session_facts(task_id: str, sid: UUID, agent_id: str, ctx: EngineContext) -
     assigned_at = session.assigned_at.get(agent_id)
     if assigned_at is None:
         raise TaskProblem("not_assigned", f"{agent_id} is not a participant of session {task_id}")
+    if agent_id in (session.opened_by, session.coordinator_id):
+        raise TaskProblem("self_assigned", f"{agent_id} opened or coordinates session {task_id}")
     hashes = {
         a: r.output_hash or r.result_digest or result_hash(r.result)
         for a, r in session.results.items()
     }
-    mine = hashes.get(agent_id)
-    agreement = sum(h == mine for h in hashes.values()) / len(hashes) if mine else 0.0
-    return TaskFacts("session", assigned_at, session.timeout_seconds, mine, agreement)
+    mine = session.results.get(agent_id)
+    my_hash = hashes.get(agent_id)
+    agreement = sum(h == my_hash for h in hashes.values()) / len(hashes) if my_hash else 0.0
+    return TaskFacts(
+        kind="session",
+        assigned_at=assigned_at,
+        allowed_seconds=session.timeout_seconds,
+        recorded_hash=my_hash,
+        recorded_at=mine.submitted_at if mine is not None else None,
+        succeeded=mine is not None and mine.success,
+        agreement=agreement,
+    )
 
 
 def _phase_facts(
@@ -96,46 +128,58 @@ def _phase_facts(
     assignee, started_at = workflow.assignments.get(phase, (None, None))
     if assignee != agent_id or started_at is None:
         raise TaskProblem("not_assigned", f"phase {task_id} was not assigned to {agent_id}")
+    if agent_id == workflow.started_by:
+        raise TaskProblem("self_assigned", f"{agent_id} started workflow {wid}")
     result = workflow.results.get(phase)
     allowed = next(p.expected_seconds for p in workflow.phases if p.name == phase)
-    recorded = result_hash(result) if result is not None else None
-    return TaskFacts("phase", started_at, allowed, recorded, 1.0)
+    return TaskFacts(
+        kind="phase",
+        assigned_at=started_at,
+        allowed_seconds=allowed,
+        recorded_hash=result_hash(result) if result is not None else None,
+        recorded_at=workflow.completed_at.get(phase),
+        succeeded=result is not None,
+        agreement=1.0,
+    )
 
 
 def judge(
     cmd: VerifyCompletion, verified_tasks: set[str], now: datetime, ctx: EngineContext
 ) -> CompletionVerified | CompletionRejected:
     """The verdict on one claim: every failed check is a reason."""
+    task_id = canonical_task_id(cmd.task_id)
     try:
-        facts = task_facts(cmd.task_id, cmd.agent_id, ctx)
+        facts = task_facts(task_id, cmd.agent_id, ctx)
     except TaskProblem as problem:
-        return _rejected(cmd, [problem.rejection])
+        return _rejected(cmd, task_id, [problem.rejection])
     reasons: list[Rejection] = []
-    if cmd.task_id in verified_tasks:
+    if task_id in verified_tasks:
         reasons.append(Rejection(code="already_verified",
-                                 message=f"task {cmd.task_id} was already verified"))  # fmt: skip
+                                 message=f"task {task_id} was already verified"))  # fmt: skip
     if facts.recorded_hash is None:
         reasons.append(Rejection(code="no_result",
                                  message=f"no result of {cmd.agent_id} is recorded for the task"))  # fmt: skip
-    elif cmd.output_hash != facts.recorded_hash:
-        reasons.append(Rejection(code="hash_mismatch", message=(
-            f"output_hash {cmd.output_hash} differs from the recorded {facts.recorded_hash}")))  # fmt: skip
-    if cmd.completion_time < facts.assigned_at - CLOCK_SKEW:
-        reasons.append(Rejection(code="completion_before_assignment", message=(
-            f"completion_time {cmd.completion_time.isoformat()} is before the assignment at "
-            f"{facts.assigned_at.isoformat()}")))  # fmt: skip
-    if cmd.completion_time > now + CLOCK_SKEW:
-        reasons.append(Rejection(code="completion_in_future", message=(
-            f"completion_time {cmd.completion_time.isoformat()} is in the future "
-            f"(now {now.isoformat()})")))  # fmt: skip
+    else:
+        if not facts.succeeded:
+            reasons.append(Rejection(code="result_failed",
+                                     message="the recorded result was not a success"))  # fmt: skip
+        if cmd.output_hash != facts.recorded_hash:
+            reasons.append(Rejection(code="hash_mismatch", message=(
+                f"output_hash {cmd.output_hash} differs from the recorded "
+                f"{facts.recorded_hash}")))  # fmt: skip
+    reasons += _timing_problems(cmd, facts, now)
     response = cmd.response_time
     if response is None:
         response = max(0.0, (cmd.completion_time - facts.assigned_at).total_seconds())
     if reasons:
-        return _rejected(cmd, reasons, response)
-    parts = quality_parts(response, facts.allowed_seconds, facts.agreement)
+        return _rejected(cmd, task_id, reasons, response)
+    # Timeliness from the record when it has the result's time: the agent cannot shorten it.
+    taken = response
+    if facts.recorded_at is not None:
+        taken = max(0.0, (facts.recorded_at - facts.assigned_at).total_seconds())
+    parts = quality_parts(taken, facts.allowed_seconds, facts.agreement)
     return CompletionVerified(
-        task_id=cmd.task_id,
+        task_id=task_id,
         task_kind=facts.kind,
         completion_time=cmd.completion_time,
         output_hash=cmd.output_hash,
@@ -144,6 +188,31 @@ def judge(
         quality_score=quality_score(parts),
         score_parts=parts,
     )
+
+
+def _timing_problems(cmd: VerifyCompletion, facts: TaskFacts, now: datetime) -> list[Rejection]:
+    """The claim's times against the record's: assignment <= completion <= recorded, now."""
+    out: list[Rejection] = []
+    done = cmd.completion_time
+    if done < facts.assigned_at - CLOCK_SKEW:
+        out.append(Rejection(code="completion_before_assignment", message=(
+            f"completion_time {done.isoformat()} is before the assignment at "
+            f"{facts.assigned_at.isoformat()}")))  # fmt: skip
+    if done > now + CLOCK_SKEW:
+        out.append(Rejection(code="completion_in_future", message=(
+            f"completion_time {done.isoformat()} is in the future (now {now.isoformat()})")))  # fmt: skip
+    elif facts.recorded_at is not None and done > facts.recorded_at + CLOCK_SKEW:
+        out.append(Rejection(code="completion_after_result", message=(
+            f"completion_time {done.isoformat()} is after the result was recorded at "
+            f"{facts.recorded_at.isoformat()}")))  # fmt: skip
+    if cmd.response_time is not None:
+        end = facts.recorded_at or now
+        longest = (end - facts.assigned_at + CLOCK_SKEW).total_seconds()
+        if cmd.response_time > longest:
+            out.append(Rejection(code="response_time_implausible", message=(
+                f"response_time {cmd.response_time}s is longer than the {longest:.3f}s "
+                "between the assignment and the recorded result")))  # fmt: skip
+    return out
 
 
 def quality_parts(response_time: float, allowed: float, agreement: float) -> dict[str, float]:
@@ -157,10 +226,13 @@ def quality_score(parts: dict[str, float]) -> float:
 
 
 def _rejected(
-    cmd: VerifyCompletion, reasons: list[Rejection], response: float | None = None
+    cmd: VerifyCompletion,
+    task_id: str,
+    reasons: list[Rejection],
+    response: float | None = None,
 ) -> CompletionRejected:
     return CompletionRejected(
-        task_id=cmd.task_id,
+        task_id=task_id,
         completion_time=cmd.completion_time,
         output_hash=cmd.output_hash,
         reasons=reasons,

@@ -8,6 +8,11 @@ few KV writes), and records an event only when the status changes:
 - a heartbeat from an agent the log says is offline sends ``mark_online``;
 - an online agent unseen for ``missed`` heartbeat intervals gets ``mark_offline``.
 
+Heartbeats never wait on anything in the command path: the worker hands them to the
+monitor's own queue (full: the beat is dropped, the next one will do), the monitor answers
+from memory, and a background writer flushes the last beat per agent to the KV bucket.
+A slow or absent JetStream therefore delays no command.
+
 Several engine workers share the heartbeats (queue group), so before marking an agent
 offline a worker reads the KV bucket, which every worker writes. Command ids are derived
 from the agent's version (``online:<id>:<v>`` / ``offline:<id>:<v>``), so workers racing
@@ -39,6 +44,7 @@ from contracts import errors as codes
 from contracts.agents import Heartbeat, MarkOffline, MarkOnline, agent_uuid
 from contracts.aio import raise_if_cancelling
 from contracts.envelope import Envelope, Reply
+from contracts.errors import ErrorInfo
 from contracts.subjects import is_token, parse_command_subject
 from engine.directory import AgentDirectory
 from engine.handlers import HANDLERS
@@ -109,6 +115,9 @@ class LivenessMonitor:
         self.kv: KeyValue | None = None
         self.last_seen: dict[str, datetime] = {}
         self._last_put: dict[str, datetime] = {}
+        self._unflushed: dict[str, datetime] = {}
+        self._inbox: asyncio.Queue[Msg] = asyncio.Queue(maxsize=100_000)
+        self.dropped = 0
         self._pending: set[str] = set()
         self._started = clock()
         self._refreshing: asyncio.Future[Any] | None = None
@@ -129,14 +138,33 @@ class LivenessMonitor:
     # Heartbeats -----------------------------------------------------------------------------
 
     async def on_heartbeat(self, msg: Msg) -> None:
+        """Called in the worker's subscription: only queue it, never wait."""
         try:
-            reply = await self._beat(msg)
-        except Rejection as rejection:
-            await self.worker.reject(msg, rejection)
-            return
-        if msg.reply:
-            with contextlib.suppress(Exception):
-                await self.nc.publish(msg.reply, _reply.encode(reply))
+            self._inbox.put_nowait(msg)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def _take_heartbeats(self) -> None:
+        while True:
+            msg = await self._inbox.get()
+            try:
+                reply = await self._beat(msg)
+            except Rejection as rejection:
+                if rejection.code in (codes.MALFORMED_MESSAGE, codes.INVALID_COMMAND,
+                                      codes.INVALID_SUBJECT):  # fmt: skip
+                    await self.worker.reject(msg, rejection)  # a broken message: dead letter
+                    continue
+                # A beat from an unknown, retired or foreign agent is answered, not kept:
+                # a stray agent beating on must not push real dead letters out.
+                reply = Reply(command_id=_command_id(msg.data), status="rejected",
+                              error=ErrorInfo(code=rejection.code, message=rejection.message))  # fmt: skip
+            except Exception as error:
+                raise_if_cancelling()
+                log.warning("heartbeat failed: %s", error)
+                continue
+            if msg.reply:
+                with contextlib.suppress(Exception):
+                    await self.nc.publish(msg.reply, _reply.encode(reply))
 
     async def _beat(self, msg: Msg) -> Reply:
         actor, agent_id = parse_heartbeat(msg.subject, msg.data)
@@ -150,7 +178,7 @@ class LivenessMonitor:
         now = self.clock()
         self.beats += 1
         self.last_seen[agent_id] = now
-        await self._store(agent_id, now)
+        self._store(agent_id, now)
         if state.status == "offline" and agent_id not in self._pending:
             self._pending.add(agent_id)
             command = self._command("mark_online", f"online:{agent_id}:{state.version}",
@@ -174,18 +202,30 @@ class LivenessMonitor:
             state = self.directory.by_id.get(agent_id)
         return state
 
-    async def _store(self, agent_id: str, now: datetime) -> None:
+    def _store(self, agent_id: str, now: datetime) -> None:
+        """Mark the beat for the KV writer, at most every half interval per agent."""
         previous = self._last_put.get(agent_id)
-        if self.kv is None or (
-            previous is not None and (now - previous).total_seconds() < self.config.interval / 2
-        ):
+        if previous is not None and (now - previous).total_seconds() < self.config.interval / 2:
             return
         self._last_put[agent_id] = now
-        try:
-            await self.kv.put(kv_key(agent_id), now.isoformat().encode())
-        except Exception as error:
-            raise_if_cancelling()
-            log.warning("liveness store unavailable: %s", error)
+        self._unflushed[agent_id] = now
+
+    async def _flush(self) -> None:
+        """Write the marked beats to the KV bucket, off the heartbeat path."""
+        while True:
+            await asyncio.sleep(min(self.config.interval / 4, 0.5))
+            pending, self._unflushed = self._unflushed, {}
+            for agent_id, seen in pending.items():
+                if self.kv is None:
+                    break
+                try:
+                    await self.kv.put(kv_key(agent_id), seen.isoformat().encode())
+                except Exception as error:
+                    raise_if_cancelling()
+                    log.warning("liveness store unavailable: %s", error)
+                    for again, at in pending.items():  # keep what was not written
+                        self._unflushed.setdefault(again, at)
+                    break
 
     async def _stored(self, agent_id: str) -> datetime | None:
         if self.kv is None:
@@ -199,14 +239,25 @@ class LivenessMonitor:
     # Sweeps ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Take heartbeats, flush them to KV, and sweep, until cancelled."""
+        helpers = [asyncio.create_task(self._take_heartbeats(), name="liveness-heartbeats"),
+                   asyncio.create_task(self._flush(), name="liveness-kv")]  # fmt: skip
         pause = min(self.config.interval / 2, 1.0)
-        while True:
-            try:
-                await self.sweep()
-            except Exception as error:
-                raise_if_cancelling()
-                log.warning("liveness sweep failed, retrying: %s", error)
-            await asyncio.sleep(pause)
+        try:
+            while True:
+                for helper in helpers:
+                    if helper.done():
+                        helper.result()  # a helper that died takes the monitor down
+                try:
+                    await self.sweep()
+                except Exception as error:
+                    raise_if_cancelling()
+                    log.warning("liveness sweep failed, retrying: %s", error)
+                await asyncio.sleep(pause)
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
 
     async def sweep(self) -> int:
         """Mark offline every online agent silent for longer than the timeout."""

@@ -149,9 +149,28 @@ class Processor:
             self._cache.popitem(last=False)
 
     def _lookup(self, aggregate: str, aggregate_id: UUID) -> AggregateState:
-        """Another aggregate for a decision to read, as the running batch sees it."""
+        """Another aggregate for a decision to read, as the running batch sees it.
+
+        Outside the batch's own writes it is fast-forwarded from the store: another engine
+        worker may have written it since this one cached it, and a decision that reads it
+        (evidence) is not protected by the version check of the aggregate it writes. An id
+        that belongs to another kind of aggregate reads as one that does not exist.
+        """
         handler = next(h for (a, _), h in HANDLERS.items() if a == aggregate)
-        return self.load(handler, aggregate_id, self._working)
+        working = self._working
+        if working is not None and aggregate_id in working:
+            state = working[aggregate_id]
+            fresh = handler.new_state(aggregate_id)
+            return state if isinstance(state, type(fresh)) else fresh
+        first = self.recorder.select_events(aggregate_id, limit=1)
+        if first and not first[0].topic.startswith(f"{aggregate}."):
+            return handler.new_state(aggregate_id)
+        state = self.load(handler, aggregate_id, working)
+        for stored in self.recorder.select_events(aggregate_id, gt=state.version):
+            record = decode_record(stored)
+            state.apply(typed_event(record))
+            state.last_hash = record.hash
+        return state
 
     def _defined_types(self, refresh: bool = False) -> list[WorkflowType]:
         """Types defined over the API, fast-forwarded on every read: another engine worker

@@ -211,6 +211,7 @@ def decide_submit(
         success=cmd.success,
         output_hash=cmd.output_hash,
         result_digest=result_digest(cmd.result),
+        submitted_at=now,
     )
     out: list[msgspec.Struct] = [submitted]
     if len(state.results) + 1 == len(state.participants):
@@ -282,6 +283,7 @@ def decide_participant_lost(
         ]
     if state.on_participant_lost == "replace":
         exclude = set(state.assigned_at) | state.participant_set
+        exclude |= {state.opened_by, state.coordinator_id}  # never its own coordinator
         try:
             routing = route((ctx or EngineContext()).agents(), state.capabilities, 1, exclude)
         except errors.NotEnoughAgents:

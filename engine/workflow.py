@@ -63,6 +63,7 @@ class WorkflowState:
     errors: list[dict[str, Any]] = field(default_factory=list)
     #: phase -> (assignee, started at): who held each phase, for completion evidence.
     assignments: dict[str, tuple[str, datetime | None]] = field(default_factory=dict)
+    completed_at: dict[str, datetime | None] = field(default_factory=dict)
 
     @property
     def exists(self) -> bool:
@@ -98,6 +99,7 @@ class WorkflowState:
                 self.partial_results.setdefault(event.phase, []).append(event.result)
             case PhaseCompleted():
                 self.results[event.phase] = event.result
+                self.completed_at[event.phase] = event.completed_at
                 self.completed += 1
                 self.current = None
                 self.assignee = None
@@ -248,7 +250,9 @@ def decide_complete_phase(
     ctx: EngineContext | None = None,
 ) -> list[msgspec.Struct]:
     _check_reporting(state, cmd.phase, actor, ctx)
-    out: list[msgspec.Struct] = [PhaseCompleted(phase=cmd.phase, result=cmd.result)]
+    out: list[msgspec.Struct] = [
+        PhaseCompleted(phase=cmd.phase, result=cmd.result, completed_at=now)
+    ]
     if state.completed + 1 == len(state.phases):
         out.append(WorkflowCompleted(final_result=cmd.result))
     return out

@@ -54,6 +54,8 @@ class ResultSubmitted(Struct, kw_only=True, frozen=True):
     #: agent *returned*, as opposed to ``output_hash``, what it *claims* to have produced.
     #: Auditors compare results across agents and bundles by it without reading them.
     result_digest: str | None = None
+    #: When the engine recorded it: a completion claim cannot be later than this.
+    submitted_at: datetime | None = None
 
 
 class Verdict(Struct, kw_only=True, frozen=True):

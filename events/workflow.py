@@ -43,6 +43,8 @@ class PartialResultRecorded(Struct, kw_only=True, frozen=True):
 class PhaseCompleted(Struct, kw_only=True, frozen=True):
     phase: str
     result: dict[str, Any]
+    #: When the engine recorded it: a completion claim cannot be later than this.
+    completed_at: datetime | None = None
 
 
 class PhaseFailed(Struct, kw_only=True, frozen=True):

@@ -3,7 +3,7 @@ registry with reliability, per-window metrics and history."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -132,8 +132,12 @@ def _as_of(value: str | None) -> datetime:
         return datetime.now(UTC)
     try:
         # An unencoded "+00:00" arrives as " 00:00": take it as meant.
-        return read_model.parse_time(value.strip().replace(" ", "+"))
-    except ValueError:
+        moment = read_model.parse_time(value.strip().replace(" ", "+"))
+        # Windows reach 7 days back; both ends must be representable in UTC.
+        (moment - timedelta(days=8)).astimezone(UTC)
+        (moment + timedelta(days=1)).astimezone(UTC)
+        return moment
+    except (ValueError, OverflowError):
         raise Problem(
             400, "invalid_parameter", "as_of must be an RFC 3339 time, e.g. 2026-11-30T10:00:00Z",
             details={"field": "as_of"},

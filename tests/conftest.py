@@ -33,6 +33,7 @@ from projections.runner import ProjectionRunner
 from projections.sessions import SessionsProjection
 from projections.workflows import WorkflowsProjection
 from runtime.natsd import start_nats_server
+from runtime.processes import operator_check
 
 
 @dataclass
@@ -94,8 +95,14 @@ def read_store_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def engine(nats_server: NatsEndpoint, database_url: str) -> AsyncIterator[EngineService]:
-    service = EngineService(EngineConfig(nats_url=nats_server.url, database_url=database_url))
+async def engine(
+    nats_server: NatsEndpoint, database_url: str, tmp_path: Path
+) -> AsyncIterator[EngineService]:
+    """The engine knows the operators of the ``gateway`` fixture's key store, as in
+    ``chorus up``."""
+    config = EngineConfig(nats_url=nats_server.url, database_url=database_url,
+                          is_operator=operator_check(tmp_path / "keys.db"))  # fmt: skip
+    service = EngineService(config)
     await service.start()
     try:
         yield service

@@ -9,6 +9,7 @@ values computed by hand; routing picks the agents the record says it should.
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,8 @@ async def test_agents_liveness_evidence_metrics_and_routing_under_chorus_up(
 ) -> None:
     data_dir, workdir = tmp_path / "data", tmp_path / "work"
     workdir.mkdir()
-    env = {"CHORUS_HEARTBEAT_INTERVAL": "0.2", "CHORUS_MISSED_HEARTBEATS": "3"}
+    # Offline after 1.5 s of silence: quick, yet far from a stall of a busy CI machine.
+    env = {"CHORUS_HEARTBEAT_INTERVAL": "0.5", "CHORUS_MISSED_HEARTBEATS": "3"}
     with running_chorus(data_dir, free_port(), workdir, **env) as up:
         assert up.nats_url and up.admin_key, up.output
         headers = {"Authorization": f"Bearer {up.admin_key}"}
@@ -75,9 +77,13 @@ async def test_agents_liveness_evidence_metrics_and_routing_under_chorus_up(
                 await client.stop()
             for nc in connections:
                 await nc.close()
-    events = [r for r in read_store(sqlite_url(data_dir / "events.db")) if r.aggregate != "command"]
-    # Heartbeats are not events: only registrations, transitions, sessions and verdicts.
-    assert not any(r.type.lower().startswith("heartbeat") for r in events)
+    events = [r for r in read_store(sqlite_url(data_dir / "events.db")) if r.aggregate == "agent"]
+    # Thousands of heartbeats, and the agents' own records hold only what happened to them:
+    # 5 registrations, 7 verdicts, charlie offline and back.
+    assert sorted(Counter(r.type for r in events).items()) == [
+        ("AgentCameOnline", 1), ("AgentRegistered", 5), ("AgentWentOffline", 1),
+        ("CompletionRejected", 4), ("CompletionVerified", 3),
+    ]  # fmt: skip
 
 
 async def scenario(http: httpx.AsyncClient, clients: dict[str, AgentClient]) -> None:
@@ -103,13 +109,13 @@ async def scenario(http: httpx.AsyncClient, clients: dict[str, AgentClient]) -> 
     await clients["alpha"].submit_result(second, {"answer": 7})
     now = datetime.now(UTC)
     claims = [
-        ("alpha", first, {"result": {"by": "the book", "answer": 42}, "response_time": 10.0}),
-        ("bravo", first, {"result": {"answer": 42, "by": "the book"}, "response_time": 20.0}),
+        ("alpha", first, {"result": {"by": "the book", "answer": 42}, "response_time": 1.0}),
+        ("bravo", first, {"result": {"answer": 42, "by": "the book"}, "response_time": 2.0}),
         ("charlie", first, {"output_hash": "sha256:forged"}),  # a wrong hash
         ("delta", first, {"result": {"answer": 42, "by": "the book"}}),  # another's task
         ("alpha", second, {"result": {"answer": 7},  # a time in the future
                            "completion_time": now + timedelta(hours=1)}),
-        ("alpha", second, {"result": {"answer": 7}, "response_time": 30.0}),
+        ("alpha", second, {"result": {"answer": 7}, "response_time": 3.0}),
         ("alpha", second, {"result": {"answer": 7}}),  # a repeat
     ]  # fmt: skip
     for name, task, claim in claims:
@@ -127,12 +133,12 @@ async def scenario(http: httpx.AsyncClient, clients: dict[str, AgentClient]) -> 
     assert reasons["alpha"] == [[], ["completion_in_future"], [], ["already_verified"]]
 
     # Metrics by hand. alpha: 2 verified, 2 rejected -> success 0.5; response times of
-    # verified completions 10 and 30 -> nearest-rank p50 = 10, p95 = 30; 2 tasks assigned.
+    # verified completions 1 and 3 -> nearest-rank p50 = 1, p95 = 3; 2 tasks assigned.
     for timeframe in ("1h", "24h", "7d", "all"):
         m = await metrics(http, "alpha", timeframe)
         assert (m["verified"], m["rejected"], m["total_tasks"]) == (2, 2, 2), (timeframe, m)
         assert m["success_rate"] == 0.5
-        assert (m["response_time_p50"], m["response_time_p95"]) == (10.0, 30.0)
+        assert (m["response_time_p50"], m["response_time_p95"]) == (1.0, 3.0)
         assert m["reliability_score"] == pytest.approx(3 / 6, abs=1e-6)
     before = (now - timedelta(hours=2)).isoformat()
     past = await metrics(http, "alpha", "all", as_of=before)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
+from contracts.agents import agent_uuid
 from engine.liveness import LivenessConfig
 from engine.service import EngineConfig, EngineService
 from tests.conftest import NatsEndpoint
@@ -24,9 +25,9 @@ FAST = LivenessConfig(interval=0.1, missed=3)
 
 @pytest.fixture
 async def engine(nats_server: NatsEndpoint, database_url: str) -> AsyncIterator[EngineService]:
-    """An engine whose agents go offline after 0.3 s of silence."""
+    """An engine whose agents go offline after 0.3 s of silence; ``ops`` is an operator."""
     config = EngineConfig(nats_url=nats_server.url, database_url=database_url,
-                          liveness_config=FAST)  # fmt: skip
+                          liveness_config=FAST, is_operator=lambda actor: actor == "ops")  # fmt: skip
     async with EngineService(config) as service:
         yield service
 
@@ -142,10 +143,14 @@ async def test_bad_heartbeats_are_answered_and_change_nothing(
 ) -> None:
     unknown = json.loads((await nc.request("chorus.cmd.ghost.agent.heartbeat", b"", 5)).data)
     assert unknown["error"]["code"] == "agent_not_found"
-    await register(nc, "owned", actor="owner")
+    squatted = await register(nc, "owned", actor="squatter")  # only itself or an operator
+    assert squatted["error"]["code"] == "not_authorized"
+    reserved = await register(nc, "system", actor="system-like")
+    assert reserved["error"]["code"] == "invalid_command"
+    await register(nc, "owned", actor="ops")
     foreign = await nc.request("chorus.cmd.other.agent.heartbeat", b'{"agent_id": "owned"}', 5)
     assert json.loads(foreign.data)["error"]["code"] == "not_authorized"
-    by_owner = await nc.request("chorus.cmd.owner.agent.heartbeat", b'{"agent_id": "owned"}', 5)
+    by_owner = await nc.request("chorus.cmd.ops.agent.heartbeat", b'{"agent_id": "owned"}', 5)
     assert json.loads(by_owner.data)["status"] == "accepted"
     garbage = json.loads((await nc.request("chorus.cmd.owned.agent.heartbeat", b"{", 5)).data)
     assert garbage["error"]["code"] == "malformed_message"
@@ -365,3 +370,44 @@ async def _beat_for_a_minute(engine: EngineService, nc: NATS, database_url: str)
     # Beating all along: at most a flap per agent if the machine stalled, never per beat.
     assert all(r.type in ("AgentWentOffline", "AgentCameOnline") for r in added)
     assert len(added) <= 2 * len(agents)
+
+
+async def test_claims_that_would_break_a_reader_are_refused_at_the_edge(
+    engine: EngineService, nc: NATS, database_url: str
+) -> None:
+    await register(nc, "edgy")
+    claim = {"agent_id": "edgy", "task_id": str(uuid.uuid4()), "output_hash": "h"}
+    for when in ("9999-12-31T23:00:00-05:00", "2030-01-01T00:00:00"):  # no UTC, no zone
+        reply = await send(nc, "edgy", "verify_completion", {**claim, "completion_time": when},
+                           aggregate="agent")  # fmt: skip
+        assert reply["error"]["code"] == "invalid_command", reply
+    for task_id in (str(agent_uuid("edgy")), f"{uuid.uuid4()}/phase"):  # not a session
+        reply = await send(nc, "edgy", "verify_completion", {
+            **claim, "task_id": task_id, "completion_time": datetime.now(UTC).isoformat(),
+        }, aggregate="agent")  # fmt: skip
+        assert reply["status"] == "accepted", reply
+    verdicts = events_of(database_url, "CompletionRejected")
+    assert [[r["code"] for r in v.data["reasons"]] for v in verdicts] == [["task_not_found"]] * 2
+
+
+async def test_evidence_reads_what_another_engine_worker_wrote(
+    engine: EngineService, nats_server: NatsEndpoint, nc: NATS, database_url: str
+) -> None:
+    """Two workers in the queue group: the session may change through either; a claim
+    checked by the other still sees the result (its cache is fast-forwarded)."""
+    config = EngineConfig(nats_url=nats_server.url, database_url=database_url,
+                          liveness_config=FAST, relay=False, timers=False,
+                          delegation=False, liveness=False)  # fmt: skip
+    async with EngineService(config):
+        await register(nc, "w")
+        for _ in range(6):  # each worker sees the session at some point, then it changes
+            opened = open_payload(["w"])
+            await send(nc, "coord", "open", opened)
+            await send(nc, "w", "submit_result", {"session_id": opened["session_id"],
+                                                   "result": {"n": 1}})  # fmt: skip
+            claim = {"agent_id": "w", "task_id": opened["session_id"],
+                     "completion_time": datetime.now(UTC).isoformat(),
+                     "output_hash": canonical_hash({"n": 1})}  # fmt: skip
+            await send(nc, "w", "verify_completion", claim, aggregate="agent")
+    verdicts = events_of(database_url, "CompletionVerified", "CompletionRejected")
+    assert [v.type for v in verdicts] == ["CompletionVerified"] * 6

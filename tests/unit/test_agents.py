@@ -153,33 +153,62 @@ def verify(session: SessionState, claim: dict[str, Any], done: set[str] = frozen
     me = agent("a")
     me.verified_tasks = set(done)
     ctx = EngineContext(load=lambda aggregate, aggregate_id: session)
-    cmd = VerifyCompletion(**{"agent_id": "a", "task_id": str(SID), "completion_time": NOW,
-                              "output_hash": result_hash({"x": 1}), **claim})  # fmt: skip
+    cmd = VerifyCompletion(**{"agent_id": "a", "task_id": str(SID), "output_hash": result_hash({"x": 1}),
+                              "completion_time": NOW + timedelta(seconds=30), **claim})  # fmt: skip
     return decide_verify_completion(me, cmd, "a", NOW + timedelta(seconds=60), ctx)[0]
 
 
+def submitted(participants: list[str], success: bool = True, at: int = 30) -> SessionState:
+    """A session opened at NOW whose participant ``a`` submitted {"x": 1} at NOW + ``at`` s."""
+    session, _ = session_with(participants)
+    submit = SubmitResult(session_id=str(SID), result={"x": 1}, success=success)
+    return fold(session, decide_submit(session, submit, "a", NOW + timedelta(seconds=at)))
+
+
+def codes(verdict: Any) -> list[str]:
+    return [r.code for r in getattr(verdict, "reasons", [])]
+
+
 def test_evidence_checks_name_every_failed_check() -> None:
-    session, _ = session_with(["a", "b"])
-    fold(session, decide_submit(session, SubmitResult(session_id=str(SID), result={"x": 1}),
-                                "a", NOW))  # fmt: skip
-    verdict = verify(session, {"completion_time": NOW + timedelta(seconds=30)})
+    session = submitted(["a", "b"])
+    verdict = verify(session, {})
     assert isinstance(verdict, CompletionVerified)
-    # timeliness 1 - 30/600, agreement 1 (a lone result)
+    # taken 30 s of 600 (from the record): timeliness 0.95; agreement 1 (a lone result)
     assert verdict.quality_score == pytest.approx(0.5 + 0.3 * 0.95 + 0.2, abs=1e-6)
     bad = verify(session, {"output_hash": "x", "completion_time": NOW + timedelta(hours=1)},
                  done={str(SID)})  # fmt: skip
     assert isinstance(bad, CompletionRejected) and bad.quality_score == 0
-    assert [r.code for r in bad.reasons] == ["already_verified", "hash_mismatch",
-                                             "completion_in_future"]  # fmt: skip
+    assert codes(bad) == ["already_verified", "hash_mismatch", "completion_in_future"]
     early = verify(session, {"completion_time": NOW - CLOCK_SKEW - timedelta(seconds=1)})
-    assert [r.code for r in early.reasons] == ["completion_before_assignment"]
-    skewed = verify(session, {"completion_time": NOW - CLOCK_SKEW})
-    assert isinstance(skewed, CompletionVerified)
-    assert [r.code for r in verify(SessionState(id=SID), {}).reasons] == ["task_not_found"]
+    assert codes(early) == ["completion_before_assignment"]
+    assert isinstance(verify(session, {"completion_time": NOW - CLOCK_SKEW}), CompletionVerified)
+    late = verify(session, {"completion_time": NOW + timedelta(seconds=50)})
+    assert codes(late) == ["completion_after_result"]
+    slow = verify(session, {"response_time": 36.0})  # 30 s on record, 5 s of skew
+    assert codes(slow) == ["response_time_implausible"]
+    assert codes(verify(SessionState(id=SID), {})) == ["task_not_found"]
     other, _ = session_with(["b"])
-    assert [r.code for r in verify(other, {}).reasons] == ["not_assigned"]
+    assert codes(verify(other, {})) == ["not_assigned"]
     pending, _ = session_with(["a"])
-    assert [r.code for r in verify(pending, {}).reasons] == ["no_result"]
+    assert codes(verify(pending, {})) == ["no_result"]
+    assert codes(verify(submitted(["a"], success=False), {})) == ["result_failed"]
+
+
+def test_one_task_is_one_task_however_its_id_is_spelled() -> None:
+    session = submitted(["a"])
+    for spelling in (str(SID).upper(), SID.hex, f"{{{SID}}}", SID.urn):
+        assert codes(verify(session, {"task_id": spelling}, done={str(SID)})) == [
+            "already_verified"
+        ]
+
+
+def test_work_an_agent_handed_itself_earns_no_record() -> None:
+    ctx = EngineContext()
+    state = SessionState(id=SID)
+    opened = OpenSession(session_id=str(SID), participants=["a"], task=Task(description="t"))
+    fold(state, decide_open(state, opened, "a", NOW, ctx))
+    fold(state, decide_submit(state, SubmitResult(session_id=str(SID), result={"x": 1}), "a", NOW))
+    assert codes(verify(state, {"completion_time": NOW})) == ["self_assigned"]
 
 
 def test_quality_score_formula() -> None:

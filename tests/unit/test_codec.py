@@ -176,7 +176,7 @@ def test_the_stored_data_is_canonical_with_sorted_keys() -> None:
     body = msgspec.json.decode(stored.state, type=StoredBody)
     assert bytes(body.data) == (
         b'{"agent_id":"a","output_hash":null,"result":{"a":2,"z":1},"result_digest":null,'
-        b'"success":true}'
+        b'"submitted_at":null,"success":true}'
     )
 
 

@@ -168,6 +168,7 @@ def test_a_participant_result_is_recorded_without_finalising_while_others_are_pe
             success=True,
             output_hash="h",
             result_digest=result_digest({"ok": True}),
+            submitted_at=NOW,
         )
     ]
     apply_all(state, events)
