@@ -13,6 +13,12 @@ first. Each agent event becomes one message naming the agent::
 event that does not change it (capabilities, verdicts) it is the agent's status in the
 read model, where ``busy`` shows.
 
+Becoming busy or idle happens through sessions and workflow phases, so the feed also
+follows the session and workflow events that assign or release work (``ASSIGNING``): for
+each, once the agents read model has applied it, every agent with a task in that session
+or workflow whose status changed gets a message (``event`` names the session or workflow
+event, ``data`` carries ``{"aggregate", "aggregate_id"}``).
+
 Client messages (JSON objects; the text ``ping`` is answered ``pong``):
 
 - ``{"type": "subscribe_agent", "agent_id": "agent-7"}`` narrows the feed to the agents
@@ -61,6 +67,13 @@ STATUS_OF = {
     "AgentRetired": "retired",
 }
 
+#: Session and workflow events that can make an agent busy or idle.
+ASSIGNING = frozenset({
+    "SessionOpened", "ResultSubmitted", "ParticipantReplaced", "SessionFinalised",
+    "SessionTimedOut", "SessionCancelled", "PhaseStarted", "PhaseCompleted", "PhaseFailed",
+    "WorkflowFailed", "WorkflowCancelled",
+})  # fmt: skip
+
 _record = msgspec.json.Decoder(EventRecord)
 
 
@@ -87,6 +100,7 @@ class AgentFeed:
         self.last = since
         self.watch: set[str] | None = None  # None: every agent
         self.names: dict[str, str] = {}  # aggregate uuid -> agent name
+        self.sent: dict[str, str | None] = {}  # agent -> the status last sent
         self.checks: set[asyncio.Task[None]] = set()
         self._send_lock = asyncio.Lock()
 
@@ -106,22 +120,49 @@ class AgentFeed:
             if position <= self.last:
                 continue
             self.last = position
+            _, _, aggregate, _, event_type = (msg.subject.split(".") + [""] * 5)[:5]
+            if aggregate != "agent" and event_type not in ASSIGNING:
+                continue  # skipped before decoding: most of the log is not about agents
             try:
                 record = _record.decode(msg.data)
             except msgspec.DecodeError:
                 continue  # not ours: the relay is the only writer of these subjects
+            if record.aggregate != "agent":
+                await self.assignment_changed(record)
+                continue
             name = await self.name_of(record)
             if name is None or (self.watch is not None and name not in self.watch):
                 continue
             status = STATUS_OF.get(record.type)
-            if status is None:
+            if status is None or status == "online":  # online may in fact be busy
+                await self.services.wait_for_projection(read_model.NAME, record.position)
                 view = await self.services.read(read_model.get_agent, name)
-                status = view.status if view is not None else None
+                status = view.status if view is not None else status
+            self.sent[name] = status
             await self.send(
                 AgentStatus(
                     agent_id=name, status=status, event=record.type, position=record.position,
                     version=record.version, occurred_at=read_model.stamp(record.occurred_at),
                     data=record.data,
+                )
+            )  # fmt: skip
+
+    async def assignment_changed(self, record: EventRecord) -> None:
+        """A session or phase event: tell the agents whose status it changed."""
+        await self.services.wait_for_projection(read_model.NAME, record.position)
+        for name in await self.services.read(read_model.agents_of, record.aggregate_id):
+            if self.watch is not None and name not in self.watch:
+                continue
+            view = await self.services.read(read_model.get_agent, name)
+            if view is None or self.sent.get(name) == view.status:
+                continue
+            self.sent[name] = view.status
+            await self.send(
+                AgentStatus(
+                    agent_id=name, status=view.status, event=record.type,
+                    position=record.position, version=record.version,
+                    occurred_at=read_model.stamp(record.occurred_at),
+                    data={"aggregate": record.aggregate, "aggregate_id": record.aggregate_id},
                 )
             )  # fmt: skip
 
@@ -247,7 +288,7 @@ async def agent_feed(
     # The consumer exists before the handshake completes: "live from now" has no gap.
     js = services.nc.jetstream()
     sub = await js.subscribe(
-        f"{EVT_PREFIX}.agent.>",
+        f"{EVT_PREFIX}.>",
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.NEW if since is None else DeliverPolicy.ALL,
     )

@@ -527,6 +527,19 @@ def agent_name(conn: sqlite3.Connection, uuid: str) -> str | None:
     return str(row[0]) if row else None
 
 
+def agents_of(conn: sqlite3.Connection, aggregate_id: str) -> list[str]:
+    """Every agent ever assigned a task of this session or workflow (open or closed)."""
+    try:
+        rows = conn.execute(
+            "SELECT DISTINCT agent_id FROM agent_assignments WHERE task_id=? OR task_id LIKE ? "
+            "ORDER BY agent_id",
+            (aggregate_id, f"{aggregate_id}/%"),
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    return [str(r[0]) for r in rows]
+
+
 def reachable_agents(conn: sqlite3.Connection) -> list[str]:
     """Agents that should answer a ping: online (busy included), by name."""
     try:

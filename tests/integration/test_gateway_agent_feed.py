@@ -207,3 +207,29 @@ async def test_feed_needs_a_key_and_takes_it_as_a_query_parameter(http, gateway)
     auditor = gateway.key("aud", "auditor")
     async with websockets.connect(feed_url(gateway, token=bearer(auditor))) as ws:
         assert await drain_until_pong(ws) == []
+
+
+async def test_the_feed_tells_when_work_makes_an_agent_busy_and_idle(http, gateway):
+    a1 = gateway.key("a1")
+    async with websockets.connect(feed_url(gateway), additional_headers=a1) as ws:
+        await register(http, a1, "a1")
+        [registered] = await updates(ws, 1)
+        assert registered["status"] == "online"
+        opened = await http.post(
+            "/api/v1/sessions",
+            json={"participants": ["a1"], "task": {"description": "t"}},
+            headers=gateway.key("coord"),
+        )
+        assert opened.status_code == 201, opened.text
+        session_id = opened.json()["session_id"]
+        [busy] = await updates(ws, 1)
+        assert (busy["agent_id"], busy["status"], busy["event"]) == ("a1", "busy", "SessionOpened")
+        assert busy["data"] == {"aggregate": "session", "aggregate_id": session_id}
+        submitted = await http.post(f"/api/v1/sessions/{session_id}/results",
+                                    json={"result": {"ok": True}}, headers=a1)  # fmt: skip
+        assert submitted.status_code == 200, submitted.text
+        [idle] = await updates(ws, 1)
+        assert (idle["status"], idle["event"]) == ("online", "ResultSubmitted")
+        # The session's finalising changes nobody's status: no message for it.
+        await ws.send("ping")
+        assert await drain_until_pong(ws) == []
