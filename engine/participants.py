@@ -7,6 +7,11 @@ session's policy (wait, fail_fast, replace) decides what follows. The command id
 derived from the session, the agent and the agent's version at that moment
 (``lost:<session>:<agent>:<v>``), so a restart that re-reads the log re-sends only
 duplicates, and a participant lost, back, and lost again is reported twice.
+
+Under the ``replace`` policy a lost participant with no replacement online stays
+``waiting``; when an agent later registers, comes online or gains capabilities, the watch
+reports the loss again (``lost:<session>:<agent>:<v>:after:<position>``), and the session
+takes the replacement if one now qualifies (and records nothing if none does).
 """
 
 from __future__ import annotations
@@ -29,12 +34,15 @@ log = logging.getLogger(__name__)
 
 TOPICS = [
     topic_of("session", t)
-    for t in ("SessionOpened", "ResultSubmitted", "ParticipantReplaced", "SessionFinalised",
-              "SessionTimedOut", "SessionCancelled")
+    for t in ("SessionOpened", "ResultSubmitted", "ParticipantLost", "ParticipantReplaced",
+              "SessionFinalised", "SessionTimedOut", "SessionCancelled")
 ] + [
     topic_of("agent", t)
-    for t in ("AgentRegistered", "AgentCameOnline", "AgentWentOffline", "AgentRetired")
+    for t in ("AgentRegistered", "AgentCameOnline", "AgentWentOffline", "AgentRetired",
+              "AgentCapabilitiesUpdated")
 ]  # fmt: skip
+#: Agent events after which a waiting replacement may now be found.
+NEW_CANDIDATE = {"AgentRegistered", "AgentCameOnline", "AgentCapabilitiesUpdated"}
 CLOSING = {"SessionFinalised", "SessionTimedOut", "SessionCancelled"}
 
 
@@ -49,11 +57,18 @@ class ParticipantWatch(LogFollower):
         self._sessions_of: dict[str, set[str]] = {}  # agent -> open sessions waiting on it
         self._name: dict[str, str] = {}  # agent aggregate id -> agent id
         self._status: dict[str, tuple[str, int]] = {}  # agent id -> (status, version)
-        self._to_report: dict[tuple[str, str], int] = {}  # (session, agent) -> agent version
+        #: (session, agent) -> the command id's suffix (agent version, and for a retry the
+        #: position of the event that made a replacement possible)
+        self._to_report: dict[tuple[str, str], str] = {}
+        self._replacing: set[str] = set()  # sessions under the replace policy
+        self._unreplaced: dict[tuple[str, str], int] = {}  # lost, waiting: agent version
         self.reported = 0
 
     def observe(self, record: EventRecord) -> None:
         data, key = record.data, record.aggregate_id
+        if record.type in NEW_CANDIDATE:
+            for waiting, version in self._unreplaced.items():
+                self._to_report[waiting] = f"{version}:after:{record.position}"
         match record.type:
             case "AgentRegistered":
                 self._name[key] = data["agent_id"]
@@ -68,14 +83,23 @@ class ParticipantWatch(LogFollower):
                 self._status[agent] = (status, record.version)
                 if status != "online":
                     for sid in self._sessions_of.get(agent, ()):
-                        self._to_report[(sid, agent)] = record.version
+                        self._to_report[(sid, agent)] = str(record.version)
+                else:  # back: nobody needs to replace it any more
+                    for sid in self._sessions_of.get(agent, ()):
+                        self._unreplaced.pop((sid, agent), None)
             case "SessionOpened":
                 self._pending[key] = set(data["participants"])
+                if data.get("on_participant_lost") == "replace":
+                    self._replacing.add(key)
                 for agent in data["participants"]:
                     self._sessions_of.setdefault(agent, set()).add(key)
                     status, version = self._status.get(agent, ("unknown", 0))
                     if status in ("offline", "retired"):
-                        self._to_report[(key, agent)] = version
+                        self._to_report[(key, agent)] = str(version)
+            case "ParticipantLost":
+                if key in self._replacing and data["action"] == "waiting":
+                    status, version = self._status.get(data["agent_id"], ("unknown", 0))
+                    self._unreplaced[(key, data["agent_id"])] = version
             case "ResultSubmitted":
                 self._leave(key, data["agent_id"])
             case "ParticipantReplaced":
@@ -86,6 +110,7 @@ class ParticipantWatch(LogFollower):
             case closing if closing in CLOSING:
                 for agent in self._pending.pop(key, set()):
                     self._leave(key, agent)
+                self._replacing.discard(key)
 
     def _leave(self, sid: str, agent: str) -> None:
         self._pending.get(sid, set()).discard(agent)
@@ -95,11 +120,12 @@ class ParticipantWatch(LogFollower):
             if not sessions:
                 del self._sessions_of[agent]
         self._to_report.pop((sid, agent), None)
+        self._unreplaced.pop((sid, agent), None)
 
     async def act(self) -> None:
         """Report every pending participant that is (still) offline or retired."""
         handler = HANDLERS[("session", "participant_lost")]
-        for (sid, agent), version in list(self._to_report.items()):
+        for (sid, agent), suffix in list(self._to_report.items()):
             status, _ = self._status.get(agent, ("unknown", 0))
             if status == "online" or agent not in self._pending.get(sid, ()):
                 self._to_report.pop((sid, agent), None)  # back, or no longer waited on
@@ -110,7 +136,7 @@ class ParticipantWatch(LogFollower):
                     actor="system",
                     handler=handler,
                     envelope=Envelope(
-                        command_id=f"lost:{sid}:{agent}:{version}",
+                        command_id=f"lost:{sid}:{agent}:{suffix}",
                         payload=ParticipantLost(session_id=sid, agent_id=agent, reason=reason),
                         correlation_id=sid,
                     ),

@@ -287,6 +287,8 @@ def decide_participant_lost(
         try:
             routing = route((ctx or EngineContext()).agents(), state.capabilities, 1, exclude)
         except errors.NotEnoughAgents:
+            if cmd.agent_id in state.lost:  # asked again: still nobody, nothing new to say
+                raise errors.NoChange(f"still no replacement online for {cmd.agent_id}") from None
             return [msgspec.structs.replace(lost, reason=f"{cmd.reason}; no replacement online")]
         return [
             msgspec.structs.replace(lost, action="replaced"),

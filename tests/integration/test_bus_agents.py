@@ -411,3 +411,27 @@ async def test_evidence_reads_what_another_engine_worker_wrote(
             await send(nc, "w", "verify_completion", claim, aggregate="agent")
     verdicts = events_of(database_url, "CompletionVerified", "CompletionRejected")
     assert [v.type for v in verdicts] == ["CompletionVerified"] * 6
+
+
+async def test_a_replacement_is_found_when_an_agent_turns_up_later(
+    engine: EngineService, nc: NATS, database_url: str
+) -> None:
+    beaters = {}
+    for name in ("stays", "leaves"):
+        await register(nc, name, ["py"])
+        beaters[name] = Beater(nc, name)
+    opened = {**open_payload(["stays", "leaves"]), "capabilities": ["py"],
+              "on_participant_lost": "replace"}  # fmt: skip
+    await send(nc, "coord", "open", opened)
+    await beaters.pop("leaves").stop()
+    lost = await eventually(lambda: events_of(database_url, "ParticipantLost"))
+    assert lost[0].data["action"] == "waiting"  # nobody to take its place yet
+    await register(nc, "idle", ["go"])  # not qualified: nothing happens
+    beaters["idle"] = Beater(nc, "idle")
+    await register(nc, "late", ["py"])  # qualified: takes the place
+    beaters["late"] = Beater(nc, "late")
+    replaced = await eventually(lambda: events_of(database_url, "ParticipantReplaced"))
+    assert (replaced[0].data["replaced"], replaced[0].data["replacement"]) == ("leaves", "late")
+    assert len(events_of(database_url, "ParticipantLost")) == 2  # waiting, then replaced
+    for beater in beaters.values():
+        await beater.stop()
