@@ -85,3 +85,12 @@ def agent_ping_subject(agent_id: str) -> str:
     if not is_token(agent_id):
         raise ValueError(f"agent id {agent_id!r} is not a valid subject token")
     return f"{AGENT_PREFIX}.{agent_id}.ping"
+
+
+#: JetStream KV bucket where the engine keeps each agent's last heartbeat time (ISO 8601).
+LIVENESS_BUCKET = "chorus_liveness"
+
+
+def liveness_key(agent_id: str) -> str:
+    """KV keys allow ``[-/_=.a-zA-Z0-9]``; agent ids may also hold ``:`` and ``@``."""
+    return agent_id.replace("=", "=3D").replace(":", "=3A").replace("@", "=40")

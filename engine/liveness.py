@@ -45,7 +45,12 @@ from contracts.agents import Heartbeat, MarkOffline, MarkOnline, agent_uuid
 from contracts.aio import raise_if_cancelling
 from contracts.envelope import Envelope, Reply
 from contracts.errors import ErrorInfo
-from contracts.subjects import is_token, parse_command_subject
+from contracts.subjects import (
+    LIVENESS_BUCKET,
+    is_token,
+    liveness_key,
+    parse_command_subject,
+)
 from engine.directory import AgentDirectory
 from engine.handlers import HANDLERS
 from engine.processor import Command, utc_now
@@ -53,7 +58,7 @@ from engine.worker import CommandWorker, Rejection
 
 log = logging.getLogger(__name__)
 
-BUCKET = "chorus_liveness"
+BUCKET = LIVENESS_BUCKET
 _reply = msgspec.json.Encoder()
 _loose = msgspec.json.Decoder()
 
@@ -68,11 +73,6 @@ class LivenessConfig:
     @property
     def timeout(self) -> timedelta:
         return timedelta(seconds=self.interval * self.missed)
-
-
-def kv_key(agent_id: str) -> str:
-    """KV keys allow ``[-/_=.a-zA-Z0-9]``; agent ids may also hold ``:`` and ``@``."""
-    return agent_id.replace("=", "=3D").replace(":", "=3A").replace("@", "=40")
 
 
 def parse_heartbeat(subject: str, data: bytes) -> tuple[str, str]:
@@ -219,7 +219,7 @@ class LivenessMonitor:
                 if self.kv is None:
                     break
                 try:
-                    await self.kv.put(kv_key(agent_id), seen.isoformat().encode())
+                    await self.kv.put(liveness_key(agent_id), seen.isoformat().encode())
                 except Exception as error:
                     raise_if_cancelling()
                     log.warning("liveness store unavailable: %s", error)
@@ -231,7 +231,7 @@ class LivenessMonitor:
         if self.kv is None:
             return None
         try:
-            entry = await self.kv.get(kv_key(agent_id))
+            entry = await self.kv.get(liveness_key(agent_id))
         except KeyNotFoundError:
             return None
         return datetime.fromisoformat(entry.value.decode()) if entry.value else None

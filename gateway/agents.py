@@ -3,6 +3,7 @@ registry with reliability, per-window metrics and history."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -22,8 +23,9 @@ from contracts.agents import (
     VerifyCompletion,
     agent_uuid,
 )
+from contracts.aio import raise_if_cancelling
 from contracts.envelope import Reply
-from contracts.subjects import command_subject, is_token
+from contracts.subjects import LIVENESS_BUCKET, command_subject, is_token, liveness_key
 from gateway.auth import can_audit, can_read, can_write
 from gateway.bus import idempotency_key
 from gateway.errors import Problem, check_cursor
@@ -87,6 +89,23 @@ async def _agent(services: Services, agent_id: str) -> read_model.AgentDetail:
     if view is None:
         raise _not_found(agent_id)
     return view  # type: ignore[no-any-return]
+
+
+async def _with_last_heartbeat(
+    services: Services, view: read_model.AgentDetail
+) -> read_model.AgentDetail:
+    """``last_seen`` from the liveness bucket when it is newer than the last transition the
+    read model knows (heartbeats are not events, so the read model only sees transitions)."""
+    try:
+        kv = await services.nc.jetstream().key_value(LIVENESS_BUCKET)
+        entry = await asyncio.wait_for(kv.get(liveness_key(view.agent_id)), 1.0)
+        beat = read_model.stamp((entry.value or b"").decode())
+    except Exception:  # no bucket yet, no beat yet, or NATS slow: the read model's answer
+        raise_if_cancelling()
+        return view
+    if view.last_seen is None or beat > view.last_seen:
+        return msgspec.structs.replace(view, last_seen=beat)
+    return view
 
 
 async def _fresh_agent(services: Services, agent_id: str, position: int) -> read_model.AgentDetail:
@@ -301,7 +320,7 @@ class AgentController(Controller):
             return await past_view(  # type: ignore[no-any-return]
                 request.user, services, "agent", str(agent_uuid(agent_id)), at_version, as_of
             )
-        return await _agent(services, agent_id)
+        return await _with_last_heartbeat(services, await _agent(services, agent_id))
 
     @get("/{agent_id:str}/metrics", guards=[can_read],
          summary="Reliability over a window (1h, 24h, 7d, all), optionally as of a past time")  # fmt: skip

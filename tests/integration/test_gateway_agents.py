@@ -186,6 +186,14 @@ async def test_heartbeat_is_a_request_on_the_agents_heartbeat_subject(http, gate
     assert_problem(ghost, 404, "agent_not_found")
     # The engine's liveness monitor took both beats (and recorded no event for them).
     assert engine.liveness.beats == 2
+    # last_seen comes from the liveness bucket: newer than the registration.
+    registered_seen = (await get_agent(http, a1, "a1"))["registered_at"]
+    for _ in range(300):
+        seen = (await get_agent(http, a1, "a1"))["last_seen"]
+        if seen > registered_seen:
+            break
+        await asyncio.sleep(0.01)
+    assert seen > registered_seen
 
 
 # Completion evidence ----------------------------------------------------------------------------
