@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import nats
 from eventsourcing.persistence import ApplicationRecorder
@@ -53,6 +54,9 @@ class EngineConfig:
     liveness_config: LivenessConfig = field(default_factory=LivenessConfig)
     #: Extend the seal ledger (the log's running hash) as events are recorded.
     sealer: bool = True
+    #: Append each new head seal (``POS:HASH``) to this file, outside the database, so that
+    #: ``chorus audit verify`` notices events removed from the end with their seals.
+    seal_anchor_path: Path | None = None
     replicas: int = 1
     workflow_types: WorkflowTypeRegistry = field(default_factory=WorkflowTypeRegistry)
     is_operator: Callable[[str], bool] = field(default=lambda actor: False)
@@ -99,7 +103,7 @@ class EngineService:
             self.timer = SessionTimer(self.recorder, self.worker, cfg.clock)
             self._tasks.append(asyncio.create_task(self.timer.run(), name="engine-timer"))
         if cfg.sealer:
-            sealer = Sealer(self.recorder)
+            sealer = Sealer(self.recorder, anchor_path=cfg.seal_anchor_path)
             self._tasks.append(asyncio.create_task(sealer.run(), name="engine-sealer"))
         if cfg.delegation:
             self.delegation = DelegationManager(self.recorder, self.worker)

@@ -7,6 +7,13 @@ stored body, byte for byte), so a verifier recomputes each event's hash exactly 
 store did, without the store. The manifest holds the count, the positions, the newest
 seal of the log when exported, and the Merkle root (RFC 6962 tree, sha256) over the
 event lines: a flipped byte anywhere fails the signature, the root or a line's decoding.
+
+Completeness is checked against the signed selection: a session's or workflow's bundle
+must hold only that aggregate's events, versions 1..n with no gap, each chained to the
+one before; a time range's bundle only events that occurred in the range, with no version
+gap after each aggregate's first event in it. What no bundle can prove on its own is that
+nothing came *after* its last event; its ``log_seal`` is a checkpoint to hold the store
+to (``chorus audit verify --expect-seal``).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,28 +102,44 @@ def merkle_root(leaves: Sequence[bytes]) -> str:
 # Keys ---------------------------------------------------------------------------------------
 
 
-def load_signing_key(path: Path, *, create: bool = True) -> Ed25519PrivateKey:
-    """The deployment's signing key (PEM, PKCS#8), created on first use with mode 0600."""
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    """The deployment's signing key (PEM, PKCS#8); FileNotFoundError if there is none
+    (``chorus audit keygen`` and ``chorus up`` create it, nothing else does)."""
     if not path.exists():
-        if not create:
-            raise FileNotFoundError(f"no signing key at {path} (run: chorus audit keygen)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        try:  # O_EXCL: two processes creating it at once keep the first one's key
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "wb") as out:
-                out.write(pem)
+        raise FileNotFoundError(f"no signing key at {path} (run: chorus audit keygen)")
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} does not hold an Ed25519 private key")
     return key
+
+
+def create_signing_key(path: Path) -> tuple[Ed25519PrivateKey, bool]:
+    """Create the signing key unless one exists; returns the key and whether it is new.
+
+    Written whole to a private temporary file, then linked into place: the link fails if
+    the path exists (O_EXCL semantics: of two processes creating it at once the first
+    wins and both use its key), and no reader ever sees a half-written key.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(temp, path)
+            created = True
+        except FileExistsError:
+            created = False
+    finally:
+        os.unlink(temp)
+    return load_signing_key(path), created
 
 
 def public_key_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
@@ -194,9 +218,32 @@ class Verified(Struct, kw_only=True, frozen=True):
     aggregates: int
 
 
+class _Selection:
+    """What the signed selection says the bundle holds: one aggregate, or a time range."""
+
+    def __init__(self, selection: dict[str, str]) -> None:
+        self.aggregate: str | None = None
+        self.aggregate_id: str | None = None
+        self.since: datetime | None = None
+        self.until: datetime | None = None
+        try:
+            if selection.keys() in ({"session"}, {"workflow"}):
+                [(self.aggregate, raw)] = selection.items()
+                self.aggregate_id = str(UUID(raw))
+            elif selection.keys() <= {"since", "until"}:
+                if "since" in selection:
+                    self.since = datetime.fromisoformat(selection["since"])
+                if "until" in selection:
+                    self.until = datetime.fromisoformat(selection["until"])
+            else:
+                raise ValueError(f"unknown keys {sorted(selection)}")
+        except ValueError as error:
+            raise BundleInvalid(f"the manifest's selection is not understood: {error}") from None
+
+
 def verify_bundle(data: bytes, public_key: Ed25519PublicKey) -> Verified:
-    """Check signature, Merkle root, every event's hash and every chain link the bundle
-    holds; raises ``BundleInvalid`` naming the first failure."""
+    """Check signature, Merkle root, every event's hash and chain link, and that the events
+    are complete for the signed selection; raises ``BundleInvalid`` naming the first failure."""
     if not data.endswith(b"\n"):
         raise BundleInvalid("the bundle does not end with a newline (truncated?)")
     header_line, *lines = data[:-1].split(b"\n")
@@ -219,15 +266,24 @@ def verify_bundle(data: bytes, public_key: Ed25519PublicKey) -> Verified:
         raise BundleInvalid(f"{len(lines)} event lines, the manifest says {manifest.count}")
     if merkle_root([leaf_hash(line) for line in lines]) != manifest.merkle_root:
         raise BundleInvalid("the event lines do not match the signed Merkle root")
+    selection = _Selection(manifest.selection)
     chains: dict[str, tuple[int, str]] = {}
-    previous = 0
+    previous = None
     for number, line in enumerate(lines, start=2):
-        _check_event(number, line, chains, previous)
-        previous = _event_decoder.decode(line).position
+        previous = _check_event(number, line, chains, previous, selection)
+    if selection.aggregate is not None and not chains:
+        raise BundleInvalid(f"the bundle holds no events of the selected {selection.aggregate}")
     return Verified(manifest=manifest, events=len(lines), aggregates=len(chains))
 
 
-def _check_event(number: int, line: bytes, chains: dict[str, tuple[int, str]], after: int) -> None:
+def _check_event(
+    number: int,
+    line: bytes,
+    chains: dict[str, tuple[int, str]],
+    after: int | None,
+    selection: _Selection,
+) -> int:
+    """Check one event line; returns its position."""
     try:
         event = _event_decoder.decode(line)
         stored = StoredEvent(
@@ -241,18 +297,38 @@ def _check_event(number: int, line: bytes, chains: dict[str, tuple[int, str]], a
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as error:
         raise BundleInvalid(f"line {number} does not decode: {error}") from None
     where = f"line {number} (position {event.position}, {event.aggregate_id} v{event.version})"
-    if event.position <= after:
+    aggregate = event.topic.split(".", 1)[0]
+    if after is not None and event.position <= after:
         raise BundleInvalid(f"{where}: positions are not increasing")
+    if event.topic != f"{aggregate}.{body.type}":
+        raise BundleInvalid(f"{where}: the topic does not name the event's type {body.type!r}")
     if recomputed != body.hash:
         raise BundleInvalid(f"{where}: the event does not match its hash")
+    if selection.aggregate is not None and (
+        aggregate != selection.aggregate or event.aggregate_id != selection.aggregate_id
+    ):
+        raise BundleInvalid(f"{where}: not an event of the selected {selection.aggregate}")
+    if (selection.since is not None and body.occurred_at < selection.since) or (
+        selection.until is not None and body.occurred_at >= selection.until
+    ):
+        raise BundleInvalid(f"{where}: occurred outside the selected time range")
+    if aggregate == "command":  # a dedup record stands alone
+        if event.version != 1 or body.prev_hash != "":
+            raise BundleInvalid(f"{where}: a dedup record must stand alone")
+        return event.position
     known = chains.get(event.aggregate_id)
-    if event.version == 1 and body.prev_hash not in (GENESIS_HASH, ""):
-        raise BundleInvalid(f"{where}: a first event must chain to the genesis hash")
-    if known is not None and event.version == known[0] + 1 and body.prev_hash != known[1]:
-        raise BundleInvalid(f"{where}: prev_hash is not the previous event's hash")
-    if known is not None and event.version <= known[0]:
-        raise BundleInvalid(f"{where}: versions of the aggregate are not increasing")
+    if known is None and (selection.aggregate is not None or event.version == 1):
+        known = (0, GENESIS_HASH)  # the aggregate's history must start here
+    if known is not None:
+        if event.version != known[0] + 1:
+            raise BundleInvalid(
+                f"{where}: version {event.version} follows version {known[0]} "
+                "(events of the aggregate are missing or reordered)"
+            )
+        if body.prev_hash != known[1]:
+            raise BundleInvalid(f"{where}: prev_hash is not the previous event's hash")
     chains[event.aggregate_id] = (event.version, body.hash)
+    return event.position
 
 
 def describe(verified: Verified) -> dict[str, Any]:

@@ -4,28 +4,51 @@ Each event already chains to the previous event of *its aggregate* (``codec.chai
 which catches an edited event but not a deleted last event, a renumbered row or two
 aggregates' rows swapped. The ledger closes that gap: one seal row per log position,
 ``running_hash(p) = sha256(running_hash(previous seal) || row_hash(p))``, where
-``row_hash`` covers the raw stored row *and its position*. ``events.verify`` recomputes
-both chains and names the first position where the store and its seals disagree.
+``row_hash`` covers the raw stored row (the originator id's stored text included) *and its
+position*. ``events.verify`` recomputes both chains and names the first position where
+the store and its seals disagree.
 
 Seals are written by a follower (``engine.sealer``), not in the command transaction:
 the write path stays as fast as before and works the same with one engine or several,
 on SQLite or PostgreSQL. The price is a short unsealed tail (events not yet sealed are
-protected by their aggregate chain only); ``verify`` reports its length. Seals are
+protected by their aggregate chain only); ``verify`` reports its length and fails when
+the tail (or a store with no seals at all) is older than a grace period. Seals are
 deterministic, so two sealers racing write identical rows and the loser's insert is a
-no-op.
+no-op. Before sealing a row the sealer checks it (its hash, its link to the previous
+version, its topic and key): it never vouches for a row that does not verify.
+
+Anchors. The ledger lives in the same database as the events, so whoever can rewrite the
+database can delete the last events *and* their seals (or the whole ledger) and leave a
+consistent but shorter store. Nothing inside the store can tell; an anchor outside it
+can. A checkpoint ``POS:HASH`` (a position and the running hash sealed there) is such an
+anchor: the sealer appends one per sealing step to an append-only file outside the
+database when configured (``seal_anchor_path``), ``chorus audit verify`` prints one, and
+every bundle carries one (``log_seal``). Verifying against a checkpoint proves that the
+store still holds exactly the log up to that position. The trade-off: an anchor only
+covers what was sealed when it was taken, and an anchor file on the same host is only as
+safe as that host's file permissions (copy checkpoints elsewhere, e.g. with each export,
+for stronger guarantees). Without an anchor, dropping or emptying the ledger is still
+caught once the unsealed rows are older than the grace period, but removing the last
+events together with their seals is not.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import ApplicationRecorder, Notification
+import msgspec
+from eventsourcing.persistence import ApplicationRecorder
 from msgspec import Struct
 
-from events.codec import GENESIS_HASH
-from events.store import _Dialect
+from events.codec import GENESIS_HASH, recompute_hash, stored_body
+from events.store import RawRow, _Dialect, raw_row, select_stored_state
+
+log = logging.getLogger(__name__)
 
 TABLE = "chorus_seals"
 
@@ -40,18 +63,70 @@ class Seal(Struct, kw_only=True, frozen=True):
     running_hash: str
 
 
-def row_hash(notification: Notification) -> str:
+class Checkpoint(Struct, kw_only=True, frozen=True):
+    """A seal remembered outside the store: ``POS:HASH`` in text."""
+
+    position: int
+    running_hash: str
+
+    def __str__(self) -> str:
+        return f"{self.position}:{self.running_hash}"
+
+    @classmethod
+    def parse(cls, text: str) -> Checkpoint:
+        """``POS:HASH``; raises ValueError otherwise."""
+        position, sep, running = text.strip().partition(":")
+        if not sep or not position.isdigit() or int(position) < 1:
+            raise ValueError(f"not a checkpoint POS:HASH: {text.strip()!r}")
+        if len(running) != 64 or any(c not in "0123456789abcdef" for c in running):
+            raise ValueError(f"not a sha256 hex running hash: {running!r}")
+        return cls(position=int(position), running_hash=running)
+
+
+class UnsoundRow(Exception):
+    """The sealer met a row that does not verify; it seals nothing from there on."""
+
+    def __init__(self, position: int, reason: str) -> None:
+        super().__init__(f"position {position}: {reason}")
+        self.position = position
+        self.reason = reason
+
+
+def row_hash(row: RawRow) -> str:
     """sha256 over the raw stored row and its position: any change to either shows."""
-    digest = hashlib.sha256(
-        f"{notification.id}\n{UUID(str(notification.originator_id))}\n"
-        f"{notification.originator_version}\n{notification.topic}\n".encode()
-    )
-    digest.update(bytes(notification.state))
+    digest = hashlib.sha256(f"{row.position}\n{row.key}\n{row.version}\n{row.topic}\n".encode())
+    digest.update(row.state)
     return digest.hexdigest()
 
 
 def next_running_hash(previous: str, row: str) -> str:
     return hashlib.sha256(f"{previous}{row}".encode()).hexdigest()
+
+
+# Anchor files ---------------------------------------------------------------------------
+
+
+def append_anchor(path: Path, checkpoint: Checkpoint) -> None:
+    """Append one checkpoint line (created with mode 0600, flushed to disk)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, f"{checkpoint}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_anchor(path: Path) -> Checkpoint | None:
+    """The last complete checkpoint line of an anchor file (a torn last line is skipped)."""
+    lines = path.read_text().split("\n")
+    for line in reversed(lines[:-1]):  # the part after the last newline is incomplete
+        if line.strip():
+            return Checkpoint.parse(line)
+    return None
+
+
+# The seals table ------------------------------------------------------------------------
 
 
 def _table(d: _Dialect) -> str:
@@ -83,8 +158,14 @@ def _seal_of(row: Any) -> Seal:
     )
 
 
-def _last_seal(cursor: Any, d: _Dialect) -> Seal | None:
-    cursor.execute(f"SELECT * FROM {_table(d)} ORDER BY position DESC LIMIT 1")
+def _last_seal(cursor: Any, d: _Dialect, lte: int | None = None) -> Seal | None:
+    if lte is None:
+        cursor.execute(f"SELECT * FROM {_table(d)} ORDER BY position DESC LIMIT 1")
+    else:
+        cursor.execute(
+            f"SELECT * FROM {_table(d)} WHERE position<={d.mark} ORDER BY position DESC LIMIT 1",
+            [lte],
+        )
     row = cursor.fetchone()
     return _seal_of(row) if row else None
 
@@ -98,32 +179,95 @@ def _exists(cursor: Any, d: _Dialect) -> bool:
     return cursor.fetchone()["found"] is not None
 
 
-def last_seal(recorder: ApplicationRecorder) -> Seal | None:
-    """The newest seal, or None if nothing was sealed."""
+def last_seal(recorder: ApplicationRecorder, lte: int | None = None) -> Seal | None:
+    """The newest seal (at or before ``lte``), or None if nothing was sealed."""
     d = _Dialect(recorder)
     with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
-        return _last_seal(cursor, d) if _exists(cursor, d) else None
+        return _last_seal(cursor, d, lte) if _exists(cursor, d) else None
 
 
-def select_seals(recorder: ApplicationRecorder, *, gt: int, limit: int) -> list[Seal]:
-    """Seals after position ``gt``, in position order."""
+def select_seals(
+    recorder: ApplicationRecorder, *, gt: int, limit: int, lte: int | None = None
+) -> list[Seal]:
+    """Seals after position ``gt`` (and at or before ``lte``), in position order."""
     d = _Dialect(recorder)
     m = d.mark
+    sql, params = f"SELECT * FROM {_table(d)} WHERE position>{m} ", [gt]
+    if lte is not None:
+        sql += f"AND position<={m} "
+        params.append(lte)
+    sql += f"ORDER BY position LIMIT {m}"
+    params.append(limit)
     with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
         if not _exists(cursor, d):
             return []
-        cursor.execute(
-            f"SELECT * FROM {_table(d)} WHERE position>{m} ORDER BY position LIMIT {m}",
-            [gt, limit],
-        )
+        cursor.execute(sql, params)
         rows = cursor.fetchall()
     return [_seal_of(r) for r in rows]
 
 
-def seal_step(recorder: ApplicationRecorder, limit: int = 1000) -> int:
-    """Seal the next ``limit`` unsealed events in one transaction; returns how many."""
+def row_defect(row: RawRow, sqlite: bool, previous_hash: str | None) -> str | None:
+    """Why this row must not be sealed, or None. ``previous_hash`` is the stored hash of
+    the aggregate's previous version (None if that row is missing)."""
+    if not row.key_in_recorder_form(sqlite):
+        return f"originator_id {row.key!r} is not spelled as the recorder writes it"
+    try:
+        notification = row.notification()
+        body = stored_body(notification)
+        recomputed = recompute_hash(notification)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as error:
+        return f"the row does not decode: {error}"
+    aggregate = row.topic.split(".", 1)[0]
+    if row.topic != f"{aggregate}.{body.type}":
+        return f"the topic {row.topic!r} does not name the event's type {body.type!r}"
+    if recomputed != body.hash:
+        return "the row's content does not match its hash"
+    if aggregate == "command":
+        if row.version != 1 or body.prev_hash != "":
+            return "a dedup record must stand alone"
+        return None
+    if previous_hash is None:
+        return f"version {row.version - 1} of the aggregate is missing"
+    if body.prev_hash != previous_hash:
+        return "prev_hash is not the hash of the aggregate's previous event"
+    return None
+
+
+def _previous_hash(
+    cursor: Any, d: _Dialect, row: RawRow, seen: dict[str, tuple[int, str]]
+) -> str | None:
+    if row.version == 1:
+        return GENESIS_HASH
+    known = seen.get(row.key)
+    if known is not None and known[0] == row.version - 1:
+        return known[1]
+    state = select_stored_state(cursor, d, row.key, row.version - 1)
+    if state is None:
+        return None
+    try:
+        return stored_body(RawRow(position=0, key=row.key, version=row.version - 1,
+                                  topic=row.topic, state=state).notification()).hash  # fmt: skip
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+        return None
+
+
+class Sealed(Struct, kw_only=True, frozen=True):
+    """What one sealing step did: how many rows it sealed, and the new head seal."""
+
+    count: int
+    head: Checkpoint
+
+
+def seal_step(recorder: ApplicationRecorder, limit: int = 1000) -> Sealed | None:
+    """Seal the next ``limit`` unsealed events in one transaction; returns how many and
+    the new head, or None if there was nothing to seal.
+
+    Each row is checked first (``row_defect``); the seals before a defective row are
+    committed, then ``UnsoundRow`` is raised for it, and every later call stops there.
+    """
     d = _Dialect(recorder)
     m = d.mark
+    unsound: UnsoundRow | None = None
     with recorder.datastore.transaction(commit=True) as cursor:  # type: ignore[attr-defined]
         last = _last_seal(cursor, d)
         after = last.position if last else 0
@@ -133,27 +277,18 @@ def seal_step(recorder: ApplicationRecorder, limit: int = 1000) -> int:
             f"ORDER BY {d.position} LIMIT {m}",
             [after, limit],
         )
-        rows = cursor.fetchall()
+        rows = [raw_row(r) for r in cursor.fetchall()]
         seals = []
+        seen: dict[str, tuple[int, str]] = {}
         for row in rows:
-            notification = Notification(
-                id=int(row["position"]),
-                originator_id=UUID(str(row["originator_id"])),
-                originator_version=int(row["originator_version"]),
-                topic=str(row["topic"]),
-                state=bytes(row["state"]),
-            )
-            digest = row_hash(notification)
+            defect = row_defect(row, d.sqlite, _previous_hash(cursor, d, row, seen))
+            if defect is not None:
+                unsound = UnsoundRow(row.position, defect)
+                break
+            seen[row.key] = (row.version, stored_body(row.notification()).hash)
+            digest = row_hash(row)
             running = next_running_hash(running, digest)
-            seals.append(
-                (
-                    notification.id,
-                    str(notification.originator_id),
-                    notification.originator_version,
-                    digest,
-                    running,
-                )
-            )
+            seals.append((row.position, str(UUID(row.key)), row.version, digest, running))
         if seals:
             cursor.executemany(
                 f"INSERT INTO {_table(d)} (position, aggregate_id, version, row_hash, "
@@ -161,13 +296,19 @@ def seal_step(recorder: ApplicationRecorder, limit: int = 1000) -> int:
                 "ON CONFLICT (position) DO NOTHING",
                 seals,
             )
-    return len(seals)
+    if unsound is not None:
+        raise unsound
+    if not seals:
+        return None
+    head = Checkpoint(position=int(seals[-1][0]), running_hash=str(seals[-1][4]))
+    return Sealed(count=len(seals), head=head)
 
 
 def seal_all(recorder: ApplicationRecorder, batch: int = 1000) -> int:
-    """Seal up to the head; returns how many events were sealed."""
+    """Seal up to the head; returns how many events were sealed. Raises ``UnsoundRow``
+    (after sealing what comes before it) at the first row that does not verify."""
     ensure_ledger(recorder)
     total = 0
-    while moved := seal_step(recorder, batch):
-        total += moved
+    while step := seal_step(recorder, batch):
+        total += step.count
     return total

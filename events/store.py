@@ -10,6 +10,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import ApplicationRecorder, InfrastructureFactory, Notification
 from eventsourcing.sqlite import SQLiteDatastore
+from msgspec import Struct
 
 
 def recorder_env(database_url: str) -> dict[str, str]:
@@ -65,6 +66,84 @@ class _Dialect:
 
     def columns(self) -> str:
         return f"{self.position} AS position, originator_id, originator_version, topic, state"
+
+
+class RawRow(Struct, kw_only=True, frozen=True):
+    """A row exactly as stored: ``key`` is the originator id's stored text (on SQLite the
+    recorder writes ``uuid.hex``; PostgreSQL stores a ``uuid`` and reads back its
+    canonical text), so a re-spelled id is visible instead of normalised away."""
+
+    position: int
+    key: str
+    version: int
+    topic: str
+    state: bytes
+
+    def notification(self) -> Notification:
+        """The row as a notification; raises ValueError if the key is not a UUID."""
+        return Notification(
+            id=self.position,
+            originator_id=UUID(self.key),
+            originator_version=self.version,
+            topic=self.topic,
+            state=self.state,
+        )
+
+    def key_in_recorder_form(self, sqlite: bool) -> bool:
+        """Whether the key is spelled as the recorder writes it (what its reads match)."""
+        try:
+            aggregate_id = UUID(self.key)
+        except ValueError:
+            return False
+        return self.key == (aggregate_id.hex if sqlite else str(aggregate_id))
+
+
+def raw_row(row: Any) -> RawRow:
+    """A row of ``_Dialect.columns()`` as a ``RawRow``."""
+    return RawRow(
+        position=int(row["position"]),
+        key=str(row["originator_id"]),
+        version=int(row["originator_version"]),
+        topic=str(row["topic"]),
+        state=bytes(row["state"]),
+    )
+
+
+def select_raw_rows(
+    recorder: ApplicationRecorder, *, gt: int | None, lte: int, limit: int
+) -> list[RawRow]:
+    """Rows in position order up to ``lte``, after ``gt`` (None: from the very first row,
+    including any at position 0 or below, which the recorder's own reads skip)."""
+    d = _Dialect(recorder)
+    m = d.mark
+    sql = f"SELECT {d.columns()} FROM {d.table} WHERE {d.position}<={m} "
+    params: list[object] = [lte]
+    if gt is not None:
+        sql += f"AND {d.position}>{m} "
+        params.append(gt)
+    sql += f"ORDER BY {d.position} LIMIT {m}"
+    params.append(limit)
+    with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+        cursor.execute(sql, params)
+        return [raw_row(row) for row in cursor.fetchall()]
+
+
+def count_rows(recorder: ApplicationRecorder, *, lte: int) -> int:
+    """How many rows the store holds up to position ``lte`` (with no lower bound)."""
+    d = _Dialect(recorder)
+    with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+        cursor.execute(f"SELECT count(*) AS n FROM {d.table} WHERE {d.position}<={d.mark}", [lte])
+        return int(cursor.fetchone()["n"])
+
+
+def select_stored_state(recorder_cursor: Any, d: _Dialect, key: str, version: int) -> bytes | None:
+    """The stored body of one aggregate version, read inside the caller's transaction."""
+    recorder_cursor.execute(
+        f"SELECT state FROM {d.table} WHERE originator_id={d.mark} AND originator_version={d.mark}",
+        [d.key(UUID(key)), version],
+    )
+    row = recorder_cursor.fetchone()
+    return None if row is None else bytes(row["state"])
 
 
 def _notification(row: Any, aggregate_id: UUID) -> Notification:

@@ -6,7 +6,7 @@ functions (``events.bundle``, ``events.verify``) through here, never the write s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,9 +19,9 @@ from msgspec import Struct
 from contracts.feed import EventRecord
 from events.bundle import SealRef, build_bundle, load_signing_key, public_key_text
 from events.codec import decode_record, is_domain_topic
-from events.ledger import last_seal
+from events.ledger import Checkpoint, last_seal
 from events.store import select_aggregate_notifications
-from events.verify import Report, verify_store
+from events.verify import MAX_UNSEALED_AGE, Report, verify_store
 
 __all__ = ["AuditLog", "LogFilter", "LogPage", "Report"]
 
@@ -161,5 +161,8 @@ class AuditLog:
             SealRef(position=seal.position, running_hash=seal.running_hash) if seal else None,
         )
 
-    def verify(self) -> Report:
-        return verify_store(self.recorder)
+    def verify(
+        self, expected: Sequence[Checkpoint] = (), max_unsealed_age: float = MAX_UNSEALED_AGE
+    ) -> Report:
+        """Verify the store (against ``expected`` checkpoints read before this call)."""
+        return verify_store(self.recorder, expected=expected, max_unsealed_age=max_unsealed_age)

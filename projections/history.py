@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from uuid import UUID
 
-from eventsourcing.persistence import ApplicationRecorder
+from eventsourcing.persistence import ApplicationRecorder, Notification
 
 from contracts.feed import EventRecord
 from events.codec import decode_record
@@ -31,6 +32,19 @@ class History:
             )
         ]
         return [r for r in records if r.aggregate == aggregate]
+
+    def log_notifications(
+        self, topics: list[str], *, stop: int | None = None, chunk: int = 1000
+    ) -> Iterator[Notification]:
+        """The global log's notifications of these topics, in position order, up to ``stop``
+        (default: the head as it is now)."""
+        end = self.head() if stop is None else stop
+        start = 1
+        while start <= end and (
+            batch := self.recorder.select_notifications(start, chunk, stop=end, topics=topics)
+        ):
+            yield from batch
+            start = batch[-1].id + 1
 
     def head(self) -> int:
         """The newest position in the store (for projection lag)."""

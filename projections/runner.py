@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
+import uuid
 from collections.abc import Callable
 from typing import Protocol
 
@@ -96,39 +98,61 @@ class ProjectionRunner:
         """Replay the log from position 0 into a fresh store, then swap it in atomically.
 
         Blue/green: the rebuild fills a separate SQLite file while queries (and a running
-        projector) keep using the live tables; one transaction then replaces the live rows
-        and position with the rebuilt ones. A running projector resumes from there.
+        projector) keep using the live tables; one transaction then replaces the live
+        tables (definitions, indexes and rows) and position with the rebuilt ones. A running
+        projector resumes from there. The scratch file is this rebuild's own (projection,
+        process, random suffix), so rebuilds of several projections can run at once.
         """
-        shadow_path = self.store.path.with_name(f"{self.store.path.name}.rebuild")
-        for leftover in shadow_path.parent.glob(f"{shadow_path.name}*"):
-            leftover.unlink()
-        shadow = ProjectionRunner(
-            self.recorder, ReadStore(f"sqlite:///{shadow_path}"), self.projection,
-            batch_size=self.batch_size,
-        )  # fmt: skip
-        count = shadow.run_to_head(progress)
-        conn = self.store.connection()
-        conn.execute("ATTACH DATABASE ? AS shadow", (str(shadow_path),))
+        shadow_path = self.store.path.with_name(
+            f"{self.store.path.name}.rebuild-{self.projection.name}-{os.getpid()}-"
+            f"{uuid.uuid4().hex[:8]}"
+        )
+        shadow_store = ReadStore(f"sqlite:///{shadow_path}")
         try:
-            while not self._swap_in(shadow_position=shadow.position):
-                # The live projector is ahead of the shadow: catch up, so the swap never
-                # shows queries an older state than they already saw.
-                count += shadow.run_to_head(progress)
+            shadow = ProjectionRunner(
+                self.recorder, shadow_store, self.projection, batch_size=self.batch_size
+            )
+            count = shadow.run_to_head(progress)
+            conn = self.store.connection()
+            conn.execute("ATTACH DATABASE ? AS shadow", (str(shadow_path),))
+            try:
+                while not self._swap_in(shadow_position=shadow.position):
+                    # The live projector is ahead of the shadow: catch up, so the swap never
+                    # shows queries an older state than they already saw.
+                    count += shadow.run_to_head(progress)
+            finally:
+                conn.execute("DETACH DATABASE shadow")
         finally:
-            conn.execute("DETACH DATABASE shadow")
-            shadow.store.close()
-            for leftover in shadow_path.parent.glob(f"{shadow_path.name}*"):
-                leftover.unlink()
+            shadow_store.close()
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                shadow_path.with_name(shadow_path.name + suffix).unlink(missing_ok=True)
         return count
 
     def _swap_in(self, shadow_position: int) -> bool:
-        """Replace the live rows and position with the shadow's, unless live is ahead."""
+        """Replace the live tables and position with the shadow's, unless live is ahead.
+
+        The live tables are dropped and created again from the shadow's definitions (with
+        their indexes), and the rows copied by name: a live table written by an older
+        definition (other columns, another order) is replaced, never mixed with the new.
+        """
         with self.store.transaction() as tx:
             if position_in(tx, self.projection.name) > shadow_position:
                 return False
             for table in self.projection.tables:
-                tx.execute(f"DELETE FROM main.{table}")
-                tx.execute(f"INSERT INTO main.{table} SELECT * FROM shadow.{table}")
+                definitions = tx.execute(
+                    "SELECT type, sql FROM shadow.sqlite_master WHERE tbl_name=? "
+                    "AND sql IS NOT NULL ORDER BY type='index'",
+                    (table,),
+                ).fetchall()
+                columns = ", ".join(
+                    f'"{row["name"]}"' for row in tx.execute(f"PRAGMA shadow.table_info({table})")
+                )
+                tx.execute(f"DROP TABLE IF EXISTS main.{table}")
+                for row in definitions:  # unqualified: created in main
+                    tx.execute(row["sql"])
+                tx.execute(
+                    f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM shadow.{table}"
+                )
             set_position(tx, self.projection.name, shadow_position)
         return True
 

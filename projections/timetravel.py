@@ -8,7 +8,12 @@ from the live read model. The projections' folds are checked against the engine'
 by the property tests (``tests/unit/test_time_travel.py``), so no second copy of the
 domain fold is needed here and the import rules stay one-way.
 
-Aggregates plug in through ``REWINDS``: an entry names the projection and the query.
+Aggregates plug in through ``REWINDS``: an entry names the projection and the query, and,
+for a view built partly from *other* aggregates' events, how to find those events up to the
+cut-off (``context``). An agent's view is one: its busy status, assignments, task counts
+and last activity come from the sessions and workflows that named it, so its past view
+replays those too (see ``agent_context``; the cost is one scan of the session and workflow
+topics of the log up to the cut-off).
 """
 
 from __future__ import annotations
@@ -22,9 +27,28 @@ from typing import Any
 import msgspec
 
 from contracts.feed import EventRecord
+from events.codec import EVENT_TYPES, decode_record, topic_of
 from projections import agents, sessions, workflows
 from projections.history import History
 from projections.runner import Projection
+
+
+@dataclass(frozen=True)
+class Cutoff:
+    """Where the past ends: a log position (``at_version``) and/or a moment (``as_of``)."""
+
+    position: int | None
+    as_of: datetime | None
+
+    def includes(self, record: EventRecord) -> bool:
+        return (self.position is None or record.position <= self.position) and (
+            self.as_of is None or record.occurred_at <= self.as_of
+        )
+
+
+#: Other aggregates' events that shape a view: (history, the aggregate's own records up to
+#: the cut-off, the cut-off) -> those events, in position order.
+Context = Callable[[History, list[EventRecord], Cutoff], list[EventRecord]]
 
 
 @dataclass(frozen=True)
@@ -34,6 +58,7 @@ class Rewind:
     aggregate: str
     projection: Callable[[], Projection]
     view: Callable[[sqlite3.Connection, str], Any]
+    context: Context | None = None
 
 
 def _workflow_view(conn: sqlite3.Connection, workflow_id: str) -> Any:
@@ -43,14 +68,59 @@ def _workflow_view(conn: sqlite3.Connection, workflow_id: str) -> Any:
 
 
 def _agent_view(conn: sqlite3.Connection, aggregate_id: str) -> Any:
-    """An agent is addressed by its name, its aggregate by a UUID: look the name up. Its
-    past view is its own record (registration, status, capabilities, verdicts); open
-    assignments come from session and workflow events, which this fold does not read."""
+    """An agent is addressed by its name, its aggregate by a UUID: look the name up."""
     try:
         row = conn.execute("SELECT agent_id FROM agents WHERE uuid=?", (aggregate_id,)).fetchone()
     except sqlite3.OperationalError:
         return None
     return None if row is None else agents.get_agent(conn, row[0])
+
+
+_CONTEXT_TOPICS = [
+    topic_of(aggregate, event_type)
+    for aggregate in ("session", "workflow")
+    for event_type in EVENT_TYPES[aggregate]
+]
+
+
+def _names(record: EventRecord, agent: str) -> bool:
+    """Whether this session or workflow event gives ``agent`` a part in its aggregate."""
+    data = record.data
+    match record.type:
+        case "SessionOpened":
+            return agent in data.get("participants", ())
+        case "ParticipantReplaced":
+            return agent in (data.get("replacement"), data.get("replaced"))
+        case "ResultSubmitted":
+            return bool(data.get("agent_id") == agent)
+        case "PhaseStarted":
+            return bool(data.get("assignee") == agent)
+    return False
+
+
+def agent_context(history: History, own: list[EventRecord], cutoff: Cutoff) -> list[EventRecord]:
+    """The session and workflow events that shape an agent's view, up to the cut-off: every
+    event of each session or workflow from the event that first named the agent on.
+
+    The agents projection touches an agent's rows only from such events, so folding them
+    with the agent's own events gives exactly the view the live model showed then.
+    """
+    agent = own[0].data["agent_id"]  # AgentRegistered
+    needle = msgspec.json.encode(agent)
+    involved: set[str] = set()
+    found = []
+    for n in history.log_notifications(_CONTEXT_TOPICS, stop=cutoff.position):
+        key = str(n.originator_id)
+        if key not in involved and needle not in n.state:  # cheap: most events never name it
+            continue
+        record = decode_record(n)
+        if not cutoff.includes(record):
+            continue
+        if key not in involved and _names(record, agent):
+            involved.add(key)
+        if key in involved:
+            found.append(record)
+    return found
 
 
 REWINDS: dict[str, Rewind] = {}
@@ -62,7 +132,7 @@ def register(rewind: Rewind) -> None:
 
 register(Rewind("session", sessions.SessionsProjection, sessions.get_session))
 register(Rewind("workflow", workflows.WorkflowsProjection, _workflow_view))
-register(Rewind("agent", agents.AgentsProjection, _agent_view))
+register(Rewind("agent", agents.AgentsProjection, _agent_view, agent_context))
 
 
 class PastState(msgspec.Struct, kw_only=True):
@@ -117,8 +187,13 @@ def state_at(
         upto = next((i for i, r in enumerate(records) if r.occurred_at > as_of), len(records))
     if upto == 0:
         return PastState(view=None, version=0, current_version=current)
+    past = records[:upto]
+    context = REWINDS[aggregate].context
+    if context is not None:
+        cutoff = Cutoff(position=past[-1].position if as_of is None else None, as_of=as_of)
+        past = sorted([*past, *context(history, past, cutoff)], key=lambda r: r.position)
     return PastState(
-        view=fold(aggregate, aggregate_id, records[:upto]),
+        view=fold(aggregate, aggregate_id, past),
         version=records[upto - 1].version,
         current_version=current,
     )

@@ -22,6 +22,7 @@ from engine.criteria import evaluate
 from engine.session import SessionState
 from events.bundle import (
     BundleInvalid,
+    create_signing_key,
     describe,
     load_signing_key,
     parse_public_key,
@@ -29,8 +30,9 @@ from events.bundle import (
     verify_bundle,
 )
 from events.codec import decode_record, typed_event
-from events.ledger import seal_all
+from events.ledger import Checkpoint, UnsoundRow, read_anchor, seal_all
 from events.store import open_recorder
+from events.verify import MAX_UNSEALED_AGE
 from projections.audit import AuditLog
 from runtime.settings import Settings
 
@@ -50,6 +52,20 @@ def add_parser(sub: Any, common: Any) -> None:
     cmds = audit.add_subparsers(dest="audit_command", required=True)
     verify = cmds.add_parser("verify", help="check every event, chain and seal; exit 1 if broken")
     common(verify)
+    verify.add_argument(
+        "--expect-seal", type=_checkpoint, action="append", default=[], metavar="POS:HASH",
+        help="a checkpoint taken earlier (verify's output, a bundle's log_seal): fail unless "
+        "the store's seal at POS has this running hash (repeatable)",
+    )  # fmt: skip
+    verify.add_argument(
+        "--anchor", type=Path,
+        help="anchor file the engine appends seals to; checks its last line "
+        "(default <data-dir>/audit/seal-anchor when it exists)",
+    )  # fmt: skip
+    verify.add_argument(
+        "--max-unsealed-age", type=float, default=MAX_UNSEALED_AGE, metavar="SECONDS",
+        help="fail when rows stay unsealed longer than this (default %(default)s)",
+    )  # fmt: skip
     seal = cmds.add_parser("seal", help="extend the seal ledger to the head (the engine does it)")
     common(seal)
     keygen = cmds.add_parser("keygen", help="create the signing key and print its public key")
@@ -73,6 +89,13 @@ def add_parser(sub: Any, common: Any) -> None:
     common(what_if)
     what_if.add_argument("--session", type=UUID, required=True)
     what_if.add_argument("--criteria", required=True, help='JSON, e.g. {"require": "any"}')
+
+
+def _checkpoint(text: str) -> Checkpoint:
+    try:
+        return Checkpoint.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _time(text: str) -> datetime:
@@ -110,16 +133,26 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     match args.audit_command:
         case "verify":
-            return _verify(_existing_recorder(settings))
+            expected = [*args.expect_seal, *_anchor(args.anchor, settings)]
+            return _verify(_existing_recorder(settings), expected, args.max_unsealed_age)
         case "seal":
-            print(f"sealed {seal_all(_existing_recorder(settings))} events")
+            try:
+                print(f"sealed {seal_all(_existing_recorder(settings))} events")
+            except UnsoundRow as unsound:
+                raise Failure(
+                    f"sealing stopped at {unsound} (run chorus audit verify)", 1
+                ) from None
         case "keygen":
             path = key_path(settings)
-            if path.exists():
+            key, created = create_signing_key(path)
+            if not created:
                 raise Failure(f"a signing key already exists at {path}; keeping it")
-            print(public_key_text(load_signing_key(path)))
+            print(public_key_text(key))
         case "public-key":
-            print(public_key_text(load_signing_key(key_path(settings))))
+            try:
+                print(public_key_text(load_signing_key(key_path(settings))))
+            except (OSError, ValueError) as error:
+                raise Failure(str(error)) from None
         case "export":
             _export(args, settings)
         case "verify-bundle":
@@ -130,14 +163,32 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _verify(recorder: ApplicationRecorder) -> int:
-    report = AuditLog(recorder).verify()
+def _anchor(given: Path | None, settings: Settings) -> list[Checkpoint]:
+    """The anchor file's last checkpoint: read before the store, so it is never newer."""
+    path = given or Path(str(settings.resolved().seal_anchor_path))
+    if given is None and not path.exists():
+        return []
+    try:
+        checkpoint = read_anchor(path)
+    except (OSError, ValueError) as error:
+        raise Failure(f"cannot read the seal anchor {path}: {error}") from None
+    return [checkpoint] if checkpoint else []
+
+
+def _verify(
+    recorder: ApplicationRecorder, expected: list[Checkpoint], max_unsealed_age: float
+) -> int:
+    report = AuditLog(recorder).verify(expected, max_unsealed_age)
     if report.ok:
         print(
             f"OK: {report.events} events verified, sealed through position "
             f"{report.sealed_through} (running hash {report.head_running_hash}), "
             f"{report.unsealed} not sealed yet"
         )
+        if report.head_running_hash is not None:
+            print(f"checkpoint: {report.sealed_through}:{report.head_running_hash}")
+        for anchor in report.anchors:
+            print(f"matches anchor {anchor}")
         return 0
     first = report.problems[0]
     print(
@@ -152,6 +203,10 @@ def _verify(recorder: ApplicationRecorder) -> int:
 
 def _export(args: argparse.Namespace, settings: Settings) -> None:
     log = AuditLog(_existing_recorder(settings), key_path(settings))
+    try:
+        log.signing_key()
+    except (OSError, ValueError) as error:
+        raise Failure(f"cannot sign the bundle: {error}") from None
     if args.session or args.workflow:
         aggregate = "session" if args.session else "workflow"
         data = log.export(aggregate=aggregate, aggregate_id=args.session or args.workflow)
@@ -205,12 +260,14 @@ def what_if(recorder: ApplicationRecorder, session_id: UUID, criteria_json: str)
         raise Failure(f"session {session_id} is still {state.status}; wait until it closes")
     assert state.task is not None
     verdict = evaluate(criteria, state.results.values())
-    was = recorded["outcome"] if recorded is not None else state.status
+    # A session that timed out or was cancelled has no recorded verdict: its status is not
+    # an outcome the criteria decided, so there is nothing to compare the new verdict with.
+    changes = recorded["outcome"] != verdict.outcome if recorded is not None else None
     return {
         "session_id": str(session_id),
         "status": state.status,
         "results": len(state.results),
         "recorded": {"criteria": state.task.criteria, "verdict": recorded},
         "what_if": {"criteria": criteria, "verdict": verdict},
-        "outcome_changes": was != verdict.outcome,
+        "outcome_changes": changes,
     }

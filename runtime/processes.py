@@ -52,6 +52,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         workflow_types=WorkflowTypeRegistry.load(s.workflow_types),
         is_operator=operator_check(Path(str(s.keys_path))),
         liveness_config=LivenessConfig(s.heartbeat_interval, s.missed_heartbeats),
+        seal_anchor_path=s.seal_anchor_path,
     )
 
 

@@ -23,7 +23,13 @@ class Settings(BaseSettings):
     read_store_url: str | None = Field(default=None, description="Read models: sqlite:///")
     keys_path: Path | None = None
     audit_key_path: Path | None = Field(
-        default=None, description="Ed25519 key that signs audit bundles (created on first use)"
+        default=None,
+        description="Ed25519 key that signs audit bundles (created by chorus audit keygen or chorus up)",
+    )
+    seal_anchor_path: Path | None = Field(
+        default=None,
+        description="File outside the event store where the engine appends each head seal "
+        "(default <data_dir>/audit/seal-anchor); chorus audit verify checks the store against it",
     )
     host: str = "127.0.0.1"
     port: int = 8000
@@ -55,6 +61,9 @@ class Settings(BaseSettings):
                 "audit_key_path": (self.audit_key_path or data_dir / "audit" / "signing.key")
                 .expanduser()
                 .resolve(),
+                "seal_anchor_path": (self.seal_anchor_path or data_dir / "audit" / "seal-anchor")
+                .expanduser()
+                .resolve(),
             }
         )
 
@@ -67,6 +76,7 @@ class Settings(BaseSettings):
             "CHORUS_READ_STORE_URL": str(s.read_store_url),
             "CHORUS_KEYS_PATH": str(s.keys_path),
             "CHORUS_AUDIT_KEY_PATH": str(s.audit_key_path),
+            "CHORUS_SEAL_ANCHOR_PATH": str(s.seal_anchor_path),
             "CHORUS_HOST": s.host,
             "CHORUS_PORT": str(s.port),
             "CHORUS_BATCH_MAX": str(s.batch_max),

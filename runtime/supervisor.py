@@ -21,6 +21,7 @@ import nats
 from contracts.aio import wait_event
 from contracts.workflow_types import WorkflowTypeRegistry
 from engine.streams import ensure_streams
+from events.bundle import create_signing_key
 from gateway.keys import KeyStore
 from runtime.natsd import NatsServer, die_with_parent, start_nats_server
 from runtime.settings import Settings
@@ -63,6 +64,8 @@ class Supervisor:
     async def start(self) -> None:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        # The embedded deployment signs audit bundles; the gateway never creates the key.
+        create_signing_key(Path(str(s.audit_key_path)))
         try:  # fail fast with the reason, instead of a gateway that keeps restarting
             WorkflowTypeRegistry.load(s.workflow_types)
         except ValueError as error:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from events.bundle import BundleInvalid, parse_public_key, verify_bundle
+from events.bundle import BundleInvalid, create_signing_key, parse_public_key, verify_bundle
 from events.ledger import last_seal
 from events.store import open_recorder
 from gateway.app import create_app
@@ -147,8 +147,9 @@ async def test_workflows_travel_in_time_too(http, gateway):
     assert (past.json()["status"], past.json()["estimated_completion"]) == ("queued", None)
 
 
-async def test_history_time_travel_export_and_verify_need_auditor_or_admin(http, gateway):
+async def test_history_time_travel_export_and_verify_need_auditor_or_admin(http, gateway, tmp_path):
     sid = await finished_session(http, gateway)
+    create_signing_key(tmp_path / "audit" / "signing.key")  # as chorus up does
     reads = [
         (EVENTS, {}),
         (f"{SESSIONS}/{sid}/events", {}),
@@ -194,7 +195,7 @@ async def test_an_auditor_cannot_issue_any_command(http, gateway, tmp_path):
 
 
 async def test_an_exported_bundle_verifies_offline_and_a_flipped_byte_does_not(
-    http, gateway, database_url
+    http, gateway, database_url, tmp_path
 ):
     sid = await finished_session(http, gateway)
     auditor = gateway.key("audrey", "auditor")
@@ -206,6 +207,13 @@ async def test_an_exported_bundle_verifies_offline_and_a_flipped_byte_does_not(
         return seal is not None and seal.position >= head
 
     await eventually(sealed, what="the engine sealing the log")
+    # The gateway never creates the signing key: without one it answers 503.
+    key_path = tmp_path / "audit" / "signing.key"
+    for path, params in ((f"{AUDIT}/export", {"session": sid}), (f"{AUDIT}/public-key", {})):
+        assert_problem(await http.get(path, params=params, headers=auditor),
+                       503, "signing_key_unavailable")  # fmt: skip
+    assert not key_path.exists()
+    create_signing_key(key_path)
     response = await http.get(f"{AUDIT}/export", params={"session": sid}, headers=auditor)
     assert response.status_code == 200, response.text
     assert "chorus-audit-session" in response.headers["content-disposition"]

@@ -18,7 +18,7 @@ from eventsourcing.persistence import ApplicationRecorder
 
 from engine.processor import Processor
 from engine.session import SessionState
-from events.bundle import parse_public_key, verify_bundle
+from events.bundle import create_signing_key, parse_public_key, verify_bundle
 from events.codec import decode_record, stored_body, typed_event
 from events.ledger import seal_all
 from events.session import ResultSubmitted, result_digest
@@ -90,6 +90,7 @@ def test_the_engine_folds_old_events_and_appends_new_ones_to_the_same_chain(
 
 
 def test_a_bundle_of_old_events_verifies(old_store: ApplicationRecorder, tmp_path: Path) -> None:
+    create_signing_key(tmp_path / "signing.key")
     audit = AuditLog(old_store, tmp_path / "signing.key")
     data = audit.export(aggregate="session", aggregate_id=FINISHED)
     assert verify_bundle(data, parse_public_key(audit.public_key())).events == 4

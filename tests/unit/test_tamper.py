@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eventsourcing.persistence import ApplicationRecorder
 
 from engine.processor import Processor
-from events.ledger import last_seal, seal_all
+from events.ledger import Checkpoint, UnsoundRow, last_seal, read_anchor, seal_all
 from events.store import open_recorder
 from events.verify import verify_store
 from runtime.cli import main
@@ -43,10 +45,10 @@ def sealed_store(tmp_path: Path, clock: FakeClock) -> Path:
     return path
 
 
-def check(path: Path):  # type: ignore[no-untyped-def]
+def check(path: Path, **options: Any):  # type: ignore[no-untyped-def]
     recorder = open_recorder(f"sqlite:///{path}")
     try:
-        return verify_store(recorder)
+        return verify_store(recorder, **options)
     finally:
         recorder.datastore.close()  # type: ignore[attr-defined]
 
@@ -210,3 +212,254 @@ def test_chorus_audit_verify_exits_non_zero_and_names_the_break(
     out = capsys.readouterr().out
     assert f"position {target[0]}" in out
     assert str(uuid.UUID(target["originator_id"])) in out
+
+
+# Truncation and removed seals ---------------------------------------------------------------
+
+
+def checkpoint_of(path: Path) -> Checkpoint:
+    report = check(path)
+    assert report.ok and report.head_running_hash is not None
+    return Checkpoint(position=report.sealed_through, running_hash=report.head_running_hash)
+
+
+def test_removing_the_last_events_with_their_seals_breaks_the_anchor(sealed_store: Path) -> None:
+    anchor = checkpoint_of(sealed_store)
+    last_two = [r[0] for r in rows(sealed_store)[-2:]]
+    tamper(sealed_store, *[(sql, (p,)) for p in last_two for sql in (
+        "DELETE FROM stored_events WHERE rowid=?", "DELETE FROM chorus_seals WHERE position=?")])  # fmt: skip
+    assert check(sealed_store).ok  # consistent but shorter: only the anchor can tell
+    first = check(sealed_store, expected=[anchor]).first
+    assert first is not None
+    assert (first.position, first.kind) == (anchor.position, "anchor_mismatch")
+    assert "ends at position" in first.message
+
+
+def test_re_sealing_a_rewritten_log_breaks_the_anchor(sealed_store: Path) -> None:
+    anchor = checkpoint_of(sealed_store)
+    target = domain_row(sealed_store, 0)
+    tamper(
+        sealed_store,
+        ("DELETE FROM chorus_seals", ()),
+        ("DELETE FROM stored_events WHERE rowid=?", (rows(sealed_store)[-1][0],)),
+    )
+    recorder = open_recorder(f"sqlite:///{sealed_store}")
+    seal_all(recorder)
+    recorder.datastore.close()  # type: ignore[attr-defined]
+    report = check(sealed_store, expected=[anchor])
+    assert [p.kind for p in report.problems] == ["anchor_mismatch"]
+    assert target[0] < anchor.position
+
+
+@pytest.mark.parametrize("how", ["DROP TABLE chorus_seals", "DELETE FROM chorus_seals"])
+def test_a_dropped_or_emptied_ledger_is_caught_after_the_grace_period(
+    sealed_store: Path, clock: FakeClock, how: str
+) -> None:
+    tamper(sealed_store, (how, ()))
+    assert check(sealed_store, now=clock.now).ok  # within the grace the engine may lag
+    first = check(sealed_store, now=clock.now + timedelta(minutes=5)).first
+    assert first is not None
+    assert (first.position, first.kind) == (1, "seals_missing")
+
+
+def test_an_unsealed_tail_older_than_the_grace_is_caught(tmp_path: Path, clock: FakeClock) -> None:
+    recorder = open_recorder(f"sqlite:///{tmp_path}/e.db")
+    write_history(recorder, clock)
+    seal_all(recorder)
+    head = recorder.max_notification_id()
+    Processor(recorder, clock=clock).handle_batch([open_session(str(uuid.uuid4()))])
+    later = clock.now + timedelta(seconds=61)
+    assert verify_store(recorder, now=clock.now + timedelta(seconds=59)).ok
+    first = verify_store(recorder, now=later).first
+    assert first is not None
+    assert (first.position, first.kind) == (head + 1, "unsealed_too_old")
+    assert verify_store(recorder, now=later, max_unsealed_age=3600).ok
+
+
+def test_chorus_audit_verify_checks_expect_seal_and_the_anchor_file(
+    sealed_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{sealed_store}"
+    data_dir = tmp_path / "data"
+    assert main(["audit", "verify", "--database-url", url, "--data-dir", str(data_dir)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("checkpoint: "))
+    anchor = Checkpoint.parse(line.removeprefix("checkpoint: "))
+    (data_dir / "audit").mkdir(parents=True)
+    (data_dir / "audit" / "seal-anchor").write_text(f"1:{'a' * 64}\n{anchor}\n3:tor")
+    last = rows(sealed_store)[-1][0]
+    tamper(sealed_store, ("DELETE FROM stored_events WHERE rowid=?", (last,)),
+           ("DELETE FROM chorus_seals WHERE position=?", (last,)))  # fmt: skip
+    base = ["audit", "verify", "--database-url", url]
+    assert main([*base, "--data-dir", str(tmp_path / "elsewhere")]) == 0  # no anchor there
+    assert main([*base, "--expect-seal", str(anchor), "--data-dir", str(tmp_path)]) == 1
+    assert "anchor_mismatch" in capsys.readouterr().out
+    assert main([*base, "--data-dir", str(data_dir)]) == 1  # the default anchor file
+    assert f"before the anchored {anchor}" in capsys.readouterr().out
+    explicit = ["--anchor", str(data_dir / "audit" / "seal-anchor")]
+    assert main([*base, *explicit, "--data-dir", str(tmp_path)]) == 1
+
+
+async def test_the_sealer_appends_each_new_head_to_the_anchor_file(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    import asyncio
+
+    from engine.sealer import Sealer
+
+    recorder = open_recorder(f"sqlite:///{tmp_path}/e.db")
+    write_history(recorder, clock)
+    path = tmp_path / "audit" / "seal-anchor"
+    head = recorder.max_notification_id()
+    task = asyncio.create_task(Sealer(recorder, anchor_path=path, idle_interval=0.01).run())
+    try:
+        for _ in range(500):
+            if path.exists() and (a := read_anchor(path)) and a.position == head:
+                break
+            await asyncio.sleep(0.01)
+        seal = last_seal(recorder)
+        assert seal is not None
+        assert read_anchor(path) == Checkpoint(position=head, running_hash=seal.running_hash)
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert verify_store(recorder, expected=[Checkpoint.parse(str(read_anchor(path)))]).ok
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        recorder.datastore.close()  # type: ignore[attr-defined]
+
+
+# Rows outside the log's range, re-spelled keys, topics ---------------------------------------
+
+
+def test_a_row_moved_to_position_zero_is_read_and_flagged(sealed_store: Path) -> None:
+    target = domain_row(sealed_store, 4)
+    tamper(sealed_store, ("UPDATE stored_events SET rowid=0 WHERE rowid=?", (target[0],)))
+    report = check(sealed_store)
+    assert report.first is not None
+    assert (report.first.position, report.first.kind) == (0, "bad_position")
+    assert ("deleted", target[0]) in [(p.kind, p.position) for p in report.problems]
+    assert report.events == len(rows(sealed_store))
+
+
+def test_a_row_inserted_below_position_one_is_flagged(sealed_store: Path) -> None:
+    final = next(r for r in rows(sealed_store) if r["topic"] == "session.SessionCancelled")
+    forged = (final["originator_id"], final["originator_version"] + 1, final["topic"],
+              bytes(final["state"]))  # fmt: skip
+    tamper(sealed_store, ("INSERT INTO stored_events (rowid, originator_id, originator_version, "
+                          "topic, state) VALUES (-1, ?, ?, ?, ?)", forged))  # fmt: skip
+    report = check(sealed_store)
+    assert report.first is not None
+    assert (report.first.position, report.first.kind) == (-1, "bad_position")
+
+
+@pytest.mark.parametrize("spell", [str.upper, lambda k: str(uuid.UUID(k))])
+def test_a_re_spelled_originator_id_is_caught(sealed_store: Path, spell: Any) -> None:
+    target = next(r for r in rows(sealed_store) if r["topic"] == "session.ResultSubmitted")
+    key = spell(target["originator_id"])
+    assert key != target["originator_id"]
+    tamper(sealed_store, ("UPDATE stored_events SET originator_id=? WHERE rowid=?",
+                          (key, target[0])))  # fmt: skip
+    kinds = {(p.position, p.kind) for p in check(sealed_store).problems}
+    assert {(target[0], "bad_key"), (target[0], "seal_mismatch")} <= kinds
+
+
+def test_a_changed_event_type_in_the_topic_is_caught_before_sealing(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "e.db"
+    recorder = open_recorder(f"sqlite:///{path}")
+    write_history(recorder, clock)
+    recorder.datastore.close()  # type: ignore[attr-defined]
+    target = next(r for r in rows(path) if r["topic"] == "session.ResultSubmitted")
+    tamper(path, ("UPDATE stored_events SET topic='session.SessionCancelled' WHERE rowid=?",
+                  (target[0],)))  # fmt: skip
+    first = check(path).first
+    assert first is not None
+    assert (first.position, first.kind) == (target[0], "edited")
+    assert "does not name the event's type" in first.message
+
+
+def test_verify_racing_a_writing_and_sealing_engine_reports_nothing(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import events.verify
+
+    recorder = open_recorder(f"sqlite:///{tmp_path}/e.db")
+    write_history(recorder, clock)
+    seal_all(recorder)
+    head = recorder.max_notification_id()
+    walk_rows = events.verify._rows
+
+    def rows_then_more(*args: Any) -> Any:
+        yield from walk_rows(*args)
+        # The walk has read every row: meanwhile the engine writes and seals.
+        Processor(recorder, clock=clock).handle_batch([open_session(str(uuid.uuid4()))])
+        seal_all(recorder)
+
+    monkeypatch.setattr(events.verify, "_rows", rows_then_more)
+    report = verify_store(recorder, chunk=4)
+    assert report.ok, report.problems
+    assert report.events == report.sealed_through == head
+
+
+# The sealer checks before it seals --------------------------------------------------------
+
+
+def test_the_sealer_stops_at_a_row_that_does_not_verify(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "e.db"
+    recorder = open_recorder(f"sqlite:///{path}")
+    write_history(recorder, clock)
+    target = domain_row(path, 4)
+    state = bytes(target["state"]).replace(b'"success":true', b'"success":false', 1)
+    tamper(path, ("UPDATE stored_events SET state=? WHERE rowid=?", (state, target[0])))
+    with pytest.raises(UnsoundRow) as raised:
+        seal_all(recorder)
+    assert raised.value.position == target[0]
+    seal = last_seal(recorder)
+    assert seal is not None
+    assert seal.position == target[0] - 1
+    with pytest.raises(UnsoundRow):  # and stays stopped
+        seal_all(recorder)
+    recorder.datastore.close()  # type: ignore[attr-defined]
+
+
+def test_the_sealer_stops_at_a_re_hashed_row_that_breaks_its_chain(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The forged row's own hash holds; the next version's link to it does not."""
+    from eventsourcing.persistence import StoredEvent
+
+    from events.codec import recompute_hash
+
+    path = tmp_path / "e.db"
+    recorder = open_recorder(f"sqlite:///{path}")
+    write_history(recorder, clock)
+    target = domain_row(path, 0)  # SessionOpened of the first session
+    old = bytes(target["state"])
+    state = old.replace(b'"description":"work"', b'"description":"play"', 1)
+    assert state != old
+    forged = StoredEvent(originator_id=uuid.UUID(target["originator_id"]), originator_version=1,
+                         topic=target["topic"], state=state)  # fmt: skip
+    old_hash = old.split(b'"hash":"')[1][:64]
+    state = state.replace(b'"hash":"' + old_hash, b'"hash":"' + recompute_hash(forged).encode())
+    tamper(path, ("UPDATE stored_events SET state=? WHERE rowid=?", (state, target[0])))
+    next_version = next(r for r in rows(path) if r["originator_id"] == target["originator_id"]
+                        and r["originator_version"] == 2)  # fmt: skip
+    with pytest.raises(UnsoundRow) as raised:
+        seal_all(recorder)
+    assert raised.value.position == next_version[0]
+    assert "prev_hash" in raised.value.reason
+    recorder.datastore.close()  # type: ignore[attr-defined]
+
+
+def test_chorus_audit_seal_exits_1_at_a_row_that_does_not_verify(
+    tmp_path: Path, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "e.db"
+    recorder = open_recorder(f"sqlite:///{path}")
+    write_history(recorder, clock)
+    recorder.datastore.close()  # type: ignore[attr-defined]
+    target = domain_row(path, 2)
+    tamper(path, ("UPDATE stored_events SET originator_id=? WHERE rowid=?",
+                  (target["originator_id"].upper(), target[0])))  # fmt: skip
+    assert main(["audit", "seal", "--database-url", f"sqlite:///{path}"]) == 1
+    assert f"position {target[0]}" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import hashlib
 import json
 import sqlite3
 import uuid
+from typing import Any
 
 import pytest
 from eventsourcing.persistence import ApplicationRecorder
@@ -15,7 +16,7 @@ from engine.processor import Processor
 from runtime.cli import main
 
 from .conftest import FakeClock
-from .test_processor import open_session, submit
+from .test_processor import cancel, open_session, submit, timeout
 
 
 def digest(url: str) -> str:
@@ -92,3 +93,26 @@ def test_an_open_session_an_unknown_one_and_bad_criteria_are_refused(
     assert (code, "invalid criteria" in err) == (2, True)
     code, _, err = what_if("sqlite:////nonexistent/e.db", finished, "{}", capsys)
     assert (code, "no event store" in err) == (2, True)
+
+
+@pytest.mark.parametrize("close", [cancel, timeout])
+def test_a_session_closed_without_a_verdict_reports_no_outcome_change(
+    recorder: ApplicationRecorder,
+    clock: FakeClock,
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
+    close: Any,
+) -> None:
+    sid = str(uuid.uuid4())
+    processor = Processor(recorder, clock=clock)
+    processor.handle_batch([open_session(sid, ("a", "b"))])
+    processor.handle_batch([submit(sid, "a")])
+    if close is timeout:
+        clock.advance(seconds=601)
+    assert processor.handle_batch([close(sid)])[0].status == "accepted"
+    for criteria in ('{"require": "any"}', '{"require": "all"}'):
+        code, out, _ = what_if(database_url, sid, criteria, capsys)
+        result = json.loads(out)
+        assert code == 0
+        assert result["recorded"]["verdict"] is None
+        assert result["outcome_changes"] is None
