@@ -99,13 +99,17 @@ class RawRow(Struct, kw_only=True, frozen=True):
 
 
 def raw_row(row: Any) -> RawRow:
-    """A row of ``_Dialect.columns()`` as a ``RawRow``."""
+    """A row of ``_Dialect.columns()`` as a ``RawRow``.
+
+    A hand-edited SQLite row can come back as TEXT instead of a BLOB: it is read as its
+    UTF-8 bytes, so the verifier judges the content rather than crash on the type."""
+    state = row["state"]
     return RawRow(
         position=int(row["position"]),
         key=str(row["originator_id"]),
         version=int(row["originator_version"]),
         topic=str(row["topic"]),
-        state=bytes(row["state"]),
+        state=state.encode() if isinstance(state, str) else bytes(state),
     )
 
 

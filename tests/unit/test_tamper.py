@@ -91,6 +91,17 @@ def test_an_edited_row_is_named_by_position_and_aggregate(sealed_store: Path) ->
     assert first.version == target["originator_version"]
 
 
+def test_an_edit_in_sql_that_turns_the_row_into_text_is_reported_not_a_crash(
+    sealed_store: Path,
+) -> None:
+    """``UPDATE ... SET state = replace(state, ...)`` stores TEXT where a BLOB was."""
+    target = domain_row(sealed_store, 0)
+    tamper(sealed_store, ("UPDATE stored_events SET state = replace(state, 'coord', 'coorD') "
+                          "WHERE rowid=?", (target[0],)))  # fmt: skip
+    first = check(sealed_store).first
+    assert first is not None and (first.position, first.kind) == (target[0], "edited")
+
+
 def test_an_edit_with_a_recomputed_hash_still_breaks_the_seal(sealed_store: Path) -> None:
     """The attacker re-hashes the edited event: its aggregate chain holds, the seal does not."""
     from eventsourcing.persistence import StoredEvent
