@@ -15,7 +15,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from contracts.agents import RegisterAgent
 from contracts.envelope import Envelope
+from contracts.sessions import OpenSession, ParticipantLost, Task
 from contracts.workflows import CompletePhase, ReportProgress, StartPhase, StartWorkflow
 from engine.handlers import HANDLERS
 from engine.processor import Command, Processor
@@ -27,7 +29,7 @@ from projections.history import History
 from projections.timetravel import state_at
 
 from .conftest import FakeClock
-from .test_processor import cancel, open_session, submit, timeout
+from .test_processor import cancel, submit, timeout
 
 AGENTS = ["a", "b", "c", "d"]
 
@@ -35,7 +37,31 @@ action = st.one_of(
     st.tuples(st.just("submit"), st.sampled_from(AGENTS), st.booleans()),
     st.tuples(st.just("cancel"), st.just(""), st.just(False)),
     st.tuples(st.just("timeout"), st.just(""), st.just(False)),
+    # A participant goes offline: the session's policy waits, fails or replaces it.
+    st.tuples(st.just("lose"), st.sampled_from(AGENTS), st.just(False)),
 )
+SPARES = ["s1", "s2"]  # registered agents a "replace" session can take
+
+
+def lose(sid: str, agent: str, command_id: str) -> Command:
+    return Command(actor="system", handler=HANDLERS[("session", "participant_lost")],
+                   envelope=Envelope(command_id=command_id,
+                                     payload=ParticipantLost(session_id=sid, agent_id=agent)))  # fmt: skip
+
+
+def open_with_policy(sid: str, participants: list[str], policy: str) -> Command:
+    payload = OpenSession(session_id=sid, participants=participants, task=Task(description="w"),
+                          timeout_seconds=600, on_participant_lost=policy)  # fmt: skip
+    return Command(actor="boss", handler=HANDLERS[("session", "open")],
+                   envelope=Envelope(command_id=f"open-{sid}", payload=payload))  # fmt: skip
+
+
+def register_spares() -> list[Command]:
+    return [
+        Command(actor=name, handler=HANDLERS[("agent", "register")],
+                envelope=Envelope(command_id=f"reg-{name}", payload=RegisterAgent(name=name)))
+        for name in SPARES
+    ]  # fmt: skip
 
 
 def engine_folds(records: list[Any], state: Any) -> list[Any]:
@@ -72,20 +98,24 @@ def session_view(view: Any) -> dict[str, Any]:
     participants=st.integers(min_value=1, max_value=4),
     actions=st.lists(action, max_size=8),
     gaps=st.lists(st.integers(min_value=0, max_value=400), min_size=9, max_size=9),
+    policy=st.sampled_from(["wait", "fail_fast", "replace"]),
 )
 def test_session_views_at_every_version_and_time_agree_with_the_engine_fold(
-    participants: int, actions: list[tuple[str, str, bool]], gaps: list[int]
+    participants: int, actions: list[tuple[str, str, bool]], gaps: list[int], policy: str
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         recorder = open_recorder(f"sqlite:///{tmp}/e.db")
         clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
         processor = Processor(recorder, clock=clock)
         sid = str(uuid.uuid4())
-        processor.handle_batch([open_session(sid, AGENTS[:participants], timeout=600)])
+        processor.handle_batch(register_spares())
+        processor.handle_batch([open_with_policy(sid, AGENTS[:participants], policy)])
         for (kind, agent, success), gap in zip(actions, gaps, strict=False):
             clock.advance(seconds=gap)  # gap 0: two commands at one instant
             if kind == "submit":
                 command = submit(sid, agent, f"s-{agent}-{clock.now}", success=success)
+            elif kind == "lose":
+                command = lose(sid, agent, f"l-{agent}-{clock.now}")
             elif kind == "cancel":
                 command = cancel(sid, command_id=f"c-{clock.now}")
             else:
