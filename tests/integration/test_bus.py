@@ -228,6 +228,12 @@ async def test_restarted_relay_fills_the_stream_without_gap_or_duplicate(
     async with EngineService(EngineConfig(nats_url=nats_server.url, database_url=database_url)):
         for _ in range(5):
             await send(nc, "coord", "open", open_payload(["a1"]))
+        # Let the relay publish them before it stops (a busy machine may not have yet).
+        js = nc.jetstream()
+        for _ in range(500):
+            if (await js.stream_info("EVENTS")).state.messages >= 5:
+                break
+            await asyncio.sleep(0.01)
     async with EngineService(
         EngineConfig(nats_url=nats_server.url, database_url=database_url, relay=False)
     ):
