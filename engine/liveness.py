@@ -121,6 +121,7 @@ class LivenessMonitor:
         self._pending: set[str] = set()
         self._started = clock()
         self._refreshing: asyncio.Future[Any] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
         self.beats = 0
         self.transitions = 0
 
@@ -183,7 +184,9 @@ class LivenessMonitor:
             self._pending.add(agent_id)
             command = self._command("mark_online", f"online:{agent_id}:{state.version}",
                                     MarkOnline(agent_id=agent_id, last_seen=now))  # fmt: skip
-            asyncio.get_running_loop().create_task(self._transition(agent_id, command))
+            task = asyncio.get_running_loop().create_task(self._transition(agent_id, command))
+            self._in_flight.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._in_flight.discard)
         return Reply(
             command_id=_command_id(msg.data),
             status="accepted",
@@ -255,9 +258,9 @@ class LivenessMonitor:
                     log.warning("liveness sweep failed, retrying: %s", error)
                 await asyncio.sleep(pause)
         finally:
-            for helper in helpers:
-                helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            for task in (*helpers, *self._in_flight):
+                task.cancel()
+            await asyncio.gather(*helpers, *self._in_flight, return_exceptions=True)
 
     async def sweep(self) -> int:
         """Mark offline every online agent silent for longer than the timeout."""
