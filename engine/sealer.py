@@ -7,7 +7,7 @@ transaction, so sealing never slows or fails a command; the cost is a short unse
 Each row is checked before it is sealed; at a row that does not verify the sealer stops
 (logging an error naming it) instead of vouching for it, and ``chorus audit verify`` then
 names the row and, after the grace period, the stalled tail. With ``anchor_path`` set,
-every new head seal is also appended to that file, outside the database (see
+every new head seal also replaces the line of that file, outside the database (see
 ``events.ledger`` for why).
 """
 

@@ -21,8 +21,9 @@ Anchors. The ledger lives in the same database as the events, so whoever can rew
 database can delete the last events *and* their seals (or the whole ledger) and leave a
 consistent but shorter store. Nothing inside the store can tell; an anchor outside it
 can. A checkpoint ``POS:HASH`` (a position and the running hash sealed there) is such an
-anchor: the sealer appends one per sealing step to an append-only file outside the
-database when configured (``seal_anchor_path``), ``chorus audit verify`` prints one, and
+anchor: the sealer writes the newest one after each sealing step to a one-line file
+outside the database when configured (``seal_anchor_path``; replaced atomically, so it
+stays one line however long the engine runs), ``chorus audit verify`` prints one, and
 every bundle carries one (``log_seal``). Verifying against a checkpoint proves that the
 store still holds exactly the log up to that position. The trade-off: an anchor only
 covers what was sealed when it was taken, and an anchor file on the same host is only as
@@ -107,14 +108,18 @@ def next_running_hash(previous: str, row: str) -> str:
 
 
 def append_anchor(path: Path, checkpoint: Checkpoint) -> None:
-    """Append one checkpoint line (created with mode 0600, flushed to disk)."""
+    """Make ``checkpoint`` the anchor file's line: written to a temporary file, flushed,
+    then renamed over the old one (mode 0600), so a reader sees the old line or the new,
+    and the file never grows."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, f"{checkpoint}\n".encode())
         os.fsync(fd)
     finally:
         os.close(fd)
+    os.replace(temporary, path)
 
 
 def read_anchor(path: Path) -> Checkpoint | None:

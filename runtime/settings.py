@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     )
     seal_anchor_path: Path | None = Field(
         default=None,
-        description="File outside the event store where the engine appends each head seal "
+        description="One-line file outside the event store where the engine keeps the newest "
+        "head seal "
         "(default <data_dir>/audit/seal-anchor); chorus audit verify checks the store against it",
     )
     host: str = "127.0.0.1"

@@ -474,3 +474,16 @@ def test_chorus_audit_seal_exits_1_at_a_row_that_does_not_verify(
                   (target["originator_id"].upper(), target[0])))  # fmt: skip
     assert main(["audit", "seal", "--database-url", f"sqlite:///{path}"]) == 1
     assert f"position {target[0]}" in capsys.readouterr().err
+
+
+def test_the_anchor_file_holds_only_the_newest_checkpoint(tmp_path: Path) -> None:
+    """The engine rewrites it after every sealing step: it must not grow with the log."""
+    from events.ledger import append_anchor
+
+    path = tmp_path / "audit" / "seal-anchor"
+    for position in range(1, 50):
+        append_anchor(path, Checkpoint(position=position, running_hash=f"{position:064x}"))
+    assert path.read_text() == f"49:{49:064x}\n"
+    assert read_anchor(path) == Checkpoint(position=49, running_hash=f"{49:064x}")
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["seal-anchor"]  # no leftovers
