@@ -101,6 +101,8 @@ class AgentClient:
         reply = await self.send("session", "submit_result", payload)
         if reply.status != "rejected":
             self._submitted_at[session_id] = done
+            while len(self._submitted_at) > 10_000:  # remember the recent ones only
+                del self._submitted_at[next(iter(self._submitted_at))]
         return reply
 
     async def verify_completion(
@@ -113,8 +115,8 @@ class AgentClient:
         response_time: float | None = None,
     ) -> Reply:
         """Claim the task done: the hash is ``output_hash``, else that of ``result``. The
-        completion time defaults to when this client submitted the task's result (a claim
-        may not be later than the recorded result), else now."""
+        completion time defaults to when this client submitted the task's result, else
+        now."""
         if output_hash is None:
             if result is None:
                 raise ValueError("give the result or its output_hash")

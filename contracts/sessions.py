@@ -91,6 +91,8 @@ class ParticipantLost(Struct, kw_only=True, frozen=True, forbid_unknown_fields=T
     session_id: SessionId
     agent_id: Id
     reason: Annotated[str, Meta(min_length=1, max_length=2000)] = "agent went offline"
+    #: Asked again because a new candidate turned up: record nothing if none qualifies.
+    retry: bool = False
 
 
 #: command token -> payload type, for ``chorus.cmd.<actor>.session.<command>``.

@@ -24,7 +24,7 @@ from contracts.agents import (
 )
 from engine import errors
 from engine.context import EngineContext
-from engine.evidence import judge
+from engine.evidence import canonical_task_id, judge
 from events.agent import (
     AgentCameOnline,
     AgentCapabilitiesUpdated,
@@ -86,7 +86,7 @@ class AgentState:
                 self.last_seen = event.last_seen
             case CompletionVerified():
                 self.verified += 1
-                self.verified_tasks.add(event.task_id)
+                self.verified_tasks.add(canonical_task_id(event.task_id))
             case CompletionRejected():
                 self.rejected += 1
             case _:

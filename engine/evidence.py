@@ -14,10 +14,8 @@ claimed twice under two spellings. The claim holds when every check passes:
 - ``result_failed``: that result was a success (a failed result proves nothing done);
 - ``hash_mismatch``: ``output_hash`` equals the recorded hash: the result's own
   ``output_hash``, else ``sha256:`` + sha256 of its canonical JSON (``result_hash``);
-- ``completion_before_assignment`` / ``completion_after_result`` /
-  ``completion_in_future``: the completion time lies between the assignment and the
-  moment the engine recorded the result (and never after now), give or take
-  ``CLOCK_SKEW``;
+- ``completion_before_assignment`` / ``completion_in_future``: the completion time lies
+  between the assignment and now, give or take ``CLOCK_SKEW``;
 - ``response_time_implausible``: a stated ``response_time`` fits between the assignment
   and the recorded result (the record, not the agent's word, bounds timing).
 
@@ -30,7 +28,8 @@ Quality of a verified completion, in [0, 1] (a rejected one scores 0):
   the engine recorded the result (for results recorded before that time was kept: the
   evidence's ``response_time``, else assignment to completion). Instant work scores 1,
   work that used the whole allowance 0. The verdict's ``response_time`` (for the response
-  time percentiles) is the evidence's, else assignment to completion.
+  time percentiles) is the evidence's, else assignment to completion (at most to the
+  recorded result).
 - ``agreement``: the share of the session's results whose hash equals this agent's (1 when
   it is the only result, and for a phase, which has one worker).
 
@@ -82,11 +81,13 @@ def canonical_task_id(task_id: str) -> str:
 
 def task_facts(task_id: str, agent_id: str, ctx: EngineContext) -> TaskFacts:
     """Find the task in the session or workflow aggregate, or raise TaskProblem."""
-    head, _, phase = task_id.partition("/")
+    head, slash, phase = task_id.partition("/")
     try:
         aggregate_id = UUID(head)
     except ValueError:
         raise TaskProblem("task_not_found", f"no task {task_id!r}") from None
+    if slash and not phase:
+        raise TaskProblem("task_not_found", f"no task {task_id!r}: a phase name follows '/'")
     if phase:
         return _phase_facts(task_id, aggregate_id, phase, agent_id, ctx)
     return _session_facts(task_id, aggregate_id, agent_id, ctx)
@@ -169,8 +170,9 @@ def judge(
                 f"{facts.recorded_hash}")))  # fmt: skip
     reasons += _timing_problems(cmd, facts, now)
     response = cmd.response_time
-    if response is None:
-        response = max(0.0, (cmd.completion_time - facts.assigned_at).total_seconds())
+    if response is None:  # assignment to completion, at most to the recorded result
+        done = min(cmd.completion_time, facts.recorded_at or cmd.completion_time)
+        response = max(0.0, (done - facts.assigned_at).total_seconds())
     if reasons:
         return _rejected(cmd, task_id, reasons, response)
     # Timeliness from the record when it has the result's time: the agent cannot shorten it.
@@ -201,10 +203,6 @@ def _timing_problems(cmd: VerifyCompletion, facts: TaskFacts, now: datetime) -> 
     if done > now + CLOCK_SKEW:
         out.append(Rejection(code="completion_in_future", message=(
             f"completion_time {done.isoformat()} is in the future (now {now.isoformat()})")))  # fmt: skip
-    elif facts.recorded_at is not None and done > facts.recorded_at + CLOCK_SKEW:
-        out.append(Rejection(code="completion_after_result", message=(
-            f"completion_time {done.isoformat()} is after the result was recorded at "
-            f"{facts.recorded_at.isoformat()}")))  # fmt: skip
     if cmd.response_time is not None:
         end = facts.recorded_at or now
         longest = (end - facts.assigned_at + CLOCK_SKEW).total_seconds()

@@ -147,6 +147,7 @@ class LivenessMonitor:
 
     async def _take_heartbeats(self) -> None:
         while True:
+            raise_if_cancelling()  # nats-py may have swallowed a cancel (contracts.aio)
             msg = await self._inbox.get()
             try:
                 reply = await self._beat(msg)
@@ -216,6 +217,7 @@ class LivenessMonitor:
     async def _flush(self) -> None:
         """Write the marked beats to the KV bucket, off the heartbeat path."""
         while True:
+            raise_if_cancelling()  # nats-py may have swallowed a cancel (contracts.aio)
             await asyncio.sleep(min(self.config.interval / 4, 0.5))
             pending, self._unflushed = self._unflushed, {}
             for agent_id, seen in pending.items():
@@ -248,6 +250,7 @@ class LivenessMonitor:
         pause = min(self.config.interval / 2, 1.0)
         try:
             while True:
+                raise_if_cancelling()
                 for helper in helpers:
                     if helper.done():
                         helper.result()  # a helper that died takes the monitor down

@@ -137,7 +137,9 @@ class ParticipantWatch(LogFollower):
                     handler=handler,
                     envelope=Envelope(
                         command_id=f"lost:{sid}:{agent}:{suffix}",
-                        payload=ParticipantLost(session_id=sid, agent_id=agent, reason=reason),
+                        payload=ParticipantLost(
+                            session_id=sid, agent_id=agent, reason=reason, retry=":after:" in suffix
+                        ),
                         correlation_id=sid,
                     ),
                 )

@@ -176,7 +176,9 @@ def decide_open(
     routing = None
     participants = list(cmd.participants)
     if cmd.size is not None:
-        routing = route((ctx or EngineContext()).agents(), cmd.capabilities, cmd.size)
+        # Never the opener or coordinator: work it handed itself earns no record.
+        exclude = {actor, cmd.coordinator_id or actor}
+        routing = route((ctx or EngineContext()).agents(), cmd.capabilities, cmd.size, exclude)
         participants = list(routing.chosen)
     return [
         SessionOpened(
@@ -287,7 +289,7 @@ def decide_participant_lost(
         try:
             routing = route((ctx or EngineContext()).agents(), state.capabilities, 1, exclude)
         except errors.NotEnoughAgents:
-            if cmd.agent_id in state.lost:  # asked again: still nobody, nothing new to say
+            if cmd.retry:  # asked again after a new candidate: still nobody, nothing to say
                 raise errors.NoChange(f"still no replacement online for {cmd.agent_id}") from None
             return [msgspec.structs.replace(lost, reason=f"{cmd.reason}; no replacement online")]
         return [

@@ -17,7 +17,10 @@ Becoming busy or idle happens through sessions and workflow phases, so the feed 
 follows the session and workflow events that assign or release work (``ASSIGNING``): for
 each, once the agents read model has applied it, every agent with a task in that session
 or workflow whose status changed gets a message (``event`` names the session or workflow
-event, ``data`` carries ``{"aggregate", "aggregate_id"}``).
+event, ``data`` carries ``{"aggregate", "aggregate_id"}``). Statuses are read from the
+read model once it has applied the event (waiting at most ``READ_MODEL_WAIT``), so an
+update is never older than its event, but a busy spell shorter than the read model's lag
+behind the feed may be coalesced away.
 
 Client messages (JSON objects; the text ``ping`` is answered ``pong``):
 
@@ -58,6 +61,9 @@ from gateway.state import Services, ServicesDep
 from projections import agents as read_model
 
 DEFAULT_PING_TIMEOUT = 2.0
+#: How long the pump waits for the agents read model to apply an event before it reads
+#: the status anyway: short, so a lagging projector slows the feed but never stalls it.
+READ_MODEL_WAIT = 0.2
 MAX_PING_TIMEOUT = 30.0
 #: What an event makes the agent; other events leave the status as it was.
 STATUS_OF = {
@@ -135,9 +141,14 @@ class AgentFeed:
                 continue
             status = STATUS_OF.get(record.type)
             if status is None or status == "online":  # online may in fact be busy
-                await self.services.wait_for_projection(read_model.NAME, record.position)
+                await self.services.wait_for_projection(
+                    read_model.NAME, record.position, READ_MODEL_WAIT
+                )
                 view = await self.services.read(read_model.get_agent, name)
-                status = view.status if view is not None else status
+                if view is not None and (status is None or view.status == "busy"):
+                    # The read model may be ahead of a replayed event: it only tells what
+                    # the event itself does not (busy, or the status it left unchanged).
+                    status = view.status
             self.sent[name] = status
             await self.send(
                 AgentStatus(
@@ -149,7 +160,7 @@ class AgentFeed:
 
     async def assignment_changed(self, record: EventRecord) -> None:
         """A session or phase event: tell the agents whose status it changed."""
-        await self.services.wait_for_projection(read_model.NAME, record.position)
+        await self.services.wait_for_projection(read_model.NAME, record.position, READ_MODEL_WAIT)
         for name in await self.services.read(read_model.agents_of, record.aggregate_id):
             if self.watch is not None and name not in self.watch:
                 continue

@@ -57,6 +57,13 @@ class VerifyCompletionBody(Struct, kw_only=True, forbid_unknown_fields=True):
     output_hash: OutputHash | None = None
     response_time: Annotated[float, Meta(ge=0, le=30 * 86_400)] | None = None
 
+    def __post_init__(self) -> None:
+        if self.completion_time is not None:
+            try:  # a zone offset can push a valid local time past the year 9999 in UTC
+                self.completion_time.astimezone(UTC)
+            except OverflowError:
+                raise ValueError("completion_time is out of range in UTC") from None
+
 
 class HeartbeatOutcome(Struct, kw_only=True):
     agent_id: str
@@ -96,10 +103,13 @@ async def _with_last_heartbeat(
 ) -> read_model.AgentDetail:
     """``last_seen`` from the liveness bucket when it is newer than the last transition the
     read model knows (heartbeats are not events, so the read model only sees transitions)."""
-    try:
+
+    async def last_beat() -> bytes:
         kv = await services.nc.jetstream().key_value(LIVENESS_BUCKET)
-        entry = await asyncio.wait_for(kv.get(liveness_key(view.agent_id)), 1.0)
-        beat = read_model.stamp((entry.value or b"").decode())
+        return (await kv.get(liveness_key(view.agent_id))).value or b""
+
+    try:
+        beat = read_model.stamp((await asyncio.wait_for(last_beat(), 1.0)).decode())
     except Exception:  # no bucket yet, no beat yet, or NATS slow: the read model's answer
         raise_if_cancelling()
         return view

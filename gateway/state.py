@@ -45,11 +45,14 @@ class Services:
         """Run a read-store query off the event loop."""
         return await asyncio.to_thread(lambda: fn(self.reads.connection(), *args, **kwargs))
 
-    async def wait_for_projection(self, name: str, position: int) -> bool:
+    async def wait_for_projection(
+        self, name: str, position: int, timeout: float | None = None
+    ) -> bool:
         """Read-your-writes: wait (bounded) until projection ``name`` has seen ``position``."""
         if position <= 0:
             return True
-        deadline = time.monotonic() + self.config.read_your_writes_timeout
+        limit = self.config.read_your_writes_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
         delay = 0.002
         while self.reads.position(name) < position:
             if time.monotonic() > deadline:

@@ -531,9 +531,11 @@ def agents_of(conn: sqlite3.Connection, aggregate_id: str) -> list[str]:
     """Every agent ever assigned a task of this session or workflow (open or closed)."""
     try:
         rows = conn.execute(
-            "SELECT DISTINCT agent_id FROM agent_assignments WHERE task_id=? OR task_id LIKE ? "
-            "ORDER BY agent_id",
-            (aggregate_id, f"{aggregate_id}/%"),
+            # A range, not LIKE, so the index on task_id serves it: the
+            # session itself, and "<workflow>/<phase>" (everything from "<id>/" below "<id>0").
+            "SELECT DISTINCT agent_id FROM agent_assignments "
+            "WHERE task_id=? OR (task_id >= ? AND task_id < ?) ORDER BY agent_id",
+            (aggregate_id, f"{aggregate_id}/", f"{aggregate_id}0"),
         ).fetchall()
     except sqlite3.OperationalError:
         return []

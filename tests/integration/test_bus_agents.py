@@ -435,3 +435,27 @@ async def test_a_replacement_is_found_when_an_agent_turns_up_later(
     assert len(events_of(database_url, "ParticipantLost")) == 2  # waiting, then replaced
     for beater in beaters.values():
         await beater.stop()
+
+
+async def test_a_participant_lost_again_after_coming_back_is_still_replaced(
+    engine: EngineService, nc: NATS, database_url: str
+) -> None:
+    beaters = {}
+    for name in ("stays", "flaky"):
+        await register(nc, name, ["py"])
+        beaters[name] = Beater(nc, name)
+    opened = {**open_payload(["stays", "flaky"]), "capabilities": ["py"],
+              "on_participant_lost": "replace"}  # fmt: skip
+    await send(nc, "coord", "open", opened)
+    await beaters.pop("flaky").stop()
+    await eventually(lambda: events_of(database_url, "ParticipantLost"))
+    beaters["flaky"] = Beater(nc, "flaky")  # back ...
+    await eventually(lambda: events_of(database_url, "AgentCameOnline"))
+    await beaters.pop("flaky").stop()  # ... and lost again: recorded again
+    await eventually(lambda: len(events_of(database_url, "ParticipantLost")) == 2)
+    await register(nc, "late", ["py"])
+    beaters["late"] = Beater(nc, "late")
+    replaced = await eventually(lambda: events_of(database_url, "ParticipantReplaced"))
+    assert (replaced[0].data["replaced"], replaced[0].data["replacement"]) == ("flaky", "late")
+    for beater in beaters.values():
+        await beater.stop()

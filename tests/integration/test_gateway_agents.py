@@ -264,6 +264,10 @@ async def test_verify_completion_names_every_missing_field(http, gateway):
     naive = await verify(http, a1, "a1", task_id="x", completion_time="2030-01-01T00:00:00",
                          output_hash="h")  # fmt: skip
     assert problem_fields(assert_problem(naive, 400, "validation_error")) == ["completion_time"]
+    beyond = await verify(http, a1, "a1", task_id="x", completion_time="9999-12-31T23:00:00-05:00",
+                          output_hash="h")  # fmt: skip
+    problem = assert_problem(beyond, 400, "validation_error")
+    assert "out of range" in problem["detail"]
 
 
 async def test_verify_completion_replays_the_same_verdict_for_an_idempotency_key(http, gateway):

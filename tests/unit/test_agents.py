@@ -112,6 +112,15 @@ def session_with(participants: list[str], policy: str = "wait", caps: tuple[str,
     return fold(state, decide_open(state, opened, "coord", NOW, ctx)), ctx
 
 
+def test_routing_never_picks_the_opener_or_the_coordinator() -> None:
+    ctx = EngineContext(agents=lambda: [agent(n, ("py",), verified=9 - i)
+                                        for i, n in enumerate(("me", "boss", "c", "d"))])  # fmt: skip
+    opened = OpenSession(session_id=str(SID), size=2, capabilities=["py"],
+                         coordinator_id="boss", task=Task(description="t"))  # fmt: skip
+    event = decide_open(SessionState(id=SID), opened, "me", NOW, ctx)[0]
+    assert event.participants == ["c", "d"]
+
+
 def test_a_routed_session_records_its_candidates() -> None:
     ctx = EngineContext(agents=lambda: [agent("a", ("py",), verified=1), agent("b", ("py",))])
     opened = OpenSession(
@@ -182,8 +191,10 @@ def test_evidence_checks_name_every_failed_check() -> None:
     early = verify(session, {"completion_time": NOW - CLOCK_SKEW - timedelta(seconds=1)})
     assert codes(early) == ["completion_before_assignment"]
     assert isinstance(verify(session, {"completion_time": NOW - CLOCK_SKEW}), CompletionVerified)
+    # A claim made after the result (the time of the claim) is fine; its derived response
+    # time stops at the recorded result.
     late = verify(session, {"completion_time": NOW + timedelta(seconds=50)})
-    assert codes(late) == ["completion_after_result"]
+    assert isinstance(late, CompletionVerified) and late.response_time == 30.0
     slow = verify(session, {"response_time": 36.0})  # 30 s on record, 5 s of skew
     assert codes(slow) == ["response_time_implausible"]
     assert codes(verify(SessionState(id=SID), {})) == ["task_not_found"]
@@ -200,6 +211,7 @@ def test_one_task_is_one_task_however_its_id_is_spelled() -> None:
         assert codes(verify(session, {"task_id": spelling}, done={str(SID)})) == [
             "already_verified"
         ]
+    assert codes(verify(session, {"task_id": f"{SID}/"})) == ["task_not_found"]
 
 
 def test_work_an_agent_handed_itself_earns_no_record() -> None:
