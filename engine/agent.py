@@ -103,8 +103,10 @@ class AgentState:
         if self.status == "retired":
             raise errors.AgentRetired(f"agent {self.agent_id} is retired")
 
-    def check_may_manage(self, actor: str, ctx: EngineContext | None) -> None:
-        """The agent itself, the key holder that registered it, an operator, the engine."""
+    def check_may_act_for(self, agent_id: str, actor: str, ctx: EngineContext | None) -> None:
+        """It exists, and the actor is the agent itself, the key holder that registered
+        it, an operator or the engine."""
+        self.check_exists(agent_id)
         if actor in (self.agent_id, self.owner, "system"):
             return
         if ctx is not None and ctx.is_operator(actor):
@@ -132,10 +134,7 @@ def decide_register(
                 f"agent name {cmd.name!r} is registered by another key holder"
             )
         state.check_not_retired()
-        if frozenset(cmd.capabilities) != state.capabilities:
-            return [AgentCapabilitiesUpdated(capabilities=_sorted(cmd.capabilities),
-                                             updated_by=actor)]  # fmt: skip
-        return []
+        return _capabilities_change(state, cmd.capabilities, actor)
     if actor != cmd.name and not (ctx is not None and ctx.is_operator(actor)):
         raise errors.NotAuthorized(
             f"{actor} may not register {cmd.name!r}: an agent registers itself, "
@@ -146,7 +145,7 @@ def decide_register(
         AgentRegistered(
             agent_id=cmd.name,
             type=cmd.type,
-            capabilities=_sorted(cmd.capabilities),
+            capabilities=sorted(set(cmd.capabilities)),
             metadata=cmd.metadata,
             owner=actor,
             registered_at=now,
@@ -161,12 +160,9 @@ def decide_update_capabilities(
     now: datetime,
     ctx: EngineContext | None = None,
 ) -> list[msgspec.Struct]:
-    state.check_exists(cmd.agent_id)
-    state.check_may_manage(actor, ctx)
+    state.check_may_act_for(cmd.agent_id, actor, ctx)
     state.check_not_retired()
-    if frozenset(cmd.capabilities) == state.capabilities:
-        return []
-    return [AgentCapabilitiesUpdated(capabilities=_sorted(cmd.capabilities), updated_by=actor)]
+    return _capabilities_change(state, cmd.capabilities, actor)
 
 
 def decide_retire(
@@ -176,8 +172,7 @@ def decide_retire(
     now: datetime,
     ctx: EngineContext | None = None,
 ) -> list[msgspec.Struct]:
-    state.check_exists(cmd.agent_id)
-    state.check_may_manage(actor, ctx)
+    state.check_may_act_for(cmd.agent_id, actor, ctx)
     state.check_not_retired()
     return [AgentRetired(reason=cmd.reason, retired_by=actor)]
 
@@ -218,10 +213,14 @@ def decide_verify_completion(
     ctx: EngineContext | None = None,
 ) -> list[msgspec.Struct]:
     """Always records a verdict (verified, or rejected with every failed check)."""
-    state.check_exists(cmd.agent_id)
-    state.check_may_manage(actor, ctx)
+    state.check_may_act_for(cmd.agent_id, actor, ctx)
     return [judge(cmd, state.verified_tasks, now, ctx or EngineContext())]
 
 
-def _sorted(capabilities: list[str]) -> list[str]:
-    return sorted(set(capabilities))
+def _capabilities_change(
+    state: AgentState, capabilities: list[str], actor: str
+) -> list[msgspec.Struct]:
+    """An update if the set differs, else nothing: capabilities are a set, kept sorted."""
+    if frozenset(capabilities) == state.capabilities:
+        return []
+    return [AgentCapabilitiesUpdated(capabilities=sorted(set(capabilities)), updated_by=actor)]

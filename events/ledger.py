@@ -47,7 +47,7 @@ from eventsourcing.persistence import ApplicationRecorder
 from msgspec import Struct
 
 from events.codec import GENESIS_HASH, recompute_hash, stored_body
-from events.store import RawRow, _Dialect, raw_row, select_stored_state
+from events.store import RawRow, _Dialect, fetch_where, raw_row, select_stored_state
 
 log = logging.getLogger(__name__)
 
@@ -196,18 +196,10 @@ def select_seals(
 ) -> list[Seal]:
     """Seals after position ``gt`` (and at or before ``lte``), in position order."""
     d = _Dialect(recorder)
-    m = d.mark
-    sql, params = f"SELECT * FROM {_table(d)} WHERE position>{m} ", [gt]
-    if lte is not None:
-        sql += f"AND position<={m} "
-        params.append(lte)
-    sql += f"ORDER BY position LIMIT {m}"
-    params.append(limit)
-    with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
-        if not _exists(cursor, d):
-            return []
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
+    rows = fetch_where(
+        recorder, f"* FROM {_table(d)}", [("position>", gt), ("position<=", lte)],
+        order_by="position", limit=limit, ready=lambda cursor: _exists(cursor, d),
+    )  # fmt: skip
     return [_seal_of(r) for r in rows]
 
 

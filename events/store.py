@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -68,6 +68,32 @@ class _Dialect:
         return f"{self.position} AS position, originator_id, originator_version, topic, state"
 
 
+def fetch_where(
+    recorder: ApplicationRecorder,
+    source: str,
+    conditions: Sequence[tuple[str, object | None]],
+    *,
+    order_by: str,
+    limit: int,
+    ready: Callable[[Any], bool] | None = None,
+) -> list[Any]:
+    """``SELECT <source> WHERE ... ORDER BY ... LIMIT`` in one read transaction.
+
+    Each condition is ``(column and operator, value)``, e.g. ``("position>", 5)``; one
+    whose value is None is left out, so optional bounds need no string building at the
+    call site. ``ready(cursor)`` may say the source does not exist yet (no rows).
+    """
+    d = _Dialect(recorder)
+    used = [(clause, value) for clause, value in conditions if value is not None]
+    where = " AND ".join(f"{clause}{d.mark}" for clause, _ in used) or "1=1"
+    sql = f"SELECT {source} WHERE {where} ORDER BY {order_by} LIMIT {d.mark}"
+    with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+        if ready is not None and not ready(cursor):
+            return []
+        cursor.execute(sql, [value for _, value in used] + [limit])
+        return list(cursor.fetchall())
+
+
 class RawRow(Struct, kw_only=True, frozen=True):
     """A row exactly as stored: ``key`` is the originator id's stored text (on SQLite the
     recorder writes ``uuid.hex``; PostgreSQL stores a ``uuid`` and reads back its
@@ -119,17 +145,12 @@ def select_raw_rows(
     """Rows in position order up to ``lte``, after ``gt`` (None: from the very first row,
     including any at position 0 or below, which the recorder's own reads skip)."""
     d = _Dialect(recorder)
-    m = d.mark
-    sql = f"SELECT {d.columns()} FROM {d.table} WHERE {d.position}<={m} "
-    params: list[object] = [lte]
-    if gt is not None:
-        sql += f"AND {d.position}>{m} "
-        params.append(gt)
-    sql += f"ORDER BY {d.position} LIMIT {m}"
-    params.append(limit)
-    with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
-        cursor.execute(sql, params)
-        return [raw_row(row) for row in cursor.fetchall()]
+    rows = fetch_where(
+        recorder, f"{d.columns()} FROM {d.table}",
+        [(f"{d.position}<=", lte), (f"{d.position}>", gt)],
+        order_by=d.position, limit=limit,
+    )  # fmt: skip
+    return [raw_row(row) for row in rows]
 
 
 def count_rows(recorder: ApplicationRecorder, *, lte: int) -> int:
@@ -174,17 +195,12 @@ def select_aggregate_notifications(
     them; this reads the same table through the recorder's own connection pool.
     """
     d = _Dialect(recorder)
-    m = d.mark
-    sql = f"SELECT {d.columns()} FROM {d.table} WHERE originator_id={m} AND originator_version>{m} "
-    params: list[object] = [d.key(aggregate_id), gt]
-    if lte is not None:
-        sql += f"AND originator_version<={m} "
-        params.append(lte)
-    sql += f"ORDER BY originator_version LIMIT {m}"
-    params.append(limit)
-    with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
+    rows = fetch_where(
+        recorder, f"{d.columns()} FROM {d.table}",
+        [("originator_id=", d.key(aggregate_id)), ("originator_version>", gt),
+         ("originator_version<=", lte)],
+        order_by="originator_version", limit=limit,
+    )  # fmt: skip
     return [_notification(row, aggregate_id) for row in rows]
 
 

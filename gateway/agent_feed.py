@@ -56,7 +56,7 @@ from contracts.aio import raise_if_cancelling
 from contracts.feed import EventRecord
 from contracts.subjects import EVT_PREFIX, agent_ping_subject, is_token
 from gateway.auth import can_read
-from gateway.feeds import POSITION_HEADER, _stop
+from gateway.feeds import POSITION_HEADER, pump_and_listen
 from gateway.state import Services, ServicesDep
 from projections import agents as read_model
 
@@ -278,16 +278,7 @@ class AgentFeed:
         return True
 
     async def serve(self, sub: JetStreamContext.PushSubscription) -> None:
-        pump = asyncio.create_task(self.pump(sub))
-        listen = asyncio.create_task(self.listen())
-        try:
-            done, _ = await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                error = task.exception()
-                if error is not None and not isinstance(error, WebSocketDisconnect):
-                    raise error
-        finally:
-            await _stop(pump, listen, *self.checks)
+        await pump_and_listen(self.pump(sub), self.listen(), also=lambda: list(self.checks))
 
 
 @websocket("/api/v1/agents/feed", guards=[can_read])

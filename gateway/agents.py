@@ -29,7 +29,7 @@ from contracts.subjects import LIVENESS_BUCKET, command_subject, is_token, liven
 from gateway.auth import can_audit, can_read, can_write
 from gateway.bus import idempotency_key
 from gateway.errors import Problem, check_cursor
-from gateway.history import EventPage, history_page, past_view, wants_past
+from gateway.history import AtVersion, EventPage, current_or_past, history_page
 from gateway.keys import Principal
 from gateway.state import Services, ServicesDep
 from projections import agents as read_model
@@ -322,15 +322,17 @@ class AgentController(Controller):
         request: Request[Principal, Any, Any],
         agent_id: FromPath[str],
         services: ServicesDep,
-        at_version: Annotated[int | None, QueryParameter(ge=1)] = None,
+        at_version: AtVersion = None,
         as_of: FromQuery[str | None] = None,
     ) -> read_model.AgentDetail:
-        if wants_past(at_version, as_of):
-            _check_name(agent_id)
-            return await past_view(  # type: ignore[no-any-return]
-                request.user, services, "agent", str(agent_uuid(agent_id)), at_version, as_of
-            )
-        return await _with_last_heartbeat(services, await _agent(services, agent_id))
+        _check_name(agent_id)
+
+        async def current() -> read_model.AgentDetail:
+            return await _with_last_heartbeat(services, await _agent(services, agent_id))
+
+        return await current_or_past(
+            request.user, services, "agent", str(agent_uuid(agent_id)), at_version, as_of, current
+        )
 
     @get("/{agent_id:str}/metrics", guards=[can_read],
          summary="Reliability over a window (1h, 24h, 7d, all), optionally as of a past time")  # fmt: skip

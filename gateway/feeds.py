@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import uuid
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Annotated, Any
 
 from litestar import WebSocket, websocket
@@ -75,18 +76,31 @@ class Feed:
         # Subscribe before any task exists, so no cancellation can land inside it.
         js = self.services.nc.jetstream()
         sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-        pump = asyncio.create_task(self.pump(sub))
-        listen = asyncio.create_task(self.listen())
         try:
-            done, _ = await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                error = task.exception()
-                if error is not None and not isinstance(error, WebSocketDisconnect):
-                    raise error
+            await pump_and_listen(self.pump(sub), self.listen())
         finally:
-            await _stop(pump, listen)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+
+async def pump_and_listen(
+    pump: Coroutine[Any, Any, None],
+    listen: Coroutine[Any, Any, None],
+    also: Callable[[], Iterable[asyncio.Task[None]]] = tuple,
+) -> None:
+    """Run a socket's event pump and its client listener side by side until either ends
+    (a disconnect is the normal end; any other error is raised), then stop both, and the
+    tasks ``also`` names (e.g. health checks in flight)."""
+    pumping = asyncio.create_task(pump)
+    listening = asyncio.create_task(listen)
+    try:
+        done, _ = await asyncio.wait({pumping, listening}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            error = task.exception()
+            if error is not None and not isinstance(error, WebSocketDisconnect):
+                raise error
+    finally:
+        await _stop(pumping, listening, *also())
 
 
 async def _stop(*tasks: asyncio.Task[None]) -> None:

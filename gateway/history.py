@@ -4,9 +4,11 @@ every resource that has them."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
+from litestar.params import QueryParameter
 from msgspec import Struct
 
 from contracts.feed import EventRecord
@@ -15,6 +17,8 @@ from gateway.errors import Problem
 from gateway.keys import Principal
 from gateway.state import Services
 from projections.timetravel import state_at
+
+T = TypeVar("T")
 
 
 class EventPage(Struct, kw_only=True):
@@ -56,8 +60,25 @@ def parse_time(field: str, value: str | None) -> datetime | None:
     return parsed
 
 
-def wants_past(at_version: int | None, as_of: str | None) -> bool:
-    return at_version is not None or as_of is not None
+#: The query parameters that ask for a past state (``as_of`` is an RFC 3339 time).
+AtVersion = Annotated[int | None, QueryParameter(ge=1)]
+
+
+async def current_or_past(
+    principal: Principal,
+    services: Services,
+    aggregate: str,
+    aggregate_id: str,
+    at_version: int | None,
+    as_of: str | None,
+    current: Callable[[], Awaitable[T]],
+) -> T:
+    """The current view from the read model, or, when ``at_version`` or ``as_of`` is
+    given, the view at that point folded from history (auditors and admins)."""
+    if at_version is None and as_of is None:
+        return await current()
+    view: T = await past_view(principal, services, aggregate, aggregate_id, at_version, as_of)
+    return view
 
 
 async def past_view(

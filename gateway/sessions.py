@@ -24,7 +24,7 @@ from contracts.sessions import (
 from gateway.auth import can_audit, can_read, can_write
 from gateway.bus import derived_id, idempotency_key
 from gateway.errors import Problem, check_cursor
-from gateway.history import EventPage, history_page, past_view, wants_past
+from gateway.history import AtVersion, EventPage, current_or_past, history_page
 from gateway.keys import Principal
 from gateway.state import Services, ServicesDep
 from projections import sessions as read_model
@@ -188,17 +188,18 @@ class SessionController(Controller):
         request: Request[Principal, Any, Any],
         session_id: FromPath[uuid.UUID],
         services: ServicesDep,
-        at_version: Annotated[int | None, QueryParameter(ge=1)] = None,
+        at_version: AtVersion = None,
         as_of: FromQuery[str | None] = None,
     ) -> read_model.SessionView:
-        if wants_past(at_version, as_of):
-            return await past_view(  # type: ignore[no-any-return]
-                request.user, services, "session", str(session_id), at_version, as_of
-            )
-        view = await services.read(read_model.get_session, str(session_id))
-        if view is None:
-            raise Problem(404, codes.SESSION_NOT_FOUND, f"session {session_id} does not exist")
-        return view  # type: ignore[no-any-return]
+        async def current() -> read_model.SessionView:
+            view = await services.read(read_model.get_session, str(session_id))
+            if view is None:
+                raise Problem(404, codes.SESSION_NOT_FOUND, f"session {session_id} does not exist")
+            return view  # type: ignore[no-any-return]
+
+        return await current_or_past(
+            request.user, services, "session", str(session_id), at_version, as_of, current
+        )
 
     @get("/", guards=[can_read], summary="List sessions, newest first")
     async def list_sessions(

@@ -14,7 +14,7 @@ from contracts.workflows import PRIORITIES, CancelWorkflow, StartWorkflow
 from gateway.auth import can_audit, can_read, can_write
 from gateway.bus import derived_id, idempotency_key
 from gateway.errors import Problem, check_cursor
-from gateway.history import EventPage, history_page, past_view, wants_past
+from gateway.history import AtVersion, EventPage, current_or_past, history_page
 from gateway.keys import Principal
 from gateway.state import Services, ServicesDep
 from projections import workflows as read_model
@@ -116,14 +116,13 @@ class WorkflowController(Controller):
         request: Request[Principal, Any, Any],
         workflow_id: FromPath[uuid.UUID],
         services: ServicesDep,
-        at_version: Annotated[int | None, QueryParameter(ge=1)] = None,
+        at_version: AtVersion = None,
         as_of: FromQuery[str | None] = None,
     ) -> read_model.WorkflowView:
-        if wants_past(at_version, as_of):
-            return await past_view(  # type: ignore[no-any-return]
-                request.user, services, "workflow", str(workflow_id), at_version, as_of
-            )
-        return await workflow_status(workflow_id, services)
+        return await current_or_past(
+            request.user, services, "workflow", str(workflow_id), at_version, as_of,
+            lambda: workflow_status(workflow_id, services),
+        )  # fmt: skip
 
     @get("/", guards=[can_read], summary="List workflows, newest first")
     async def list_workflows(

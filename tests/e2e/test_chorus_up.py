@@ -60,6 +60,22 @@ class Scenario:
     session_a: str
     session_b: str
     open_replies: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def chorus(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """A ``chorus`` command against this scenario's stores, after ``chorus up`` ended."""
+        return subprocess.run(
+            cli(*args),
+            cwd=self.workdir,
+            env=clean_env(
+                CHORUS_DATA_DIR=str(self.data_dir),
+                CHORUS_DATABASE_URL=sqlite_url(self.data_dir / "events.db"),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
     agent_replies: dict[str, dict[str, Any]] = field(default_factory=dict)
     view_a: dict[str, Any] = field(default_factory=dict)
     view_b: dict[str, Any] = field(default_factory=dict)
@@ -301,18 +317,7 @@ def test_rebuild_matches_live_read_model(scenario: Scenario) -> None:
     assert scenario.stop is not None and scenario.stop.returncode == 0
     live = scenario.data_dir / "read.db"
     rebuilt = scenario.workdir / "rebuilt.db"
-    done = subprocess.run(
-        cli("project", "--rebuild", "--read-store-url", sqlite_url(rebuilt)),
-        cwd=scenario.workdir,
-        env=clean_env(
-            CHORUS_DATA_DIR=str(scenario.data_dir),
-            CHORUS_DATABASE_URL=sqlite_url(scenario.data_dir / "events.db"),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = scenario.chorus("project", "--rebuild", "--read-store-url", sqlite_url(rebuilt))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "rebuilt sessions" in done.stdout
     for sql in (
@@ -383,18 +388,7 @@ def test_admin_key_is_shown_by_the_first_start_that_succeeds(tmp_path: Path) -> 
 def test_the_record_chorus_up_wrote_verifies(scenario: Scenario) -> None:
     """The engine's sealer ran under ``chorus up``: the store and its seals agree."""
     assert scenario.stop is not None and scenario.stop.returncode == 0
-    done = subprocess.run(
-        cli("audit", "verify"),
-        cwd=scenario.workdir,
-        env=clean_env(
-            CHORUS_DATA_DIR=str(scenario.data_dir),
-            CHORUS_DATABASE_URL=sqlite_url(scenario.data_dir / "events.db"),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = scenario.chorus("audit", "verify")
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("OK: "), done.stdout
     with contextlib.closing(sqlite3.connect(scenario.data_dir / "events.db")) as conn:
