@@ -24,7 +24,7 @@ sealing meanwhile never looks like a deletion.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -272,7 +272,7 @@ def verify_store(
     *,
     expected: Sequence[Checkpoint] = (),
     max_unsealed_age: float = MAX_UNSEALED_AGE,
-    now: datetime | None = None,
+    now: datetime,
 ) -> Report:
     """Verify every row and seal; problems come in position order, the first is the earliest.
 
@@ -280,8 +280,10 @@ def verify_store(
     verify's output, a bundle's ``log_seal``); read them *before* calling, so that none is
     newer than the head this pass reads. Rows unsealed for longer than
     ``max_unsealed_age`` seconds (by their ``occurred_at``, against ``now``) are a problem.
+    ``now`` is required so that the grace period is always measured on the same clock that
+    stamped the rows: a test store on a fixed clock checked against the wall clock is a time
+    bomb.
     """
-    now = now or datetime.now(UTC)
     head = recorder.max_notification_id() or 0  # first: the bound for rows and seals alike
     head_seal = last_seal(recorder, lte=head)
     d = _Dialect(recorder)

@@ -6,9 +6,9 @@ functions (``events.bundle``, ``events.verify``) through here, never the write s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
@@ -65,9 +65,20 @@ class LogPage(Struct, kw_only=True):
 
 
 class AuditLog:
-    def __init__(self, recorder: ApplicationRecorder, signing_key_path: Path | None = None) -> None:
+    """The read side of the audit record: paging, exports and verification of the store.
+
+    ``clock`` measures the sealer's grace period in ``verify``; tests pass their own.
+    """
+
+    def __init__(
+        self,
+        recorder: ApplicationRecorder,
+        signing_key_path: Path | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.recorder = recorder
         self.signing_key_path = signing_key_path
+        self.clock = clock
 
     def _scan(self, after: int, stop: int) -> Iterator[Notification]:
         start = after + 1
@@ -165,4 +176,6 @@ class AuditLog:
         self, expected: Sequence[Checkpoint] = (), max_unsealed_age: float = MAX_UNSEALED_AGE
     ) -> Report:
         """Verify the store (against ``expected`` checkpoints read before this call)."""
-        return verify_store(self.recorder, expected=expected, max_unsealed_age=max_unsealed_age)
+        return verify_store(
+            self.recorder, expected=expected, max_unsealed_age=max_unsealed_age, now=self.clock()
+        )

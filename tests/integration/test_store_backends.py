@@ -194,7 +194,7 @@ def test_the_seal_ledger_verifies_and_catches_a_deleted_row(store_url: str) -> N
     assert seal_all(recorder) == head
     assert seal_all(recorder) == 0  # idempotent
     processor.handle_batch([submit_cmd(sids[0], "b")])
-    report = verify_store(recorder)
+    report = verify_store(recorder, now=NOW)
     assert report.ok, report.problems
     assert (report.sealed_through, report.unsealed) == (head, 3)  # result, verdict, dedup
 
@@ -202,6 +202,6 @@ def test_the_seal_ledger_verifies_and_catches_a_deleted_row(store_url: str) -> N
     d = _Dialect(recorder)
     with recorder.datastore.transaction(commit=True) as cursor:  # type: ignore[attr-defined]
         cursor.execute(f"DELETE FROM {d.table} WHERE {d.position}={d.mark}", [victim.id])
-    first = verify_store(recorder).first
+    first = verify_store(recorder, now=NOW).first
     assert first is not None
     assert (first.position, first.kind, first.aggregate_id) == (victim.id, "deleted", sids[1])

@@ -25,9 +25,14 @@ class FakeClock:
         self.now += timedelta(**kwargs)
 
 
+#: Where every test clock starts. Fixed, and never compared with the wall clock: code that
+#: measures time takes a clock, and tests pass this one (or a moment derived from it).
+CLOCK_START = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+
+
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock(datetime(2030, 1, 1, 12, 0, tzinfo=UTC))
+    return FakeClock(CLOCK_START)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from events.store import open_recorder
 from events.verify import verify_store
 from runtime.cli import main
 
-from .conftest import FakeClock
+from .conftest import CLOCK_START, FakeClock
 from .test_processor import cancel, open_session, submit
 
 
@@ -46,6 +46,9 @@ def sealed_store(tmp_path: Path, clock: FakeClock) -> Path:
 
 
 def check(path: Path, **options: Any):  # type: ignore[no-untyped-def]
+    """Verify the file as of a moment shortly after the history was written (on the test
+    clock), unless the test names its own ``now``."""
+    options.setdefault("now", CLOCK_START + timedelta(seconds=30))
     recorder = open_recorder(f"sqlite:///{path}")
     try:
         return verify_store(recorder, **options)
@@ -204,7 +207,7 @@ def test_events_after_the_last_seal_are_counted_as_unsealed(
     seal_all(recorder)
     sealed = last_seal(recorder)
     Processor(recorder, clock=clock).handle_batch([open_session(str(uuid.uuid4()))])
-    report = verify_store(recorder)
+    report = verify_store(recorder, now=clock.now)
     assert report.ok
     assert sealed is not None
     assert report.sealed_through == sealed.position
@@ -331,7 +334,9 @@ async def test_the_sealer_appends_each_new_head_to_the_anchor_file(
         assert seal is not None
         assert read_anchor(path) == Checkpoint(position=head, running_hash=seal.running_hash)
         assert path.stat().st_mode & 0o777 == 0o600
-        assert verify_store(recorder, expected=[Checkpoint.parse(str(read_anchor(path)))]).ok
+        assert verify_store(
+            recorder, expected=[Checkpoint.parse(str(read_anchor(path)))], now=clock.now
+        ).ok
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -407,7 +412,7 @@ def test_verify_racing_a_writing_and_sealing_engine_reports_nothing(
         seal_all(recorder)
 
     monkeypatch.setattr(events.verify, "_rows", rows_then_more)
-    report = verify_store(recorder, chunk=4)
+    report = verify_store(recorder, chunk=4, now=clock.now)
     assert report.ok, report.problems
     assert report.events == report.sealed_through == head
 
