@@ -53,6 +53,8 @@ class RegisterAgent(Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     type: AgentType = "generic"
     capabilities: Capabilities = []
     metadata: dict[str, Any] = {}
+    #: How many tasks (workflow phases) the dispatcher may give it at once.
+    max_concurrency: Annotated[int, Meta(ge=1, le=10_000)] = 1
 
     def __post_init__(self) -> None:
         if self.name in RESERVED_NAMES:

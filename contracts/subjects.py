@@ -5,6 +5,8 @@ so NATS permissions can pin each agent user to ``chorus.cmd.<its id>.>``.
 Events: ``chorus.evt.<aggregate>.<aggregate_id>.<EventType>`` in the EVENTS stream.
 Dead letters: ``chorus.dlq.<reason>``.
 Health checks: ``chorus.agent.<agent_id>.ping``, a request each agent answers (any body).
+Inboxes: ``chorus.task.<agent_id>``, where the engine delivers an agent's tasks
+(``contracts.tasks``); a plain core-NATS subscription receives them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ CMD_PREFIX = "chorus.cmd"
 EVT_PREFIX = "chorus.evt"
 DLQ_PREFIX = "chorus.dlq"
 AGENT_PREFIX = "chorus.agent"
+TASK_PREFIX = "chorus.task"
 
 #: Queue group shared by engine workers: each command is handled by exactly one worker.
 ENGINE_QUEUE = "chorus-engine"
@@ -85,6 +88,13 @@ def agent_ping_subject(agent_id: str) -> str:
     if not is_token(agent_id):
         raise ValueError(f"agent id {agent_id!r} is not a valid subject token")
     return f"{AGENT_PREFIX}.{agent_id}.ping"
+
+
+def task_subject(agent_id: str) -> str:
+    """An agent's inbox: every task assigned to it (and every cancel) is delivered here."""
+    if not is_token(agent_id):
+        raise ValueError(f"agent id {agent_id!r} is not a valid subject token")
+    return f"{TASK_PREFIX}.{agent_id}"
 
 
 #: JetStream KV bucket where the engine keeps each agent's last heartbeat time (ISO 8601).

@@ -34,10 +34,43 @@ class Delegation(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
             raise ValueError("a delegation names participants, or capabilities and size")
 
 
+Seconds = Annotated[int, Meta(ge=1, le=30 * 86_400)]
+
+
+class Backoff(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """How long a phase waits before its next attempt after a lost lease or a failure:
+    ``initial_seconds * multiplier ** (attempt - 1)``, at most ``max_seconds``."""
+
+    initial_seconds: Annotated[float, Meta(ge=0, le=86_400)] = 1.0
+    multiplier: Annotated[float, Meta(ge=1, le=100)] = 2.0
+    max_seconds: Annotated[float, Meta(ge=0, le=86_400)] = 60.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (``attempt`` >= 1 just ended)."""
+        return min(self.max_seconds, self.initial_seconds * self.multiplier ** (attempt - 1))
+
+
 class Phase(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One step of a workflow type, and how the dispatcher hands it out.
+
+    The dispatcher gives the phase to the most reliable online agent holding every one of
+    ``capabilities`` (none: any agent) with a free slot. Like a Temporal activity's
+    options: the attempt must be acknowledged within ``accept_seconds`` (default: the
+    lease), finish within ``lease_seconds`` of its assignment (start-to-close), and, if
+    ``heartbeat_seconds`` is set, report progress at least that often. A lost lease starts
+    a new attempt on another agent, after ``backoff``, up to ``max_attempts``; then the
+    phase fails.
+    """
+
     name: Name
-    expected_seconds: Annotated[int, Meta(ge=1, le=30 * 86_400)] = 600
+    expected_seconds: Seconds = 600
     delegate: Delegation | None = None
+    capabilities: Annotated[list[Capability], Meta(max_length=100)] = []
+    lease_seconds: Seconds = 600
+    accept_seconds: Seconds | None = None
+    heartbeat_seconds: Seconds | None = None
+    max_attempts: Annotated[int, Meta(ge=1, le=100)] = 3
+    backoff: Backoff = Backoff()
 
 
 class WorkflowType(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
