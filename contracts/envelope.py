@@ -12,6 +12,8 @@ from contracts.errors import ErrorInfo
 P = TypeVar("P")
 
 CommandId = Annotated[str, Meta(min_length=1, max_length=200)]
+#: Correlation and causation ids: opaque to the engine, copied into every event.
+TraceId = Annotated[str, Meta(min_length=1, max_length=200)]
 
 
 class Envelope(Struct, Generic[P], kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -23,8 +25,8 @@ class Envelope(Struct, Generic[P], kw_only=True, frozen=True, forbid_unknown_fie
 
     command_id: CommandId
     payload: P
-    correlation_id: str | None = None
-    causation_id: str | None = None
+    correlation_id: TraceId | None = None
+    causation_id: TraceId | None = None
     issued_at: datetime | None = None
 
 

@@ -25,6 +25,9 @@ INVALID_COMMAND = "invalid_command"  # JSON, but fields missing / wrong type / o
 UNKNOWN_COMMAND = "unknown_command"  # no handler for this subject
 INVALID_SUBJECT = "invalid_subject"
 COMMAND_ID_REUSED = "command_id_reused"  # same (actor, command_id), different command
+COMMAND_TOO_LARGE = "command_too_large"  # over contracts.bounds.MAX_COMMAND_BYTES
+NESTING_TOO_DEEP = "nesting_too_deep"  # JSON nested beyond contracts.bounds.MAX_JSON_DEPTH
+NUMBER_OUT_OF_RANGE = "number_out_of_range"  # an integer beyond 64 bits
 
 # Domain rules
 SESSION_NOT_FOUND = "session_not_found"
@@ -61,6 +64,9 @@ HTTP_STATUS: dict[str, int] = {
     UNKNOWN_COMMAND: 400,
     INVALID_SUBJECT: 400,
     COMMAND_ID_REUSED: 422,
+    COMMAND_TOO_LARGE: 413,
+    NESTING_TOO_DEEP: 400,
+    NUMBER_OUT_OF_RANGE: 400,
     INVALID_CRITERIA: 400,
     SESSION_NOT_FOUND: 404,
     SESSION_EXISTS: 409,

@@ -9,6 +9,10 @@ from nats.js.errors import NotFoundError
 from contracts.subjects import DLQ_PREFIX, DLQ_STREAM, EVENTS_STREAM, EVT_PREFIX
 
 DAY = 24 * 3600.0
+#: Dead letters are for inspection, not storage: a flood of bad messages evicts the oldest.
+DLQ_MAX_BYTES = 64 * 1024 * 1024
+#: A dead letter keeps 64 KiB of its message (engine.worker.DEAD_LETTER_BYTES) plus headers.
+DLQ_MAX_MESSAGE_BYTES = 128 * 1024
 
 
 def stream_configs(replicas: int = 1) -> list[StreamConfig]:
@@ -32,6 +36,9 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             storage=StorageType.FILE,
             max_age=7 * DAY,
             max_msgs=1_000_000,
+            max_bytes=DLQ_MAX_BYTES,
+            max_msg_size=DLQ_MAX_MESSAGE_BYTES,
+            discard=DiscardPolicy.OLD,
             num_replicas=replicas,
         ),
     ]

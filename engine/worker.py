@@ -5,6 +5,8 @@ takes what arrived within ``batch_window`` seconds (up to ``batch_max`` commands
 batch to the processor in its single writer thread, and answers each request once the
 batch's transaction has committed. Invalid messages are answered ``rejected`` at once and
 copied to ``chorus.dlq.<reason>``; they never reach the processor or stall the batch.
+Bounds (size, nesting depth, integer range: ``contracts.bounds``) are checked on the raw
+bytes before anything decodes them, heartbeats included.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from nats.aio.subscription import Subscription
 from contracts import errors as codes
 from contracts.agents import ENGINE_ONLY
 from contracts.aio import raise_if_cancelling
+from contracts.bounds import check_command_bytes
 from contracts.envelope import Reply
 from contracts.errors import ErrorInfo
 from contracts.subjects import (
@@ -36,12 +39,15 @@ from contracts.subjects import (
 )
 from engine.handlers import DECODERS, HANDLERS
 from engine.processor import Command, Processor
+from engine.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SUFFIX = ".agent.heartbeat"
 _reply_encoder = msgspec.json.Encoder()
 _loose_decoder = msgspec.json.Decoder()
+#: A dead letter keeps at most this much of the message (the DLQ stream is capped too).
+DEAD_LETTER_BYTES = 64 * 1024
 
 
 @dataclass
@@ -69,6 +75,8 @@ def parse_message(subject: str, data: bytes) -> Command:
     if parsed is None or not is_token(parsed.actor):
         raise Rejection(codes.INVALID_SUBJECT, f"not a command subject: {subject}")
     key = (parsed.aggregate, parsed.command)
+    if violation := check_command_bytes(data):
+        raise Rejection(violation.code, violation.message, violation.details)
     if parsed.actor == "system":
         # Only the engine's own timers and process managers act as "system", and they do
         # not come over the bus.
@@ -92,6 +100,8 @@ def parse_message(subject: str, data: bytes) -> Command:
         raise Rejection(codes.INVALID_COMMAND, message, _error_path(message)) from None
     except msgspec.DecodeError as error:
         raise Rejection(codes.MALFORMED_MESSAGE, f"body is not valid JSON: {error}") from None
+    except RecursionError:  # the bounds above should have caught it; never a traceback
+        raise Rejection(codes.NESTING_TOO_DEEP, "JSON nested too deeply") from None
     return Command(actor=parsed.actor, handler=handler, envelope=envelope)
 
 
@@ -109,9 +119,11 @@ def _error_path(message: str) -> dict[str, Any] | None:
 
 def _command_id_of(data: bytes) -> str:
     """Best effort: echo the client's command id even when the rest is invalid."""
+    if check_command_bytes(data) is not None:
+        return ""  # too large or too deep to decode safely
     try:
         body = _loose_decoder.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return ""
     if isinstance(body, dict) and isinstance(body.get("command_id"), str):
         return str(body["command_id"])[:200]
@@ -145,6 +157,8 @@ class CommandWorker:
         #: Heartbeats bypass the processor: the liveness monitor takes them (they are
         #: not events). Without one, a heartbeat is an unknown command.
         self.on_heartbeat: Callable[[Msg], Awaitable[None]] | None = None
+        #: A flood of bad messages must not flood the log (nor slow the worker down).
+        self.errors = RateLimitedLog(log)
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(
@@ -167,13 +181,22 @@ class CommandWorker:
         self._writer.shutdown(wait=True)
 
     async def _on_message(self, msg: Msg) -> None:
-        if self.on_heartbeat is not None and msg.subject.endswith(HEARTBEAT_SUFFIX):
-            await self.on_heartbeat(msg)
-            return
         try:
+            if self.on_heartbeat is not None and msg.subject.endswith(HEARTBEAT_SUFFIX):
+                if violation := check_command_bytes(msg.data):
+                    raise Rejection(violation.code, violation.message, violation.details)
+                await self.on_heartbeat(msg)
+                return
             command = parse_message(msg.subject, msg.data)
         except Rejection as rejection:
             await self.reject(msg, rejection)
+            return
+        except Exception as error:
+            # A bug on one message: answer it and keep the subscription alive.
+            self.errors.warning("message on %s failed: %r", msg.subject, error)
+            await self.reject(
+                msg, Rejection(codes.INTERNAL_ERROR, "the engine failed on this message")
+            )
             return
         self.queue.put_nowait(Incoming(command, msg.reply or None))
 
@@ -195,17 +218,18 @@ class CommandWorker:
         try:
             if msg.reply:
                 await self.nc.publish(msg.reply, _reply_encoder.encode(reply))
+            headers = {
+                "Chorus-Reason": rejection.code,
+                "Chorus-Error": rejection.message[:1000],
+                "Chorus-Subject": msg.subject,
+            }
+            if len(msg.data) > DEAD_LETTER_BYTES:
+                headers["Chorus-Truncated"] = str(len(msg.data))
             await self.nc.publish(
-                dlq_subject(rejection.code),
-                msg.data,
-                headers={
-                    "Chorus-Reason": rejection.code,
-                    "Chorus-Error": rejection.message[:1000],
-                    "Chorus-Subject": msg.subject,
-                },
+                dlq_subject(rejection.code), msg.data[:DEAD_LETTER_BYTES], headers=headers
             )
         except Exception as error:  # a dead letter must never take the worker down
-            log.warning("could not answer an invalid message: %s", error)
+            self.errors.warning("could not answer an invalid message: %s", error)
 
     async def run(self) -> None:
         """Take micro-batches until cancelled."""

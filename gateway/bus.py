@@ -13,6 +13,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from contracts import errors as codes
+from contracts.bounds import MAX_COMMAND_BYTES, check_command_bytes
 from contracts.envelope import Envelope, Reply
 from contracts.subjects import command_subject
 from gateway.errors import Problem
@@ -49,6 +50,14 @@ class CommandBus:
     async def exchange(self, subject: str, body: bytes) -> Reply:
         """Send ``body`` to a command subject and decode the engine's Reply (for commands
         whose body is not an envelope, such as heartbeats). Raises Problem like ``send``."""
+        limit = min(MAX_COMMAND_BYTES, self.nc.max_payload or MAX_COMMAND_BYTES)
+        if violation := check_command_bytes(body, limit):
+            # The engine would refuse it too; a body over the payload limit could not
+            # even be sent.
+            raise Problem(
+                codes.HTTP_STATUS[violation.code], violation.code, violation.message,
+                details=violation.details,
+            )  # fmt: skip
         try:
             msg = await self._request(subject, body)
         except NoRespondersError:

@@ -10,6 +10,8 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import Message, Scope
 
+from contracts.bounds import MAX_JSON_DEPTH
+
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -146,6 +148,15 @@ def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     return problem_response(request, exc.status_code, code, title, exc.detail, None, exc.headers)
 
 
+def handle_too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    """The JSON decoder recursed too deep: the body's fault, never a 500."""
+    return problem_response(
+        request, 400, "nesting_too_deep", "Invalid request",
+        f"JSON nested too deeply; the limit is {MAX_JSON_DEPTH}",
+        {"max_depth": MAX_JSON_DEPTH},
+    )  # fmt: skip
+
+
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(
@@ -158,6 +169,7 @@ EXCEPTION_HANDLERS = {
     Problem: handle_problem,
     ValidationException: handle_validation,
     HTTPException: handle_http,
+    RecursionError: handle_too_deep,
     Exception: handle_unexpected,
 }
 

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Annotated, Any
 
+import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromPath, QueryParameter
@@ -31,6 +32,8 @@ from gateway.auth import can_read
 from gateway.state import Services, ServicesDep
 
 POSITION_HEADER = "Chorus-Position"
+DATA_HEADER = "Chorus-Data"
+_encoder = msgspec.json.Encoder()
 CLOSE_NOT_FOUND = 4404
 
 
@@ -52,7 +55,7 @@ class Feed:
             position = int((msg.headers or {}).get(POSITION_HEADER, "0"))
             if position <= self.last:
                 continue
-            await self.send(msg.data.decode())
+            await self.send(await resolve(self.services, msg))
             self.last = position
 
     async def listen(self) -> None:
@@ -81,6 +84,18 @@ class Feed:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+
+async def resolve(services: Services, msg: Any) -> str:
+    """The message's record as JSON text; a reference (an event too large to publish,
+    marked ``Chorus-Data: omitted``) is read whole from the event store."""
+    if (msg.headers or {}).get(DATA_HEADER) != "omitted":
+        return str(msg.data.decode())
+    ref = json.loads(msg.data)
+    found = await services.read_history(
+        ref["aggregate"], ref["aggregate_id"], after_version=ref["version"] - 1, limit=1
+    )
+    return _encoder.encode(found[0]).decode() if found else str(msg.data.decode())
 
 
 async def pump_and_listen(

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Response, get
+from nats.js.errors import NotFoundError
 
-from gateway.state import ServicesDep
+from contracts.subjects import EVENTS_STREAM
+from gateway.feeds import POSITION_HEADER
+from gateway.state import Services, ServicesDep
 from projections import agents, sessions, workflows
 
 PROJECTION_NAMES = (sessions.NAME, workflows.NAME, agents.NAME)
@@ -36,8 +40,52 @@ async def ready(services: ServicesDep) -> Response[dict[str, Any]]:
             "position": position,
             "lag": (head - position) if head is not None else None,
         }
-    ok = bool(checks["nats"] and checks["event_store"])
+    checks["relay"] = await relay_check(services, head) if head is not None else None
+    relay_ok = checks["relay"] is None or not checks["relay"]["stalled"]
+    ok = bool(checks["nats"] and checks["event_store"] and relay_ok)
     return Response(
         {"status": "ready" if ok else "unavailable", "checks": checks},
         status_code=200 if ok else 503,
     )
+
+
+async def stream_tail_position(services: Services, head: int, scan: int = 100) -> int:
+    """The position of the newest message on EVENTS that the store can have published
+    (a message claiming a position beyond the store's head is foreign: looked past)."""
+    js = services.nc.jetstream()
+    info = await js.stream_info(EVENTS_STREAM)
+    seq = info.state.last_seq
+    lowest = max(info.state.first_seq, seq - scan)
+    while seq >= lowest and seq > 0:
+        try:
+            msg = await js.get_msg(EVENTS_STREAM, seq=seq)
+        except NotFoundError:
+            msg = None
+        try:
+            position = int(((msg.headers if msg else None) or {}).get(POSITION_HEADER, "0"))
+        except ValueError:
+            position = 0
+        if 0 < position <= head:
+            return position
+        seq -= 1
+    return 0
+
+
+async def relay_check(services: Services, head: int) -> dict[str, Any]:
+    """Is the relay keeping EVENTS up with the store? Stalled when the oldest event not
+    yet on the stream was recorded more than ``relay_stall_seconds`` ago."""
+    try:
+        async with asyncio.timeout(2):
+            tail = await stream_tail_position(services, head)
+    except Exception as error:
+        return {"stalled": True, "error": f"cannot read the EVENTS stream: {error!r}"}
+    pending = await asyncio.to_thread(services.history.first_event_after, tail)
+    waited = 0.0
+    if pending is not None:
+        waited = (datetime.now(UTC) - pending.occurred_at).total_seconds()
+    return {
+        "stream_position": tail,
+        "oldest_unpublished": pending.position if pending else None,
+        "waiting_seconds": round(max(waited, 0.0), 3),
+        "stalled": pending is not None and waited >= services.config.relay_stall_seconds,
+    }

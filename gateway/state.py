@@ -27,6 +27,9 @@ class GatewayConfig:
     command_timeout: float = 10.0
     read_your_writes_timeout: float = 2.0
     workflow_types_path: str | None = None
+    #: ``/ready`` reports the relay stalled when an event recorded this long ago is still
+    #: not on the EVENTS stream (the live feeds are then stopped).
+    relay_stall_seconds: float = 30.0
     #: Key that signs audit bundles; default ``<dir of keys_path>/audit/signing.key``.
     audit_key_path: str | None = None
 

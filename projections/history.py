@@ -8,7 +8,7 @@ from uuid import UUID
 from eventsourcing.persistence import ApplicationRecorder, Notification
 
 from contracts.feed import EventRecord
-from events.codec import decode_record
+from events.codec import decode_record, is_domain_topic
 from events.store import open_recorder, select_aggregate_notifications
 
 
@@ -45,6 +45,14 @@ class History:
         ):
             yield from batch
             start = batch[-1].id + 1
+
+    def first_event_after(self, position: int, scan: int = 1000) -> EventRecord | None:
+        """The first domain event after ``position`` (within ``scan`` notifications):
+        the oldest one a follower of the log at ``position`` still owes its readers."""
+        for n in self.recorder.select_notifications(position + 1, scan):
+            if is_domain_topic(n.topic):
+                return decode_record(n)
+        return None
 
     def head(self) -> int:
         """The newest position in the store (for projection lag)."""

@@ -159,20 +159,10 @@ class Gateway:
         return {"Authorization": f"Bearer {self.keys.create(actor, role)}"}
 
 
-@pytest.fixture
-def gateway(
-    nats_server: NatsEndpoint, database_url: str, read_store_url: str, tmp_path: Path
-) -> Iterator[Gateway]:
-    keys_path = tmp_path / "keys.db"
-    app = create_app(
-        GatewayConfig(
-            nats_url=nats_server.url,
-            database_url=database_url,
-            read_store_url=read_store_url,
-            keys_path=str(keys_path),
-            max_body_bytes=64 * 1024,
-        )
-    )
+@contextlib.contextmanager
+def serve_gateway(config: GatewayConfig) -> Iterator[Gateway]:
+    """A real gateway for ``config`` on a free loopback port, stopped on exit."""
+    app = create_app(config)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
@@ -185,7 +175,24 @@ def gateway(
             raise RuntimeError("gateway did not start")
         time.sleep(0.01)
     try:
-        yield Gateway(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", KeyStore(keys_path))
+        yield Gateway(
+            f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", KeyStore(Path(config.keys_path))
+        )
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture
+def gateway(
+    nats_server: NatsEndpoint, database_url: str, read_store_url: str, tmp_path: Path
+) -> Iterator[Gateway]:
+    config = GatewayConfig(
+        nats_url=nats_server.url,
+        database_url=database_url,
+        read_store_url=read_store_url,
+        keys_path=str(tmp_path / "keys.db"),
+        max_body_bytes=64 * 1024,
+    )
+    with serve_gateway(config) as gateway:
+        yield gateway
