@@ -108,7 +108,11 @@ class _Walk:
     ) -> None:
         self.sealed_through = sealed_through
         self.sqlite = sqlite
-        self.expected = {c.position: c for c in expected}
+        # Every checkpoint given is checked: several may name one position (an operator's
+        # ``--expect-seal`` and the anchor file), and none may shadow another.
+        self.expected: dict[int, list[Checkpoint]] = {}
+        for checkpoint in expected:
+            self.expected.setdefault(checkpoint.position, []).append(checkpoint)
         self.stale_before = stale_before
         self.running = GENESIS_HASH
         self.chains: dict[str, tuple[int, str]] = {}  # aggregate id -> (version, hash)
@@ -242,17 +246,17 @@ class _Walk:
                 **where,
             )  # fmt: skip
             self.running = seal.running_hash  # report each break once, not every seal after
-        anchor = self.expected.pop(position, None)
-        if anchor is not None and anchor.running_hash != seal.running_hash:
-            self.report(
-                position, "anchor_mismatch",
-                f"the seal at {position} is not the anchored {anchor} (the log up to here "
-                "was rewritten and re-sealed)",
-                **where,
-            )  # fmt: skip
+        for anchor in self.expected.pop(position, []):
+            if anchor.running_hash != seal.running_hash:
+                self.report(
+                    position, "anchor_mismatch",
+                    f"the seal at {position} is not the anchored {anchor} (the log up to "
+                    "here was rewritten and re-sealed)",
+                    **where,
+                )  # fmt: skip
 
     def unmatched_anchors(self, head: int) -> None:
-        for anchor in self.expected.values():
+        for anchor in (a for group in self.expected.values() for a in group):
             if anchor.position > head:
                 message = (
                     f"the log ends at position {head}, before the anchored {anchor}: "
