@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import uuid
 from typing import Any
 
+from eventsourcing.persistence import InterfaceError as StoreInterfaceError
+from eventsourcing.persistence import OperationalError as StoreOperationalError
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import Message, Scope
@@ -118,6 +121,10 @@ def handle_validation(request: Request[Any, Any, Any], exc: ValidationException)
     for item in extra:
         if isinstance(item, dict):
             message = str(item.get("message", ""))
+            if message == f"'{item.get('key')}'":
+                # Litestar's way of saying a required body (or parameter) is absent.
+                what = "a JSON body" if item.get("source") == "body" else f"{item.get('key')}"
+                message = f"{what} is required"
             field = field_of(message, item.get("key"))
             fields.append({"field": field, "message": message, "source": item.get("source")})
     detail = fields[0]["message"] if fields else exc.detail
@@ -157,8 +164,35 @@ def handle_too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Res
     )  # fmt: skip
 
 
+#: A store that cannot be read or written (disk full, file gone, database down): the
+#: request's fault is nobody's, and a retry may succeed.
+STORE_ERRORS: tuple[type[Exception], ...] = (
+    sqlite3.OperationalError,
+    StoreOperationalError,
+    StoreInterfaceError,
+)
+
+
+def handle_store_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.warning(
+        "store unavailable on %s %s (request %s): %s",
+        request.method, request.url.path, request_id_of(request.scope), exc,
+    )  # fmt: skip
+    return problem_response(
+        request, 503, "store_unavailable", "Store unavailable",
+        "a store could not be read or written (disk full, or the database is down); "
+        "retry later",
+        headers={"Retry-After": "5"},
+    )  # fmt: skip
+
+
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    if isinstance(exc, STORE_ERRORS):
+        return handle_store_error(request, exc)
+    log.exception(
+        "unhandled error on %s %s (request %s)",
+        request.method, request.url.path, request_id_of(request.scope), exc_info=exc,
+    )  # fmt: skip
     return problem_response(
         request, 500, "internal_error", "Internal error",
         "the gateway failed on this request; the request id identifies it in the logs",
@@ -170,6 +204,9 @@ EXCEPTION_HANDLERS = {
     ValidationException: handle_validation,
     HTTPException: handle_http,
     RecursionError: handle_too_deep,
+    sqlite3.OperationalError: handle_store_error,
+    StoreOperationalError: handle_store_error,
+    StoreInterfaceError: handle_store_error,
     Exception: handle_unexpected,
 }
 

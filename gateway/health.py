@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from litestar import Response, get
@@ -33,6 +36,9 @@ async def ready(services: ServicesDep) -> Response[dict[str, Any]]:
         head = None
         checks["event_store"] = False
         checks["event_store_error"] = str(error)
+    if checks["event_store"] and (problem := await asyncio.to_thread(disk_problem, services)):
+        checks["event_store"] = False
+        checks["event_store_error"] = problem
     checks["projections"] = {}
     for name in PROJECTION_NAMES:
         position = services.reads.position(name)
@@ -89,3 +95,26 @@ async def relay_check(services: Services, head: int) -> dict[str, Any]:
         "waiting_seconds": round(max(waited, 0.0), 3),
         "stalled": pending is not None and waited >= services.config.relay_stall_seconds,
     }
+
+
+PROBE_BYTES = 64 * 1024
+
+
+def disk_problem(services: Services) -> str | None:
+    """Can the disk of each SQLite store still take writes? A full disk lets reads pass
+    while every command fails, so write (and remove) a small probe file beside each."""
+    for url in (services.config.database_url, services.config.read_store_url):
+        if not url.startswith("sqlite:///"):
+            continue
+        probe = Path(url.removeprefix("sqlite:///")).parent / f".ready-probe-{os.getpid()}"
+        try:
+            with probe.open("wb") as handle:
+                handle.write(b"\0" * PROBE_BYTES)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            return f"cannot write beside the store {url}: {error.strerror or error}"
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+    return None

@@ -10,6 +10,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from msgspec import Meta, Struct
 
 from contracts import errors as codes
+from contracts.bounds import INT_MAX
 from contracts.envelope import Reply
 from contracts.sessions import (
     CancelSession,
@@ -95,7 +96,7 @@ async def _session_command(
         command_id=idempotency_key(request.headers),
         correlation_id=request.headers.get("x-correlation-id"),
     )
-    await services.wait_for_projection(read_model.NAME, reply.position)
+    await services.read_your_write(read_model.NAME, reply.position, session_id=payload.session_id)
     assert reply.version is not None
     return Response(
         CommandOutcome(session_id=payload.session_id, status=reply.status, version=reply.version),
@@ -134,7 +135,7 @@ class SessionController(Controller):
             command_id=command_id,
             correlation_id=request.headers.get("x-correlation-id"),
         )
-        await services.wait_for_projection(read_model.NAME, reply.position)
+        await services.read_your_write(read_model.NAME, reply.position, session_id=session_id)
         assert reply.aggregate_id is not None
         assert reply.version is not None
         # A replay may come long after: say what the session is now, not what it was.
@@ -228,7 +229,7 @@ class SessionController(Controller):
         self,
         session_id: FromPath[uuid.UUID],
         services: ServicesDep,
-        after_version: Annotated[int, QueryParameter(ge=0)] = 0,
+        after_version: Annotated[int, QueryParameter(ge=0, le=INT_MAX)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 500,
     ) -> EventPage:
         return await history_page(services, "session", str(session_id), after_version, limit)

@@ -10,8 +10,10 @@ from typing import Any
 from litestar.di import NamedDependency
 from nats.aio.client import Client as NATS
 
+from contracts import errors as codes
 from contracts.workflow_types import WorkflowTypeRegistry
 from gateway.bus import CommandBus
+from gateway.errors import Problem
 from projections.audit import AuditLog
 from projections.history import History
 from projections.readstore import ReadStore
@@ -63,6 +65,17 @@ class Services:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
         return True
+
+    async def read_your_write(self, name: str, position: int, **details: Any) -> None:
+        """Wait for the read model as ``wait_for_projection``; if it does not catch up, answer
+        503 ``read_model_behind`` (the command is recorded; ``details`` say what to read)."""
+        if not await self.wait_for_projection(name, position):
+            raise Problem(
+                503, codes.READ_MODEL_BEHIND,
+                "the change is recorded but the read model has not shown it yet "
+                "(is the projector running?); read again shortly",
+                details={**details, "position": position}, headers={"Retry-After": "1"},
+            )  # fmt: skip
 
     async def read_history(self, aggregate: str, aggregate_id: str, **kwargs: Any) -> Any:
         return await asyncio.to_thread(

@@ -10,6 +10,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from msgspec import Meta, Struct
 
 from contracts import errors as codes
+from contracts.bounds import INT_MAX
 from contracts.workflows import PRIORITIES, CancelWorkflow, StartWorkflow
 from gateway.auth import can_audit, can_read, can_write
 from gateway.bus import derived_id, idempotency_key
@@ -71,7 +72,7 @@ async def start_workflow(
         command_id=command_id,
         correlation_id=request.headers.get("x-correlation-id"),
     )
-    await services.wait_for_projection(read_model.NAME, reply.position)
+    await services.read_your_write(read_model.NAME, reply.position, workflow_id=reply.aggregate_id)
     assert reply.aggregate_id is not None
     view = await services.read(read_model.get_workflow, reply.aggregate_id)
     return Response(
@@ -156,7 +157,9 @@ class WorkflowController(Controller):
             CancelWorkflow(workflow_id=str(workflow_id), reason=(data or CancelBody()).reason),
             command_id=idempotency_key(request.headers),
         )  # fmt: skip
-        await services.wait_for_projection(read_model.NAME, reply.position)
+        await services.read_your_write(
+            read_model.NAME, reply.position, workflow_id=str(workflow_id)
+        )
         return await workflow_status(workflow_id, services)
 
     @get("/{workflow_id:uuid}/events", guards=[can_audit], summary="A workflow's history")
@@ -164,7 +167,7 @@ class WorkflowController(Controller):
         self,
         workflow_id: FromPath[uuid.UUID],
         services: ServicesDep,
-        after_version: Annotated[int, QueryParameter(ge=0)] = 0,
+        after_version: Annotated[int, QueryParameter(ge=0, le=INT_MAX)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 500,
     ) -> EventPage:
         return await history_page(services, "workflow", str(workflow_id), after_version, limit)

@@ -21,10 +21,33 @@ def _settings(args: argparse.Namespace) -> Settings:
             "host": getattr(args, "host", None),
             "port": getattr(args, "port", None),
             "workflow_types": getattr(args, "workflow_types", None),
+            "nats_port": getattr(args, "nats_port", None),
         }.items()
         if v is not None
     }
     return Settings(**overrides)
+
+
+def missing_store(settings: Settings, init: bool) -> str | None:
+    """Commands that act on an existing deployment say which data dir they use, and refuse
+    one that holds nothing (run from the wrong directory, they would otherwise create a
+    fresh ``./.chorus`` and print a key the running gateway rejects)."""
+    s = settings.resolved()
+    print(f"chorus: data dir {s.data_dir}", file=sys.stderr)
+    if init:
+        return None
+    stores = [Path(str(s.keys_path))]
+    url = str(s.database_url)
+    if url.startswith("sqlite:///"):
+        stores.append(Path(url.removeprefix("sqlite:///")))
+    else:
+        return None  # a database server: it exists or the command says why
+    if any(path.exists() for path in stores):
+        return None
+    return (
+        f"chorus: {s.data_dir} holds no Chorus store (no {stores[-1].name}, no "
+        f"{stores[0].name}); pass the --data-dir of your chorus up, or --init to start a new one"
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", help="gateway bind address (default 127.0.0.1)")
     up.add_argument("--port", type=int, help="gateway port (default 8000)")
     up.add_argument("--workflow-types", type=Path, help="TOML file of extra workflow types")
+    up.add_argument(
+        "--nats-port", type=int, help="embedded nats-server port (default 4222 if free)"
+    )
 
     for name, text in (
         ("engine", "run command workers, timers and the relay"),
@@ -61,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("--rebuild", action="store_true", help="rebuild from position 0 and exit")
     project.add_argument("names", nargs="*", help="read models to rebuild (default: all)")
     project.add_argument("--read-store-url", help="rebuild into this read store instead")
+    project.add_argument(
+        "--init", action="store_true", help="rebuild even if the data dir has no event store yet"
+    )
 
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -68,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--actor", required=True)
     create.add_argument("--role", required=True, choices=["agent", "operator", "auditor", "admin"])
     create.add_argument("--data-dir", type=Path)
+    create.add_argument(
+        "--init", action="store_true", help="create the data dir's key store if it has none"
+    )
     revoke = keys_sub.add_parser("revoke", help="revoke a key by its id (chk_<id>_...)")
     revoke.add_argument("key_id")
     revoke.add_argument("--data-dir", type=Path)
@@ -105,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             from runtime.processes import projection_runners, run_projector
 
             if args.rebuild:
+                if problem := missing_store(settings, args.init):
+                    print(problem, file=sys.stderr)
+                    return 2
                 from runtime.progress import replay_progress
 
                 with replay_progress() as track:
@@ -121,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         case "keys":
             from gateway.keys import KeyStore
 
+            if problem := missing_store(settings, getattr(args, "init", False)):
+                print(problem, file=sys.stderr)
+                return 2
             store = KeyStore(Path(str(settings.resolved().keys_path)))
             if args.keys_command == "create":
                 try:

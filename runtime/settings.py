@@ -17,6 +17,12 @@ class Settings(BaseSettings):
     nats_url: str | None = Field(
         default=None, description="Use this NATS instead of starting an embedded nats-server"
     )
+    nats_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port of the embedded nats-server (default 4222 if free, then the last one)",
+    )
     database_url: str | None = Field(
         default=None, description="Event store: sqlite:/// or postgresql://"
     )

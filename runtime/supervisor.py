@@ -1,20 +1,30 @@
 """``chorus up``: the embedded deployment on one machine, as a small process supervisor.
 
 Starts a nats-server (unless ``CHORUS_NATS_URL`` names one), then the engine, projector
-and gateway as child processes (so they use every core), restarts a child that dies, and
-on Ctrl-C / SIGTERM stops them all. Each child also gets SIGTERM if the supervisor itself
-is killed (PR_SET_PDEATHSIG), so no orphan survives.
+and gateway as child processes (so they use every core), restarts a child that dies (the
+nats-server too, on the same port, so every client reconnects to the same URL), and on
+Ctrl-C / SIGTERM stops them all. Each child also gets SIGTERM if the supervisor itself is
+killed (PR_SET_PDEATHSIG), so no orphan survives.
+
+One ``chorus up`` per data dir: a second one would run a second nats-server on the same
+JetStream files and a second engine on the same stores. The data dir's lock file (held
+while the supervisor lives, released by the kernel when it dies) says who holds it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import nats
 
@@ -27,6 +37,66 @@ from runtime.natsd import NatsServer, die_with_parent, start_nats_server
 from runtime.settings import Settings
 
 ROLES = ("engine", "project", "gateway")
+NATS_PORT = 4222
+LOCK_FILE = "chorus.pid"
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold the data dir's lock (exclusive, for the life of this process) or refuse with
+    the PID of the ``chorus up`` that holds it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = (data_dir / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise SystemExit(
+            f"chorus: the data dir {data_dir} is in use by another chorus up (pid {holder}); "
+            "stop it first, or use another --data-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (None if it can), checked the way servers
+    bind (``SO_REUSEADDR``, so a port in TIME_WAIT counts as free)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            return error.strerror or str(error)
+    return None
+
+
+def choose_nats_port(nats_dir: Path, wanted: int | None) -> int:
+    """The embedded nats-server's port: ``wanted`` (``--nats-port``) if given; else the port
+    used last time (kept in ``<nats dir>/port``), else 4222, else any free one. Kept stable
+    so that clients outside ``chorus up`` keep their URL across restarts."""
+    if wanted is not None:
+        if problem := port_problem("127.0.0.1", wanted):
+            raise SystemExit(f"chorus: cannot run NATS on port {wanted}: {problem}")
+        return wanted
+    remembered = nats_dir / "port"
+    candidates = [NATS_PORT]
+    with contextlib.suppress(OSError, ValueError):
+        candidates.insert(0, int(remembered.read_text().strip()))
+    for port in candidates:
+        if port_problem("127.0.0.1", port) is None:
+            return port
+    return _free_port()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -43,6 +113,10 @@ class Supervisor:
         self.nats: NatsServer | None = None
         self.children = [Child(role) for role in ROLES]
         self.stopping = False
+        self.nats_port: int | None = None
+        self.nats_restarts = 0
+        self.nats_started_at = 0.0
+        self._lock: IO[str] | None = None
 
     def _spawn(self, child: Child) -> None:
         env = {**_base_env(), **self.settings.child_env()}
@@ -63,7 +137,14 @@ class Supervisor:
 
     async def start(self) -> None:
         s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_data_dir(s.data_dir)
+        if problem := port_problem(s.host, s.port):
+            # Fail fast: a gateway that cannot bind would restart forever, and whoever
+            # holds the port could answer the banner's health check.
+            raise SystemExit(
+                f"chorus: cannot serve the API on {s.host}:{s.port}: {problem} "
+                "(another program is using it? pick one with --port)"
+            )
         # The embedded deployment signs audit bundles; the gateway never creates the key.
         create_signing_key(Path(str(s.audit_key_path)))
         try:  # fail fast with the reason, instead of a gateway that keeps restarting
@@ -71,7 +152,18 @@ class Supervisor:
         except ValueError as error:
             raise SystemExit(f"chorus: {error}") from None
         if not s.nats_url:
-            self.nats = start_nats_server(Path(s.data_dir) / "nats")
+            nats_dir = Path(s.data_dir) / "nats"
+            self.nats_port = choose_nats_port(nats_dir, s.nats_port)
+            try:
+                self.nats = start_nats_server(nats_dir, port=self.nats_port)
+            except RuntimeError:
+                if s.nats_port is not None:
+                    raise
+                # Someone took the port between the check and the bind: any free one.
+                self.nats_port = _free_port()
+                self.nats = start_nats_server(nats_dir, port=self.nats_port)
+            (nats_dir / "port").write_text(f"{self.nats_port}\n")
+            self.nats_started_at = time.monotonic()
             self.settings = s = s.model_copy(update={"nats_url": self.nats.url})
         assert s.nats_url is not None
         try:
@@ -116,9 +208,42 @@ class Supervisor:
                 if not stop.is_set():
                     self._spawn(child)
             if self.nats is not None and self.nats.process.poll() is not None:
-                print("chorus: nats-server exited; stopping", file=sys.stderr, flush=True)
-                stop.set()
+                await self._restart_nats(stop)
             await wait_event(stop, 0.5)
+
+    async def _restart_nats(self, stop: asyncio.Event) -> None:
+        """Like any child, on the same port with the same token: the children's clients
+        reconnect to the URL they have; JetStream recovers its streams from disk."""
+        assert self.nats is not None
+        assert self.nats_port is not None
+        code = self.nats.process.returncode
+        quick = time.monotonic() - self.nats_started_at < 10
+        self.nats_restarts = self.nats_restarts + 1 if quick else 1
+        delay = min(0.25 * 2 ** min(self.nats_restarts, 6), 30.0)
+        log_path = self.nats.data_dir / "nats-server.log"
+        print(
+            f"chorus: nats-server exited with {code}; restarting on port {self.nats_port} "
+            f"in {delay:.1f}s (log: {log_path})",
+            file=sys.stderr,
+            flush=True,
+        )
+        await wait_event(stop, delay)
+        if stop.is_set():
+            return
+        try:
+            server = await asyncio.to_thread(
+                start_nats_server, self.nats.data_dir, port=self.nats_port
+            )
+        except (OSError, RuntimeError) as error:
+            print(f"chorus: nats-server did not restart: {error}", file=sys.stderr, flush=True)
+            self.nats_started_at = time.monotonic()
+            return  # the dead process is still in self.nats: the next watch tries again
+        self.nats = server
+        self.nats_started_at = time.monotonic()
+
+    def gateway_alive(self) -> bool:
+        gateway = next(c for c in self.children if c.role == "gateway")
+        return gateway.process is not None and gateway.process.poll() is None
 
     def stop(self, timeout: float = 10.0) -> None:
         """Gateway first (no new commands), then projector and engine, then NATS."""
@@ -171,7 +296,7 @@ def run_up(settings: Settings) -> int:
         admin_key = supervisor.first_admin_key()
         s = supervisor.settings
         base = f"http://{s.host}:{s.port}"
-        ready = await _wait_http(f"{base}/health")
+        ready = await _wait_http(f"{base}/health") and supervisor.gateway_alive()
         lines = [
             "Chorus is up" + ("" if ready else " (gateway not answering yet, see its log)"),
             f"  API        {base}/api/v1   docs {base}/schema",
