@@ -114,6 +114,16 @@ class VerifyCompletion(Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             raise ValueError("completion_time is out of range in UTC") from None
 
 
+class RecordLeaseLost(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Issued by the dispatcher: the agent lost the lease of a task it was given (it did
+    not accept it, finish it, or stay in touch in time). It counts against its record."""
+
+    agent_id: Id
+    task_id: TaskId
+    attempt: Annotated[int, Meta(ge=1)]
+    reason: Annotated[str, Meta(min_length=1, max_length=200)]
+
+
 AGENT_COMMANDS: dict[str, type[Struct]] = {
     "register": RegisterAgent,
     "update_capabilities": UpdateCapabilities,
@@ -121,8 +131,13 @@ AGENT_COMMANDS: dict[str, type[Struct]] = {
     "verify_completion": VerifyCompletion,
     "mark_online": MarkOnline,
     "mark_offline": MarkOffline,
+    "lease_lost": RecordLeaseLost,
 }
 
 #: Commands only the engine itself issues (refused on the bus).
 ENGINE_ONLY = frozenset({("agent", "mark_online"), ("agent", "mark_offline"),
-                         ("session", "timeout"), ("session", "participant_lost")})  # fmt: skip
+                         ("session", "timeout"), ("session", "participant_lost"),
+                         ("workflow", "assign_phase"), ("workflow", "await_agent"),
+                         ("workflow", "expire_lease"), ("agent", "lease_lost"),
+                         # reached through ``task.accept``, which picks one by the task id
+                         ("session", "accept_task"), ("workflow", "accept_task")})  # fmt: skip

@@ -50,6 +50,7 @@ AGENT_NAME_TAKEN = "agent_name_taken"  # registered by another key holder
 AGENT_RETIRED = "agent_retired"
 NOT_ENOUGH_AGENTS = "not_enough_agents"  # routing found fewer eligible agents than asked
 NO_CHANGE = "no_change"  # an engine-issued transition that already happened
+LEASE_LOST = "lease_lost"  # the reporter's attempt lost its lease; the work moved on
 
 # Infrastructure
 INTERNAL_ERROR = "internal_error"  # a bug: nothing was recorded
@@ -87,6 +88,7 @@ HTTP_STATUS: dict[str, int] = {
     AGENT_RETIRED: 409,
     NOT_ENOUGH_AGENTS: 409,
     NO_CHANGE: 409,
+    LEASE_LOST: 409,
     INTERNAL_ERROR: 500,
     STORE_UNAVAILABLE: 503,
     ENGINE_UNAVAILABLE: 503,

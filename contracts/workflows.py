@@ -65,6 +65,40 @@ class CancelWorkflow(Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     reason: Annotated[str, Meta(min_length=1, max_length=2000)] = "cancelled"
 
 
+class AssignPhase(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Issued by the engine's dispatcher: give attempt ``attempt`` of the next phase to
+    ``agent_id``. ``routing`` is the ranking it chose by (recorded as is)."""
+
+    workflow_id: WorkflowId
+    phase: PhaseName
+    attempt: Annotated[int, Meta(ge=1)]
+    agent_id: Id
+    routing: dict[str, Any] | None = None
+
+
+class AwaitAgent(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Issued by the dispatcher: no agent qualifies for the next phase yet."""
+
+    workflow_id: WorkflowId
+    phase: PhaseName
+    attempt: Annotated[int, Meta(ge=1)]
+    capabilities: list[str] = []
+
+
+LeaseReason = Literal[
+    "not_accepted", "lease_expired", "heartbeat_silence", "agent_offline", "reassigned"
+]
+
+
+class ExpireLease(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Issued by the dispatcher when a live attempt's lease is lost."""
+
+    workflow_id: WorkflowId
+    phase: PhaseName
+    attempt: Annotated[int, Meta(ge=1)]
+    reason: LeaseReason
+
+
 WORKFLOW_COMMANDS: dict[str, type[Struct]] = {
     "start": StartWorkflow,
     "start_phase": StartPhase,
@@ -73,4 +107,7 @@ WORKFLOW_COMMANDS: dict[str, type[Struct]] = {
     "complete_phase": CompletePhase,
     "fail_phase": FailPhase,
     "cancel": CancelWorkflow,
+    "assign_phase": AssignPhase,
+    "await_agent": AwaitAgent,
+    "expire_lease": ExpireLease,
 }

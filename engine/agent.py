@@ -17,6 +17,7 @@ import msgspec
 from contracts.agents import (
     MarkOffline,
     MarkOnline,
+    RecordLeaseLost,
     RegisterAgent,
     RetireAgent,
     UpdateCapabilities,
@@ -28,11 +29,13 @@ from engine.evidence import canonical_task_id, judge
 from events.agent import (
     AgentCameOnline,
     AgentCapabilitiesUpdated,
+    AgentConcurrencyChanged,
     AgentRegistered,
     AgentRetired,
     AgentWentOffline,
     CompletionRejected,
     CompletionVerified,
+    TaskLeaseLost,
 )
 from events.codec import GENESIS_HASH
 from events.reliability import reliability_score
@@ -55,6 +58,7 @@ class AgentState:
     verified: int = 0
     rejected: int = 0
     verified_tasks: set[str] = field(default_factory=set)
+    max_concurrency: int = 1
 
     @property
     def exists(self) -> bool:
@@ -74,6 +78,11 @@ class AgentState:
                 self.metadata = dict(event.metadata)
                 self.status = "online"  # registering is a sign of life
                 self.last_seen = event.registered_at
+                self.max_concurrency = event.max_concurrency
+            case AgentConcurrencyChanged():
+                self.max_concurrency = event.max_concurrency
+            case TaskLeaseLost():
+                self.rejected += 1
             case AgentCapabilitiesUpdated():
                 self.capabilities = frozenset(event.capabilities)
             case AgentRetired():
@@ -134,7 +143,10 @@ def decide_register(
                 f"agent name {cmd.name!r} is registered by another key holder"
             )
         state.check_not_retired()
-        return _capabilities_change(state, cmd.capabilities, actor)
+        changes = _capabilities_change(state, cmd.capabilities, actor)
+        if cmd.max_concurrency != state.max_concurrency:
+            changes.append(AgentConcurrencyChanged(max_concurrency=cmd.max_concurrency))
+        return changes
     if actor != cmd.name and not (ctx is not None and ctx.is_operator(actor)):
         raise errors.NotAuthorized(
             f"{actor} may not register {cmd.name!r}: an agent registers itself, "
@@ -149,6 +161,7 @@ def decide_register(
             metadata=cmd.metadata,
             owner=actor,
             registered_at=now,
+            max_concurrency=cmd.max_concurrency,
         )
     ]
 
@@ -215,6 +228,18 @@ def decide_verify_completion(
     """Always records a verdict (verified, or rejected with every failed check)."""
     state.check_may_act_for(cmd.agent_id, actor, ctx)
     return [judge(cmd, state.verified_tasks, now, ctx or EngineContext())]
+
+
+def decide_lease_lost(
+    state: AgentState,
+    cmd: RecordLeaseLost,
+    actor: str,
+    now: datetime,
+    ctx: EngineContext | None = None,
+) -> list[msgspec.Struct]:
+    state.check_exists(cmd.agent_id)
+    return [TaskLeaseLost(task_id=cmd.task_id, attempt=cmd.attempt, reason=cmd.reason,
+                          lost_at=now)]  # fmt: skip
 
 
 def _capabilities_change(

@@ -100,3 +100,9 @@ class NotEnoughAgents(DomainError):
 
 class NoChange(DomainError):
     code = codes.NO_CHANGE
+
+
+class LeaseLost(DomainError):
+    """The reporter held an attempt whose lease expired: exactly one attempt counts."""
+
+    code = codes.LEASE_LOST

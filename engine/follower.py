@@ -8,6 +8,7 @@ after a restart is answered ``duplicate``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from eventsourcing.persistence import ApplicationRecorder
@@ -33,6 +34,11 @@ class LogFollower:
         self.worker = worker
         self.idle = idle
         self.position = 0
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Called after a commit, so the next round does not wait for the idle poll."""
+        self._wake.set()
 
     def observe(self, record: EventRecord) -> None:
         raise NotImplementedError
@@ -59,4 +65,6 @@ class LogFollower:
                 log.warning("%s failed a round, retrying: %s", type(self).__name__, error)
                 await asyncio.sleep(1)
                 continue
-            await asyncio.sleep(self.idle)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.idle)

@@ -13,6 +13,7 @@ import msgspec
 from contracts.agents import (
     MarkOffline,
     MarkOnline,
+    RecordLeaseLost,
     RegisterAgent,
     RetireAgent,
     UpdateCapabilities,
@@ -27,10 +28,14 @@ from contracts.sessions import (
     SubmitResult,
     TimeOutSession,
 )
+from contracts.tasks import AcceptTask, split_task_id
 from contracts.workflow_types import REGISTRY_ID, DefineWorkflowType
 from contracts.workflows import (
+    AssignPhase,
+    AwaitAgent,
     CancelWorkflow,
     CompletePhase,
+    ExpireLease,
     FailPhase,
     RecordPartialResult,
     ReportProgress,
@@ -65,6 +70,9 @@ class Handler:
     fixed_id: str | None = None  # for singletons such as the type registry
     #: Turns the id field into the aggregate's UUID when it is not one (agent names).
     key: Callable[[str], UUID] | None = None
+    #: For a command whose aggregate depends on its payload (``task.accept``): the
+    #: handler that really takes it.
+    resolve: Callable[[Any], Handler] | None = None
 
     def target(self, payload: Any) -> UUID:
         """The id of the aggregate instance the payload names."""
@@ -107,6 +115,7 @@ HANDLERS: dict[tuple[str, str], Handler] = {
                 ("verify_completion", VerifyCompletion, agent.decide_verify_completion),
                 ("mark_online", MarkOnline, agent.decide_mark_online),
                 ("mark_offline", MarkOffline, agent.decide_mark_offline),
+                ("lease_lost", RecordLeaseLost, agent.decide_lease_lost),
             )
         ),
         *(
@@ -123,7 +132,27 @@ HANDLERS: dict[tuple[str, str], Handler] = {
                 ("complete_phase", CompletePhase, workflow.decide_complete_phase),
                 ("fail_phase", FailPhase, workflow.decide_fail_phase),
                 ("cancel", CancelWorkflow, workflow.decide_cancel),
+                ("assign_phase", AssignPhase, workflow.decide_assign_phase),
+                ("await_agent", AwaitAgent, workflow.decide_await_agent),
+                ("expire_lease", ExpireLease, workflow.decide_expire_lease),
             )
+        ),
+        Handler(
+            "session",
+            "accept_task",
+            AcceptTask,
+            session.decide_accept_task,
+            session.SessionState,
+            "task_id",
+        ),
+        Handler(
+            "workflow",
+            "accept_task",
+            AcceptTask,
+            workflow.decide_accept_task,
+            workflow.WorkflowState,
+            "task_id",
+            key=lambda task_id: UUID(split_task_id(task_id)[0]),
         ),
         Handler(
             "workflow_type",
@@ -135,6 +164,19 @@ HANDLERS: dict[tuple[str, str], Handler] = {
         ),
     )
 }
+
+
+def _task_handler(payload: AcceptTask) -> Handler:
+    """A task id names a session, or ``<workflow_id>/<phase>``."""
+    kind = "session" if split_task_id(payload.task_id)[1] is None else "workflow"
+    return HANDLERS[(kind, "accept_task")]
+
+
+#: ``chorus.cmd.<agent>.task.accept``: routed by its task id to the session or workflow.
+HANDLERS[("task", "accept")] = Handler(
+    "task", "accept", AcceptTask, workflow.decide_accept_task, workflow.WorkflowState,
+    "task_id", resolve=_task_handler,
+)  # fmt: skip
 
 #: One typed decoder per command, built once: decoding happens once, at the edge.
 DECODERS: dict[tuple[str, str], msgspec.json.Decoder[Any]] = {

@@ -16,6 +16,7 @@ from nats.aio.client import Client as NATS
 from contracts.workflow_types import WorkflowTypeRegistry
 from engine.context import EngineContext
 from engine.delegation import DelegationManager
+from engine.dispatch import DispatchConfig, Dispatcher
 from engine.liveness import LivenessConfig, LivenessMonitor
 from engine.participants import ParticipantWatch
 from engine.processor import Clock, Processor, utc_now
@@ -49,6 +50,9 @@ class EngineConfig:
     relay: bool = True
     timers: bool = True
     delegation: bool = True
+    #: The dispatcher: phases to agents, leases, task delivery on ``chorus.task.<agent>``.
+    dispatch: bool = True
+    dispatch_config: DispatchConfig = field(default_factory=DispatchConfig)
     #: Heartbeats, online/offline transitions and the participant watch.
     liveness: bool = True
     liveness_config: LivenessConfig = field(default_factory=LivenessConfig)
@@ -76,6 +80,7 @@ class EngineService:
         self.delegation: DelegationManager | None = None
         self.liveness: LivenessMonitor | None = None
         self.participants: ParticipantWatch | None = None
+        self.dispatcher: Dispatcher | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -97,7 +102,6 @@ class EngineService:
         self._tasks.append(asyncio.create_task(self.worker.run(), name="engine-worker"))
         if cfg.relay:
             self.relay = Relay(self.recorder, self.nc)
-            self.worker.on_committed = self.relay.wake
             self._tasks.append(asyncio.create_task(self.relay.run(), name="engine-relay"))
         if cfg.timers:
             self.timer = SessionTimer(self.recorder, self.worker, cfg.clock)
@@ -108,6 +112,12 @@ class EngineService:
         if cfg.delegation:
             self.delegation = DelegationManager(self.recorder, self.worker)
             self._tasks.append(asyncio.create_task(self.delegation.run(), name="engine-delegation"))
+        if cfg.dispatch:
+            self.dispatcher = Dispatcher(
+                self.recorder, self.worker, self.nc, cfg.clock, cfg.dispatch_config
+            )
+            self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="engine-dispatch"))
+        self.worker.on_committed = self._committed
         if cfg.liveness:
             self.liveness = LivenessMonitor(
                 self.recorder, self.worker, self.nc, cfg.liveness_config, cfg.clock, cfg.replicas
@@ -119,6 +129,13 @@ class EngineService:
                 asyncio.create_task(self.participants.run(), name="engine-participants")
             )
         await self.worker.start()
+
+    def _committed(self) -> None:
+        """New events: the relay and the dispatcher look now rather than at their next poll."""
+        if self.relay is not None:
+            self.relay.wake()
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
 
     async def wait_failed(self) -> asyncio.Task[None]:
         """Returns the first of the engine's tasks to end; they only end by failing."""

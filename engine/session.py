@@ -21,6 +21,7 @@ from contracts.sessions import (
     Task,
     TimeOutSession,
 )
+from contracts.tasks import AcceptTask
 from engine import errors
 from engine.context import EngineContext
 from engine.criteria import evaluate
@@ -36,6 +37,7 @@ from events.session import (
     SessionFinalised,
     SessionOpened,
     SessionTimedOut,
+    TaskAccepted,
     Verdict,
     result_digest,
 )
@@ -67,6 +69,8 @@ class SessionState:
     #: replaced agents stay here, they were assigned once.
     assigned_at: dict[str, datetime] = field(default_factory=dict)
     lost: set[str] = field(default_factory=set)
+    #: Participants that acknowledged their session task.
+    accepted: set[str] = field(default_factory=set)
 
     @property
     def exists(self) -> bool:
@@ -100,6 +104,8 @@ class SessionState:
                 )
                 self.participant_set = frozenset(self.participants)
                 self.assigned_at[event.replacement] = event.assigned_at
+            case TaskAccepted():
+                self.accepted.add(event.agent_id)
             case ResultSubmitted():
                 self.results[event.agent_id] = event
             case SessionFinalised():
@@ -303,3 +309,20 @@ def decide_participant_lost(
             ),
         ]
     return [lost]
+
+
+def decide_accept_task(
+    state: SessionState,
+    cmd: AcceptTask,
+    actor: str,
+    now: datetime,
+    ctx: EngineContext | None = None,
+) -> list[msgspec.Struct]:
+    """``task.accept`` of a session: a participant acknowledges its task once; again, or
+    after submitting, records nothing."""
+    state.check_exists()
+    state.check_is_participant(actor)
+    state.check_is_open(now)
+    if actor in state.accepted or actor in state.results:
+        return []
+    return [TaskAccepted(agent_id=actor, accepted_at=now)]

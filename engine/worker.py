@@ -102,6 +102,8 @@ def parse_message(subject: str, data: bytes) -> Command:
         raise Rejection(codes.MALFORMED_MESSAGE, f"body is not valid JSON: {error}") from None
     except RecursionError:  # the bounds above should have caught it; never a traceback
         raise Rejection(codes.NESTING_TOO_DEEP, "JSON nested too deeply") from None
+    if handler.resolve is not None:  # the payload says which aggregate takes it
+        handler = handler.resolve(envelope.payload)
     return Command(actor=parsed.actor, handler=handler, envelope=envelope)
 
 

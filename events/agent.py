@@ -19,6 +19,14 @@ class AgentRegistered(Struct, kw_only=True, frozen=True):
     metadata: dict[str, Any]
     owner: str
     registered_at: datetime
+    #: How many workflow phases the dispatcher may give it at once.
+    max_concurrency: int = 1
+
+
+class AgentConcurrencyChanged(Struct, kw_only=True, frozen=True):
+    """Registered again with another ``max_concurrency``."""
+
+    max_concurrency: int
 
 
 class AgentCapabilitiesUpdated(Struct, kw_only=True, frozen=True):
@@ -71,6 +79,16 @@ class CompletionRejected(Struct, kw_only=True, frozen=True):
     quality_score: float = 0.0
 
 
+class TaskLeaseLost(Struct, kw_only=True, frozen=True):
+    """The agent lost the lease of a task it was given: it counts as a rejected completion
+    in its reliability (the engine had to give the work to someone else)."""
+
+    task_id: str
+    attempt: int
+    reason: str
+    lost_at: datetime
+
+
 AGENT_EVENTS: dict[str, type[Struct]] = {
     cls.__name__: cls
     for cls in (
@@ -81,5 +99,7 @@ AGENT_EVENTS: dict[str, type[Struct]] = {
         AgentWentOffline,
         CompletionVerified,
         CompletionRejected,
+        AgentConcurrencyChanged,
+        TaskLeaseLost,
     )
 }

@@ -103,6 +103,13 @@ class ParticipantReplaced(Struct, kw_only=True, frozen=True):
     assigned_at: datetime
 
 
+class TaskAccepted(Struct, kw_only=True, frozen=True):
+    """A participant acknowledged its session task: the engine stops re-sending it."""
+
+    agent_id: str
+    accepted_at: datetime
+
+
 def result_digest(result: dict[str, Any]) -> str:
     """The digest of a result: the same for equal results, whatever their key order.
     It is the hash an agent proves its completion with (``contracts.agents.result_hash``)."""
@@ -122,6 +129,7 @@ SessionEvent = (
     | SessionCancelled
     | ParticipantLost
     | ParticipantReplaced
+    | TaskAccepted
 )
 
 #: Every session event class by its type name (the stored ``type`` field).
@@ -135,5 +143,6 @@ SESSION_EVENTS: dict[str, type[Struct]] = {
         SessionCancelled,
         ParticipantLost,
         ParticipantReplaced,
+        TaskAccepted,
     )
 }

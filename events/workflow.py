@@ -9,6 +9,7 @@ from msgspec import Struct
 
 from contracts.workflow_types import Phase, WorkflowType
 from contracts.workflows import PhaseError
+from events.session import Routing
 
 
 class WorkflowStarted(Struct, kw_only=True, frozen=True):
@@ -33,11 +34,67 @@ class PhaseStarted(Struct, kw_only=True, frozen=True):
 class PhaseProgressReported(Struct, kw_only=True, frozen=True):
     phase: str
     progress: int
+    #: When the engine recorded it: a sign of life that renews a heartbeat lease.
+    reported_at: datetime | None = None
 
 
 class PartialResultRecorded(Struct, kw_only=True, frozen=True):
     phase: str
     result: dict[str, Any]
+    reported_at: datetime | None = None
+
+
+class PhaseAssigned(Struct, kw_only=True, frozen=True):
+    """The dispatcher gave attempt ``attempt`` of ``phase`` to ``agent_id``: the candidates
+    it ranked and their scores are kept, as ``SessionOpened.routing`` keeps them.
+
+    The attempt must be accepted by ``accept_by`` and finished by ``lease_expires_at``; with
+    ``heartbeat_seconds`` it must also report at least that often, or the lease is lost.
+    """
+
+    phase: str
+    attempt: int
+    agent_id: str
+    assigned_at: datetime
+    accept_by: datetime
+    lease_expires_at: datetime
+    heartbeat_seconds: int | None = None
+    routing: Routing | None = None
+
+
+class PhaseWaiting(Struct, kw_only=True, frozen=True):
+    """No online agent with ``capabilities`` and a free slot: the phase waits for one."""
+
+    phase: str
+    attempt: int
+    capabilities: list[str]
+    reason: str = "waiting_for_agent"
+
+
+class TaskAccepted(Struct, kw_only=True, frozen=True):
+    """The assignee acknowledged its task (``task.accept``, or by starting the work):
+    the engine stops re-sending it."""
+
+    phase: str
+    attempt: int
+    agent_id: str
+    accepted_at: datetime
+
+
+class PhaseLeaseExpired(Struct, kw_only=True, frozen=True):
+    """Attempt ``attempt`` lost its lease: ``reason`` is ``not_accepted``,
+    ``lease_expired``, ``heartbeat_silence``, ``agent_offline`` or ``reassigned``.
+
+    The agent's later reports are rejected ``lease_lost``. ``retry_at`` is when the next
+    attempt may be assigned; None when no attempt is left (the phase fails with it).
+    """
+
+    phase: str
+    attempt: int
+    agent_id: str
+    reason: str
+    expired_at: datetime
+    retry_at: datetime | None = None
 
 
 class PhaseCompleted(Struct, kw_only=True, frozen=True):
@@ -50,6 +107,8 @@ class PhaseCompleted(Struct, kw_only=True, frozen=True):
 class PhaseFailed(Struct, kw_only=True, frozen=True):
     phase: str
     error: PhaseError
+    #: Every attempt that lost its lease before the phase failed (agent, reason, when).
+    attempts: list[dict[str, Any]] = []
 
 
 class WorkflowCompleted(Struct, kw_only=True, frozen=True):
@@ -76,6 +135,10 @@ WORKFLOW_EVENTS: dict[str, type[Struct]] = {
     for cls in (
         WorkflowStarted,
         PhaseStarted,
+        PhaseAssigned,
+        PhaseWaiting,
+        TaskAccepted,
+        PhaseLeaseExpired,
         PhaseProgressReported,
         PartialResultRecorded,
         PhaseCompleted,

@@ -34,6 +34,7 @@ from gateway.history import AtVersion, EventPage, current_or_past, history_page
 from gateway.keys import Principal
 from gateway.state import Services, ServicesDep
 from projections import agents as read_model
+from projections import tasks as tasks_model
 
 #: Roles that may act for any agent at the gateway (the engine has its own owner checks).
 MANAGERS = frozenset({"operator", "admin"})
@@ -350,6 +351,23 @@ class AgentController(Controller):
         if found is None:
             raise _not_found(agent_id)
         return found  # type: ignore[no-any-return]
+
+    @get("/{agent_id:str}/tasks", guards=[can_read],
+         summary="An agent's open tasks, as its inbox chorus.task.<id> delivers them")  # fmt: skip
+    async def tasks(
+        self,
+        request: Request[Principal, Any, Any],
+        agent_id: FromPath[str],
+        services: ServicesDep,
+    ) -> tasks_model.AgentTaskList:
+        """The pull fallback of the inbox. An agent key reads its own tasks only: a task
+        carries the work's requirements, which are not every agent's to read."""
+        _check_name(agent_id)
+        principal = request.user
+        if principal.role == "agent" and principal.actor != agent_id:
+            raise Problem(403, codes.NOT_AUTHORIZED,
+                          f"{principal.actor} may read its own tasks only")  # fmt: skip
+        return await services.read(tasks_model.list_agent_tasks, agent_id)  # type: ignore[no-any-return]
 
     @get("/{agent_id:str}/events", guards=[can_audit],
          summary="An agent's history, oldest first (auditors)")  # fmt: skip

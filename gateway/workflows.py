@@ -20,6 +20,7 @@ from gateway.keys import Principal
 from gateway.state import Services, ServicesDep
 from projections import workflows as read_model
 
+#: The seed's statuses (queued, running, completed, failed) and cancelled.
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 
 
@@ -33,7 +34,10 @@ class StartWorkflowBody(Struct, kw_only=True, forbid_unknown_fields=True):
 
 class WorkflowAccepted(Struct, kw_only=True):
     workflow_id: str
+    #: The seed's name for the same id.
+    session_id: str
     status: str
+    message: str
     created_at: str | None
     estimated_completion: str | None
     command_status: str
@@ -78,7 +82,9 @@ async def start_workflow(
     return Response(
         WorkflowAccepted(
             workflow_id=reply.aggregate_id,
+            session_id=reply.aggregate_id,
             status=view.status if view else "queued",
+            message=view.message if view else "Workflow queued",
             created_at=view.created_at if view else None,
             estimated_completion=view.estimated_completion if view else None,
             command_status=reply.status,

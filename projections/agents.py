@@ -177,6 +177,9 @@ class AgentsProjection:
                 online = record.type == "AgentCameOnline"
                 changes.update(status="online" if online else "offline", last_seen=seen)
                 _touch(conn, name, seen)
+            case "TaskLeaseLost":  # a task it held and lost counts as a failure
+                counts = (row["verified"], row["rejected"] + 1)
+                changes.update(rejected=counts[1], score=reliability_score(*counts))
             case "CompletionVerified" | "CompletionRejected":
                 verified = record.type == "CompletionVerified"
                 counts = (row["verified"] + verified, row["rejected"] + (not verified))
@@ -272,6 +275,8 @@ class AgentsProjection:
         ).fetchone()
         if holder is not None and record.actor == holder["agent_id"]:
             _touch(conn, holder["agent_id"], at)
+        if record.type == "PhaseLeaseExpired":
+            _close(conn, data["agent_id"], task_id, at)
         if record.type in ("PhaseCompleted", "PhaseFailed"):
             conn.execute(
                 "UPDATE agent_assignments SET closed_at=? WHERE task_id=? AND closed_at IS NULL",

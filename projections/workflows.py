@@ -39,6 +39,12 @@ DDL = [
         updated_at TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS workflows_status ON workflows (status, seq)",
+    # Why the next phase is not running: nobody qualifies yet (a row while it waits).
+    """CREATE TABLE IF NOT EXISTS workflow_waiting (
+        id TEXT PRIMARY KEY,
+        phase TEXT NOT NULL,
+        capabilities TEXT NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS phase_durations (
         workflow_type TEXT NOT NULL,
         phase TEXT NOT NULL,
@@ -47,7 +53,10 @@ DDL = [
         PRIMARY KEY (workflow_type, phase)
     )""",
 ]
-TABLES = ["workflows", "phase_durations"]
+TABLES = ["workflows", "phase_durations", "workflow_waiting"]
+#: Events after which the next phase no longer waits for an agent.
+NOT_WAITING = frozenset({"PhaseAssigned", "PhaseStarted", "PhaseCompleted", "WorkflowCompleted",
+                         "WorkflowFailed", "WorkflowCancelled"})  # fmt: skip
 
 _json = msgspec.json.Encoder(order="sorted")
 _decode = msgspec.json.Decoder()
@@ -89,7 +98,19 @@ class WorkflowsProjection:
         if row is None:
             return
         changes: dict[str, Any] = {"version": record.version, "updated_at": at}
+        if record.type in NOT_WAITING:
+            conn.execute("DELETE FROM workflow_waiting WHERE id=?", (wid,))
         match record.type:
+            case "PhaseWaiting":
+                conn.execute(
+                    "INSERT OR REPLACE INTO workflow_waiting VALUES (?, ?, ?)",
+                    (wid, data["phase"], _json.encode(data["capabilities"]).decode()),
+                )
+            case "PhaseLeaseExpired":
+                changes.update(
+                    status="queued", current_phase=None, current_assignee=None,
+                    current_progress=0, current_started_at=None,
+                )  # fmt: skip
             case "PhaseStarted":
                 changes.update(
                     status="running", current_phase=data["phase"], current_progress=0,
@@ -119,7 +140,10 @@ class WorkflowsProjection:
                         (row["workflow_type"], data["phase"], max(seconds, 0.0)),
                     )
             case "PhaseFailed":
-                errors = [*_decode.decode(row["errors"]), {"phase": data["phase"], **data["error"]}]
+                error = {"phase": data["phase"], **data["error"]}
+                if data.get("attempts"):  # every attempt that lost its lease before
+                    error["attempts"] = data["attempts"]
+                errors = [*_decode.decode(row["errors"]), error]
                 changes["errors"] = _json.encode(errors).decode()
             case "WorkflowCompleted":
                 changes.update(status="completed", final_result=_json.encode(data["final_result"]).decode(),
@@ -137,8 +161,19 @@ class WorkflowsProjection:
 # Queries ------------------------------------------------------------------------------------
 
 
+class WaitingForAgent(msgspec.Struct, kw_only=True):
+    """The next phase waits: no online agent has these capabilities and a free slot."""
+
+    phase: str
+    capabilities: list[str]
+
+
 class WorkflowView(msgspec.Struct, kw_only=True):
     workflow_id: str
+    #: The seed's name for the same id.
+    session_id: str
+    #: One line saying where the workflow stands (and why, when it waits or failed).
+    message: str
     workflow_type: str
     status: str
     priority: str
@@ -159,6 +194,7 @@ class WorkflowView(msgspec.Struct, kw_only=True):
     finished_at: str | None
     updated_at: str
     estimated_completion: str | None
+    waiting_for_agent: WaitingForAgent | None = None
 
 
 class WorkflowPage(msgspec.Struct, kw_only=True):
@@ -189,10 +225,36 @@ def estimate_completion(
     return since + timedelta(seconds=seconds)
 
 
+def _waiting(conn: sqlite3.Connection, workflow_id: str) -> WaitingForAgent | None:
+    try:
+        row = conn.execute(
+            "SELECT phase, capabilities FROM workflow_waiting WHERE id=?", (workflow_id,)
+        ).fetchone()
+    except sqlite3.OperationalError:  # a read store from before the table existed
+        return None
+    if row is None:
+        return None
+    return WaitingForAgent(phase=row["phase"], capabilities=_decode.decode(row["capabilities"]))
+
+
+def _message(status: str, current: str | None, waiting: WaitingForAgent | None,
+             errors: list[dict[str, Any]]) -> str:  # fmt: skip
+    if waiting is not None and status == "queued":
+        needs = ", ".join(waiting.capabilities) or "any capability"
+        return f"Phase {waiting.phase} is waiting for an online agent with {needs}"
+    if status == "running" and current:
+        return f"Running phase {current}"
+    if status == "failed" and errors:
+        return f"Workflow failed in phase {errors[-1]['phase']}: {errors[-1]['message']}"
+    return f"Workflow {status}"
+
+
 def _view(conn: sqlite3.Connection, row: sqlite3.Row) -> WorkflowView:
     phases = _decode.decode(row["phases"])
     done = _decode.decode(row["phases_completed"])
     status = row["status"]
+    waiting = _waiting(conn, row["id"])
+    errors = _decode.decode(row["errors"])
     n = len(phases)
     progress = 100 if status == "completed" else (len(done) * 100 + row["current_progress"]) // n
     estimated = None
@@ -201,10 +263,12 @@ def _view(conn: sqlite3.Connection, row: sqlite3.Row) -> WorkflowView:
         observed = _average_seconds(conn, row["workflow_type"])
         estimated = _ts(estimate_completion(phases, len(done), since, observed))
     return WorkflowView(
-        workflow_id=row["id"], workflow_type=row["workflow_type"], status=status,
+        workflow_id=row["id"], session_id=row["id"], workflow_type=row["workflow_type"],
+        status=status, message=_message(status, row["current_phase"], waiting, errors),
+        waiting_for_agent=waiting if status == "queued" else None,
         priority=row["priority"], progress=progress, current_phase=row["current_phase"],
         current_assignee=row["current_assignee"], phases=[p["name"] for p in phases],
-        phases_completed=done, errors=_decode.decode(row["errors"]),
+        phases_completed=done, errors=errors,
         partial_results=_decode.decode(row["partial_results"]),
         final_result=_decode.decode(row["final_result"]) if row["final_result"] else None,
         requirements=row["requirements"], configuration=_decode.decode(row["configuration"]),

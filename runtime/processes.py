@@ -19,6 +19,7 @@ from projections.agents import AgentsProjection
 from projections.readstore import ReadStore
 from projections.runner import ProjectionRunner
 from projections.sessions import SessionsProjection
+from projections.tasks import AgentTasksProjection
 from projections.workflows import WorkflowsProjection
 from runtime.settings import Settings
 
@@ -102,6 +103,7 @@ PROJECTIONS = {
     "sessions": SessionsProjection,
     "workflows": WorkflowsProjection,
     "agents": AgentsProjection,
+    "agent_tasks": AgentTasksProjection,
 }
 
 

@@ -31,6 +31,7 @@ from projections.agents import AgentsProjection
 from projections.readstore import ReadStore
 from projections.runner import ProjectionRunner
 from projections.sessions import SessionsProjection
+from projections.tasks import AgentTasksProjection
 from projections.workflows import WorkflowsProjection
 from runtime.natsd import start_nats_server
 from runtime.processes import operator_check
@@ -118,7 +119,7 @@ async def projector(database_url: str, read_store_url: str) -> AsyncIterator[Pro
     runner = ProjectionRunner(recorder, store, SessionsProjection(), idle_interval=0.005)
     others = [
         ProjectionRunner(recorder, store, projection, idle_interval=0.005)
-        for projection in (WorkflowsProjection(), AgentsProjection())
+        for projection in (WorkflowsProjection(), AgentsProjection(), AgentTasksProjection())
     ]
     tasks = [asyncio.create_task(r.run()) for r in (runner, *others)]
     try:

@@ -21,6 +21,7 @@ from contracts.subjects import (
     is_token,
     parse_command_subject,
 )
+from contracts.tasks import TASK_COMMANDS
 from contracts.workflows import WORKFLOW_COMMANDS
 from engine import errors
 from engine.handlers import DECODERS, HANDLERS
@@ -90,7 +91,9 @@ def test_every_session_command_has_a_handler_and_a_decoder() -> None:
         assert ("session", name) in DECODERS
     assert set(HANDLERS) == {("session", name) for name in SESSION_COMMANDS} | {
         ("workflow", name) for name in WORKFLOW_COMMANDS
-    } | {("workflow_type", "define")} | {("agent", name) for name in AGENT_COMMANDS}
+    } | {("workflow_type", "define")} | {("agent", name) for name in AGENT_COMMANDS} | {
+        ("task", name) for name in TASK_COMMANDS
+    } | {("session", "accept_task"), ("workflow", "accept_task")}
 
 
 def test_an_envelope_refuses_unknown_fields() -> None:

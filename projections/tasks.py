@@ -1,0 +1,184 @@
+"""The ``agent_tasks`` read model: every agent's open tasks, as its inbox delivers them.
+
+The pull fallback of the inbox (``GET /api/v1/agents/{id}/tasks``): an agent that cannot
+keep a subscription, or just restarted, reads what it holds. A phase task is open from
+``PhaseAssigned`` until the phase completes or fails, its lease is lost or the workflow
+ends; a session task from the session's opening (or a replacement) until the participant
+submits or the session closes. Rows hold the task message built by ``events.tasks``, the
+same builder the dispatcher delivers with.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import msgspec
+
+from contracts.feed import EventRecord
+from contracts.tasks import TASK_ENCODER, PhaseTask, SessionTask, phase_task_id
+from events.tasks import phase_task, session_task
+
+NAME = "agent_tasks"
+
+DDL = [
+    """CREATE TABLE IF NOT EXISTS task_workflows (
+        id TEXT PRIMARY KEY,
+        started TEXT NOT NULL,      -- the WorkflowStarted data
+        results TEXT NOT NULL       -- phase -> result, in completion order
+    )""",
+    """CREATE TABLE IF NOT EXISTS agent_tasks (
+        agent_id TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        owner_id TEXT NOT NULL,     -- the workflow or session
+        kind TEXT NOT NULL,         -- phase | session
+        attempt INTEGER NOT NULL,
+        accepted INTEGER NOT NULL,
+        message TEXT NOT NULL,      -- the task message (JSON)
+        position INTEGER NOT NULL,  -- log position of the assignment
+        PRIMARY KEY (agent_id, task_id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS agent_tasks_owner ON agent_tasks (owner_id)",
+]
+TABLES = ["task_workflows", "agent_tasks"]
+
+_json = msgspec.json.Encoder(order="sorted")
+_decode = msgspec.json.Decoder()
+ENDS_WORKFLOW = ("WorkflowCompleted", "WorkflowFailed", "WorkflowCancelled")
+ENDS_SESSION = ("SessionFinalised", "SessionTimedOut", "SessionCancelled")
+
+
+class AgentTasksProjection:
+    name = NAME
+    aggregates = frozenset({"workflow", "session"})
+    ddl = DDL
+    tables = TABLES
+
+    def apply(self, conn: sqlite3.Connection, record: EventRecord) -> None:
+        if record.aggregate == "workflow":
+            self._workflow(conn, record)
+        else:
+            self._session(conn, record)
+
+    def _workflow(self, conn: sqlite3.Connection, record: EventRecord) -> None:
+        wid, data = record.aggregate_id, record.data
+        if record.type == "WorkflowStarted":
+            conn.execute(
+                "INSERT OR REPLACE INTO task_workflows VALUES (?, ?, '{}')",
+                (wid, _json.encode(data).decode()),
+            )
+            return
+        if record.type in ENDS_WORKFLOW:
+            conn.execute("DELETE FROM agent_tasks WHERE owner_id=?", (wid,))
+            conn.execute("DELETE FROM task_workflows WHERE id=?", (wid,))
+            return
+        row = conn.execute("SELECT * FROM task_workflows WHERE id=?", (wid,)).fetchone()
+        if row is None:
+            return
+        match record.type:
+            case "PhaseAssigned":
+                results = _decode.decode(row["results"])
+                task = phase_task(wid, _decode.decode(row["started"]), results, data)
+                _open(conn, data["agent_id"], task, wid, record.position)
+            case "TaskAccepted":
+                conn.execute(
+                    "UPDATE agent_tasks SET accepted=1 WHERE task_id=? AND agent_id=?",
+                    (phase_task_id(wid, data["phase"]), data["agent_id"]),
+                )
+            case "PhaseLeaseExpired" | "PhaseFailed":
+                conn.execute(
+                    "DELETE FROM agent_tasks WHERE task_id=?", (phase_task_id(wid, data["phase"]),)
+                )
+            case "PhaseCompleted":
+                conn.execute(
+                    "DELETE FROM agent_tasks WHERE task_id=?", (phase_task_id(wid, data["phase"]),)
+                )
+                results = {**_decode.decode(row["results"]), data["phase"]: data["result"]}
+                conn.execute(
+                    "UPDATE task_workflows SET results=? WHERE id=?",
+                    (_json.encode(results).decode(), wid),
+                )
+
+    def _session(self, conn: sqlite3.Connection, record: EventRecord) -> None:
+        sid, data = record.aggregate_id, record.data
+        match record.type:
+            case "SessionOpened":
+                task = session_task(sid, data)
+                for agent in data["participants"]:
+                    _open(conn, agent, task, sid, record.position)
+            case "ParticipantReplaced":
+                conn.execute(
+                    "DELETE FROM agent_tasks WHERE task_id=? AND agent_id=?",
+                    (sid, data["replaced"]),
+                )
+                row = conn.execute(
+                    "SELECT message FROM agent_tasks WHERE task_id=? LIMIT 1", (sid,)
+                ).fetchone()
+                if row is not None:
+                    task = msgspec.json.decode(row["message"], type=SessionTask)
+                    _open(conn, data["replacement"], task, sid, record.position)
+            case "TaskAccepted":
+                conn.execute(
+                    "UPDATE agent_tasks SET accepted=1 WHERE task_id=? AND agent_id=?",
+                    (sid, data["agent_id"]),
+                )
+            case "ResultSubmitted":
+                conn.execute(
+                    "DELETE FROM agent_tasks WHERE task_id=? AND agent_id=?",
+                    (sid, data["agent_id"]),
+                )
+            case closing if closing in ENDS_SESSION:
+                conn.execute("DELETE FROM agent_tasks WHERE owner_id=?", (sid,))
+
+
+def _open(
+    conn: sqlite3.Connection,
+    agent: str,
+    task: PhaseTask | SessionTask,
+    owner: str,
+    position: int,
+) -> None:
+    kind = "phase" if isinstance(task, PhaseTask) else "session"
+    conn.execute(
+        "INSERT OR REPLACE INTO agent_tasks VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
+        (agent, task.task_id, owner, kind, task.attempt, TASK_ENCODER.encode(task).decode(),
+         position),
+    )  # fmt: skip
+
+
+# Queries ------------------------------------------------------------------------------------
+
+
+class AgentTaskView(msgspec.Struct, kw_only=True):
+    """One open task: the inbox message, and whether the agent acknowledged it."""
+
+    task_id: str
+    kind: str
+    attempt: int
+    accepted: bool
+    task: dict[str, Any]
+
+
+class AgentTaskList(msgspec.Struct, kw_only=True):
+    agent_id: str
+    items: list[AgentTaskView]
+
+
+def list_agent_tasks(conn: sqlite3.Connection, agent_id: str) -> AgentTaskList:
+    """Oldest assignment first."""
+    try:
+        rows = conn.execute(
+            "SELECT * FROM agent_tasks WHERE agent_id=? ORDER BY position", (agent_id,)
+        ).fetchall()
+    except sqlite3.OperationalError:  # the read model is not built yet
+        rows = []
+    return AgentTaskList(
+        agent_id=agent_id,
+        items=[
+            AgentTaskView(
+                task_id=r["task_id"], kind=r["kind"], attempt=r["attempt"],
+                accepted=bool(r["accepted"]), task=_decode.decode(r["message"]),
+            )
+            for r in rows
+        ],
+    )  # fmt: skip
