@@ -349,8 +349,10 @@ def decide_start_phase(
             )
         taken_back = _expired(state, live, "reassigned", now, retry_at=None)
         return [taken_back, *_start_by_hand(state, cmd, actor, now)]
-    if _started_by_engine(state, cmd.phase) and _may_assign_by_hand(state, actor, ctx):
-        return []  # the dispatcher already started this delegated phase: nothing to do
+    if _started_by_engine(state, cmd.phase):
+        # The dispatcher already started this delegated phase: nothing to do, and nothing
+        # granted (the engine stays its assignee).
+        return []
     state.check_is_next_phase(cmd.phase)
     if not _may_assign_by_hand(state, actor, ctx):
         state.check_lease_held(cmd.phase, actor)

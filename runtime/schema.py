@@ -16,6 +16,7 @@ from contracts.agents import AGENT_COMMANDS, ENGINE_ONLY, Heartbeat
 from contracts.envelope import Envelope, Reply
 from contracts.feed import EventRecord
 from contracts.sessions import SESSION_COMMANDS
+from contracts.tasks import TASK_COMMANDS, TaskMessage
 from contracts.workflow_types import DefineWorkflowType
 from contracts.workflows import WORKFLOW_COMMANDS
 from events.codec import EVENT_TYPES
@@ -28,6 +29,7 @@ PUBLIC_COMMANDS: dict[str, type[msgspec.Struct]] = {
         ("workflow", WORKFLOW_COMMANDS),
         ("agent", {**AGENT_COMMANDS, "heartbeat": Heartbeat}),
         ("workflow_type", {"define": DefineWorkflowType}),
+        ("task", TASK_COMMANDS),
     )
     for name, cls in commands.items()
     if (aggregate, name) not in ENGINE_ONLY
@@ -45,6 +47,7 @@ def contract_types() -> dict[str, Any]:
     }
     types["Reply"] = Reply
     types["EventRecord"] = EventRecord
+    types["TaskMessage"] = TaskMessage
     for aggregate, events in EVENT_TYPES.items():
         if aggregate != "command":
             for name, cls in events.items():
@@ -110,6 +113,25 @@ def asyncapi() -> dict[str, Any]:
         "action": "receive",
         "channel": {"$ref": "#/channels/agent_ping"},
         "summary": "agents subscribe and reply (the gateway's trigger_health_check)",
+    }
+    messages["task"] = {"name": "task", "payload": by_name["TaskMessage"]}
+    channels["task_inbox"] = {
+        "address": "chorus.task.{agent_id}",
+        "description": (
+            "An agent's inbox (core NATS, a plain subscription): its tasks, `kind` phase or "
+            "session, re-sent until acknowledged with task.accept or by the work itself "
+            "(start_phase, report_progress, complete_phase, submit_result), all open ones "
+            "again when it comes back online; `kind` cancel when the work is cancelled, "
+            "moved (lease lost) or closed without it. At least once: dedupe by "
+            "(task_id, attempt)."
+        ),
+        "parameters": {"agent_id": {"description": "The agent the task is assigned to"}},
+        "messages": {"task": {"$ref": "#/components/messages/task"}},
+    }
+    operations["task_inbox"] = {
+        "action": "receive",
+        "channel": {"$ref": "#/channels/task_inbox"},
+        "summary": "agents subscribe to their own inbox and acknowledge with task.accept",
     }
     channels["dead_letters"] = {
         "address": "chorus.dlq.{reason}",

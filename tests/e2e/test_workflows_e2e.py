@@ -397,7 +397,8 @@ async def test_delegated_phase_survives_engine_kills_exactly_once(
         assert completions[0].actor == "system"
         assert completions[0].data["result"]["session_id"] == sid
         assert completions[0].data["result"]["outcome"] == "succeeded"
-        assert [r.type for r in by_aggregate[wid]] == [
+        # (PhaseWaiting: the dispatcher found no agent for the next phase; not a transition)
+        assert [r.type for r in by_aggregate[wid] if r.type != "PhaseWaiting"] == [
             "WorkflowStarted", "PhaseStarted", "PhaseCompleted", "PhaseStarted"
         ]  # fmt: skip
     assert engine.kills == 6

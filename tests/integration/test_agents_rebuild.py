@@ -53,7 +53,8 @@ async def test_agents_rebuild_equals_the_live_read_model(
     wid = str(uuid.uuid4())
     for actor, command, payload in (
         ("ops", "start", {"workflow_id": wid, "requirements": "x", "workflow_type": "quick"}),
-        ("a3", "start_phase", {"workflow_id": wid, "phase": "implement"}),
+        # by the starter's hand: the dispatcher may have offered it to another agent
+        ("ops", "start_phase", {"workflow_id": wid, "phase": "implement", "assignee": "a3"}),
         ("a3", "report_progress", {"workflow_id": wid, "phase": "implement", "progress": 50}),
     ):
         reply = await send(nc, actor, command, payload, aggregate="workflow")
