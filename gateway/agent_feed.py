@@ -9,6 +9,12 @@ first. Each agent event becomes one message naming the agent::
      "event": "AgentWentOffline", "position": 812, "version": 4,
      "occurred_at": "...", "data": {...}}
 
+Without ``since`` (and unless ``?snapshot=false``), the feed starts with one snapshot of
+every registered agent's current status (from the read model), then the live updates::
+
+    {"type": "agent_snapshot", "agents": [{"agent_id", "status", "capabilities",
+     "last_seen", "version"}, ...]}
+
 ``status`` is what the event made the agent (``online``, ``offline``, ``retired``); for an
 event that does not change it (capabilities, verdicts) it is the agent's status in the
 read model, where ``busy`` shows.
@@ -45,7 +51,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
-from litestar.params import QueryParameter
+from litestar.params import FromQuery, QueryParameter
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
@@ -278,7 +284,26 @@ class AgentFeed:
             return False
         return True
 
-    async def serve(self, sub: JetStreamContext.PushSubscription) -> None:
+    async def snapshot(self) -> None:
+        """Every agent's current status, as the read model has it, in one message before
+        the live updates: a new dashboard starts from the whole fleet."""
+        agents: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            page = await self.services.read(read_model.list_agents, limit=500, cursor=cursor)
+            for view in page.items:
+                self.sent[view.agent_id] = view.status
+                agents.append({"agent_id": view.agent_id, "status": view.status,
+                               "capabilities": view.capabilities, "last_seen": view.last_seen,
+                               "version": view.version})  # fmt: skip
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        await self.send({"type": "agent_snapshot", "agents": agents})
+
+    async def serve(self, sub: JetStreamContext.PushSubscription, snapshot: bool = False) -> None:
+        if snapshot:
+            await self.snapshot()
         await pump_and_listen(self.pump(sub), self.listen(), also=lambda: list(self.checks))
 
 
@@ -287,6 +312,7 @@ async def agent_feed(
     socket: WebSocket[Any, Any, Any],
     services: ServicesDep,
     since: Annotated[int | None, QueryParameter(ge=0, le=INT_MAX)] = None,
+    snapshot: FromQuery[bool] = True,
 ) -> None:
     # The consumer exists before the handshake completes: "live from now" has no gap.
     js = services.nc.jetstream()
@@ -298,7 +324,9 @@ async def agent_feed(
     try:
         await socket.accept()
         with contextlib.suppress(WebSocketDisconnect):
-            await AgentFeed(socket, services, since or 0).serve(sub)
+            await AgentFeed(socket, services, since or 0).serve(
+                sub, snapshot=snapshot and since is None
+            )
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

@@ -25,6 +25,8 @@ async def http(engine: Any, projector: Any, gateway: Any) -> AsyncIterator[httpx
 
 
 def feed_url(gateway: Any, **params: Any) -> str:
+    """Without the opening snapshot unless asked (these tests watch the live updates)."""
+    params.setdefault("snapshot", "false")
     query = "&".join(f"{k}={v}" for k, v in params.items())
     return f"{gateway.ws_url}{AGENTS}/feed" + (f"?{query}" if query else "")
 
@@ -233,3 +235,18 @@ async def test_the_feed_tells_when_work_makes_an_agent_busy_and_idle(http, gatew
         # The session's finalising changes nobody's status: no message for it.
         await ws.send("ping")
         assert await drain_until_pong(ws) == []
+
+
+async def test_a_new_client_first_gets_every_agents_current_status(http, gateway):
+    ops = gateway.key("ops", "operator")
+    await register(http, ops, "a1")
+    await register(http, ops, "a2")
+    await retire(http, ops, "a2")
+    async with websockets.connect(feed_url(gateway, snapshot="true"), additional_headers=ops) as ws:
+        snapshot = await recv_json(ws)
+        await register(http, ops, "a3")
+        (live,) = await updates(ws, 1)
+    assert snapshot["type"] == "agent_snapshot"
+    assert {a["agent_id"]: a["status"] for a in snapshot["agents"]} == {
+        "a1": "online", "a2": "retired"}  # fmt: skip
+    assert (live["agent_id"], live["event"]) == ("a3", "AgentRegistered")
