@@ -1,0 +1,215 @@
+"""Dispatch: phases per second and assignment latency, against JetStream in the same run.
+
+    python -m bench.dispatch [--agents 20] [--workflows 300] [--rate 100] [--seconds 10]
+
+Starts a nats-server from the wheel and an engine (SQLite), registers ``--agents`` no-op
+agents (plain nats-py subscribers on their inboxes, ``max_concurrency`` 100 each) that
+complete every phase task the moment it arrives, then:
+
+1. **Throughput**: starts ``--workflows`` workflows of three phases at once and times
+   until every one has completed: phases/s.
+2. **Latency at a steady rate**: starts workflows at ``--rate`` phases/s for
+   ``--seconds`` and reports, per phase, the time from ``PhaseAssigned`` being recorded
+   (its ``occurred_at``) to the task reaching the agent: p50 / p99.
+
+The baseline, in the same run, is JetStream itself: async publishes with acks to a
+scratch stream, msgs/s. Every phase costs the engine three commands and about five
+events (assign, accept/start, complete, and the next phase), so the ratio says how much of
+the bus's own speed dispatch keeps per phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.aio.msg import Msg
+
+from contracts.workflow_types import BUILT_IN, Phase, WorkflowType, WorkflowTypeRegistry
+from engine.service import EngineConfig, EngineService
+from events.codec import decode_record
+from events.store import open_recorder
+from runtime.natsd import start_nats_server
+
+BENCH_TYPE = WorkflowType(name="bench3", phases=[Phase(name=n) for n in ("one", "two", "three")])
+
+
+def _body(payload: dict[str, Any]) -> bytes:
+    return json.dumps({"command_id": uuid.uuid4().hex, "payload": payload}).encode()
+
+
+class Fleet:
+    """No-op agents: each phase task is completed at once (which also accepts it)."""
+
+    def __init__(self, nc: nats.NATS, names: list[str]) -> None:
+        self.nc = nc
+        self.names = names
+        self.received: dict[tuple[str, int], float] = {}  # (task_id, attempt) -> wall time
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        for name in self.names:
+            await self.nc.subscribe(f"chorus.task.{name}", cb=self._task_for(name))
+            await self.nc.request(f"chorus.cmd.{name}.agent.register",
+                                  _body({"name": name, "max_concurrency": 100}), timeout=10)  # fmt: skip
+
+    def _task_for(self, name: str) -> Any:
+        async def got(msg: Msg) -> None:
+            task = json.loads(msg.data)
+            key = (task["task_id"], task.get("attempt", 0))
+            if task["kind"] != "phase" or key in self.received:
+                return
+            self.received[key] = time.time()
+            job = asyncio.create_task(self._complete(name, task))
+            self.tasks.add(job)
+            job.add_done_callback(self.tasks.discard)
+
+        return got
+
+    async def _complete(self, name: str, task: dict[str, Any]) -> None:
+        payload = {"workflow_id": task["workflow_id"], "phase": task["phase"], "result": {}}
+        await self.nc.request(f"chorus.cmd.{name}.workflow.complete_phase", _body(payload),
+                              timeout=30)  # fmt: skip
+
+    async def beat(self) -> None:
+        while True:
+            for name in self.names:
+                await self.nc.publish(f"chorus.cmd.{name}.agent.heartbeat", b"")
+            await asyncio.sleep(1.0)
+
+
+async def _start(nc: nats.NATS, wid: str) -> None:
+    await nc.request("chorus.cmd.ops.workflow.start", _body(
+        {"workflow_id": wid, "requirements": "noop", "workflow_type": "bench3"}), timeout=30)  # fmt: skip
+
+
+class Completions:
+    """Counts ``WorkflowCompleted`` in the log, reading only what is new each time."""
+
+    def __init__(self, recorder: Any) -> None:
+        self.recorder = recorder
+        self.position = 0
+        self.done: set[str] = set()
+
+    def read(self) -> set[str]:
+        for n in self.recorder.select_notifications(
+            self.position + 1, 100_000, topics=["workflow.WorkflowCompleted"]
+        ):
+            self.done.add(str(n.originator_id))
+            self.position = n.id
+        return self.done
+
+
+def _assigned_at(recorder: Any) -> dict[tuple[str, int], float]:
+    out: dict[tuple[str, int], float] = {}
+    for n in recorder.select_notifications(1, 10_000_000, topics=["workflow.PhaseAssigned"]):
+        record = decode_record(n)
+        when = record.occurred_at
+        assert isinstance(when, datetime)
+        out[(f"{record.aggregate_id}/{record.data['phase']}", record.data["attempt"])] = (
+            when.timestamp()
+        )
+    return out
+
+
+async def _wait_completed(completions: Completions, wids: set[str]) -> None:
+    # Polls the log: the bench must not change what it measures.
+    while not wids <= await asyncio.to_thread(completions.read):  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+
+
+async def _jetstream_baseline(url: str, messages: int) -> float:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(name="BENCH_BASELINE", subjects=["bench.baseline.>"])
+    started = time.perf_counter()
+    acks = [
+        await js.publish_async(f"bench.baseline.{i % 100}", b"x" * 200) for i in range(messages)
+    ]
+    await asyncio.gather(*acks)
+    rate = messages / (time.perf_counter() - started)
+    await js.delete_stream("BENCH_BASELINE")
+    await nc.close()
+    return rate
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run(agents: int, workflows: int, rate: float, seconds: float) -> None:
+    work = Path(tempfile.mkdtemp(prefix="chorus-bench-"))
+    server = start_nats_server(work / "nats", monitor=False)
+    database_url = f"sqlite:///{work}/events.db"
+    config = EngineConfig(nats_url=server.url, database_url=database_url,
+                          workflow_types=WorkflowTypeRegistry([*BUILT_IN, BENCH_TYPE]))  # fmt: skip
+    try:
+        async with EngineService(config):
+            nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024)
+            fleet = Fleet(nc, [f"bench-{i}" for i in range(agents)])
+            await fleet.start()
+            beating = asyncio.create_task(fleet.beat())
+            recorder = open_recorder(database_url)
+            completions = Completions(recorder)
+
+            burst = {str(uuid.uuid4()) for _ in range(workflows)}
+            started = time.perf_counter()
+            await asyncio.gather(*(_start(nc, wid) for wid in burst))
+            await _wait_completed(completions, burst)
+            throughput = 3 * workflows / (time.perf_counter() - started)
+
+            paced: set[str] = set()
+            interval = 3 / rate  # a workflow is three phases
+            first = len(fleet.received)
+            loop_start = time.perf_counter()
+            while time.perf_counter() - loop_start < seconds:
+                wid = str(uuid.uuid4())
+                paced.add(wid)
+                asyncio.create_task(_start(nc, wid))  # noqa: RUF006 (awaited via the log)
+                await asyncio.sleep(interval)
+            await _wait_completed(completions, paced)
+            assigned = await asyncio.to_thread(_assigned_at, recorder)
+            latencies = [
+                (fleet.received[key] - assigned[key]) * 1000
+                for key in list(fleet.received)[first:]
+                if key in assigned
+            ]
+            beating.cancel()
+            await nc.close()
+        baseline = await _jetstream_baseline(server.url, 20_000)
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"chorus bench.dispatch  ({agents} agents, workflows of 3 phases)")
+    print(f"  throughput ({workflows} workflows at once)   {throughput:>10,.0f} phases/s")
+    print(f"  JetStream publish_async, same run          {baseline:>10,.0f} msgs/s (baseline)")
+    print(f"  ratio phases / JetStream msgs              {throughput / baseline:>10.4f}")
+    print(f"  assignment latency at {rate:.0f} phases/s ({len(latencies)} phases)")
+    if latencies:
+        print(f"    p50 {statistics.median(latencies):8.1f} ms   "
+              f"p99 {_percentile(latencies, 0.99):8.1f} ms")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--agents", type=int, default=20)
+    parser.add_argument("--workflows", type=int, default=300)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    asyncio.run(run(args.agents, args.workflows, args.rate, args.seconds))
+
+
+if __name__ == "__main__":
+    main()
