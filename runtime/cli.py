@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit.add_parser(sub, _common)
 
+    from runtime import agent_command
+
+    agent_command.add_parser(sub)
+
     schema = sub.add_parser("schema", help="write JSON Schema and AsyncAPI of the bus contracts")
     schema.add_argument("--out", type=Path, default=Path("schema"))
     return parser
@@ -175,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             from runtime import audit
 
             return audit.run(args, settings)
+        case "agent":
+            from runtime import agent_command
+
+            return agent_command.run(args, settings)
         case "schema":
             from runtime.schema import write_schema
 

@@ -1,0 +1,276 @@
+"""``chorus agent -- CMD ARGS...``: any program is an agent.
+
+The SDK worker takes the agent's tasks; each one runs CMD once, as a child process:
+
+- stdin: the task message as JSON (the same object the inbox carries: ``kind``,
+  ``task_id``, ``phase``, ``requirements``, ``inputs``, ...), then end of file;
+- stdout: one JSON object per line. ``{"progress": n}`` reports the phase's progress,
+  ``{"partial": {...}}`` records a partial result, ``{"result": {...}}`` is the result (the
+  last one wins). Other lines are passed through to this command's stdout;
+- exit status 0 completes the phase with the result (no result line: ``{"output": <the
+  stdout tail>}``); any other status fails it with the tail of stderr;
+- the task's lease bounds the run: at its expiry, on a ``cancel`` message, or when the agent
+  stops without finishing, the child's process group is killed.
+
+The child's environment is this one's plus ``CHORUS_AGENT_ID``, ``CHORUS_TASK_ID`` and
+``CHORUS_TASK_ATTEMPT``. The agent connects like every Chorus client: ``--nats-url`` /
+``CHORUS_NATS_URL``, else the embedded server of ``--data-dir`` (what ``chorus up`` in that
+directory started, with its token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from nats.errors import NoRespondersError
+
+from contracts.tasks import TASK_ENCODER
+from runtime.agent_sdk import AgentClient
+from runtime.agent_worker import CommandRejected, Task, TaskContext, TaskFailed
+from runtime.natsd import die_with_parent
+from runtime.settings import Settings
+
+log = logging.getLogger("chorus.agent")
+
+#: How much of the child's stderr (and of its stdout, without a result line) is kept.
+TAIL_CHARS = 4000
+#: Longest stdout line read from the child.
+LINE_LIMIT = 16 * 1024 * 1024
+#: Seconds between SIGTERM and SIGKILL when the child's run is cut short.
+KILL_GRACE = 2.0
+
+
+class CommandAgent:
+    """Runs ``argv`` once per task and turns its output into reports."""
+
+    def __init__(self, argv: list[str], *, env: dict[str, str] | None = None) -> None:
+        if not argv:
+            raise ValueError("give the command to run after --")
+        self.argv = argv
+        self.env = env
+
+    async def __call__(self, task: Task, ctx: TaskContext) -> dict[str, Any]:
+        env = {**(self.env if self.env is not None else os.environ),
+               "CHORUS_AGENT_ID": ctx.agent_id, "CHORUS_TASK_ID": task.task_id,
+               "CHORUS_TASK_ATTEMPT": str(task.attempt)}  # fmt: skip
+        child = await asyncio.create_subprocess_exec(
+            *self.argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            limit=LINE_LIMIT,
+            start_new_session=True,  # its own process group: killed whole
+            preexec_fn=die_with_parent,  # and gone if this agent is killed
+        )
+        try:
+            return await self._run(child, task, ctx)
+        finally:
+            if child.returncode is None:  # cancelled, lease expired, or a report failed
+                await kill(child)
+
+    async def _run(
+        self, child: asyncio.subprocess.Process, task: Task, ctx: TaskContext
+    ) -> dict[str, Any]:
+        assert child.stdin is not None
+        assert child.stdout is not None
+        assert child.stderr is not None
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            child.stdin.write(TASK_ENCODER.encode(task) + b"\n")
+            await child.stdin.drain()
+            child.stdin.close()
+        errors: deque[str] = deque()
+        stderr = asyncio.create_task(tail(child.stderr, errors))
+        outputs: deque[str] = deque()
+        result: dict[str, Any] | None = None
+        try:
+            async for raw in child.stdout:
+                line = raw.decode(errors="replace").rstrip("\n")
+                report = parse_line(line)
+                if report is None:
+                    keep(outputs, line + "\n")
+                    print(line, flush=True)
+                elif "result" in report:
+                    result = report["result"]
+                elif "progress" in report:
+                    await ctx.progress(report["progress"])
+                else:
+                    await ctx.partial(report["partial"])
+            code = await child.wait()
+            await stderr
+        finally:
+            stderr.cancel()
+        if code != 0:
+            status = f"exit status {code}" if code > 0 else f"killed by signal {-code}"
+            raise TaskFailed(f"{self.argv[0]}: {status}\n{''.join(errors)}".rstrip())
+        return result if result is not None else {"output": "".join(outputs)}
+
+
+def parse_line(line: str) -> dict[str, Any] | None:
+    """A report line (one of the keys with a value of the right type), or None."""
+    if not line.startswith("{"):
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or len(value) != 1:
+        return None
+    match value:
+        case {"result": dict()} | {"partial": dict()}:
+            return value
+        case {"progress": int(n)} if not isinstance(n, bool) and 0 <= n <= 100:
+            return value
+    return None
+
+
+def keep(buffer: deque[str], text: str) -> None:
+    """Append, dropping the oldest text past ``TAIL_CHARS``."""
+    buffer.append(text)
+    while sum(map(len, buffer)) > TAIL_CHARS and len(buffer) > 1:
+        buffer.popleft()
+    if len(buffer) == 1 and len(buffer[0]) > TAIL_CHARS:
+        buffer[0] = buffer[0][-TAIL_CHARS:]
+
+
+async def tail(stream: asyncio.StreamReader, buffer: deque[str]) -> None:
+    """Read ``stream`` to its end, keeping its tail (read always, so the child never
+    blocks on a full pipe)."""
+    while chunk := await stream.read(65536):
+        keep(buffer, chunk.decode(errors="replace"))
+
+
+async def kill(child: asyncio.subprocess.Process) -> None:
+    """SIGTERM the child's process group, SIGKILL it if it is still there after a grace."""
+    for sig, grace in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, sig)
+        if grace is None:
+            break
+        try:
+            await asyncio.wait_for(asyncio.shield(child.wait()), grace)
+            return
+        except TimeoutError:
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        await child.wait()
+
+
+# The command line -----------------------------------------------------------------------------
+
+
+def embedded_nats_url(data_dir: Path) -> str | None:
+    """The URL (with its token) of the nats-server that ``chorus up`` runs for ``data_dir``."""
+    nats_dir = data_dir / "nats"
+    ports = sorted((nats_dir / "ports").glob("*.ports"), key=lambda p: p.stat().st_mtime)
+    if not ports:
+        return None
+    try:
+        url = str(json.loads(ports[-1].read_text())["nats"][0])
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+    token_file = nats_dir / "token"
+    if token_file.exists():
+        url = url.replace("nats://", f"nats://{token_file.read_text().strip()}@", 1)
+    return url
+
+
+def add_parser(sub: Any) -> None:
+    agent = sub.add_parser(
+        "agent",
+        help="run a command as an agent: once per task, with the task as JSON on stdin",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    agent.add_argument("--name", required=True, help="the agent's id (its actor on the bus)")
+    agent.add_argument("--capabilities", default="", help="comma-separated, e.g. python,review")
+    agent.add_argument("--concurrency", type=int, default=1, help="tasks at once (default 1)")
+    agent.add_argument("--type", default="command", help="agent type (default command)")
+    agent.add_argument("--nats-url", help="NATS to use (env CHORUS_NATS_URL)")
+    agent.add_argument(
+        "--data-dir", type=Path, help="find chorus up's NATS here (default ./.chorus)"
+    )
+    agent.add_argument(
+        "--drain-seconds", type=float, default=30.0,
+        help="on SIGTERM, let running tasks finish this long, then hand them back",
+    )  # fmt: skip
+    agent.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        print("chorus agent: give the command to run after --", file=sys.stderr)
+        return 2
+    if args.concurrency < 1:
+        print("chorus agent: --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    url = settings.nats_url or embedded_nats_url(settings.resolved().data_dir)
+    if url is None:
+        print(
+            "chorus agent: no NATS to connect to: pass --nats-url (or CHORUS_NATS_URL), or run "
+            "it where chorus up runs (--data-dir)",
+            file=sys.stderr,
+        )
+        return 2
+    capabilities = [c.strip() for c in args.capabilities.split(",") if c.strip()]
+    return serve_command(
+        url, args.name, argv, capabilities=capabilities, concurrency=args.concurrency,
+        agent_type=args.type, heartbeat_interval=settings.heartbeat_interval,
+        drain_timeout=args.drain_seconds,
+    )  # fmt: skip
+
+
+def serve_command(
+    url: str,
+    name: str,
+    argv: list[str],
+    *,
+    capabilities: list[str],
+    concurrency: int = 1,
+    agent_type: str = "command",
+    heartbeat_interval: float = 5.0,
+    drain_timeout: float = 30.0,
+) -> int:
+    """Serve until SIGINT/SIGTERM; then finish running tasks (or hand them back)."""
+    handler = CommandAgent(argv)
+
+    async def main() -> None:
+        agent = AgentClient.connect(url, name, heartbeat_interval=heartbeat_interval)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, agent.shutdown)
+        await agent.serve(
+            handler,
+            capabilities=capabilities,
+            max_concurrency=concurrency,
+            type=agent_type,
+            metadata={"command": argv[0]},
+            drain_timeout=drain_timeout,
+        )
+
+    try:
+        asyncio.run(main())
+    except CommandRejected as error:
+        print(f"chorus agent: registration refused: {error}", file=sys.stderr)
+        return 1
+    except (OSError, NoRespondersError, TimeoutError) as error:
+        print(f"chorus agent: cannot reach Chorus at {redact(url)}: {error!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def redact(url: str) -> str:
+    """The URL without its credentials, for messages."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
