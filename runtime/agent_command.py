@@ -20,7 +20,6 @@ directory started, with its token).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -29,7 +28,6 @@ import os
 import signal
 import sys
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 from nats.errors import NoRespondersError
@@ -38,7 +36,6 @@ from contracts.tasks import TASK_ENCODER
 from runtime.agent_sdk import AgentClient
 from runtime.agent_worker import CommandRejected, Task, TaskContext, TaskFailed
 from runtime.natsd import die_with_parent
-from runtime.settings import Settings
 
 log = logging.getLogger("chorus.agent")
 
@@ -167,68 +164,6 @@ async def kill(child: asyncio.subprocess.Process) -> None:
 
 
 # The command line -----------------------------------------------------------------------------
-
-
-def embedded_nats_url(data_dir: Path) -> str | None:
-    """The URL (with its token) of the nats-server that ``chorus up`` runs for ``data_dir``."""
-    nats_dir = data_dir / "nats"
-    ports = sorted((nats_dir / "ports").glob("*.ports"), key=lambda p: p.stat().st_mtime)
-    if not ports:
-        return None
-    try:
-        url = str(json.loads(ports[-1].read_text())["nats"][0])
-    except (OSError, ValueError, KeyError, IndexError):
-        return None
-    token_file = nats_dir / "token"
-    if token_file.exists():
-        url = url.replace("nats://", f"nats://{token_file.read_text().strip()}@", 1)
-    return url
-
-
-def add_parser(sub: Any) -> None:
-    agent = sub.add_parser(
-        "agent",
-        help="run a command as an agent: once per task, with the task as JSON on stdin",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    agent.add_argument("--name", required=True, help="the agent's id (its actor on the bus)")
-    agent.add_argument("--capabilities", default="", help="comma-separated, e.g. python,review")
-    agent.add_argument("--concurrency", type=int, default=1, help="tasks at once (default 1)")
-    agent.add_argument("--type", default="command", help="agent type (default command)")
-    agent.add_argument("--nats-url", help="NATS to use (env CHORUS_NATS_URL)")
-    agent.add_argument(
-        "--data-dir", type=Path, help="find chorus up's NATS here (default ./.chorus)"
-    )
-    agent.add_argument(
-        "--drain-seconds", type=float, default=30.0,
-        help="on SIGTERM, let running tasks finish this long, then hand them back",
-    )  # fmt: skip
-    agent.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
-
-
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-    if not argv:
-        print("chorus agent: give the command to run after --", file=sys.stderr)
-        return 2
-    if args.concurrency < 1:
-        print("chorus agent: --concurrency must be at least 1", file=sys.stderr)
-        return 2
-    url = settings.nats_url or embedded_nats_url(settings.resolved().data_dir)
-    if url is None:
-        print(
-            "chorus agent: no NATS to connect to: pass --nats-url (or CHORUS_NATS_URL), or run "
-            "it where chorus up runs (--data-dir)",
-            file=sys.stderr,
-        )
-        return 2
-    capabilities = [c.strip() for c in args.capabilities.split(",") if c.strip()]
-    return serve_command(
-        url, args.name, argv, capabilities=capabilities, concurrency=args.concurrency,
-        agent_type=args.type, heartbeat_interval=settings.heartbeat_interval,
-        drain_timeout=args.drain_seconds,
-    )  # fmt: skip
 
 
 def serve_command(

@@ -23,7 +23,8 @@ import pytest
 from faststream.nats import NatsBroker
 
 from contracts.tasks import TASK_DECODER, PhaseTask
-from runtime.agent_command import CommandAgent, embedded_nats_url, parse_line
+from runtime.agent_cli import embedded_nats_url
+from runtime.agent_command import CommandAgent, parse_line
 from runtime.agent_worker import Task, TaskContext, TaskFailed
 
 from ..conftest import NatsEndpoint
