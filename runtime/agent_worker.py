@@ -20,9 +20,9 @@ attempt of a task held under an older one replaces it. Each report is re-sent wi
 command id until an engine answers, so a retry after a lost reply counts once.
 
 On shutdown the worker stops taking tasks, lets running handlers finish for up to
-``drain_timeout`` seconds, and hands back the rest: it cancels them and reports nothing,
-and tasks it never accepted stay unaccepted, so the engine's leases give them to another
-agent.
+``drain_timeout`` seconds, and hands back the rest: it cancels them and fails each phase
+it accepted with the code ``handed_back`` (the dispatcher retries a failed attempt on
+another agent); tasks it never accepted stay unaccepted, so their leases move them.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from faststream.nats import NatsBroker
@@ -43,9 +43,7 @@ from faststream.nats.annotations import NatsMessage
 from contracts.envelope import Reply
 from contracts.subjects import task_subject
 from contracts.tasks import TASK_DECODER, CancelTask, PhaseTask, SessionTask
-
-if TYPE_CHECKING:
-    from runtime.agent_sdk import AgentClient
+from runtime.agent_sdk import UNANSWERED, AgentClient
 
 log = logging.getLogger("chorus.agent")
 
@@ -145,6 +143,7 @@ class Running:
     task: Task
     job: asyncio.Task[None]
     cancelled: str | None = None  # why a cancel message stopped it
+    accepted: bool = False
 
 
 class Worker:
@@ -214,16 +213,26 @@ class Worker:
                 await self.broker.stop()
 
     async def drain(self, timeout: float) -> None:
-        """Let running handlers finish for ``timeout`` seconds; hand back the rest."""
-        jobs = [r.job for r in self.running.values()]
-        if not jobs:
+        """Let running handlers finish for ``timeout`` seconds; hand back the rest.
+
+        A phase it accepted is handed back with ``fail_phase`` (code ``handed_back``), so
+        the dispatcher gives it to another agent now rather than at the lease's end.
+        """
+        held = list(self.running.values())
+        if not held:
             return
-        _, pending = await asyncio.wait(jobs, timeout=timeout)
+        _, pending = await asyncio.wait([r.job for r in held], timeout=timeout)
         for job in pending:
             job.cancel()
         for job in pending:
             with contextlib.suppress(asyncio.CancelledError):
                 await job
+        back = [r.task for r in held if r.job in pending and r.accepted]
+        for task in back:
+            if isinstance(task, PhaseTask):
+                with contextlib.suppress(TaskLost, CommandRejected, *UNANSWERED):
+                    await self._fail(task, f"agent {self.client.agent_id} stopped before "
+                                     "finishing; the phase goes to another agent", "handed_back")  # fmt: skip
         if pending:
             log.warning("handed back %d unfinished task(s)", len(pending))
 
@@ -287,6 +296,9 @@ class Worker:
 
     async def _accept_and_run(self, task: Task) -> None:
         check(task.task_id, await self.client.accept(task.task_id))
+        held = self.running.get(task.task_id)
+        if held is not None and held.task is task:
+            held.accepted = True
         ctx = TaskContext(self.client, task)
         lease = max(0.0, (task.lease_expires_at - self.clock()).total_seconds())
         try:

@@ -302,7 +302,7 @@ async def test_shutdown_finishes_running_work_and_hands_back_what_does_not_finis
     await asyncio.wait_for(rig.serving, WAIT)  # type: ignore[arg-type]
     assert len(rig.engine.named("complete_phase")) == 1
 
-    # Handed back: nothing reported, and the worker returns.
+    # Handed back: the accepted phase is failed as handed back, so it moves on at once.
     started.clear()
     rig.serving = None
     worker = Worker(rig.client, rig.broker, handle, clock=lambda: NOW)
@@ -314,4 +314,5 @@ async def test_shutdown_finishes_running_work_and_hands_back_what_does_not_finis
     rig.client.shutdown()
     await asyncio.wait_for(serving, WAIT)
     assert len(rig.engine.named("complete_phase")) == 1
-    assert not rig.engine.named("fail_phase")
+    [handed_back] = rig.engine.named("fail_phase")
+    assert handed_back.payload["error"]["code"] == "handed_back"
