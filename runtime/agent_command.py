@@ -148,19 +148,15 @@ async def tail(stream: asyncio.StreamReader, buffer: deque[str]) -> None:
 
 
 async def kill(child: asyncio.subprocess.Process) -> None:
-    """SIGTERM the child's process group, SIGKILL it if it is still there after a grace."""
-    for sig, grace in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, sig)
-        if grace is None:
-            break
-        try:
-            await asyncio.wait_for(asyncio.shield(child.wait()), grace)
-            return
-        except TimeoutError:
-            continue
+    """SIGTERM the child's process group, SIGKILL what is left after a grace (also what
+    the child started and left behind when it exited)."""
     with contextlib.suppress(ProcessLookupError):
-        await child.wait()
+        os.killpg(child.pid, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(child.wait()), KILL_GRACE)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
+    await child.wait()
 
 
 # The command line -----------------------------------------------------------------------------

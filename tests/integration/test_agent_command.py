@@ -129,7 +129,11 @@ async def test_cancelling_the_handler_kills_the_whole_process_group(tmp_path: Pa
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
-    for pid in map(int, pids.read_text().split()):
+    for pid in map(int, pids.read_text().split()):  # a SIGKILL takes effect soon, not at once
+        for _ in range(1000):
+            if not alive(pid):
+                break
+            await asyncio.sleep(0.01)
         assert not alive(pid), f"pid {pid} survived"
 
 
