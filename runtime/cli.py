@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--nats-port", type=int, help="embedded nats-server port (default 4222 if free)"
     )
+    up.add_argument("--demo", action="store_true", help="also run a demo fleet of agents")
 
     for name, text in (
         ("engine", "run command workers, timers and the relay"),
@@ -108,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit.add_parser(sub, _common)
 
+    from runtime import agent_cli
+
+    agent_cli.add_parsers(sub)
+
     schema = sub.add_parser("schema", help="write JSON Schema and AsyncAPI of the bus contracts")
     schema.add_argument("--out", type=Path, default=Path("schema"))
     return parser
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         case "up":
             from runtime.supervisor import run_up
 
-            return run_up(settings)
+            return run_up(settings, demo=args.demo)
         case "engine":
             from runtime.processes import run_engine
 
@@ -175,6 +180,14 @@ def main(argv: list[str] | None = None) -> int:
             from runtime import audit
 
             return audit.run(args, settings)
+        case "agent":
+            from runtime import agent_cli
+
+            return agent_cli.run_agent(args, settings)
+        case "demo":
+            from runtime import agent_cli
+
+            return agent_cli.run_demo(settings)
         case "schema":
             from runtime.schema import write_schema
 

@@ -37,6 +37,8 @@ from runtime.natsd import NatsServer, die_with_parent, start_nats_server
 from runtime.settings import Settings
 
 ROLES = ("engine", "project", "gateway")
+#: ``chorus up --demo`` also runs ``chorus demo``: example agents (runtime/agent_demo.py).
+DEMO_ROLE = "demo"
 NATS_PORT = 4222
 LOCK_FILE = "chorus.pid"
 
@@ -108,10 +110,10 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, *, out: object = None) -> None:
+    def __init__(self, settings: Settings, *, out: object = None, demo: bool = False) -> None:
         self.settings = settings.resolved()
         self.nats: NatsServer | None = None
-        self.children = [Child(role) for role in ROLES]
+        self.children = [Child(role) for role in ROLES + ((DEMO_ROLE,) if demo else ())]
         self.stopping = False
         self.nats_port: int | None = None
         self.nats_restarts = 0
@@ -283,8 +285,8 @@ async def _wait_http(url: str, timeout: float = 30.0) -> bool:
     return False
 
 
-def run_up(settings: Settings) -> int:
-    supervisor = Supervisor(settings)
+def run_up(settings: Settings, *, demo: bool = False) -> int:
+    supervisor = Supervisor(settings, demo=demo)
 
     async def main() -> int:
         stop = asyncio.Event()
@@ -305,6 +307,12 @@ def run_up(settings: Settings) -> int:
             f"  read store {s.read_store_url}",
             f"  logs       {s.data_dir}/logs/",
         ]
+        if demo:
+            from runtime.agent_demo import FLEET
+
+            lines.append(
+                f"  demo       agents {', '.join(FLEET)} (log: {s.data_dir}/logs/demo.log)"
+            )
         if admin_key:
             lines += [
                 "",

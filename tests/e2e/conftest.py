@@ -211,7 +211,10 @@ class StopReport:
 class ChorusUp:
     """``chorus up`` as a child process; reads its banner; stops it and looks for orphans."""
 
-    def __init__(self, data_dir: Path, port: int, log_dir: Path, **env: str) -> None:
+    def __init__(
+        self, data_dir: Path, port: int, log_dir: Path, up_args: tuple[str, ...] = (), **env: str
+    ) -> None:
+        self.up_args = up_args  # more ``chorus up`` flags, e.g. ``--demo``
         self.data_dir = data_dir
         self.port = port
         self.log_dir = log_dir
@@ -250,7 +253,7 @@ class ChorusUp:
 
     def start(self, timeout: float = 60) -> None:
         self.process = subprocess.Popen(
-            cli("up", "--data-dir", str(self.data_dir), "--port", str(self.port)),
+            cli("up", "--data-dir", str(self.data_dir), "--port", str(self.port), *self.up_args),
             cwd=self.log_dir,
             env=clean_env(**self.env),
             stdout=subprocess.PIPE,
@@ -347,9 +350,11 @@ def assert_clean_stop(report: StopReport, timeout: float = 15) -> None:
 
 
 @contextlib.contextmanager
-def running_chorus(data_dir: Path, port: int, log_dir: Path, **env: str) -> Iterator[ChorusUp]:
+def running_chorus(
+    data_dir: Path, port: int, log_dir: Path, up_args: tuple[str, ...] = (), **env: str
+) -> Iterator[ChorusUp]:
     """Start ``chorus up``; always stop it; on a clean body, assert a clean stop too."""
-    up = ChorusUp(data_dir, port, log_dir, **env)
+    up = ChorusUp(data_dir, port, log_dir, up_args, **env)
     try:
         up.start()
     except BaseException:

@@ -18,7 +18,7 @@ import httpx
 import nats
 import pytest
 
-from contracts.agent_sdk import AgentClient
+from runtime.agent_sdk import AgentClient
 
 from .conftest import async_wait_until, free_port, read_store, running_chorus, sqlite_url
 

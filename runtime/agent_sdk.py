@@ -1,0 +1,302 @@
+"""The Python agent SDK: what every Chorus agent does, done right once.
+
+A worker that takes tasks from its inbox (FastStream does the subscribing):
+
+    agent = AgentClient.connect("nats://...", "coder-7")
+
+    async def handle(task: PhaseTask | SessionTask, ctx: TaskContext) -> dict[str, Any]:
+        await ctx.progress(50)
+        return {"patch": "..."}            # completes the phase; an exception fails it
+
+    await agent.serve(handle, capabilities=["python"], max_concurrency=2)
+
+Or single commands, on a FastStream ``NatsBroker`` or a plain nats-py client:
+
+    async with AgentClient(nc, "coder-7", heartbeat_interval=5) as agent:
+        await agent.register(capabilities=["python"])
+        reply = await agent.submit_result(session_id, {"patch": "..."})
+
+While open, the client heartbeats on ``chorus.cmd.<id>.agent.heartbeat`` and answers
+health checks on ``chorus.agent.<id>.ping``. Every command carries a fresh command id and
+is re-sent with that same id while no engine answers (a timeout, or "no responders" while
+an engine restarts), so a retry is never applied twice. Agents in other languages can do
+the same from the JSON Schema and AsyncAPI that ``chorus schema`` writes.
+
+The SDK lives beside the CLI rather than in ``contracts``: contracts are the wire format
+alone, and this module runs tasks, spawns nothing of the engine, and imports only
+contracts (an import-linter contract keeps it so), so an agent process stays small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+from faststream.exceptions import SubscriberNotFound
+from faststream.nats import NatsBroker, NatsMessage
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+
+from contracts.agents import result_hash
+from contracts.aio import raise_if_cancelling
+from contracts.envelope import Envelope, Reply
+from contracts.subjects import agent_ping_subject, command_subject
+
+if TYPE_CHECKING:
+    from runtime.agent_worker import Handler
+
+_encoder = msgspec.json.Encoder()
+_reply = msgspec.json.Decoder(Reply)
+
+#: What "no engine answered" looks like on a real server and on FastStream's test broker.
+UNANSWERED: tuple[type[Exception], ...] = (NoRespondersError, TimeoutError, SubscriberNotFound)
+
+
+class Bus(Protocol):
+    """The two things an agent does on NATS besides listening: ask and tell."""
+
+    async def request(self, subject: str, body: bytes, timeout: float) -> bytes: ...
+
+    async def publish(self, subject: str, body: bytes) -> None: ...
+
+
+class ClientBus:
+    """A plain nats-py connection."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+
+    async def request(self, subject: str, body: bytes, timeout: float) -> bytes:
+        return (await self.nc.request(subject, body, timeout=timeout)).data
+
+    async def publish(self, subject: str, body: bytes) -> None:
+        await self.nc.publish(subject, body)
+
+
+class BrokerBus:
+    """A FastStream broker: in tests, ``TestNatsBroker`` routes these in memory."""
+
+    def __init__(self, broker: NatsBroker) -> None:
+        self.broker = broker
+
+    async def request(self, subject: str, body: bytes, timeout: float) -> bytes:
+        return bytes((await self.broker.request(body, subject, timeout=timeout)).body)
+
+    async def publish(self, subject: str, body: bytes) -> None:
+        await self.broker.publish(body, subject)
+
+
+class AgentClient:
+    """One agent's side of the bus: commands, liveness, and (on a broker) ``serve``."""
+
+    def __init__(
+        self,
+        bus: NATS | NatsBroker,
+        agent_id: str,
+        *,
+        heartbeat_interval: float = 5.0,
+        request_timeout: float = 5.0,
+        give_up_after: float = 60.0,
+    ) -> None:
+        self.broker = bus if isinstance(bus, NatsBroker) else None
+        self.bus: Bus = BrokerBus(bus) if isinstance(bus, NatsBroker) else ClientBus(bus)
+        self._nc = None if isinstance(bus, NatsBroker) else bus
+        self.agent_id = agent_id
+        self.heartbeat_interval = heartbeat_interval
+        self.request_timeout = request_timeout
+        self.give_up_after = give_up_after
+        self._beating: asyncio.Task[None] | None = None
+        self._pings: Any = None  # a nats-py Subscription or a FastStream subscriber
+        self._submitted_at: dict[str, datetime] = {}  # task -> when its result was sent
+
+    @classmethod
+    def connect(cls, url: str | Sequence[str], agent_id: str, **options: Any) -> AgentClient:
+        """A client on a new FastStream broker for ``url`` (connected by ``serve``).
+
+        The broker logs each message at DEBUG, so an agent's log stays quiet by default.
+        """
+        broker = NatsBroker(url, log_level=logging.DEBUG, name=f"chorus-agent-{agent_id}")
+        return cls(broker, agent_id, **options)
+
+    # Commands -------------------------------------------------------------------------------
+
+    async def send(
+        self, aggregate: str, command: str, payload: dict[str, Any], command_id: str | None = None
+    ) -> Reply:
+        """One command as this agent; re-sent with the same id until an engine answers."""
+        body = _encoder.encode(Envelope(command_id=command_id or uuid.uuid4().hex, payload=payload))
+        subject = command_subject(self.agent_id, aggregate, command)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.give_up_after
+        while True:
+            try:
+                return _reply.decode(await self.bus.request(subject, body, self.request_timeout))
+            except UNANSWERED:
+                raise_if_cancelling()
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def register(
+        self,
+        *,
+        type: str = "generic",
+        capabilities: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        max_concurrency: int | None = None,
+    ) -> Reply:
+        payload: dict[str, Any] = {"name": self.agent_id, "type": type,
+                                   "capabilities": capabilities or [], "metadata": metadata or {}}  # fmt: skip
+        if max_concurrency is not None:
+            payload["max_concurrency"] = max_concurrency
+        return await self.send("agent", "register", payload)
+
+    async def accept(self, task_id: str, command_id: str | None = None) -> Reply:
+        """Acknowledge a task: the engine stops re-sending it (accepting a phase starts it)."""
+        return await self.send("task", "accept", {"task_id": task_id}, command_id)
+
+    async def submit_result(
+        self,
+        session_id: str,
+        result: dict[str, Any],
+        *,
+        success: bool = True,
+        output_hash: str | None = None,
+        command_id: str | None = None,
+    ) -> Reply:
+        payload: dict[str, Any] = {"session_id": session_id, "result": result, "success": success}
+        if output_hash is not None:
+            payload["output_hash"] = output_hash
+        done = datetime.now(UTC)
+        reply = await self.send("session", "submit_result", payload, command_id)
+        if reply.status != "rejected":
+            self._submitted_at[session_id] = done
+            while len(self._submitted_at) > 10_000:  # remember the recent ones only
+                del self._submitted_at[next(iter(self._submitted_at))]
+        return reply
+
+    async def verify_completion(
+        self,
+        task_id: str,
+        result: dict[str, Any] | None = None,
+        *,
+        output_hash: str | None = None,
+        completion_time: datetime | None = None,
+        response_time: float | None = None,
+    ) -> Reply:
+        """Claim the task done: the hash is ``output_hash``, else that of ``result``. The
+        completion time defaults to when this client submitted the task's result, else
+        now."""
+        if output_hash is None:
+            if result is None:
+                raise ValueError("give the result or its output_hash")
+            output_hash = result_hash(result)
+        payload: dict[str, Any] = {
+            "agent_id": self.agent_id,
+            "task_id": task_id,
+            "completion_time": (
+                completion_time or self._submitted_at.get(task_id) or datetime.now(UTC)
+            ).isoformat(),
+            "output_hash": output_hash,
+        }
+        if response_time is not None:
+            payload["response_time"] = response_time
+        return await self.send("agent", "verify_completion", payload)
+
+    # Tasks ----------------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        handler: Handler,
+        *,
+        capabilities: list[str] | None = None,
+        max_concurrency: int = 1,
+        type: str = "generic",
+        metadata: dict[str, Any] | None = None,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        """Register, heartbeat, and run ``handler`` for every task on this agent's inbox,
+        until cancelled or ``shutdown()``; then finish the running tasks (for up to
+        ``drain_timeout`` seconds) or hand them back. See ``runtime.agent_worker``."""
+        from runtime.agent_worker import Worker
+
+        if self.broker is None:
+            raise TypeError("serve() needs a FastStream broker: AgentClient.connect(url, name)")
+        worker = Worker(self, self.broker, handler, max_concurrency=max_concurrency)
+        self._worker = worker
+        await worker.run(
+            capabilities=capabilities or [],
+            type=type,
+            metadata=metadata or {},
+            drain_timeout=drain_timeout,
+        )
+
+    def shutdown(self) -> None:
+        """Ask a running ``serve`` to stop taking tasks and return once they are done."""
+        worker = getattr(self, "_worker", None)
+        if worker is not None:
+            worker.shutdown()
+
+    # Liveness -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Heartbeat and answer health checks until ``stop``."""
+        subject = agent_ping_subject(self.agent_id)
+        if self.broker is not None:
+            if not self.broker.running:
+                await self.broker.start()  # connects
+            subscriber = self.broker.subscriber(subject, persistent=False)
+            subscriber(self._broker_pong)
+            await subscriber.start()
+            self._pings = subscriber
+        else:
+            assert self._nc is not None
+            self._pings = await self._nc.subscribe(subject, cb=self._pong)
+        self._beating = asyncio.create_task(self._beat(), name=f"heartbeat-{self.agent_id}")
+
+    async def stop(self) -> None:
+        if self._beating is not None:
+            self._beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beating
+            self._beating = None
+        if self._pings is not None:
+            with contextlib.suppress(Exception):
+                if self.broker is not None:
+                    await self._pings.stop()
+                else:
+                    await self._pings.unsubscribe()
+            self._pings = None
+
+    async def _beat(self) -> None:
+        subject = command_subject(self.agent_id, "agent", "heartbeat")
+        while True:
+            try:
+                await self.bus.publish(subject, b"")
+            except Exception:
+                raise_if_cancelling()  # disconnected: the client reconnects, keep beating
+            await asyncio.sleep(self.heartbeat_interval)
+
+    def _pong_body(self) -> bytes:
+        return _encoder.encode({"agent_id": self.agent_id})
+
+    async def _pong(self, msg: Msg) -> None:
+        if msg.reply:
+            await msg.respond(self._pong_body())
+
+    async def _broker_pong(self, msg: NatsMessage) -> bytes:
+        return self._pong_body()
+
+    async def __aenter__(self) -> AgentClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

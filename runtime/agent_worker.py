@@ -1,0 +1,346 @@
+"""The task worker behind ``AgentClient.serve``: the inbox subscriber and the tasks it runs.
+
+The engine delivers tasks on ``chorus.task.<agent_id>`` at least once, until acknowledged
+(``contracts.tasks``). For each task the worker:
+
+1. waits for a free slot (``max_concurrency``), then acknowledges it with ``task.accept``
+   (accepting a phase starts it), so an agent with no free slot leaves the task
+   unacknowledged and the dispatcher can give it to another agent;
+2. runs the handler with a ``TaskContext`` (progress and partial results), bounded by the
+   task's lease: past ``lease_expires_at`` the engine counts the attempt lost, so the
+   handler is cancelled and nothing more is reported;
+3. completes the phase with the handler's return value, or fails it with the exception's
+   message; a session task submits the value as the agent's result (an exception: a
+   failed result); then claims the completion with its evidence, so it counts for the
+   agent's reliability.
+
+A ``cancel`` message cancels the running handler of that task (nothing is reported after
+it). A repeat of a task already held (same ``task_id`` and ``attempt``) is ignored; a new
+attempt of a task held under an older one replaces it. Each report is re-sent with its
+command id until an engine answers, so a retry after a lost reply counts once.
+
+On shutdown the worker stops taking tasks, lets running handlers finish for up to
+``drain_timeout`` seconds, and hands back the rest: it cancels them and fails each phase
+it accepted with the code ``handed_back`` (the dispatcher retries a failed attempt on
+another agent); tasks it never accepted stay unaccepted, so their leases move them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from faststream.nats import NatsBroker
+from faststream.nats.annotations import NatsMessage
+
+from contracts.envelope import Reply
+from contracts.subjects import task_subject
+from contracts.tasks import TASK_DECODER, CancelTask, PhaseTask, SessionTask
+from runtime.agent_sdk import UNANSWERED, AgentClient
+
+log = logging.getLogger("chorus.agent")
+
+Task = PhaseTask | SessionTask
+#: ``async def handle(task, ctx) -> dict | None``: the result (None: an empty result).
+Handler = Callable[[Task, "TaskContext"], Awaitable[dict[str, Any] | None]]
+Clock = Callable[[], datetime]
+
+#: Rejections meaning this attempt no longer counts: stop and report nothing more.
+LOST_CODES = frozenset({
+    "lease_lost", "not_assigned", "phase_not_current", "workflow_closed",
+    "workflow_not_found", "session_closed", "session_not_found", "not_a_participant",
+    "already_submitted",
+})  # fmt: skip
+#: Longest error message ``fail_phase`` accepts.
+MAX_ERROR_MESSAGE = 10_000
+#: How many finished (task, attempt) pairs to remember, to ignore late repeats.
+REMEMBERED = 10_000
+
+
+class TaskLost(Exception):
+    """The engine no longer counts this attempt (lease lost, cancelled, closed)."""
+
+    def __init__(self, task_id: str, reply: Reply) -> None:
+        error = reply.error
+        super().__init__(f"{task_id}: {error.code if error else 'rejected'}: "
+                         f"{error.message if error else ''}")  # fmt: skip
+        self.task_id = task_id
+        self.code = error.code if error else "rejected"
+
+
+class TaskFailed(Exception):
+    """Raise from a handler to fail the task with exactly this message (and ``code``);
+    any other exception fails it with ``<ExceptionType>: <message>``."""
+
+    def __init__(self, message: str, code: str = "agent_error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CommandRejected(Exception):
+    """A report was refused for a reason that does not end the attempt."""
+
+    def __init__(self, reply: Reply) -> None:
+        error = reply.error
+        super().__init__(f"{error.code}: {error.message}" if error else "rejected")
+        self.reply = reply
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class TaskContext:
+    """What a handler may do while it runs: report progress and partial results.
+
+    Both report on a workflow phase; a session task has neither (its one report is the
+    result), so they do nothing there. If the engine answers that the attempt is lost,
+    they raise ``TaskLost`` (let it propagate: the worker reports nothing more).
+    """
+
+    def __init__(self, client: AgentClient, task: Task) -> None:
+        self.client = client
+        self.task = task
+
+    @property
+    def agent_id(self) -> str:
+        return self.client.agent_id
+
+    async def progress(self, percent: int) -> None:
+        """The phase's progress, 0..100, never lower than the last report."""
+        await self._report("report_progress", {"progress": percent})
+
+    async def partial(self, result: dict[str, Any]) -> None:
+        """A partial result of the phase (kept in the workflow's ``partial_results``)."""
+        await self._report("record_partial_result", {"result": result})
+
+    async def _report(self, command: str, fields: dict[str, Any]) -> None:
+        task = self.task
+        if not isinstance(task, PhaseTask):
+            return
+        payload = {"workflow_id": task.workflow_id, "phase": task.phase, **fields}
+        check(task.task_id, await self.client.send("workflow", command, payload))
+
+
+def check(task_id: str, reply: Reply) -> None:
+    """Raise unless the engine took the report (a duplicate was taken before)."""
+    if reply.status != "rejected":
+        return
+    if reply.error is not None and reply.error.code in LOST_CODES:
+        raise TaskLost(task_id, reply)
+    raise CommandRejected(reply)
+
+
+@dataclass
+class Running:
+    task: Task
+    job: asyncio.Task[None]
+    cancelled: str | None = None  # why a cancel message stopped it
+    accepted: bool = False
+
+
+class Worker:
+    """One agent's inbox on a FastStream broker, and the handlers it runs."""
+
+    def __init__(
+        self,
+        client: AgentClient,
+        broker: NatsBroker,
+        handler: Handler,
+        *,
+        max_concurrency: int = 1,
+        claim_completions: bool = True,
+        clock: Clock = utc_now,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.client = client
+        self.broker = broker
+        self.handler = handler
+        self.max_concurrency = max_concurrency
+        self.claim_completions = claim_completions
+        self.clock = clock
+        self.running: dict[str, Running] = {}
+        self._finished: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._stopping = asyncio.Event()
+        self.taking = False
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+
+    async def run(
+        self,
+        *,
+        capabilities: list[str],
+        type: str = "generic",
+        metadata: dict[str, Any] | None = None,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        """Subscribe, register, heartbeat; take tasks until ``shutdown`` or cancelled."""
+        inbox = self.broker.subscriber(task_subject(self.client.agent_id), persistent=False)
+        inbox(self._on_message)
+        started = not self.broker.running
+        if started:
+            await self.broker.start()  # connects, and starts the inbox with the rest
+        else:
+            await inbox.start()
+        self.taking = True
+        try:
+            # Subscribed first: tasks given the moment it registers are not missed.
+            reply = await self.client.register(
+                type=type, capabilities=capabilities, metadata=metadata,
+                max_concurrency=self.max_concurrency,
+            )  # fmt: skip
+            if reply.status == "rejected":
+                raise CommandRejected(reply)
+            await self.client.start()
+            await self._stopping.wait()
+        finally:
+            self.taking = False
+            with contextlib.suppress(Exception):
+                await inbox.stop()
+            await self.drain(drain_timeout)
+            await self.client.stop()
+            if started:
+                await self.broker.stop()
+
+    async def drain(self, timeout: float) -> None:
+        """Let running handlers finish for ``timeout`` seconds; hand back the rest.
+
+        A phase it accepted is handed back with ``fail_phase`` (code ``handed_back``), so
+        the dispatcher gives it to another agent now rather than at the lease's end.
+        """
+        held = list(self.running.values())
+        if not held:
+            return
+        _, pending = await asyncio.wait([r.job for r in held], timeout=timeout)
+        for job in pending:
+            job.cancel()
+        for job in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+        back = [r.task for r in held if r.job in pending and r.accepted]
+        for task in back:
+            if isinstance(task, PhaseTask):
+                with contextlib.suppress(TaskLost, CommandRejected, *UNANSWERED):
+                    await self._fail(task, f"agent {self.client.agent_id} stopped before "
+                                     "finishing; the phase goes to another agent", "handed_back")  # fmt: skip
+        if pending:
+            log.warning("handed back %d unfinished task(s)", len(pending))
+
+    # The inbox ------------------------------------------------------------------------------
+
+    async def _on_message(self, msg: NatsMessage) -> None:
+        """Quick by design: decode, then start or cancel a job; the work runs apart."""
+        try:
+            task = TASK_DECODER.decode(msg.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            log.warning("ignored a malformed task message: %s", error)
+            return
+        if isinstance(task, CancelTask):
+            self.cancel(task)
+        else:
+            self.take(task)
+
+    def take(self, task: Task) -> None:
+        if not self.taking or (task.task_id, task.attempt) in self._finished:
+            return  # stopping (it goes to another agent), or a late repeat
+        held = self.running.get(task.task_id)
+        if held is not None:
+            if held.task.attempt >= task.attempt:
+                return  # a repeat: accepting it again is the job's business
+            held.cancelled = f"superseded by attempt {task.attempt}"
+            held.job.cancel()
+        job = asyncio.create_task(self._execute(task), name=f"task-{task.task_id}")
+        self.running[task.task_id] = Running(task, job)
+
+    def cancel(self, message: CancelTask) -> None:
+        held = self.running.get(message.task_id)
+        if held is None:
+            return
+        if message.attempt is not None and message.attempt != held.task.attempt:
+            return  # it ends another attempt, not the one running here
+        held.cancelled = message.reason
+        held.job.cancel()
+
+    # One task -------------------------------------------------------------------------------
+
+    async def _execute(self, task: Task) -> None:
+        try:
+            async with self._slots:
+                await self._accept_and_run(task)
+        except asyncio.CancelledError:
+            held = self.running.get(task.task_id)
+            if held is None or held.task is not task or held.cancelled is None:
+                raise  # shutdown: hand back
+            log.info("task %s cancelled: %s", task.task_id, held.cancelled)
+        except TaskLost as lost:
+            log.info("task %s attempt %d lost: %s", task.task_id, task.attempt, lost)
+        except Exception:
+            log.exception("task %s: reporting failed", task.task_id)
+        finally:
+            held = self.running.get(task.task_id)
+            if held is not None and held.task is task:
+                del self.running[task.task_id]
+            self._finished[(task.task_id, task.attempt)] = None
+            while len(self._finished) > REMEMBERED:
+                self._finished.popitem(last=False)
+
+    async def _accept_and_run(self, task: Task) -> None:
+        check(task.task_id, await self.client.accept(task.task_id))
+        held = self.running.get(task.task_id)
+        if held is not None and held.task is task:
+            held.accepted = True
+        ctx = TaskContext(self.client, task)
+        lease = max(0.0, (task.lease_expires_at - self.clock()).total_seconds())
+        try:
+            async with asyncio.timeout(lease) as bound:
+                result = await self.handler(task, ctx)
+        except TaskLost:
+            raise
+        except TimeoutError:
+            if bound.expired():
+                log.warning("task %s: lease expired before the handler finished", task.task_id)
+                return
+            await self._fail(task, "TimeoutError")
+            return
+        except TaskFailed as error:
+            await self._fail(task, str(error) or "failed", error.code)
+            return
+        except Exception as error:
+            message = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            await self._fail(task, message)
+            return
+        await self._complete(task, result or {})
+
+    async def _complete(self, task: Task, result: dict[str, Any]) -> None:
+        if isinstance(task, PhaseTask):
+            payload = {"workflow_id": task.workflow_id, "phase": task.phase, "result": result}
+            reply = await self.client.send("workflow", "complete_phase", payload)
+        else:
+            reply = await self.client.submit_result(task.session_id, result)
+        check(task.task_id, reply)
+        if self.claim_completions:
+            verdict = await self.client.verify_completion(task.task_id, result)
+            if verdict.status == "rejected":
+                log.info("task %s: completion claim refused: %s", task.task_id, verdict.error)
+
+    async def _fail(self, task: Task, message: str, code: str = "agent_error") -> None:
+        message = message[-MAX_ERROR_MESSAGE:]
+        if isinstance(task, PhaseTask):
+            payload = {"workflow_id": task.workflow_id, "phase": task.phase,
+                       "error": {"code": code[:100], "message": message}}  # fmt: skip
+            reply = await self.client.send("workflow", "fail_phase", payload)
+        else:
+            reply = await self.client.submit_result(
+                task.session_id, {"error": message}, success=False
+            )
+        check(task.task_id, reply)
