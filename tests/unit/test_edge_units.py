@@ -139,7 +139,7 @@ def test_chorus_creates_owner_only_files(tmp_path: Path) -> None:
     data = tmp_path / "data"
     subprocess.run(
         [sys.executable, "-m", "runtime.cli", "keys", "create", "--actor", "a", "--role", "agent",
-         "--data-dir", str(data)],
+         "--data-dir", str(data), "--init"],
         check=True, capture_output=True, env={**os.environ, "CHORUS_DATA_DIR": str(data)},
     )  # fmt: skip
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [data, *data.rglob("*")]}
