@@ -20,13 +20,17 @@ from contracts.workflow_types import WorkflowTypeRegistry
 from gateway.agent_feed import agent_feed
 from gateway.agents import AgentController
 from gateway.audit import AuditController, global_log
-from gateway.auth import BearerKeyMiddleware, KeyCache
+from gateway.auth import BearerAuthMiddleware, KeyCache, Revocations
 from gateway.bus import CommandBus
 from gateway.errors import EXCEPTION_HANDLERS, add_request_id_header
 from gateway.feeds import session_feed, workflow_feed
+from gateway.headers import AllowedHostsMiddleware, SecurityHeaders, cors_config
 from gateway.health import health, ready
+from gateway.jwt_tokens import Tokens, issue_token, load_secret
 from gateway.keys import KeyStore
+from gateway.ratelimit import RateLimiter, RateLimitMiddleware
 from gateway.sessions import SessionController
+from gateway.sockets import SocketGuardMiddleware
 from gateway.state import GatewayConfig, Services
 from gateway.workflow_types import define_workflow_type, list_workflow_types
 from gateway.workflows import (
@@ -73,7 +77,13 @@ def create_app(config: GatewayConfig) -> Litestar:
     def provide_services() -> Services:
         return services_box["services"]
 
-    keys = KeyCache(KeyStore(Path(config.keys_path)))
+    edge = config.edge
+    key_store = KeyStore(Path(config.keys_path))
+    revocations = Revocations(key_store, edge.recheck_seconds)
+    keys = KeyCache(key_store, revocations)
+    tokens = Tokens(edge, load_secret(edge, config.keys_path))
+    limiter = RateLimiter(edge.rate_limits, edge.rate_limit_storage)
+    docs = [ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")]
     audit_key_path = Path(
         config.audit_key_path or Path(config.keys_path).parent / "audit" / "signing.key"
     )
@@ -97,23 +107,54 @@ def create_app(config: GatewayConfig) -> Litestar:
             AuditController,
             health,
             ready,
+            issue_token,
         ],
-        dependencies={"services": Provide(provide_services, sync_to_thread=False)},
-        lifespan=[lifespan],
-        middleware=[DefineMiddleware(BearerKeyMiddleware, keys=keys, exclude=PUBLIC_PATHS)],
-        before_send=[add_request_id_header],
+        dependencies={
+            "services": Provide(provide_services, sync_to_thread=False),
+            "tokens": Provide(lambda: tokens, sync_to_thread=False),
+        },
+        lifespan=[lifespan, revocations.lifespan],
+        # Outermost first: who is calling, how often, and (WebSockets) for how long.
+        middleware=[
+            *(
+                []
+                if "*" in edge.allowed_hosts
+                else [DefineMiddleware(AllowedHostsMiddleware, hosts=edge.allowed_hosts)]
+            ),
+            DefineMiddleware(
+                BearerAuthMiddleware,
+                keys=keys,
+                tokens=tokens,
+                revocations=revocations,
+                limiter=limiter,
+                exclude=PUBLIC_PATHS,
+            ),
+            DefineMiddleware(RateLimitMiddleware, limiter=limiter),
+            DefineMiddleware(
+                SocketGuardMiddleware,
+                revocations=revocations,
+                origins=edge.cors_origins,
+                interval=edge.recheck_seconds,
+                clock=edge.clock,
+            ),
+        ],
+        before_send=[add_request_id_header, SecurityHeaders(docs)],
+        cors_config=cors_config(edge.cors_origins),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=config.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Chorus",
             version="1",
             description="Event-sourced coordination for fleets of agents. "
-            "Authenticate with `Authorization: Bearer <api key>`.",
+            "Authenticate with `Authorization: Bearer <api key or JWT>`; "
+            "`POST /api/v1/auth/token` exchanges a key for a short-lived JWT.",
             path="/schema",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            render_plugins=docs,
             components=Components(
                 security_schemes={
-                    "apiKey": SecurityScheme(type="http", scheme="bearer", description="API key")
+                    "apiKey": SecurityScheme(
+                        type="http", scheme="bearer", description="API key or JWT"
+                    )
                 }
             ),
             security=[{"apiKey": []}],

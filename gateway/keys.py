@@ -37,6 +37,10 @@ class Principal(Struct, frozen=True):
     actor: str
     role: str
     key_id: str
+    #: ``key`` (an API key) or ``jwt``; only API keys may be exchanged for tokens.
+    via: str = "key"
+    #: Unix time after which the credential is no longer valid (tokens only).
+    expires_at: float | None = None
 
 
 class KeyStore:
@@ -45,6 +49,8 @@ class KeyStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
             conn.execute(DDL)
+        # Hashes only, but still nobody else's business (the umask covers the WAL files).
+        path.chmod(0o600)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30)
@@ -90,6 +96,12 @@ class KeyStore:
                 (actor, *roles),
             ).fetchone()
         return row is not None
+
+    def revoked_ids(self) -> set[str]:
+        """Ids of every revoked key: what tokens and open WebSockets are checked against."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT key_id FROM api_keys WHERE revoked_at IS NOT NULL")
+            return {row[0] for row in rows}
 
     def revoke(self, key_id: str) -> bool:
         with self._connect() as conn:

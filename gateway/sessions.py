@@ -27,6 +27,7 @@ from gateway.bus import derived_id, idempotency_key
 from gateway.errors import Problem, check_cursor
 from gateway.history import AtVersion, EventPage, current_or_past, history_page
 from gateway.keys import Principal
+from gateway.ratelimit import check_session_quota
 from gateway.state import Services, ServicesDep
 from projections import sessions as read_model
 
@@ -118,6 +119,7 @@ class SessionController(Controller):
         principal = request.user
         command_id = idempotency_key(request.headers)
         session_id = data.session_id or derived_id(principal.actor, "session", command_id)
+        await check_session_quota(services, principal, str(session_id), data.participants)
         reply = await services.bus.send(
             principal.actor,
             "session",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from litestar.di import NamedDependency
@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 from contracts import errors as codes
 from contracts.workflow_types import WorkflowTypeRegistry
 from gateway.bus import CommandBus
+from gateway.edge import EdgeConfig
 from gateway.errors import Problem
 from projections.audit import AuditLog
 from projections.history import History
@@ -34,6 +35,9 @@ class GatewayConfig:
     relay_stall_seconds: float = 30.0
     #: Key that signs audit bundles; default ``<dir of keys_path>/audit/signing.key``.
     audit_key_path: str | None = None
+    #: The HTTP edge: tokens, limits, CORS, hosts (see gateway/jwt_tokens.py, ratelimit.py,
+    #: headers.py).
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
 
 
 @dataclass

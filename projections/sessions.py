@@ -218,6 +218,19 @@ def get_session(conn: sqlite3.Connection, session_id: str) -> SessionView | None
     return _view(conn, row) if row else None
 
 
+def open_sessions_naming_others(conn: sqlite3.Connection, actor: str) -> int:
+    """How many open sessions ``actor`` opened that name an agent other than itself."""
+    try:
+        row = conn.execute(
+            "SELECT count(*) FROM sessions s WHERE s.opened_by=? AND s.status='open' AND EXISTS "
+            "(SELECT 1 FROM session_participants p WHERE p.session_id=s.id AND p.agent_id<>?)",
+            (actor, actor),
+        ).fetchone()
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+    return int(row[0])
+
+
 def encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(f"s:{seq}".encode()).decode().rstrip("=")
 

@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from runtime.permissions import private_umask
+
+    private_umask()  # before anything is created: data files 0600, directories 0700
     args = build_parser().parse_args(argv)
     settings = _settings(args)
     logging.basicConfig(

@@ -157,6 +157,7 @@ def run_gateway(settings: Settings) -> None:
             keys_path=str(s.keys_path),
             max_body_bytes=s.max_body_bytes,
             workflow_types_path=str(s.workflow_types) if s.workflow_types else None,
+            edge=s.edge(),
         )
     )
     uvicorn.run(
@@ -167,4 +168,5 @@ def run_gateway(settings: Settings) -> None:
         access_log=False,
         ws_ping_interval=20,
         timeout_graceful_shutdown=5,
+        server_header=False,  # no banner naming the server and its version
     )

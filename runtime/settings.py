@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from gateway.edge import EdgeConfig
+
+#: The HTTP edge's settings, handed to child processes as they are (JSON for lists/dicts).
+EDGE_FIELDS = (
+    "jwt_secret", "jwt_secret_path", "jwt_jwks", "jwt_issuer", "jwt_audience",
+    "jwt_ttl_seconds", "jwt_leeway_seconds", "rate_limits", "rate_limit_storage",
+    "session_quota", "cors_origins", "allowed_hosts",
+)  # fmt: skip
 
 
 class Settings(BaseSettings):
@@ -55,6 +67,27 @@ class Settings(BaseSettings):
     workflow_types: Path | None = Field(
         default=None, description="TOML file of extra workflow types ([[workflow_types]])"
     )
+    # The HTTP edge (gateway/edge.py says what each does).
+    jwt_secret: str | None = Field(default=None, description="HS256 secret for JWTs")
+    jwt_secret_path: Path | None = Field(
+        default=None, description="File holding the HS256 secret (default <keys dir>/jwt.secret)"
+    )
+    jwt_jwks: str | None = Field(
+        default=None, description="JWKS file or URL of an identity provider (RS256/ES256/EdDSA)"
+    )
+    jwt_issuer: str = "chorus"
+    jwt_audience: str = "chorus"
+    jwt_ttl_seconds: int = Field(default=900, ge=10, le=86_400)
+    jwt_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    rate_limits: dict[str, str] = Field(
+        default_factory=dict, description='Route class -> limit, e.g. {"workflows": "10/minute"}'
+    )
+    rate_limit_storage: str = "async+memory://"
+    session_quota: int = Field(
+        default=20, ge=0, description="Open sessions naming others one agent may hold (0: no bound)"
+    )
+    cors_origins: list[str] = Field(default_factory=list, description="CORS allow-list (off)")
+    allowed_hosts: list[str] = Field(default_factory=lambda: ["*"])
 
     def resolved(self) -> Settings:
         """A copy with every derived default filled in, paths made absolute."""
@@ -72,6 +105,26 @@ class Settings(BaseSettings):
                 .expanduser()
                 .resolve(),
             }
+        )
+
+    def edge(self) -> EdgeConfig:
+        """The gateway's edge configuration from these settings."""
+        from gateway.edge import EdgeConfig
+
+        s = self.resolved()
+        return EdgeConfig(
+            jwt_secret=s.jwt_secret,
+            jwt_secret_path=str(s.jwt_secret_path) if s.jwt_secret_path else None,
+            jwt_jwks=s.jwt_jwks,
+            jwt_issuer=s.jwt_issuer,
+            jwt_audience=s.jwt_audience,
+            jwt_ttl_seconds=s.jwt_ttl_seconds,
+            jwt_leeway_seconds=s.jwt_leeway_seconds,
+            rate_limits=dict(s.rate_limits),
+            rate_limit_storage=s.rate_limit_storage,
+            session_quota=s.session_quota,
+            cors_origins=tuple(s.cors_origins),
+            allowed_hosts=tuple(s.allowed_hosts),
         )
 
     def child_env(self) -> dict[str, str]:
@@ -97,6 +150,11 @@ class Settings(BaseSettings):
         }
         if s.nats_url:
             env["CHORUS_NATS_URL"] = s.nats_url
+        for name in EDGE_FIELDS:
+            value = getattr(s, name)
+            if value is not None:
+                text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+                env[f"CHORUS_{name.upper()}"] = text
         if s.workflow_types:
             env["CHORUS_WORKFLOW_TYPES"] = str(s.workflow_types.expanduser().resolve())
         return env

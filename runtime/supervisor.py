@@ -34,6 +34,7 @@ from engine.streams import ensure_streams
 from events.bundle import create_signing_key
 from gateway.keys import KeyStore
 from runtime.natsd import NatsServer, die_with_parent, start_nats_server
+from runtime.permissions import tighten
 from runtime.settings import Settings
 
 ROLES = ("engine", "project", "gateway")
@@ -140,6 +141,7 @@ class Supervisor:
     async def start(self) -> None:
         s = self.settings
         self._lock = lock_data_dir(s.data_dir)
+        tighten(s.data_dir)  # also what an older version or a hand left group-readable
         if problem := port_problem(s.host, s.port):
             # Fail fast: a gateway that cannot bind would restart forever, and whoever
             # holds the port could answer the banner's health check.

@@ -25,6 +25,7 @@ from nats.aio.client import Client as NATS
 from engine.service import EngineConfig, EngineService
 from events.store import open_recorder
 from gateway.app import create_app
+from gateway.edge import EdgeConfig
 from gateway.keys import KeyStore
 from gateway.state import GatewayConfig
 from projections.agents import AgentsProjection
@@ -166,7 +167,14 @@ def serve_gateway(config: GatewayConfig) -> Iterator[Gateway]:
     app = create_app(config)
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            server_header=False,
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -185,8 +193,19 @@ def serve_gateway(config: GatewayConfig) -> Iterator[Gateway]:
 
 
 @pytest.fixture
+def gateway_edge() -> EdgeConfig:
+    """The ``gateway`` fixture's edge settings; a test module overrides it for tiny limits,
+    a fake clock or an allow-list."""
+    return EdgeConfig()
+
+
+@pytest.fixture
 def gateway(
-    nats_server: NatsEndpoint, database_url: str, read_store_url: str, tmp_path: Path
+    nats_server: NatsEndpoint,
+    database_url: str,
+    read_store_url: str,
+    tmp_path: Path,
+    gateway_edge: EdgeConfig,
 ) -> Iterator[Gateway]:
     config = GatewayConfig(
         nats_url=nats_server.url,
@@ -194,6 +213,7 @@ def gateway(
         read_store_url=read_store_url,
         keys_path=str(tmp_path / "keys.db"),
         max_body_bytes=64 * 1024,
+        edge=gateway_edge,
     )
     with serve_gateway(config) as gateway:
         yield gateway

@@ -83,6 +83,7 @@ class Scenario:
     feed_a: list[dict[str, Any]] = field(default_factory=list)
     feed_other: list[str] = field(default_factory=list)
     ready: dict[str, Any] = field(default_factory=dict)
+    ready_headers: dict[str, str] = field(default_factory=dict)
     stop: StopReport | None = None
 
 
@@ -215,6 +216,7 @@ async def drive(up: ChorusUp, scenario: Scenario) -> None:
             response = await http.get("/ready")
             body = dict(response.json())
             lag = body["checks"]["projections"]["sessions"]["lag"]
+            scenario.ready_headers = {k.lower(): v for k, v in response.headers.items()}
             return body if response.status_code == 200 and lag == 0 else None
 
         scenario.ready = await async_wait_until(settled, 30, "the projector to reach the head")
@@ -393,3 +395,23 @@ def test_the_record_chorus_up_wrote_verifies(scenario: Scenario) -> None:
     assert done.stdout.startswith("OK: "), done.stdout
     with contextlib.closing(sqlite3.connect(scenario.data_dir / "events.db")) as conn:
         assert conn.execute("SELECT count(*) FROM chorus_seals").fetchone()[0] > 0
+
+
+def test_the_gateway_sends_security_headers_and_no_server_banner(scenario: Scenario) -> None:
+    headers = scenario.ready_headers
+    assert "server" not in headers, headers
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["cache-control"] == "no-store"
+
+
+def test_every_data_file_is_owner_only(scenario: Scenario) -> None:
+    """events.db, read.db, keys.db, the NATS store, secrets and logs: 0600 in 0700 dirs."""
+    paths = [scenario.data_dir, *scenario.data_dir.rglob("*")]
+    names = {p.name for p in paths}
+    assert {"events.db", "read.db", "keys.db", "jwt.secret", "gateway.log"} <= names, names
+    loose = {
+        str(p.relative_to(scenario.data_dir)): oct(p.stat().st_mode & 0o777)
+        for p in paths
+        if not p.is_symlink() and p.stat().st_mode & 0o077
+    }
+    assert not loose, loose
