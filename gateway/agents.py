@@ -149,6 +149,25 @@ async def _agent_command(
     return Response(view, headers=_replayed(reply))
 
 
+async def send_heartbeat(
+    principal: Principal, services: Services, agent_id: str
+) -> HeartbeatOutcome:
+    """A heartbeat for ``agent_id`` on behalf of ``principal`` (HTTP and MCP): only the agent
+    itself, its owner, an operator or an admin may beat for it."""
+    _check_name(agent_id)
+    view = await _agent(services, agent_id)
+    if principal.actor not in (agent_id, view.owner) and principal.role not in MANAGERS:
+        raise Problem(
+            403, codes.NOT_AUTHORIZED,
+            f"{principal.actor} may not send heartbeats for agent {agent_id}",
+        )  # fmt: skip
+    reply = await services.bus.exchange(
+        command_subject(agent_id, "agent", "heartbeat"),
+        _encoder.encode({"agent_id": agent_id}),
+    )
+    return HeartbeatOutcome(agent_id=agent_id, status=reply.status)
+
+
 def _choice(field: str, value: str | None, allowed: tuple[str, ...]) -> None:
     if value is not None and value not in allowed:
         raise Problem(
@@ -238,19 +257,7 @@ class AgentController(Controller):
         """Sent as a request on ``chorus.cmd.<agent_id>.agent.heartbeat``, exactly what the
         agent would publish; the liveness monitor answers. Only the agent itself, its owner,
         an operator or an admin may beat for it."""
-        _check_name(agent_id)
-        view = await _agent(services, agent_id)
-        principal = request.user
-        if principal.actor not in (agent_id, view.owner) and principal.role not in MANAGERS:
-            raise Problem(
-                403, codes.NOT_AUTHORIZED,
-                f"{principal.actor} may not send heartbeats for agent {agent_id}",
-            )  # fmt: skip
-        reply = await services.bus.exchange(
-            command_subject(agent_id, "agent", "heartbeat"),
-            _encoder.encode({"agent_id": agent_id}),
-        )
-        return HeartbeatOutcome(agent_id=agent_id, status=reply.status)
+        return await send_heartbeat(request.user, services, agent_id)
 
     @post("/{agent_id:str}/verify-completion", guards=[can_write], status_code=200,
           summary="Submit completion evidence; returns the engine's verdict")  # fmt: skip

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit.add_parser(sub, _common)
 
+    mcp = sub.add_parser("mcp", help="serve MCP on stdin/stdout as the actor of CHORUS_API_KEY")
+    _common(mcp)
+
     schema = sub.add_parser("schema", help="write JSON Schema and AsyncAPI of the bus contracts")
     schema.add_argument("--out", type=Path, default=Path("schema"))
     return parser
@@ -175,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
             from runtime import audit
 
             return audit.run(args, settings)
+        case "mcp":
+            from runtime.mcp import run_mcp
+
+            return run_mcp(settings)
         case "schema":
             from runtime.schema import write_schema
 
