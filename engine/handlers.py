@@ -20,6 +20,14 @@ from contracts.agents import (
     agent_uuid,
 )
 from contracts.envelope import Envelope
+from contracts.mcp import (
+    ConfigureMcpServer,
+    RecordToolCall,
+    RecordToolsDiscovered,
+    RegisterMcpServer,
+    RemoveMcpServer,
+    server_uuid,
+)
 from contracts.sessions import (
     CancelSession,
     OpenSession,
@@ -37,7 +45,7 @@ from contracts.workflows import (
     StartPhase,
     StartWorkflow,
 )
-from engine import agent, registry, session, workflow
+from engine import agent, mcp, registry, session, workflow
 from engine.context import EngineContext
 
 
@@ -123,6 +131,18 @@ HANDLERS: dict[tuple[str, str], Handler] = {
                 ("complete_phase", CompletePhase, workflow.decide_complete_phase),
                 ("fail_phase", FailPhase, workflow.decide_fail_phase),
                 ("cancel", CancelWorkflow, workflow.decide_cancel),
+            )
+        ),
+        *(
+            Handler(
+                "mcp_server", name, payload, decide, mcp.McpServerState, "name", key=server_uuid
+            )
+            for name, payload, decide in (
+                ("register", RegisterMcpServer, mcp.decide_register),
+                ("configure", ConfigureMcpServer, mcp.decide_configure),
+                ("remove", RemoveMcpServer, mcp.decide_remove),
+                ("record_tools", RecordToolsDiscovered, mcp.decide_record_tools),
+                ("record_call", RecordToolCall, mcp.decide_record_call),
             )
         ),
         Handler(

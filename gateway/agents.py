@@ -168,6 +168,12 @@ async def send_heartbeat(
     return HeartbeatOutcome(agent_id=agent_id, status=reply.status)
 
 
+def tool_capabilities(tools: list[str] | None) -> list[str]:
+    """An agent declares an MCP tool it can use as the capability ``tool:<server>/<tool>``,
+    so tools route sessions and phases exactly like capabilities do."""
+    return [t if t.startswith("tool:") else f"tool:{t}" for t in tools or ()]
+
+
 def _choice(field: str, value: str | None, allowed: tuple[str, ...]) -> None:
     if value is not None and value not in allowed:
         raise Problem(
@@ -305,13 +311,15 @@ class AgentController(Controller):
         self,
         services: ServicesDep,
         capability: FromQuery[list[str] | None] = None,
+        tool: FromQuery[list[str] | None] = None,
         status: FromQuery[list[str] | None] = None,
         min_success_rate: Annotated[float | None, QueryParameter(ge=0, le=1)] = None,
         sort: FromQuery[str] = "registered",
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         cursor: FromQuery[str | None] = None,
     ) -> read_model.AgentPage:
-        """``capability`` (repeatable: all of them), ``status`` (repeatable: any of online,
+        """``capability`` (repeatable: all of them), ``tool`` (repeatable: agents that
+        declared ``tool:<server>/<tool>`` among their capabilities), ``status`` (repeatable: any of online,
         busy, offline, retired), ``min_success_rate`` (0..1), ``sort`` registered (newest
         first) or reliability (best first, ties by name)."""
         for value in status or []:
@@ -319,7 +327,8 @@ class AgentController(Controller):
         _choice("sort", sort, read_model.SORTS)
         check_cursor(cursor, lambda c: read_model.decode_cursor(c, sort))
         return await services.read(  # type: ignore[no-any-return]
-            read_model.list_agents, capabilities=capability or (), statuses=status or (),
+            read_model.list_agents, capabilities=[*(capability or ()), *tool_capabilities(tool)],
+            statuses=status or (),
             min_success_rate=min_success_rate, sort=sort, limit=limit, cursor=cursor,
         )  # fmt: skip
 

@@ -23,6 +23,7 @@ from gateway.feeds import session_feed, workflow_feed
 from gateway.health import health, ready
 from gateway.keys import KeyStore
 from gateway.mcp_http import McpHttp
+from gateway.mcp_registry import McpServerController, list_tools
 from gateway.sessions import SessionController
 from gateway.state import GatewayConfig, Services, connect_services
 from gateway.workflow_types import define_workflow_type, list_workflow_types
@@ -73,6 +74,8 @@ def create_app(config: GatewayConfig) -> Litestar:
             health,
             ready,
             mcp_http.route(),
+            McpServerController,
+            list_tools,
         ],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         lifespan=[lifespan, mcp_http.lifespan],

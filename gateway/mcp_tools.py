@@ -18,8 +18,9 @@ import msgspec
 from msgspec import Meta, Struct
 
 from contracts import errors as codes
-from contracts.agents import Heartbeat, RegisterAgent, VerifyCompletion
+from contracts.agents import Heartbeat, RegisterAgent, TaskId, VerifyCompletion
 from contracts.envelope import Reply
+from contracts.mcp import ServerName, ToolName
 from contracts.sessions import CancelSession, Id, OpenSession, SessionId, SubmitResult
 from contracts.workflows import (
     CompletePhase,
@@ -29,13 +30,15 @@ from contracts.workflows import (
     StartPhase,
     StartWorkflow,
 )
-from gateway.agents import _as_of, _fresh_agent, _verdict, send_heartbeat
+from gateway.agents import _as_of, _fresh_agent, _verdict, send_heartbeat, tool_capabilities
 from gateway.auth import READERS, WRITERS
 from gateway.errors import Problem
 from gateway.keys import Principal
+from gateway.mcp_registry import CallBody, run_tool_call
 from gateway.state import Services
 from gateway.workflows import workflow_status
 from projections import agents as agents_model
+from projections import mcp as mcp_model
 from projections import sessions as sessions_model
 from projections import workflows as workflows_model
 
@@ -192,6 +195,7 @@ def _phase_command(command: str) -> Run:
 
 class ListAgents(Struct, kw_only=True, forbid_unknown_fields=True):
     capability: list[str] = []
+    tool: list[str] = []
     status: list[str] = []
     min_success_rate: Annotated[float, Meta(ge=0, le=1)] | None = None
     sort: str = "registered"
@@ -236,7 +240,8 @@ async def list_agents(caller: Caller, payload: ListAgents) -> Any:
         _choice("status", value, agents_model.STATUSES)
     _choice("sort", payload.sort, agents_model.SORTS)
     return await caller.services.read(
-        agents_model.list_agents, capabilities=payload.capability, statuses=payload.status,
+        agents_model.list_agents,
+        capabilities=[*payload.capability, *tool_capabilities(payload.tool)], statuses=payload.status,
         min_success_rate=payload.min_success_rate, sort=payload.sort, limit=payload.limit,
         cursor=payload.cursor,
     )  # fmt: skip
@@ -250,6 +255,30 @@ async def agent_metrics(caller: Caller, payload: AgentMetrics) -> Any:
     if found is None:
         raise Problem(404, codes.AGENT_NOT_FOUND, f"agent {payload.agent_id} is not registered")
     return found
+
+
+# --- registered MCP servers -----------------------------------------------------------
+
+
+class CallRegisteredTool(Struct, kw_only=True, forbid_unknown_fields=True):
+    server: ServerName
+    tool: ToolName
+    arguments: dict[str, Any] = {}
+    task_id: TaskId | None = None
+
+
+async def call_registered_tool(caller: Caller, payload: CallRegisteredTool) -> Any:
+    body = CallBody(arguments=payload.arguments, task_id=payload.task_id)
+    return await run_tool_call(caller.principal, caller.services, payload.server,
+                               payload.tool, body)  # fmt: skip
+
+
+async def list_registered_tools(caller: Caller, payload: ServerFilter) -> Any:
+    return {"tools": await caller.services.read(mcp_model.list_tools, payload.server)}
+
+
+class ServerFilter(Struct, kw_only=True, forbid_unknown_fields=True):
+    server: ServerName | None = None
 
 
 def _tools(*tools: Tool) -> dict[str, Tool]:
@@ -360,6 +389,21 @@ TOOLS: dict[str, Tool] = _tools(
         list_agents,
         READERS,
         read_only=True,
+    ),
+    Tool(
+        "list_registered_tools",
+        "Tools of the MCP servers registered with Chorus (optionally of one server).",
+        ServerFilter,
+        list_registered_tools,
+        READERS,
+        read_only=True,
+    ),
+    Tool(
+        "call_registered_tool",
+        "Call a tool of a registered MCP server through Chorus: arguments checked against "
+        "its schema, the call recorded (give task_id when it is for a task).",
+        CallRegisteredTool,
+        call_registered_tool,
     ),
     Tool(
         "agent_metrics",

@@ -15,6 +15,7 @@ import msgspec
 from contracts.agents import AGENT_COMMANDS, ENGINE_ONLY, Heartbeat
 from contracts.envelope import Envelope, Reply
 from contracts.feed import EventRecord
+from contracts.mcp import MCP_COMMANDS
 from contracts.sessions import SESSION_COMMANDS
 from contracts.workflow_types import DefineWorkflowType
 from contracts.workflows import WORKFLOW_COMMANDS
@@ -28,6 +29,7 @@ PUBLIC_COMMANDS: dict[str, type[msgspec.Struct]] = {
         ("workflow", WORKFLOW_COMMANDS),
         ("agent", {**AGENT_COMMANDS, "heartbeat": Heartbeat}),
         ("workflow_type", {"define": DefineWorkflowType}),
+        ("mcp_server", MCP_COMMANDS),
     )
     for name, cls in commands.items()
     if (aggregate, name) not in ENGINE_ONLY

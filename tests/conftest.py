@@ -28,6 +28,7 @@ from gateway.app import create_app
 from gateway.keys import KeyStore
 from gateway.state import GatewayConfig
 from projections.agents import AgentsProjection
+from projections.mcp import McpServersProjection
 from projections.readstore import ReadStore
 from projections.runner import ProjectionRunner
 from projections.sessions import SessionsProjection
@@ -118,7 +119,7 @@ async def projector(database_url: str, read_store_url: str) -> AsyncIterator[Pro
     runner = ProjectionRunner(recorder, store, SessionsProjection(), idle_interval=0.005)
     others = [
         ProjectionRunner(recorder, store, projection, idle_interval=0.005)
-        for projection in (WorkflowsProjection(), AgentsProjection())
+        for projection in (WorkflowsProjection(), AgentsProjection(), McpServersProjection())
     ]
     tasks = [asyncio.create_task(r.run()) for r in (runner, *others)]
     try:

@@ -27,14 +27,14 @@ async def mcp_client(gateway: Gateway, actor: str, role: str = "agent") -> Async
         yield client
 
 
-async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
+async def call(client: Client, tool: str, /, **arguments: Any) -> dict[str, Any]:
     result = await client.call_tool(tool, arguments)
     assert not result.is_error, result.content
     assert result.structured_content is not None
     return result.structured_content
 
 
-async def refused(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
+async def refused(client: Client, tool: str, /, **arguments: Any) -> dict[str, Any]:
     """The problem a refused call carries (the same code and status as over HTTP)."""
     result = await client.call_tool(tool, arguments)
     assert result.is_error, result
@@ -53,7 +53,9 @@ async def test_an_mcp_client_completes_a_session_end_to_end(
     ):
         names = {t.name for t in (await agent.list_tools()).tools}
         assert {"open_session", "submit_result", "get_session", "complete_phase"} <= names
-        registered = await call(agent, "register_agent", name="agent-1", capabilities=["py"])
+        registered = await call(
+            agent, "register_agent", name="agent-1", capabilities=["py", "tool:calc/add"]
+        )
         assert registered["owner"] == "agent-1"
         assert (await call(agent, "heartbeat"))["agent_id"] == "agent-1"
         opened = await call(
@@ -79,6 +81,9 @@ async def test_an_mcp_client_completes_a_session_end_to_end(
         assert json.loads(resource.contents[0].text)["status"] == "succeeded"  # type: ignore[union-attr]
         listed = await call(ops, "list_agents", sort="reliability")
         assert [a["agent_id"] for a in listed["items"]] == ["agent-1"]
+        by_tool = await call(ops, "list_agents", tool=["calc/add"])
+        assert [a["agent_id"] for a in by_tool["items"]] == ["agent-1"]
+        assert (await call(ops, "list_agents", tool=["calc/hang"]))["items"] == []
 
 
 async def test_an_mcp_client_runs_a_workflow_phase_and_others_are_refused(
