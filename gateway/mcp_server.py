@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 import mcp.types as types
-import msgspec
 from mcp.server import Server, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
@@ -28,7 +27,7 @@ from gateway.agents import _agent, _with_last_heartbeat
 from gateway.auth import READERS
 from gateway.errors import Problem
 from gateway.keys import Principal
-from gateway.mcp_tools import TOOLS, Caller, Tool, get_session, to_builtins
+from gateway.mcp_tools import TOOLS, Caller, Tool, session_view, to_builtins
 from gateway.state import Services
 from gateway.workflows import workflow_status
 
@@ -97,8 +96,7 @@ async def read_view(uri: str, caller: Caller) -> Any:
     except ValueError:
         raise Problem(404, "not_found", f"no resource {uri}") from None
     if kind == "sessions":
-        return to_builtins(await get_session(caller, msgspec.convert(
-            {"session_id": str(parsed)}, TOOLS["get_session"].payload)))  # fmt: skip
+        return to_builtins(await session_view(caller, str(parsed)))
     return to_builtins(await workflow_status(parsed, caller.services))
 
 

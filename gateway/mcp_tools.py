@@ -22,6 +22,7 @@ from contracts.agents import Heartbeat, RegisterAgent, TaskId, VerifyCompletion
 from contracts.envelope import Reply
 from contracts.mcp import ServerName, ToolName
 from contracts.sessions import CancelSession, Id, OpenSession, SessionId, SubmitResult
+from contracts.tasks import AcceptTask
 from contracts.workflows import (
     CompletePhase,
     FailPhase,
@@ -131,7 +132,7 @@ class ListSessions(Struct, kw_only=True, forbid_unknown_fields=True):
     cursor: str | None = None
 
 
-async def _session_view(caller: Caller, session_id: str) -> Any:
+async def session_view(caller: Caller, session_id: str) -> Any:
     view = await caller.services.read(sessions_model.get_session, session_id)
     if view is None:
         raise Problem(404, codes.SESSION_NOT_FOUND, f"session {session_id} does not exist")
@@ -141,7 +142,7 @@ async def _session_view(caller: Caller, session_id: str) -> Any:
 async def open_session(caller: Caller, payload: OpenSession) -> Any:
     reply = await _command(caller, "session", "open", payload, sessions_model.NAME)
     assert reply.aggregate_id is not None
-    return await _session_view(caller, reply.aggregate_id)
+    return await session_view(caller, reply.aggregate_id)
 
 
 async def submit_result(caller: Caller, payload: SubmitResult) -> Any:
@@ -151,11 +152,11 @@ async def submit_result(caller: Caller, payload: SubmitResult) -> Any:
 
 async def cancel_session(caller: Caller, payload: CancelSession) -> Any:
     await _command(caller, "session", "cancel", payload, sessions_model.NAME)
-    return await _session_view(caller, payload.session_id)
+    return await session_view(caller, payload.session_id)
 
 
 async def get_session(caller: Caller, payload: SessionRef) -> Any:
-    return await _session_view(caller, payload.session_id)
+    return await session_view(caller, payload.session_id)
 
 
 async def list_sessions(caller: Caller, payload: ListSessions) -> Any:
@@ -255,6 +256,15 @@ async def agent_metrics(caller: Caller, payload: AgentMetrics) -> Any:
     if found is None:
         raise Problem(404, codes.AGENT_NOT_FOUND, f"agent {payload.agent_id} is not registered")
     return found
+
+
+# --- the inbox --------------------------------------------------------------------------
+
+
+async def accept_task(caller: Caller, payload: AcceptTask) -> Any:
+    """Acknowledge a task from the inbox (accepting a phase starts it)."""
+    reply = await caller.services.bus.send(caller.principal.actor, "task", "accept", payload)
+    return _outcome(reply, task_id=payload.task_id)
 
 
 # --- registered MCP servers -----------------------------------------------------------
@@ -367,6 +377,12 @@ TOOLS: dict[str, Tool] = _tools(
         "Fail the phase assigned to you, with an error code and message.",
         FailPhase,
         _phase_command("fail_phase"),
+    ),
+    Tool(
+        "accept_task",
+        "Accept a task from your inbox (a phase task starts the phase); stops redelivery.",
+        AcceptTask,
+        accept_task,
     ),
     Tool(
         "register_agent",

@@ -7,17 +7,21 @@ import pytest
 
 from contracts.agents import AGENT_COMMANDS
 from contracts.sessions import SESSION_COMMANDS
+from contracts.tasks import TASK_COMMANDS
 from contracts.workflows import WORKFLOW_COMMANDS
 from gateway.errors import Problem
 from gateway.mcp_tools import TOOLS
 
-BUS_PAYLOADS = {*SESSION_COMMANDS.values(), *WORKFLOW_COMMANDS.values(), *AGENT_COMMANDS.values()}
+BUS_PAYLOADS = {
+    *SESSION_COMMANDS.values(), *WORKFLOW_COMMANDS.values(), *AGENT_COMMANDS.values(),
+    *TASK_COMMANDS.values(),
+}  # fmt: skip
 
 
 def test_every_command_tool_schema_is_the_bus_contract_schema() -> None:
     commands = [t for t in TOOLS.values() if t.payload in BUS_PAYLOADS]
     assert {t.name for t in commands} >= {"open_session", "submit_result", "complete_phase",
-                                          "register_agent", "verify_completion"}  # fmt: skip
+                                          "register_agent", "verify_completion", "accept_task"}  # fmt: skip
     for tool in commands:
         contract = msgspec.json.schema(tool.payload)
         own = contract["$defs"][tool.payload.__name__]
