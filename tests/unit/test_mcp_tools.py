@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 
@@ -10,7 +12,10 @@ from contracts.sessions import SESSION_COMMANDS
 from contracts.tasks import TASK_COMMANDS
 from contracts.workflows import WORKFLOW_COMMANDS
 from gateway.errors import Problem
+from gateway.keys import KeyStore
 from gateway.mcp_tools import TOOLS
+from runtime.mcp import authenticate
+from runtime.settings import Settings
 
 BUS_PAYLOADS = {
     *SESSION_COMMANDS.values(), *WORKFLOW_COMMANDS.values(), *AGENT_COMMANDS.values(),
@@ -40,3 +45,13 @@ def test_a_generated_id_may_be_left_out_and_bad_arguments_are_invalid_commands()
     with pytest.raises(Problem):
         TOOLS["report_progress"].decode({"workflow_id": opened.session_id, "phase": "p",
                                          "progress": 101})  # fmt: skip
+
+
+def test_chorus_mcp_starts_only_with_a_valid_key(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path).resolved()
+    with pytest.raises(SystemExit, match="CHORUS_API_KEY"):
+        authenticate(settings, None)
+    with pytest.raises(SystemExit, match="unknown or revoked"):
+        authenticate(settings, "chk_nope_nope")
+    key = KeyStore(tmp_path / "keys.db").create("agent-1", "agent")
+    assert authenticate(settings, key).actor == "agent-1"
