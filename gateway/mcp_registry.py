@@ -211,6 +211,17 @@ class McpServerController(Controller):
         return await run_tool_call(request.user, services, name, tool, data)
 
 
+#: Arguments or a result larger than this are recorded by digest only, even when the
+#: configuration keeps them: the record must fit one bus message.
+MAX_KEPT_BYTES = 64 * 1024
+
+
+def _kept(value: Any, keep: bool) -> Any:
+    if not keep or value is None or len(msgspec.json.encode(value)) > MAX_KEPT_BYTES:
+        return None
+    return value
+
+
 async def run_tool_call(
     principal: Principal, services: Services, name: str, tool: str, data: CallBody
 ) -> ToolCallOutcome:
@@ -241,8 +252,8 @@ async def run_tool_call(
         result_digest=digest(done.result) if done.result is not None else None,
         duration_ms=done.duration_ms, outcome=done.outcome,  # type: ignore[arg-type]
         error=done.error, task_id=data.task_id,
-        arguments=data.arguments if config.store_arguments else None,
-        result=done.result if config.store_results else None,
+        arguments=_kept(data.arguments, config.store_arguments),
+        result=_kept(done.result, config.store_results),
     )  # fmt: skip
     reply = await services.bus.send(RECORDER, "mcp_server", "record_call", record)
     outcome = ToolCallOutcome(
