@@ -81,6 +81,8 @@ class ServerConfig(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True
     stored only when asked (their digests always are)."""
 
     timeout_seconds: Annotated[float, Meta(gt=0, le=600)] = 30.0
+    #: Calls one caller may make per minute through one gateway (None: no limit).
+    calls_per_minute: Annotated[int, Meta(ge=1, le=100_000)] | None = None
     store_arguments: bool = False
     store_results: bool = False
 

@@ -3,6 +3,9 @@ discover again, health, the tool catalogue, and validated, recorded tool calls."
 
 from __future__ import annotations
 
+import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -211,6 +214,32 @@ class McpServerController(Controller):
         return await run_tool_call(request.user, services, name, tool, data)
 
 
+class CallLimiter:
+    """Calls per caller and server in the last minute, in this gateway process (each gateway
+    counts its own: with N gateways a caller gets at most N times the limit)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._calls: dict[tuple[str, str], deque[float]] = {}
+
+    def admit(self, actor: str, server: str, per_minute: int | None) -> None:
+        if per_minute is None:
+            return
+        now = self.clock()
+        window = self._calls.setdefault((actor, server), deque())
+        while window and window[0] <= now - 60:
+            window.popleft()
+        if len(window) >= per_minute:
+            retry = max(1, int(window[0] + 60 - now) + 1)
+            raise Problem(429, "rate_limited",
+                          f"{actor} may call the tools of {server!r} {per_minute} times a minute",
+                          headers={"Retry-After": str(retry)})  # fmt: skip
+        window.append(now)
+
+
+#: One per gateway process: limits are about what this process lets through.
+LIMITER = CallLimiter()
+
 #: Arguments or a result larger than this are recorded by digest only, even when the
 #: configuration keeps them: the record must fit one bus message.
 MAX_KEPT_BYTES = 64 * 1024
@@ -235,6 +264,8 @@ async def run_tool_call(
     if not access.allows(principal.actor, principal.role):
         raise Problem(403, codes.NOT_AUTHORIZED,
                       f"{principal.actor} may not call the tools of {name!r}")  # fmt: skip
+    config = ServerConfig(**view.config)
+    LIMITER.admit(principal.actor, name, config.calls_per_minute)
     problems = argument_problems(spec.input_schema, data.arguments)
     if problems:
         raise Problem(
@@ -243,7 +274,6 @@ async def run_tool_call(
             + "; ".join(f"{p['field']}: {p['message']}" for p in problems),
             details={"fields": problems},
         )  # fmt: skip
-    config = ServerConfig(**view.config)
     done = await mcp_client.call(_transport(view.transport), tool, data.arguments,
                                  config.timeout_seconds)  # fmt: skip
     record = RecordToolCall(

@@ -162,7 +162,8 @@ async def test_a_hanging_http_server_times_out_cleanly_and_others_go_on(
     async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
         registered = await http.post(BASE, headers=ops, json={
             "name": "remote", "transport": {"type": "http", "url": http_calc},
-            "config": {"timeout_seconds": 5, "store_arguments": True, "store_results": True},
+            "config": {"timeout_seconds": 5, "store_arguments": True, "store_results": True,
+                       "calls_per_minute": 2},
         })  # fmt: skip
         assert registered.status_code == 201, registered.text
         hung = await http.post(f"{BASE}/remote/tools/hang/call", headers=ops, json={})
@@ -171,6 +172,9 @@ async def test_a_hanging_http_server_times_out_cleanly_and_others_go_on(
         good = await http.post(f"{BASE}/remote/tools/add/call", headers=ops,
                                json={"arguments": {"a": 40, "b": 2}})  # fmt: skip
         assert good.json()["result"]["structuredContent"] == {"result": 42}
+        limited = await http.post(f"{BASE}/remote/tools/add/call", headers=ops,
+                                  json={"arguments": {"a": 1, "b": 1}})  # fmt: skip
+        assert (limited.status_code, limited.json()["code"]) == (429, "rate_limited")
         server = (await http.get(f"{BASE}/remote", headers=ops)).json()
         assert (server["calls"], server["failed_calls"]) == (2, 1)
         rediscovered = await http.post(f"{BASE}/remote/discover", headers=ops)

@@ -26,6 +26,8 @@ from contracts.mcp import (
 )
 from engine import errors, mcp
 from engine.context import EngineContext
+from gateway.errors import Problem
+from gateway.mcp_registry import CallLimiter
 from tests.unit.conftest import CLOCK_START
 
 OPS = EngineContext(is_operator=lambda actor: actor == "ops")
@@ -127,3 +129,17 @@ def test_digests_are_canonical() -> None:
     assert digest({"b": 1, "a": [1, 2]}) == digest({"a": [1, 2], "b": 1})
     assert isinstance(uuid.UUID(str(server_uuid("calc"))), uuid.UUID)
     assert isinstance(CLOCK_START, datetime)
+
+
+def test_the_call_limiter_admits_per_caller_and_server_per_minute() -> None:
+    now = [100.0]
+    limiter = CallLimiter(clock=lambda: now[0])
+    limiter.admit("a", "calc", 2)
+    limiter.admit("a", "calc", 2)
+    limiter.admit("b", "calc", 2)
+    limiter.admit("a", "other", None)
+    with pytest.raises(Problem) as caught:
+        limiter.admit("a", "calc", 2)
+    assert caught.value.status_code == 429
+    now[0] += 60
+    limiter.admit("a", "calc", 2)
