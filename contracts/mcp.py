@@ -13,8 +13,6 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import msgspec
-from jsonschema import SchemaError
-from jsonschema.validators import validator_for
 from msgspec import Meta, Struct
 
 from contracts.agents import TaskId
@@ -163,6 +161,10 @@ def tool_spec(name: str, description: str | None, input_schema: dict[str, Any]) 
 def catalogue_problems(tools: list[ToolSpec]) -> list[dict[str, str]]:
     """Why a catalogue cannot be recorded: a name given twice, a schema that is not a valid
     JSON Schema of an object, a digest that does not match its schema. Empty when fine."""
+    # Imported here: jsonschema is slow to import and the engine needs it only for this.
+    from jsonschema import SchemaError
+    from jsonschema.validators import validator_for
+
     problems: list[dict[str, str]] = []
     seen: set[str] = set()
     for tool in tools:
@@ -191,6 +193,8 @@ def catalogue_problems(tools: list[ToolSpec]) -> list[dict[str, str]]:
 
 def argument_problems(schema: dict[str, Any], arguments: dict[str, Any]) -> list[dict[str, str]]:
     """Every way ``arguments`` break ``schema``, each with the field's dotted path."""
+    from jsonschema.validators import validator_for
+
     validator = validator_for(schema)(schema)
     problems: dict[tuple[str, str], dict[str, str]] = {}
     for error in validator.iter_errors(arguments):
