@@ -51,6 +51,13 @@ AGENT_RETIRED = "agent_retired"
 NOT_ENOUGH_AGENTS = "not_enough_agents"  # routing found fewer eligible agents than asked
 NO_CHANGE = "no_change"  # an engine-issued transition that already happened
 LEASE_LOST = "lease_lost"  # the reporter's attempt lost its lease; the work moved on
+MCP_SERVER_NOT_FOUND = "mcp_server_not_found"
+MCP_SERVER_EXISTS = "mcp_server_exists"
+INVALID_TOOL_SCHEMA = "invalid_tool_schema"  # a discovered catalogue that cannot be recorded
+TOOL_NOT_FOUND = "tool_not_found"
+INVALID_ARGUMENTS = "invalid_arguments"  # a tool call's arguments break the tool's schema
+MCP_SERVER_UNAVAILABLE = "mcp_server_unavailable"  # could not connect, or it failed
+TOOL_TIMEOUT = "tool_timeout"
 
 # Infrastructure
 INTERNAL_ERROR = "internal_error"  # a bug: nothing was recorded
@@ -89,6 +96,13 @@ HTTP_STATUS: dict[str, int] = {
     NOT_ENOUGH_AGENTS: 409,
     NO_CHANGE: 409,
     LEASE_LOST: 409,
+    MCP_SERVER_NOT_FOUND: 404,
+    MCP_SERVER_EXISTS: 409,
+    INVALID_TOOL_SCHEMA: 400,
+    TOOL_NOT_FOUND: 404,
+    INVALID_ARGUMENTS: 400,
+    MCP_SERVER_UNAVAILABLE: 502,
+    TOOL_TIMEOUT: 504,
     INTERNAL_ERROR: 500,
     STORE_UNAVAILABLE: 503,
     ENGINE_UNAVAILABLE: 503,

@@ -21,6 +21,14 @@ from contracts.agents import (
     agent_uuid,
 )
 from contracts.envelope import Envelope
+from contracts.mcp import (
+    ConfigureMcpServer,
+    RecordToolCall,
+    RecordToolsDiscovered,
+    RegisterMcpServer,
+    RemoveMcpServer,
+    server_uuid,
+)
 from contracts.sessions import (
     CancelSession,
     OpenSession,
@@ -42,7 +50,7 @@ from contracts.workflows import (
     StartPhase,
     StartWorkflow,
 )
-from engine import agent, registry, session, workflow
+from engine import agent, mcp, registry, session, workflow
 from engine.context import EngineContext
 
 
@@ -135,6 +143,18 @@ HANDLERS: dict[tuple[str, str], Handler] = {
                 ("assign_phase", AssignPhase, workflow.decide_assign_phase),
                 ("await_agent", AwaitAgent, workflow.decide_await_agent),
                 ("expire_lease", ExpireLease, workflow.decide_expire_lease),
+            )
+        ),
+        *(
+            Handler(
+                "mcp_server", name, payload, decide, mcp.McpServerState, "name", key=server_uuid
+            )
+            for name, payload, decide in (
+                ("register", RegisterMcpServer, mcp.decide_register),
+                ("configure", ConfigureMcpServer, mcp.decide_configure),
+                ("remove", RemoveMcpServer, mcp.decide_remove),
+                ("record_tools", RecordToolsDiscovered, mcp.decide_record_tools),
+                ("record_call", RecordToolCall, mcp.decide_record_call),
             )
         ),
         Handler(

@@ -20,6 +20,7 @@ from eventsourcing.persistence import Notification, StoredEvent
 from contracts.feed import EventRecord
 from events.agent import AGENT_EVENTS
 from events.commands import CommandAccepted
+from events.mcp import MCP_EVENTS
 from events.session import SESSION_EVENTS, upcast_result_submitted_v1
 from events.workflow import REGISTRY_EVENTS, WORKFLOW_EVENTS
 
@@ -31,6 +32,7 @@ EVENT_TYPES: dict[str, dict[str, type[msgspec.Struct]]] = {
     "workflow": WORKFLOW_EVENTS,
     "workflow_type": REGISTRY_EVENTS,
     "agent": AGENT_EVENTS,
+    "mcp_server": MCP_EVENTS,
     "command": {"CommandAccepted": CommandAccepted},
 }
 

@@ -150,6 +150,31 @@ async def _agent_command(
     return Response(view, headers=_replayed(reply))
 
 
+async def send_heartbeat(
+    principal: Principal, services: Services, agent_id: str
+) -> HeartbeatOutcome:
+    """A heartbeat for ``agent_id`` on behalf of ``principal`` (HTTP and MCP): only the agent
+    itself, its owner, an operator or an admin may beat for it."""
+    _check_name(agent_id)
+    view = await _agent(services, agent_id)
+    if principal.actor not in (agent_id, view.owner) and principal.role not in MANAGERS:
+        raise Problem(
+            403, codes.NOT_AUTHORIZED,
+            f"{principal.actor} may not send heartbeats for agent {agent_id}",
+        )  # fmt: skip
+    reply = await services.bus.exchange(
+        command_subject(agent_id, "agent", "heartbeat"),
+        _encoder.encode({"agent_id": agent_id}),
+    )
+    return HeartbeatOutcome(agent_id=agent_id, status=reply.status)
+
+
+def tool_capabilities(tools: list[str] | None) -> list[str]:
+    """An agent declares an MCP tool it can use as the capability ``tool:<server>/<tool>``,
+    so tools route sessions and phases exactly like capabilities do."""
+    return [t if t.startswith("tool:") else f"tool:{t}" for t in tools or ()]
+
+
 def _choice(field: str, value: str | None, allowed: tuple[str, ...]) -> None:
     if value is not None and value not in allowed:
         raise Problem(
@@ -239,19 +264,7 @@ class AgentController(Controller):
         """Sent as a request on ``chorus.cmd.<agent_id>.agent.heartbeat``, exactly what the
         agent would publish; the liveness monitor answers. Only the agent itself, its owner,
         an operator or an admin may beat for it."""
-        _check_name(agent_id)
-        view = await _agent(services, agent_id)
-        principal = request.user
-        if principal.actor not in (agent_id, view.owner) and principal.role not in MANAGERS:
-            raise Problem(
-                403, codes.NOT_AUTHORIZED,
-                f"{principal.actor} may not send heartbeats for agent {agent_id}",
-            )  # fmt: skip
-        reply = await services.bus.exchange(
-            command_subject(agent_id, "agent", "heartbeat"),
-            _encoder.encode({"agent_id": agent_id}),
-        )
-        return HeartbeatOutcome(agent_id=agent_id, status=reply.status)
+        return await send_heartbeat(request.user, services, agent_id)
 
     @post("/{agent_id:str}/verify-completion", guards=[can_write], status_code=200,
           summary="Submit completion evidence; returns the engine's verdict")  # fmt: skip
@@ -299,13 +312,15 @@ class AgentController(Controller):
         self,
         services: ServicesDep,
         capability: FromQuery[list[str] | None] = None,
+        tool: FromQuery[list[str] | None] = None,
         status: FromQuery[list[str] | None] = None,
         min_success_rate: Annotated[float | None, QueryParameter(ge=0, le=1)] = None,
         sort: FromQuery[str] = "registered",
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         cursor: FromQuery[str | None] = None,
     ) -> read_model.AgentPage:
-        """``capability`` (repeatable: all of them), ``status`` (repeatable: any of online,
+        """``capability`` (repeatable: all of them), ``tool`` (repeatable: agents that
+        declared ``tool:<server>/<tool>`` among their capabilities), ``status`` (repeatable: any of online,
         busy, offline, retired), ``min_success_rate`` (0..1), ``sort`` registered (newest
         first) or reliability (best first, ties by name)."""
         for value in status or []:
@@ -313,7 +328,8 @@ class AgentController(Controller):
         _choice("sort", sort, read_model.SORTS)
         check_cursor(cursor, lambda c: read_model.decode_cursor(c, sort))
         return await services.read(  # type: ignore[no-any-return]
-            read_model.list_agents, capabilities=capability or (), statuses=status or (),
+            read_model.list_agents, capabilities=[*(capability or ()), *tool_capabilities(tool)],
+            statuses=status or (),
             min_success_rate=min_success_rate, sort=sort, limit=limit, cursor=cursor,
         )  # fmt: skip
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import nats
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
@@ -21,26 +18,24 @@ from gateway.agent_feed import agent_feed
 from gateway.agents import AgentController
 from gateway.audit import AuditController, global_log
 from gateway.auth import BearerAuthMiddleware, KeyCache, Revocations
-from gateway.bus import CommandBus
 from gateway.errors import EXCEPTION_HANDLERS, add_request_id_header
 from gateway.feeds import session_feed, workflow_feed
 from gateway.headers import AllowedHostsMiddleware, SecurityHeaders, cors_config
 from gateway.health import health, ready
 from gateway.jwt_tokens import Tokens, issue_token, load_secret
 from gateway.keys import KeyStore
+from gateway.mcp_http import McpHttp
+from gateway.mcp_registry import McpServerController, list_tools
 from gateway.ratelimit import RateLimiter, RateLimitMiddleware
 from gateway.sessions import SessionController
 from gateway.sockets import SocketGuardMiddleware
-from gateway.state import GatewayConfig, Services
+from gateway.state import GatewayConfig, Services, connect_services
 from gateway.workflow_types import define_workflow_type, list_workflow_types
 from gateway.workflows import (
     WorkflowController,
     execute_workflow,
     workflow_status_alias,
 )
-from projections.audit import AuditLog
-from projections.history import History
-from projections.readstore import ReadStore
 
 PUBLIC_PATHS = ["^/health$", "^/ready$", "^/schema"]
 
@@ -50,33 +45,14 @@ def create_app(config: GatewayConfig) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        nc = await nats.connect(
-            config.nats_url, name="chorus-gateway", max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-        )  # fmt: skip
-        history = History(config.database_url)
-        services_box["services"] = Services(
-            config=config,
-            nc=nc,
-            bus=CommandBus(nc, timeout=config.command_timeout),
-            reads=ReadStore(config.read_store_url, readonly=True),
-            history=history,
-            audit=AuditLog(history.recorder, audit_key_path),
-            workflow_types=workflow_types,
-        )
-        try:
+        async with connect_services(config, workflow_types, audit_key_path) as services:
+            services_box["services"] = services
             yield
-        finally:
-            try:
-                async with asyncio.timeout(3):
-                    await nc.drain()
-            except Exception:  # shutting down either way; never hang here
-                with contextlib.suppress(Exception):
-                    await nc.close()
 
     def provide_services() -> Services:
         return services_box["services"]
 
+    mcp_http = McpHttp(provide_services)
     edge = config.edge
     key_store = KeyStore(Path(config.keys_path))
     revocations = Revocations(key_store, edge.recheck_seconds)
@@ -108,12 +84,15 @@ def create_app(config: GatewayConfig) -> Litestar:
             health,
             ready,
             issue_token,
+            mcp_http.route(),
+            McpServerController,
+            list_tools,
         ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
             "tokens": Provide(lambda: tokens, sync_to_thread=False),
         },
-        lifespan=[lifespan, revocations.lifespan],
+        lifespan=[lifespan, revocations.lifespan, mcp_http.lifespan],
         # Outermost first: who is calling, how often, and (WebSockets) for how long.
         middleware=[
             *(

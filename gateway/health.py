@@ -15,9 +15,9 @@ from nats.js.errors import NotFoundError
 from contracts.subjects import EVENTS_STREAM
 from gateway.feeds import POSITION_HEADER
 from gateway.state import Services, ServicesDep
-from projections import agents, sessions, workflows
+from projections import agents, mcp, sessions, workflows
 
-PROJECTION_NAMES = (sessions.NAME, workflows.NAME, agents.NAME)
+PROJECTION_NAMES = (sessions.NAME, workflows.NAME, agents.NAME, mcp.NAME)
 
 
 @get("/health", exclude_from_auth=True, tags=["health"], summary="The gateway process is alive")

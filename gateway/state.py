@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import nats
 from litestar.di import NamedDependency
 from nats.aio.client import Client as NATS
 
@@ -89,3 +94,33 @@ class Services:
 
 #: How handlers ask for the services (an explicit named dependency).
 ServicesDep = NamedDependency[Services]
+
+
+@asynccontextmanager
+async def connect_services(
+    config: GatewayConfig, workflow_types: WorkflowTypeRegistry, audit_key_path: Path
+) -> AsyncIterator[Services]:
+    """Connect what the handlers share; used by the HTTP app and by ``chorus mcp`` (stdio),
+    so both speak to the engine and read models the same way."""
+    nc = await nats.connect(
+        config.nats_url, name="chorus-gateway", max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+    )  # fmt: skip
+    history = History(config.database_url)
+    try:
+        yield Services(
+            config=config,
+            nc=nc,
+            bus=CommandBus(nc, timeout=config.command_timeout),
+            reads=ReadStore(config.read_store_url, readonly=True),
+            history=history,
+            audit=AuditLog(history.recorder, audit_key_path),
+            workflow_types=workflow_types,
+        )
+    finally:
+        try:
+            async with asyncio.timeout(3):
+                await nc.drain()
+        except Exception:  # shutting down either way; never hang here
+            with contextlib.suppress(Exception):
+                await nc.close()

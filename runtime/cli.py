@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     from runtime import agent_cli
 
     agent_cli.add_parsers(sub)
+    mcp = sub.add_parser("mcp", help="serve MCP on stdin/stdout as the actor of CHORUS_API_KEY")
+    _common(mcp)
 
     schema = sub.add_parser("schema", help="write JSON Schema and AsyncAPI of the bus contracts")
     schema.add_argument("--out", type=Path, default=Path("schema"))
@@ -191,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
             from runtime import agent_cli
 
             return agent_cli.run_demo(settings)
+        case "mcp":
+            from runtime.mcp import run_mcp
+
+            return run_mcp(settings)
         case "schema":
             from runtime.schema import write_schema
 

@@ -16,6 +16,7 @@ from engine.service import EngineConfig, EngineService
 from events.store import open_recorder
 from gateway.keys import KeyStore
 from projections.agents import AgentsProjection
+from projections.mcp import McpServersProjection
 from projections.readstore import ReadStore
 from projections.runner import ProjectionRunner
 from projections.sessions import SessionsProjection
@@ -104,6 +105,7 @@ PROJECTIONS = {
     "workflows": WorkflowsProjection,
     "agents": AgentsProjection,
     "agent_tasks": AgentTasksProjection,
+    "mcp": McpServersProjection,
 }
 
 

@@ -15,6 +15,7 @@ import msgspec
 from contracts.agents import AGENT_COMMANDS, ENGINE_ONLY, Heartbeat
 from contracts.envelope import Envelope, Reply
 from contracts.feed import EventRecord
+from contracts.mcp import MCP_COMMANDS
 from contracts.sessions import SESSION_COMMANDS
 from contracts.tasks import TASK_COMMANDS, TaskMessage
 from contracts.workflow_types import DefineWorkflowType
@@ -30,6 +31,7 @@ PUBLIC_COMMANDS: dict[str, type[msgspec.Struct]] = {
         ("agent", {**AGENT_COMMANDS, "heartbeat": Heartbeat}),
         ("workflow_type", {"define": DefineWorkflowType}),
         ("task", TASK_COMMANDS),
+        ("mcp_server", MCP_COMMANDS),
     )
     for name, cls in commands.items()
     if (aggregate, name) not in ENGINE_ONLY

@@ -29,6 +29,7 @@ from gateway.edge import EdgeConfig
 from gateway.keys import KeyStore
 from gateway.state import GatewayConfig
 from projections.agents import AgentsProjection
+from projections.mcp import McpServersProjection
 from projections.readstore import ReadStore
 from projections.runner import ProjectionRunner
 from projections.sessions import SessionsProjection
@@ -120,7 +121,12 @@ async def projector(database_url: str, read_store_url: str) -> AsyncIterator[Pro
     runner = ProjectionRunner(recorder, store, SessionsProjection(), idle_interval=0.005)
     others = [
         ProjectionRunner(recorder, store, projection, idle_interval=0.005)
-        for projection in (WorkflowsProjection(), AgentsProjection(), AgentTasksProjection())
+        for projection in (
+            WorkflowsProjection(),
+            AgentsProjection(),
+            AgentTasksProjection(),
+            McpServersProjection(),
+        )
     ]
     tasks = [asyncio.create_task(r.run()) for r in (runner, *others)]
     try:

@@ -465,7 +465,7 @@ async def test_the_agents_api_is_in_the_openapi_document(http):
 async def test_ready_reports_the_lag_of_every_read_model(http, gateway):
     await registered(http, gateway.key("a1"), "a1")
     checks = (await http.get("/ready")).json()["checks"]
-    assert set(checks["projections"]) == {"sessions", "workflows", "agents"}
+    assert set(checks["projections"]) == {"sessions", "workflows", "agents", "mcp"}
     assert checks["projections"]["agents"]["position"] >= 1
 
 

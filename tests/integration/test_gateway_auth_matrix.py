@@ -31,9 +31,11 @@ ALL = frozenset(ROLES)
 WRITERS = frozenset({"agent", "operator", "admin"})
 AUDITORS = frozenset({"auditor", "admin"})
 ADMIN = frozenset({"admin"})
+MANAGERS = frozenset({"operator", "admin"})
 PUBLIC = None
 
 S, W, A = "/api/v1/sessions", "/api/v1/workflows", "/api/v1/agents"
+M = "/api/v1/mcp-servers"
 SID, WID, AID = "{session_id:uuid}", "{workflow_id:uuid}", "{agent_id:str}"
 
 #: (method, path template) -> roles allowed (WS: a WebSocket route). Keep in step with the
@@ -73,6 +75,15 @@ RULES: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", "/api/v1/audit/public-key"): AUDITORS,
     ("GET", "/api/v1/audit/verify"): AUDITORS,
     ("POST", "/api/v1/auth/token"): ALL,
+    ("GET", "/api/v1/tools"): ALL,
+    ("GET", M): ALL,
+    ("POST", M): MANAGERS,
+    ("GET", f"{M}/{{name:str}}"): ALL,
+    ("PATCH", f"{M}/{{name:str}}"): MANAGERS,
+    ("DELETE", f"{M}/{{name:str}}"): MANAGERS,
+    ("POST", f"{M}/{{name:str}}/discover"): MANAGERS,
+    ("GET", f"{M}/{{name:str}}/health"): ALL,
+    ("POST", f"{M}/{{name:str}}/tools/{{tool:str}}/call"): WRITERS,
     ("GET", "/health"): PUBLIC,
     ("GET", "/ready"): PUBLIC,
     ("GET", "/schema"): PUBLIC,

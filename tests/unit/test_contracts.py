@@ -11,6 +11,7 @@ from contracts import errors as codes
 from contracts.agents import AGENT_COMMANDS
 from contracts.envelope import Envelope, Reply
 from contracts.errors import HTTP_STATUS, ErrorInfo
+from contracts.mcp import MCP_COMMANDS
 from contracts.sessions import SESSION_COMMANDS, Criteria, OpenSession, Task
 from contracts.subjects import (
     command_subject,
@@ -93,7 +94,9 @@ def test_every_session_command_has_a_handler_and_a_decoder() -> None:
         ("workflow", name) for name in WORKFLOW_COMMANDS
     } | {("workflow_type", "define")} | {("agent", name) for name in AGENT_COMMANDS} | {
         ("task", name) for name in TASK_COMMANDS
-    } | {("session", "accept_task"), ("workflow", "accept_task")}
+    } | {("session", "accept_task"), ("workflow", "accept_task")} | {
+        ("mcp_server", name) for name in MCP_COMMANDS
+    }
 
 
 def test_an_envelope_refuses_unknown_fields() -> None:

@@ -1,0 +1,211 @@
+"""The McpServer aggregate: a registered MCP server, its tool catalogue and its call record.
+
+Keyed by ``server_uuid(name)``. Operators and admins register, configure and remove
+servers; the catalogue is checked again here (valid schemas, unique names, matching
+digests) so nothing unchecked is ever recorded. Tool calls run in the gateway, outside the
+command path, and are recorded afterwards by the gateway's own identity only
+(``contracts.mcp.RECORDER``), naming the tool's schema digest as it stands on record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+import msgspec
+
+from contracts import errors as codes
+from contracts.mcp import (
+    RECORDER,
+    Access,
+    ConfigureMcpServer,
+    RecordToolCall,
+    RecordToolsDiscovered,
+    RegisterMcpServer,
+    RemoveMcpServer,
+    ServerConfig,
+    ToolSpec,
+    catalogue_problems,
+    digest,
+)
+from engine import errors
+from engine.context import EngineContext
+from events.codec import GENESIS_HASH
+from events.mcp import (
+    McpServerConfigured,
+    McpServerRegistered,
+    McpServerRemoved,
+    ToolCalled,
+    ToolsDiscovered,
+)
+
+AGGREGATE = "mcp_server"
+
+
+class McpServerNotFound(errors.DomainError):
+    code = codes.MCP_SERVER_NOT_FOUND
+
+
+class McpServerExists(errors.DomainError):
+    code = codes.MCP_SERVER_EXISTS
+
+
+class InvalidToolSchema(errors.DomainError):
+    code = codes.INVALID_TOOL_SCHEMA
+
+
+class ToolNotFound(errors.DomainError):
+    code = codes.TOOL_NOT_FOUND
+
+
+@dataclass
+class McpServerState:
+    id: UUID
+    version: int = 0
+    last_hash: str = GENESIS_HASH
+    name: str = ""
+    owner: str = ""
+    removed: bool = False
+    access: Access = field(default_factory=Access)
+    config: ServerConfig = field(default_factory=ServerConfig)
+    #: tool name -> schema digest, as last discovered
+    tools: dict[str, str] = field(default_factory=dict)
+    catalogue_digest: str = ""
+    calls: int = 0
+
+    @property
+    def exists(self) -> bool:
+        return self.version > 0 and not self.removed
+
+    def apply(self, event: msgspec.Struct) -> None:
+        match event:
+            case McpServerRegistered():
+                self.name = event.name
+                self.owner = event.owner
+                self.access = event.access
+                self.config = event.config
+                self.removed = False
+                self.tools = {}
+                self.catalogue_digest = ""
+            case McpServerConfigured():
+                self.owner = event.owner or self.owner
+                self.access = event.access or self.access
+                self.config = event.config or self.config
+            case McpServerRemoved():
+                self.removed = True
+            case ToolsDiscovered():
+                self.tools = {t.name: t.schema_digest for t in event.tools}
+                self.catalogue_digest = event.catalogue_digest
+            case ToolCalled():
+                self.calls += 1
+            case _:
+                raise TypeError(f"not an MCP server event: {type(event).__name__}")
+        self.version += 1
+
+    # Named checks -------------------------------------------------------------------------
+
+    def check_exists(self, name: str) -> None:
+        if not self.exists:
+            raise McpServerNotFound(f"MCP server {name!r} is not registered")
+
+
+def check_operator(actor: str, ctx: EngineContext | None, what: str) -> None:
+    if ctx is None or not ctx.is_operator(actor):
+        raise errors.NotAuthorized(f"{actor} may not {what}: operators and admins only")
+
+
+def check_catalogue(tools: list[ToolSpec]) -> None:
+    problems = catalogue_problems(tools)
+    if problems:
+        raise InvalidToolSchema(
+            f"the catalogue cannot be recorded: {problems[0]['tool']}: {problems[0]['message']}",
+            {"problems": problems},
+        )
+
+
+def catalogue_digest(tools: list[ToolSpec]) -> str:
+    return digest(sorted([t.name, t.schema_digest] for t in tools))
+
+
+def _discovered(tools: list[ToolSpec], actor: str) -> ToolsDiscovered:
+    ordered = sorted(tools, key=lambda t: t.name)
+    return ToolsDiscovered(tools=ordered, catalogue_digest=catalogue_digest(ordered),
+                           discovered_by=actor)  # fmt: skip
+
+
+def decide_register(
+    state: McpServerState, cmd: RegisterMcpServer, actor: str, now: datetime,
+    ctx: EngineContext | None = None,
+) -> list[msgspec.Struct]:  # fmt: skip
+    check_operator(actor, ctx, "register MCP servers")
+    if state.exists:
+        raise McpServerExists(f"MCP server {cmd.name!r} is already registered")
+    check_catalogue(cmd.tools)
+    return [
+        McpServerRegistered(
+            name=cmd.name, transport=cmd.transport, owner=cmd.owner or actor, access=cmd.access,
+            config=cmd.config, registered_by=actor, registered_at=now,
+        ),
+        _discovered(cmd.tools, actor),
+    ]  # fmt: skip
+
+
+def decide_configure(
+    state: McpServerState, cmd: ConfigureMcpServer, actor: str, now: datetime,
+    ctx: EngineContext | None = None,
+) -> list[msgspec.Struct]:  # fmt: skip
+    state.check_exists(cmd.name)
+    check_operator(actor, ctx, "configure MCP servers")
+    if cmd.transport is None and cmd.owner is None and cmd.access is None and cmd.config is None:
+        raise errors.InvalidCommand("give at least one of transport, owner, access, config")
+    return [McpServerConfigured(transport=cmd.transport, owner=cmd.owner, access=cmd.access,
+                                config=cmd.config, configured_by=actor)]  # fmt: skip
+
+
+def decide_remove(
+    state: McpServerState, cmd: RemoveMcpServer, actor: str, now: datetime,
+    ctx: EngineContext | None = None,
+) -> list[msgspec.Struct]:  # fmt: skip
+    state.check_exists(cmd.name)
+    check_operator(actor, ctx, "remove MCP servers")
+    return [McpServerRemoved(reason=cmd.reason, removed_by=actor)]
+
+
+def decide_record_tools(
+    state: McpServerState, cmd: RecordToolsDiscovered, actor: str, now: datetime,
+    ctx: EngineContext | None = None,
+) -> list[msgspec.Struct]:  # fmt: skip
+    """Nothing is recorded when the catalogue is unchanged (a discovery is also a check)."""
+    state.check_exists(cmd.name)
+    check_operator(actor, ctx, "record a tool catalogue")
+    check_catalogue(cmd.tools)
+    event = _discovered(cmd.tools, actor)
+    return [] if event.catalogue_digest == state.catalogue_digest else [event]
+
+
+def decide_record_call(
+    state: McpServerState, cmd: RecordToolCall, actor: str, now: datetime,
+    ctx: EngineContext | None = None,
+) -> list[msgspec.Struct]:  # fmt: skip
+    if actor != RECORDER:
+        raise errors.NotAuthorized(f"only {RECORDER} records tool calls; {actor} may not")
+    state.check_exists(cmd.name)
+    known = state.tools.get(cmd.tool)
+    if known is None:
+        raise ToolNotFound(f"MCP server {cmd.name!r} has no tool {cmd.tool!r}")
+    if known != cmd.schema_digest:
+        raise errors.InvalidCommand(
+            "schema_digest is not the tool's recorded schema; discover the server again",
+            {"field": "payload.schema_digest", "recorded": known},
+        )
+    return [
+        ToolCalled(
+            tool=cmd.tool, caller=cmd.caller, schema_digest=cmd.schema_digest,
+            args_digest=cmd.args_digest, result_digest=cmd.result_digest,
+            duration_ms=cmd.duration_ms, outcome=cmd.outcome, error=cmd.error,
+            task_id=cmd.task_id,
+            arguments=cmd.arguments if state.config.store_arguments else None,
+            result=cmd.result if state.config.store_results else None,
+        )
+    ]  # fmt: skip

@@ -1,0 +1,180 @@
+"""The ``mcp`` read model: registered MCP servers, their tool catalogues and call counts."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from contracts.feed import EventRecord
+
+NAME = "mcp"
+
+DDL = [
+    """CREATE TABLE IF NOT EXISTS mcp_servers (
+        name TEXT PRIMARY KEY,
+        aggregate_id TEXT NOT NULL UNIQUE,
+        seq INTEGER NOT NULL,
+        status TEXT NOT NULL,            -- active | removed
+        transport TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        access TEXT NOT NULL,
+        config TEXT NOT NULL,
+        catalogue_digest TEXT,
+        calls INTEGER NOT NULL,
+        failed_calls INTEGER NOT NULL,
+        last_call_at TEXT,
+        version INTEGER NOT NULL,
+        registered_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS mcp_tools (
+        server TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        input_schema TEXT NOT NULL,
+        schema_digest TEXT NOT NULL,
+        PRIMARY KEY (server, name)
+    )""",
+]
+TABLES = ["mcp_servers", "mcp_tools"]
+
+_json = msgspec.json.Encoder(order="sorted")
+_decode = msgspec.json.Decoder()
+
+
+def _ts(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+class ToolView(msgspec.Struct, kw_only=True):
+    server: str
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    schema_digest: str
+
+
+class McpServerView(msgspec.Struct, kw_only=True):
+    name: str
+    status: str
+    transport: dict[str, Any]
+    owner: str
+    access: dict[str, Any]
+    config: dict[str, Any]
+    catalogue_digest: str | None
+    tools: list[ToolView]
+    calls: int
+    failed_calls: int
+    last_call_at: str | None
+    version: int
+    registered_at: str
+    updated_at: str
+
+
+class McpServersProjection:
+    """Folds ``mcp_server`` events into rows (inside the runner's transaction)."""
+
+    name = NAME
+    aggregates = frozenset({"mcp_server"})
+    ddl = DDL
+    tables = TABLES
+
+    def apply(self, conn: sqlite3.Connection, record: EventRecord) -> None:
+        data = record.data
+        at = _ts(record.occurred_at)
+        if record.type == "McpServerRegistered":
+            name = data["name"]
+            conn.execute("DELETE FROM mcp_tools WHERE server=?", (name,))
+            conn.execute(
+                "INSERT OR REPLACE INTO mcp_servers VALUES "
+                "(?, ?, ?, 'active', ?, ?, ?, ?, NULL, 0, 0, NULL, ?, ?, ?)",
+                (name, record.aggregate_id, record.position, _json.encode(data["transport"]).decode(), data["owner"],
+                 _json.encode(data["access"]).decode(), _json.encode(data["config"]).decode(),
+                 record.version, at, at),
+            )  # fmt: skip
+            return
+        name = self._name_of(conn, record)
+        if name is None:
+            return
+        sets: dict[str, Any] = {"version": record.version, "updated_at": at}
+        match record.type:
+            case "McpServerConfigured":
+                for key in ("transport", "access", "config"):
+                    if data.get(key) is not None:
+                        sets[key] = _json.encode(data[key]).decode()
+                if data.get("owner"):
+                    sets["owner"] = data["owner"]
+            case "McpServerRemoved":
+                sets["status"] = "removed"
+            case "ToolsDiscovered":
+                conn.execute("DELETE FROM mcp_tools WHERE server=?", (name,))
+                conn.executemany(
+                    "INSERT INTO mcp_tools VALUES (?, ?, ?, ?, ?)",
+                    [(name, t["name"], t.get("description", ""),
+                      _json.encode(t["input_schema"]).decode(), t["schema_digest"])
+                     for t in data["tools"]],
+                )  # fmt: skip
+                sets["catalogue_digest"] = data["catalogue_digest"]
+            case "ToolCalled":
+                conn.execute(
+                    "UPDATE mcp_servers SET calls = calls + 1, failed_calls = failed_calls + ? "
+                    "WHERE name=?", (0 if data["outcome"] == "ok" else 1, name),
+                )  # fmt: skip
+                sets["last_call_at"] = at
+        assignments = ", ".join(f"{column}=?" for column in sets)
+        conn.execute(f"UPDATE mcp_servers SET {assignments} WHERE name=?", (*sets.values(), name))
+
+    def _name_of(self, conn: sqlite3.Connection, record: EventRecord) -> str | None:
+        """Events after registration do not repeat the name: find it by aggregate id."""
+        row = conn.execute(
+            "SELECT name FROM mcp_servers WHERE aggregate_id=?", (record.aggregate_id,)
+        ).fetchone()
+        return row[0] if row else None
+
+
+def _tools(conn: sqlite3.Connection, server: str | None = None) -> list[ToolView]:
+    query = "SELECT * FROM mcp_tools" + (" WHERE server=?" if server else "")
+    rows = conn.execute(query + " ORDER BY server, name", (server,) if server else ()).fetchall()
+    return [ToolView(server=r[0], name=r[1], description=r[2], input_schema=_decode.decode(r[3]),
+                     schema_digest=r[4]) for r in rows]  # fmt: skip
+
+
+def _view(conn: sqlite3.Connection, row: Any) -> McpServerView:
+    return McpServerView(
+        name=row[0], status=row[3], transport=_decode.decode(row[4]), owner=row[5],
+        access=_decode.decode(row[6]), config=_decode.decode(row[7]), catalogue_digest=row[8],
+        calls=row[9], failed_calls=row[10], last_call_at=row[11], version=row[12],
+        registered_at=row[13], updated_at=row[14], tools=_tools(conn, row[0]),
+    )  # fmt: skip
+
+
+def get_server(conn: sqlite3.Connection, name: str) -> McpServerView | None:
+    """An active server (a removed one reads as absent)."""
+    try:
+        row = conn.execute(
+            "SELECT * FROM mcp_servers WHERE name=? AND status='active'", (name,)
+        ).fetchone()
+    except sqlite3.OperationalError:  # no such table yet: nothing was ever registered
+        return None
+    return _view(conn, row) if row else None
+
+
+def list_servers(conn: sqlite3.Connection) -> list[McpServerView]:
+    try:
+        rows = conn.execute(
+            "SELECT * FROM mcp_servers WHERE status='active' ORDER BY name"
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    return [_view(conn, row) for row in rows]
+
+
+def list_tools(conn: sqlite3.Connection, server: str | None = None) -> list[ToolView]:
+    """Tools of active servers."""
+    try:
+        return [t for t in _tools(conn, server) if get_server(conn, t.server) is not None]
+    except sqlite3.OperationalError:
+        return []
