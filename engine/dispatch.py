@@ -354,12 +354,16 @@ class Dispatcher(LogFollower):
             return
         if record.type in ("AgentCameOnline", "AgentRegistered"):
             self._back_online.add(name)
-            for wid in self._busy.get(name, ()):
-                self._live[wid].offline = False
+            self._mark(name, offline=False)
         elif record.type in ("AgentWentOffline", "AgentRetired"):
             self._back_online.discard(name)
-            for wid in self._busy.get(name, ()):
-                self._live[wid].offline = True
+            self._mark(name, offline=True)
+
+    def _mark(self, agent: str, *, offline: bool) -> None:
+        for wid in self._busy.get(agent, ()):
+            live = self._live.get(wid)  # a slot may be held for an assignment in flight
+            if live is not None:
+                live.offline = offline
 
     # Acting -----------------------------------------------------------------------------
 
