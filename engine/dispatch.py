@@ -508,6 +508,8 @@ class Dispatcher(LogFollower):
         every = self.config.redeliver_seconds
         back, self._back_online = self._back_online, set()
         for live in self._live.values():
+            if live.expiring:
+                continue  # its lease is being ended: a cancel follows, not the task again
             attempt = live.attempt
             due = live.last_sent is None or (now - live.last_sent).total_seconds() >= every
             if attempt.agent_id in back or (not attempt.accepted and due):

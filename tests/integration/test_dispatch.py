@@ -248,9 +248,10 @@ async def test_an_agent_that_was_offline_gets_its_task_when_it_is_back(
     wid = await start(nc, "review")
     await eventually(lambda: "PhaseLeaseExpired" in types_of(database_url, wid), timeout=30)
     inbox = await Inbox(nc, "sleepy").open()  # back: listening and beating
-    await eventually(lambda: inbox.of_kind("phase"), timeout=30)
-    task = inbox.of_kind("phase")[0]
-    assert (task["task_id"], task["attempt"]) == (f"{wid}/review", 2)
+    # (a copy of attempt 1 sent just before its lease was ended may still arrive)
+    await eventually(lambda: [m for m in inbox.of_kind("phase") if m["attempt"] == 2], timeout=30)
+    assert {(m["task_id"], m["attempt"]) for m in inbox.of_kind("phase")} <= {
+        (f"{wid}/review", 1), (f"{wid}/review", 2)}  # fmt: skip
     expired = next(r for r in domain_records(database_url) if r.type == "PhaseLeaseExpired")
     assert expired.data["reason"] == "agent_offline"
 
