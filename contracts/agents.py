@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
+from contracts.roles import name_problem
 from contracts.sessions import Capability, Id
 
 AGENT_NAMESPACE = uuid.UUID("6c0a6f9e-4a59-4d43-9b61-6167656e7473")
@@ -40,10 +41,6 @@ def agent_uuid(agent_id: str) -> uuid.UUID:
     return uuid.uuid5(AGENT_NAMESPACE, agent_id)
 
 
-#: Names that are actors of Chorus itself, never agents.
-RESERVED_NAMES = frozenset({"system", "gateway", "engine"})
-
-
 class RegisterAgent(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Register ``name`` (the agent id). An agent registers itself (the actor is the name);
     an operator may register one for it. The registering actor becomes its owner:
@@ -57,8 +54,9 @@ class RegisterAgent(Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     max_concurrency: Annotated[int, Meta(ge=1, le=10_000)] = 1
 
     def __post_init__(self) -> None:
-        if self.name in RESERVED_NAMES:
-            raise ValueError(f"the name {self.name!r} is reserved")
+        problem = name_problem(self.name)
+        if problem is not None:
+            raise ValueError(problem)
 
 
 class UpdateCapabilities(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

@@ -97,6 +97,14 @@ def task_subject(agent_id: str) -> str:
     return f"{TASK_PREFIX}.{agent_id}"
 
 
+def agent_inbox_prefix(actor: str) -> str:
+    """An actor's own reply inbox prefix (nats-py ``inbox_prefix``): the bus lets a key
+    holder subscribe to its own replies only, never to ``_INBOX.>``."""
+    if not is_token(actor):
+        raise ValueError(f"actor {actor!r} is not a valid subject token")
+    return f"_INBOX_{actor}"
+
+
 #: JetStream KV bucket where the engine keeps each agent's last heartbeat time (ISO 8601).
 LIVENESS_BUCKET = "chorus_liveness"
 

@@ -94,10 +94,10 @@ class AgentState:
                 self.status = "offline"
                 self.last_seen = event.last_seen
             case CompletionVerified():
-                self.verified += 1
+                self.verified += event.counts
                 self.verified_tasks.add(canonical_task_id(event.task_id))
             case CompletionRejected():
-                self.rejected += 1
+                self.rejected += event.counts
             case _:
                 raise TypeError(f"not an agent event: {type(event).__name__}")
         self.version += 1
@@ -111,18 +111,6 @@ class AgentState:
     def check_not_retired(self) -> None:
         if self.status == "retired":
             raise errors.AgentRetired(f"agent {self.agent_id} is retired")
-
-    def check_may_act_for(self, agent_id: str, actor: str, ctx: EngineContext | None) -> None:
-        """It exists, and the actor is the agent itself, the key holder that registered
-        it, an operator or the engine."""
-        self.check_exists(agent_id)
-        if actor in (self.agent_id, self.owner, "system"):
-            return
-        if ctx is not None and ctx.is_operator(actor):
-            return
-        raise errors.NotAuthorized(
-            f"{actor} may not act for agent {self.agent_id}", {"owner": self.owner}
-        )
 
 
 # Decisions ----------------------------------------------------------------------------------
@@ -147,12 +135,6 @@ def decide_register(
         if cmd.max_concurrency != state.max_concurrency:
             changes.append(AgentConcurrencyChanged(max_concurrency=cmd.max_concurrency))
         return changes
-    if actor != cmd.name and not (ctx is not None and ctx.is_operator(actor)):
-        raise errors.NotAuthorized(
-            f"{actor} may not register {cmd.name!r}: an agent registers itself, "
-            "or an operator registers it",
-            {"field": "payload.name"},
-        )
     return [
         AgentRegistered(
             agent_id=cmd.name,
@@ -173,7 +155,7 @@ def decide_update_capabilities(
     now: datetime,
     ctx: EngineContext | None = None,
 ) -> list[msgspec.Struct]:
-    state.check_may_act_for(cmd.agent_id, actor, ctx)
+    state.check_exists(cmd.agent_id)  # who may: engine/authz.py
     state.check_not_retired()
     return _capabilities_change(state, cmd.capabilities, actor)
 
@@ -185,7 +167,7 @@ def decide_retire(
     now: datetime,
     ctx: EngineContext | None = None,
 ) -> list[msgspec.Struct]:
-    state.check_may_act_for(cmd.agent_id, actor, ctx)
+    state.check_exists(cmd.agent_id)  # who may: engine/authz.py
     state.check_not_retired()
     return [AgentRetired(reason=cmd.reason, retired_by=actor)]
 
@@ -226,7 +208,7 @@ def decide_verify_completion(
     ctx: EngineContext | None = None,
 ) -> list[msgspec.Struct]:
     """Always records a verdict (verified, or rejected with every failed check)."""
-    state.check_may_act_for(cmd.agent_id, actor, ctx)
+    state.check_exists(cmd.agent_id)  # who may: engine/authz.py
     return [judge(cmd, state.verified_tasks, now, ctx or EngineContext())]
 
 

@@ -7,15 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+from contracts.roles import STAFF
 from contracts.workflow_types import WorkflowType, WorkflowTypeRegistry
+from engine.authz import Roles, StaticRoles
 
 
 def _none(refresh: bool = False) -> list[WorkflowType]:
     return []
-
-
-def _nobody(actor: str) -> bool:
-    return False
 
 
 def _no_store(aggregate: str, aggregate_id: UUID) -> Any:
@@ -32,15 +30,19 @@ class EngineContext:
     workflow_types: WorkflowTypeRegistry = field(default_factory=WorkflowTypeRegistry)
     #: Types defined over the API (the registry aggregate); the processor supplies it.
     defined_types: Callable[..., list[WorkflowType]] = _none
-    #: Whether an actor holds an operator (or admin) credential; the composition root
-    #: wires it to the key store, which the engine itself does not know.
-    is_operator: Callable[[str], bool] = _nobody
+    #: An actor's roles; the composition root wires it to the key store, which the engine
+    #: itself does not know (engine/authz.py checks every command against them).
+    roles: Roles = field(default_factory=StaticRoles)
     #: Another aggregate's current state, read-only (completion evidence looks up the
     #: task's session or workflow). The processor supplies it.
     load: Callable[[str, UUID], Any] = _no_store
     #: Every registered agent's state as this engine last read it (for routing). The
     #: processor supplies it.
     agents: Callable[[], Iterable[Any]] = _no_agents
+
+    def is_operator(self, actor: str) -> bool:
+        """Whether ``actor`` holds an operator or admin role (the key store says)."""
+        return bool(self.roles.roles_of(actor) & STAFF)
 
     def registry(self, refresh: bool = False) -> WorkflowTypeRegistry:
         """Every type a workflow may use now; ``refresh`` re-reads the defined ones."""

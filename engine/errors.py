@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from contracts import errors as codes
 
@@ -106,3 +107,18 @@ class LeaseLost(DomainError):
     """The reporter held an attempt whose lease expired: exactly one attempt counts."""
 
     code = codes.LEASE_LOST
+
+
+class ReservedId(DomainError):
+    code = codes.RESERVED_ID
+
+
+def check_client_id(aggregate_id: UUID, actor: str, field: str) -> None:
+    """Ids a client creates are random (version 4) UUIDs. Every id the engine derives (an
+    agent's, a delegated phase's session, the type registry) is version 5, so a client
+    can never create one first and squat it."""
+    if actor != "system" and aggregate_id.version != 4:
+        raise ReservedId(
+            f"{aggregate_id} is not a random (version 4) UUID; other ids are the engine's",
+            {"field": field},
+        )

@@ -35,6 +35,9 @@ Quality of a verified completion, in [0, 1] (a rejected one scores 0):
 
 So a correct but slow, lone dissenter still scores at least 0.5: being verified is worth
 half, speed and consensus the rest.
+
+Whether a verdict counts toward reliability (``counts``): only for a task the agent could
+not have arranged for itself, see ``events.reliability``.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from typing import Any
 from uuid import UUID
 
 from contracts.agents import VerifyCompletion, result_hash
+from contracts.roles import STAFF
+from engine.authz import SYSTEM
 from engine.context import EngineContext
 from events.agent import CompletionRejected, CompletionVerified, Rejection
 
@@ -62,6 +67,8 @@ class TaskFacts:
     recorded_at: datetime | None  # when the engine recorded the result (None: not known)
     succeeded: bool
     agreement: float
+    #: Whether the verdict moves reliability: see ``events.reliability``.
+    counts: bool = True
 
 
 class TaskProblem(Exception):
@@ -117,6 +124,7 @@ def _session_facts(task_id: str, sid: UUID, agent_id: str, ctx: EngineContext) -
         recorded_at=mine.submitted_at if mine is not None else None,
         succeeded=mine is not None and mine.success,
         agreement=agreement,
+        counts=agent_id in session.engine_chosen or _arranged_by_staff(session.opened_by, ctx),
     )
 
 
@@ -141,7 +149,13 @@ def _phase_facts(
         recorded_at=workflow.completed_at.get(phase),
         succeeded=result is not None,
         agreement=1.0,
+        counts=_arranged_by_staff(workflow.started_by, ctx),
     )
+
+
+def _arranged_by_staff(actor: str, ctx: EngineContext) -> bool:
+    """The engine itself, or an operator or admin (as the key store says now)."""
+    return actor == SYSTEM or bool(ctx.roles.roles_of(actor) & STAFF)
 
 
 def judge(
@@ -174,7 +188,7 @@ def judge(
         done = min(cmd.completion_time, facts.recorded_at or cmd.completion_time)
         response = max(0.0, (done - facts.assigned_at).total_seconds())
     if reasons:
-        return _rejected(cmd, task_id, reasons, response)
+        return _rejected(cmd, task_id, reasons, response, counts=facts.counts)
     # Timeliness from the record when it has the result's time: the agent cannot shorten it.
     taken = response
     if facts.recorded_at is not None:
@@ -189,6 +203,7 @@ def judge(
         response_time=round(response, 6),
         quality_score=quality_score(parts),
         score_parts=parts,
+        counts=facts.counts,
     )
 
 
@@ -228,6 +243,8 @@ def _rejected(
     task_id: str,
     reasons: list[Rejection],
     response: float | None = None,
+    *,
+    counts: bool = True,
 ) -> CompletionRejected:
     return CompletionRejected(
         task_id=task_id,
@@ -235,4 +252,5 @@ def _rejected(
         output_hash=cmd.output_hash,
         reasons=reasons,
         response_time=round(response, 6) if response is not None else None,
+        counts=counts,
     )

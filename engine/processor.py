@@ -26,6 +26,7 @@ from contracts import errors as codes
 from contracts.envelope import Envelope, Reply
 from contracts.errors import ErrorInfo
 from contracts.workflow_types import REGISTRY_ID, WorkflowType
+from engine.authz import RULES, authorize
 from engine.context import EngineContext
 from engine.directory import AgentDirectory
 from engine.errors import DomainError
@@ -337,6 +338,10 @@ class Processor:
         payload = command.envelope.payload
         aggregate_id = handler.target(payload)
         state = self.load(handler, aggregate_id, working)
+        actor = command.actor
+        rule = RULES[(handler.aggregate, handler.command)]
+        roles = self.context.roles.roles_of(actor)
+        authorize(rule, actor, roles, state, payload, f"{handler.aggregate}.{handler.command}")
         self._working = working
         try:
             decided = handler.decide(state, payload, command.actor, now, self.context)

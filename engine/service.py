@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from eventsourcing.persistence import ApplicationRecorder
 from nats.aio.client import Client as NATS
 
 from contracts.workflow_types import WorkflowTypeRegistry
+from engine.authz import Roles, StaticRoles
 from engine.context import EngineContext
 from engine.delegation import DelegationManager
 from engine.dispatch import DispatchConfig, Dispatcher
@@ -63,7 +63,8 @@ class EngineConfig:
     seal_anchor_path: Path | None = None
     replicas: int = 1
     workflow_types: WorkflowTypeRegistry = field(default_factory=WorkflowTypeRegistry)
-    is_operator: Callable[[str], bool] = field(default=lambda actor: False)
+    #: Every actor's roles (the composition root reads them from the key store).
+    roles: Roles = field(default_factory=StaticRoles)
     clock: Clock = field(default=utc_now)
 
 
@@ -94,7 +95,7 @@ class EngineService:
             self.recorder,
             clock=cfg.clock,
             cache_size=cfg.cache_size,
-            context=EngineContext(workflow_types=cfg.workflow_types, is_operator=cfg.is_operator),
+            context=EngineContext(workflow_types=cfg.workflow_types, roles=cfg.roles),
         )
         self.worker = CommandWorker(
             self.nc, processor, batch_max=cfg.batch_max, batch_window=cfg.batch_window

@@ -71,6 +71,9 @@ class SessionState:
     lost: set[str] = field(default_factory=set)
     #: Participants that acknowledged their session task.
     accepted: set[str] = field(default_factory=set)
+    #: Agents the engine picked among more eligible ones than it needed (routing or a
+    #: replacement): nobody could have steered the task to them.
+    engine_chosen: set[str] = field(default_factory=set)
 
     @property
     def exists(self) -> bool:
@@ -96,6 +99,8 @@ class SessionState:
                 self.on_participant_lost = event.on_participant_lost
                 opened_at = event.deadline - timedelta(seconds=event.timeout_seconds)
                 self.assigned_at = dict.fromkeys(event.participants, opened_at)
+                if event.routing is not None and event.routing.eligible > event.routing.size:
+                    self.engine_chosen.update(event.routing.chosen)
             case ParticipantLostEvent():
                 self.lost.add(event.agent_id)
             case ParticipantReplaced():
@@ -104,6 +109,8 @@ class SessionState:
                 )
                 self.participant_set = frozenset(self.participants)
                 self.assigned_at[event.replacement] = event.assigned_at
+                if event.routing.eligible > 1:
+                    self.engine_chosen.add(event.replacement)
             case TaskAccepted():
                 self.accepted.add(event.agent_id)
             case ResultSubmitted():
@@ -145,12 +152,6 @@ class SessionState:
         if agent_id in self.results:
             raise errors.AlreadySubmitted(f"{agent_id} already submitted a result")
 
-    def check_may_cancel(self, actor: str) -> None:
-        if actor not in (self.coordinator_id, self.opened_by):
-            raise errors.NotAuthorized(
-                f"only the coordinator or the opener may cancel session {self.id}"
-            )
-
     @property
     def pending(self) -> list[str]:
         return [p for p in self.participants if p not in self.results]
@@ -168,6 +169,7 @@ def decide_open(
 ) -> list[msgspec.Struct]:
     if state.exists:
         raise errors.SessionExists(f"session {state.id} already exists")
+    errors.check_client_id(state.id, actor, "payload.session_id")
     if len(set(cmd.participants)) != len(cmd.participants):
         dupes = sorted({p for p in cmd.participants if cmd.participants.count(p) > 1})
         raise errors.InvalidCommand(
@@ -238,8 +240,7 @@ def decide_cancel(
     now: datetime,
     ctx: EngineContext | None = None,
 ) -> list[msgspec.Struct]:
-    state.check_exists()
-    state.check_may_cancel(actor)
+    state.check_exists()  # who may cancel: engine/authz.py
     state.check_is_open(now)
     return [SessionCancelled(reason=cmd.reason, cancelled_by=actor)]
 

@@ -30,6 +30,8 @@ from contracts.aio import raise_if_cancelling
 from contracts.bounds import check_command_bytes
 from contracts.envelope import Reply
 from contracts.errors import ErrorInfo
+from contracts.mcp import RECORDER
+from contracts.roles import is_reserved
 from contracts.subjects import (
     CMD_PREFIX,
     ENGINE_QUEUE,
@@ -77,10 +79,11 @@ def parse_message(subject: str, data: bytes) -> Command:
     key = (parsed.aggregate, parsed.command)
     if violation := check_command_bytes(data):
         raise Rejection(violation.code, violation.message, violation.details)
-    if parsed.actor == "system":
+    if is_reserved(parsed.actor) and parsed.actor != RECORDER:
         # Only the engine's own timers and process managers act as "system", and they do
-        # not come over the bus.
-        raise Rejection(codes.NOT_AUTHORIZED, "the actor 'system' is reserved for the engine")
+        # not come over the bus; no spelling of a reserved name passes for them. The
+        # gateway records tool calls as itself (on a secured bus only its service user can).
+        raise Rejection(codes.NOT_AUTHORIZED, f"the actor {parsed.actor!r} is reserved")
     handler = HANDLERS.get(key)
     if handler is None or key in ENGINE_ONLY:
         known = sorted(f"{a}.{c}" for a, c in HANDLERS if (a, c) not in ENGINE_ONLY)

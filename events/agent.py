@@ -56,7 +56,11 @@ class Rejection(Struct, kw_only=True, frozen=True):
 
 
 class CompletionVerified(Struct, kw_only=True, frozen=True):
-    """The evidence matched the record. ``quality_score`` in [0, 1], see engine/evidence.py."""
+    """The evidence matched the record. ``quality_score`` in [0, 1], see engine/evidence.py.
+
+    ``counts`` is False for a task the agent (or a partner) could have arranged for
+    itself: the verdict is recorded but does not move its reliability (see
+    ``events.reliability``)."""
 
     task_id: str
     task_kind: str  # session | phase
@@ -66,6 +70,7 @@ class CompletionVerified(Struct, kw_only=True, frozen=True):
     response_time: float
     quality_score: float
     score_parts: dict[str, float]
+    counts: bool = True
 
 
 class CompletionRejected(Struct, kw_only=True, frozen=True):
@@ -77,6 +82,7 @@ class CompletionRejected(Struct, kw_only=True, frozen=True):
     reasons: list[Rejection]
     response_time: float | None = None
     quality_score: float = 0.0
+    counts: bool = True  # as for CompletionVerified
 
 
 class TaskLeaseLost(Struct, kw_only=True, frozen=True):

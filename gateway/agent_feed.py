@@ -66,6 +66,7 @@ from gateway.auth import can_read
 from gateway.feeds import POSITION_HEADER, pump_and_listen
 from gateway.state import Services, ServicesDep
 from projections import agents as read_model
+from projections.sessions import SEES_ALL_RESULTS
 
 DEFAULT_PING_TIMEOUT = 2.0
 #: How long the pump waits for the agents read model to apply an event before it reads
@@ -161,9 +162,21 @@ class AgentFeed:
                 AgentStatus(
                     agent_id=name, status=status, event=record.type, position=record.position,
                     version=record.version, occurred_at=read_model.stamp(record.occurred_at),
-                    data=record.data,
+                    data=self._shown(name, record),
                 )
             )  # fmt: skip
+
+    def _shown(self, name: str, record: EventRecord) -> dict[str, Any]:
+        """A verdict's ``output_hash`` is another agent's answer in short: an agent sees it
+        only for itself (it could copy it into a session still open); operators, admins
+        and auditors see it."""
+        principal = self.socket.scope.get("user")
+        role = getattr(principal, "role", "")
+        if "output_hash" not in record.data or role in SEES_ALL_RESULTS:
+            return record.data
+        if getattr(principal, "actor", None) == name:
+            return record.data
+        return {k: v for k, v in record.data.items() if k != "output_hash"}
 
     async def assignment_changed(self, record: EventRecord) -> None:
         """A session or phase event: tell the agents whose status it changed."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from typing import Any
@@ -115,7 +116,9 @@ def idempotency_key(headers: Any) -> str | None:
 
 def derived_id(actor: str, kind: str, command_id: str | None) -> str:
     """The id of what a create command makes: derived from the Idempotency-Key when one is
-    given (so a retried POST names the same aggregate), else random."""
+    given (so a retried POST names the same aggregate), else random. Either way a version 4
+    UUID: the engine refuses clients any other kind (those are the engine's own ids)."""
     if command_id is None:
         return str(uuid.uuid4())
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{actor}/{kind}/{command_id}"))
+    digest = hashlib.sha256(f"{actor}/{kind}/{command_id}".encode()).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))

@@ -30,7 +30,9 @@ from nats.js.api import DeliverPolicy
 from contracts.bounds import INT_MAX
 from contracts.subjects import event_filter
 from gateway.auth import can_read
+from gateway.keys import Principal
 from gateway.state import Services, ServicesDep
+from projections import sessions
 
 POSITION_HEADER = "Chorus-Position"
 DATA_HEADER = "Chorus-Data"
@@ -41,10 +43,18 @@ CLOSE_NOT_FOUND = 4404
 class Feed:
     """One WebSocket fed from one ordered JetStream consumer."""
 
-    def __init__(self, socket: WebSocket[Any, Any, Any], services: Services, since: int) -> None:
+    def __init__(
+        self,
+        socket: WebSocket[Any, Any, Any],
+        services: Services,
+        since: int,
+        transform: Callable[[str], str] | None = None,
+    ) -> None:
         self.socket = socket
         self.services = services
         self.last = since
+        #: Rewrites each record before it is sent (hides what the viewer may not see).
+        self.transform = transform
         self._send_lock = asyncio.Lock()
 
     async def send(self, text: str) -> None:
@@ -56,7 +66,8 @@ class Feed:
             position = int((msg.headers or {}).get(POSITION_HEADER, "0"))
             if position <= self.last:
                 continue
-            await self.send(await resolve(self.services, msg))
+            text = await resolve(self.services, msg)
+            await self.send(self.transform(text) if self.transform else text)
             self.last = position
 
     async def listen(self) -> None:
@@ -133,7 +144,7 @@ async def _stop(*tasks: asyncio.Task[None]) -> None:
 
 async def serve_feed(
     socket: WebSocket[Any, Any, Any], services: Services, aggregate: str, aggregate_id: str,
-    since: int,
+    since: int, transform: Callable[[str], str] | None = None,
 ) -> None:  # fmt: skip
     """Accept, check the aggregate exists (close 4404 if not), then feed it."""
     await socket.accept()
@@ -146,7 +157,7 @@ async def serve_feed(
         await socket.close(code=CLOSE_NOT_FOUND, reason=code)
         return
     with contextlib.suppress(WebSocketDisconnect):
-        await Feed(socket, services, since).serve(event_filter(aggregate, aggregate_id))
+        await Feed(socket, services, since, transform).serve(event_filter(aggregate, aggregate_id))
 
 
 @websocket("/api/v1/sessions/{session_id:uuid}/feed", guards=[can_read])
@@ -156,7 +167,16 @@ async def session_feed(
     services: ServicesDep,
     since: Annotated[int, QueryParameter(ge=0, le=INT_MAX)] = 0,
 ) -> None:
-    await serve_feed(socket, services, "session", str(session_id), since)
+    principal: Principal = socket.user
+    view = await services.read(sessions.get_session, str(session_id))
+    transform = None
+    if view is not None and not sessions.sees_all_results(view, principal.actor, principal.role):
+        # A participant must not read the others' results live either (they could be
+        # copied); it reads them from the session once it closed.
+        def transform(text: str) -> str:
+            return json.dumps(sessions.hide_others_result(json.loads(text), principal.actor))
+
+    await serve_feed(socket, services, "session", str(session_id), since, transform)
 
 
 @websocket("/api/v1/workflows/{workflow_id:uuid}/feed", guards=[can_read])

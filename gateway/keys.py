@@ -2,6 +2,8 @@
 
 A key looks like ``chk_<key id>_<secret>``; only sha256(secret) is stored, so a leaked
 key file does not leak usable keys. The secret has 256 bits, so a plain hash suffices.
+A key is also its holder's NATS credential (user ``<key id>``, password the key): the
+bcrypt hash nats-server checks is stored beside it (runtime/busauth.py writes the users).
 """
 
 from __future__ import annotations
@@ -12,14 +14,13 @@ import secrets
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, get_args
 
+import bcrypt
 from msgspec import Struct
 
-from contracts.subjects import is_token
+from contracts.roles import ROLES, Role, name_problem
 
-Role = Literal["agent", "operator", "auditor", "admin"]
-ROLES: tuple[str, ...] = get_args(Role)
+__all__ = ["ROLES", "KeyStore", "Principal", "Role"]
 
 DDL = """CREATE TABLE IF NOT EXISTS api_keys (
     key_id TEXT PRIMARY KEY,
@@ -27,7 +28,8 @@ DDL = """CREATE TABLE IF NOT EXISTS api_keys (
     actor TEXT NOT NULL,
     role TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    revoked_at TEXT
+    revoked_at TEXT,
+    bus_hash TEXT
 )"""
 
 
@@ -52,6 +54,11 @@ class KeyStore:
         # Hashes only, but still nobody else's business (the umask covers the WAL files).
         path.chmod(0o600)
 
+
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}
+            if "bus_hash" not in columns:  # a store from before keys were bus credentials
+                conn.execute("ALTER TABLE api_keys ADD COLUMN bus_hash TEXT")
+
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -61,16 +68,19 @@ class KeyStore:
         """Store a new key and return it; it is shown once and never stored in the clear."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}")
-        if not is_token(actor):
-            raise ValueError("actor must be 1-128 characters of letters, digits, _ - : @")
+        problem = name_problem(actor)
+        if problem is not None:
+            raise ValueError(f"actor: {problem}")
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
+        key = f"chk_{key_id}_{secret}"
         with self._connect() as conn:
             conn.execute(
-                "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
-                (key_id, _hash(secret), actor, role, datetime.now(UTC).isoformat()),
-            )
-        return f"chk_{key_id}_{secret}"
+                "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL, ?)",
+                (key_id, _hash(secret), actor, role, datetime.now(UTC).isoformat(),
+                 _bus_hash(key)),
+            )  # fmt: skip
+        return key
 
     def authenticate(self, key: str) -> Principal | None:
         parts = key.split("_", 2)
@@ -103,6 +113,27 @@ class KeyStore:
             rows = conn.execute("SELECT key_id FROM api_keys WHERE revoked_at IS NOT NULL")
             return {row[0] for row in rows}
 
+
+    def roles_of(self, actor: str) -> frozenset[str] | None:
+        """The roles of ``actor``'s active keys; None if it never held a key."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT role, revoked_at IS NULL FROM api_keys WHERE actor=?", (actor,)
+            ).fetchall()
+        if not rows:
+            return None
+        return frozenset(role for role, active in rows if active)
+
+    def bus_users(self) -> list[tuple[str, str, str, str]]:
+        """``(key_id, actor, role, bus_hash)`` of every active key that is a bus credential
+        (keys created before keys were bus credentials have none)."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT key_id, actor, role, bus_hash FROM api_keys "
+                "WHERE revoked_at IS NULL AND bus_hash IS NOT NULL ORDER BY key_id"
+            ).fetchall()
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
     def revoke(self, key_id: str) -> bool:
         with self._connect() as conn:
             cur = conn.execute(
@@ -124,3 +155,9 @@ class KeyStore:
 
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _bus_hash(key: str) -> str:
+    """The key as a NATS password: nats-server checks bcrypt hashes. The key holds 256
+    random bits, so the lowest cost is as safe as any and keeps connecting cheap."""
+    return bcrypt.hashpw(key.encode(), bcrypt.gensalt(rounds=4)).decode()

@@ -350,7 +350,8 @@ TOOLS: dict[str, Tool] = _tools(
     ),
     Tool(
         "start_phase",
-        "Start the workflow's next phase (assigned to you unless you name an assignee).",
+        "Start the workflow's next phase for its assignee (default: you); the workflow's "
+        "starter, operators and admins only.",
         StartPhase,
         _phase_command("start_phase"),
     ),

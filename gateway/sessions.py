@@ -198,7 +198,7 @@ class SessionController(Controller):
             view = await services.read(read_model.get_session, str(session_id))
             if view is None:
                 raise Problem(404, codes.SESSION_NOT_FOUND, f"session {session_id} does not exist")
-            return view  # type: ignore[no-any-return]
+            return read_model.visible_to(view, request.user.actor, request.user.role)
 
         return await current_or_past(
             request.user, services, "session", str(session_id), at_version, as_of, current
@@ -207,6 +207,7 @@ class SessionController(Controller):
     @get("/", guards=[can_read], summary="List sessions, newest first")
     async def list_sessions(
         self,
+        request: Request[Principal, Any, Any],
         services: ServicesDep,
         status: FromQuery[str | None] = None,
         participant: FromQuery[str | None] = None,
@@ -219,10 +220,13 @@ class SessionController(Controller):
                 details={"field": "status", "allowed": list(STATUSES)},
             )  # fmt: skip
         check_cursor(cursor, read_model.decode_cursor)
-        return await services.read(  # type: ignore[no-any-return]
+        page: read_model.SessionPage = await services.read(
             read_model.list_sessions, status=status, participant=participant, limit=limit,
             cursor=cursor,
         )  # fmt: skip
+        actor, role = request.user.actor, request.user.role
+        page.items = [read_model.visible_to(view, actor, role) for view in page.items]
+        return page
 
     @get(
         "/{session_id:uuid}/events", guards=[can_audit], summary="A session's history, oldest first"

@@ -85,13 +85,18 @@ DDL = [
         reasons TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS agent_verdicts_agent ON agent_verdicts (agent_id, at)",
+    # Verdicts recorded with counts=false (events.reliability): shown, but in no metric.
+    """CREATE TABLE IF NOT EXISTS agent_verdicts_uncounted (
+        position INTEGER PRIMARY KEY      -- the verdict's log position
+    )""",
     """CREATE TABLE IF NOT EXISTS agent_activity (
         agent_id TEXT NOT NULL,
         at TEXT NOT NULL,
         PRIMARY KEY (agent_id, at)
     ) WITHOUT ROWID""",
 ]
-TABLES = ["agents", "agent_capabilities", "agent_assignments", "agent_verdicts", "agent_activity"]
+TABLES = ["agents", "agent_capabilities", "agent_assignments", "agent_verdicts",
+          "agent_verdicts_uncounted", "agent_activity"]  # fmt: skip
 
 #: The engine's own actor: a delegated phase is "assigned" to it, which is no agent's task.
 SYSTEM = "system"
@@ -182,7 +187,9 @@ class AgentsProjection:
                 changes.update(rejected=counts[1], score=reliability_score(*counts))
             case "CompletionVerified" | "CompletionRejected":
                 verified = record.type == "CompletionVerified"
-                counts = (row["verified"] + verified, row["rejected"] + (not verified))
+                earned = int(data.get("counts", True))
+                counts = (row["verified"] + earned * verified,
+                          row["rejected"] + earned * (not verified))  # fmt: skip
                 changes.update(
                     verified=counts[0], rejected=counts[1], score=reliability_score(*counts)
                 )
@@ -215,6 +222,10 @@ class AgentsProjection:
                 _json.encode(data.get("reasons", [])).decode(),
             ),
         )  # fmt: skip
+        if not data.get("counts", True):
+            conn.execute(
+                "INSERT INTO agent_verdicts_uncounted (position) VALUES (?)", (record.position,)
+            )
 
     # Session events: participations are assignments ---------------------------------------
 
@@ -468,6 +479,8 @@ class VerdictView(msgspec.Struct, kw_only=True):
     assigned_at: str | None
     recorded_at: str
     position: int
+    #: False: recorded, but it does not move reliability (events.reliability).
+    counts: bool = True
 
 
 #: Each agent row with the derived status and its task counts.
@@ -665,8 +678,9 @@ def agent_metrics(
             quality_score=r["quality_score"],
         )
         for r in conn.execute(
-            "SELECT at, verified, response_time, quality_score FROM agent_verdicts "
-            "WHERE agent_id=? AND at<=? ORDER BY at",
+            "SELECT at, verified, response_time, quality_score FROM agent_verdicts v "
+            "WHERE agent_id=? AND at<=? AND NOT EXISTS (SELECT 1 FROM agent_verdicts_uncounted u "
+            "WHERE u.position=v.position) ORDER BY at",
             (agent_id, until),
         )
     ]
@@ -699,14 +713,18 @@ def _verdict_view(row: sqlite3.Row) -> VerdictView:
         score_parts=_decode.decode(row["score_parts"]), response_time=row["response_time"],
         completion_time=row["completion_time"], output_hash=row["output_hash"],
         task_kind=row["task_kind"], assigned_at=row["assigned_at"], recorded_at=row["at"],
-        position=row["position"],
+        position=row["position"], counts=bool(row["counts"]),
     )  # fmt: skip
 
 
 def get_verdict(conn: sqlite3.Connection, position: int) -> VerdictView | None:
     """The verdict recorded at log ``position`` (a verify_completion reply's position)."""
     try:
-        row = conn.execute("SELECT * FROM agent_verdicts WHERE position=?", (position,)).fetchone()
+        row = conn.execute(
+            "SELECT *, NOT EXISTS (SELECT 1 FROM agent_verdicts_uncounted u WHERE "
+            "u.position=v.position) AS counts FROM agent_verdicts v WHERE position=?",
+            (position,),
+        ).fetchone()
     except sqlite3.OperationalError:
         return None
     return _verdict_view(row) if row else None
@@ -727,4 +745,5 @@ def verdict_from_record(record: EventRecord, agent_id: str) -> VerdictView | Non
         completion_time=stamp(data["completion_time"]), output_hash=data["output_hash"],
         task_kind=data.get("task_kind"), assigned_at=stamp(assigned) if assigned else None,
         recorded_at=stamp(record.occurred_at), position=record.position,
+        counts=bool(data.get("counts", True)),
     )  # fmt: skip

@@ -231,6 +231,47 @@ def open_sessions_naming_others(conn: sqlite3.Connection, actor: str) -> int:
     return int(row[0])
 
 
+# Who sees which results ----------------------------------------------------------------------
+
+#: Roles that see every result of an open session.
+SEES_ALL_RESULTS = frozenset({"operator", "admin", "auditor"})
+#: What a feed shows of a result its viewer may not see yet.
+HIDDEN_FIELDS = ("result", "output_hash", "result_digest")
+
+
+def sees_all_results(view: SessionView, actor: str, role: str) -> bool:
+    """Whether ``actor`` may see every participant's result now.
+
+    While a session is open, a participant must not see what the others submitted (it
+    could copy an answer, or its hash, and be counted as agreeing). So every result is
+    shown to operators, admins and auditors, to the session's opener and coordinator when
+    they are not participants themselves, and to everyone once the session closed; any
+    other caller sees its own result only."""
+    if view.status != "open" or role in SEES_ALL_RESULTS:
+        return True
+    return actor in (view.opened_by, view.coordinator_id) and actor not in view.participants
+
+
+def visible_to(view: SessionView, actor: str, role: str) -> SessionView:
+    """The view as ``actor`` may see it (see ``sees_all_results``)."""
+    if sees_all_results(view, actor, role):
+        return view
+    mine = {agent: r for agent, r in view.results.items() if agent == actor}
+    return msgspec.structs.replace(view, results=mine)
+
+
+def hide_others_result(record: dict[str, Any], actor: str) -> dict[str, Any]:
+    """A feed record as a viewer that may not see others' results gets it: another
+    participant's ``ResultSubmitted`` without its result and hashes (``hidden: true``)."""
+    data = record.get("data")
+    if record.get("type") != "ResultSubmitted" or not isinstance(data, dict):
+        return record
+    if data.get("agent_id") == actor:
+        return record
+    kept = {k: v for k, v in data.items() if k not in HIDDEN_FIELDS}
+    return {**record, "data": {**kept, "hidden": True}}
+
+
 def encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(f"s:{seq}".encode()).decode().rstrip("=")
 

@@ -165,21 +165,31 @@ def main(argv: list[str] | None = None) -> int:
                 run_projector(settings)
         case "keys":
             from gateway.keys import KeyStore
+            from runtime import busauth
 
             if problem := missing_store(settings, getattr(args, "init", False)):
                 print(problem, file=sys.stderr)
                 return 2
-            store = KeyStore(Path(str(settings.resolved().keys_path)))
+            resolved = settings.resolved()
+            keys_path = Path(str(resolved.keys_path))
+            nats_dir = resolved.data_dir / "nats"
+            store = KeyStore(keys_path)
             if args.keys_command == "create":
                 try:
-                    print(store.create(args.actor, args.role))
+                    key = store.create(args.actor, args.role)
                 except ValueError as error:
                     print(f"chorus: {error}", file=sys.stderr)
                     return 2
+                busauth.sync(nats_dir, keys_path)  # the embedded bus lets it in now
+                print(key)  # stdout: the key alone, so KEY=$(chorus keys create ...) works
+                if args.role in busauth.BUS_ROLES:
+                    print(busauth.credentials_text(key, args.actor, nats_dir), file=sys.stderr)
             else:
                 if not store.revoke(args.key_id):
                     print(f"chorus: no active key {args.key_id}", file=sys.stderr)
                     return 1
+                # Reloading the embedded server closes the key's bus connections at once.
+                busauth.sync(nats_dir, keys_path)
                 print(f"revoked {args.key_id}")
         case "audit":
             from runtime import audit

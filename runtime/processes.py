@@ -6,11 +6,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from contracts.workflow_types import WorkflowTypeRegistry
+from engine.authz import DEFAULT_ROLES, CachedRoles, Roles
 from engine.liveness import LivenessConfig
 from engine.service import EngineConfig, EngineService
 from events.store import open_recorder
@@ -52,28 +51,30 @@ def engine_config(settings: Settings) -> EngineConfig:
         cache_size=s.cache_size,
         replicas=s.stream_replicas,
         workflow_types=WorkflowTypeRegistry.load(s.workflow_types),
-        is_operator=operator_check(Path(str(s.keys_path))),
+        roles=key_store_roles(Path(str(s.keys_path))),
         liveness_config=LivenessConfig(s.heartbeat_interval, s.missed_heartbeats),
         seal_anchor_path=s.seal_anchor_path,
     )
 
 
-def operator_check(keys_path: Path, ttl: float = 5.0) -> Callable[[str], bool]:
-    """Operators (and admins) may report on any workflow phase. Their keys live in the
-    gateway's key store; the answer is cached briefly, so a revoked key stops counting
-    within ``ttl`` seconds."""
-    store = KeyStore(keys_path)
-    cache: dict[str, tuple[float, bool]] = {}
+class KeyStoreRoles:
+    """The engine's ``Roles`` port over the key store: the roles of an actor's active keys.
 
-    def is_operator(actor: str) -> bool:
-        now = time.monotonic()
-        hit = cache.get(actor)
-        if hit is None or now - hit[0] > ttl:
-            hit = (now, store.has_role(actor, ("operator", "admin")))
-            cache[actor] = hit
-        return hit[1]
+    An actor that never held a key counts as an agent (``DEFAULT_ROLES``: the secured bus
+    admits only key holders); one whose keys were all revoked holds no role at all."""
 
-    return is_operator
+    def __init__(self, store: KeyStore) -> None:
+        self.store = store
+
+    def roles_of(self, actor: str) -> frozenset[str]:
+        roles = self.store.roles_of(actor)
+        return DEFAULT_ROLES if roles is None else roles
+
+
+def key_store_roles(keys_path: Path, ttl: float = 5.0) -> Roles:
+    """Roles read from the key store, cached for ``ttl`` seconds (so a revoked key stops
+    counting within that time)."""
+    return CachedRoles(KeyStoreRoles(KeyStore(keys_path)), ttl=ttl)
 
 
 def run_engine(settings: Settings) -> None:

@@ -33,6 +33,7 @@ from contracts.workflow_types import WorkflowTypeRegistry
 from engine.streams import ensure_streams
 from events.bundle import create_signing_key
 from gateway.keys import KeyStore
+from runtime import busauth
 from runtime.natsd import NatsServer, die_with_parent, start_nats_server
 from runtime.permissions import tighten
 from runtime.settings import Settings
@@ -120,9 +121,13 @@ class Supervisor:
         self.nats_restarts = 0
         self.nats_started_at = 0.0
         self._lock: IO[str] | None = None
+        self.nats_dir = Path(self.settings.data_dir) / "nats"
 
     def _spawn(self, child: Child) -> None:
         env = {**_base_env(), **self.settings.child_env()}
+        if self.nats is not None and child.role in busauth.SERVICES:
+            # Each service connects as its own least-rights NATS user.
+            env["CHORUS_NATS_URL"] = busauth.service_url(self.nats.url, child.role, self.nats_dir)
         log_path = Path(self.settings.data_dir) / "logs" / f"{child.role}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log_file:
@@ -155,24 +160,32 @@ class Supervisor:
             WorkflowTypeRegistry.load(s.workflow_types)
         except ValueError as error:
             raise SystemExit(f"chorus: {error}") from None
+        setup_url = s.nats_url
         if not s.nats_url:
-            nats_dir = Path(s.data_dir) / "nats"
+            # One NATS user per API key and per service, from the key store (busauth).
+            config = busauth.write_config(self.nats_dir, Path(str(s.keys_path)))
+            nats_dir = self.nats_dir
             self.nats_port = choose_nats_port(nats_dir, s.nats_port)
             try:
-                self.nats = start_nats_server(nats_dir, port=self.nats_port)
+                self.nats = start_nats_server(
+                    nats_dir, port=self.nats_port, config=config, monitor=False
+                )
             except RuntimeError:
                 if s.nats_port is not None:
                     raise
                 # Someone took the port between the check and the bind: any free one.
                 self.nats_port = _free_port()
-                self.nats = start_nats_server(nats_dir, port=self.nats_port)
+                self.nats = start_nats_server(
+                    nats_dir, port=self.nats_port, config=config, monitor=False
+                )
             (nats_dir / "port").write_text(f"{self.nats_port}\n")
             self.nats_started_at = time.monotonic()
             self.settings = s = s.model_copy(update={"nats_url": self.nats.url})
-        assert s.nats_url is not None
+            setup_url = busauth.service_url(self.nats.url, "engine", self.nats_dir)
+        assert setup_url is not None
         try:
             nc = await nats.connect(
-                s.nats_url, name="chorus-up", connect_timeout=5, max_reconnect_attempts=2
+                setup_url, name="chorus-up", connect_timeout=5, max_reconnect_attempts=2
             )
         except Exception as error:
             raise SystemExit(f"chorus: cannot reach NATS at {s.nats_url}: {error}") from None
@@ -188,7 +201,10 @@ class Supervisor:
         assert self.settings.keys_path is not None
         store = KeyStore(Path(self.settings.keys_path))
         if store.count("admin") == 0:
-            return store.create("admin", "admin")
+            key = store.create("admin", "admin")
+            if self.nats is not None:
+                busauth.sync(self.nats_dir, Path(self.settings.keys_path))
+            return key
         return None
 
     async def watch(self, stop: asyncio.Event) -> None:
@@ -216,7 +232,7 @@ class Supervisor:
             await wait_event(stop, 0.5)
 
     async def _restart_nats(self, stop: asyncio.Event) -> None:
-        """Like any child, on the same port with the same token: the children's clients
+        """Like any child, on the same port with the same users: the children's clients
         reconnect to the URL they have; JetStream recovers its streams from disk."""
         assert self.nats is not None
         assert self.nats_port is not None
@@ -236,8 +252,9 @@ class Supervisor:
             return
         try:
             server = await asyncio.to_thread(
-                start_nats_server, self.nats.data_dir, port=self.nats_port
-            )
+                start_nats_server, self.nats.data_dir, port=self.nats_port,
+                config=self.nats_dir / busauth.CONFIG_NAME, monitor=False,
+            )  # fmt: skip
         except (OSError, RuntimeError) as error:
             print(f"chorus: nats-server did not restart: {error}", file=sys.stderr, flush=True)
             self.nats_started_at = time.monotonic()
@@ -304,7 +321,8 @@ def run_up(settings: Settings, *, demo: bool = False) -> int:
         lines = [
             "Chorus is up" + ("" if ready else " (gateway not answering yet, see its log)"),
             f"  API        {base}/api/v1   docs {base}/schema",
-            f"  NATS       {s.nats_url}" + ("  (embedded)" if supervisor.nats else ""),
+            f"  NATS       {s.nats_url}"
+            + ("  (embedded; each API key is its NATS credential)" if supervisor.nats else ""),
             f"  events     {s.database_url}",
             f"  read store {s.read_store_url}",
             f"  logs       {s.data_dir}/logs/",

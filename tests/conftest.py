@@ -36,7 +36,7 @@ from projections.sessions import SessionsProjection
 from projections.tasks import AgentTasksProjection
 from projections.workflows import WorkflowsProjection
 from runtime.natsd import start_nats_server
-from runtime.processes import operator_check
+from runtime.processes import key_store_roles
 
 
 @dataclass
@@ -104,7 +104,7 @@ async def engine(
     """The engine knows the operators of the ``gateway`` fixture's key store, as in
     ``chorus up``."""
     config = EngineConfig(nats_url=nats_server.url, database_url=database_url,
-                          is_operator=operator_check(tmp_path / "keys.db"))  # fmt: skip
+                          roles=key_store_roles(tmp_path / "keys.db"))  # fmt: skip
     service = EngineService(config)
     await service.start()
     try:

@@ -33,6 +33,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
 
 from contracts.feed import EventRecord
+from contracts.subjects import agent_inbox_prefix
 from events.codec import decode_record, is_domain_topic
 from events.store import open_recorder
 from runtime.natsd import NatsServer, die_with_parent, start_nats_server
@@ -62,6 +63,17 @@ def clean_env(**chorus: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHORUS_")}
     env.update(chorus)
     return env
+
+
+def bus_admits(url: str, user: str, password: str) -> bool:
+    """Whether nats-server at ``url`` lets ``user`` in (a raw CONNECT, then PING)."""
+    host, port = url.removeprefix("nats://").rsplit("@", 1)[-1].split(":")
+    options = json.dumps({"verbose": False, "user": user, "pass": password})
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        reader = conn.makefile("rb")
+        reader.readline()  # INFO
+        conn.sendall(f"CONNECT {options}\r\nPING\r\n".encode())
+        return reader.readline().startswith(b"PONG")
 
 
 def cli(*args: str) -> list[str]:
@@ -286,6 +298,26 @@ class ChorusUp:
         wait_until(self._healthy, timeout, "the gateway's /health")
         # All four children (nats-server, engine, projector, gateway) are running.
         wait_until(self._children_started, timeout, "the supervisor's four children")
+
+    def key(self, actor: str, role: str = "agent") -> str:
+        """A new API key from ``chorus keys create`` (also the actor's bus credential)."""
+        done = subprocess.run(
+            cli("keys", "create", "--actor", actor, "--role", role, "--data-dir",
+                str(self.data_dir)),
+            cwd=self.log_dir, env=clean_env(**self.env), capture_output=True, text=True,
+            check=True,
+        )  # fmt: skip
+        return done.stdout.strip()
+
+    async def bus(self, actor: str, key: str | None = None, **options: Any) -> NATS:
+        """A NATS connection as ``actor`` with its own credential (a new agent key unless
+        given), once the reloaded server lets the key in."""
+        key = key or self.key(actor)
+        assert self.nats_url is not None
+        user = key.split("_")[1]
+        wait_until(lambda: bus_admits(self.nats_url or "", user, key), 30, f"{actor}'s bus user")
+        return await nats.connect(self.nats_url, user=user, password=key,
+                                  inbox_prefix=agent_inbox_prefix(actor), **options)  # fmt: skip
 
     def _healthy(self) -> bool:
         try:

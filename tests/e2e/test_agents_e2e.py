@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 import pytest
 
 from runtime.agent_sdk import AgentClient
@@ -63,7 +62,7 @@ async def test_agents_liveness_evidence_metrics_and_routing_under_chorus_up(
     with running_chorus(data_dir, free_port(), workdir, **env) as up:
         assert up.nats_url and up.admin_key, up.output
         headers = {"Authorization": f"Bearer {up.admin_key}"}
-        connections = [await nats.connect(up.nats_url) for _ in FLEET]
+        connections = [await up.bus(name) for name in FLEET]
         clients = {
             name: AgentClient(nc, name, heartbeat_interval=0.05)
             for name, nc in zip(FLEET, connections, strict=True)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 import pytest
+from nats.aio.client import Client as NATS
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -128,18 +128,13 @@ async def wait_for_status(http: httpx.AsyncClient, session_id: str, status: str)
     return await async_wait_until(reached, 30, f"session {session_id} to be {status}", 0.1)
 
 
-async def agent_submit(nats_url: str, agent: str, session_id: str, success: bool) -> dict[str, Any]:
-    """An agent on raw nats-py: one request on its own subject, retried until answered."""
-    nc = await nats.connect(nats_url, name=f"e2e-{agent}")
-    try:
-        body = submit_body(
-            f"{agent}-{session_id}", session_id, {"agent": agent, "ok": success}, success=success
-        )
-        return await request_until_answered(
-            nc, cmd_subject(agent, "submit_result"), body, timeout=5
-        )
-    finally:
-        await nc.close()
+async def agent_submit(nc: NATS, agent: str, session_id: str, success: bool) -> dict[str, Any]:
+    """An agent on raw nats-py (connected with its own key): one request on its own
+    subject, retried until answered."""
+    body = submit_body(
+        f"{agent}-{session_id}", session_id, {"agent": agent, "ok": success}, success=success
+    )
+    return await request_until_answered(nc, cmd_subject(agent, "submit_result"), body, timeout=5)
 
 
 async def collect_feed(
@@ -173,16 +168,18 @@ async def drive(up: ChorusUp, scenario: Scenario) -> None:
             proxy=None,
         )
         feed = asyncio.create_task(collect_feed(ws, scenario.feed_a, scenario.feed_other))
+        # Each agent on the bus with its own key, before B's short deadline starts.
+        agents = {name: await up.bus(name, name=f"e2e-{name}") for name in AGENTS_A}
         try:
             # B times out after 2 s; only agent-1 submits to it, right away.
             scenario.open_replies["B"] = await open_session(http, b, AGENTS_B, timeout_seconds=2)
             scenario.agent_replies["B/agent-1"] = await agent_submit(
-                up.nats_url or "", "agent-1", b, True
+                agents["agent-1"], "agent-1", b, True
             )
 
             results = await asyncio.gather(
                 *(
-                    agent_submit(up.nats_url or "", agent, a, success)
+                    agent_submit(agents[agent], agent, a, success)
                     for agent, success in zip(AGENTS_A, (True, True, False), strict=True)
                 )
             )
@@ -206,6 +203,8 @@ async def drive(up: ChorusUp, scenario: Scenario) -> None:
             await async_wait_until(feed_has_all, 30, "the feed to deliver A's events")
             await asyncio.sleep(1.0)
         finally:
+            for nc in agents.values():
+                await nc.close()
             await ws.close()
             feed.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -255,7 +254,8 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
 
 
 def test_banner_names_embedded_nats_and_admin_key(scenario: Scenario) -> None:
-    assert re.match(r"^nats://[0-9a-f]{32}@127\.0\.0\.1:\d+$", scenario.nats_url)
+    # No secret in it: each API key is its own NATS credential.
+    assert re.match(r"^nats://127\.0\.0\.1:\d+$", scenario.nats_url)
     assert scenario.admin_key is not None
     assert scenario.admin_key.startswith("chk_")
     assert set(scenario.children) >= {"nats-server", "engine", "project", "gateway"}

@@ -209,7 +209,8 @@ async def test_workflows_complete_fail_and_cancel_under_chorus_up(
     with running_chorus(data_dir, free_port(), workdir) as up:
         assert up.nats_url and up.admin_key, up.output
         headers = {"Authorization": f"Bearer {up.admin_key}"}
-        agents = {a: await nats.connect(up.nats_url, name=f"e2e-{a}") for a in AGENTS}
+        agents = {a: await up.bus(a, name=f"e2e-{a}") for a in AGENTS}
+        admin = await up.bus("admin", up.admin_key, name="e2e-admin")
         try:
             async with httpx.AsyncClient(
                 base_url=up.base_url, headers=headers, timeout=30, trust_env=False
@@ -224,13 +225,13 @@ async def test_workflows_complete_fail_and_cancel_under_chorus_up(
                     agent = AGENTS[index % len(AGENTS)]
                     nc = agents[agent]
                     base = f"a-{phase}"
-                    await accepted(nc, agent, "start_phase", f"{base}-start",
-                                   workflow_id=wid_a, phase=phase)  # fmt: skip
+                    await accepted(admin, "admin", "start_phase", f"{base}-start",
+                                   workflow_id=wid_a, phase=phase, assignee=agent)  # fmt: skip
                     await accepted(nc, agent, "report_progress", f"{base}-progress",
                                    workflow_id=wid_a, phase=phase, progress=50)  # fmt: skip
                     await accepted(nc, agent, "complete_phase", f"{base}-complete",
                                    workflow_id=wid_a, phase=phase, result={"phase": phase})  # fmt: skip
-                await accepted(agents["agent-1"], "agent-1", "start_phase", "a-review-start",
+                await accepted(admin, "admin", "start_phase", "a-review-start",
                                workflow_id=wid_a, phase="review")  # fmt: skip
                 # The dissenting vote first, so that no submission can meet a closed session.
                 for agent, success in (("agent-3", False), ("agent-1", True), ("agent-2", True)):
@@ -248,8 +249,8 @@ async def test_workflows_complete_fail_and_cancel_under_chorus_up(
                 # B: the first phase fails.
                 wid_b = await start_over_http(http, "quick", "wf-b")
                 nc1 = agents["agent-1"]
-                await accepted(nc1, "agent-1", "start_phase", "b-start",
-                               workflow_id=wid_b, phase="implement")  # fmt: skip
+                await accepted(admin, "admin", "start_phase", "b-start",
+                               workflow_id=wid_b, phase="implement", assignee="agent-1")  # fmt: skip
                 await accepted(nc1, "agent-1", "fail_phase", "b-fail", workflow_id=wid_b,
                                phase="implement",
                                error={"code": "build_broken", "message": "does not compile"})  # fmt: skip
@@ -278,7 +279,7 @@ async def test_workflows_complete_fail_and_cancel_under_chorus_up(
                 assert items[0]["status"] == "succeeded"
                 assert sorted(items[0]["participants"]) == AGENTS
         finally:
-            for nc in agents.values():
+            for nc in (*agents.values(), admin):
                 await nc.close()
 
         records = domain_events(read_store(sqlite_url(data_dir / "events.db")))

@@ -15,6 +15,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from contracts.agents import agent_uuid
+from engine.authz import StaticRoles
 from engine.liveness import LivenessConfig
 from engine.service import EngineConfig, EngineService
 from tests.conftest import NatsEndpoint
@@ -25,9 +26,9 @@ FAST = LivenessConfig(interval=0.1, missed=3)
 
 @pytest.fixture
 async def engine(nats_server: NatsEndpoint, database_url: str) -> AsyncIterator[EngineService]:
-    """An engine whose agents go offline after 0.3 s of silence; ``ops`` is an operator."""
+    """An engine whose agents go offline after 0.3 s of silence; ``ops`` and ``coord`` are operators."""
     config = EngineConfig(nats_url=nats_server.url, database_url=database_url,
-                          liveness_config=FAST, is_operator=lambda actor: actor == "ops")  # fmt: skip
+                          liveness_config=FAST, roles=StaticRoles({"ops": {"operator"}, "coord": {"operator"}}))  # fmt: skip
     async with EngineService(config) as service:
         yield service
 
@@ -288,8 +289,8 @@ async def test_a_workflow_phase_is_a_task_its_assignee_can_prove(
     await send(nc, "op", "start", start, aggregate="workflow")
     first = (await asyncio.to_thread(lambda: events_of(database_url, "WorkflowStarted")))[0]
     phase = first.data["phases"][0]["name"]
-    await send(nc, "worker", "start_phase", {"workflow_id": wid, "phase": phase},
-               aggregate="workflow")  # fmt: skip
+    await send(nc, "op", "start_phase", {"workflow_id": wid, "phase": phase,
+                                         "assignee": "worker"}, aggregate="workflow")  # fmt: skip
     result = {"diff": "+1"}
     await send(nc, "worker", "complete_phase", {"workflow_id": wid, "phase": phase,
                                                 "result": result}, aggregate="workflow")  # fmt: skip

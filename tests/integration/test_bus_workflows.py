@@ -24,9 +24,8 @@ async def test_agents_drive_a_workflow_phase_by_phase_to_completion(
     })  # fmt: skip
     assert started["status"] == "accepted"
     for phase, agent in (("implement", "agent-1"), ("test", "agent-2")):
-        assert (await workflow(nc, agent, "start_phase", {"workflow_id": wid, "phase": phase}))[
-            "status"
-        ] == "accepted"
+        assign = {"workflow_id": wid, "phase": phase, "assignee": agent}
+        assert (await workflow(nc, "ops", "start_phase", assign))["status"] == "accepted"
         for progress in (30, 80):
             reply = await workflow(
                 nc,
@@ -63,7 +62,13 @@ async def test_workflow_rules_are_enforced_with_stable_codes(
     await workflow(
         nc, "ops", "start", {"workflow_id": wid, "requirements": "x", "workflow_type": "quick"}
     )
-    await workflow(nc, "agent-1", "start_phase", {"workflow_id": wid, "phase": "implement"})
+    takeover = await workflow(
+        nc, "agent-9", "start_phase", {"workflow_id": wid, "phase": "implement"}
+    )
+    assert takeover["error"]["code"] == "not_authorized"
+    await workflow(
+        nc, "ops", "start_phase", {"workflow_id": wid, "phase": "implement", "assignee": "agent-1"}
+    )
     stranger = await workflow(
         nc, "agent-9", "complete_phase", {"workflow_id": wid, "phase": "implement"}
     )

@@ -200,23 +200,21 @@ async def test_an_agent_cannot_finish_a_delegated_phase_by_hand(
     assert reply["error"]["code"] == "not_assigned"
 
 
-async def test_a_session_opened_by_someone_else_under_the_derived_id_never_finishes_the_phase(
+async def test_nobody_can_open_a_delegated_phases_session_before_the_engine(
     nats_server: NatsEndpoint, nc: NATS, database_url: str
 ) -> None:
+    """The id is derived from the public workflow id, but it is not a random UUID, and
+    clients may open only those: the squat that used to fail the phase is refused."""
     async with EngineService(config(nats_server, database_url, delegation=False)):
         wid = await start(nc)
         sid = delegated_session_id(wid, "review")
         hijack = {"session_id": sid, "participants": ["mallory"], "task": {"description": "x"}}
-        assert (await send(nc, "mallory", "open", hijack))["status"] == "accepted"
-        await send(nc, "mallory", "submit_result", {"session_id": sid, "result": {"pwned": True}})
+        squat = await send(nc, "mallory", "open", hijack)
+        assert squat["error"]["code"] == "reserved_id"
     async with EngineService(config(nats_server, database_url)):
-        await until(
-            lambda: events_of(database_url, wid)[-1].type == "WorkflowFailed", "the phase to fail"
-        )
-    types = [r.type for r in events_of(database_url, wid)]
-    assert "PhaseCompleted" not in types
-    failed = next(r for r in events_of(database_url, wid) if r.type == "PhaseFailed")
-    assert failed.data["error"]["code"] == "session_exists"
+        await until(lambda: bool(events_of(database_url, sid)), "the engine to open the session")
+    opened = events_of(database_url, sid)[0]
+    assert (opened.type, opened.data["opened_by"]) == ("SessionOpened", "system")
 
 
 async def test_a_delegation_the_engine_cannot_open_fails_the_phase_with_the_reason(

@@ -203,7 +203,7 @@ async def test_verify_completion_returns_the_verdict_with_reasons_and_score(http
     keys = {name: gateway.key(name) for name in ("a1", "a2")}
     for name, headers in keys.items():
         await registered(http, headers, name)
-    session_id = await open_session(http, gateway.key("coord"), ["a1", "a2"])
+    session_id = await open_session(http, gateway.key("coord", "operator"), ["a1", "a2"])
     done = now()  # completed, then submitted: a claim is never later than its result
     assert (await submit(http, keys["a1"], session_id, output_hash="sha256:ab")).status_code == 200
 
@@ -356,7 +356,7 @@ async def test_list_refuses_unknown_choices_and_foreign_cursors(http, gateway):
 async def test_get_agent_shows_busy_and_its_open_tasks(http, gateway):
     a1 = gateway.key("a1")
     await registered(http, a1, "a1")
-    session_id = await open_session(http, gateway.key("coord"), ["a1"])
+    session_id = await open_session(http, gateway.key("coord", "operator"), ["a1"])
 
     # The open waited for the sessions read model; the agents one follows the same log.
     for _ in range(500):
@@ -375,7 +375,7 @@ async def test_metrics_by_window_and_as_of(http, gateway):
     await registered(http, a1, "a1")
     tasks = []
     for i in range(3):
-        session_id = await open_session(http, gateway.key("coord"), ["a1"])
+        session_id = await open_session(http, gateway.key("coord", "operator"), ["a1"])
         tasks.append((session_id, now()))
         assert (await submit(http, a1, session_id, output_hash=f"h{i}")).status_code == 200
     # Stated response times fit the record (a moment, plus the 5 s clock-skew allowance).
@@ -480,7 +480,8 @@ async def test_a_workflow_phase_makes_its_assignee_busy_and_can_be_verified(http
     assert started.status_code == 202, started.text
     wid = started.json()["workflow_id"]
     task_id = f"{wid}/implement"
-    reply = await send(nc, "a1", "start_phase", {"workflow_id": wid, "phase": "implement"},
+    reply = await send(nc, "ops", "start_phase",
+                       {"workflow_id": wid, "phase": "implement", "assignee": "a1"},
                        aggregate="workflow")  # fmt: skip
     assert reply["status"] == "accepted", reply
 

@@ -64,7 +64,9 @@ async def test_a_workflow_started_over_http_is_followed_phase_by_phase(
         assert body["status"] == "queued"
         assert body["created_at"]
         assert body["estimated_completion"]
-        await agent(nc, "agent-1", "start_phase", workflow_id=wid, phase="implement")
+        await agent(
+            nc, "ops", "start_phase", workflow_id=wid, phase="implement", assignee="agent-1"
+        )
         await agent(
             nc, "agent-1", "report_progress", workflow_id=wid, phase="implement", progress=50
         )
@@ -85,7 +87,7 @@ async def test_a_workflow_started_over_http_is_followed_phase_by_phase(
         await agent(
             nc, "agent-1", "complete_phase", workflow_id=wid, phase="implement", result={"pr": 7}
         )
-        await agent(nc, "agent-2", "start_phase", workflow_id=wid, phase="test")
+        await agent(nc, "ops", "start_phase", workflow_id=wid, phase="test", assignee="agent-2")
         await agent(
             nc, "agent-2", "complete_phase", workflow_id=wid, phase="test", result={"passed": 120}
         )
@@ -118,7 +120,9 @@ async def test_a_failed_phase_shows_its_error_and_a_cancel_is_recorded(
             )
         ).json()
         wid = failing["workflow_id"]
-        await agent(nc, "agent-1", "start_phase", workflow_id=wid, phase="implement")
+        await agent(
+            nc, "ops", "start_phase", workflow_id=wid, phase="implement", assignee="agent-1"
+        )
         await agent(
             nc, "agent-1", "fail_phase", workflow_id=wid, phase="implement",
             error={"code": "build_broken", "message": "does not compile"},
@@ -181,7 +185,9 @@ async def test_the_workflow_feed_catches_up_then_goes_live(
         f"{gateway.ws_url}{BASE}/{wid}/feed?since=0", additional_headers=ops
     ) as ws:
         first = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        await agent(nc, "agent-1", "start_phase", workflow_id=wid, phase="implement")
+        await agent(
+            nc, "ops", "start_phase", workflow_id=wid, phase="implement", assignee="agent-1"
+        )
         seen = [first]
         while seen[-1]["type"] != "PhaseStarted":  # the dispatcher may record PhaseWaiting
             seen.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))

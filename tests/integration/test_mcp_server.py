@@ -97,7 +97,10 @@ async def test_an_mcp_client_runs_a_workflow_phase_and_others_are_refused(
         started = await call(ops, "start_workflow", requirements="ship", workflow_type="quick")
         wid = started["workflow_id"]
         assert started["status"] == "queued"
-        await call(agent, "start_phase", workflow_id=wid, phase="implement")
+        # The starter assigns the phase; the agent cannot take it over by itself.
+        takeover = await refused(agent, "start_phase", workflow_id=wid, phase="implement")
+        assert takeover["code"] == "not_authorized"
+        await call(ops, "start_phase", workflow_id=wid, phase="implement", assignee="agent-1")
         await call(agent, "report_progress", workflow_id=wid, phase="implement", progress=40)
         partial = await call(
             agent, "record_partial_result", workflow_id=wid, phase="implement", result={"f": 1}

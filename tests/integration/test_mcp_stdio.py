@@ -60,6 +60,6 @@ async def test_chorus_mcp_over_stdio_acts_as_its_key(
         wid = (await call(ops, "start_workflow", requirements="r", workflow_type="quick"))[
             "workflow_id"
         ]
-        await call(agent, "start_phase", workflow_id=wid, phase="implement")
+        await call(ops, "start_phase", workflow_id=wid, phase="implement", assignee="agent-1")
         done = await call(agent, "complete_phase", workflow_id=wid, phase="implement", result={})
         assert done["phases_completed"] == ["implement"]

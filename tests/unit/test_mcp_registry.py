@@ -25,12 +25,13 @@ from contracts.mcp import (
     tool_spec,
 )
 from engine import errors, mcp
+from engine.authz import StaticRoles
 from engine.context import EngineContext
 from gateway.errors import Problem
 from gateway.mcp_registry import CallLimiter
 from tests.unit.conftest import CLOCK_START
 
-OPS = EngineContext(is_operator=lambda actor: actor == "ops")
+OPS = EngineContext(roles=StaticRoles({"ops": {"operator"}}))
 ADD = tool_spec("add", "Add", {"type": "object", "properties": {"a": {"type": "integer"}},
                                "required": ["a"]})  # fmt: skip
 

@@ -15,6 +15,8 @@ from eventsourcing.persistence import ApplicationRecorder, IntegrityError, Store
 from contracts import errors as codes
 from contracts.envelope import Envelope, Reply
 from contracts.sessions import CancelSession, OpenSession, SubmitResult, Task, TimeOutSession
+from engine.authz import StaticRoles
+from engine.context import EngineContext
 from engine.handlers import HANDLERS
 from engine.processor import Command, Processor
 from engine.session import SessionState
@@ -739,8 +741,9 @@ def test_a_type_redefined_by_another_worker_is_used_at_once(
             envelope=Envelope(command_id=uuid.uuid4().hex, payload=payload),
         )
 
-    one = Processor(recorder, clock=clock)
-    two = Processor(second_recorder, clock=clock)
+    admins = EngineContext(roles=StaticRoles({"root": {"admin"}}))
+    one = Processor(recorder, clock=clock, context=admins)
+    two = Processor(second_recorder, clock=clock, context=admins)
     assert statuses(one.handle_batch([define("a")])) == ["accepted"]
     assert statuses(two.handle_batch([start_custom()])) == ["accepted"]  # two caches "a"
     one.handle_batch([define("x", "y")])

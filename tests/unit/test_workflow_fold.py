@@ -23,7 +23,6 @@ from contracts.workflows import (
     StartWorkflow,
 )
 from engine import errors
-from engine.context import EngineContext
 from engine.workflow import (
     WorkflowState,
     decide_cancel,
@@ -122,21 +121,6 @@ def test_phases_run_in_order_and_the_last_completion_completes_the_workflow() ->
         decide_cancel(state, CancelWorkflow(workflow_id=WID), "ops", NOW)
 
 
-def test_only_the_assignee_or_the_starter_reports_on_a_phase() -> None:
-    state = started()
-    run(state, decide_start_phase, StartPhase(workflow_id=WID, phase="implement"), "agent-1")
-    with pytest.raises(errors.NotAssigned):
-        decide_report_progress(
-            state, ReportProgress(workflow_id=WID, phase="implement", progress=10), "agent-9", NOW
-        )
-    run(
-        state,
-        decide_report_progress,
-        ReportProgress(workflow_id=WID, phase="implement", progress=10),
-        "ops",
-    )
-
-
 def test_progress_never_goes_back() -> None:
     state = started()
     run(state, decide_start_phase, StartPhase(workflow_id=WID, phase="implement"), "agent-1")
@@ -177,10 +161,8 @@ def test_a_failed_phase_fails_the_workflow_with_its_error() -> None:
     ]
 
 
-def test_only_the_starter_cancels() -> None:
+def test_a_workflow_is_cancelled_with_its_reason() -> None:
     state = started()
-    with pytest.raises(errors.NotAuthorized):
-        decide_cancel(state, CancelWorkflow(workflow_id=WID), "agent-1", NOW)
     run(state, decide_cancel, CancelWorkflow(workflow_id=WID, reason="not needed"), "ops")
     assert state.status == "cancelled"
 
@@ -254,15 +236,3 @@ def test_progress_is_monotonic_and_replay_reproduces_the_state(commands: list[An
     for event in recorded:
         replayed.apply(event)
     assert dataclasses.asdict(replayed) == dataclasses.asdict(state)
-
-
-def test_an_operator_may_report_on_any_phase_through_the_engine_context() -> None:
-    state = started()
-    run(state, decide_start_phase, StartPhase(workflow_id=WID, phase="implement"), "agent-1")
-    report = ReportProgress(workflow_id=WID, phase="implement", progress=40)
-    with pytest.raises(errors.NotAssigned):
-        decide_report_progress(state, report, "ops-2", NOW, EngineContext())
-    operators = EngineContext(is_operator=lambda actor: actor == "ops-2")
-    assert decide_report_progress(state, report, "ops-2", NOW, operators)
-    with pytest.raises(errors.NotAssigned):
-        decide_report_progress(state, report, "agent-9", NOW, operators)

@@ -1,0 +1,195 @@
+"""Bus identity for the embedded nats-server: one NATS user per API key and per service.
+
+Chosen over an auth-callout service: the key store is small and changes only when an
+admin runs ``chorus keys``, so the server's own config (users with bcrypt passwords and
+subject permissions) regenerated from the store and reloaded with SIGHUP is enough. It has
+no extra process on the connect path (a callout service down means nobody connects), and a
+reload re-checks every open connection, so a revoked key's connections are closed at once.
+Its limit: one config per deployment, so a cluster whose servers do not share a data
+directory writes the same users with ``render_config`` (see ``nats.conf``).
+
+Each API key (agent, operator, admin) is a NATS user named by its key id, whose password is
+the API key itself (only its bcrypt hash is written). Its rights, for actor ``A``:
+
+- publish only ``chorus.cmd.A.>`` (commands and heartbeats as itself), and reply to what
+  it received (``allow_responses``: pings, tasks);
+- subscribe only its task inbox ``chorus.task.A``, its ``chorus.agent.A.>`` (pings) and its
+  own reply inbox ``_INBOX_A.>`` (nats-py: ``inbox_prefix="_INBOX_A"``).
+
+So it cannot act as another actor, read anyone's commands or replies, join the engine's
+queue group, answer commands, or publish events and dead letters. Auditors get no bus user
+(they read over HTTP). The engine and the gateway have service users with the least their
+work needs; passwords are random and kept in ``services.json`` (mode 0600).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from contracts.subjects import agent_inbox_prefix
+from gateway.keys import KeyStore
+
+SERVICES = {"engine": "chorus-engine", "gateway": "chorus-gateway"}
+#: API roles that get a bus user.
+BUS_ROLES = frozenset({"agent", "operator", "admin"})
+CONFIG_NAME = "users.conf"  # not auth.conf: the token mode of runtime.natsd writes that
+
+#: The JetStream API the gateway's reads need (feeds, health, the liveness bucket).
+GATEWAY_JS_READS = [
+    "$JS.API.INFO", "$JS.API.STREAM.NAMES",
+    *(f"$JS.API.{api}.{stream}" for api in ("STREAM.INFO", "STREAM.MSG.GET", "DIRECT.GET")
+      for stream in ("EVENTS", "KV_chorus_liveness")),
+    "$JS.API.DIRECT.GET.EVENTS.>", "$JS.API.DIRECT.GET.KV_chorus_liveness.>",
+    "$JS.API.CONSUMER.CREATE.EVENTS", "$JS.API.CONSUMER.CREATE.EVENTS.>",
+    "$JS.API.CONSUMER.DELETE.EVENTS.*", "$JS.API.CONSUMER.INFO.EVENTS.*",
+    "$JS.FC.>", "$JS.ACK.EVENTS.>",
+]  # fmt: skip
+
+SERVICE_PERMISSIONS: dict[str, dict[str, Any]] = {
+    # Takes every command (queue group), replies, publishes events, dead letters and
+    # tasks, keeps heartbeats in the liveness bucket, manages its streams.
+    "engine": {
+        "publish": {
+            "allow": [
+                "chorus.evt.>",
+                "chorus.dlq.>",
+                "chorus.task.>",
+                "$JS.API.>",
+                "$JS.ACK.>",
+                "$KV.chorus_liveness.>",
+            ]
+        },
+        "subscribe": {"allow": ["chorus.cmd.>", "_INBOX.>"]},
+        "allow_responses": True,
+    },
+    # Publishes commands for the HTTP caller it authenticated, pings agents, reads the
+    # EVENTS stream (ordered consumers deliver to its inbox) and the liveness bucket; it
+    # cannot create, change or delete a stream.
+    "gateway": {
+        "publish": {"allow": ["chorus.cmd.>", "chorus.agent.*.ping", *GATEWAY_JS_READS]},
+        "subscribe": {"allow": ["_INBOX.>"]},
+    },
+}
+
+
+def actor_permissions(actor: str) -> dict[str, Any]:
+    """What one key holder may do on the bus (see the module docstring)."""
+    return {
+        "publish": {"allow": [f"chorus.cmd.{actor}.>"]},
+        "subscribe": {"allow": [f"chorus.task.{actor}", f"chorus.task.{actor}.>",
+                                f"chorus.agent.{actor}.>", f"{agent_inbox_prefix(actor)}.>"]},
+        "allow_responses": True,
+    }  # fmt: skip
+
+
+def service_passwords(nats_dir: Path) -> dict[str, str]:
+    """The services' random passwords, created once (mode 0600)."""
+    path = nats_dir / "services.json"
+    if path.exists():
+        stored: dict[str, str] = json.loads(path.read_text())
+        if set(SERVICES) <= set(stored):
+            return stored
+    passwords = {name: secrets.token_urlsafe(24) for name in SERVICES}
+    _write_private(path, json.dumps(passwords))
+    return passwords
+
+
+def render_config(passwords: dict[str, str], store: KeyStore) -> str:
+    """The ``authorization`` block: service users, then one user per active key."""
+    users: list[dict[str, Any]] = [
+        {"user": SERVICES[name], "password": passwords[name],
+         "permissions": SERVICE_PERMISSIONS[name]}
+        for name in SERVICES
+    ]  # fmt: skip
+    for key_id, actor, role, bus_hash in store.bus_users():
+        if role in BUS_ROLES:
+            users.append(
+                {"user": key_id, "password": bus_hash, "permissions": actor_permissions(actor)}
+            )
+    # NATS config accepts JSON values; quoted strings keep bcrypt's '$' literal.
+    return "authorization: " + json.dumps({"users": users}, indent=1) + "\n"
+
+
+def write_config(nats_dir: Path, keys_path: Path) -> Path:
+    """(Re)write ``users.conf`` from the key store, atomically, mode 0600."""
+    nats_dir.mkdir(parents=True, exist_ok=True)
+    path = nats_dir / CONFIG_NAME
+    _write_private(path, render_config(service_passwords(nats_dir), KeyStore(keys_path)))
+    return path
+
+
+def reload(nats_dir: Path) -> int:
+    """Ask every running server of this data directory to reload its config (SIGHUP): new
+    keys can connect, revoked keys' connections are closed. Returns how many it signalled."""
+    signalled = 0
+    for ports in (nats_dir / "ports").glob("nats-server_*.ports"):
+        try:
+            pid = int(ports.stem.rsplit("_", 1)[1])
+            os.kill(pid, signal.SIGHUP)
+            signalled += 1
+        except (ValueError, ProcessLookupError, PermissionError):
+            continue
+    return signalled
+
+
+def sync(nats_dir: Path, keys_path: Path) -> int:
+    """Write the config from the key store, then reload the running server(s), if any."""
+    write_config(nats_dir, keys_path)
+    return reload(nats_dir)
+
+
+def service_url(url: str, service: str, nats_dir: Path) -> str:
+    """``url`` with the service user's credentials in it (each child process gets its own)."""
+    password = service_passwords(nats_dir)[service]
+    parts = urlsplit(url)
+    netloc = f"{SERVICES[service]}:{quote(password, safe='')}@{parts.hostname}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def running_url(nats_dir: Path) -> str | None:
+    """The client URL of this data directory's running server (no credentials), if any."""
+    for ports in sorted((nats_dir / "ports").glob("nats-server_*.ports")):
+        try:
+            pid = int(ports.stem.rsplit("_", 1)[1])
+            os.kill(pid, 0)
+            return str(json.loads(ports.read_text())["nats"][0])
+        except (ValueError, OSError, KeyError, IndexError):
+            continue
+    return None
+
+
+def credentials_text(key: str, actor: str, nats_dir: Path) -> str:
+    """What an agent needs on the bus, for ``chorus keys create`` to print."""
+    url = running_url(nats_dir) or "the NATS URL of your deployment (no secret in it)"
+    prefix = agent_inbox_prefix(actor)
+    return "\n".join([
+        "NATS credentials (this key is also the bus credential of its actor):",
+        f"  url       {url}",
+        f"  user      {key.split('_')[1]}",
+        "  password  the key above",
+        f"  inbox     {prefix}  (nats-py: nats.connect(url, user=..., password=...,"
+        f' inbox_prefix="{prefix}"))',
+        f"  publish   chorus.cmd.{actor}.>  subscribe  chorus.task.{actor},"
+        f" chorus.agent.{actor}.>, {prefix}.>",
+    ])  # fmt: skip
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
