@@ -136,6 +136,20 @@ def _workflow_starter(state: Any, payload: Any, actor: str) -> bool:
     return not state.exists or actor == state.started_by
 
 
+def _starts_phase(state: Any, payload: Any, actor: str) -> bool:
+    """The workflow's starter starts a phase for anyone; an agent starts only the attempt
+    the dispatcher gave it (which accepts it), never someone else's phase."""
+    if not state.exists or actor == state.started_by:
+        return True
+    live = getattr(state, "attempt", None)
+    return bool(
+        live is not None
+        and live.phase == payload.phase
+        and live.agent_id == actor
+        and payload.assignee in (None, actor)
+    )
+
+
 def _phase_assignee_or_starter(state: Any, payload: Any, actor: str) -> bool:
     return not state.exists or actor in (state.assignee, state.started_by)
 
@@ -152,12 +166,15 @@ REPORTING = Rule(
     _phase_assignee_or_starter,
     errors.NotAssigned,
 )
-BY_STARTER = Rule(
-    "the workflow's starter, an operator or admin (who choose the assignee)",
+STARTS_PHASE = Rule(
+    "the workflow's starter, an operator or admin (who name the assignee), or the agent "
+    "the dispatcher offered the phase to",
     WRITERS,
     STAFF,
-    _workflow_starter,
+    _starts_phase,
 )
+#: Only the task's assignee may accept it; the session or workflow checks who that is.
+ACCEPTS = Rule("the task's assignee (the session or workflow checks it)", WRITERS)
 
 #: (aggregate, command) -> who may issue it. Add a row with every new command.
 RULES: dict[tuple[str, str], Rule] = {
@@ -177,7 +194,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("agent", "mark_online"): ENGINE_ONLY,
     ("agent", "mark_offline"): ENGINE_ONLY,
     ("workflow", "start"): ANY_WRITER,
-    ("workflow", "start_phase"): BY_STARTER,
+    ("workflow", "start_phase"): STARTS_PHASE,
     ("workflow", "report_progress"): REPORTING,
     ("workflow", "record_partial_result"): REPORTING,
     ("workflow", "complete_phase"): REPORTING,
@@ -186,10 +203,21 @@ RULES: dict[tuple[str, str], Rule] = {
         "the workflow's starter, an operator or admin", WRITERS, STAFF, _workflow_starter
     ),
     ("workflow_type", "define"): Rule("operators and admins", STAFF, STAFF),
-    **{("mcp_server", name): Rule("operators and admins", STAFF, STAFF)
-       for name in ("register", "configure", "remove", "record_tools")},
+    ("workflow", "assign_phase"): ENGINE_ONLY,
+    ("workflow", "await_agent"): ENGINE_ONLY,
+    ("workflow", "expire_lease"): ENGINE_ONLY,
+    ("agent", "lease_lost"): ENGINE_ONLY,
+    ("task", "accept"): ACCEPTS,
+    ("session", "accept_task"): ACCEPTS,
+    ("workflow", "accept_task"): ACCEPTS,
+    **{
+        ("mcp_server", name): Rule("operators and admins", STAFF, STAFF)
+        for name in ("register", "configure", "remove", "record_tools")
+    },
     ("mcp_server", "record_call"): Rule(
-        "the gateway only (it records the tool calls it ran)", WRITERS, NOBODY,
+        "the gateway only (it records the tool calls it ran)",
+        WRITERS,
+        NOBODY,
         lambda state, payload, actor: actor == RECORDER,
     ),
-}  # fmt: skip
+}

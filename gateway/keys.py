@@ -51,13 +51,11 @@ class KeyStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
             conn.execute(DDL)
-        # Hashes only, but still nobody else's business (the umask covers the WAL files).
-        path.chmod(0o600)
-
-
             columns = {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}
             if "bus_hash" not in columns:  # a store from before keys were bus credentials
                 conn.execute("ALTER TABLE api_keys ADD COLUMN bus_hash TEXT")
+        # Hashes only, but still nobody else's business (the umask covers the WAL files).
+        path.chmod(0o600)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30)
@@ -112,7 +110,6 @@ class KeyStore:
         with self._connect() as conn:
             rows = conn.execute("SELECT key_id FROM api_keys WHERE revoked_at IS NOT NULL")
             return {row[0] for row in rows}
-
 
     def roles_of(self, actor: str) -> frozenset[str] | None:
         """The roles of ``actor``'s active keys; None if it never held a key."""

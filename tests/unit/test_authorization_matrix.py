@@ -21,6 +21,7 @@ from eventsourcing.persistence import ApplicationRecorder
 from contracts.agents import (
     MarkOffline,
     MarkOnline,
+    RecordLeaseLost,
     RegisterAgent,
     RetireAgent,
     UpdateCapabilities,
@@ -46,10 +47,14 @@ from contracts.sessions import (
     Task,
     TimeOutSession,
 )
+from contracts.tasks import AcceptTask
 from contracts.workflow_types import DefineWorkflowType, Phase, WorkflowType
 from contracts.workflows import (
+    AssignPhase,
+    AwaitAgent,
     CancelWorkflow,
     CompletePhase,
+    ExpireLease,
     FailPhase,
     PhaseError,
     RecordPartialResult,
@@ -97,6 +102,13 @@ EXPECTED: dict[tuple[str, str], tuple[frozenset[str], frozenset[str]]] = {
     ("mcp_server", "remove"): (STAFF, STAFF),
     ("mcp_server", "record_tools"): (STAFF, STAFF),
     ("mcp_server", "record_call"): (NOBODY, NOBODY),  # the gateway's own actor only
+    ("task", "accept"): (W, NOBODY),  # the task's assignee only
+    ("session", "accept_task"): (W, NOBODY),
+    ("workflow", "accept_task"): (W, NOBODY),
+    ("workflow", "assign_phase"): (NOBODY, NOBODY),  # the dispatcher's
+    ("workflow", "await_agent"): (NOBODY, NOBODY),
+    ("workflow", "expire_lease"): (NOBODY, NOBODY),
+    ("agent", "lease_lost"): (NOBODY, NOBODY),
 }
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -115,9 +127,12 @@ class World:
         # Setup runs with everyone an admin; the command under test with the case's roles.
         context = EngineContext(roles=roles or StaticRoles(default=frozenset({"admin"})))
         processor = Processor(self.recorder, clock=self.clock, context=context)
+        handler = HANDLERS[(aggregate, name)]
+        if handler.resolve is not None:  # task.accept: the task id says which aggregate
+            handler = handler.resolve(payload)
         command = Command(
             actor=actor,
-            handler=HANDLERS[(aggregate, name)],
+            handler=handler,
             envelope=Envelope(command_id=uuid.uuid4().hex, payload=payload),
         )
         return processor.handle_batch([command])[0]
@@ -203,6 +218,20 @@ SCENARIOS: dict[tuple[str, str], Scenario] = {
     ("mcp_server", "record_call"): lambda w, owner, actor: RecordToolCall(
         name=w.mcp_server(owner), tool="add", caller=actor, schema_digest=ADD.schema_digest,
         args_digest=digest({}), duration_ms=1.0, outcome="ok"),
+    ("task", "accept"): lambda w, owner, actor: AcceptTask(
+        task_id=w.session("opener", [owner])),
+    ("session", "accept_task"): lambda w, owner, actor: AcceptTask(
+        task_id=w.session("opener", [owner])),
+    ("workflow", "accept_task"): lambda w, owner, actor: AcceptTask(
+        task_id=f"{w.workflow('starter', owner)}/implement"),
+    ("workflow", "assign_phase"): lambda w, owner, actor: AssignPhase(
+        workflow_id=w.workflow(owner), phase="implement", attempt=1, agent_id=actor),
+    ("workflow", "await_agent"): lambda w, owner, actor: AwaitAgent(
+        workflow_id=w.workflow(owner), phase="implement", attempt=1),
+    ("workflow", "expire_lease"): lambda w, owner, actor: ExpireLease(
+        workflow_id=w.workflow(owner), phase="implement", attempt=1, reason="lease_expired"),
+    ("agent", "lease_lost"): lambda w, owner, actor: RecordLeaseLost(
+        agent_id=w.agent(owner), task_id=str(uuid.uuid4()), attempt=1, reason="gone"),
 }  # fmt: skip
 
 
