@@ -151,7 +151,15 @@ def _starts_phase(state: Any, payload: Any, actor: str) -> bool:
 
 
 def _phase_assignee_or_starter(state: Any, payload: Any, actor: str) -> bool:
-    return not state.exists or actor in (state.assignee, state.started_by)
+    """The phase's assignee or the workflow's starter; also the agent holding the live
+    attempt (doing the work accepts it), and one that lost the phase's lease (the workflow
+    answers it ``lease_lost``)."""
+    if not state.exists or actor in (state.assignee, state.started_by):
+        return True
+    live = getattr(state, "attempt", None)
+    if live is not None and live.phase == payload.phase and live.agent_id == actor:
+        return True
+    return actor in getattr(state, "lost", {}).get(payload.phase, ())
 
 
 ENGINE_ONLY = Rule("the engine only", NOBODY)
@@ -180,9 +188,7 @@ ACCEPTS = Rule("the task's assignee (the session or workflow checks it)", WRITER
 RULES: dict[tuple[str, str], Rule] = {
     ("session", "open"): ANY_WRITER,
     ("session", "submit_result"): Rule("a participant (the session checks it)", WRITERS),
-    ("session", "cancel"): Rule(
-        "its opener or coordinator, an operator or admin", WRITERS, STAFF, _session_opener
-    ),
+    ("session", "cancel"): Rule("its opener or coordinator", WRITERS, NOBODY, _session_opener),
     ("session", "timeout"): ENGINE_ONLY,
     ("session", "participant_lost"): ENGINE_ONLY,
     ("agent", "register"): Rule(
@@ -199,9 +205,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("workflow", "record_partial_result"): REPORTING,
     ("workflow", "complete_phase"): REPORTING,
     ("workflow", "fail_phase"): REPORTING,
-    ("workflow", "cancel"): Rule(
-        "the workflow's starter, an operator or admin", WRITERS, STAFF, _workflow_starter
-    ),
+    ("workflow", "cancel"): Rule("the workflow's starter", WRITERS, NOBODY, _workflow_starter),
     ("workflow_type", "define"): Rule("operators and admins", STAFF, STAFF),
     ("workflow", "assign_phase"): ENGINE_ONLY,
     ("workflow", "await_agent"): ENGINE_ONLY,

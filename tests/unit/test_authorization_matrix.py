@@ -80,7 +80,7 @@ REFUSALS = {"not_authorized", "not_assigned", "not_a_participant"}
 EXPECTED: dict[tuple[str, str], tuple[frozenset[str], frozenset[str]]] = {
     ("session", "open"): (W, W),
     ("session", "submit_result"): (W, NOBODY),  # participants only
-    ("session", "cancel"): (W, STAFF),
+    ("session", "cancel"): (W, NOBODY),  # its opener or coordinator only
     ("session", "timeout"): (NOBODY, NOBODY),
     ("session", "participant_lost"): (NOBODY, NOBODY),
     ("agent", "register"): (W, STAFF),  # itself, or staff for another name
@@ -95,7 +95,7 @@ EXPECTED: dict[tuple[str, str], tuple[frozenset[str], frozenset[str]]] = {
     ("workflow", "record_partial_result"): (W, STAFF),
     ("workflow", "complete_phase"): (W, STAFF),
     ("workflow", "fail_phase"): (W, STAFF),
-    ("workflow", "cancel"): (W, STAFF),
+    ("workflow", "cancel"): (W, NOBODY),  # its starter only
     ("workflow_type", "define"): (STAFF, STAFF),  # no agent redefines a built-in type
     ("mcp_server", "register"): (STAFF, STAFF),
     ("mcp_server", "configure"): (STAFF, STAFF),
