@@ -36,7 +36,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from contracts.subjects import agent_inbox_prefix
 from gateway.keys import KeyStore
 
-SERVICES = {"engine": "chorus-engine", "gateway": "chorus-gateway"}
+SERVICES = {"engine": "chorus-engine", "gateway": "chorus-gateway", "demo": "chorus-demo"}
+#: The example agents ``chorus up --demo`` runs (runtime/agent_demo.py).
+DEMO_FLEET = ("demo-1", "demo-2", "demo-3")
 #: API roles that get a bus user.
 BUS_ROLES = frozenset({"agent", "operator", "admin"})
 CONFIG_NAME = "users.conf"  # not auth.conf: the token mode of runtime.natsd writes that
@@ -76,7 +78,16 @@ SERVICE_PERMISSIONS: dict[str, dict[str, Any]] = {
         "publish": {"allow": ["chorus.cmd.>", "chorus.agent.*.ping", *GATEWAY_JS_READS]},
         "subscribe": {"allow": ["_INBOX.>"]},
     },
-}
+    # The demo fleet of `chorus up --demo`: its agents act only as themselves. It shares
+    # one user and the plain reply inbox: a demo, not a deployment.
+    "demo": {
+        "publish": {"allow": [f"chorus.cmd.{a}.>" for a in DEMO_FLEET]},
+        "subscribe": {"allow": ["_INBOX.>", *(f"chorus.task.{a}" for a in DEMO_FLEET),
+                                *(f"chorus.task.{a}.>" for a in DEMO_FLEET),
+                                *(f"chorus.agent.{a}.>" for a in DEMO_FLEET)]},
+        "allow_responses": True,
+    },
+}  # fmt: skip
 
 
 def actor_permissions(actor: str) -> dict[str, Any]:
