@@ -10,7 +10,9 @@ The SDK worker takes the agent's tasks; each one runs CMD once, as a child proce
 - exit status 0 completes the phase with the result (no result line: ``{"output": <the
   stdout tail>}``); any other status fails it with the tail of stderr;
 - the task's lease bounds the run: at its expiry, on a ``cancel`` message, or when the agent
-  stops without finishing, the child's process group is killed.
+  stops without finishing, the child's process group is killed;
+- while the child runs, its last progress is reported again as often as a phase's
+  ``heartbeat_seconds`` asks, so a program need not print to keep its lease.
 
 The child's environment is this one's plus ``CHORUS_AGENT_ID``, ``CHORUS_TASK_ID`` and
 ``CHORUS_TASK_ATTEMPT``. The agent connects like every Chorus client: ``--nats-url`` /
@@ -188,6 +190,7 @@ def serve_command(
             type=agent_type,
             metadata={"command": argv[0]},
             drain_timeout=drain_timeout,
+            keepalive=True,  # a running program is alive work, whether it prints or not
         )
 
     try:

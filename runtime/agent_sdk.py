@@ -221,15 +221,21 @@ class AgentClient:
         type: str = "generic",
         metadata: dict[str, Any] | None = None,
         drain_timeout: float = 30.0,
+        claim_completions: bool = True,
+        keepalive: bool = False,
     ) -> None:
         """Register, heartbeat, and run ``handler`` for every task on this agent's inbox,
         until cancelled or ``shutdown()``; then finish the running tasks (for up to
-        ``drain_timeout`` seconds) or hand them back. See ``runtime.agent_worker``."""
+        ``drain_timeout`` seconds) or hand them back. ``claim_completions``: claim each
+        completed task with its evidence; ``keepalive``: while a handler runs, repeat its
+        last progress report often enough for the phase's ``heartbeat_seconds``. See
+        ``runtime.agent_worker``."""
         from runtime.agent_worker import Worker
 
         if self.broker is None:
             raise TypeError("serve() needs a FastStream broker: AgentClient.connect(url, name)")
-        worker = Worker(self, self.broker, handler, max_concurrency=max_concurrency)
+        worker = Worker(self, self.broker, handler, max_concurrency=max_concurrency,
+                        claim_completions=claim_completions, keepalive=keepalive)  # fmt: skip
         self._worker = worker
         await worker.run(
             capabilities=capabilities or [],

@@ -93,6 +93,10 @@ class CommandRejected(Exception):
         self.reply = reply
 
 
+#: Keepalive reports that failed harmlessly.
+SKIPPABLE: tuple[type[Exception], ...] = (CommandRejected, *UNANSWERED)
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -108,14 +112,17 @@ class TaskContext:
     def __init__(self, client: AgentClient, task: Task) -> None:
         self.client = client
         self.task = task
+        self.last_progress = 0
 
     @property
     def agent_id(self) -> str:
         return self.client.agent_id
 
     async def progress(self, percent: int) -> None:
-        """The phase's progress, 0..100, never lower than the last report."""
+        """The phase's progress, 0..100, never lower than the last report. The same value
+        again is fine: it tells the engine the work is alive (``heartbeat_seconds``)."""
         await self._report("report_progress", {"progress": percent})
+        self.last_progress = max(self.last_progress, percent)
 
     async def partial(self, result: dict[str, Any]) -> None:
         """A partial result of the phase (kept in the workflow's ``partial_results``)."""
@@ -157,6 +164,7 @@ class Worker:
         *,
         max_concurrency: int = 1,
         claim_completions: bool = True,
+        keepalive: bool = False,
         clock: Clock = utc_now,
     ) -> None:
         if max_concurrency < 1:
@@ -166,6 +174,7 @@ class Worker:
         self.handler = handler
         self.max_concurrency = max_concurrency
         self.claim_completions = claim_completions
+        self.keepalive = keepalive
         self.clock = clock
         self.running: dict[str, Running] = {}
         self._finished: OrderedDict[tuple[str, int], None] = OrderedDict()
@@ -301,6 +310,7 @@ class Worker:
             held.accepted = True
         ctx = TaskContext(self.client, task)
         lease = max(0.0, (task.lease_expires_at - self.clock()).total_seconds())
+        beats = self._keep_alive(ctx)
         try:
             async with asyncio.timeout(lease) as bound:
                 result = await self.handler(task, ctx)
@@ -319,7 +329,36 @@ class Worker:
             message = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
             await self._fail(task, message)
             return
+        finally:
+            if beats is not None:
+                beats.cancel()
         await self._complete(task, result or {})
+
+    def _keep_alive(self, ctx: TaskContext) -> asyncio.Task[None] | None:
+        """With ``keepalive``, re-report a phase's last progress three times per
+        ``heartbeat_seconds`` while its handler runs; a lost lease cancels the handler."""
+        task = ctx.task
+        if not (self.keepalive and isinstance(task, PhaseTask) and task.heartbeat_seconds):
+            return None
+        handler = asyncio.current_task()
+        assert handler is not None
+        every = max(0.1, task.heartbeat_seconds / 3)
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(every)
+                try:
+                    await ctx.progress(ctx.last_progress)
+                except TaskLost as lost:
+                    held = self.running.get(task.task_id)
+                    if held is not None and held.task is task:
+                        held.cancelled = f"lease lost: {lost.code}"
+                    handler.cancel()
+                    return
+                except SKIPPABLE:
+                    continue  # unanswered, or a report of its own overtook this one
+
+        return asyncio.create_task(beat(), name=f"keepalive-{task.task_id}")
 
     async def _complete(self, task: Task, result: dict[str, Any]) -> None:
         if isinstance(task, PhaseTask):

@@ -316,3 +316,39 @@ async def test_shutdown_finishes_running_work_and_hands_back_what_does_not_finis
     assert len(rig.engine.named("complete_phase")) == 1
     [handed_back] = rig.engine.named("fail_phase")
     assert handed_back.payload["error"]["code"] == "handed_back"
+
+
+async def test_keepalive_repeats_the_last_progress_while_the_handler_runs(rig: Rig) -> None:
+    release = asyncio.Event()
+
+    async def handle(task: PhaseTask | SessionTask, ctx: TaskContext) -> dict[str, Any]:
+        await ctx.progress(30)
+        await release.wait()
+        return {}
+
+    await rig.serve(handle, keepalive=True)
+    await rig.send(phase_task(heartbeat_seconds=1))
+    await rig.engine.until(lambda: len(rig.engine.named("report_progress")) >= 3)
+    release.set()
+    await rig.engine.until(lambda: rig.engine.named("complete_phase"))
+    reports = [c.payload["progress"] for c in rig.engine.named("report_progress")]
+    assert set(reports) == {30}
+
+
+async def test_keepalive_learning_the_lease_is_lost_stops_the_handler(rig: Rig) -> None:
+    cancelled = asyncio.Event()
+
+    async def handle(task: PhaseTask | SessionTask, ctx: TaskContext) -> dict[str, Any]:
+        rig.engine.reject["report_progress"] = "lease_lost"  # from now on
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return {}
+
+    await rig.serve(handle, keepalive=True)
+    await rig.send(phase_task(heartbeat_seconds=1))
+    await asyncio.wait_for(cancelled.wait(), WAIT)
+    await rig.stop()
+    assert not rig.engine.named("complete_phase", "fail_phase")
