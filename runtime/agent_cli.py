@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,10 @@ def add_parsers(sub: Any) -> None:
     agent.add_argument("--capabilities", default="", help="comma-separated, e.g. python,review")
     agent.add_argument("--concurrency", type=int, default=1, help="tasks at once (default 1)")
     agent.add_argument("--type", default="command", help="agent type (default command)")
+    agent.add_argument(
+        "--key", default=os.environ.get("CHORUS_API_KEY"),
+        help="the agent's API key, also its bus credential (env CHORUS_API_KEY)",
+    )  # fmt: skip
     agent.add_argument(
         "--drain-seconds", type=float, default=30.0,
         help="on SIGTERM, let running tasks finish this long, then hand them back",
@@ -66,7 +71,7 @@ def run_agent(args: argparse.Namespace, settings: Settings) -> int:
     return serve_command(
         url, args.name, argv, capabilities=capabilities, concurrency=args.concurrency,
         agent_type=args.type, heartbeat_interval=settings.heartbeat_interval,
-        drain_timeout=args.drain_seconds,
+        drain_timeout=args.drain_seconds, key=args.key,
     )  # fmt: skip
 
 

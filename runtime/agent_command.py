@@ -174,12 +174,15 @@ def serve_command(
     agent_type: str = "command",
     heartbeat_interval: float = 5.0,
     drain_timeout: float = 30.0,
+    key: str | None = None,
 ) -> int:
-    """Serve until SIGINT/SIGTERM; then finish running tasks (or hand them back)."""
+    """Serve until SIGINT/SIGTERM; then finish running tasks (or hand them back).
+
+    ``key`` is the agent's API key: its credential on a bus that pins each actor."""
     handler = CommandAgent(argv)
 
     async def main() -> None:
-        agent = AgentClient.connect(url, name, heartbeat_interval=heartbeat_interval)
+        agent = AgentClient.connect(url, name, key=key, heartbeat_interval=heartbeat_interval)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.shutdown)

@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
 from faststream.exceptions import SubscriberNotFound
@@ -47,7 +48,7 @@ from nats.errors import NoRespondersError
 from contracts.agents import result_hash
 from contracts.aio import raise_if_cancelling
 from contracts.envelope import Envelope, Reply
-from contracts.subjects import agent_ping_subject, command_subject
+from contracts.subjects import agent_inbox_prefix, agent_ping_subject, command_subject
 
 if TYPE_CHECKING:
     from runtime.agent_worker import Handler
@@ -117,12 +118,22 @@ class AgentClient:
         self._submitted_at: dict[str, datetime] = {}  # task -> when its result was sent
 
     @classmethod
-    def connect(cls, url: str | Sequence[str], agent_id: str, **options: Any) -> AgentClient:
+    def connect(
+        cls, url: str | Sequence[str], agent_id: str, *, key: str | None = None, **options: Any
+    ) -> AgentClient:
         """A client on a new FastStream broker for ``url`` (connected by ``serve``).
 
-        The broker logs each message at DEBUG, so an agent's log stays quiet by default.
+        ``key`` is the agent's API key, which is also its bus credential (user: the key's id,
+        password: the key); with it the client takes replies on the agent's own inbox prefix,
+        the only one the bus lets it read. The broker logs each message at DEBUG, so an
+        agent's log stays quiet by default.
         """
-        broker = NatsBroker(url, log_level=logging.DEBUG, name=f"chorus-agent-{agent_id}")
+        extra: dict[str, Any] = {}
+        if key is not None:
+            urls = [url] if isinstance(url, str) else list(url)
+            url = [bus_url(u, key) for u in urls]
+            extra["inbox_prefix"] = agent_inbox_prefix(agent_id)
+        broker = NatsBroker(url, log_level=logging.DEBUG, name=f"chorus-agent-{agent_id}", **extra)
         return cls(broker, agent_id, **options)
 
     # Commands -------------------------------------------------------------------------------
@@ -306,3 +317,11 @@ class AgentClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def bus_url(url: str, key: str) -> str:
+    """``url`` with an API key as its bus credential: user is the key's id, password the key."""
+    parts = urlsplit(url)
+    user = key.split("_")[1] if key.count("_") >= 2 else key
+    netloc = f"{quote(user, safe='')}:{quote(key, safe='')}@{parts.hostname}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

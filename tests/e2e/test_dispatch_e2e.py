@@ -79,11 +79,21 @@ async def echo(task: PhaseTask | SessionTask, ctx: TaskContext) -> dict[str, Any
     return {"phase": task.phase, "by": ctx.agent_id, "inputs": sorted(task.inputs)}
 
 
+async def admitted_key(up: ChorusUp, actor: str) -> str:
+    """A new agent key, once the reloaded nats-server admits it as the actor's bus user."""
+    key = up.key(actor)
+    await (await up.bus(actor, key)).close()
+    return key
+
+
 @contextlib.asynccontextmanager
 async def sdk_agents(
-    url: str, names: list[str], handler: Callable[..., Awaitable[dict[str, Any]]] = echo
+    up: ChorusUp, names: list[str], handler: Callable[..., Awaitable[dict[str, Any]]] = echo
 ) -> AsyncIterator[list[AgentClient]]:
-    agents = [AgentClient.connect(url, name, heartbeat_interval=0.2) for name in names]
+    """SDK agents, each with its own API key: the bus admits an actor by its key only."""
+    assert up.nats_url
+    agents = [AgentClient.connect(up.nats_url, name, key=await admitted_key(up, name),
+                                  heartbeat_interval=0.2) for name in names]  # fmt: skip
     serving = [asyncio.create_task(a.serve(handler, capabilities=["python"])) for a in agents]
     try:
         yield agents
@@ -126,7 +136,7 @@ async def test_the_seed_flow_completes_with_sdk_agents(tmp_path: Path) -> None:
     workdir.mkdir()
     with running_chorus(data_dir, free_port(), workdir) as up:
         assert up.nats_url
-        async with operator(up) as http, sdk_agents(up.nats_url, ["sdk-1", "sdk-2"]):
+        async with operator(up) as http, sdk_agents(up, ["sdk-1", "sdk-2"]):
             workflow_id = await execute(http, "full", "Add retries to the uploader")
             status = await until_finished(http, workflow_id)
         assert_full_flow(status, up, {"sdk-1", "sdk-2"})
@@ -144,14 +154,17 @@ print(json.dumps({"result": {"phase": task["phase"], "by": os.environ["CHORUS_AG
 
 
 async def start_command_agent(
-    data_dir: Path, workdir: Path, name: str, script: Path
+    up: ChorusUp, workdir: Path, name: str, script: Path
 ) -> asyncio.subprocess.Process:
-    """``chorus agent`` finding chorus up's NATS from the data dir, as a user beside it would."""
+    """``chorus agent`` finding chorus up's NATS from the data dir, as a user beside it
+    would, with the agent's own key (CHORUS_API_KEY) as its bus credential."""
     with (workdir / f"{name}.log").open("ab") as log:
         return await asyncio.create_subprocess_exec(
-            *cli("agent", "--data-dir", str(data_dir), "--name", name,
+            *cli("agent", "--data-dir", str(up.data_dir), "--name", name,
                  "--capabilities", "python", "--", sys.executable, str(script)),
-            cwd=workdir, env=clean_env(CHORUS_HEARTBEAT_INTERVAL="0.2"),
+            cwd=workdir,
+            env=clean_env(CHORUS_HEARTBEAT_INTERVAL="0.2",
+                          CHORUS_API_KEY=await admitted_key(up, name)),
             stdout=log, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
 
@@ -163,7 +176,7 @@ async def test_the_seed_flow_completes_with_chorus_agent_script_agents(tmp_path:
     script = workdir / "agent.py"
     script.write_text(AGENT_SCRIPT)
     with running_chorus(data_dir, free_port(), workdir) as up:
-        agents = [await start_command_agent(data_dir, workdir, name, script)
+        agents = [await start_command_agent(up, workdir, name, script)
                   for name in ("sh-1", "sh-2")]  # fmt: skip
         try:
             async with operator(up) as http:
@@ -186,8 +199,9 @@ async def test_the_seed_flow_completes_with_a_plain_nats_subscriber(tmp_path: Pa
     data_dir, workdir = tmp_path / "data", tmp_path / "work"
     workdir.mkdir()
     with running_chorus(data_dir, free_port(), workdir) as up:
-        nc = await nats.connect(up.nats_url)
         name = "raw-1"
+        # The agent's key is its bus credential; replies come on its own inbox prefix.
+        nc = await up.bus(name)
 
         async def command(aggregate: str, verb: str, payload: dict[str, Any]) -> dict[str, Any]:
             body = json.dumps({"command_id": str(uuid.uuid4()), "payload": payload}).encode()
@@ -254,14 +268,14 @@ import asyncio, sys
 from pathlib import Path
 from runtime.agent_sdk import AgentClient
 
-url, name, marker = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+url, name, marker, key = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 
 async def handle(task, ctx):
     await ctx.progress(10)
     marker.write_text(task.task_id)
     await asyncio.Event().wait()  # never finishes: it is killed here
 
-asyncio.run(AgentClient.connect(url, name, heartbeat_interval=0.2).serve(
+asyncio.run(AgentClient.connect(url, name, key=key, heartbeat_interval=0.2).serve(
     handle, capabilities=["python"]))
 """
 
@@ -283,6 +297,7 @@ async def test_an_agent_killed_mid_phase_loses_its_lease_and_another_completes_i
         assert up.nats_url
         doomed = await asyncio.create_subprocess_exec(
             sys.executable, str(script), up.nats_url, "doomed", str(marker),
+            await admitted_key(up, "doomed"),
             cwd=workdir, env=clean_env(),
         )  # fmt: skip
         try:
@@ -291,7 +306,7 @@ async def test_an_agent_killed_mid_phase_loses_its_lease_and_another_completes_i
                 await async_wait_until(started, WAIT, "the doomed agent to start the phase")
                 doomed.send_signal(signal.SIGKILL)
                 await doomed.wait()
-                async with sdk_agents(up.nats_url, ["rescuer"]):
+                async with sdk_agents(up, ["rescuer"]):
                     status = await until_finished(http, workflow_id)
         finally:
             if doomed.returncode is None:
