@@ -36,6 +36,7 @@ from gateway.keys import KeyStore
 from runtime.natsd import NatsServer, die_with_parent, start_nats_server
 from runtime.permissions import tighten
 from runtime.settings import Settings
+from runtime.telemetry import MULTIPROC_ENV, fresh_metrics_dir, process_died
 
 ROLES = ("engine", "project", "gateway")
 #: ``chorus up --demo`` also runs ``chorus demo``: example agents (runtime/agent_demo.py).
@@ -120,9 +121,12 @@ class Supervisor:
         self.nats_restarts = 0
         self.nats_started_at = 0.0
         self._lock: IO[str] | None = None
+        self.metrics_dir: Path | None = None
 
     def _spawn(self, child: Child) -> None:
         env = {**_base_env(), **self.settings.child_env()}
+        if self.metrics_dir is not None:  # one /metrics scrape shows every child
+            env[MULTIPROC_ENV] = str(self.metrics_dir)
         log_path = Path(self.settings.data_dir) / "logs" / f"{child.role}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log_file:
@@ -149,6 +153,7 @@ class Supervisor:
                 f"chorus: cannot serve the API on {s.host}:{s.port}: {problem} "
                 "(another program is using it? pick one with --port)"
             )
+        self.metrics_dir = fresh_metrics_dir(Path(s.data_dir))
         # The embedded deployment signs audit bundles; the gateway never creates the key.
         create_signing_key(Path(str(s.audit_key_path)))
         try:  # fail fast with the reason, instead of a gateway that keeps restarting
@@ -199,6 +204,8 @@ class Supervisor:
                 code = child.process.poll()
                 if code is None:
                     continue
+                if self.metrics_dir is not None:
+                    process_died(self.metrics_dir, child.process.pid)
                 quick = time.monotonic() - child.started_at < 10
                 child.restarts = child.restarts + 1 if quick else 1
                 delay = min(0.5 * 2 ** min(child.restarts, 6), 30.0)
@@ -304,6 +311,7 @@ def run_up(settings: Settings, *, demo: bool = False) -> int:
         lines = [
             "Chorus is up" + ("" if ready else " (gateway not answering yet, see its log)"),
             f"  API        {base}/api/v1   docs {base}/schema",
+            f"  console    {base}/console   metrics {base}/metrics",
             f"  NATS       {s.nats_url}" + ("  (embedded)" if supervisor.nats else ""),
             f"  events     {s.database_url}",
             f"  read store {s.read_store_url}",
