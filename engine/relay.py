@@ -17,6 +17,7 @@ limit is published as a *reference*: the record without its ``data``, marked wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -28,11 +29,14 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
+from opentelemetry.trace import Tracer
 
 from contracts.aio import raise_if_cancelling, wait_event
 from contracts.feed import EventRecord
 from contracts.subjects import EVENTS_STREAM, event_message_id, event_subject
+from engine import metrics
 from engine.ratelog import RateLimitedLog
+from engine.tracing import RelayTracing
 from events.codec import decode_record, is_domain_topic
 
 log = logging.getLogger(__name__)
@@ -118,9 +122,12 @@ class Relay:
         batch_size: int = 500,
         idle_interval: float = 0.05,
         scan_back: int = 10_000,
+        tracer: Tracer | None = None,
     ) -> None:
         self.recorder = recorder
         self.nc = nc
+        #: Publish spans for traced commands' events (see engine.tracing).
+        self.tracing = RelayTracing(tracer, recorder) if tracer is not None else None
         self.js = nc.jetstream()
         self.publisher = OrderedPublisher(nc)
         self.scan_back = scan_back
@@ -208,6 +215,7 @@ class Relay:
                 # A failed or raced publish (or NATS away): our view of the tail may be
                 # stale, so re-read it and resume from what the stream really holds.
                 self.errors.warning("relay publish failed, resyncing: %s", error)
+                await self._report_lag(caught_up=False)
                 await asyncio.sleep(0.5)
                 await self._resync_until_ok()
                 continue
@@ -236,13 +244,14 @@ class Relay:
             self.recorder.select_notifications, self.position + 1, self.batch_size
         )
         if not notifications:
+            await self._report_lag(caught_up=True)
             return False
         futures: list[asyncio.Future[PubAck]] = []
         last_domain = self.position
-        for n in notifications:
-            if not is_domain_topic(n.topic):
-                continue
-            record = decode_record(n)
+        domain = [(n, decode_record(n)) for n in notifications if is_domain_topic(n.topic)]
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.load, [record for _, record in domain])
+        for n, record in domain:
             headers = {
                 "Nats-Msg-Id": event_message_id(record.aggregate_id, record.version),
                 "Nats-Expected-Last-Sequence": str(self._stream_seq + len(futures)),
@@ -254,11 +263,15 @@ class Relay:
             body = _encoder.encode(record)
             if len(body) + _HEADROOM > self.max_payload:
                 body = self._reference(record, len(body), headers)
+            if self.tracing is not None:
+                self.tracing.publishing(record, subject, headers)
             futures.append(await self.publisher.publish(subject, body, headers))
             last_domain = n.id
         if futures:
             async with asyncio.timeout(10):
                 results = await asyncio.gather(*futures, return_exceptions=True)
+            if self.tracing is not None:
+                self.tracing.published()
             # What went wrong first decides: later failures follow from it (a duplicate
             # is not stored, so every later expected sequence is off by one).
             first = next((r for r in results if isinstance(r, BaseException) or r.duplicate), None)
@@ -279,9 +292,11 @@ class Relay:
             acks = [r for r in results if isinstance(r, PubAck)]
             self._stream_seq = acks[-1].seq
             self.published += len(futures)
+            metrics.RELAY_PUBLISHED.inc(len(futures))
         # Bookkeeping notifications after the last domain event are skipped, not lost:
         # the tail message still names the last domain position, and they carry no event.
         self.position = max(last_domain, notifications[-1].id)
+        await self._report_lag(caught_up=len(notifications) < self.batch_size)
         return True
 
     @property
@@ -299,6 +314,15 @@ class Relay:
         headers[DATA_HEADER] = OMITTED
         headers["Chorus-Data-Bytes"] = str(size)
         return _encoder.encode(msgspec.structs.replace(record, data={}))
+
+    async def _report_lag(self, *, caught_up: bool) -> None:
+        """Position and lag gauges; the head is read only when the relay is behind it."""
+        metrics.RELAY_POSITION.set(self.position)
+        head = self.position
+        if not caught_up:
+            with contextlib.suppress(Exception):  # metrics never break the relay
+                head = await asyncio.to_thread(lambda: self.recorder.max_notification_id() or 0)
+        metrics.RELAY_LAG.set(max(0, head - self.position))
 
 
 def _position_of(headers: dict[str, str]) -> int:

@@ -11,7 +11,9 @@ from pathlib import Path
 import nats
 from eventsourcing.persistence import ApplicationRecorder
 from nats.aio.client import Client as NATS
+from opentelemetry.trace import TracerProvider
 
+from contracts.tracing import tracer_of
 from contracts.workflow_types import WorkflowTypeRegistry
 from engine.authz import Roles, StaticRoles
 from engine.context import EngineContext
@@ -25,6 +27,7 @@ from engine.sealer import Sealer
 from engine.streams import ensure_streams
 from engine.timers import SessionTimer
 from engine.worker import CommandWorker
+from events import tracecontext
 from events.store import open_recorder
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,8 @@ class EngineConfig:
     #: Every actor's roles (the composition root reads them from the key store).
     roles: Roles = field(default_factory=StaticRoles)
     clock: Clock = field(default=utc_now)
+    #: Traces commands that arrive with a W3C trace context (off when None).
+    tracer_provider: TracerProvider | None = None
 
 
 class EngineService:
@@ -97,12 +102,16 @@ class EngineService:
             cache_size=cfg.cache_size,
             context=EngineContext(workflow_types=cfg.workflow_types, roles=cfg.roles),
         )
+        tracer = tracer_of(cfg.tracer_provider, "chorus.engine")
+        if tracer is not None:
+            await asyncio.to_thread(tracecontext.ensure_table, self.recorder)
         self.worker = CommandWorker(
-            self.nc, processor, batch_max=cfg.batch_max, batch_window=cfg.batch_window
-        )
+            self.nc, processor, batch_max=cfg.batch_max, batch_window=cfg.batch_window,
+            tracer=tracer,
+        )  # fmt: skip
         self._tasks.append(asyncio.create_task(self.worker.run(), name="engine-worker"))
         if cfg.relay:
-            self.relay = Relay(self.recorder, self.nc)
+            self.relay = Relay(self.recorder, self.nc, tracer=tracer)
             self._tasks.append(asyncio.create_task(self.relay.run(), name="engine-relay"))
         if cfg.timers:
             self.timer = SessionTimer(self.recorder, self.worker, cfg.clock)

@@ -16,13 +16,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry.context import Context
+from opentelemetry.trace import Tracer
 
 from contracts import errors as codes
 from contracts.agents import ENGINE_ONLY
@@ -39,9 +41,12 @@ from contracts.subjects import (
     is_token,
     parse_command_subject,
 )
+from contracts.tracing import extract
+from engine import metrics
 from engine.handlers import DECODERS, HANDLERS
 from engine.processor import Command, Processor
 from engine.ratelog import RateLimitedLog
+from engine.tracing import TracedBatch
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,10 @@ class Incoming:
     command: Command
     reply_to: str | None
     done: asyncio.Future[Reply] | None = None
+    arrived: float = field(default_factory=time.monotonic)
+    #: The W3C trace context the message carried (only when the engine traces).
+    trace: Context | None = None
+    received_ns: int = field(default_factory=time.time_ns)
 
 
 class Rejection(Exception):
@@ -122,6 +131,13 @@ def _error_path(message: str) -> dict[str, Any] | None:
     return {"field": where} if where else None
 
 
+def _log_fields(command: Command) -> dict[str, str | None]:
+    """The request fields of a command's log lines (as the gateway's lines name them)."""
+    envelope = command.envelope
+    return {"command_id": envelope.command_id, "correlation_id": envelope.correlation_id,
+            "actor": command.actor}  # fmt: skip
+
+
 def _command_id_of(data: bytes) -> str:
     """Best effort: echo the client's command id even when the rest is invalid."""
     if check_command_bytes(data) is not None:
@@ -146,8 +162,10 @@ class CommandWorker:
         batch_max: int = 256,
         batch_window: float = 0.002,
         subject: str = f"{CMD_PREFIX}.>",
+        tracer: Tracer | None = None,
     ) -> None:
         self.nc = nc
+        self.tracer = tracer
         self.processor = processor
         self.batch_max = batch_max
         self.batch_window = batch_window
@@ -203,7 +221,8 @@ class CommandWorker:
                 msg, Rejection(codes.INTERNAL_ERROR, "the engine failed on this message")
             )
             return
-        self.queue.put_nowait(Incoming(command, msg.reply or None))
+        context = extract(msg.headers) if self.tracer is not None else None
+        self.queue.put_nowait(Incoming(command, msg.reply or None, trace=context))
 
     async def submit(self, command: Command) -> Reply:
         """Run a command from inside the engine (timers) through the same pipeline."""
@@ -235,6 +254,24 @@ class CommandWorker:
             )
         except Exception as error:  # a dead letter must never take the worker down
             self.errors.warning("could not answer an invalid message: %s", error)
+        metrics.DEAD_LETTERS.labels(rejection.code).inc()
+        if log.isEnabledFor(logging.INFO):  # quiet by default: no second decode then
+            log.info(
+                "dead letter: %s", rejection.message,
+                extra={"reason": rejection.code, "subject": msg.subject,
+                       "command_id": _command_id_of(msg.data) or None},
+            )  # fmt: skip
+        labels = metrics.command_labels(msg.subject, HANDLERS)
+        metrics.COMMANDS.labels(*labels, "rejected").inc()
+
+    def _decide(self, commands: list[Command], traced: TracedBatch | None) -> list[Reply]:
+        """In the writer thread: the batch's trace contexts first, then the batch."""
+        if traced is not None:
+            try:
+                traced.save_contexts()
+            except Exception as error:  # tracing never costs a command
+                log.warning("could not store trace contexts: %s", error)
+        return self.processor.handle_batch(commands)
 
     async def run(self) -> None:
         """Take micro-batches until cancelled."""
@@ -258,10 +295,12 @@ class CommandWorker:
                     raise_if_cancelling()  # a cancel racing the timeout (see contracts.aio)
                     break
             commands = [item.command for item in batch]
+            started = time.perf_counter()
+            traced = None
+            if self.tracer is not None:
+                traced = TracedBatch(self.tracer, self.processor.recorder, batch)
             try:
-                replies = await loop.run_in_executor(
-                    self._writer, self.processor.handle_batch, commands
-                )
+                replies = await loop.run_in_executor(self._writer, self._decide, commands, traced)
             except Exception as error:
                 raise_if_cancelling()
                 # e.g. the store could not be read: nothing was recorded, the clients retry.
@@ -278,6 +317,8 @@ class CommandWorker:
                     )
                     for c in commands
                 ]
+            metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+            metrics.BATCH_SIZE.observe(len(batch))
             self.handled += len(batch)
             self.batches += 1
             for item, reply in zip(batch, replies, strict=True):
@@ -285,6 +326,15 @@ class CommandWorker:
                     item.done.set_result(reply)
                 elif item.reply_to:
                     await self.nc.publish(item.reply_to, _reply_encoder.encode(reply))
+                if reply.error is not None:
+                    handler = item.command.handler
+                    log.info(
+                        "command %s.%s rejected: %s", handler.aggregate, handler.command,
+                        reply.error.code, extra=_log_fields(item.command),
+                    )  # fmt: skip
+            metrics.observe_replies(batch, replies)
+            if traced is not None:
+                traced.finish(replies)
             if self.on_committed is not None:
                 result = self.on_committed()
                 if result is not None:

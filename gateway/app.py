@@ -10,7 +10,6 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from contracts.workflow_types import WorkflowTypeRegistry
@@ -18,6 +17,19 @@ from gateway.agent_feed import agent_feed
 from gateway.agents import AgentController
 from gateway.audit import AuditController, global_log
 from gateway.auth import BearerAuthMiddleware, KeyCache, Revocations
+from gateway.console import PUBLIC_PATHS as CONSOLE_PATHS
+from gateway.console import console_page, root, whoami
+from gateway.console_feed import events_feed
+from gateway.context import LogContextMiddleware, http_tracing
+from gateway.docs import PUBLIC_PATHS as DOCS_PATHS
+from gateway.docs import (
+    asyncapi_json,
+    asyncapi_page,
+    docs_alias,
+    redoc_alias,
+    render_plugins,
+    static_files,
+)
 from gateway.errors import EXCEPTION_HANDLERS, add_request_id_header
 from gateway.feeds import session_feed, workflow_feed
 from gateway.headers import AllowedHostsMiddleware, SecurityHeaders, cors_config
@@ -26,6 +38,12 @@ from gateway.jwt_tokens import Tokens, issue_token, load_secret
 from gateway.keys import KeyStore
 from gateway.mcp_http import McpHttp
 from gateway.mcp_registry import McpServerController, list_tools
+from gateway.metrics import (
+    HTTP_METRICS,
+    FeedSubscribersMiddleware,
+    metrics_overview,
+    prometheus_metrics,
+)
 from gateway.ratelimit import RateLimiter, RateLimitMiddleware
 from gateway.sessions import SessionController
 from gateway.sockets import SocketGuardMiddleware
@@ -37,7 +55,7 @@ from gateway.workflows import (
     workflow_status_alias,
 )
 
-PUBLIC_PATHS = ["^/health$", "^/ready$", "^/schema"]
+PUBLIC_PATHS = ["^/health$", "^/ready$", "^/schema", "^/metrics$", *DOCS_PATHS, *CONSOLE_PATHS]
 
 
 def create_app(config: GatewayConfig) -> Litestar:
@@ -59,7 +77,7 @@ def create_app(config: GatewayConfig) -> Litestar:
     keys = KeyCache(key_store, revocations)
     tokens = Tokens(edge, load_secret(edge, config.keys_path))
     limiter = RateLimiter(edge.rate_limits, edge.rate_limit_storage)
-    docs = [ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")]
+    docs = render_plugins()
     audit_key_path = Path(
         config.audit_key_path or Path(config.keys_path).parent / "audit" / "signing.key"
     )
@@ -87,6 +105,17 @@ def create_app(config: GatewayConfig) -> Litestar:
             mcp_http.route(),
             McpServerController,
             list_tools,
+            prometheus_metrics,
+            metrics_overview,
+            static_files,
+            docs_alias,
+            redoc_alias,
+            asyncapi_json,
+            asyncapi_page,
+            root,
+            console_page,
+            whoami,
+            events_feed,
         ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
@@ -95,6 +124,8 @@ def create_app(config: GatewayConfig) -> Litestar:
         lifespan=[lifespan, revocations.lifespan, mcp_http.lifespan],
         # Outermost first: who is calling, how often, and (WebSockets) for how long.
         middleware=[
+            *http_tracing(config.tracer_provider),  # the request's server span
+            HTTP_METRICS.middleware,  # counts refusals (401, 429) too
             *(
                 []
                 if "*" in edge.allowed_hosts
@@ -116,6 +147,8 @@ def create_app(config: GatewayConfig) -> Litestar:
                 interval=edge.recheck_seconds,
                 clock=edge.clock,
             ),
+            FeedSubscribersMiddleware(),
+            LogContextMiddleware(),
         ],
         before_send=[add_request_id_header, SecurityHeaders(docs)],
         cors_config=cors_config(edge.cors_origins),
@@ -139,4 +172,5 @@ def create_app(config: GatewayConfig) -> Litestar:
             security=[{"apiKey": []}],
         ),
         debug=False,
+        logging_config=None,  # the process configures logging (JSON lines, runtime.logs)
     )

@@ -6,17 +6,22 @@ import asyncio
 import hashlib
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from opentelemetry.trace import SpanKind, Tracer
 
 from contracts import errors as codes
+from contracts import logcontext
 from contracts.bounds import MAX_COMMAND_BYTES, check_command_bytes
 from contracts.envelope import Envelope, Reply
 from contracts.subjects import command_subject
+from contracts.tracing import inject
 from gateway.errors import Problem
 
 _encoder = msgspec.json.Encoder()
@@ -24,8 +29,12 @@ _reply_decoder = msgspec.json.Decoder(Reply)
 
 
 class CommandBus:
-    def __init__(self, nc: NATS, timeout: float = 10.0, no_responders_grace: float = 3.0) -> None:
+    def __init__(
+        self, nc: NATS, timeout: float = 10.0, no_responders_grace: float = 3.0,
+        tracer: Tracer | None = None,
+    ) -> None:  # fmt: skip
         self.nc = nc
+        self.tracer = tracer
         self.timeout = timeout
         self.no_responders_grace = no_responders_grace
 
@@ -45,8 +54,9 @@ class CommandBus:
             payload=payload,
             correlation_id=correlation_id,
         )
-        return await self.exchange(command_subject(actor, aggregate, command),
-                                   _encoder.encode(envelope))  # fmt: skip
+        with logcontext.bound(command_id=envelope.command_id, correlation_id=correlation_id):
+            return await self.exchange(command_subject(actor, aggregate, command),
+                                       _encoder.encode(envelope))  # fmt: skip
 
     async def exchange(self, subject: str, body: bytes) -> Reply:
         """Send ``body`` to a command subject and decode the engine's Reply (for commands
@@ -93,14 +103,32 @@ class CommandBus:
         """
         deadline = time.monotonic() + self.no_responders_grace
         delay = 0.05
-        while True:
-            try:
-                return await self.nc.request(subject, body, timeout=self.timeout)
-            except NoRespondersError:
-                if time.monotonic() + delay > deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
+        with self._traced(subject) as headers:
+            while True:
+                try:
+                    return await self.nc.request(
+                        subject, body, timeout=self.timeout, headers=headers
+                    )
+                except NoRespondersError:
+                    if time.monotonic() + delay > deadline:
+                        raise
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+
+    @contextmanager
+    def _traced(self, subject: str) -> Iterator[dict[str, str] | None]:
+        """A client span around the request, its W3C context in the message headers."""
+        if self.tracer is None:
+            yield None
+            return
+        ids = logcontext.current()
+        with self.tracer.start_as_current_span(
+            "chorus.command send", kind=SpanKind.CLIENT,
+            attributes={"messaging.system": "nats", "messaging.destination.name": subject,
+                        "chorus.command_id": ids.get("command_id", ""),
+                        "chorus.correlation_id": ids.get("correlation_id", "")},
+        ) as span:  # fmt: skip
+            yield inject({}, span)
 
 
 def idempotency_key(headers: Any) -> str | None:

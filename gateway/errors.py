@@ -192,6 +192,7 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
     log.exception(
         "unhandled error on %s %s (request %s)",
         request.method, request.url.path, request_id_of(request.scope), exc_info=exc,
+        extra={"request_id": request_id_of(request.scope)},
     )  # fmt: skip
     return problem_response(
         request, 500, "internal_error", "Internal error",

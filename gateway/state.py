@@ -14,8 +14,10 @@ from typing import Any
 import nats
 from litestar.di import NamedDependency
 from nats.aio.client import Client as NATS
+from opentelemetry.trace import TracerProvider
 
 from contracts import errors as codes
+from contracts.tracing import tracer_of
 from contracts.workflow_types import WorkflowTypeRegistry
 from gateway.bus import CommandBus
 from gateway.edge import EdgeConfig
@@ -43,6 +45,10 @@ class GatewayConfig:
     #: The HTTP edge: tokens, limits, CORS, hosts (see gateway/jwt_tokens.py, ratelimit.py,
     #: headers.py).
     edge: EdgeConfig = field(default_factory=EdgeConfig)
+    #: The bus's AsyncAPI document, served at ``/asyncapi.json`` (built by the runtime).
+    asyncapi: dict[str, Any] | None = None
+    #: Traces HTTP requests and the commands they send (off when None).
+    tracer_provider: TracerProvider | None = None
 
 
 @dataclass
@@ -111,7 +117,11 @@ async def connect_services(
         yield Services(
             config=config,
             nc=nc,
-            bus=CommandBus(nc, timeout=config.command_timeout),
+            bus=CommandBus(
+                nc,
+                timeout=config.command_timeout,
+                tracer=tracer_of(config.tracer_provider, "chorus.gateway"),
+            ),
             reads=ReadStore(config.read_store_url, readonly=True),
             history=history,
             audit=AuditLog(history.recorder, audit_key_path),

@@ -9,19 +9,24 @@ work, every ``idle_interval`` when idle).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable
 from typing import Protocol
 
 from eventsourcing.persistence import ApplicationRecorder
+from opentelemetry.trace import Tracer
 
 from contracts.aio import raise_if_cancelling
 from contracts.feed import EventRecord
 from events.codec import decode_record, is_domain_topic
+from projections import metrics
 from projections.readstore import ReadStore, position_in, set_position
+from projections.tracing import record_write_spans
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +49,11 @@ class ProjectionRunner:
         *,
         batch_size: int = 1000,
         idle_interval: float = 0.02,
+        tracer: Tracer | None = None,
     ) -> None:
         self.recorder = recorder
+        #: Write spans in the traces of traced commands (see projections.tracing).
+        self.tracer = tracer
         self.store = store
         self.projection = projection
         self.batch_size = batch_size
@@ -69,6 +77,8 @@ class ProjectionRunner:
         notifications = self.recorder.select_notifications(start + 1, self.batch_size)
         if not notifications:
             return 0
+        started, started_ns = time.perf_counter(), time.time_ns()
+        applied: list[EventRecord] = []
         with self.store.transaction() as conn:
             if position_in(conn, self.projection.name) != start:
                 return 0
@@ -78,7 +88,16 @@ class ProjectionRunner:
                 record = decode_record(n)
                 if record.aggregate in self.projection.aggregates:
                     self.projection.apply(conn, record)
+                    applied.append(record)
             set_position(conn, self.projection.name, notifications[-1].id)
+        name = self.projection.name
+        if self.tracer is not None and applied:
+            with contextlib.suppress(Exception):  # tracing never stalls a read model
+                record_write_spans(self.tracer, self.recorder, name, applied, started_ns,
+                                   time.time_ns())  # fmt: skip
+        metrics.BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
+        metrics.APPLIED.labels(name).inc(len(notifications))
+        metrics.POSITION.labels(name).set(notifications[-1].id)
         return len(notifications)
 
     def run_to_head(self, progress: Callable[[int, int], None] | None = None) -> int:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
 
+from runtime.logs import configure_logging
 from runtime.settings import Settings
 
 
@@ -126,10 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     private_umask()  # before anything is created: data files 0600, directories 0700
     args = build_parser().parse_args(argv)
     settings = _settings(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
     match args.command:
         case "up":
             from runtime.supervisor import run_up

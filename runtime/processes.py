@@ -7,7 +7,9 @@ import contextlib
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
+from contracts.tracing import tracer_of
 from contracts.workflow_types import WorkflowTypeRegistry
 from engine.authz import DEFAULT_ROLES, CachedRoles, Roles
 from engine.liveness import LivenessConfig
@@ -22,6 +24,7 @@ from projections.sessions import SessionsProjection
 from projections.tasks import AgentTasksProjection
 from projections.workflows import WorkflowsProjection
 from runtime.settings import Settings
+from runtime.telemetry import serve_metrics, setup_tracing
 
 log = logging.getLogger("chorus")
 
@@ -78,8 +81,12 @@ def key_store_roles(keys_path: Path, ttl: float = 5.0) -> Roles:
 
 
 def run_engine(settings: Settings) -> None:
+    serve_metrics(settings.metrics_port, settings.host)
+
     async def main() -> int:
-        service = EngineService(engine_config(settings))
+        config = engine_config(settings)
+        config.tracer_provider = setup_tracing("chorus-engine")
+        service = EngineService(config)
         await service.start()
         signalled = asyncio.create_task(_until_signalled())
         failed = asyncio.create_task(service.wait_failed())
@@ -111,7 +118,10 @@ PROJECTIONS = {
 
 
 def projection_runners(
-    settings: Settings, read_store_url: str | None = None, names: list[str] | None = None
+    settings: Settings,
+    read_store_url: str | None = None,
+    names: list[str] | None = None,
+    tracer_provider: Any = None,
 ) -> list[ProjectionRunner]:
     """One runner per read model, all on one read store."""
     s = settings.resolved()
@@ -124,15 +134,19 @@ def projection_runners(
         )
     recorder = open_recorder(s.database_url)
     store = ReadStore(read_store_url or s.read_store_url)
+    tracer = tracer_of(tracer_provider, "chorus.projections")
     return [
-        ProjectionRunner(recorder, store, PROJECTIONS[name]())
+        ProjectionRunner(recorder, store, PROJECTIONS[name](), tracer=tracer)
         for name in (names or list(PROJECTIONS))
     ]
 
 
 def run_projector(settings: Settings) -> None:
+    serve_metrics(settings.metrics_port, settings.host)
+
     async def main() -> None:
-        tasks = [asyncio.create_task(r.run()) for r in projection_runners(settings)]
+        runners = projection_runners(settings, tracer_provider=setup_tracing("chorus-projector"))
+        tasks = [asyncio.create_task(r.run()) for r in runners]
         try:
             await _until_signalled()
         finally:
@@ -150,6 +164,7 @@ def run_gateway(settings: Settings) -> None:
 
     from gateway.app import create_app
     from gateway.state import GatewayConfig
+    from runtime.schema import asyncapi
 
     s = settings.resolved()
     app = create_app(
@@ -161,6 +176,8 @@ def run_gateway(settings: Settings) -> None:
             max_body_bytes=s.max_body_bytes,
             workflow_types_path=str(s.workflow_types) if s.workflow_types else None,
             edge=s.edge(),
+            asyncapi=asyncapi(),
+            tracer_provider=setup_tracing("chorus-gateway"),
         )
     )
     uvicorn.run(
@@ -168,6 +185,7 @@ def run_gateway(settings: Settings) -> None:
         host=s.host,
         port=s.port,
         log_level=s.log_level.lower(),
+        log_config=None,  # uvicorn's loggers go through ours (JSON lines)
         access_log=False,
         ws_ping_interval=20,
         timeout_graceful_shutdown=5,

@@ -58,6 +58,17 @@ class Settings(BaseSettings):
     stream_replicas: int = Field(default=1, ge=1, le=5)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: str = "WARNING"
+    log_format: str = Field(
+        default="json",
+        pattern="^(json|text)$",
+        description="json: one JSON object per line, with request and command ids; or text",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Split engine/projector: serve Prometheus metrics on this port",
+    )
     heartbeat_interval: float = Field(
         default=5.0, gt=0, le=3600, description="Seconds between an agent's heartbeats"
     )
@@ -145,6 +156,7 @@ class Settings(BaseSettings):
             "CHORUS_STREAM_REPLICAS": str(s.stream_replicas),
             "CHORUS_MAX_BODY_BYTES": str(s.max_body_bytes),
             "CHORUS_LOG_LEVEL": s.log_level,
+            "CHORUS_LOG_FORMAT": s.log_format,
             "CHORUS_HEARTBEAT_INTERVAL": str(s.heartbeat_interval),
             "CHORUS_MISSED_HEARTBEATS": str(s.missed_heartbeats),
         }

@@ -37,6 +37,7 @@ from runtime import busauth
 from runtime.natsd import NatsServer, die_with_parent, start_nats_server
 from runtime.permissions import tighten
 from runtime.settings import Settings
+from runtime.telemetry import MULTIPROC_ENV, fresh_metrics_dir, process_died
 
 ROLES = ("engine", "project", "gateway")
 #: ``chorus up --demo`` also runs ``chorus demo``: example agents (runtime/agent_demo.py).
@@ -122,12 +123,15 @@ class Supervisor:
         self.nats_started_at = 0.0
         self._lock: IO[str] | None = None
         self.nats_dir = Path(self.settings.data_dir) / "nats"
+        self.metrics_dir: Path | None = None
 
     def _spawn(self, child: Child) -> None:
         env = {**_base_env(), **self.settings.child_env()}
         if self.nats is not None and child.role in busauth.SERVICES:
             # Each service connects as its own least-rights NATS user.
             env["CHORUS_NATS_URL"] = busauth.service_url(self.nats.url, child.role, self.nats_dir)
+        if self.metrics_dir is not None:  # one /metrics scrape shows every child
+            env[MULTIPROC_ENV] = str(self.metrics_dir)
         log_path = Path(self.settings.data_dir) / "logs" / f"{child.role}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log_file:
@@ -154,6 +158,7 @@ class Supervisor:
                 f"chorus: cannot serve the API on {s.host}:{s.port}: {problem} "
                 "(another program is using it? pick one with --port)"
             )
+        self.metrics_dir = fresh_metrics_dir(Path(s.data_dir))
         # The embedded deployment signs audit bundles; the gateway never creates the key.
         create_signing_key(Path(str(s.audit_key_path)))
         try:  # fail fast with the reason, instead of a gateway that keeps restarting
@@ -215,6 +220,8 @@ class Supervisor:
                 code = child.process.poll()
                 if code is None:
                     continue
+                if self.metrics_dir is not None:
+                    process_died(self.metrics_dir, child.process.pid)
                 quick = time.monotonic() - child.started_at < 10
                 child.restarts = child.restarts + 1 if quick else 1
                 delay = min(0.5 * 2 ** min(child.restarts, 6), 30.0)
@@ -321,6 +328,7 @@ def run_up(settings: Settings, *, demo: bool = False) -> int:
         lines = [
             "Chorus is up" + ("" if ready else " (gateway not answering yet, see its log)"),
             f"  API        {base}/api/v1   docs {base}/schema",
+            f"  console    {base}/console   metrics {base}/metrics",
             f"  NATS       {s.nats_url}"
             + ("  (embedded; each API key is its NATS credential)" if supervisor.nats else ""),
             f"  events     {s.database_url}",

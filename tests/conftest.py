@@ -16,6 +16,7 @@ import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -98,13 +99,20 @@ def read_store_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def engine_options() -> dict[str, Any]:
+    """Extra ``EngineConfig`` fields for the ``engine`` fixture (a module may override)."""
+    return {}
+
+
+@pytest.fixture
 async def engine(
-    nats_server: NatsEndpoint, database_url: str, tmp_path: Path
+    nats_server: NatsEndpoint, database_url: str, tmp_path: Path, engine_options: dict[str, Any]
 ) -> AsyncIterator[EngineService]:
     """The engine knows the operators of the ``gateway`` fixture's key store, as in
     ``chorus up``."""
     config = EngineConfig(nats_url=nats_server.url, database_url=database_url,
-                          roles=key_store_roles(tmp_path / "keys.db"))  # fmt: skip
+                          roles=key_store_roles(tmp_path / "keys.db"),
+                          **engine_options)  # fmt: skip
     service = EngineService(config)
     await service.start()
     try:
@@ -206,12 +214,19 @@ def gateway_edge() -> EdgeConfig:
 
 
 @pytest.fixture
+def gateway_options() -> dict[str, Any]:
+    """Extra ``GatewayConfig`` fields for the ``gateway`` fixture (a module may override)."""
+    return {}
+
+
+@pytest.fixture
 def gateway(
     nats_server: NatsEndpoint,
     database_url: str,
     read_store_url: str,
     tmp_path: Path,
     gateway_edge: EdgeConfig,
+    gateway_options: dict[str, Any],
 ) -> Iterator[Gateway]:
     config = GatewayConfig(
         nats_url=nats_server.url,
@@ -220,6 +235,7 @@ def gateway(
         keys_path=str(tmp_path / "keys.db"),
         max_body_bytes=64 * 1024,
         edge=gateway_edge,
+        **gateway_options,
     )
     with serve_gateway(config) as gateway:
         yield gateway

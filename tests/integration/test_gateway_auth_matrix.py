@@ -90,11 +90,22 @@ RULES: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", "/health"): PUBLIC,
     ("GET", "/ready"): PUBLIC,
     ("GET", "/schema"): PUBLIC,
-    ("GET", "/schema/scalar"): PUBLIC,
     ("GET", "/schema/swagger"): PUBLIC,
+    ("GET", "/schema/redoc"): PUBLIC,
     ("GET", "/schema/openapi.json"): PUBLIC,
     ("GET", "/schema/oauth2-redirect.html"): PUBLIC,
     ("GET", "/schema/{path:str}"): PUBLIC,
+    ("GET", "/docs"): PUBLIC,
+    ("GET", "/redoc"): PUBLIC,
+    ("GET", "/asyncapi"): PUBLIC,
+    ("GET", "/asyncapi.json"): PUBLIC,
+    ("GET", "/static/{file_path:path}"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,
+    ("GET", "/api/v1/metrics"): ALL,
+    ("GET", "/"): PUBLIC,
+    ("GET", "/console"): PUBLIC,
+    ("GET", "/api/v1/console/me"): ALL,
+    ("WS", "/api/v1/events/feed"): ALL,  # notices for all; whole events for auditors
 }
 
 #: Query parameters that narrow a route's roles (time travel reads the record).
