@@ -59,7 +59,7 @@ from nats.js.api import DeliverPolicy
 
 from contracts.agents import agent_uuid
 from contracts.aio import raise_if_cancelling
-from contracts.bounds import INT_MAX
+from contracts.bounds import MAX_POSITION
 from contracts.feed import EventRecord
 from contracts.subjects import EVT_PREFIX, agent_ping_subject, is_token
 from gateway.auth import can_read
@@ -311,7 +311,7 @@ class AgentFeed:
 async def agent_feed(
     socket: WebSocket[Any, Any, Any],
     services: ServicesDep,
-    since: Annotated[int | None, QueryParameter(ge=0, le=INT_MAX)] = None,
+    since: Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)] = None,
     snapshot: FromQuery[bool] = True,
 ) -> None:
     # The consumer exists before the handshake completes: "live from now" has no gap.

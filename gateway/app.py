@@ -26,6 +26,7 @@ from gateway.jwt_tokens import Tokens, issue_token, load_secret
 from gateway.keys import KeyStore
 from gateway.mcp_http import McpHttp
 from gateway.mcp_registry import McpServerController, list_tools
+from gateway.openapi import document
 from gateway.ratelimit import RateLimiter, RateLimitMiddleware
 from gateway.sessions import SessionController
 from gateway.sockets import SocketGuardMiddleware
@@ -67,7 +68,7 @@ def create_app(config: GatewayConfig) -> Litestar:
     workflow_types = WorkflowTypeRegistry.load(
         Path(config.workflow_types_path) if config.workflow_types_path else None
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             SessionController,
             session_feed,
@@ -140,3 +141,5 @@ def create_app(config: GatewayConfig) -> Litestar:
         ),
         debug=False,
     )
+    document(app, PUBLIC_PATHS)
+    return app

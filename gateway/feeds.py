@@ -27,7 +27,7 @@ from litestar.params import FromPath, QueryParameter
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from contracts.bounds import INT_MAX
+from contracts.bounds import MAX_POSITION
 from contracts.subjects import event_filter
 from gateway.auth import can_read
 from gateway.state import Services, ServicesDep
@@ -154,7 +154,7 @@ async def session_feed(
     socket: WebSocket[Any, Any, Any],
     session_id: FromPath[uuid.UUID],
     services: ServicesDep,
-    since: Annotated[int, QueryParameter(ge=0, le=INT_MAX)] = 0,
+    since: Annotated[int, QueryParameter(ge=0, le=MAX_POSITION)] = 0,
 ) -> None:
     await serve_feed(socket, services, "session", str(session_id), since)
 
@@ -164,6 +164,6 @@ async def workflow_feed(
     socket: WebSocket[Any, Any, Any],
     workflow_id: FromPath[uuid.UUID],
     services: ServicesDep,
-    since: Annotated[int, QueryParameter(ge=0, le=INT_MAX)] = 0,
+    since: Annotated[int, QueryParameter(ge=0, le=MAX_POSITION)] = 0,
 ) -> None:
     await serve_feed(socket, services, "workflow", str(workflow_id), since)

@@ -58,7 +58,9 @@ class Settings(BaseSettings):
     stream_replicas: int = Field(default=1, ge=1, le=5)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     request_read_timeout: float = Field(
-        default=30.0, gt=0, le=3600,
+        default=30.0,
+        gt=0,
+        le=3600,
         description="Seconds an HTTP request (head and body) may take to arrive",
     )
     max_connections: int = Field(
