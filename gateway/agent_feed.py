@@ -63,7 +63,7 @@ from contracts.bounds import MAX_POSITION
 from contracts.feed import EventRecord
 from contracts.subjects import EVT_PREFIX, agent_ping_subject, is_token
 from gateway.auth import can_read
-from gateway.feeds import POSITION_HEADER, pump_and_listen
+from gateway.feeds import Positions, pump_and_listen
 from gateway.state import Services, ServicesDep
 from projections import agents as read_model
 
@@ -111,6 +111,7 @@ class AgentFeed:
         self.socket = socket
         self.services = services
         self.last = since
+        self.positions = Positions(services)
         self.watch: set[str] | None = None  # None: every agent
         self.names: dict[str, str] = {}  # aggregate uuid -> agent name
         self.sent: dict[str, str | None] = {}  # agent -> the status last sent
@@ -129,7 +130,7 @@ class AgentFeed:
 
     async def pump(self, sub: JetStreamContext.PushSubscription) -> None:
         async for msg in sub.messages:
-            position = int((msg.headers or {}).get(POSITION_HEADER, "0"))
+            position = await self.positions.of(msg)
             if position <= self.last:
                 continue
             self.last = position

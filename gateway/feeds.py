@@ -38,6 +38,27 @@ _encoder = msgspec.json.Encoder()
 CLOSE_NOT_FOUND = 4404
 
 
+class Positions:
+    """Reads a message's ``Chorus-Position``, distrusting what the relay cannot have
+    written: an unreadable one, or one beyond the event store's head, reads as 0 (skipped).
+    A forged message with a huge position would otherwise hide every later event."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.head = 0
+
+    async def of(self, msg: Any) -> int:
+        try:
+            position = int((msg.headers or {}).get(POSITION_HEADER, "0"))
+        except ValueError:
+            return 0
+        if position > self.head:  # new to us: the store must have it already
+            self.head = await asyncio.to_thread(self.services.history.head)
+            if position > self.head:
+                return 0
+        return position
+
+
 class Feed:
     """One WebSocket fed from one ordered JetStream consumer."""
 
@@ -45,6 +66,7 @@ class Feed:
         self.socket = socket
         self.services = services
         self.last = since
+        self.positions = Positions(services)
         self._send_lock = asyncio.Lock()
 
     async def send(self, text: str) -> None:
@@ -53,7 +75,7 @@ class Feed:
 
     async def pump(self, sub: JetStreamContext.PushSubscription) -> None:
         async for msg in sub.messages:
-            position = int((msg.headers or {}).get(POSITION_HEADER, "0"))
+            position = await self.positions.of(msg)
             if position <= self.last:
                 continue
             await self.send(await resolve(self.services, msg))
@@ -92,11 +114,14 @@ async def resolve(services: Services, msg: Any) -> str:
     marked ``Chorus-Data: omitted``) is read whole from the event store."""
     if (msg.headers or {}).get(DATA_HEADER) != "omitted":
         return str(msg.data.decode())
-    ref = json.loads(msg.data)
-    found = await services.read_history(
-        ref["aggregate"], ref["aggregate_id"], after_version=ref["version"] - 1, limit=1
-    )
-    return _encoder.encode(found[0]).decode() if found else str(msg.data.decode())
+    try:
+        ref = json.loads(msg.data)
+        found = await services.read_history(
+            ref["aggregate"], ref["aggregate_id"], after_version=int(ref["version"]) - 1, limit=1
+        )
+    except (ValueError, KeyError, TypeError):
+        found = []  # not a reference the relay wrote: pass it on as it is
+    return _encoder.encode(found[0]).decode() if found else msg.data.decode(errors="replace")
 
 
 async def pump_and_listen(

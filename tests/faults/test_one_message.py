@@ -291,3 +291,20 @@ async def test_ready_reports_a_stalled_relay(
                 return (await http.get("/ready")).status_code == 200
 
             await eventually(ready, what="/ready after the relay caught up")
+
+
+async def test_a_forged_event_on_a_sessions_subject_does_not_stop_its_feed(
+    http: httpx.AsyncClient, roomy_gateway: Gateway, nc: NATS
+) -> None:
+    owner, agent = roomy_gateway.key("owner"), roomy_gateway.key("a1")
+    session_id = await open_session(http, owner, ["a1", "a2"])
+    async with websockets.connect(
+        f"{roomy_gateway.ws_url}{SESSIONS}/{session_id}/feed", additional_headers=owner
+    ) as ws:
+        assert [e["type"] for e in await recv_events(ws, 1)] == ["SessionOpened"]
+        js = nc.jetstream()
+        subject = f"chorus.evt.session.{session_id}.Bogus"
+        for position in ("999999999", "not-a-number"):
+            await js.publish(subject, b"{}", headers={"Chorus-Position": position})
+        assert (await submit(http, agent, session_id)).status_code == 200
+        assert [e["type"] for e in await recv_events(ws, 1)] == ["ResultSubmitted"]
