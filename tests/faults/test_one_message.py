@@ -25,6 +25,7 @@ from contracts.sessions import OpenSession, SubmitResult, Task
 from engine.handlers import HANDLERS
 from engine.processor import Command, Processor
 from engine.service import EngineConfig, EngineService
+from engine.streams import DLQ_MAX_BYTES, DLQ_MAX_MESSAGE_BYTES
 from events.store import open_recorder
 from gateway.state import GatewayConfig
 from runtime.natsd import start_nats_server
@@ -69,6 +70,9 @@ async def test_a_command_over_the_size_limit_is_rejected_with_the_limit(
     letter = await dead_letter(nc, "command_too_large")
     assert int(letter.headers["Chorus-Truncated"]) > MAX_COMMAND_BYTES
     assert len(letter.data) <= 64 * 1024
+    dlq = await nc.jetstream().stream_info("DLQ")  # and the dead letters cannot fill the disk
+    assert dlq.config.max_bytes == DLQ_MAX_BYTES
+    assert dlq.config.max_msg_size == DLQ_MAX_MESSAGE_BYTES
     # The same agent, a sane result: accepted.
     ok = await send(nc, "a1", "submit_result", {"session_id": sid, "result": {"n": 1}})
     assert ok["status"] == "accepted"
