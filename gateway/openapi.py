@@ -40,6 +40,9 @@ ERRORS: dict[int, str] = {
     503: "Unavailable: engine, store, or read model behind; retry (see `Retry-After`)",
 }
 PUBLIC_ERRORS = (404, 405, 500, 503)
+#: Routes that call out to MCP servers: their failure is a 502.
+UPSTREAM_PATHS = ("/api/v1/mcp-servers",)
+UPSTREAM_FAILED = "An MCP server failed or could not be reached (`mcp_server_unavailable`)"
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -220,6 +223,8 @@ def _document_errors(operation: dict[str, Any], path: str, public: bool) -> None
         if public and status not in PUBLIC_ERRORS:
             continue
         content = {PROBLEM_JSON: {"schema": PROBLEM_REF}}
+        if path.startswith(UPSTREAM_PATHS) and status == 500:
+            responses["502"] = {"description": UPSTREAM_FAILED, "content": content}
         if path == "/ready" and status == 503:
             # Not ready is an answer, not an error: the same body as ready.
             content = responses["200"]["content"]
