@@ -23,6 +23,9 @@ from contracts.errors import COMMAND_TOO_LARGE, NESTING_TOO_DEEP, NUMBER_OUT_OF_
 
 MAX_COMMAND_BYTES = 256 * 1024
 MAX_JSON_DEPTH = 32
+#: Positions and versions in HTTP queries: the largest integer a JSON number holds exactly
+#: (JavaScript's ``Number.MAX_SAFE_INTEGER``), far beyond any log.
+MAX_POSITION = 2**53 - 1
 INT_MIN = -(2**63)
 INT_MAX = 2**63 - 1
 

@@ -59,11 +59,11 @@ from nats.js.api import DeliverPolicy
 
 from contracts.agents import agent_uuid
 from contracts.aio import raise_if_cancelling
-from contracts.bounds import INT_MAX
+from contracts.bounds import MAX_POSITION
 from contracts.feed import EventRecord
 from contracts.subjects import EVT_PREFIX, agent_ping_subject, is_token
 from gateway.auth import can_read
-from gateway.feeds import POSITION_HEADER, pump_and_listen
+from gateway.feeds import Positions, pump_and_listen
 from gateway.state import Services, ServicesDep
 from projections import agents as read_model
 from projections.sessions import SEES_ALL_RESULTS
@@ -112,6 +112,7 @@ class AgentFeed:
         self.socket = socket
         self.services = services
         self.last = since
+        self.positions = Positions(services)
         self.watch: set[str] | None = None  # None: every agent
         self.names: dict[str, str] = {}  # aggregate uuid -> agent name
         self.sent: dict[str, str | None] = {}  # agent -> the status last sent
@@ -130,7 +131,7 @@ class AgentFeed:
 
     async def pump(self, sub: JetStreamContext.PushSubscription) -> None:
         async for msg in sub.messages:
-            position = int((msg.headers or {}).get(POSITION_HEADER, "0"))
+            position = await self.positions.of(msg)
             if position <= self.last:
                 continue
             self.last = position
@@ -324,7 +325,7 @@ class AgentFeed:
 async def agent_feed(
     socket: WebSocket[Any, Any, Any],
     services: ServicesDep,
-    since: Annotated[int | None, QueryParameter(ge=0, le=INT_MAX)] = None,
+    since: Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)] = None,
     snapshot: FromQuery[bool] = True,
 ) -> None:
     # The consumer exists before the handshake completes: "live from now" has no gap.

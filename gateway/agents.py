@@ -24,7 +24,7 @@ from contracts.agents import (
     agent_uuid,
 )
 from contracts.aio import raise_if_cancelling
-from contracts.bounds import INT_MAX
+from contracts.bounds import MAX_POSITION
 from contracts.envelope import Reply
 from contracts.subjects import LIVENESS_BUCKET, command_subject, is_token, liveness_key
 from gateway.auth import can_audit, can_read, can_write
@@ -391,7 +391,7 @@ class AgentController(Controller):
         self,
         agent_id: FromPath[str],
         services: ServicesDep,
-        after_version: Annotated[int, QueryParameter(ge=0, le=INT_MAX)] = 0,
+        after_version: Annotated[int, QueryParameter(ge=0, le=MAX_POSITION)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 500,
     ) -> EventPage:
         return await history_page(

@@ -44,6 +44,7 @@ from gateway.metrics import (
     metrics_overview,
     prometheus_metrics,
 )
+from gateway.openapi import document
 from gateway.ratelimit import RateLimiter, RateLimitMiddleware
 from gateway.sessions import SessionController
 from gateway.sockets import SocketGuardMiddleware
@@ -85,7 +86,7 @@ def create_app(config: GatewayConfig) -> Litestar:
     workflow_types = WorkflowTypeRegistry.load(
         Path(config.workflow_types_path) if config.workflow_types_path else None
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             SessionController,
             session_feed,
@@ -174,3 +175,5 @@ def create_app(config: GatewayConfig) -> Litestar:
         debug=False,
         logging_config=None,  # the process configures logging (JSON lines, runtime.logs)
     )
+    document(app, PUBLIC_PATHS)
+    return app

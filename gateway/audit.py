@@ -16,7 +16,7 @@ from litestar import Controller, Request, Response, get
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 
-from contracts.bounds import INT_MAX
+from contracts.bounds import MAX_POSITION
 from gateway.auth import can_audit
 from gateway.errors import Problem
 from gateway.history import parse_time
@@ -43,7 +43,7 @@ async def global_log(
     request: Request[Principal, Any, Any],
     services: ServicesDep,
     after: Annotated[
-        int, QueryParameter(ge=0, le=INT_MAX, description="a position; next_after of a page")
+        int, QueryParameter(ge=0, le=MAX_POSITION, description="a position; next_after of a page")
     ] = 0,
     limit: Annotated[int | None, QueryParameter(ge=1, le=1000)] = None,
     aggregate: FromQuery[str | None] = None,

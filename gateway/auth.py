@@ -175,6 +175,8 @@ def require_roles(*roles: str) -> Any:
     allowed = frozenset(roles)
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        if connection.scope.get("method") == "OPTIONS":
+            return  # the automatic OPTIONS answer is public (no credential is read for it)
         principal: Principal = connection.user
         if principal.role not in allowed:
             raise Problem(

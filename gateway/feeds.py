@@ -27,7 +27,7 @@ from litestar.params import FromPath, QueryParameter
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from contracts.bounds import INT_MAX
+from contracts.bounds import MAX_POSITION
 from contracts.subjects import event_filter
 from gateway.auth import can_read
 from gateway.keys import Principal
@@ -38,6 +38,27 @@ POSITION_HEADER = "Chorus-Position"
 DATA_HEADER = "Chorus-Data"
 _encoder = msgspec.json.Encoder()
 CLOSE_NOT_FOUND = 4404
+
+
+class Positions:
+    """Reads a message's ``Chorus-Position``, distrusting what the relay cannot have
+    written: an unreadable one, or one beyond the event store's head, reads as 0 (skipped).
+    A forged message with a huge position would otherwise hide every later event."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.head = 0
+
+    async def of(self, msg: Any) -> int:
+        try:
+            position = int((msg.headers or {}).get(POSITION_HEADER, "0"))
+        except ValueError:
+            return 0
+        if position > self.head:  # new to us: the store must have it already
+            self.head = await asyncio.to_thread(self.services.history.head)
+            if position > self.head:
+                return 0
+        return position
 
 
 class Feed:
@@ -55,6 +76,7 @@ class Feed:
         self.last = since
         #: Rewrites each record before it is sent (hides what the viewer may not see).
         self.transform = transform
+        self.positions = Positions(services)
         self._send_lock = asyncio.Lock()
 
     async def send(self, text: str) -> None:
@@ -63,7 +85,7 @@ class Feed:
 
     async def pump(self, sub: JetStreamContext.PushSubscription) -> None:
         async for msg in sub.messages:
-            position = int((msg.headers or {}).get(POSITION_HEADER, "0"))
+            position = await self.positions.of(msg)
             if position <= self.last:
                 continue
             text = await resolve(self.services, msg)
@@ -103,11 +125,14 @@ async def resolve(services: Services, msg: Any) -> str:
     marked ``Chorus-Data: omitted``) is read whole from the event store."""
     if (msg.headers or {}).get(DATA_HEADER) != "omitted":
         return str(msg.data.decode())
-    ref = json.loads(msg.data)
-    found = await services.read_history(
-        ref["aggregate"], ref["aggregate_id"], after_version=ref["version"] - 1, limit=1
-    )
-    return _encoder.encode(found[0]).decode() if found else str(msg.data.decode())
+    try:
+        ref = json.loads(msg.data)
+        found = await services.read_history(
+            ref["aggregate"], ref["aggregate_id"], after_version=int(ref["version"]) - 1, limit=1
+        )
+    except (ValueError, KeyError, TypeError):
+        found = []  # not a reference the relay wrote: pass it on as it is
+    return _encoder.encode(found[0]).decode() if found else msg.data.decode(errors="replace")
 
 
 async def pump_and_listen(
@@ -165,7 +190,7 @@ async def session_feed(
     socket: WebSocket[Any, Any, Any],
     session_id: FromPath[uuid.UUID],
     services: ServicesDep,
-    since: Annotated[int, QueryParameter(ge=0, le=INT_MAX)] = 0,
+    since: Annotated[int, QueryParameter(ge=0, le=MAX_POSITION)] = 0,
 ) -> None:
     principal: Principal = socket.user
     view = await services.read(sessions.get_session, str(session_id))
@@ -184,6 +209,6 @@ async def workflow_feed(
     socket: WebSocket[Any, Any, Any],
     workflow_id: FromPath[uuid.UUID],
     services: ServicesDep,
-    since: Annotated[int, QueryParameter(ge=0, le=INT_MAX)] = 0,
+    since: Annotated[int, QueryParameter(ge=0, le=MAX_POSITION)] = 0,
 ) -> None:
     await serve_feed(socket, services, "workflow", str(workflow_id), since)

@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 from litestar.params import QueryParameter
 from msgspec import Struct
 
-from contracts.bounds import INT_MAX
+from contracts.bounds import MAX_POSITION
 from contracts.feed import EventRecord
 from gateway.auth import check_auditor
 from gateway.errors import Problem
@@ -62,7 +62,7 @@ def parse_time(field: str, value: str | None) -> datetime | None:
 
 
 #: The query parameters that ask for a past state (``as_of`` is an RFC 3339 time).
-AtVersion = Annotated[int | None, QueryParameter(ge=1, le=INT_MAX)]
+AtVersion = Annotated[int | None, QueryParameter(ge=1, le=MAX_POSITION)]
 
 
 async def current_or_past(

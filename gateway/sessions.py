@@ -10,7 +10,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from msgspec import Meta, Struct
 
 from contracts import errors as codes
-from contracts.bounds import INT_MAX
+from contracts.bounds import MAX_POSITION
 from contracts.envelope import Reply
 from contracts.sessions import (
     CancelSession,
@@ -235,7 +235,7 @@ class SessionController(Controller):
         self,
         session_id: FromPath[uuid.UUID],
         services: ServicesDep,
-        after_version: Annotated[int, QueryParameter(ge=0, le=INT_MAX)] = 0,
+        after_version: Annotated[int, QueryParameter(ge=0, le=MAX_POSITION)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 500,
     ) -> EventPage:
         return await history_page(services, "session", str(session_id), after_version, limit)

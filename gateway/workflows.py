@@ -10,7 +10,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from msgspec import Meta, Struct
 
 from contracts import errors as codes
-from contracts.bounds import INT_MAX
+from contracts.bounds import MAX_POSITION
 from contracts.workflows import PRIORITIES, CancelWorkflow, StartWorkflow
 from gateway.auth import can_audit, can_read, can_write
 from gateway.bus import derived_id, idempotency_key
@@ -173,7 +173,7 @@ class WorkflowController(Controller):
         self,
         workflow_id: FromPath[uuid.UUID],
         services: ServicesDep,
-        after_version: Annotated[int, QueryParameter(ge=0, le=INT_MAX)] = 0,
+        after_version: Annotated[int, QueryParameter(ge=0, le=MAX_POSITION)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 500,
     ) -> EventPage:
         return await history_page(services, "workflow", str(workflow_id), after_version, limit)

@@ -163,6 +163,7 @@ def run_gateway(settings: Settings) -> None:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.server import server_options
     from gateway.state import GatewayConfig
     from runtime.schema import asyncapi
 
@@ -190,4 +191,5 @@ def run_gateway(settings: Settings) -> None:
         ws_ping_interval=20,
         timeout_graceful_shutdown=5,
         server_header=False,  # no banner naming the server and its version
+        **server_options(s.request_read_timeout, s.max_connections),
     )

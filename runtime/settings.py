@@ -57,6 +57,15 @@ class Settings(BaseSettings):
     cache_size: int = Field(default=10_000, ge=0)
     stream_replicas: int = Field(default=1, ge=1, le=5)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    request_read_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds an HTTP request (head and body) may take to arrive",
+    )
+    max_connections: int = Field(
+        default=1000, ge=1, description="HTTP connections served at once; more get 503"
+    )
     log_level: str = "WARNING"
     log_format: str = Field(
         default="json",
@@ -155,6 +164,8 @@ class Settings(BaseSettings):
             "CHORUS_CACHE_SIZE": str(s.cache_size),
             "CHORUS_STREAM_REPLICAS": str(s.stream_replicas),
             "CHORUS_MAX_BODY_BYTES": str(s.max_body_bytes),
+            "CHORUS_REQUEST_READ_TIMEOUT": str(s.request_read_timeout),
+            "CHORUS_MAX_CONNECTIONS": str(s.max_connections),
             "CHORUS_LOG_LEVEL": s.log_level,
             "CHORUS_LOG_FORMAT": s.log_format,
             "CHORUS_HEARTBEAT_INTERVAL": str(s.heartbeat_interval),

@@ -25,6 +25,7 @@ from contracts.sessions import OpenSession, SubmitResult, Task
 from engine.handlers import HANDLERS
 from engine.processor import Command, Processor
 from engine.service import EngineConfig, EngineService
+from engine.streams import DLQ_MAX_BYTES, DLQ_MAX_MESSAGE_BYTES
 from events.store import open_recorder
 from gateway.state import GatewayConfig
 from runtime.natsd import start_nats_server
@@ -69,6 +70,9 @@ async def test_a_command_over_the_size_limit_is_rejected_with_the_limit(
     letter = await dead_letter(nc, "command_too_large")
     assert int(letter.headers["Chorus-Truncated"]) > MAX_COMMAND_BYTES
     assert len(letter.data) <= 64 * 1024
+    dlq = await nc.jetstream().stream_info("DLQ")  # and the dead letters cannot fill the disk
+    assert dlq.config.max_bytes == DLQ_MAX_BYTES
+    assert dlq.config.max_msg_size == DLQ_MAX_MESSAGE_BYTES
     # The same agent, a sane result: accepted.
     ok = await send(nc, "a1", "submit_result", {"session_id": sid, "result": {"n": 1}})
     assert ok["status"] == "accepted"
@@ -291,3 +295,20 @@ async def test_ready_reports_a_stalled_relay(
                 return (await http.get("/ready")).status_code == 200
 
             await eventually(ready, what="/ready after the relay caught up")
+
+
+async def test_a_forged_event_on_a_sessions_subject_does_not_stop_its_feed(
+    http: httpx.AsyncClient, roomy_gateway: Gateway, nc: NATS
+) -> None:
+    owner, agent = roomy_gateway.key("owner"), roomy_gateway.key("a1")
+    session_id = await open_session(http, owner, ["a1", "a2"])
+    async with websockets.connect(
+        f"{roomy_gateway.ws_url}{SESSIONS}/{session_id}/feed", additional_headers=owner
+    ) as ws:
+        assert [e["type"] for e in await recv_events(ws, 1)] == ["SessionOpened"]
+        js = nc.jetstream()
+        subject = f"chorus.evt.session.{session_id}.Bogus"
+        for position in ("999999999", "not-a-number"):
+            await js.publish(subject, b"{}", headers={"Chorus-Position": position})
+        assert (await submit(http, agent, session_id)).status_code == 200
+        assert [e["type"] for e in await recv_events(ws, 1)] == ["ResultSubmitted"]
