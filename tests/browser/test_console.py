@@ -86,7 +86,10 @@ async def test_console_follows_a_workflow_live_without_reload(
         row = f'#workflows tr[data-id="{wid}"]'
         await page.wait_for_selector(f'{row}[data-status="queued"]', timeout=SHOWS)
 
-        await drive(nc, "agent-1", "start_phase", workflow_id=wid, phase="implement")
+        # The operator hands the phase to agent-1 (the engine lets only the starter, an
+        # operator or the agent the dispatcher offered it to start a phase).
+        await drive(nc, "ops-1", "start_phase", workflow_id=wid, phase="implement",
+                    assignee="agent-1")  # fmt: skip
         await page.wait_for_selector(f'{row}[data-status="running"]', timeout=SHOWS)
         assert "implement" in (await page.text_content(row) or "")
         await page.wait_for_selector('#agents tr[data-id="agent-1"][data-status="busy"]',
@@ -99,7 +102,8 @@ async def test_console_follows_a_workflow_live_without_reload(
         )  # fmt: skip
         for phase in ("implement", "test"):
             if phase != "implement":
-                await drive(nc, "agent-1", "start_phase", workflow_id=wid, phase=phase)
+                await drive(nc, "ops-1", "start_phase", workflow_id=wid, phase=phase,
+                            assignee="agent-1")  # fmt: skip
             await drive(nc, "agent-1", "complete_phase", workflow_id=wid, phase=phase,
                         result={"phase": phase})  # fmt: skip
         await page.wait_for_selector(f'{row}[data-status="completed"]', timeout=SHOWS)
