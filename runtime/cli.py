@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 
-from runtime.settings import Settings
+
+def _stop_while_starting(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM before a process has installed its own handlers is still a clean stop.
+
+    A supervisor (or a test) may stop a child the moment it spawned it; without this the
+    default action kills it mid-import with -15, which reads as a crash. Every long-running
+    command replaces this handler with its own once its event loop runs.
+    """
+    raise SystemExit(0)
+
+
+if __name__ == "__main__":  # as early as possible when run as ``python -m runtime.cli``
+    signal.signal(signal.SIGTERM, _stop_while_starting)
+
+from runtime.settings import Settings  # noqa: E402
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -121,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the ``chorus`` command itself, not a caller in-process
+        signal.signal(signal.SIGTERM, _stop_while_starting)
     from runtime.permissions import private_umask
 
     private_umask()  # before anything is created: data files 0600, directories 0700
