@@ -4,6 +4,7 @@ projector and nats-server."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -175,7 +176,12 @@ async def test_a_hanging_http_server_times_out_cleanly_and_others_go_on(
         limited = await http.post(f"{BASE}/remote/tools/add/call", headers=ops,
                                   json={"arguments": {"a": 1, "b": 1}})  # fmt: skip
         assert (limited.status_code, limited.json()["code"]) == (429, "rate_limited")
-        server = (await http.get(f"{BASE}/remote", headers=ops)).json()
+        # The call records reach the read model through the projector: wait for them.
+        for _ in range(200):
+            server = (await http.get(f"{BASE}/remote", headers=ops)).json()
+            if server["calls"] >= 2:
+                break
+            await asyncio.sleep(0.05)
         assert (server["calls"], server["failed_calls"]) == (2, 1)
         rediscovered = await http.post(f"{BASE}/remote/discover", headers=ops)
         assert rediscovered.json()["version"] == server["version"]  # unchanged: nothing new
