@@ -145,7 +145,9 @@ async def prometheus_metrics(services: ServicesDep) -> Response[bytes]:
     fleet = CollectorRegistry(auto_describe=False)
     fleet.register(_Snapshot(snapshot))
     body = generate_latest(process_registry()) + generate_latest(fleet)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    # Litestar appends the charset to a text/ media type itself; named twice, scrapers that
+    # parse the header strictly would refuse it.
+    return Response(body, media_type=CONTENT_TYPE_LATEST.split("; charset")[0])
 
 
 @get("/api/v1/metrics", guards=[can_read], tags=["health"],

@@ -90,8 +90,8 @@ def document(app: Litestar, public_paths: list[str]) -> None:
     bodies = _request_bodies(app, schema["components"]["schemas"])
     bounds = _parameter_bounds(app)
     for path, item in schema.get("paths", {}).items():
-        public = any(path == p.strip("^$") or path.startswith(p.strip("^$") + "/")
-                     for p in public_paths)  # fmt: skip
+        # The same patterns the auth middleware matches (regular expressions).
+        public = any(re.match(p, path) for p in public_paths)
         for method in METHODS:
             operation = item.get(method)
             if operation is None:
@@ -207,6 +207,10 @@ NDJSON = {"schema": {"type": "string", "description": "one JSON document per lin
 CONTENT: dict[tuple[str, str], tuple[dict[str, Any], bool]] = {
     ("/api/v1/audit/export", "get"): ({"application/x-ndjson": NDJSON}, True),
     ("/api/v1/events", "get"): ({"application/x-ndjson": NDJSON}, False),
+    ("/metrics", "get"): (
+        {"text/plain": {"schema": {"type": "string", "description": "Prometheus text format"}}},
+        True,
+    ),
 }
 
 #: Successes besides the one Litestar documents: (path, method) -> (status, description).

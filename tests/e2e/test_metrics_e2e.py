@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 
 import httpx
-import nats
 import pytest
 from websockets.asyncio.client import connect
 
@@ -48,7 +47,10 @@ async def test_one_scrape_counts_every_command_of_every_process(tmp_path: Path) 
     data_dir = tmp_path / "data"
     with running_chorus(data_dir, free_port(), tmp_path) as up:
         assert up.nats_url and up.admin_key
-        nc = await nats.connect(up.nats_url)
+        # Every actor speaks on the bus with its own key, as the secured bus requires.
+        buses = {"ops-1": await up.bus("ops-1", up.key("ops-1", role="operator"))}
+        for actor in [*PARTICIPANTS, "agent-9"]:
+            buses[actor] = await up.bus(actor)
         admin = {"Authorization": f"Bearer {up.admin_key}"}
         try:
             async with httpx.AsyncClient(
@@ -56,7 +58,7 @@ async def test_one_scrape_counts_every_command_of_every_process(tmp_path: Path) 
             ) as http:
 
                 async def ask(actor: str, command: str, body: dict[str, object]) -> str:
-                    msg = await nc.request(
+                    msg = await buses[actor].request(
                         f"chorus.cmd.{actor}.session.{command}", json.dumps(body).encode(), 10
                     )
                     return str(json.loads(msg.data)["status"])
@@ -76,7 +78,7 @@ async def test_one_scrape_counts_every_command_of_every_process(tmp_path: Path) 
                 assert await ask("ops-1", "open", again) == "duplicate"
                 outsider = submit_body("x-1", first, {"ok": True})
                 assert await ask("agent-9", "submit_result", outsider) == "rejected"
-                malformed = await nc.request("chorus.cmd.ops-1.session.open", b"not json", 10)
+                malformed = await buses["ops-1"].request("chorus.cmd.ops-1.session.open", b"not json", 10)
                 assert json.loads(malformed.data)["error"]["code"] == "malformed_message"
 
                 started = await http.post("/api/v1/workflows", json={
@@ -111,7 +113,8 @@ async def test_one_scrape_counts_every_command_of_every_process(tmp_path: Path) 
                 finally:
                     await ws.close()
         finally:
-            await nc.close()
+            for bus in buses.values():
+                await bus.close()
 
     def commands(command: str, status: str) -> float:
         return s.value("chorus_commands_total", aggregate="session", command=command, status=status)
