@@ -161,16 +161,6 @@ def count_rows(recorder: ApplicationRecorder, *, lte: int) -> int:
         return int(cursor.fetchone()["n"])
 
 
-def select_stored_state(recorder_cursor: Any, d: _Dialect, key: str, version: int) -> bytes | None:
-    """The stored body of one aggregate version, read inside the caller's transaction."""
-    recorder_cursor.execute(
-        f"SELECT state FROM {d.table} WHERE originator_id={d.mark} AND originator_version={d.mark}",
-        [d.key(UUID(key)), version],
-    )
-    row = recorder_cursor.fetchone()
-    return None if row is None else bytes(row["state"])
-
-
 def _notification(row: Any, aggregate_id: UUID) -> Notification:
     return Notification(
         id=row["position"],
