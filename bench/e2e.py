@@ -23,6 +23,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats
@@ -169,15 +170,20 @@ async def run(args: argparse.Namespace) -> None:
         print(f"  ratio end-to-end / JetStream   {e2e_rate / baseline:>10.3f}")
         print(f"  events in store                {last_position:>10,} (incl. dedup records)")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        teardown(procs, server, work)
+
+
+def teardown(procs: list[subprocess.Popen[bytes]], server: Any, work: Path) -> None:
+    """Stop the processes, then the nats-server, and remove the run's files."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    server.stop()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:

@@ -178,6 +178,7 @@ def select_aggregate_notifications(
     gt: int = 0,
     lte: int | None = None,
     limit: int = 1000,
+    after_position: int | None = None,
 ) -> list[Notification]:
     """An aggregate's events *with* their global positions, oldest first.
 
@@ -188,7 +189,7 @@ def select_aggregate_notifications(
     rows = fetch_where(
         recorder, f"{d.columns()} FROM {d.table}",
         [("originator_id=", d.key(aggregate_id)), ("originator_version>", gt),
-         ("originator_version<=", lte)],
+         ("originator_version<=", lte), (f"{d.position}>", after_position)],
         order_by="originator_version", limit=limit,
     )  # fmt: skip
     return [_notification(row, aggregate_id) for row in rows]

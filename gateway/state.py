@@ -20,6 +20,7 @@ from contracts.workflow_types import WorkflowTypeRegistry
 from gateway.bus import CommandBus
 from gateway.edge import EdgeConfig
 from gateway.errors import Problem
+from gateway.fanout import FeedHub
 from projections.audit import AuditLog
 from projections.history import History
 from projections.readstore import ReadStore
@@ -54,6 +55,8 @@ class Services:
     history: History
     audit: AuditLog
     workflow_types: WorkflowTypeRegistry
+    #: Live feeds' shared upstream subscriptions (``gateway.fanout``).
+    feeds: FeedHub
 
     async def read(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a read-store query off the event loop."""
@@ -116,8 +119,11 @@ async def connect_services(
             history=history,
             audit=AuditLog(history.recorder, audit_key_path),
             workflow_types=workflow_types,
+            feeds=(feeds := FeedHub(nc)),
         )
     finally:
+        with contextlib.suppress(Exception):
+            await feeds.close()
         try:
             async with asyncio.timeout(3):
                 await nc.drain()
