@@ -24,7 +24,9 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from functools import cached_property
+from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -33,6 +35,8 @@ from nats.js.api import DeliverPolicy
 from contracts.feed import EventRecord
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 POSITION_HEADER = "Chorus-Position"
 #: ``omitted`` when the relay published a reference instead of an event too large to send.
@@ -115,10 +119,15 @@ class Listener:
 
 
 class Channel:
-    """One upstream ordered consumer on ``subject``, dispatching to its listeners."""
+    """One upstream ordered consumer on ``subject``, dispatching to its listeners: new
+    messages only for the hub's shared channels, or e.g. ``DeliverPolicy.ALL`` for a
+    socket's private replay."""
 
-    def __init__(self, nc: NATS, subject: str) -> None:
+    def __init__(
+        self, nc: NATS, subject: str, deliver_policy: DeliverPolicy = DeliverPolicy.NEW
+    ) -> None:
         self.subject = subject
+        self.deliver_policy = deliver_policy
         self.listeners: set[Listener] = set()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._run(nc), name=f"feed-channel {subject}")
@@ -126,7 +135,7 @@ class Channel:
     async def _run(self, nc: NATS) -> None:
         try:
             sub = await nc.jetstream().subscribe(
-                self.subject, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
+                self.subject, ordered_consumer=True, deliver_policy=self.deliver_policy
             )
         except BaseException as error:
             if not self.ready.done():
@@ -174,6 +183,14 @@ class FeedHub:
         self.nc = nc
         self.channels: dict[str, Channel] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._shared: dict[str, Any] = {}
+
+    def shared(self, name: str, make: Callable[[], T]) -> T:
+        """One object per hub under ``name`` (made on first use): what a kind of feed
+        computes once for all its sockets, such as the agents feed's lookups."""
+        if name not in self._shared:
+            self._shared[name] = make()
+        return self._shared[name]  # type: ignore[no-any-return]
 
     async def join(self, subject: str, listener: Listener) -> None:
         """Register ``listener`` on ``subject``'s channel (created on first use) and wait
