@@ -66,17 +66,24 @@ def free_port() -> int:
 # Client processes -------------------------------------------------------------------------
 
 
-async def _clients(url: str, count: int, ready: Any, go: Any, timeout: float) -> list[Any]:
-    """Connect ``count`` sockets, say so, then record (position, receipt time) of every
-    event until each socket has seen the session finalised (or ``timeout`` passes)."""
+async def _connect(url: str) -> Any:
+    ws = await websockets.connect(url, max_size=None, compression=None)
+    await ws.send("ping")
+    while await ws.recv() != "pong":
+        pass
+    return ws
+
+
+async def _clients(
+    url: str, count: int, agents_url: str, agents_count: int, ready: Any, go: Any,
+    timeout: float,
+) -> list[Any]:  # fmt: skip
+    """Connect ``count`` sockets (and ``agents_count`` on the agents feed, which only
+    add load), say so, then record (position, receipt time) of every event until each
+    socket has seen the session finalised (or ``timeout`` passes)."""
     received: list[tuple[array[int], array[float]]] = []
-    sockets = []
-    for _ in range(count):
-        ws = await websockets.connect(url, max_size=None, compression=None)
-        await ws.send("ping")
-        while await ws.recv() != "pong":
-            pass
-        sockets.append(ws)
+    sockets = [await _connect(url) for _ in range(count)]
+    watchers = [await _connect(agents_url) for _ in range(agents_count)]
     ready.put(count)
 
     async def read(ws: Any) -> None:
@@ -90,16 +97,24 @@ async def _clients(url: str, count: int, ready: Any, go: Any, timeout: float) ->
             if event.type == "SessionFinalised":
                 return
 
+    async def drain(ws: Any) -> None:
+        async for _ in ws:
+            pass
+
     readers = [asyncio.create_task(read(ws)) for ws in sockets]
+    draining = [asyncio.create_task(drain(ws)) for ws in watchers]
     await asyncio.get_running_loop().run_in_executor(None, go.wait)
     await asyncio.wait(readers, timeout=timeout)
-    for ws in sockets:
+    for task in draining:
+        task.cancel()
+    for ws in sockets + watchers:
         await ws.close()
     return [(p.tobytes(), t.tobytes()) for p, t in received]
 
 
-def client_process(url: str, count: int, ready: Any, go: Any, out: Any, timeout: float) -> None:
-    out.put(asyncio.run(_clients(url, count, ready, go, timeout)))
+def client_process(*args: Any) -> None:
+    *arguments, out = args
+    out.put(asyncio.run(_clients(*arguments)))
 
 
 # Gateway process figures ------------------------------------------------------------------
@@ -169,15 +184,21 @@ async def run(args: argparse.Namespace) -> None:
         assert opened["status"] == "accepted", opened
         since = int(opened["position"])  # type: ignore[call-overload]
         url = f"ws://127.0.0.1:{port}/api/v1/sessions/{sid}/feed?since={since}&token={token}"
+        agents_url = f"ws://127.0.0.1:{port}/api/v1/agents/feed?token={token}"
 
         ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
-        per_proc = [args.clients // args.procs + (i < args.clients % args.procs)
-                    for i in range(args.procs)]  # fmt: skip
+
+        def share(total: int, i: int) -> int:
+            return total // args.procs + (i < total % args.procs)
+
         timeout = args.events / args.rate + args.drain
-        for count in per_proc:
+        for i in range(args.procs):
             process = ctx.Process(
-                target=client_process, args=(url, count, ready, go, out, timeout), daemon=True
-            )
+                target=client_process,
+                args=(url, share(args.clients, i), agents_url, share(args.agent_clients, i),
+                      ready, go, timeout, out),
+                daemon=True,
+            )  # fmt: skip
             process.start()
             clients.append(process)
         joined = 0
@@ -235,7 +256,8 @@ async def run(args: argparse.Namespace) -> None:
         ms = [1000 * percentile(latencies, q) for q in (0.5, 0.95, 0.99, 1.0)]
         print(
             f"chorus bench.feeds  ({os.cpu_count()} cores, {args.clients} clients on one "
-            f"session, {args.events} events at {args.rate:g}/s, {args.procs} client processes)"
+            f"session, {args.events} events at {args.rate:g}/s, {args.procs} client processes, "
+            f"{args.agent_clients} agents-feed sockets)"
         )
         print(f"  deliveries                     {deliveries:>10,} (events x clients)")
         print(f"  delivered                      {deliveries / elapsed:>10,.0f} deliveries/s")
@@ -268,6 +290,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=500, help="results submitted")
     parser.add_argument("--rate", type=float, default=50, help="results submitted per second")
     parser.add_argument("--procs", type=int, default=2, help="client processes")
+    parser.add_argument(
+        "--agent-clients", type=int, default=0, help="extra sockets on the agents feed (load)"
+    )
     parser.add_argument("--drain", type=float, default=60, help="seconds to wait after sending")
     parser.add_argument("--baseline", type=int, default=20_000, help="JetStream messages")
     asyncio.run(run(parser.parse_args()))

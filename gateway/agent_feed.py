@@ -119,6 +119,17 @@ CLOSE_TOO_SLOW = 4429
 LOOKUPS_KEPT = 4096
 
 
+def _statuses_of_assigned(conn: Any, aggregate_id: str) -> list[tuple[str, str]]:
+    """(agent, status) of every agent with a task in this session or workflow: in one
+    trip to a worker thread, not one per agent."""
+    found = []
+    for name in read_model.agents_of(conn, aggregate_id):
+        view = read_model.get_agent(conn, name)
+        if view is not None:
+            found.append((name, str(view.status)))
+    return found
+
+
 class Lookups:
     """The read-model lookups of the agents feed, shared by every socket of a gateway:
     each event's answer is computed once (by the first socket that needs it, the others
@@ -158,12 +169,7 @@ class Lookups:
             await self.services.wait_for_projection(
                 read_model.NAME, record.position, READ_MODEL_WAIT
             )
-            found = []
-            for name in await self.services.read(read_model.agents_of, record.aggregate_id):
-                view = await self.services.read(read_model.get_agent, name)
-                if view is not None:
-                    found.append((name, str(view.status)))
-            return found
+            return await self.services.read(_statuses_of_assigned, record.aggregate_id)  # type: ignore[no-any-return]
 
         return await self._once(("assigned", record.position), read)  # type: ignore[no-any-return]
 
