@@ -75,6 +75,16 @@ def spawn(role: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+async def wait_for_engine(nc: nats.NATS) -> None:
+    """Until the engine answers on the command subjects."""
+    while True:
+        try:
+            await nc.request("chorus.cmd.bench.session.ping", b"{}", timeout=1)
+            return
+        except Exception:
+            await asyncio.sleep(0.1)
+
+
 async def request(nc: nats.NATS, subject: str, body: dict[str, object]) -> dict[str, object]:
     msg = await nc.request(subject, _enc.encode(body), timeout=30)
     reply: dict[str, object] = _dec.decode(msg.data)
@@ -141,12 +151,7 @@ async def run(args: argparse.Namespace) -> None:
     try:
         baseline = await jetstream_baseline(server.url, args.baseline, 400)
         conns = [await nats.connect(server.url) for _ in range(4)]
-        while True:  # wait for the engine to listen
-            try:
-                await conns[0].request("chorus.cmd.bench.session.ping", b"{}", timeout=1)
-                break
-            except Exception:
-                await asyncio.sleep(0.1)
+        await wait_for_engine(conns[0])
         if args.rate:
             args.sessions = max(1, int(args.rate * args.seconds) // args.participants)
         agents = [f"agent-{i}" for i in range(args.agents)]

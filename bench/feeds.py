@@ -35,7 +35,7 @@ import msgspec
 import nats
 import websockets
 
-from bench.e2e import jetstream_baseline, request, spawn, teardown
+from bench.e2e import jetstream_baseline, request, spawn, teardown, wait_for_engine
 from runtime.natsd import start_nats_server
 
 SETTLE = 1.0  # seconds between the last client joining and the first event
@@ -158,12 +158,7 @@ async def run(args: argparse.Namespace) -> None:
     try:
         baseline = await jetstream_baseline(server.url, args.baseline, 400)
         nc = await nats.connect(server.url)
-        while True:
-            try:
-                await nc.request("chorus.cmd.bench.session.ping", b"{}", timeout=1)
-                break
-            except Exception:
-                await asyncio.sleep(0.1)
+        await wait_for_engine(nc)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
             while True:
                 try:

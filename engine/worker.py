@@ -38,6 +38,7 @@ from contracts.subjects import (
     parse_command_subject,
 )
 from engine.handlers import DECODERS, HANDLERS
+from engine.prefetch import Prefetcher
 from engine.processor import Command, Processor
 from engine.ratelog import RateLimitedLog
 
@@ -152,6 +153,8 @@ class CommandWorker:
         self.queue: asyncio.Queue[Incoming] = asyncio.Queue()
         # One thread: batches are applied strictly one after another, in arrival order.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chorus-writer")
+        # Cold aggregates are folded beside it, their commands held meanwhile.
+        self.prefetch: Prefetcher[Incoming] = Prefetcher(processor, self.queue.put_nowait)
         self._sub: Subscription | None = None
         self.handled = 0
         self.batches = 0
@@ -180,6 +183,7 @@ class CommandWorker:
 
     def close(self) -> None:
         """Wait for a batch in flight to finish its transaction."""
+        self.prefetch.close()
         self._writer.shutdown(wait=True)
 
     async def _on_message(self, msg: Msg) -> None:
@@ -233,6 +237,11 @@ class CommandWorker:
         except Exception as error:  # a dead letter must never take the worker down
             self.errors.warning("could not answer an invalid message: %s", error)
 
+    def _handle(self, folded: dict[Any, Any], commands: list[Command]) -> list[Reply]:
+        """Writer thread: adopt what was folded beside it, then the batch."""
+        self.processor.adopt(folded)
+        return self.processor.handle_batch(commands)
+
     async def run(self) -> None:
         """Take micro-batches until cancelled."""
         loop = asyncio.get_running_loop()
@@ -254,11 +263,12 @@ class CommandWorker:
                 except TimeoutError:
                     raise_if_cancelling()  # a cancel racing the timeout (see contracts.aio)
                     break
+            batch, folded = self.prefetch.admit(batch)
+            if not batch:
+                continue
             commands = [item.command for item in batch]
             try:
-                replies = await loop.run_in_executor(
-                    self._writer, self.processor.handle_batch, commands
-                )
+                replies = await loop.run_in_executor(self._writer, self._handle, folded, commands)
             except Exception as error:
                 raise_if_cancelling()
                 # e.g. the store could not be read: nothing was recorded, the clients retry.
