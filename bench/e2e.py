@@ -9,8 +9,9 @@ they take part in, through NATS requests.
 
 Sustained (default, 30,000 results): each agent keeps ``--window`` requests in flight. A
 command is done when its ``accepted`` reply has arrived *and* the read model has
-projected it; the run's throughput is printed whole and per 10% slice of the commands
-(in the order they completed), so warm-up and slow-down show instead of averaging away.
+projected it; the run's throughput is printed whole and per 10% slice of the run's time,
+so warm-up and slow-down show instead of averaging away, with the engine's and the
+projector's CPU time per command (steadier than rates on a shared machine).
 
 Open loop (``--rate R``): commands are sent at R per second on a fixed schedule whatever
 the replies do (latency is measured from each command's scheduled send, so a stalled
@@ -148,6 +149,7 @@ async def run(args: argparse.Namespace) -> None:
         "CHORUS_READ_STORE_URL": f"sqlite:///{work}/read.db",
     }
     procs = [spawn("engine", env, work / "engine.log"), spawn("project", env, work / "project.log")]
+    args.pids = [p.pid for p in procs]
     try:
         baseline = await jetstream_baseline(server.url, args.baseline, 400)
         conns = [await nats.connect(server.url) for _ in range(4)]
@@ -231,14 +233,17 @@ async def sustained(
 
         await asyncio.gather(*(one(sid) for sid in work_by_agent[name]))
 
+    cpu_before = [cpu_seconds(pid) for pid in args.pids]
     started = time.perf_counter()
     await asyncio.gather(*(agent(i, a) for i, a in enumerate(agents)))
     replied = time.perf_counter() - started
     last_position = max(p for _, p in done)
     while watcher.visible_at(last_position) is None:  # noqa: ASYNC110 - a file another process writes
         await asyncio.sleep(POLL)
-    visible = (watcher.visible_at(last_position) or 0) - started
+    visible = max(replied, (watcher.visible_at(last_position) or 0) - started)
     e2e_rate = total / visible
+    engine_cpu, projector_cpu = (cpu_seconds(pid) - before
+                                 for pid, before in zip(args.pids, cpu_before, strict=True))  # fmt: skip
 
     print(f"{header}, window {args.window}: sustained)")
     print(f"  commands                       {total:>10,}")
@@ -246,17 +251,19 @@ async def sustained(
     print(f"  end to end (reply + projected) {e2e_rate:>10,.0f} commands/s")
     print(f"  JetStream publish_async        {baseline:>10,.0f} msgs/s  (baseline, same run)")
     print(f"  ratio end-to-end / JetStream   {e2e_rate / baseline:>10.3f}")
-    print("  per 10% of the commands, end to end (reply + projected), commands/s:")
-    slices = []
-    previous, highest = started, 0
-    for i in range(10):
-        part = done[i * total // 10 : (i + 1) * total // 10]
-        highest = max([highest, *(p for _, p in part)])
-        end = max(part[-1][0], watcher.visible_at(highest) or part[-1][0])
-        slices.append(len(part) / max(end - previous, 1e-9))
-        previous = end
-    print("   " + " ".join(f"{rate:,.0f}" for rate in slices))
-    print(f"  last slice / first slice       {slices[-1] / slices[0]:>10.2f}")
+    print(
+        f"  CPU per command                {1e6 * engine_cpu / total:>10,.0f} us engine, "
+        f"{1e6 * projector_cpu / total:,.0f} us projector (steadier than rates when shared)"
+    )
+    # A command is done when its reply has arrived and the read model shows it.
+    finished = sorted(max(at, watcher.visible_at(p) or at) for at, p in done)
+    width = (finished[-1] - started) / 10
+    slices = [0] * 10
+    for at in finished:
+        slices[min(9, int((at - started) / width))] += 1
+    print("  per 10% of the run's time, commands done (reply + projected) per second:")
+    print("   " + " ".join(f"{count / width:,.0f}" for count in slices))
+    print(f"  last slice / first slice       {slices[-1] / max(slices[0], 1):>10.2f}")
 
 
 async def open_loop(
@@ -299,6 +306,12 @@ async def open_loop(
     print(f"  sends more than 1 ms late      {late:>10,} (the bench's own client lagging)")
     print(f"  JetStream publish_async        {baseline:>10,.0f} msgs/s  (baseline, same run)")
     print(f"  offered rate / JetStream       {args.rate / baseline:>10.3f}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def teardown(procs: list[subprocess.Popen[bytes]], server: Any, work: Path) -> None:

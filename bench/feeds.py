@@ -35,7 +35,7 @@ import msgspec
 import nats
 import websockets
 
-from bench.e2e import jetstream_baseline, request, spawn, teardown, wait_for_engine
+from bench.e2e import cpu_seconds, jetstream_baseline, request, spawn, teardown, wait_for_engine
 from runtime.natsd import start_nats_server
 
 SETTLE = 1.0  # seconds between the last client joining and the first event
@@ -118,11 +118,6 @@ def client_process(*args: Any) -> None:
 
 
 # Gateway process figures ------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
