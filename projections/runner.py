@@ -229,3 +229,49 @@ def rebuild_together(
             for suffix in ("", "-wal", "-shm", "-journal"):
                 path.with_name(path.name + suffix).unlink(missing_ok=True)
     return count
+
+
+def step_together(runners: Sequence[ProjectionRunner]) -> int:
+    """One step of several read models on one store of events, with one scan: the next
+    page after the slowest one's position is read once and each event decoded once, and
+    each read model applies what is new to it in its own transaction. A read model ahead
+    of that page steps on its own (one far behind, e.g. new, never holds the others back);
+    one whose batch fails is logged and retried at the next step, the others go on.
+    Returns how many notifications the page held."""
+    starts = [runner.position for runner in runners]
+    recorder = runners[0].recorder
+    notifications = recorder.select_notifications(
+        min(starts) + 1, max(runner.batch_size for runner in runners)
+    )
+    if not notifications:
+        return 0
+    decoded = Decoded()
+    moved = len(notifications)
+    for runner, start in zip(runners, starts, strict=True):
+        try:
+            if start >= notifications[-1].id:
+                moved = max(moved, runner.step())
+            else:
+                runner.apply(start, [n for n in notifications if n.id > start], decoded)
+        except Exception as error:
+            log.warning("projection %s failed a batch, retrying: %s", runner.projection.name, error)
+    return moved
+
+
+async def run_together(
+    runners: Sequence[ProjectionRunner], idle_interval: float | None = None
+) -> None:
+    """Follow the log for these read models with one scan (``step_together``) until
+    cancelled: the projector's loop. Before, each read model polled and decoded the whole
+    log on its own (three scans and up to three decodes of every event)."""
+    idle = idle_interval if idle_interval is not None else min(r.idle_interval for r in runners)
+    while True:
+        try:
+            moved = await asyncio.to_thread(step_together, runners)
+        except Exception as error:
+            raise_if_cancelling()
+            log.warning("the projector failed to read the log, retrying: %s", error)
+            await asyncio.sleep(1)
+            continue
+        if not moved:
+            await asyncio.sleep(idle)

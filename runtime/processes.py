@@ -18,7 +18,7 @@ from gateway.keys import KeyStore
 from projections.agents import AgentsProjection
 from projections.mcp import McpServersProjection
 from projections.readstore import ReadStore
-from projections.runner import ProjectionRunner
+from projections.runner import ProjectionRunner, run_together
 from projections.sessions import SessionsProjection
 from projections.tasks import AgentTasksProjection
 from projections.workflows import WorkflowsProjection
@@ -131,7 +131,7 @@ def projection_runners(
 
 def run_projector(settings: Settings) -> None:
     async def main() -> None:
-        tasks = [asyncio.create_task(r.run()) for r in projection_runners(settings)]
+        tasks = [asyncio.create_task(run_together(projection_runners(settings)))]
         try:
             await _until_signalled()
         finally:
