@@ -394,7 +394,9 @@ async def agent_feed(
     # share the gateway's channel; a replay from a position has a consumer of its own.
     listener = Listener()
     subject = f"{EVT_PREFIX}.>"
-    replay = None if since is None else Channel(services.nc, subject, DeliverPolicy.ALL)
+    replay = (
+        None if since is None else Channel(services.nc, subject, DeliverPolicy.ALL, private=True)
+    )
     try:
         if replay is None:
             await services.feeds.join(subject, listener)

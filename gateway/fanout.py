@@ -89,12 +89,22 @@ class Listener:
         self.overflowed = False
         self.failure: BaseException | None = None
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()
 
     def offer(self, frame: Frame) -> None:
         """Called by the channel for each frame: never blocks, never grows past ``limit``."""
         if len(self.frames) >= self.limit:
             self.frames.clear()
             self.overflowed = True
+        self.frames.append(frame)
+        self._wake.set()
+
+    async def put(self, frame: Frame) -> None:
+        """For a channel of this listener alone (a replay): wait for room instead of
+        dropping, so a replay longer than ``limit`` is paced by its socket."""
+        while len(self.frames) >= self.limit and self.failure is None:
+            self._room.clear()
+            await self._room.wait()
         self.frames.append(frame)
         self._wake.set()
 
@@ -115,19 +125,27 @@ class Listener:
             return None
         batch = list(self.frames)
         self.frames.clear()
+        self._room.set()
         return batch
 
 
 class Channel:
     """One upstream ordered consumer on ``subject``, dispatching to its listeners: new
-    messages only for the hub's shared channels, or e.g. ``DeliverPolicy.ALL`` for a
-    socket's private replay."""
+    messages only, never waiting for a listener, for the hub's shared channels; or e.g.
+    ``DeliverPolicy.ALL`` for a socket's private replay, which waits for its one listener
+    (``private=True``) instead of dropping."""
 
     def __init__(
-        self, nc: NATS, subject: str, deliver_policy: DeliverPolicy = DeliverPolicy.NEW
+        self,
+        nc: NATS,
+        subject: str,
+        deliver_policy: DeliverPolicy = DeliverPolicy.NEW,
+        *,
+        private: bool = False,
     ) -> None:
         self.subject = subject
         self.deliver_policy = deliver_policy
+        self.private = private
         self.listeners: set[Listener] = set()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._run(nc), name=f"feed-channel {subject}")
@@ -145,7 +163,9 @@ class Channel:
                     self.ready.set_exception(error)
                     self.ready.exception()  # retrieved here; joiners see it through ready
             self._fail(error)
-            raise
+            if not isinstance(error, Exception):
+                raise  # cancelled (or worse); a failed subscribe was told through ready
+            return
         self.ready.set_result(None)
         try:
             async for msg in sub.messages:
@@ -154,7 +174,10 @@ class Channel:
                 omitted = headers.get(DATA_HEADER) == "omitted"
                 frame = Frame(position, msg.subject, msg.data, omitted)
                 for listener in tuple(self.listeners):
-                    listener.offer(frame)
+                    if self.private:
+                        await listener.put(frame)
+                    else:
+                        listener.offer(frame)
             self._fail(UpstreamLost(f"the subscription to {self.subject} ended"))
         except Exception as error:
             log.warning("feed channel %s failed: %s", self.subject, error)

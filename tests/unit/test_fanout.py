@@ -49,6 +49,25 @@ async def test_a_full_listener_drops_what_it_holds_and_says_so_once() -> None:
     assert [f.position for f in batch] == [4, 5]  # what came after the drop
 
 
+async def test_a_replay_waits_for_room_instead_of_dropping() -> None:
+    """A private replay channel paces itself by its one socket: nothing is dropped."""
+    listener = Listener(limit=2)
+    putting = asyncio.create_task(_put_all(listener, range(1, 6)))
+    received: list[int] = []
+    while len(received) < 5:
+        batch = await listener.next_batch()
+        assert batch is not None  # never an overflow
+        assert len(batch) <= 2
+        received += [f.position for f in batch]
+    await putting
+    assert received == [1, 2, 3, 4, 5]
+
+
+async def _put_all(listener: Listener, positions: range) -> None:
+    for p in positions:
+        await listener.put(frame(p))
+
+
 def test_a_frame_is_decoded_once_for_every_socket() -> None:
     shared = frame(7)
     assert shared.text is shared.text
