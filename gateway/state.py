@@ -110,6 +110,7 @@ async def connect_services(
         reconnect_time_wait=0.5,
     )  # fmt: skip
     history = History(config.database_url)
+    feeds = FeedHub(nc)
     try:
         yield Services(
             config=config,
@@ -119,7 +120,7 @@ async def connect_services(
             history=history,
             audit=AuditLog(history.recorder, audit_key_path),
             workflow_types=workflow_types,
-            feeds=(feeds := FeedHub(nc)),
+            feeds=feeds,
         )
     finally:
         with contextlib.suppress(Exception):
