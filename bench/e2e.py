@@ -1,19 +1,33 @@
-"""End-to-end command throughput: agents -> NATS -> engine -> event store -> read model.
+"""End-to-end commands: agents -> NATS -> engine -> event store -> read model.
 
-    python -m bench.e2e [--sessions 200] [--participants 10] [--agents 50] [--window 32]
+    python -m bench.e2e [--sessions 3000] [--participants 10] [--agents 50] [--window 32]
+    python -m bench.e2e --rate 1000 [--seconds 20]
 
 Starts a nats-server from the wheel, the engine and the projector as separate processes
-(as ``chorus up`` does), opens sessions, then N agents submit one result per session they
-take part in, through NATS requests. The clock stops when every command has its
-``accepted`` reply *and* the read model has projected the last event. In the same run it
-measures raw JetStream async publishing on this machine (the bus's own limit here) and
-prints the ratio, so figures from noisy shared machines can still be compared.
+(as ``chorus up`` does) and opens sessions; then agents submit one result per session
+they take part in, through NATS requests.
+
+Sustained (default, 30,000 results): each agent keeps ``--window`` requests in flight. A
+command is done when its ``accepted`` reply has arrived *and* the read model has
+projected it; the run's throughput is printed whole and per 10% slice of the run's time,
+so warm-up and slow-down show instead of averaging away, with the engine's and the
+projector's CPU time per command (steadier than rates on a shared machine).
+
+Open loop (``--rate R``): commands are sent at R per second on a fixed schedule whatever
+the replies do (latency is measured from each command's scheduled send, so a stalled
+engine cannot hide queued commands), for ``--seconds``. Prints p50/p95/p99/max of the
+reply, and of the time until the read model shows the command (polled every 2 ms).
+
+In the same run it measures raw JetStream async publishing on this machine (the bus's
+own limit here) and prints the ratio, so figures from noisy shared machines can still be
+compared.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import os
 import shutil
 import sqlite3
@@ -23,6 +37,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats
@@ -31,6 +46,8 @@ from runtime.natsd import die_with_parent, start_nats_server
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
+#: How often the read model's position is sampled (the resolution of visibility times).
+POLL = 0.002
 
 
 async def jetstream_baseline(url: str, count: int, size: int) -> float:
@@ -59,19 +76,67 @@ def spawn(role: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def projected_position(read_db: Path) -> int:
-    try:
-        with sqlite3.connect(read_db, timeout=5) as conn:
-            row = conn.execute("SELECT position FROM tracking WHERE name='sessions'").fetchone()
-    except sqlite3.OperationalError:
-        return 0
-    return int(row[0]) if row else 0
+async def wait_for_engine(nc: nats.NATS) -> None:
+    """Until the engine answers on the command subjects."""
+    while True:
+        try:
+            await nc.request("chorus.cmd.bench.session.ping", b"{}", timeout=1)
+            return
+        except Exception:
+            await asyncio.sleep(0.1)
 
 
 async def request(nc: nats.NATS, subject: str, body: dict[str, object]) -> dict[str, object]:
     msg = await nc.request(subject, _enc.encode(body), timeout=30)
     reply: dict[str, object] = _dec.decode(msg.data)
     return reply
+
+
+class Watcher:
+    """Samples the read model's position over time, to tell when a position became
+    visible without polling once per command."""
+
+    def __init__(self, read_db: Path) -> None:
+        self.read_db = read_db
+        self.times: list[float] = []
+        self.positions: list[int] = []
+        self._conn: sqlite3.Connection | None = None
+
+    def position(self) -> int:
+        """The sessions read model's position (one small read, on a kept connection)."""
+        if self._conn is None:
+            if not self.read_db.exists():
+                return 0
+            self._conn = sqlite3.connect(self.read_db, timeout=5)
+        try:
+            row = self._conn.execute(
+                "SELECT position FROM tracking WHERE name='sessions'"
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return 0
+        return int(row[0]) if row else 0
+
+    async def run(self) -> None:
+        while True:
+            position = self.position()
+            if not self.positions or position > self.positions[-1]:
+                self.times.append(time.perf_counter())
+                self.positions.append(position)
+            await asyncio.sleep(POLL)
+
+    def visible_at(self, position: int) -> float | None:
+        """When the read model first showed ``position`` (None: not yet)."""
+        i = bisect.bisect_left(self.positions, position)
+        return self.times[i] if i < len(self.positions) else None
+
+
+def percentiles(values: list[float]) -> str:
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return f"p50 {at(0.5):,.1f}  p95 {at(0.95):,.1f}  p99 {at(0.99):,.1f}  max {at(1.0):,.1f} ms"
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -84,111 +149,195 @@ async def run(args: argparse.Namespace) -> None:
         "CHORUS_READ_STORE_URL": f"sqlite:///{work}/read.db",
     }
     procs = [spawn("engine", env, work / "engine.log"), spawn("project", env, work / "project.log")]
+    args.pids = [p.pid for p in procs]
     try:
         baseline = await jetstream_baseline(server.url, args.baseline, 400)
         conns = [await nats.connect(server.url) for _ in range(4)]
-        # Wait for the engine to listen.
-        while True:
-            try:
-                await conns[0].request("chorus.cmd.bench.session.ping", b"{}", timeout=1)
-                break
-            except Exception:
-                await asyncio.sleep(0.1)
-
+        await wait_for_engine(conns[0])
+        if args.rate:
+            args.sessions = max(1, int(args.rate * args.seconds) // args.participants)
         agents = [f"agent-{i}" for i in range(args.agents)]
-        sessions = []
-        opens = []
-        for s in range(args.sessions):
-            sid = str(uuid.uuid4())
-            members = [agents[(s + k) % len(agents)] for k in range(args.participants)]
-            sessions.append((sid, members))
-            opens.append(
-                request(
-                    conns[s % len(conns)],
-                    "chorus.cmd.coordinator.session.open",
-                    {
-                        "command_id": f"open-{sid}",
-                        "payload": {
-                            "session_id": sid,
-                            "participants": members,
-                            "task": {"description": "bench", "criteria": {"require": "majority"}},
-                            "timeout_seconds": 3600,
-                        },
-                    },
-                )
-            )
-        replies = await asyncio.gather(*opens)
-        assert all(r["status"] == "accepted" for r in replies), replies[:3]
-
-        work_by_agent: dict[str, list[str]] = {a: [] for a in agents}
-        for sid, members in sessions:
-            for m in members:
-                work_by_agent[m].append(sid)
-        total = sum(len(v) for v in work_by_agent.values())
-        last_position = 0
-        accepted = 0
-
-        async def agent(index: int, name: str) -> None:
-            nonlocal last_position, accepted
-            nc = conns[index % len(conns)]
-            subject = f"chorus.cmd.{name}.session.submit_result"
-            queue = list(work_by_agent[name])
-            window = asyncio.Semaphore(args.window)
-
-            async def one(sid: str) -> None:
-                nonlocal last_position, accepted
-                async with window:
-                    reply = await request(nc, subject, {
-                        "command_id": f"{name}-{sid}",
-                        "payload": {"session_id": sid, "result": {"value": 42},
-                                    "output_hash": "sha256:abc"},
-                    })  # fmt: skip
-                if reply["status"] != "accepted":
-                    raise RuntimeError(f"not accepted: {reply}")
-                accepted += 1
-                last_position = max(last_position, int(reply["position"]))  # type: ignore[call-overload]
-
-            await asyncio.gather(*(one(sid) for sid in queue))
-
-        started = time.perf_counter()
-        await asyncio.gather(*(agent(i, a) for i, a in enumerate(agents)))
-        replied = time.perf_counter() - started
-        while projected_position(work / "read.db") < last_position:  # noqa: ASYNC110 - polls a file another process writes
-            await asyncio.sleep(0.005)
-        visible = time.perf_counter() - started
+        sessions = await open_sessions(conns, agents, args)
+        watcher = Watcher(work / "read.db")
+        watching = asyncio.create_task(watcher.run())
+        header = (f"chorus bench.e2e  ({os.cpu_count()} cores, {args.sessions} sessions x "
+                  f"{args.participants} participants, {args.agents} agents")  # fmt: skip
+        if args.rate:
+            await open_loop(conns, sessions, watcher, baseline, header, args)
+        else:
+            await sustained(conns, agents, sessions, watcher, baseline, header, args)
+        watching.cancel()
         for nc in conns:
             await nc.close()
-
-        e2e_rate = total / visible
-        print(f"chorus bench.e2e  ({os.cpu_count()} cores, {args.sessions} sessions x "
-              f"{args.participants} participants, {args.agents} agents, window {args.window})")  # fmt: skip
-        print(f"  commands                       {total:>10,}")
-        print(f"  accepted replies               {total / replied:>10,.0f} commands/s")
-        print(f"  end to end (reply + projected) {e2e_rate:>10,.0f} commands/s")
-        print(f"  JetStream publish_async        {baseline:>10,.0f} msgs/s  (baseline, same run)")
-        print(f"  ratio end-to-end / JetStream   {e2e_rate / baseline:>10.3f}")
-        print(f"  events in store                {last_position:>10,} (incl. dedup records)")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        teardown(procs, server, work)
+
+
+async def open_sessions(
+    conns: list[nats.NATS], agents: list[str], args: argparse.Namespace
+) -> list[tuple[str, list[str]]]:
+    sessions = []
+    opens = []
+    for s in range(args.sessions):
+        sid = str(uuid.uuid4())
+        members = [agents[(s + k) % len(agents)] for k in range(args.participants)]
+        sessions.append((sid, members))
+        opens.append(request(conns[s % len(conns)], "chorus.cmd.coordinator.session.open", {
+            "command_id": f"open-{sid}",
+            "payload": {"session_id": sid, "participants": members,
+                        "task": {"description": "bench", "criteria": {"require": "majority"}},
+                        "timeout_seconds": 3600},
+        }))  # fmt: skip
+        if len(opens) >= 500:
+            await _all_accepted(opens)
+    await _all_accepted(opens)
+    return sessions
+
+
+async def _all_accepted(requests: list[Any]) -> None:
+    replies = await asyncio.gather(*requests)
+    requests.clear()
+    bad = [r for r in replies if r["status"] != "accepted"]
+    assert not bad, bad[:3]
+
+
+def submit_body(name: str, sid: str) -> dict[str, object]:
+    return {
+        "command_id": f"{name}-{sid}",
+        "payload": {"session_id": sid, "result": {"value": 42}, "output_hash": "sha256:abc"},
+    }
+
+
+async def sustained(
+    conns: list[nats.NATS], agents: list[str], sessions: list[tuple[str, list[str]]],
+    watcher: Watcher, baseline: float, header: str, args: argparse.Namespace,
+) -> None:  # fmt: skip
+    work_by_agent: dict[str, list[str]] = {a: [] for a in agents}
+    for sid, members in sessions:
+        for m in members:
+            work_by_agent[m].append(sid)
+    total = sum(len(v) for v in work_by_agent.values())
+    done: list[tuple[float, int]] = []  # (reply time, position) in completion order
+
+    async def agent(index: int, name: str) -> None:
+        nc = conns[index % len(conns)]
+        subject = f"chorus.cmd.{name}.session.submit_result"
+        window = asyncio.Semaphore(args.window)
+
+        async def one(sid: str) -> None:
+            async with window:
+                reply = await request(nc, subject, submit_body(name, sid))
+            if reply["status"] != "accepted":
+                raise RuntimeError(f"not accepted: {reply}")
+            done.append((time.perf_counter(), int(reply["position"])))  # type: ignore[call-overload]
+
+        await asyncio.gather(*(one(sid) for sid in work_by_agent[name]))
+
+    cpu_before = [cpu_seconds(pid) for pid in args.pids]
+    started = time.perf_counter()
+    await asyncio.gather(*(agent(i, a) for i, a in enumerate(agents)))
+    replied = time.perf_counter() - started
+    last_position = max(p for _, p in done)
+    while watcher.visible_at(last_position) is None:  # noqa: ASYNC110 - a file another process writes
+        await asyncio.sleep(POLL)
+    visible = max(replied, (watcher.visible_at(last_position) or 0) - started)
+    e2e_rate = total / visible
+    engine_cpu, projector_cpu = (cpu_seconds(pid) - before
+                                 for pid, before in zip(args.pids, cpu_before, strict=True))  # fmt: skip
+
+    print(f"{header}, window {args.window}: sustained)")
+    print(f"  commands                       {total:>10,}")
+    print(f"  accepted replies               {total / replied:>10,.0f} commands/s")
+    print(f"  end to end (reply + projected) {e2e_rate:>10,.0f} commands/s")
+    print(f"  JetStream publish_async        {baseline:>10,.0f} msgs/s  (baseline, same run)")
+    print(f"  ratio end-to-end / JetStream   {e2e_rate / baseline:>10.3f}")
+    print(
+        f"  CPU per command                {1e6 * engine_cpu / total:>10,.0f} us engine, "
+        f"{1e6 * projector_cpu / total:,.0f} us projector (steadier than rates when shared)"
+    )
+    # A command is done when its reply has arrived and the read model shows it.
+    finished = sorted(max(at, watcher.visible_at(p) or at) for at, p in done)
+    width = (finished[-1] - started) / 10
+    slices = [0] * 10
+    for at in finished:
+        slices[min(9, int((at - started) / width))] += 1
+    print("  per 10% of the run's time, commands done (reply + projected) per second:")
+    print("   " + " ".join(f"{count / width:,.0f}" for count in slices))
+    print(f"  last slice / first slice       {slices[-1] / max(slices[0], 1):>10.2f}")
+
+
+async def open_loop(
+    conns: list[nats.NATS], sessions: list[tuple[str, list[str]]], watcher: Watcher,
+    baseline: float, header: str, args: argparse.Namespace,
+) -> None:  # fmt: skip
+    commands = [(member, sid) for k in range(args.participants) for sid, m in sessions
+                for member in m[k : k + 1]]  # fmt: skip
+    replies: list[float] = []
+    reply_at: list[tuple[float, int]] = []  # (scheduled send, position)
+    late = 0
+
+    async def one(i: int, member: str, sid: str, at: float) -> None:
+        nonlocal late
+        delay = at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.001:
+            late += 1
+        reply = await request(conns[i % len(conns)],
+                              f"chorus.cmd.{member}.session.submit_result",
+                              submit_body(member, sid))  # fmt: skip
+        if reply["status"] != "accepted":
+            raise RuntimeError(f"not accepted: {reply}")
+        replies.append(time.perf_counter() - at)
+        reply_at.append((at, int(reply["position"])))  # type: ignore[call-overload]
+
+    started = time.perf_counter() + 0.5
+    await asyncio.gather(*(one(i, member, sid, started + i / args.rate)
+                           for i, (member, sid) in enumerate(commands)))  # fmt: skip
+    last_position = max(p for _, p in reply_at)
+    while watcher.visible_at(last_position) is None:  # noqa: ASYNC110 - a file another process writes
+        await asyncio.sleep(POLL)
+    visible = [(watcher.visible_at(p) or 0) - at for at, p in reply_at]
+
+    print(f"{header}: open loop at {args.rate:,.0f} commands/s for {args.seconds:g} s)")
+    print(f"  commands                       {len(commands):>10,}")
+    print(f"  reply (from scheduled send)    {percentiles(replies)}")
+    print(f"  visible in the read model      {percentiles(visible)}")
+    print(f"  sends more than 1 ms late      {late:>10,} (the bench's own client lagging)")
+    print(f"  JetStream publish_async        {baseline:>10,.0f} msgs/s  (baseline, same run)")
+    print(f"  offered rate / JetStream       {args.rate / baseline:>10.3f}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def teardown(procs: list[subprocess.Popen[bytes]], server: Any, work: Path) -> None:
+    """Stop the processes, then the nats-server, and remove the run's files."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    server.stop()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--sessions", type=int, default=300)
+    parser.add_argument("--sessions", type=int, default=3000)
     parser.add_argument("--participants", type=int, default=10)
     parser.add_argument("--agents", type=int, default=50)
     parser.add_argument("--window", type=int, default=32, help="requests in flight per agent")
     parser.add_argument("--baseline", type=int, default=20_000, help="JetStream messages")
+    parser.add_argument("--rate", type=float, help="open loop: commands per second")
+    parser.add_argument("--seconds", type=float, default=20, help="open loop: how long")
     asyncio.run(run(parser.parse_args()))
 
 

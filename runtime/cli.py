@@ -165,16 +165,18 @@ def main(argv: list[str] | None = None) -> int:
                 if problem := missing_store(settings, args.init):
                     print(problem, file=sys.stderr)
                     return 2
+                from projections.runner import rebuild_together
                 from runtime.progress import replay_progress
 
                 with replay_progress() as track:
-                    for runner in projection_runners(settings, args.read_store_url, args.names):
-                        started = time.monotonic()
-                        count = runner.rebuild(track(runner.projection.name))
-                        elapsed = time.monotonic() - started
+                    runners = projection_runners(settings, args.read_store_url, args.names)
+                    started = time.monotonic()
+                    count = rebuild_together(runners, [track(r.projection.name) for r in runners])
+                    elapsed = time.monotonic() - started
+                    for runner in runners:
                         print(
                             f"rebuilt {runner.projection.name}: {count} notifications in "
-                            f"{elapsed:.2f}s, position {runner.position}"
+                            f"{elapsed:.2f}s (one scan for all), position {runner.position}"
                         )
             else:
                 run_projector(settings)

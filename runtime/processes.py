@@ -19,7 +19,7 @@ from gateway.keys import KeyStore
 from projections.agents import AgentsProjection
 from projections.mcp import McpServersProjection
 from projections.readstore import ReadStore
-from projections.runner import ProjectionRunner
+from projections.runner import ProjectionRunner, run_together
 from projections.sessions import SessionsProjection
 from projections.tasks import AgentTasksProjection
 from projections.workflows import WorkflowsProjection
@@ -146,7 +146,7 @@ def run_projector(settings: Settings) -> None:
 
     async def main() -> None:
         runners = projection_runners(settings, tracer_provider=setup_tracing("chorus-projector"))
-        tasks = [asyncio.create_task(r.run()) for r in runners]
+        tasks = [asyncio.create_task(run_together(runners))]
         try:
             await _until_signalled()
         finally:

@@ -78,7 +78,9 @@ async def test_one_scrape_counts_every_command_of_every_process(tmp_path: Path) 
                 assert await ask("ops-1", "open", again) == "duplicate"
                 outsider = submit_body("x-1", first, {"ok": True})
                 assert await ask("agent-9", "submit_result", outsider) == "rejected"
-                malformed = await buses["ops-1"].request("chorus.cmd.ops-1.session.open", b"not json", 10)
+                malformed = await buses["ops-1"].request(
+                    "chorus.cmd.ops-1.session.open", b"not json", 10
+                )
                 assert json.loads(malformed.data)["error"]["code"] == "malformed_message"
 
                 started = await http.post("/api/v1/workflows", json={

@@ -3,6 +3,7 @@ checks answered by raw nats-py agents, and errors that keep the socket open."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -250,3 +251,33 @@ async def test_a_new_client_first_gets_every_agents_current_status(http, gateway
     assert {a["agent_id"]: a["status"] for a in snapshot["agents"]} == {
         "a1": "online", "a2": "retired"}  # fmt: skip
     assert (live["agent_id"], live["event"]) == ("a3", "AgentRegistered")
+
+
+async def test_live_sockets_share_one_upstream_consumer_and_each_get_every_update(
+    http, gateway, nc
+):
+    ops = gateway.key("ops", "operator")
+    for name in ("a1", "a2"):
+        await register(http, ops, name)
+    await relayed(gateway, ops, 2)
+
+    before = {c.name for c in await nc.jetstream().consumers_info("EVENTS")}
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = [
+            await stack.enter_async_context(
+                websockets.connect(feed_url(gateway), additional_headers=ops)
+            )
+            for _ in range(4)
+        ]
+        after = await nc.jetstream().consumers_info("EVENTS")
+        new = {c.name for c in after if c.config.filter_subject == "chorus.evt.>"} - before
+        assert len(new) == 1
+        await retire(http, ops, "a1")
+        await retire(http, ops, "a2")
+        received = [await updates(ws, 2) for ws in sockets]
+
+    assert all(r == received[0] for r in received)
+    assert [(u["agent_id"], u["status"]) for u in received[0]] == [
+        ("a1", "retired"),
+        ("a2", "retired"),
+    ]

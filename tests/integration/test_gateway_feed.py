@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import uvicorn
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from contracts.subjects import event_filter
 from gateway.app import create_app
 from gateway.keys import KeyStore
 from gateway.state import GatewayConfig
@@ -122,6 +124,33 @@ async def test_two_feeds_on_one_session_each_get_every_event(http, gateway):
 
     assert from_first == from_second
     assert [e["type"] for e in from_first] == ["ResultSubmitted", "SessionFinalised"]
+
+
+async def test_many_feeds_on_one_session_share_one_upstream_consumer(http, gateway, nc):
+    owner, bob = gateway.key("owner"), gateway.key("bob")
+    session_id = await open_session(http, owner, ["bob"])
+    subject = event_filter("session", session_id)
+
+    before = {c.name for c in await nc.jetstream().consumers_info("EVENTS")}
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = [
+            await stack.enter_async_context(
+                websockets.connect(feed_url(gateway, session_id), additional_headers=owner)
+            )
+            for _ in range(5)
+        ]
+        for ws in sockets:
+            await recv_events(ws, 1)
+        after = await nc.jetstream().consumers_info("EVENTS")
+        new = {c.name for c in after if c.config.filter_subject == subject} - before
+        assert len(new) == 1
+        assert (await submit(http, bob, session_id)).status_code == 200
+        received = [await recv_events(ws, 2) for ws in sockets]
+        extra = [await drain_until_pong(ws) for ws in sockets]
+
+    assert extra == [[]] * 5
+    assert all(r == received[0] for r in received)
+    assert [e["type"] for e in received[0]] == ["ResultSubmitted", "SessionFinalised"]
 
 
 async def test_feed_carries_only_its_own_sessions_events(http, gateway):

@@ -13,7 +13,15 @@ import pytest
 from eventsourcing.persistence import ApplicationRecorder
 
 from engine.processor import Processor
-from events.ledger import Checkpoint, UnsoundRow, last_seal, read_anchor, seal_all
+from events.ledger import (
+    Checkpoint,
+    UnsoundRow,
+    ensure_ledger,
+    last_seal,
+    read_anchor,
+    seal_all,
+    seal_step,
+)
 from events.store import open_recorder
 from events.verify import verify_store
 from runtime.cli import main
@@ -438,10 +446,26 @@ def test_the_sealer_stops_at_a_row_that_does_not_verify(tmp_path: Path, clock: F
     recorder.datastore.close()  # type: ignore[attr-defined]
 
 
+def seal_one_row_at_a_time(recorder: ApplicationRecorder, known: dict[str, Any] | None) -> None:
+    ensure_ledger(recorder)
+    while seal_step(recorder, 1, known):
+        pass
+
+
+@pytest.mark.parametrize(
+    "sealing",
+    [
+        seal_all,  # the previous version is in the same step
+        lambda r: seal_one_row_at_a_time(r, None),  # read back from the store
+        lambda r: seal_one_row_at_a_time(r, {}),  # remembered from the step that sealed it
+    ],
+    ids=["in-one-step", "read-back", "remembered"],
+)
 def test_the_sealer_stops_at_a_re_hashed_row_that_breaks_its_chain(
-    tmp_path: Path, clock: FakeClock
+    tmp_path: Path, clock: FakeClock, sealing: Any
 ) -> None:
-    """The forged row's own hash holds; the next version's link to it does not."""
+    """The forged row's own hash holds; the next version's link to it does not, however
+    the sealer learns the previous version's hash."""
     from eventsourcing.persistence import StoredEvent
 
     from events.codec import recompute_hash
@@ -461,7 +485,7 @@ def test_the_sealer_stops_at_a_re_hashed_row_that_breaks_its_chain(
     next_version = next(r for r in rows(path) if r["originator_id"] == target["originator_id"]
                         and r["originator_version"] == 2)  # fmt: skip
     with pytest.raises(UnsoundRow) as raised:
-        seal_all(recorder)
+        sealing(recorder)
     assert raised.value.position == next_version[0]
     assert "prev_hash" in raised.value.reason
     recorder.datastore.close()  # type: ignore[attr-defined]
@@ -492,3 +516,17 @@ def test_the_anchor_file_holds_only_the_newest_checkpoint(tmp_path: Path) -> Non
     assert read_anchor(path) == Checkpoint(position=49, running_hash=f"{49:064x}")
     assert (path.stat().st_mode & 0o777) == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["seal-anchor"]  # no leftovers
+
+
+@pytest.mark.parametrize("sqlite", [True, False])
+def test_the_sealer_reads_an_id_spelling_exactly_as_the_recorder_check_does(sqlite: bool) -> None:
+    from events.ledger import canonical_id
+    from events.store import RawRow
+
+    aggregate_id = uuid.uuid4()
+    text = str(aggregate_id)
+    for key in (aggregate_id.hex, text, text.upper(), aggregate_id.hex.upper(), f"{{{text}}}",
+                f"urn:uuid:{text}", f"{aggregate_id.hex}\n", "not-a-uuid"):  # fmt: skip
+        row = RawRow(position=1, key=key, version=1, topic="session.SessionOpened", state=b"")
+        expected = text if row.key_in_recorder_form(sqlite) else None
+        assert canonical_id(row, sqlite) == expected, key

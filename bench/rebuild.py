@@ -1,0 +1,130 @@
+"""Rebuild speed: every read model rebuilt from position 0, against a plain scan of the log.
+
+    python -m bench.rebuild [--sessions 2000] [--participants 10] [--runs 3]
+
+Writes a log with the engine's command processor (sessions opened, every participant
+submitting, so each session finalises), then, ``--runs`` times each: a plain scan of
+the notification log (pages of 1,000 rows, nothing decoded: the store's own limit here),
+and the rebuild of every read model as ``chorus project --rebuild`` does it. Prints the
+median with min and max, and the ratio of the rebuild to the scan of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from contracts.envelope import Envelope
+from contracts.sessions import OpenSession, SubmitResult, Task
+from engine.handlers import HANDLERS
+from engine.processor import Command, Processor
+from events.store import open_recorder
+from projections.readstore import ReadStore
+from projections.runner import ProjectionRunner, rebuild_together
+from runtime.processes import PROJECTIONS
+
+
+class _Clock:
+    """Advances a millisecond per reading: a log with plausible, increasing times."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2030, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(milliseconds=1)
+        return self.now
+
+
+def write_log(path: Path, sessions: int, participants: int) -> int:
+    recorder = open_recorder(f"sqlite:///{path}")
+    processor = Processor(recorder, clock=_Clock())
+    members = [f"agent-{k}" for k in range(participants)]
+    for start in range(0, sessions, 100):
+        sids = [str(uuid.uuid4()) for _ in range(min(100, sessions - start))]
+        processor.handle_batch([
+            Command(actor="coordinator", handler=HANDLERS[("session", "open")],
+                    envelope=Envelope(command_id=f"open-{sid}", payload=OpenSession(
+                        session_id=sid, participants=members, task=Task(description="bench"),
+                        timeout_seconds=3600)))
+            for sid in sids
+        ])  # fmt: skip
+        for member in members:
+            processor.handle_batch([
+                Command(actor=member, handler=HANDLERS[("session", "submit_result")],
+                        envelope=Envelope(command_id=f"{member}-{sid}", payload=SubmitResult(
+                            session_id=sid, result={"v": 1}, success=True)))
+                for sid in sids
+            ])  # fmt: skip
+    head = recorder.max_notification_id() or 0
+    recorder.datastore.close()  # type: ignore[attr-defined]
+    return head
+
+
+def plain_scan(database_url: str) -> float:
+    recorder = open_recorder(database_url)
+    started = time.perf_counter()
+    start = 1
+    while batch := recorder.select_notifications(start, 1000):
+        start = batch[-1].id + 1
+    elapsed = time.perf_counter() - started
+    recorder.datastore.close()  # type: ignore[attr-defined]
+    return elapsed
+
+
+def rebuild_all(database_url: str, work: Path, run: int) -> float:
+    recorder = open_recorder(database_url)
+    store = ReadStore(f"sqlite:///{work}/read-{run}.db")
+    runners = [ProjectionRunner(recorder, store, cls()) for cls in PROJECTIONS.values()]
+    started = time.perf_counter()
+    rebuild_together(runners)
+    elapsed = time.perf_counter() - started
+    store.close()
+    recorder.datastore.close()  # type: ignore[attr-defined]
+    return elapsed
+
+
+def summary(rates: list[float]) -> str:
+    return (
+        f"{statistics.median(rates):>10,.0f} events/s  (min {min(rates):,.0f}, "
+        f"max {max(rates):,.0f})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--sessions", type=int, default=2000)
+    parser.add_argument("--participants", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="chorus-bench-rebuild-"))
+    try:
+        path = work / "events.db"
+        head = write_log(path, args.sessions, args.participants)
+        url = f"sqlite:///{path}"
+        scans, rebuilds, ratios = [], [], []
+        for run in range(args.runs):
+            scan = head / plain_scan(url)
+            rebuild = head / rebuild_all(url, work, run)
+            scans.append(scan)
+            rebuilds.append(rebuild)
+            ratios.append(rebuild / scan)
+        print(f"chorus bench.rebuild  ({head:,} events, {len(PROJECTIONS)} read models, "
+              f"median of {args.runs} runs)")  # fmt: skip
+        print(f"  plain scan of the log          {summary(scans)}  (baseline, same runs)")
+        print(f"  rebuild of every read model    {summary(rebuilds)}")
+        print(f"  ratio rebuild / scan           {statistics.median(ratios):>10.3f}  "
+              f"(min {min(ratios):.3f}, max {max(ratios):.3f})")  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Several read models fed by one scan of the log (the projector's loop, and rebuilds of
+several read models) end exactly where each would on its own."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from eventsourcing.persistence import ApplicationRecorder
+
+from projections.agents import AgentsProjection
+from projections.readstore import ReadStore
+from projections.runner import ProjectionRunner, rebuild_together, step_together
+from projections.sessions import SessionsProjection
+from projections.workflows import WorkflowsProjection
+
+from .conftest import FakeClock
+from .test_tamper import write_history
+
+MODELS = (SessionsProjection, WorkflowsProjection, AgentsProjection)
+
+
+def dump(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    with sqlite3.connect(path) as conn:
+        return {
+            # Every row, in an order independent of how they were written.
+            table: sorted(conn.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
+            for model in MODELS
+            for table in model().tables
+        }
+
+
+def each_on_its_own(
+    recorder: ApplicationRecorder, path: Path
+) -> dict[str, list[tuple[object, ...]]]:
+    store = ReadStore(f"sqlite:///{path}")
+    for model in MODELS:
+        ProjectionRunner(recorder, store, model()).run_to_head()
+    return dump(path)
+
+
+def test_one_scan_for_every_read_model_ends_where_each_would_alone(
+    recorder: ApplicationRecorder, clock: FakeClock, tmp_path: Path
+) -> None:
+    write_history(recorder, clock)
+    store = ReadStore(f"sqlite:///{tmp_path}/read.db")
+    runners = [ProjectionRunner(recorder, store, model(), batch_size=4) for model in MODELS]
+    runners[1].run_to_head()  # one read model ahead of the others, as after a rebuild
+    while step_together(runners):
+        pass
+    head = recorder.max_notification_id()
+    assert [runner.position for runner in runners] == [head] * 3
+    assert dump(tmp_path / "read.db") == each_on_its_own(recorder, tmp_path / "alone.db")
+
+
+def test_a_read_model_whose_batch_fails_does_not_hold_back_the_others(
+    recorder: ApplicationRecorder, clock: FakeClock, tmp_path: Path
+) -> None:
+    write_history(recorder, clock)
+    store = ReadStore(f"sqlite:///{tmp_path}/read.db")
+
+    class Broken(SessionsProjection):
+        name = "broken"
+
+        def apply(self, conn: sqlite3.Connection, record: object) -> None:
+            raise RuntimeError("a bug in this read model")
+
+    runners = [ProjectionRunner(recorder, store, model()) for model in (Broken, *MODELS[1:])]
+    for _ in range(3):
+        step_together(runners)
+    head = recorder.max_notification_id()
+    assert [runner.position for runner in runners] == [0, head, head]
+
+
+def test_rebuilding_every_read_model_together_matches_each_on_its_own(
+    recorder: ApplicationRecorder, clock: FakeClock, tmp_path: Path
+) -> None:
+    write_history(recorder, clock)
+    store = ReadStore(f"sqlite:///{tmp_path}/read.db")
+    runners = [ProjectionRunner(recorder, store, model(), batch_size=3) for model in MODELS]
+    rebuild_together(runners)
+    assert dump(tmp_path / "read.db") == each_on_its_own(recorder, tmp_path / "alone.db")
