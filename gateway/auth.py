@@ -22,6 +22,7 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.types import ASGIApp, Scope
@@ -112,7 +113,7 @@ def credential_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     header = connection.headers.get("authorization", "")
     if header[:7].lower() == "bearer ":
         return header[7:].strip()
-    if connection.scope["type"] != "websocket":
+    if connection.scope["type"] != ScopeType.WEBSOCKET:
         return ""
     for offered in offered_subprotocols(connection.scope):
         if offered.startswith(BEARER_SUBPROTOCOL):
@@ -121,7 +122,8 @@ def credential_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
 
 
 def offered_subprotocols(scope: Scope) -> list[str]:
-    return [str(p).strip() for p in scope.get("subprotocols") or []]
+    offered: Any = scope.get("subprotocols") or []
+    return [str(p).strip() for p in offered]
 
 
 class BearerAuthMiddleware(AbstractAuthenticationMiddleware):

@@ -27,9 +27,10 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from contracts.subjects import EVENTS_STREAM, EVT_PREFIX
 from gateway.auth import AUDITORS, can_read
-from gateway.feeds import POSITION_HEADER, Feed, pump_and_listen, resolve
+from gateway.fanout import DATA_HEADER, POSITION_HEADER, Frame, Positions
+from gateway.feeds import Feed, pump_and_listen, resolve
 from gateway.keys import Principal
-from gateway.state import ServicesDep
+from gateway.state import Services, ServicesDep
 
 #: The fields a notice keeps from an event record.
 NOTICE_FIELDS = ("position", "aggregate", "aggregate_id", "version", "occurred_at")
@@ -45,19 +46,35 @@ def notice(record: dict[str, Any]) -> dict[str, Any]:
 
 
 class LogFeed(Feed):
-    """The whole EVENTS stream, whole records or notices depending on the role."""
+    """The whole EVENTS stream, whole records or notices depending on the role, from a
+    consumer of the socket's own (its start depends on ``tail`` or ``since``)."""
 
-    whole: bool = False
+    def __init__(
+        self, socket: WebSocket[Any, Any, Any], services: Services, since: int,
+        sub: JetStreamContext.PushSubscription, whole: bool,
+    ) -> None:  # fmt: skip
+        super().__init__(socket, services, "event", ">", since)
+        self.sub = sub
+        self.whole = whole
+        self.positions = Positions(services.history.head)
 
-    async def pump(self, sub: JetStreamContext.PushSubscription) -> None:
-        async for msg in sub.messages:
-            position = int((msg.headers or {}).get(POSITION_HEADER, "0"))
+    async def pump(self) -> None:
+        async for msg in self.sub.messages:
+            headers = msg.headers or {}
+            position = await self.positions.of(headers.get(POSITION_HEADER, "0"))
             if position <= self.last:
-                continue
+                continue  # seen already, or not written by the relay
+            frame = Frame(position, msg.subject, msg.data, headers.get(DATA_HEADER) == "omitted")
             if self.whole:  # an event too large for the stream is read from the store
-                await self.send(await resolve(self.services, msg))
+                await self.send(
+                    frame.text if not frame.omitted else await resolve(self.services, frame)
+                )
             else:
-                await self.send(json.dumps(notice(json.loads(msg.data))))
+                try:
+                    shown = notice(json.loads(frame.data))
+                except (ValueError, AttributeError):
+                    continue
+                await self.send(json.dumps(shown | {"position": position}))
             self.last = position
 
 
@@ -83,11 +100,10 @@ async def events_feed(
         sub = await js.subscribe(
             f"{EVT_PREFIX}.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
         )
-    feed = LogFeed(socket, services, since or 0)
-    feed.whole = socket.user.role in AUDITORS
+    feed = LogFeed(socket, services, since or 0, sub, whole=socket.user.role in AUDITORS)
     try:
         with contextlib.suppress(WebSocketDisconnect):
-            await pump_and_listen(feed.pump(sub), feed.listen())
+            await pump_and_listen(feed.pump(), feed.listen())
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

@@ -64,7 +64,7 @@ def check_cursor(cursor: str | None, decode: Any) -> None:
 
 def request_id_of(scope: Scope) -> str:
     """The client's ``X-Request-Id`` (if sane), else a new one; fixed for the request."""
-    state = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+    state = scope.setdefault("state", {})
     rid = state.get("request_id")
     if rid is None:
         incoming = dict(scope.get("headers", [])).get(REQUEST_ID_HEADER.encode())
@@ -82,7 +82,7 @@ async def add_request_id_header(message: Message, scope: Scope) -> None:
     if message["type"] == "http.response.start":
         headers = list(message.get("headers", []))
         headers.append((REQUEST_ID_HEADER.encode(), request_id_of(scope).encode()))
-        message["headers"] = headers  # type: ignore[typeddict-unknown-key]
+        message["headers"] = headers
 
 
 def problem_response(

@@ -75,7 +75,7 @@ class SecurityHeaders:
         for name, value in wanted.items():
             if name.encode() not in present:
                 headers.append((name.encode(), value.encode()))
-        message["headers"] = headers  # type: ignore[typeddict-unknown-key]
+        message["headers"] = headers
 
 
 def cors_config(origins: Iterable[str]) -> CORSConfig | None:

@@ -95,7 +95,7 @@ class Health(Struct, kw_only=True):
 
 
 def _transport(value: dict[str, Any]) -> Transport:
-    return msgspec.convert(value, StdioTransport | HttpTransport)  # type: ignore[arg-type]
+    return msgspec.convert(value, StdioTransport | HttpTransport)
 
 
 async def _server(services: Services, name: str) -> read_model.McpServerView:

@@ -66,7 +66,7 @@ class FeedSubscribersMiddleware(ASGIMiddleware):
     scopes = (ScopeType.WEBSOCKET,)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        gauge = FEED_SUBSCRIBERS.labels(scope.get("path_template", "unknown"))  # type: ignore[call-overload]
+        gauge = FEED_SUBSCRIBERS.labels(scope.get("path_template", "unknown"))
         gauge.inc()
         try:
             await next_app(scope, receive, send)

@@ -84,9 +84,9 @@ def document(app: Litestar, public_paths: list[str]) -> None:
             methods = allowed.get(scope.get("path_template", ""))
             if methods:
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
-                message["headers"] = [*headers, (b"allow", methods.encode())]  # type: ignore[typeddict-unknown-key]
+                message["headers"] = [*headers, (b"allow", methods.encode())]
 
-    app.before_send.append(allow_every_method)  # type: ignore[arg-type]
+    app.before_send.append(allow_every_method)
     bodies = _request_bodies(app, schema["components"]["schemas"])
     bounds = _parameter_bounds(app)
     for path, item in schema.get("paths", {}).items():

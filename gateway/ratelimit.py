@@ -26,6 +26,7 @@ from limits import RateLimitItem, parse
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 from litestar.datastructures import MutableScopeHeaders
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import Problem
@@ -54,7 +55,7 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def route_class(scope: Scope) -> str:
-    if scope["type"] == "websocket":
+    if scope["type"] == ScopeType.WEBSOCKET:
         return "feed"
     method, path = scope.get("method", "GET"), scope.get("path", "")
     for want, pattern, name in ROUTE_CLASSES:
@@ -160,7 +161,7 @@ class RateLimitMiddleware:
         decision = await self.limiter.hit(name, who)
         if decision is not None and not decision.allowed:
             raise refusal(decision, f"{name} calls")
-        if decision is None or scope["type"] != "http":
+        if decision is None or scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         extra = decision.headers()

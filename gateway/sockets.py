@@ -20,8 +20,10 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth import SUBPROTOCOL, Revocations, offered_subprotocols
@@ -63,7 +65,7 @@ class SocketGuardMiddleware:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "websocket":
+        if scope["type"] != ScopeType.WEBSOCKET:
             await self.app(scope, receive, send)
             return
         origin = dict(scope.get("headers", [])).get(b"origin")
@@ -81,7 +83,7 @@ class SocketGuardMiddleware:
             if message["type"] == "websocket.accept":
                 state["accepted"] = True
                 if offers and not message.get("subprotocol"):
-                    message = {**message, "subprotocol": SUBPROTOCOL}  # type: ignore[typeddict-item]
+                    message = {**message, "subprotocol": SUBPROTOCOL}
             elif message["type"] == "websocket.close":
                 state["closed"] = True
             await send(message)
@@ -89,7 +91,11 @@ class SocketGuardMiddleware:
         if principal is None:
             await self.app(scope, receive, guarded_send)
             return
-        serving = asyncio.create_task(self.app(scope, receive, guarded_send))
+
+        async def serve() -> None:
+            await self.app(scope, receive, guarded_send)
+
+        serving = asyncio.create_task(serve())
         watching = asyncio.create_task(self.watch(principal))
         try:
             await asyncio.wait({serving, watching}, return_when=asyncio.FIRST_COMPLETED)
@@ -105,7 +111,8 @@ class SocketGuardMiddleware:
                 if state["accepted"]:
                     text = json.dumps({"type": "error", "code": reason,
                                        "message": "the credential of this socket is no longer valid"})  # fmt: skip
-                    await send({"type": "websocket.send", "text": text})
+                    notice: Any = {"type": "websocket.send", "text": text}
+                    await send(notice)
                 await send({"type": "websocket.close", "code": CLOSE_CREDENTIAL, "reason": reason})
 
     async def watch(self, principal: Principal) -> str:

@@ -9,7 +9,8 @@ from typing import Any
 import msgspec
 
 from contracts.feed import EventRecord
-from projections.sessions import decode_cursor, encode_cursor
+from projections.sessions import decode_cursor as decode_cursor  # re-exported for the gateway
+from projections.sessions import encode_cursor
 
 NAME = "workflows"
 

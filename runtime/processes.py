@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from gateway.keys import KeyStore
 from projections.agents import AgentsProjection
 from projections.mcp import McpServersProjection
 from projections.readstore import ReadStore
-from projections.runner import ProjectionRunner, run_together
+from projections.runner import Projection, ProjectionRunner, run_together
 from projections.sessions import SessionsProjection
 from projections.tasks import AgentTasksProjection
 from projections.workflows import WorkflowsProjection
@@ -108,7 +109,7 @@ def run_engine(settings: Settings) -> None:
         raise SystemExit(code)
 
 
-PROJECTIONS = {
+PROJECTIONS: dict[str, Callable[[], Projection]] = {
     "sessions": SessionsProjection,
     "workflows": WorkflowsProjection,
     "agents": AgentsProjection,

@@ -7,6 +7,7 @@ cannot drift from what is enforced.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +24,17 @@ from contracts.workflows import WORKFLOW_COMMANDS
 from events.codec import EVENT_TYPES
 
 #: "<aggregate>.<command>" -> payload, for every command a client may send.
+_BY_AGGREGATE: tuple[tuple[str, Mapping[str, type[msgspec.Struct]]], ...] = (
+    ("session", SESSION_COMMANDS),
+    ("workflow", WORKFLOW_COMMANDS),
+    ("agent", {**AGENT_COMMANDS, "heartbeat": Heartbeat}),
+    ("workflow_type", {"define": DefineWorkflowType}),
+    ("task", TASK_COMMANDS),
+    ("mcp_server", MCP_COMMANDS),
+)
 PUBLIC_COMMANDS: dict[str, type[msgspec.Struct]] = {
     f"{aggregate}.{name}": cls
-    for aggregate, commands in (
-        ("session", SESSION_COMMANDS),
-        ("workflow", WORKFLOW_COMMANDS),
-        ("agent", {**AGENT_COMMANDS, "heartbeat": Heartbeat}),
-        ("workflow_type", {"define": DefineWorkflowType}),
-        ("task", TASK_COMMANDS),
-        ("mcp_server", MCP_COMMANDS),
-    )
+    for aggregate, commands in _BY_AGGREGATE
     for name, cls in commands.items()
     if (aggregate, name) not in ENGINE_ONLY
 }
