@@ -59,14 +59,24 @@ class RegisterAgent(Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
             raise ValueError(problem)
 
 
-class UpdateCapabilities(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    agent_id: Id
+class CapabilitiesChange(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """An agent's new capabilities (the HTTP body; the bus command adds ``agent_id``)."""
+
     capabilities: Capabilities
 
 
-class RetireAgent(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class UpdateCapabilities(CapabilitiesChange, kw_only=True, frozen=True, forbid_unknown_fields=True):
     agent_id: Id
+
+
+class Retirement(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Why an agent is retired (the HTTP body; the bus command adds ``agent_id``)."""
+
     reason: Annotated[str, Meta(min_length=1, max_length=2000)] = "retired"
+
+
+class RetireAgent(Retirement, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    agent_id: Id
 
 
 class Heartbeat(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

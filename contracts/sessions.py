@@ -40,16 +40,19 @@ Capability = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,63}$"
 LostPolicy = Literal["wait", "fail_fast", "replace"]
 
 
-class OpenSession(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class SessionRequest(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Open a coordination session. ``coordinator_id`` defaults to the actor.
 
     Name the ``participants``, or let the engine route: ``size`` online agents that have
     every one of ``capabilities``, the most reliable first (the candidates and their
     scores are recorded in ``SessionOpened``). ``capabilities`` also bound who may
     replace a lost participant under ``on_participant_lost="replace"``.
+
+    The fields a caller chooses: the bus command ``OpenSession`` adds the session's id and
+    the HTTP body lets the gateway derive it, both from this one declaration (so the two
+    edges cannot drift apart).
     """
 
-    session_id: SessionId
     task: Task
     participants: Annotated[list[Id], Meta(max_length=1000)] = []
     capabilities: Annotated[list[Capability], Meta(max_length=100)] = []
@@ -65,18 +68,34 @@ class OpenSession(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True)
             raise ValueError("name participants, or give size (and capabilities) to route by")
 
 
-class SubmitResult(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """A participant's result. ``output_hash`` lets criteria compare outputs."""
+class OpenSession(SessionRequest, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Open a coordination session (see ``SessionRequest``) under the id ``session_id``."""
 
     session_id: SessionId
+
+
+class ResultRequest(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A participant's result. ``output_hash`` lets criteria compare outputs."""
+
     result: dict[str, Any]
     success: bool = True
     output_hash: Annotated[str, Meta(max_length=200)] | None = None
 
 
-class CancelSession(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class SubmitResult(ResultRequest, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A participant's result (see ``ResultRequest``) for the session ``session_id``."""
+
     session_id: SessionId
+
+
+class Cancellation(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Why a session or workflow is cancelled (the body of both cancel requests)."""
+
     reason: Annotated[str, Meta(min_length=1, max_length=2000)] = "cancelled"
+
+
+class CancelSession(Cancellation, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    session_id: SessionId
 
 
 class TimeOutSession(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

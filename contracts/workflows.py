@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from msgspec import Meta, Struct
 
-from contracts.sessions import Id, SessionId
+from contracts.sessions import Cancellation, Id, SessionId
 
 WorkflowId = SessionId  # a UUID chosen by the starter
 Priority = Literal["low", "normal", "high", "critical"]
@@ -15,12 +15,18 @@ PhaseName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_\-]{0,63}$")]
 Progress = Annotated[int, Meta(ge=0, le=100)]
 
 
-class StartWorkflow(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    workflow_id: WorkflowId
+class WorkflowRequest(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Start a workflow of a defined type: what the caller chooses (the HTTP body); the
+    bus command ``StartWorkflow`` adds the workflow's id."""
+
     requirements: Annotated[str, Meta(min_length=1, max_length=100_000)]
     workflow_type: Annotated[str, Meta(min_length=1, max_length=64)]
     configuration: dict[str, Any] = {}
     priority: Priority = "normal"
+
+
+class StartWorkflow(WorkflowRequest, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    workflow_id: WorkflowId
 
 
 class StartPhase(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -60,9 +66,8 @@ class FailPhase(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     error: PhaseError
 
 
-class CancelWorkflow(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class CancelWorkflow(Cancellation, kw_only=True, frozen=True, forbid_unknown_fields=True):
     workflow_id: WorkflowId
-    reason: Annotated[str, Meta(min_length=1, max_length=2000)] = "cancelled"
 
 
 class AssignPhase(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

@@ -14,10 +14,11 @@ from msgspec import Meta, Struct
 
 from contracts import errors as codes
 from contracts.agents import (
-    Capabilities,
+    CapabilitiesChange,
     OutputHash,
     RegisterAgent,
     RetireAgent,
+    Retirement,
     TaskId,
     UpdateCapabilities,
     VerifyCompletion,
@@ -28,7 +29,7 @@ from contracts.bounds import MAX_POSITION
 from contracts.envelope import Reply
 from contracts.subjects import LIVENESS_BUCKET, command_subject, is_token, liveness_key
 from gateway.auth import can_audit, can_read, can_write
-from gateway.bus import idempotency_key
+from gateway.bus import issue, replayed
 from gateway.errors import Problem, check_cursor
 from gateway.history import AtVersion, EventPage, current_or_past, history_page
 from gateway.keys import Principal
@@ -39,14 +40,6 @@ from projections import tasks as tasks_model
 #: Roles that may act for any agent at the gateway (the engine has its own owner checks).
 MANAGERS = frozenset({"operator", "admin"})
 _encoder = msgspec.json.Encoder()
-
-
-class CapabilitiesBody(Struct, kw_only=True, forbid_unknown_fields=True):
-    capabilities: Capabilities
-
-
-class RetireBody(Struct, kw_only=True, forbid_unknown_fields=True):
-    reason: Annotated[str, Meta(min_length=1, max_length=2000)] = "retired"
 
 
 class VerifyCompletionBody(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -77,10 +70,6 @@ class VerdictOutcome(read_model.VerdictView, kw_only=True):
 
 
 REQUIRED_EVIDENCE = ("task_id", "completion_time", "output_hash")
-
-
-def _replayed(reply: Reply) -> dict[str, str]:
-    return {"Idempotent-Replayed": "true"} if reply.status == "duplicate" else {}
 
 
 def _not_found(agent_id: str) -> Problem:
@@ -141,13 +130,10 @@ async def _agent_command(
     payload: msgspec.Struct,
 ) -> Response[read_model.AgentDetail]:
     _check_name(agent_id)
-    reply = await services.bus.send(
-        request.user.actor, "agent", command, payload,
-        command_id=idempotency_key(request.headers),
-        correlation_id=request.headers.get("x-correlation-id"),
-    )  # fmt: skip
+    reply = await issue(services.bus, request.headers, request.user.actor, "agent", command,
+                        payload)  # fmt: skip
     view = await _fresh_agent(services, agent_id, reply.position)
-    return Response(view, headers=_replayed(reply))
+    return Response(view, headers=replayed(reply))
 
 
 async def send_heartbeat(
@@ -214,17 +200,14 @@ class AgentController(Controller):
     ) -> Response[read_model.AgentDetail]:
         """201 when this request registered the name; 200 for a repeat by the owner (new
         capabilities are recorded as an update); 409 ``agent_name_taken`` for anyone else."""
-        reply = await services.bus.send(
-            request.user.actor, "agent", "register", data,
-            command_id=idempotency_key(request.headers),
-            correlation_id=request.headers.get("x-correlation-id"),
-        )  # fmt: skip
+        reply = await issue(services.bus, request.headers, request.user.actor, "agent",
+                            "register", data)  # fmt: skip
         view = await _fresh_agent(services, data.name, reply.position)
         created = reply.status == "accepted" and reply.position > 0 and reply.version == 1
         return Response(
             view,
             status_code=201 if created else 200,
-            headers={"Location": f"{self.path}/{data.name}", **_replayed(reply)},
+            headers={"Location": f"{self.path}/{data.name}", **replayed(reply)},
         )
 
     @put("/{agent_id:str}/capabilities", guards=[can_write],
@@ -233,7 +216,7 @@ class AgentController(Controller):
         self,
         request: Request[Principal, Any, Any],
         agent_id: FromPath[str],
-        data: JSONBody[CapabilitiesBody],
+        data: JSONBody[CapabilitiesChange],
         services: ServicesDep,
     ) -> Response[read_model.AgentDetail]:
         _check_name(agent_id)
@@ -247,10 +230,10 @@ class AgentController(Controller):
         request: Request[Principal, Any, Any],
         agent_id: FromPath[str],
         services: ServicesDep,
-        data: JSONBody[RetireBody | None] = None,
+        data: JSONBody[Retirement | None] = None,
     ) -> Response[read_model.AgentDetail]:
         _check_name(agent_id)
-        payload = RetireAgent(agent_id=agent_id, reason=(data or RetireBody()).reason)
+        payload = RetireAgent(agent_id=agent_id, reason=(data or Retirement()).reason)
         return await _agent_command(request, services, agent_id, "retire", payload)
 
     @post("/{agent_id:str}/heartbeat", guards=[can_write], status_code=200,
@@ -291,20 +274,18 @@ class AgentController(Controller):
         assert evidence.task_id is not None
         assert evidence.completion_time is not None
         assert evidence.output_hash is not None
-        reply = await services.bus.send(
-            request.user.actor, "agent", "verify_completion",
+        reply = await issue(
+            services.bus, request.headers, request.user.actor, "agent", "verify_completion",
             VerifyCompletion(
                 agent_id=agent_id, task_id=evidence.task_id,
                 completion_time=evidence.completion_time, output_hash=evidence.output_hash,
                 response_time=evidence.response_time,
             ),
-            command_id=idempotency_key(request.headers),
-            correlation_id=request.headers.get("x-correlation-id"),
         )  # fmt: skip
         verdict = await _verdict(services, agent_id, reply)
         return Response(
             VerdictOutcome(**msgspec.structs.asdict(verdict), command_status=reply.status),
-            headers=_replayed(reply),
+            headers=replayed(reply),
         )
 
     @get("/", guards=[can_read], summary="List agents with their reliability")

@@ -150,3 +150,22 @@ def derived_id(actor: str, kind: str, command_id: str | None) -> str:
         return str(uuid.uuid4())
     digest = hashlib.sha256(f"{actor}/{kind}/{command_id}".encode()).digest()
     return str(uuid.UUID(bytes=digest[:16], version=4))
+
+
+async def issue(
+    bus: CommandBus, headers: Any, actor: str, aggregate: str, command: str,
+    payload: msgspec.Struct,
+) -> Reply:  # fmt: skip
+    """Send an HTTP caller's command: as its actor, its ``Idempotency-Key`` the command id
+    (a retried POST never acts twice) and its ``X-Correlation-Id`` carried along. Every
+    route that issues a command goes through here, so none forgets either header."""
+    return await bus.send(
+        actor, aggregate, command, payload,
+        command_id=idempotency_key(headers), correlation_id=headers.get("x-correlation-id"),
+    )  # fmt: skip
+
+
+def replayed(reply: Reply) -> dict[str, str]:
+    """``Idempotent-Replayed: true`` when the engine answered from an earlier identical
+    command (the same Idempotency-Key): the response describes that one."""
+    return {"Idempotent-Replayed": "true"} if reply.status == "duplicate" else {}

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import typing
 import uuid
 from typing import Any
 
+import msgspec
+import msgspec.inspect
 from eventsourcing.persistence import InterfaceError as StoreInterfaceError
 from eventsourcing.persistence import OperationalError as StoreOperationalError
 from litestar import MediaType, Request, Response
@@ -126,12 +129,65 @@ def handle_validation(request: Request[Any, Any, Any], exc: ValidationException)
                 what = "a JSON body" if item.get("source") == "body" else f"{item.get('key')}"
                 message = f"{what} is required"
             field = field_of(message, item.get("key"))
-            fields.append({"field": field, "message": message, "source": item.get("source")})
+            entry = {"field": field, "message": message, "source": item.get("source")}
+            if message.startswith("Invalid enum value") and field and item.get("source") == "body":
+                allowed = allowed_values(request, field)
+                if allowed:
+                    entry["allowed"] = allowed
+                    entry["message"] = f"{field} must be one of: {', '.join(map(str, allowed))}"
+            fields.append(entry)
     detail = fields[0]["message"] if fields else exc.detail
     return problem_response(
         request, 400, "validation_error", "Invalid request", detail or "invalid request",
         {"fields": fields} if fields else None,
     )  # fmt: skip
+
+
+def allowed_values(request: Request[Any, Any, Any], field: str) -> list[Any] | None:
+    """The values the body's field ``field`` (a dotted path) may take, in declaration
+    order, read from the handler's own body type: every bad choice in every body names its
+    alternatives the same way, and the list can never disagree with what is validated."""
+    try:
+        parameter = request.route_handler.parsed_fn_signature.parameters.get("data")
+        if parameter is None:
+            return None
+        info = msgspec.inspect.type_info(parameter.annotation)
+    except Exception:  # a body type msgspec cannot describe: no list, the message stays
+        return None
+    owner: type | None = None
+    attribute = ""
+    for name in field.split("."):
+        info = _concrete(info)
+        if not isinstance(info, msgspec.inspect.StructType):
+            return None
+        found = next((f for f in info.fields if f.encode_name == name), None)
+        if found is None:
+            return None
+        owner, attribute, info = info.cls, found.name, found.type
+    if owner is None or not isinstance(_concrete(info), msgspec.inspect.LiteralType):
+        return None
+    # The declaration itself keeps the order (msgspec's description sorts the values).
+    declared = typing.get_type_hints(owner)[attribute]
+    while typing.get_origin(declared) is not typing.Literal:
+        options = [a for a in typing.get_args(declared) if a is not type(None)]
+        if not options:
+            return None
+        declared = options[0]
+    return list(typing.get_args(declared))
+
+
+def _concrete(info: msgspec.inspect.Type) -> msgspec.inspect.Type:
+    """The type itself: constraints (``Meta``) unwrapped and ``X | None`` reduced to ``X``."""
+    while True:
+        if isinstance(info, msgspec.inspect.Metadata):
+            info = info.type
+        elif isinstance(info, msgspec.inspect.UnionType):
+            options = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+            if len(options) != 1:
+                return info
+            info = options[0]
+        else:
+            return info
 
 
 def field_of(message: str, key: object) -> str | None:

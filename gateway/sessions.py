@@ -5,25 +5,24 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
-from msgspec import Meta, Struct
+from msgspec import Struct
 
 from contracts import errors as codes
 from contracts.bounds import MAX_POSITION
-from contracts.envelope import Reply
 from contracts.sessions import (
+    Cancellation,
     CancelSession,
-    Capability,
-    Id,
-    LostPolicy,
     OpenSession,
+    ResultRequest,
     SessionId,
+    SessionRequest,
     SubmitResult,
-    Task,
 )
 from gateway.auth import can_audit, can_read, can_write
-from gateway.bus import derived_id, idempotency_key
+from gateway.bus import derived_id, idempotency_key, issue, replayed
 from gateway.errors import Problem, check_cursor
 from gateway.history import AtVersion, EventPage, current_or_past, history_page
 from gateway.keys import Principal
@@ -34,38 +33,11 @@ from projections import sessions as read_model
 STATUSES = ("open", "succeeded", "failed", "timed_out", "cancelled")
 
 
-class OpenSessionBody(Struct, kw_only=True, forbid_unknown_fields=True):
-    """Open a session. The opener is the caller's actor; ``coordinator_id`` defaults to it.
+class OpenSessionBody(SessionRequest, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Open a session (``SessionRequest``); the opener is the caller's actor. Without a
+    ``session_id`` the gateway derives one (from the Idempotency-Key when given)."""
 
-    Name ``participants``, or give ``size`` (and ``capabilities``) and the engine picks the
-    most reliable online agents. ``on_participant_lost`` says what happens when one goes
-    offline before submitting: ``wait``, ``fail_fast`` or ``replace``.
-    """
-
-    task: Task
-    participants: Annotated[list[Id], Meta(max_length=1000)] = []
-    capabilities: Annotated[list[Capability], Meta(max_length=100)] = []
-    size: Annotated[int, Meta(ge=1, le=1000)] | None = None
-    on_participant_lost: LostPolicy = "wait"
-    timeout_seconds: Annotated[int, Meta(ge=1, le=86_400)] = 600
-    coordinator_id: Id | None = None
     session_id: SessionId | None = None
-
-    def __post_init__(self) -> None:
-        if self.participants and self.size is not None:
-            raise ValueError("name participants or give a size to route by, not both")
-        if not self.participants and self.size is None:
-            raise ValueError("name participants, or give size (and capabilities) to route by")
-
-
-class SubmitResultBody(Struct, kw_only=True, forbid_unknown_fields=True):
-    result: dict[str, Any]
-    success: bool = True
-    output_hash: Annotated[str, Meta(max_length=200)] | None = None
-
-
-class CancelBody(Struct, kw_only=True, forbid_unknown_fields=True):
-    reason: Annotated[str, Meta(min_length=1, max_length=2000)] = "cancelled"
 
 
 class SessionCreated(Struct, kw_only=True):
@@ -81,27 +53,17 @@ class CommandOutcome(Struct, kw_only=True):
     version: int
 
 
-def _replayed(reply: Reply) -> dict[str, str]:
-    return {"Idempotent-Replayed": "true"} if reply.status == "duplicate" else {}
-
-
 async def _session_command(
     request: Request[Principal, Any, Any], services: Services, command: str, payload: Any
 ) -> Response[CommandOutcome]:
     """Issue a command on an existing session as the caller; answer once it is readable."""
-    reply = await services.bus.send(
-        request.user.actor,
-        "session",
-        command,
-        payload,
-        command_id=idempotency_key(request.headers),
-        correlation_id=request.headers.get("x-correlation-id"),
-    )
+    reply = await issue(services.bus, request.headers, request.user.actor, "session", command,
+                        payload)  # fmt: skip
     await services.read_your_write(read_model.NAME, reply.position, session_id=payload.session_id)
     assert reply.version is not None
     return Response(
         CommandOutcome(session_id=payload.session_id, status=reply.status, version=reply.version),
-        headers=_replayed(reply),
+        headers=replayed(reply),
     )
 
 
@@ -120,23 +82,9 @@ class SessionController(Controller):
         command_id = idempotency_key(request.headers)
         session_id = data.session_id or derived_id(principal.actor, "session", command_id)
         await check_session_quota(services, principal, str(session_id), data.participants)
-        reply = await services.bus.send(
-            principal.actor,
-            "session",
-            "open",
-            OpenSession(
-                session_id=session_id,
-                participants=data.participants,
-                capabilities=data.capabilities,
-                size=data.size,
-                on_participant_lost=data.on_participant_lost,
-                task=data.task,
-                timeout_seconds=data.timeout_seconds,
-                coordinator_id=data.coordinator_id,
-            ),
-            command_id=command_id,
-            correlation_id=request.headers.get("x-correlation-id"),
-        )
+        fields = msgspec.structs.asdict(data) | {"session_id": session_id}
+        reply = await issue(services.bus, request.headers, principal.actor, "session", "open",
+                            OpenSession(**fields))  # fmt: skip
         await services.read_your_write(read_model.NAME, reply.position, session_id=session_id)
         assert reply.aggregate_id is not None
         assert reply.version is not None
@@ -150,7 +98,7 @@ class SessionController(Controller):
                 command_status=reply.status,
             ),
             status_code=201,
-            headers={"Location": f"/api/v1/sessions/{reply.aggregate_id}", **_replayed(reply)},
+            headers={"Location": f"/api/v1/sessions/{reply.aggregate_id}", **replayed(reply)},
         )
 
     @post("/{session_id:uuid}/results", guards=[can_write], status_code=200,
@@ -159,15 +107,10 @@ class SessionController(Controller):
         self,
         request: Request[Principal, Any, Any],
         session_id: FromPath[uuid.UUID],
-        data: JSONBody[SubmitResultBody],
+        data: JSONBody[ResultRequest],
         services: ServicesDep,
     ) -> Response[CommandOutcome]:
-        payload = SubmitResult(
-            session_id=str(session_id),
-            result=data.result,
-            success=data.success,
-            output_hash=data.output_hash,
-        )
+        payload = SubmitResult(session_id=str(session_id), **msgspec.structs.asdict(data))
         return await _session_command(request, services, "submit_result", payload)
 
     @post("/{session_id:uuid}/cancel", guards=[can_write], status_code=200,
@@ -177,9 +120,9 @@ class SessionController(Controller):
         request: Request[Principal, Any, Any],
         session_id: FromPath[uuid.UUID],
         services: ServicesDep,
-        data: JSONBody[CancelBody | None] = None,
+        data: JSONBody[Cancellation | None] = None,
     ) -> Response[CommandOutcome]:
-        payload = CancelSession(session_id=str(session_id), reason=(data or CancelBody()).reason)
+        payload = CancelSession(session_id=str(session_id), reason=(data or Cancellation()).reason)
         return await _session_command(request, services, "cancel", payload)
 
     @get(

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Request, get, post
+from litestar import Request, Response, get, post
 from litestar.params import JSONBody
 
 from contracts.workflow_types import REGISTRY_ID, DefineWorkflowType, WorkflowType
 from gateway.auth import can_read, require_roles
-from gateway.bus import idempotency_key
+from gateway.bus import issue, replayed
 from gateway.keys import Principal
 from gateway.state import Services, ServicesDep
 
@@ -45,12 +45,7 @@ async def list_workflow_types(services: ServicesDep) -> dict[str, list[WorkflowT
 )
 async def define_workflow_type(
     request: Request[Principal, Any, Any], data: JSONBody[WorkflowType], services: ServicesDep
-) -> WorkflowType:
-    await services.bus.send(
-        request.user.actor,
-        "workflow_type",
-        "define",
-        DefineWorkflowType(workflow_type=data),
-        command_id=idempotency_key(request.headers),
-    )
-    return data
+) -> Response[WorkflowType]:
+    reply = await issue(services.bus, request.headers, request.user.actor, "workflow_type",
+                        "define", DefineWorkflowType(workflow_type=data))  # fmt: skip
+    return Response(data, status_code=201, headers=replayed(reply))

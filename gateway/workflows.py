@@ -5,15 +5,17 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
-from msgspec import Meta, Struct
+from msgspec import Struct
 
 from contracts import errors as codes
 from contracts.bounds import MAX_POSITION
-from contracts.workflows import PRIORITIES, CancelWorkflow, StartWorkflow
+from contracts.sessions import Cancellation
+from contracts.workflows import PRIORITIES, CancelWorkflow, StartWorkflow, WorkflowRequest
 from gateway.auth import can_audit, can_read, can_write
-from gateway.bus import derived_id, idempotency_key
+from gateway.bus import derived_id, idempotency_key, issue, replayed
 from gateway.errors import Problem, check_cursor
 from gateway.history import AtVersion, EventPage, current_or_past, history_page
 from gateway.keys import Principal
@@ -22,14 +24,6 @@ from projections import workflows as read_model
 
 #: The seed's statuses (queued, running, completed, failed) and cancelled.
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
-
-
-class StartWorkflowBody(Struct, kw_only=True, forbid_unknown_fields=True):
-    requirements: Annotated[str, Meta(min_length=1, max_length=100_000)]
-    workflow_type: Annotated[str, Meta(min_length=1, max_length=64)]
-    configuration: dict[str, Any] = {}
-    # Checked by hand so the 400 can name the allowed values.
-    priority: str = "normal"
 
 
 class WorkflowAccepted(Struct, kw_only=True):
@@ -43,10 +37,6 @@ class WorkflowAccepted(Struct, kw_only=True):
     command_status: str
 
 
-class CancelBody(Struct, kw_only=True, forbid_unknown_fields=True):
-    reason: Annotated[str, Meta(min_length=1, max_length=2000)] = "cancelled"
-
-
 def _check_choice(field: str, value: str | None, allowed: tuple[str, ...]) -> None:
     if value is not None and value not in allowed:
         raise Problem(
@@ -57,25 +47,12 @@ def _check_choice(field: str, value: str | None, allowed: tuple[str, ...]) -> No
 
 
 async def start_workflow(
-    request: Request[Principal, Any, Any], data: StartWorkflowBody, services: Services
+    request: Request[Principal, Any, Any], data: WorkflowRequest, services: Services
 ) -> Response[WorkflowAccepted]:
-    _check_choice("priority", data.priority, PRIORITIES)
-    command_id = idempotency_key(request.headers)
-    workflow_id = derived_id(request.user.actor, "workflow", command_id)
-    reply = await services.bus.send(
-        request.user.actor,
-        "workflow",
-        "start",
-        StartWorkflow(
-            workflow_id=workflow_id,
-            requirements=data.requirements,
-            workflow_type=data.workflow_type,
-            configuration=data.configuration,
-            priority=data.priority,  # type: ignore[arg-type]
-        ),
-        command_id=command_id,
-        correlation_id=request.headers.get("x-correlation-id"),
-    )
+    workflow_id = derived_id(request.user.actor, "workflow", idempotency_key(request.headers))
+    payload = StartWorkflow(workflow_id=workflow_id, **msgspec.structs.asdict(data))
+    reply = await issue(services.bus, request.headers, request.user.actor, "workflow", "start",
+                        payload)  # fmt: skip
     await services.read_your_write(read_model.NAME, reply.position, workflow_id=reply.aggregate_id)
     assert reply.aggregate_id is not None
     view = await services.read(read_model.get_workflow, reply.aggregate_id)
@@ -90,7 +67,7 @@ async def start_workflow(
             command_status=reply.status,
         ),
         status_code=202,
-        headers={"Location": f"/api/v1/workflows/{reply.aggregate_id}"},
+        headers={"Location": f"/api/v1/workflows/{reply.aggregate_id}", **replayed(reply)},
     )
 
 
@@ -109,7 +86,7 @@ class WorkflowController(Controller):
     async def start(
         self,
         request: Request[Principal, Any, Any],
-        data: JSONBody[StartWorkflowBody],
+        data: JSONBody[WorkflowRequest],
         services: ServicesDep,
     ) -> Response[WorkflowAccepted]:
         return await start_workflow(request, data, services)
@@ -156,17 +133,17 @@ class WorkflowController(Controller):
         request: Request[Principal, Any, Any],
         workflow_id: FromPath[uuid.UUID],
         services: ServicesDep,
-        data: JSONBody[CancelBody | None] = None,
-    ) -> read_model.WorkflowView:
-        reply = await services.bus.send(
-            request.user.actor, "workflow", "cancel",
-            CancelWorkflow(workflow_id=str(workflow_id), reason=(data or CancelBody()).reason),
-            command_id=idempotency_key(request.headers),
-        )  # fmt: skip
+        data: JSONBody[Cancellation | None] = None,
+    ) -> Response[read_model.WorkflowView]:
+        payload = CancelWorkflow(
+            workflow_id=str(workflow_id), reason=(data or Cancellation()).reason
+        )
+        reply = await issue(services.bus, request.headers, request.user.actor, "workflow",
+                            "cancel", payload)  # fmt: skip
         await services.read_your_write(
             read_model.NAME, reply.position, workflow_id=str(workflow_id)
         )
-        return await workflow_status(workflow_id, services)
+        return Response(await workflow_status(workflow_id, services), headers=replayed(reply))
 
     @get("/{workflow_id:uuid}/events", guards=[can_audit], summary="A workflow's history")
     async def events(
@@ -182,7 +159,7 @@ class WorkflowController(Controller):
 @post("/execute-workflow", guards=[can_write], status_code=202, tags=["workflows"],
       summary="Seed alias of POST /api/v1/workflows")  # fmt: skip
 async def execute_workflow(
-    request: Request[Principal, Any, Any], data: JSONBody[StartWorkflowBody], services: ServicesDep
+    request: Request[Principal, Any, Any], data: JSONBody[WorkflowRequest], services: ServicesDep
 ) -> Response[WorkflowAccepted]:
     return await start_workflow(request, data, services)
 

@@ -193,3 +193,55 @@ async def test_the_workflow_feed_catches_up_then_goes_live(
             seen.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
     assert first["type"] == "WorkflowStarted"
     assert [r["position"] for r in seen] == sorted({r["position"] for r in seen})
+
+
+async def test_a_retried_start_and_cancel_say_they_were_replayed_and_keep_the_correlation_id(
+    engine: EngineService, projector: ProjectionRunner, gateway: Gateway
+) -> None:
+    """Every command route takes Idempotency-Key and X-Correlation-Id the same way (one
+    helper); a replay says so with ``Idempotent-Replayed``."""
+    ops = {**gateway.key("ops", "operator"), "X-Correlation-Id": "corr-w"}
+    auditor = gateway.key("auditor-1", "auditor")
+    body = {"requirements": "x", "workflow_type": "quick"}
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        first = await http.post(BASE, json=body, headers={**ops, "Idempotency-Key": "w-1"})
+        retry = await http.post(BASE, json=body, headers={**ops, "Idempotency-Key": "w-1"})
+        assert first.status_code == retry.status_code == 202
+        assert "idempotent-replayed" not in first.headers
+        assert retry.headers["idempotent-replayed"] == "true"
+        wid = first.json()["workflow_id"]
+        assert retry.json()["workflow_id"] == wid
+        cancel = {**ops, "Idempotency-Key": "c-1"}
+        cancelled = await http.post(f"{BASE}/{wid}/cancel", json={"reason": "r"}, headers=cancel)
+        again = await http.post(f"{BASE}/{wid}/cancel", json={"reason": "r"}, headers=cancel)
+        assert cancelled.status_code == again.status_code == 200
+        assert "idempotent-replayed" not in cancelled.headers
+        assert again.headers["idempotent-replayed"] == "true"
+        events = (await http.get(f"{BASE}/{wid}/events", headers=auditor)).json()["items"]
+    assert events[0]["type"] == "WorkflowStarted"
+    assert events[-1]["type"] == "WorkflowCancelled"
+    assert {e["correlation_id"] for e in (events[0], events[-1])} == {"corr-w"}
+
+
+async def test_every_bad_choice_in_a_body_names_its_allowed_values_with_one_code(
+    engine: EngineService, projector: ProjectionRunner, gateway: Gateway
+) -> None:
+    ops = gateway.key("ops", "operator")
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        session = await http.post("/api/v1/sessions", headers=ops, json={
+            "task": {"description": "d", "criteria": {"require": "most"}},
+            "participants": ["a"], "on_participant_lost": "panic"})  # fmt: skip
+        workflow = await http.post(
+            BASE, json={"requirements": "x", "workflow_type": "quick", "priority": "asap"},
+            headers=ops,
+        )  # fmt: skip
+    for response in (session, workflow):
+        assert response.status_code == 400
+        assert response.json()["code"] == "validation_error"
+    (field,) = session.json()["details"]["fields"]
+    assert field["field"] in ("on_participant_lost", "task.criteria.require")
+    expected = {"on_participant_lost": ["wait", "fail_fast", "replace"],
+                "task.criteria.require": ["all", "majority", "any"]}  # fmt: skip
+    assert field["allowed"] == expected[field["field"]]
+    assert workflow.json()["details"]["fields"][0]["allowed"] == ["low", "normal", "high",
+                                                                  "critical"]  # fmt: skip
