@@ -118,6 +118,20 @@ async def test_feed_is_live_from_now_unless_asked_since_a_position(http, gateway
     assert (live["agent_id"], live["status"]) == ("a2", "retired")
 
 
+async def test_a_replay_shows_each_agents_status_as_it_was_at_that_event(http, gateway):
+    """Replayed with ``?since=``, a registration that was later followed by retirement
+    says ``online``, not the agent's status now."""
+    ops = gateway.key("ops", "operator")
+    await register(http, ops, "a1")
+    await retire(http, ops, "a1")
+    async with websockets.connect(feed_url(gateway, since=0), additional_headers=ops) as ws:
+        replayed = await updates(ws, 2)
+    assert [(u["event"], u["status"]) for u in replayed] == [
+        ("AgentRegistered", "online"),
+        ("AgentRetired", "retired"),
+    ]
+
+
 async def test_subscribe_agent_narrows_the_feed_and_subscribe_all_widens_it(http, gateway):
     ops = gateway.key("ops", "operator")
     for name in ("a1", "a2", "a3"):
