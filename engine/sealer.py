@@ -28,10 +28,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from eventsourcing.persistence import ApplicationRecorder
 
 from contracts.aio import raise_if_cancelling
-from events.ledger import Checkpoint, UnsoundRow, append_anchor, ensure_ledger, seal_step
+from events.ledger import (
+    Checkpoint,
+    UnsoundRow,
+    append_anchor,
+    ensure_ledger,
+    last_seal,
+    seal_step,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +72,7 @@ class Sealer:
         idle_interval: float = 0.2,
         anchor_path: Path | None = None,
         anchor_interval: float = 1.0,
+        anchor_key: Ed25519PrivateKey | None = None,
         halted_interval: float = 5.0,
     ) -> None:
         self.recorder = recorder
@@ -71,6 +80,9 @@ class Sealer:
         self.idle_interval = idle_interval
         self.anchor_path = anchor_path
         self.anchor_interval = anchor_interval
+        #: Signs each anchor line (the deployment's audit key), so the file cannot be
+        #: rewritten to an earlier checkpoint without it.
+        self.anchor_key = anchor_key
         #: The newest head seal not yet written to the anchor file.
         self._unanchored: Checkpoint | None = None
         self._anchored_at = float("-inf")
@@ -87,12 +99,19 @@ class Sealer:
             # Stopping: leave the anchor at the newest head (a small synchronous write).
             if self._unanchored is not None and self.anchor_path is not None:
                 with contextlib.suppress(OSError):
-                    append_anchor(self.anchor_path, self._unanchored)
+                    append_anchor(self.anchor_path, self._unanchored, self.anchor_key)
 
     async def _run(self) -> None:
         while True:
             try:
                 await _in_thread(ensure_ledger, self.recorder)
+                # Anchor the head as it is now, even if nothing new comes to seal: the
+                # file may be older (or unsigned, or missing) after a restart.
+                seal = await _in_thread(last_seal, self.recorder)
+                if seal is not None and self.anchor_path is not None:
+                    self._unanchored = Checkpoint(
+                        position=seal.position, running_hash=seal.running_hash
+                    )
                 break
             except Exception as error:
                 raise_if_cancelling()
@@ -134,7 +153,7 @@ class Sealer:
             return
         head, self._unanchored = self._unanchored, None
         try:
-            await _in_thread(append_anchor, self.anchor_path, head)
+            await _in_thread(append_anchor, self.anchor_path, head, self.anchor_key)
             self._anchored_at = time.monotonic()
         except OSError as error:
             log.error("cannot write the seal anchor %s: %s", self.anchor_path, error)

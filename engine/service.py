@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from eventsourcing.persistence import ApplicationRecorder
 from nats.aio.client import Client as NATS
 from opentelemetry.trace import TracerProvider
@@ -28,6 +29,7 @@ from engine.streams import ensure_streams
 from engine.timers import SessionTimer
 from engine.worker import CommandWorker
 from events import tracecontext
+from events.bundle import load_signing_key
 from events.store import open_recorder
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,17 @@ async def close_nats(nc: NATS, timeout: float = 3.0) -> None:
     except Exception:
         with contextlib.suppress(Exception):
             await nc.close()
+
+
+def _signing_key(path: Path | None) -> Ed25519PrivateKey | None:
+    """The audit signing key if there is one to use (``chorus up`` creates it)."""
+    if path is None:
+        return None
+    try:
+        return load_signing_key(path)
+    except FileNotFoundError:
+        log.info("no audit signing key at %s: the seal anchor is written unsigned", path)
+        return None
 
 
 @dataclass
@@ -64,6 +77,9 @@ class EngineConfig:
     #: Append each new head seal (``POS:HASH``) to this file, outside the database, so that
     #: ``chorus audit verify`` notices events removed from the end with their seals.
     seal_anchor_path: Path | None = None
+    #: The deployment's audit signing key (PEM), which signs each anchor line when the file
+    #: exists; without it the anchor is written unsigned.
+    audit_key_path: Path | None = None
     replicas: int = 1
     workflow_types: WorkflowTypeRegistry = field(default_factory=WorkflowTypeRegistry)
     #: Every actor's roles (the composition root reads them from the key store).
@@ -117,7 +133,10 @@ class EngineService:
             self.timer = SessionTimer(self.recorder, self.worker, cfg.clock)
             self._tasks.append(asyncio.create_task(self.timer.run(), name="engine-timer"))
         if cfg.sealer:
-            sealer = Sealer(self.recorder, anchor_path=cfg.seal_anchor_path)
+            sealer = Sealer(
+                self.recorder, anchor_path=cfg.seal_anchor_path,
+                anchor_key=_signing_key(cfg.audit_key_path),
+            )  # fmt: skip
             self._tasks.append(asyncio.create_task(sealer.run(), name="engine-sealer"))
         if cfg.delegation:
             self.delegation = DelegationManager(self.recorder, self.worker)

@@ -28,13 +28,18 @@ every bundle carries one (``log_seal``). Verifying against a checkpoint proves t
 store still holds exactly the log up to that position. The trade-off: an anchor only
 covers what was sealed when it was taken, and an anchor file on the same host is only as
 safe as that host's file permissions (copy checkpoints elsewhere, e.g. with each export,
-for stronger guarantees). Without an anchor, dropping or emptying the ledger is still
+for stronger guarantees). With the deployment's audit signing key the sealer signs each
+anchor line, and ``chorus audit verify`` requires that signature whenever it knows the
+public key: a store cut back to an earlier seal would match the earlier checkpoint, but
+only the key holder can write that checkpoint into the file. Without an anchor, dropping or emptying the ledger is still
 caught once the unsealed rows are older than the grace period, but removing the last
 events together with their seals is not.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import itertools
 import logging
@@ -45,6 +50,8 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 import msgspec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from eventsourcing.persistence import ApplicationRecorder
 from msgspec import Struct
 
@@ -111,28 +118,82 @@ def next_running_hash(previous: str, row: str) -> str:
 # Anchor files ---------------------------------------------------------------------------
 
 
-def append_anchor(path: Path, checkpoint: Checkpoint) -> None:
-    """Make ``checkpoint`` the anchor file's line: written to a temporary file, flushed,
-    then renamed over the old one (mode 0600), so a reader sees the old line or the new,
-    and the file never grows."""
+#: Signatures of anchor lines cover this prefix and the checkpoint's text, so a signature
+#: made for anything else (a bundle's manifest) is never a valid anchor signature.
+ANCHOR_SIGNING_CONTEXT = b"chorus seal anchor v1\n"
+
+
+class Anchor(NamedTuple):
+    """An anchor file's line: the checkpoint, and the deployment's signature of it if the
+    sealer had the signing key (``POS:HASH sig=<base64>``)."""
+
+    checkpoint: Checkpoint
+    signature: bytes | None
+
+    def signed_by(self, public_key: Ed25519PublicKey) -> bool:
+        if self.signature is None:
+            return False
+        try:
+            public_key.verify(
+                self.signature, ANCHOR_SIGNING_CONTEXT + str(self.checkpoint).encode()
+            )
+        except InvalidSignature:
+            return False
+        return True
+
+
+def anchor_line(checkpoint: Checkpoint, key: Ed25519PrivateKey | None = None) -> str:
+    """``POS:HASH``, signed with ``key`` when given. Signed, the file cannot be rewritten
+    to an earlier checkpoint (the one a store cut back to its previous seal would match)
+    by whoever lacks the key: the line for that position was never signed."""
+    if key is None:
+        return str(checkpoint)
+    signature = key.sign(ANCHOR_SIGNING_CONTEXT + str(checkpoint).encode())
+    return f"{checkpoint} sig={base64.b64encode(signature).decode()}"
+
+
+def parse_anchor(line: str) -> Anchor:
+    """One anchor line; raises ValueError if it is not ``POS:HASH [sig=BASE64]``."""
+    text, _, rest = line.strip().partition(" ")
+    signature = None
+    if rest:
+        if not rest.startswith("sig="):
+            raise ValueError(f"not an anchor signature: {rest!r}")
+        try:
+            signature = base64.b64decode(rest.removeprefix("sig="), validate=True)
+        except binascii.Error:
+            raise ValueError(f"not an anchor signature: {rest!r}") from None
+    return Anchor(Checkpoint.parse(text), signature)
+
+
+def append_anchor(path: Path, checkpoint: Checkpoint, key: Ed25519PrivateKey | None = None) -> None:
+    """Make ``checkpoint`` (signed with ``key`` when given) the anchor file's line: written
+    to a temporary file, flushed, then renamed over the old one (mode 0600), so a reader
+    sees the old line or the new, and the file never grows."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, f"{checkpoint}\n".encode())
+        os.write(fd, f"{anchor_line(checkpoint, key)}\n".encode())
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(temporary, path)
 
 
-def read_anchor(path: Path) -> Checkpoint | None:
-    """The last complete checkpoint line of an anchor file (a torn last line is skipped)."""
+def read_signed_anchor(path: Path) -> Anchor | None:
+    """The last complete line of an anchor file (a torn last line is skipped)."""
     lines = path.read_text().split("\n")
     for line in reversed(lines[:-1]):  # the part after the last newline is incomplete
         if line.strip():
-            return Checkpoint.parse(line)
+            return parse_anchor(line)
     return None
+
+
+def read_anchor(path: Path) -> Checkpoint | None:
+    """The last complete checkpoint of an anchor file, its signature unchecked."""
+    anchor = read_signed_anchor(path)
+    return None if anchor is None else anchor.checkpoint
 
 
 # The seals table ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from eventsourcing.persistence import ApplicationRecorder
 
 from contracts.sessions import Criteria
@@ -30,7 +31,7 @@ from events.bundle import (
     verify_bundle,
 )
 from events.codec import decode_record, typed_event
-from events.ledger import Checkpoint, UnsoundRow, read_anchor, seal_all
+from events.ledger import Checkpoint, UnsoundRow, read_signed_anchor, seal_all
 from events.store import open_recorder
 from events.verify import MAX_UNSEALED_AGE
 from projections.audit import AuditLog
@@ -61,6 +62,11 @@ def add_parser(sub: Any, common: Any) -> None:
         "--anchor", type=Path,
         help="anchor file the engine appends seals to; checks its last line "
         "(default <data-dir>/audit/seal-anchor when it exists)",
+    )  # fmt: skip
+    verify.add_argument(
+        "--anchor-public-key", metavar="KEY",
+        help="the public key the anchor must be signed with (base64, or a file with it; "
+        "default: that of the data dir's signing key when it exists)",
     )  # fmt: skip
     verify.add_argument(
         "--max-unsealed-age", type=float, default=MAX_UNSEALED_AGE, metavar="SECONDS",
@@ -133,7 +139,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     match args.audit_command:
         case "verify":
-            expected = [*args.expect_seal, *_anchor(args.anchor, settings)]
+            anchors = _anchor(args.anchor, settings, _anchor_key(args.anchor_public_key, settings))
+            expected = [*args.expect_seal, *anchors]
             return _verify(_existing_recorder(settings), expected, args.max_unsealed_age)
         case "seal":
             try:
@@ -163,16 +170,42 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _anchor(given: Path | None, settings: Settings) -> list[Checkpoint]:
-    """The anchor file's last checkpoint: read before the store, so it is never newer."""
+def _anchor_key(given: str | None, settings: Settings) -> Ed25519PublicKey | None:
+    """The key anchors must be signed with: given, else the deployment's own (if any)."""
+    if given is not None:
+        return _public_key(given)
+    try:
+        return load_signing_key(key_path(settings)).public_key()
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise Failure(f"cannot read the signing key: {error}") from None
+
+
+def _anchor(
+    given: Path | None, settings: Settings, public_key: Ed25519PublicKey | None
+) -> list[Checkpoint]:
+    """The anchor file's last checkpoint: read before the store, so it is never newer.
+    With a known public key its signature must verify: an unsigned or wrongly signed line
+    is a rewritten anchor (exit 1), since the sealer signs every line it writes."""
     path = given or Path(str(settings.resolved().seal_anchor_path))
     if given is None and not path.exists():
         return []
     try:
-        checkpoint = read_anchor(path)
+        anchor = read_signed_anchor(path)
     except (OSError, ValueError) as error:
         raise Failure(f"cannot read the seal anchor {path}: {error}") from None
-    return [checkpoint] if checkpoint else []
+    if anchor is None:
+        return []
+    if public_key is not None and not anchor.signed_by(public_key):
+        what = (
+            "is not signed" if anchor.signature is None else "has a signature that does not verify"
+        )
+        raise Failure(
+            f"BROKEN: the seal anchor {path} ({anchor.checkpoint}) {what} with the "
+            "deployment's key: the anchor file was rewritten", 1,
+        )  # fmt: skip
+    return [anchor.checkpoint]
 
 
 def _verify(
@@ -220,13 +253,18 @@ def _export(args: argparse.Namespace, settings: Settings) -> None:
     print(f"public key: {log.public_key()}")
 
 
-def _verify_bundle(path: Path, key_text: str) -> int:
-    if Path(key_text).is_file():
-        key_text = Path(key_text).read_text()
+def _public_key(text: str) -> Ed25519PublicKey:
+    """A public key given on the command line: base64, PEM, or a file holding either."""
+    if Path(text).is_file():
+        text = Path(text).read_text()
     try:
-        key = parse_public_key(key_text)
+        return parse_public_key(text)
     except ValueError as error:
         raise Failure(f"bad public key: {error}") from None
+
+
+def _verify_bundle(path: Path, key_text: str) -> int:
+    key = _public_key(key_text)
     try:
         verified = verify_bundle(path.read_bytes(), key)
     except BundleInvalid as error:

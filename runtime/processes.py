@@ -58,6 +58,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         roles=key_store_roles(Path(str(s.keys_path))),
         liveness_config=LivenessConfig(s.heartbeat_interval, s.missed_heartbeats),
         seal_anchor_path=s.seal_anchor_path,
+        audit_key_path=s.audit_key_path,
     )
 
 

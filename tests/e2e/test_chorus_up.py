@@ -395,6 +395,10 @@ def test_the_record_chorus_up_wrote_verifies(scenario: Scenario) -> None:
     assert done.stdout.startswith("OK: "), done.stdout
     with contextlib.closing(sqlite3.connect(scenario.data_dir / "events.db")) as conn:
         assert conn.execute("SELECT count(*) FROM chorus_seals").fetchone()[0] > 0
+    # The engine signed the anchor with the deployment's key, and verify checked it.
+    anchor = (scenario.data_dir / "audit" / "seal-anchor").read_text()
+    assert " sig=" in anchor, anchor
+    assert "matches anchor" in done.stdout, done.stdout
 
 
 def test_the_gateway_sends_security_headers_and_no_server_banner(scenario: Scenario) -> None:
