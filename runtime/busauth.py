@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from contracts.subjects import agent_inbox_prefix
+from contracts.subjects import DLQ_STREAM, EVENTS_STREAM, LIVENESS_BUCKET, agent_inbox_prefix
 from gateway.keys import KeyStore
 
 SERVICES = {"engine": "chorus-engine", "gateway": "chorus-gateway", "demo": "chorus-demo"}
@@ -54,18 +54,30 @@ GATEWAY_JS_READS = [
     "$JS.FC.>", "$JS.ACK.EVENTS.>",
 ]  # fmt: skip
 
+#: The JetStream API the engine needs, on its own streams only: create or update EVENTS,
+#: DLQ and the liveness bucket at start, read their info, the relay's last-message check
+#: and the bucket's reads. No delete, purge or consumer on anything, and nothing on a
+#: stream it does not own.
+_ENGINE_STREAMS = (EVENTS_STREAM, DLQ_STREAM, f"KV_{LIVENESS_BUCKET}")
+ENGINE_JS_API = [
+    "$JS.API.INFO",
+    *(f"$JS.API.STREAM.{api}.{stream}" for api in ("CREATE", "UPDATE", "INFO", "MSG.GET")
+      for stream in _ENGINE_STREAMS),
+    *(f"$JS.API.DIRECT.GET.{stream}{tail}" for stream in (EVENTS_STREAM, f"KV_{LIVENESS_BUCKET}")
+      for tail in ("", ".>")),
+]  # fmt: skip
+
 SERVICE_PERMISSIONS: dict[str, dict[str, Any]] = {
     # Takes every command (queue group), replies, publishes events, dead letters and
-    # tasks, keeps heartbeats in the liveness bucket, manages its streams.
+    # tasks, keeps heartbeats in the liveness bucket, creates and updates its own streams.
     "engine": {
         "publish": {
             "allow": [
                 "chorus.evt.>",
                 "chorus.dlq.>",
                 "chorus.task.>",
-                "$JS.API.>",
-                "$JS.ACK.>",
-                "$KV.chorus_liveness.>",
+                *ENGINE_JS_API,
+                f"$KV.{LIVENESS_BUCKET}.>",
             ]
         },
         "subscribe": {"allow": ["chorus.cmd.>", "_INBOX.>"]},

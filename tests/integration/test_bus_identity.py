@@ -237,3 +237,21 @@ async def test_the_gateway_reads_streams_but_cannot_change_them(
         await nc.publish(subject, b"")
         assert subject.lower() in await client.refused()
     await nc.close()
+
+
+async def test_the_engine_user_manages_only_its_own_streams(bus: Bus, engine: EngineService):
+    """The engine's service user creates and updates its streams (the engine above just
+    did, under that user), but cannot delete or purge them, read another stream or run a
+    consumer: a leaked engine credential cannot wipe the bus's copy of the log."""
+    assert engine.nc is not None and engine.nc.is_connected
+    client = Client()
+    password = busauth.service_passwords(bus.nats_dir)["engine"]
+    nc = await client.connect_as(bus.url, "chorus-engine", password, None)
+    info = await nc.jetstream().stream_info("EVENTS")  # allowed: its own stream
+    assert info.config.name == "EVENTS"
+    for subject in ("$JS.API.STREAM.DELETE.EVENTS", "$JS.API.STREAM.PURGE.EVENTS",
+                    "$JS.API.STREAM.DELETE.DLQ", "$JS.API.CONSUMER.CREATE.EVENTS",
+                    "$JS.API.STREAM.CREATE.OTHER", "$JS.API.STREAM.INFO.OTHER"):  # fmt: skip
+        await nc.publish(subject, b"{}")
+        assert subject.lower() in await client.refused()
+    await nc.close()
