@@ -188,3 +188,24 @@ async def test_a_hanging_http_server_times_out_cleanly_and_others_go_on(
         removed = await http.delete(f"{BASE}/remote", headers=ops)
         assert removed.status_code == 204
         assert (await http.get(f"{BASE}/remote", headers=ops)).status_code == 404
+
+
+async def test_a_hanging_stdio_server_times_out_and_the_engine_goes_on(
+    engine: EngineService, projector: ProjectionRunner, gateway: Gateway
+) -> None:
+    ops = gateway.key("ops", "operator")
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+        registered = await http.post(BASE, headers=ops, json={
+            "name": "local", "transport": stdio()})  # fmt: skip
+        assert registered.status_code == 201, registered.text
+        configured = await http.patch(f"{BASE}/local", headers=ops,
+                                      json={"config": {"timeout_seconds": 3}})  # fmt: skip
+        assert configured.json()["config"]["timeout_seconds"] == 3
+        hung = await http.post(f"{BASE}/local/tools/hang/call", headers=ops, json={})
+        assert (hung.status_code, hung.json()["code"]) == (504, "tool_timeout")
+        # The timeout was recorded through the engine like any command, and it takes more.
+        server = (await http.get(f"{BASE}/local", headers=ops)).json()
+        assert (server["calls"], server["failed_calls"]) == (1, 1)
+        opened = await http.post("/api/v1/sessions", headers=ops, json={
+            "participants": ["agent-1"], "task": {"description": "still here"}})  # fmt: skip
+        assert opened.status_code == 201
