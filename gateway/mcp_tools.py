@@ -41,6 +41,7 @@ from gateway.workflows import workflow_status
 from projections import agents as agents_model
 from projections import mcp as mcp_model
 from projections import sessions as sessions_model
+from projections import tasks as tasks_model
 from projections import workflows as workflows_model
 
 
@@ -261,6 +262,15 @@ async def agent_metrics(caller: Caller, payload: AgentMetrics) -> Any:
 # --- the inbox --------------------------------------------------------------------------
 
 
+class MyTasks(Struct, kw_only=True, forbid_unknown_fields=True):
+    """No arguments: the tasks are always the caller's own."""
+
+
+async def my_tasks(caller: Caller, payload: MyTasks) -> Any:
+    """The caller's open tasks, as its inbox ``chorus.task.<actor>`` delivers them."""
+    return await caller.services.read(tasks_model.list_agent_tasks, caller.principal.actor)
+
+
 async def accept_task(caller: Caller, payload: AcceptTask) -> Any:
     """Acknowledge a task from the inbox (accepting a phase starts it)."""
     reply = await caller.services.bus.send(caller.principal.actor, "task", "accept", payload)
@@ -378,6 +388,14 @@ TOOLS: dict[str, Tool] = _tools(
         "Fail the phase assigned to you, with an error code and message.",
         FailPhase,
         _phase_command("fail_phase"),
+    ),
+    Tool(
+        "my_tasks",
+        "Your open tasks (workflow phases and sessions assigned to you), oldest first.",
+        MyTasks,
+        my_tasks,
+        READERS,
+        read_only=True,
     ),
     Tool(
         "accept_task",
