@@ -30,6 +30,19 @@ def stdio(kind: str = "calc", **env: str) -> dict[str, Any]:
     return {"type": "stdio", "command": [sys.executable, SERVERS, kind, "stdio"], "env": env}
 
 
+async def recorded_calls(
+    http: httpx.AsyncClient, name: str, headers: dict[str, str], count: int
+) -> dict[str, Any]:
+    """The server's view once ``count`` call records reached the read model (the records
+    go through the engine and the projector after the call has answered)."""
+    for _ in range(400):
+        server: dict[str, Any] = (await http.get(f"{BASE}/{name}", headers=headers)).json()
+        if server["calls"] >= count:
+            break
+        await asyncio.sleep(0.05)
+    return server
+
+
 @pytest.fixture
 def http_calc(tmp_path: Path) -> Iterator[str]:
     """The calc server on streamable HTTP, as its own process."""
@@ -121,7 +134,7 @@ async def test_a_stdio_server_is_registered_with_its_tools_and_calls_are_checked
         health = (await http.get(f"{BASE}/calc/health", headers=agent)).json()
         assert health["status"] == "healthy", health
         assert health["tools"] == 3
-        after = (await http.get(f"{BASE}/calc", headers=ops)).json()
+        after = await recorded_calls(http, "calc", ops, 3)
         assert (after["calls"], after["failed_calls"]) == (3, 0)
 
         auditor = gateway.key("auditor-1", "auditor")
@@ -176,12 +189,7 @@ async def test_a_hanging_http_server_times_out_cleanly_and_others_go_on(
         limited = await http.post(f"{BASE}/remote/tools/add/call", headers=ops,
                                   json={"arguments": {"a": 1, "b": 1}})  # fmt: skip
         assert (limited.status_code, limited.json()["code"]) == (429, "rate_limited")
-        # The call records reach the read model through the projector: wait for them.
-        for _ in range(200):
-            server = (await http.get(f"{BASE}/remote", headers=ops)).json()
-            if server["calls"] >= 2:
-                break
-            await asyncio.sleep(0.05)
+        server = await recorded_calls(http, "remote", ops, 2)
         assert (server["calls"], server["failed_calls"]) == (2, 1)
         rediscovered = await http.post(f"{BASE}/remote/discover", headers=ops)
         assert rediscovered.json()["version"] == server["version"]  # unchanged: nothing new
@@ -204,7 +212,7 @@ async def test_a_hanging_stdio_server_times_out_and_the_engine_goes_on(
         hung = await http.post(f"{BASE}/local/tools/hang/call", headers=ops, json={})
         assert (hung.status_code, hung.json()["code"]) == (504, "tool_timeout")
         # The timeout was recorded through the engine like any command, and it takes more.
-        server = (await http.get(f"{BASE}/local", headers=ops)).json()
+        server = await recorded_calls(http, "local", ops, 1)
         assert (server["calls"], server["failed_calls"]) == (1, 1)
         opened = await http.post("/api/v1/sessions", headers=ops, json={
             "participants": ["agent-1"], "task": {"description": "still here"}})  # fmt: skip
