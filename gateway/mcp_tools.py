@@ -18,9 +18,9 @@ import msgspec
 from msgspec import Meta, Struct
 
 from contracts import errors as codes
-from contracts.agents import Heartbeat, RegisterAgent, TaskId, VerifyCompletion
+from contracts.agents import Heartbeat, RegisterAgent, VerifyCompletion
 from contracts.envelope import Reply
-from contracts.mcp import ServerName, ToolName
+from contracts.mcp import CallTool, ServerName
 from contracts.sessions import CancelSession, Id, OpenSession, SessionId, SubmitResult
 from contracts.tasks import AcceptTask
 from contracts.workflows import (
@@ -35,6 +35,7 @@ from gateway.agents import _as_of, _fresh_agent, _verdict, send_heartbeat, tool_
 from gateway.auth import READERS, WRITERS
 from gateway.errors import Problem
 from gateway.keys import Principal
+from gateway.mcp_bus import call_over_bus
 from gateway.mcp_registry import CallBody, run_tool_call
 from gateway.state import Services
 from gateway.workflows import workflow_status
@@ -51,6 +52,8 @@ class Caller:
 
     principal: Principal
     services: Services
+    #: Send registered-tool calls over the bus (``chorus mcp``) instead of running them here.
+    tools_over_bus: bool = False
 
 
 Run = Callable[[Caller, Any], Awaitable[Any]]
@@ -280,14 +283,12 @@ async def accept_task(caller: Caller, payload: AcceptTask) -> Any:
 # --- registered MCP servers -----------------------------------------------------------
 
 
-class CallRegisteredTool(Struct, kw_only=True, forbid_unknown_fields=True):
-    server: ServerName
-    tool: ToolName
-    arguments: dict[str, Any] = {}
-    task_id: TaskId | None = None
-
-
-async def call_registered_tool(caller: Caller, payload: CallRegisteredTool) -> Any:
+async def call_registered_tool(caller: Caller, payload: CallTool) -> Any:
+    """In the gateway the call runs here; ``chorus mcp`` sends it over the bus
+    (``tool.call``) to a gateway, which holds the servers' secrets and records calls."""
+    if caller.tools_over_bus:
+        return await call_over_bus(caller.services.nc, caller.services, caller.principal.actor,
+                                   payload)  # fmt: skip
     body = CallBody(arguments=payload.arguments, task_id=payload.task_id)
     return await run_tool_call(caller.principal, caller.services, payload.server,
                                payload.tool, body)  # fmt: skip
@@ -437,7 +438,7 @@ TOOLS: dict[str, Tool] = _tools(
         "call_registered_tool",
         "Call a tool of a registered MCP server through Chorus: arguments checked against "
         "its schema, the call recorded (give task_id when it is for a task).",
-        CallRegisteredTool,
+        CallTool,
         call_registered_tool,
     ),
     Tool(

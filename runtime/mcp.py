@@ -75,7 +75,7 @@ async def serve(settings: Settings, principal: Principal, key: str) -> None:
     types = WorkflowTypeRegistry.load(s.workflow_types)
     async with connect_services(config, types, Path(str(s.audit_key_path)), **options) as services:
         box: dict[str, Services] = {"services": services}
-        server = build_server(lambda _ctx: principal, lambda: box["services"])
+        server = build_server(lambda _ctx: principal, lambda: box["services"], tools_over_bus=True)
         async with stdio_server() as (read, write):
             await server.run(read, write, server.create_initialization_options())
 
