@@ -15,16 +15,16 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from contracts.agents import Digest as Digest
+from contracts.agents import ServerName as ServerName
 from contracts.agents import TaskId
 from contracts.errors import ErrorInfo
 from contracts.sessions import Id
 
 MCP_NAMESPACE = uuid.UUID("0b1f3f7e-55b8-4d7e-8c3a-6d63705f7372")
-ServerName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_\-]{0,63}$")]
 ToolName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_\-.]{1,128}$")]
 #: The name of an environment variable holding a secret (its value is never recorded).
 EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
-Digest = Annotated[str, Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
 Role = Literal["agent", "operator", "auditor", "admin"]
 Outcome = Literal["ok", "error", "timeout", "unavailable"]
 

@@ -59,6 +59,17 @@ class ToolNotFound(errors.DomainError):
     code = codes.TOOL_NOT_FOUND
 
 
+@dataclass(frozen=True)
+class CallOnRecord:
+    """What completion evidence checks of a call made for a task (``ToolCalled``)."""
+
+    tool: str
+    caller: str
+    task_id: str
+    outcome: str
+    result_digest: str | None
+
+
 @dataclass
 class McpServerState:
     id: UUID
@@ -73,6 +84,8 @@ class McpServerState:
     tools: dict[str, str] = field(default_factory=dict)
     catalogue_digest: str = ""
     calls: int = 0
+    #: Event version -> the call, for calls made for a task (the ones evidence may cite).
+    task_calls: dict[int, CallOnRecord] = field(default_factory=dict)
 
     @property
     def exists(self) -> bool:
@@ -99,6 +112,11 @@ class McpServerState:
                 self.catalogue_digest = event.catalogue_digest
             case ToolCalled():
                 self.calls += 1
+                if event.task_id is not None:
+                    self.task_calls[self.version + 1] = CallOnRecord(
+                        tool=event.tool, caller=event.caller, task_id=event.task_id,
+                        outcome=event.outcome, result_digest=event.result_digest,
+                    )  # fmt: skip
             case _:
                 raise TypeError(f"not an MCP server event: {type(event).__name__}")
         self.version += 1

@@ -413,7 +413,8 @@ TOOLS: dict[str, Tool] = _tools(
     Tool("heartbeat", "Say you are alive (agent_id defaults to you).", Heartbeat, heartbeat),
     Tool(
         "verify_completion",
-        "Submit completion evidence for a task; returns the engine's verdict.",
+        "Submit completion evidence for a task (cite the tool calls on record that the "
+        "result came from in tool_calls); returns the engine's verdict.",
         VerifyCompletion,
         verify_completion,
     ),

@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from contracts.agents import result_hash
 from contracts.mcp import digest
 from engine.service import EngineService
 from projections.runner import ProjectionRunner
@@ -217,3 +219,40 @@ async def test_a_hanging_stdio_server_times_out_and_the_engine_goes_on(
         opened = await http.post("/api/v1/sessions", headers=ops, json={
             "participants": ["agent-1"], "task": {"description": "still here"}})  # fmt: skip
         assert opened.status_code == 201
+
+
+async def test_an_agent_backs_its_claim_with_its_own_tool_call_and_cannot_cite_anothers(
+    engine: EngineService, projector: ProjectionRunner, gateway: Gateway
+) -> None:
+    ops = gateway.key("ops", "operator")
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+        registered = await http.post(BASE, headers=ops, json={
+            "name": "calc", "transport": stdio(), "access": {"agents": ["agent-1", "agent-2"]}})  # fmt: skip
+        assert registered.status_code == 201, registered.text
+    async with (
+        mcp_client(gateway, "ops", "operator") as operator,
+        mcp_client(gateway, "agent-1") as agent,
+        mcp_client(gateway, "agent-2") as thief,
+    ):
+        sids = {}
+        for name, client in (("agent-1", agent), ("agent-2", thief)):
+            await call(client, "register_agent", name=name)
+            sids[name] = (await call(operator, "open_session", participants=[name],
+                                     task={"description": "add"}))["session_id"]  # fmt: skip
+        done = await call(agent, "call_registered_tool", server="calc", tool="add",
+                          arguments={"a": 1, "b": 2}, task_id=sids["agent-1"])  # fmt: skip
+        cited = {"server": "calc", "version": done["recorded_version"],
+                 "result_digest": done["result_digest"]}  # fmt: skip
+        for name, client in (("agent-1", agent), ("agent-2", thief)):
+            await call(client, "submit_result", session_id=sids[name], result={"sum": 3})
+
+        def claim(name: str) -> dict[str, Any]:
+            return {"agent_id": name, "task_id": sids[name], "output_hash": result_hash({"sum": 3}),
+                    "completion_time": datetime.now(UTC).isoformat(), "tool_calls": [cited]}  # fmt: skip
+
+        stolen = await call(thief, "verify_completion", **claim("agent-2"))
+        assert stolen["verdict"] == "rejected"
+        assert {r["code"] for r in stolen["reasons"]} == {"tool_call_not_yours",
+                                                          "tool_call_other_task"}  # fmt: skip
+        own = await call(agent, "verify_completion", **claim("agent-1"))
+        assert own["verdict"] == "verified", own
