@@ -21,6 +21,8 @@ from contracts.sessions import (
     SessionId,
     SubmitResult,
     Task,
+    ToolRef,
+    require_tools,
 )
 from gateway.auth import can_audit, can_read, can_write
 from gateway.bus import derived_id, idempotency_key
@@ -50,8 +52,11 @@ class OpenSessionBody(Struct, kw_only=True, forbid_unknown_fields=True):
     timeout_seconds: Annotated[int, Meta(ge=1, le=86_400)] = 600
     coordinator_id: Id | None = None
     session_id: SessionId | None = None
+    #: Tools (``<server>/<tool>``) routed participants must be able to use.
+    requires_tools: Annotated[list[ToolRef], Meta(max_length=100)] = []
 
     def __post_init__(self) -> None:
+        require_tools(self)
         if self.participants and self.size is not None:
             raise ValueError("name participants or give a size to route by, not both")
         if not self.participants and self.size is None:

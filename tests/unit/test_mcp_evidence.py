@@ -1,6 +1,8 @@
-"""Completion evidence may cite tool calls on record, and a hostile agent cannot cite a call
-it did not make: each cited ``ToolCalled`` must be the agent's own, for the claimed task,
-successful, with the result digest the evidence states. Real processor, real store."""
+"""Tools in the engine's rules, with the real processor and store: completion evidence may
+cite tool calls on record, and a hostile agent cannot cite a call it did not make (each
+cited ``ToolCalled`` must be the agent's own, for the claimed task, successful, with the
+result digest the evidence states); sessions and phases that require a tool route to
+agents that can use it."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from eventsourcing.persistence import ApplicationRecorder
 from contracts.agents import RegisterAgent, ToolCallRef, VerifyCompletion, agent_uuid, result_hash
 from contracts.mcp import RECORDER, RecordToolCall, RegisterMcpServer, StdioTransport, digest
 from contracts.sessions import OpenSession, SubmitResult, Task
+from contracts.workflow_types import Phase
 from engine.authz import StaticRoles
 from engine.context import EngineContext
 from engine.processor import Processor
@@ -93,3 +96,22 @@ def test_evidence_holds_only_with_the_agents_own_successful_calls_for_the_task(
     assert data["tool_calls"] == [
         {"server": "calc", "version": call, "result_digest": digest(RESULT)}
     ]
+
+
+def test_a_session_and_a_phase_that_require_a_tool_route_to_agents_that_can_use_it(
+    recorder: ApplicationRecorder, clock: FakeClock
+) -> None:
+    engine = Processor(recorder, clock=clock,
+                       context=EngineContext(roles=StaticRoles({"ops-1": {"operator"}})))  # fmt: skip
+    send(engine, "plain", "agent", "register", RegisterAgent(name="plain", capabilities=["py"]))
+    send(engine, "tooled", "agent", "register",
+         RegisterAgent(name="tooled", capabilities=["py", "tool:calc/add"]))  # fmt: skip
+    sid = str(uuid.uuid4())
+    reply = send(engine, "ops-1", "session", "open", OpenSession(
+        session_id=sid, task=Task(description="add"), size=1, requires_tools=["calc/add"]))  # fmt: skip
+    opened = decode_record(recorder.select_events(uuid.UUID(sid), limit=1)[0])
+    assert reply.status == "accepted"
+    assert opened.data["participants"] == ["tooled"]
+    assert opened.data["capabilities"] == ["tool:calc/add"]
+    phase = msgspec.json.decode(b'{"name": "sum", "requires_tools": ["calc/add"]}', type=Phase)
+    assert phase.capabilities == ["tool:calc/add"]
