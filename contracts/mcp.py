@@ -187,6 +187,14 @@ class ToolCallReply(Struct, kw_only=True):
     error: ErrorInfo | None = None
 
 
+class RecordHealth(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """What a health check found (recorded by ``RECORDER`` when the status changed)."""
+
+    name: ServerName
+    status: Literal["healthy", "unhealthy"]
+    error: Annotated[str, Meta(max_length=10_000)] | None = None
+
+
 #: Commands the gateway answers (``chorus.cmd.<actor>.tool.<command>``), not the engine.
 TOOL_COMMANDS: dict[str, type[Struct]] = {"call": CallTool}
 
@@ -196,6 +204,7 @@ MCP_COMMANDS: dict[str, type[Struct]] = {
     "remove": RemoveMcpServer,
     "record_tools": RecordToolsDiscovered,
     "record_call": RecordToolCall,
+    "record_health": RecordHealth,
 }
 
 

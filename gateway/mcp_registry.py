@@ -20,6 +20,7 @@ from contracts.mcp import (
     Access,
     ConfigureMcpServer,
     HttpTransport,
+    RecordHealth,
     RecordToolCall,
     RecordToolsDiscovered,
     RegisterMcpServer,
@@ -187,6 +188,11 @@ class McpServerController(Controller):
         found = await mcp_client.health(
             _transport(view.transport), view.config.get("timeout_seconds", 30.0)
         )
+        # Recorded when the status changed (the engine keeps transitions only), so the read
+        # model and the history show each server's health.
+        await services.bus.send(RECORDER, "mcp_server", "record_health",
+                                RecordHealth(name=name, status=found["status"],
+                                             error=found.get("error")))  # fmt: skip
         return Health(name=name, **found)
 
     @post("/{name:str}/tools/{tool:str}/call", guards=[can_write], status_code=200,

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,17 +32,25 @@ def stdio(kind: str = "calc", **env: str) -> dict[str, Any]:
     return {"type": "stdio", "command": [sys.executable, SERVERS, kind, "stdio"], "env": env}
 
 
-async def recorded_calls(
-    http: httpx.AsyncClient, name: str, headers: dict[str, str], count: int
-) -> dict[str, Any]:
-    """The server's view once ``count`` call records reached the read model (the records
-    go through the engine and the projector after the call has answered)."""
+async def server_when(
+    http: httpx.AsyncClient, name: str, headers: dict[str, str],
+    ready: Callable[[dict[str, Any]], bool],
+) -> dict[str, Any]:  # fmt: skip
+    """The server's view once it is ``ready``: call and health records go through the
+    engine and the projector after the call or check has answered."""
     for _ in range(400):
         server: dict[str, Any] = (await http.get(f"{BASE}/{name}", headers=headers)).json()
-        if server["calls"] >= count:
+        if ready(server):
             break
         await asyncio.sleep(0.05)
     return server
+
+
+async def recorded_calls(
+    http: httpx.AsyncClient, name: str, headers: dict[str, str], count: int
+) -> dict[str, Any]:
+    """The server's view once ``count`` call records reached the read model."""
+    return await server_when(http, name, headers, lambda server: server["calls"] >= count)
 
 
 @pytest.fixture
@@ -136,14 +144,17 @@ async def test_a_stdio_server_is_registered_with_its_tools_and_calls_are_checked
         health = (await http.get(f"{BASE}/calc/health", headers=agent)).json()
         assert health["status"] == "healthy", health
         assert health["tools"] == 3
-        after = await recorded_calls(http, "calc", ops, 3)
-        assert (after["calls"], after["failed_calls"]) == (3, 0)
+        after = await server_when(http, "calc", ops, lambda s: s["health"] is not None)
+        assert (after["calls"], after["failed_calls"], after["health"]) == (3, 0, "healthy")
+        again = (await http.get(f"{BASE}/calc/health", headers=agent)).json()
+        assert again["status"] == "healthy"  # unchanged: not recorded again
 
         auditor = gateway.key("auditor-1", "auditor")
         log = (await http.get("/api/v1/events", headers=auditor, params={"limit": 1000})).json()
     events = [e for e in log["items"] if e["aggregate"] == "mcp_server"]
     assert [e["type"] for e in events] == ["McpServerRegistered", "ToolsDiscovered",
-                                           "ToolCalled", "ToolCalled", "ToolCalled"]  # fmt: skip
+                                           "ToolCalled", "ToolCalled", "ToolCalled",
+                                           "McpServerHealthChanged"]  # fmt: skip
     called = events[2]["data"]
     assert called["caller"] == "ops"
     assert called["task_id"] == "task-1"
