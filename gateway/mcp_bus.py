@@ -59,6 +59,29 @@ _ROLE_ORDER = ("admin", "operator", "agent")
 ANSWER_GRACE_SECONDS = 15.0
 
 
+class InFlight:
+    """How many calls each actor has running in this gateway: a bound per actor, so an
+    agent that floods the subject cannot make the gateway start servers without end (the
+    server's ``calls_per_minute`` bounds the rate; this bounds what runs at once)."""
+
+    def __init__(self, per_actor: int = 8) -> None:
+        self.per_actor = per_actor
+        self._running: dict[str, int] = {}
+
+    def admit(self, actor: str) -> bool:
+        if self._running.get(actor, 0) >= self.per_actor:
+            return False
+        self._running[actor] = self._running.get(actor, 0) + 1
+        return True
+
+    def release(self, actor: str) -> None:
+        left = self._running.get(actor, 0) - 1
+        if left > 0:
+            self._running[actor] = left
+        else:
+            self._running.pop(actor, None)
+
+
 def _refusal(command_id: str, code: str, message: str, details: Any = None) -> ToolCallReply:
     return ToolCallReply(command_id=command_id, status="rejected",
                          error=ErrorInfo(code=code, message=message, details=details))  # fmt: skip
@@ -67,9 +90,10 @@ def _refusal(command_id: str, code: str, message: str, details: Any = None) -> T
 class ToolCallService:
     """The gateway's subscriber for ``chorus.cmd.*.tool.call``."""
 
-    def __init__(self, services: Services, keys: KeyStore) -> None:
+    def __init__(self, services: Services, keys: KeyStore, per_actor: int = 8) -> None:
         self.services = services
         self.keys = keys
+        self.in_flight = InFlight(per_actor)
         self._sub: Subscription | None = None
         self._running: set[asyncio.Task[None]] = set()
 
@@ -90,13 +114,24 @@ class ToolCallService:
     async def _on_message(self, msg: Msg) -> None:
         if not msg.reply:
             return  # nobody to answer: a call is only ever made as a request
+        parsed = parse_command_subject(msg.subject)
+        actor = parsed.actor if parsed is not None else ""
+        if not self.in_flight.admit(actor):
+            busy = _refusal("", codes.RATE_LIMITED,
+                            f"{actor} has {self.in_flight.per_actor} tool calls running here; "
+                            "wait for one to end", {"retry_after": 1})  # fmt: skip
+            await self._publish(msg, busy)
+            return
         # Never awaited here: the subscription's callbacks run one after another.
         task = asyncio.create_task(self._answer(msg))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
+        task.add_done_callback(lambda _: self.in_flight.release(actor))
 
     async def _answer(self, msg: Msg) -> None:
-        reply = await self.handle(msg.subject, msg.data)
+        await self._publish(msg, await self.handle(msg.subject, msg.data))
+
+    async def _publish(self, msg: Msg, reply: ToolCallReply) -> None:
         try:
             await self.services.nc.publish(msg.reply, _encoder.encode(reply))
         except Exception as error:  # the caller went away; the call is recorded anyway

@@ -66,3 +66,14 @@ def test_the_asyncapi_document_publishes_tool_calls_with_their_reply() -> None:
         {"$ref": "#/components/messages/tool_call_reply"}
     ]
     assert {"tool.call", "ToolCallReply"} <= set(json_schemas()["contracts"])
+
+
+def test_a_gateway_bounds_how_many_tool_calls_one_actor_runs_at_once() -> None:
+    from gateway.mcp_bus import InFlight
+
+    bound = InFlight(per_actor=2)
+    assert bound.admit("agent-1") and bound.admit("agent-1")
+    assert not bound.admit("agent-1")  # a third waits for one to end
+    assert bound.admit("agent-2")  # others are not held up
+    bound.release("agent-1")
+    assert bound.admit("agent-1")
