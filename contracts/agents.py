@@ -25,6 +25,20 @@ OutputHash = Annotated[str, Meta(min_length=1, max_length=200)]
 #: A task is a session the agent took part in (its id), or a workflow phase
 #: (``<workflow_id>/<phase>``).
 TaskId = Annotated[str, Meta(min_length=1, max_length=200)]
+#: A registered MCP server's name (``contracts.mcp``).
+ServerName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_\-]{0,63}$")]
+Digest = Annotated[str, Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
+
+
+class ToolCallRef(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A tool call on record that completion evidence cites: the ``ToolCalled`` event at
+    ``version`` of server ``server``'s aggregate (a call's answer gives it as
+    ``recorded_version``). It must be the agent's own call, made for the task, that
+    succeeded; ``result_digest``, when given, must be the recorded digest of its result."""
+
+    server: ServerName
+    version: Annotated[int, Meta(ge=1)]
+    result_digest: Digest | None = None
 
 
 _canonical = msgspec.json.Encoder(order="sorted")
@@ -114,6 +128,8 @@ class VerifyCompletion(Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     completion_time: Annotated[datetime, Meta(tz=True)]
     output_hash: OutputHash
     response_time: Annotated[float, Meta(ge=0, le=30 * 86_400)] | None = None
+    #: Tool calls the result came from (each checked against the record, see ToolCallRef).
+    tool_calls: Annotated[list[ToolCallRef], Meta(max_length=100)] = []
 
     def __post_init__(self) -> None:
         try:  # a zone offset can push a valid local time past the year 9999 in UTC

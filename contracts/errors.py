@@ -58,6 +58,7 @@ TOOL_NOT_FOUND = "tool_not_found"
 INVALID_ARGUMENTS = "invalid_arguments"  # a tool call's arguments break the tool's schema
 MCP_SERVER_UNAVAILABLE = "mcp_server_unavailable"  # could not connect, or it failed
 TOOL_TIMEOUT = "tool_timeout"
+RATE_LIMITED = "rate_limited"  # too many calls: retry after details.retry_after seconds
 RESERVED_ID = "reserved_id"  # a client chose an id that is not a random (version 4) UUID
 
 # Infrastructure
@@ -104,6 +105,7 @@ HTTP_STATUS: dict[str, int] = {
     INVALID_ARGUMENTS: 400,
     MCP_SERVER_UNAVAILABLE: 502,
     TOOL_TIMEOUT: 504,
+    RATE_LIMITED: 429,
     RESERVED_ID: 400,
     INTERNAL_ERROR: 500,
     STORE_UNAVAILABLE: 503,

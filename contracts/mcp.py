@@ -15,15 +15,16 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from contracts.agents import Digest as Digest
+from contracts.agents import ServerName as ServerName
 from contracts.agents import TaskId
+from contracts.errors import ErrorInfo
 from contracts.sessions import Id
 
 MCP_NAMESPACE = uuid.UUID("0b1f3f7e-55b8-4d7e-8c3a-6d63705f7372")
-ServerName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_\-]{0,63}$")]
 ToolName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_\-.]{1,128}$")]
 #: The name of an environment variable holding a secret (its value is never recorded).
 EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
-Digest = Annotated[str, Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
 Role = Literal["agent", "operator", "auditor", "admin"]
 Outcome = Literal["ok", "error", "timeout", "unavailable"]
 
@@ -144,12 +145,66 @@ class RecordToolCall(Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     result: Any = None
 
 
+class CallTool(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Call a tool of a registered server (``chorus.cmd.<actor>.tool.call``; answered by the
+    gateway, never the engine): ``arguments`` are checked against the tool's recorded input
+    schema first; give ``task_id`` when the call is for a task, so completion evidence can
+    cite it."""
+
+    server: ServerName
+    tool: ToolName
+    arguments: dict[str, Any] = {}
+    task_id: TaskId | None = None
+
+
+class ToolCallOutcome(Struct, kw_only=True):
+    """What a call returned and how it is recorded: ``result_digest`` is the digest of
+    ``result`` (canonical JSON), ``args_digest`` that of the arguments; ``recorded_version``
+    is the version of its ``ToolCalled`` event on the server's aggregate (what evidence
+    cites), ``position`` its place in the global log."""
+
+    server: str
+    tool: str
+    outcome: str
+    result: dict[str, Any] | None
+    error: str | None
+    duration_ms: float
+    schema_digest: str
+    args_digest: str
+    result_digest: str | None
+    recorded_version: int | None
+    position: int
+
+
+class ToolCallReply(Struct, kw_only=True):
+    """The answer to ``tool.call`` on the request's reply subject: ``ok`` with the call's
+    outcome, or ``rejected`` with the same stable code the HTTP route gives (a call that
+    timed out or whose server failed is recorded first: ``details.position``)."""
+
+    command_id: str
+    status: Literal["ok", "rejected"]
+    result: ToolCallOutcome | None = None
+    error: ErrorInfo | None = None
+
+
+class RecordHealth(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """What a health check found (recorded by ``RECORDER`` when the status changed)."""
+
+    name: ServerName
+    status: Literal["healthy", "unhealthy"]
+    error: Annotated[str, Meta(max_length=10_000)] | None = None
+
+
+#: Commands the gateway answers (``chorus.cmd.<actor>.tool.<command>``), not the engine.
+TOOL_COMMANDS: dict[str, type[Struct]] = {"call": CallTool}
+
 MCP_COMMANDS: dict[str, type[Struct]] = {
     "register": RegisterMcpServer,
     "configure": ConfigureMcpServer,
     "remove": RemoveMcpServer,
     "record_tools": RecordToolsDiscovered,
     "record_call": RecordToolCall,
+    "record_health": RecordHealth,
 }
 
 

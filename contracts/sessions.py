@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import msgspec
 from msgspec import Meta, Struct
 
 Id = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_\-:@]{1,128}$")]
@@ -36,6 +37,25 @@ class Task(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
 
 
 Capability = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,63}$")]
+#: A tool of a registered MCP server, ``<server>/<tool>`` (short enough to be a capability).
+ToolRef = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_\-]*/[A-Za-z0-9_\-.]+$", max_length=59)]
+
+
+def with_tools(capabilities: list[str], tools: list[str]) -> list[str]:
+    """``capabilities`` and ``tool:<server>/<tool>`` for each required tool, once each: an
+    agent that can use a tool holds that capability, so requiring a tool routes (sessions,
+    dispatched phases, replacements) exactly like requiring a capability."""
+    return list(dict.fromkeys([*capabilities, *(f"tool:{t}" for t in tools)]))
+
+
+def require_tools(struct: Any) -> None:
+    """Fold a frozen struct's ``requires_tools`` into its ``capabilities`` (at decode)."""
+    if struct.requires_tools:
+        msgspec.structs.force_setattr(
+            struct, "capabilities", with_tools(struct.capabilities, struct.requires_tools)
+        )
+
+
 #: What a session does when a participant goes offline before submitting.
 LostPolicy = Literal["wait", "fail_fast", "replace"]
 
@@ -60,8 +80,12 @@ class SessionRequest(Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     on_participant_lost: LostPolicy = "wait"
     timeout_seconds: Annotated[int, Meta(ge=1, le=86_400)] = 600
     coordinator_id: Id | None = None
+    #: Tools (``<server>/<tool>``) every routed participant must be able to use: added to
+    #: ``capabilities`` as ``tool:<server>/<tool>``.
+    requires_tools: Annotated[list[ToolRef], Meta(max_length=100)] = []
 
     def __post_init__(self) -> None:
+        require_tools(self)
         if self.participants and self.size is not None:
             raise ValueError("name participants or give a size to route by, not both")
         if not self.participants and self.size is None:

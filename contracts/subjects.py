@@ -60,6 +60,20 @@ def parse_command_subject(subject: str) -> CommandSubject | None:
     return CommandSubject(actor=parts[2], aggregate=parts[3], command=parts[4])
 
 
+#: Tool calls (``chorus.cmd.<actor>.tool.call``) are answered by the gateways in this queue
+#: group; the engine leaves them alone (a call may take minutes: never in its command path).
+TOOL_QUEUE = "chorus-tools"
+TOOL_AGGREGATE = "tool"
+#: What the gateways subscribe to (and all their service user may take of ``chorus.cmd``).
+TOOL_CALLS = f"{CMD_PREFIX}.*.{TOOL_AGGREGATE}.call"
+
+
+def is_tool_call(subject: str) -> bool:
+    """Whether ``subject`` is a tool call, which the gateways answer, not the engine."""
+    parsed = parse_command_subject(subject)
+    return parsed is not None and (parsed.aggregate, parsed.command) == (TOOL_AGGREGATE, "call")
+
+
 def command_wildcard(aggregate: str = "*") -> str:
     """Subscription subject for every actor's commands to ``aggregate``."""
     return f"{CMD_PREFIX}.*.{aggregate}.*"

@@ -13,7 +13,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta, Struct
 
-from contracts.sessions import Capability, Criteria, Id, LostPolicy
+from contracts.sessions import Capability, Criteria, Id, LostPolicy, ToolRef, require_tools
 
 Name = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_\-]{0,63}$")]
 
@@ -66,11 +66,16 @@ class Phase(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     expected_seconds: Seconds = 600
     delegate: Delegation | None = None
     capabilities: Annotated[list[Capability], Meta(max_length=100)] = []
+    #: Tools the agent must be able to use (``<server>/<tool>``), added to ``capabilities``.
+    requires_tools: Annotated[list[ToolRef], Meta(max_length=100)] = []
     lease_seconds: Seconds = 600
     accept_seconds: Seconds | None = None
     heartbeat_seconds: Seconds | None = None
     max_attempts: Annotated[int, Meta(ge=1, le=100)] = 3
     backoff: Backoff = Backoff()
+
+    def __post_init__(self) -> None:
+        require_tools(self)
 
 
 class WorkflowType(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

@@ -218,10 +218,13 @@ RULES: dict[tuple[str, str], Rule] = {
         ("mcp_server", name): Rule("operators and admins", STAFF, STAFF)
         for name in ("register", "configure", "remove", "record_tools")
     },
-    ("mcp_server", "record_call"): Rule(
-        "the gateway only (it records the tool calls it ran)",
-        WRITERS,
-        NOBODY,
-        lambda state, payload, actor: actor == RECORDER,
-    ),
+    **{
+        ("mcp_server", name): Rule(
+            "the gateway only (it records the tool calls it ran and the health it checked)",
+            WRITERS,
+            NOBODY,
+            lambda state, payload, actor: actor == RECORDER,
+        )
+        for name in ("record_call", "record_health")
+    },
 }

@@ -4,10 +4,12 @@ When a phase whose type has a ``delegate`` rule starts, this opens a session for
 that session closes, it completes the phase with the session's outcome (succeeded) or
 fails it with the reason (failed, timed out, cancelled).
 
-Exactly once in effect, across crashes: it follows the notification log and rebuilds its
-to-do list from the log at start, and every command it sends has an id derived from the
-workflow and phase (the session id too), so anything re-sent after a restart is answered
-``duplicate`` and changes nothing. Work waiting to be opened goes highest priority first.
+Exactly once in effect, across crashes: it follows the notification log, saves its to-do
+list with its position (engine/checkpoint.py) and goes on from there at start, and every
+command it sends has an id derived from the workflow and phase (the session id too), so
+anything re-sent after a restart is answered ``duplicate`` and changes nothing. What it
+knows of a workflow is dropped when the workflow ends. Work waiting to be opened goes
+highest priority first.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ PRIORITY_RANK = {"critical": 0, "high": 1, "normal": 2, "low": 3}
 TOPICS = [
     topic_of("workflow", t)
     for t in ("WorkflowStarted", "PhaseStarted", "PhaseCompleted", "PhaseFailed",
-              "WorkflowCancelled")
+              "WorkflowCancelled", "WorkflowCompleted", "WorkflowFailed")
 ] + [
     topic_of("session", t)
     for t in ("SessionOpened", "SessionFinalised", "SessionTimedOut", "SessionCancelled")
@@ -75,11 +77,20 @@ class _ToOpen:
 
 class DelegationManager(LogFollower):
     topics = TOPICS
+    checkpoint_fields = (
+        "_workflows", "_to_open", "_opened", "_phase_of", "_to_finish", "_done", "_to_cancel",
+    )  # fmt: skip
+    checkpoint_modules = ("contracts.workflow_types",)
 
     def __init__(
-        self, recorder: ApplicationRecorder, worker: CommandWorker, *, idle: float = 0.1
+        self,
+        recorder: ApplicationRecorder,
+        worker: CommandWorker,
+        *,
+        idle: float = 0.1,
+        checkpoint_every: float = 1.0,
     ) -> None:
-        super().__init__(recorder, worker, idle=idle)
+        super().__init__(recorder, worker, idle=idle, checkpoint_every=checkpoint_every)
         self._workflows: dict[str, _Workflow] = {}
         self._to_open: list[_ToOpen] = []
         self._opened: set[str] = set()  # session ids known to exist
@@ -118,22 +129,56 @@ class DelegationManager(LogFollower):
                         if sid in self._opened:
                             # Nobody will use its outcome: release its agents now.
                             self._to_cancel.add(sid)
+                self._forget(wid)
+            case "WorkflowCompleted" | "WorkflowFailed":
+                self._forget(wid)
             case "SessionOpened":
                 # Only a session the engine opened speaks for a phase: someone who guessed
                 # the derived id and opened it first must not finish the phase.
                 if data["opened_by"] == SYSTEM and record.aggregate_id in self._phase_of:
                     self._opened.add(record.aggregate_id)
             case "SessionCancelled" if record.aggregate_id in self._to_cancel:
-                self._to_cancel.discard(record.aggregate_id)
+                self._cancelled(record.aggregate_id)
             case "SessionFinalised" | "SessionTimedOut" | "SessionCancelled":
                 sid = record.aggregate_id
-                self._to_cancel.discard(sid)
+                if sid in self._to_cancel:
+                    self._cancelled(sid)
+                    return
                 if sid in self._opened and self._phase_of[sid] not in self._done:
                     self._to_finish[sid] = (record.type, data)
 
     def _finished(self, workflow_id: str, phase: str) -> None:
         self._done.add((workflow_id, phase))
         self._to_finish.pop(delegated_session_id(workflow_id, phase), None)
+
+    def _forget(self, workflow_id: str) -> None:
+        """The workflow ended: nothing of it is needed any more, except the sessions still
+        to be cancelled (until they are)."""
+        workflow = self._workflows.pop(workflow_id, None)
+        if workflow is None:
+            return
+        for phase in workflow.phases:
+            sid = delegated_session_id(workflow_id, phase)
+            self._to_finish.pop(sid, None)
+            if sid not in self._to_cancel:
+                self._phase_of.pop(sid, None)
+                self._opened.discard(sid)
+                self._done.discard((workflow_id, phase))
+
+    def _cancelled(self, sid: str) -> None:
+        """A session of a cancelled workflow is closed (by us or otherwise)."""
+        self._to_cancel.discard(sid)
+        key = self._phase_of.get(sid)
+        if key is not None and key[0] not in self._workflows:
+            del self._phase_of[sid]
+            self._opened.discard(sid)
+            self._done.discard(key)
+
+    def prune(self) -> None:
+        """Work queued for workflows that ended leaves the heap."""
+        if any(item.workflow_id not in self._workflows for item in self._to_open):
+            self._to_open = [i for i in self._to_open if i.workflow_id in self._workflows]
+            heapq.heapify(self._to_open)
 
     async def act(self) -> None:
         await self._open_due()
@@ -145,7 +190,7 @@ class DelegationManager(LogFollower):
             item = heapq.heappop(self._to_open)
             key = (item.workflow_id, item.phase)
             sid = delegated_session_id(*key)
-            if key in self._done or sid in self._opened:
+            if key in self._done or sid in self._opened or key[0] not in self._workflows:
                 continue
             workflow = self._workflows[item.workflow_id]
             rule = workflow.phases[item.phase].delegate
@@ -211,7 +256,7 @@ class DelegationManager(LogFollower):
             )  # fmt: skip
             reply = await self._send(command)
             if not _retryable(reply):
-                self._to_cancel.discard(sid)
+                self._cancelled(sid)
 
     def _fail(self, wid: str, phase: str, code: str, message: str) -> Command:
         payload = FailPhase(workflow_id=wid, phase=phase,

@@ -25,8 +25,10 @@ Exactly once in effect: every command id is derived from what it reacts to
 (``assign:<wid>/<phase>:<attempt>``, ``lease:<...>:<attempt>``, ...), and the workflow
 allows one live attempt per phase, so a restarted or second dispatcher re-sends only
 duplicates or refused commands: no phase is assigned twice at once. The assignment is
-recorded before anything is sent, so a crash loses no task: the next dispatcher re-reads
-the log and delivers every open one.
+recorded before anything is sent, so a crash loses no task: the next dispatcher goes on
+from its checkpoint (engine/checkpoint.py: its state and position, saved between rounds),
+re-reads the log after it and delivers every open one. A workflow's or session's entries
+are dropped when it ends.
 """
 
 from __future__ import annotations
@@ -135,6 +137,11 @@ class _Session:
 
 class Dispatcher(LogFollower):
     topics = TOPICS
+    checkpoint_fields = (
+        "_workflows", "_next", "_live", "_busy", "_delegate", "_sessions", "_of_session",
+        "_agent_names", "_back_online", "_lease_lost", "_caught_up", "_lost", "_since",
+    )  # fmt: skip
+    checkpoint_modules = ("engine.workflow", "contracts.workflow_types", "contracts.agents")
 
     def __init__(
         self,
@@ -145,8 +152,9 @@ class Dispatcher(LogFollower):
         config: DispatchConfig | None = None,
         *,
         idle: float = 0.1,
+        checkpoint_every: float = 1.0,
     ) -> None:
-        super().__init__(recorder, worker, idle=idle)
+        super().__init__(recorder, worker, idle=idle, checkpoint_every=checkpoint_every)
         self.nc = nc
         self.clock = clock
         self.config = config or DispatchConfig()
@@ -297,7 +305,9 @@ class Dispatcher(LogFollower):
         return live
 
     def _forget(self, wid: str) -> None:
-        self._workflows.pop(wid, None)
+        workflow = self._workflows.pop(wid, None)
+        for phase in workflow.phases if workflow else ():
+            self._of_session.pop(delegated_session_id(wid, phase.name), None)
         self._next.pop(wid, None)
         self._delegate.discard(wid)
         self._lost.pop(wid, None)
@@ -313,7 +323,7 @@ class Dispatcher(LogFollower):
     def _observe_session(self, record: EventRecord) -> None:
         sid, data = record.aggregate_id, record.data
         if record.type == "SessionOpened":
-            wid, phase = self._of_session.get(sid, (None, None))
+            wid, phase = self._of_session.pop(sid, (None, None))
             workflow = self._workflows.get(wid) if wid else None
             priority = workflow.started["priority"] if workflow else "normal"
             inputs = dict(workflow.results) if workflow else {}

@@ -18,6 +18,12 @@ claimed twice under two spellings. The claim holds when every check passes:
   between the assignment and now, give or take ``CLOCK_SKEW``;
 - ``response_time_implausible``: a stated ``response_time`` fits between the assignment
   and the recorded result (the record, not the agent's word, bounds timing).
+- each cited tool call (``tool_calls``: server and version of its ``ToolCalled``) is on
+  record as a call made for a task (``tool_call_not_found``), by this agent
+  (``tool_call_not_yours``: nobody can borrow another actor's call, and only the gateway
+  records calls, naming the caller its credential proved), for this task
+  (``tool_call_other_task``), that succeeded (``tool_call_failed``), with the result digest
+  the evidence states, if it states one (``tool_result_mismatch``).
 
 Quality of a verified completion, in [0, 1] (a rejected one scores 0):
 
@@ -48,10 +54,11 @@ from typing import Any
 from uuid import UUID
 
 from contracts.agents import VerifyCompletion, result_hash
+from contracts.mcp import server_uuid
 from contracts.roles import STAFF
 from engine.authz import SYSTEM
 from engine.context import EngineContext
-from events.agent import CompletionRejected, CompletionVerified, Rejection
+from events.agent import CitedToolCall, CompletionRejected, CompletionVerified, Rejection
 
 CLOCK_SKEW = timedelta(seconds=5)
 
@@ -183,6 +190,7 @@ def judge(
                 f"output_hash {cmd.output_hash} differs from the recorded "
                 f"{facts.recorded_hash}")))  # fmt: skip
     reasons += _timing_problems(cmd, facts, now)
+    reasons += tool_call_problems(cmd, task_id, ctx)
     response = cmd.response_time
     if response is None:  # assignment to completion, at most to the recorded result
         done = min(cmd.completion_time, facts.recorded_at or cmd.completion_time)
@@ -204,7 +212,35 @@ def judge(
         quality_score=quality_score(parts),
         score_parts=parts,
         counts=facts.counts,
-    )
+        tool_calls=[CitedToolCall(server=c.server, version=c.version,
+                                  result_digest=c.result_digest) for c in cmd.tool_calls],
+    )  # fmt: skip
+
+
+def tool_call_problems(cmd: VerifyCompletion, task_id: str, ctx: EngineContext) -> list[Rejection]:
+    """Why each cited tool call does not back this claim (see the module docstring)."""
+    out: list[Rejection] = []
+    for ref in cmd.tool_calls:
+        where = f"tool call {ref.server}@{ref.version}"
+        server: Any = ctx.load("mcp_server", server_uuid(ref.server))
+        call = server.task_calls.get(ref.version) if server.version > 0 else None
+        if call is None:
+            out.append(Rejection(code="tool_call_not_found",
+                                 message=f"{where} is not on record as a call for a task"))  # fmt: skip
+            continue
+        if call.caller != cmd.agent_id:
+            out.append(Rejection(code="tool_call_not_yours",
+                                 message=f"{where} was made by {call.caller}, not {cmd.agent_id}"))  # fmt: skip
+        if canonical_task_id(call.task_id) != task_id:
+            out.append(Rejection(code="tool_call_other_task",
+                                 message=f"{where} was made for task {call.task_id}"))  # fmt: skip
+        if call.outcome != "ok":
+            out.append(Rejection(code="tool_call_failed",
+                                 message=f"{where} ended {call.outcome}"))  # fmt: skip
+        if ref.result_digest is not None and ref.result_digest != call.result_digest:
+            out.append(Rejection(code="tool_result_mismatch", message=(
+                f"{where} recorded result {call.result_digest}, not {ref.result_digest}")))  # fmt: skip
+    return out
 
 
 def _timing_problems(cmd: VerifyCompletion, facts: TaskFacts, now: datetime) -> list[Rejection]:

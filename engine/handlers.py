@@ -23,6 +23,7 @@ from contracts.agents import (
 from contracts.envelope import Envelope
 from contracts.mcp import (
     ConfigureMcpServer,
+    RecordHealth,
     RecordToolCall,
     RecordToolsDiscovered,
     RegisterMcpServer,
@@ -155,6 +156,7 @@ HANDLERS: dict[tuple[str, str], Handler] = {
                 ("remove", RemoveMcpServer, mcp.decide_remove),
                 ("record_tools", RecordToolsDiscovered, mcp.decide_record_tools),
                 ("record_call", RecordToolCall, mcp.decide_record_call),
+                ("record_health", RecordHealth, mcp.decide_record_health),
             )
         ),
         Handler(

@@ -20,6 +20,7 @@ from contracts.mcp import (
     RECORDER,
     Access,
     ConfigureMcpServer,
+    RecordHealth,
     RecordToolCall,
     RecordToolsDiscovered,
     RegisterMcpServer,
@@ -34,6 +35,7 @@ from engine.context import EngineContext
 from events.codec import GENESIS_HASH
 from events.mcp import (
     McpServerConfigured,
+    McpServerHealthChanged,
     McpServerRegistered,
     McpServerRemoved,
     ToolCalled,
@@ -59,6 +61,17 @@ class ToolNotFound(errors.DomainError):
     code = codes.TOOL_NOT_FOUND
 
 
+@dataclass(frozen=True)
+class CallOnRecord:
+    """What completion evidence checks of a call made for a task (``ToolCalled``)."""
+
+    tool: str
+    caller: str
+    task_id: str
+    outcome: str
+    result_digest: str | None
+
+
 @dataclass
 class McpServerState:
     id: UUID
@@ -73,6 +86,10 @@ class McpServerState:
     tools: dict[str, str] = field(default_factory=dict)
     catalogue_digest: str = ""
     calls: int = 0
+    #: Event version -> the call, for calls made for a task (the ones evidence may cite).
+    task_calls: dict[int, CallOnRecord] = field(default_factory=dict)
+    #: healthy | unhealthy as last recorded ("" before the first check)
+    health: str = ""
 
     @property
     def exists(self) -> bool:
@@ -88,6 +105,7 @@ class McpServerState:
                 self.removed = False
                 self.tools = {}
                 self.catalogue_digest = ""
+                self.health = ""
             case McpServerConfigured():
                 self.owner = event.owner or self.owner
                 self.access = event.access or self.access
@@ -99,6 +117,13 @@ class McpServerState:
                 self.catalogue_digest = event.catalogue_digest
             case ToolCalled():
                 self.calls += 1
+                if event.task_id is not None:
+                    self.task_calls[self.version + 1] = CallOnRecord(
+                        tool=event.tool, caller=event.caller, task_id=event.task_id,
+                        outcome=event.outcome, result_digest=event.result_digest,
+                    )  # fmt: skip
+            case McpServerHealthChanged():
+                self.health = event.status
             case _:
                 raise TypeError(f"not an MCP server event: {type(event).__name__}")
         self.version += 1
@@ -184,12 +209,29 @@ def decide_record_tools(
     return [] if event.catalogue_digest == state.catalogue_digest else [event]
 
 
+def check_recorder(actor: str, what: str) -> None:
+    if actor != RECORDER:
+        raise errors.NotAuthorized(f"only {RECORDER} records {what}; {actor} may not")
+
+
+def decide_record_health(
+    state: McpServerState, cmd: RecordHealth, actor: str, now: datetime,
+    ctx: EngineContext | None = None,
+) -> list[msgspec.Struct]:  # fmt: skip
+    """Only a change of status is recorded (a check that finds what the last one found
+    adds nothing to the log)."""
+    check_recorder(actor, "health checks")
+    state.check_exists(cmd.name)
+    if cmd.status == state.health:
+        return []
+    return [McpServerHealthChanged(status=cmd.status, error=cmd.error, checked_by=actor)]
+
+
 def decide_record_call(
     state: McpServerState, cmd: RecordToolCall, actor: str, now: datetime,
     ctx: EngineContext | None = None,
 ) -> list[msgspec.Struct]:  # fmt: skip
-    if actor != RECORDER:
-        raise errors.NotAuthorized(f"only {RECORDER} records tool calls; {actor} may not")
+    check_recorder(actor, "tool calls")
     state.check_exists(cmd.name)
     known = state.tools.get(cmd.tool)
     if known is None:

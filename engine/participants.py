@@ -5,8 +5,9 @@ and each agent's status; when a pending participant is offline (it went offline,
 already was when the session opened) it sends the session ``participant_lost``, and the
 session's policy (wait, fail_fast, replace) decides what follows. The command id is
 derived from the session, the agent and the agent's version at that moment
-(``lost:<session>:<agent>:<v>``), so a restart that re-reads the log re-sends only
-duplicates, and a participant lost, back, and lost again is reported twice.
+(``lost:<session>:<agent>:<v>``), so a restart that re-reads the log after its checkpoint
+(engine/checkpoint.py) re-sends only duplicates, and a participant lost, back, and lost
+again is reported twice. A session's entries are dropped when it closes.
 
 Under the ``replace`` policy a lost participant with no replacement online stays
 ``waiting``; when an agent later registers, comes online or gains capabilities, the watch
@@ -48,11 +49,20 @@ CLOSING = {"SessionFinalised", "SessionTimedOut", "SessionCancelled"}
 
 class ParticipantWatch(LogFollower):
     topics = TOPICS
+    checkpoint_fields = (
+        "_pending", "_sessions_of", "_name", "_status", "_to_report", "_replacing",
+        "_unreplaced",
+    )  # fmt: skip
 
     def __init__(
-        self, recorder: ApplicationRecorder, worker: CommandWorker, *, idle: float = 0.1
+        self,
+        recorder: ApplicationRecorder,
+        worker: CommandWorker,
+        *,
+        idle: float = 0.1,
+        checkpoint_every: float = 1.0,
     ) -> None:
-        super().__init__(recorder, worker, idle=idle)
+        super().__init__(recorder, worker, idle=idle, checkpoint_every=checkpoint_every)
         self._pending: dict[str, set[str]] = {}  # session -> participants yet to submit
         self._sessions_of: dict[str, set[str]] = {}  # agent -> open sessions waiting on it
         self._name: dict[str, str] = {}  # agent aggregate id -> agent id

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,6 +159,19 @@ class EngineService:
                 asyncio.create_task(self.participants.run(), name="engine-participants")
             )
         await self.worker.start()
+
+    async def wait_ready(self) -> None:
+        """Until every process manager has read the log up to its end (from its checkpoint)
+        and the agent directories are current: what a start-up costs."""
+        managers = [self.timer, self.delegation, self.dispatcher, self.participants]
+        waits: list[Awaitable[object]] = [m.ready.wait() for m in managers if m is not None]
+        directories = [self.worker.processor.directory] if self.worker is not None else []
+        if self.dispatcher is not None:
+            directories.append(self.dispatcher.directory)
+        if self.liveness is not None:
+            directories.append(self.liveness.directory)
+        waits += [asyncio.to_thread(d.catch_up) for d in directories]
+        await asyncio.gather(*waits)
 
     def _committed(self) -> None:
         """New events: the relay and the dispatcher look now rather than at their next poll."""

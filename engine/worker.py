@@ -39,6 +39,7 @@ from contracts.subjects import (
     ENGINE_QUEUE,
     dlq_subject,
     is_token,
+    is_tool_call,
     parse_command_subject,
 )
 from contracts.tracing import extract
@@ -208,6 +209,8 @@ class CommandWorker:
         self._writer.shutdown(wait=True)
 
     async def _on_message(self, msg: Msg) -> None:
+        if is_tool_call(msg.subject):
+            return  # the gateways answer tool calls (queue group chorus-tools), never the engine
         try:
             if self.on_heartbeat is not None and msg.subject.endswith(HEARTBEAT_SUFFIX):
                 if violation := check_command_bytes(msg.data):

@@ -55,6 +55,14 @@ class Rejection(Struct, kw_only=True, frozen=True):
     message: str
 
 
+class CitedToolCall(Struct, kw_only=True, frozen=True):
+    """A ``ToolCalled`` event (server, version on its aggregate) that backed a verdict."""
+
+    server: str
+    version: int
+    result_digest: str | None = None
+
+
 class CompletionVerified(Struct, kw_only=True, frozen=True):
     """The evidence matched the record. ``quality_score`` in [0, 1], see engine/evidence.py.
 
@@ -71,6 +79,8 @@ class CompletionVerified(Struct, kw_only=True, frozen=True):
     quality_score: float
     score_parts: dict[str, float]
     counts: bool = True
+    #: The tool calls on record that the evidence cited, each checked (engine/evidence.py).
+    tool_calls: list[CitedToolCall] = []
 
 
 class CompletionRejected(Struct, kw_only=True, frozen=True):

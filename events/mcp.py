@@ -64,6 +64,15 @@ class ToolCalled(Struct, kw_only=True, frozen=True):
     result: Any = None
 
 
+class McpServerHealthChanged(Struct, kw_only=True, frozen=True):
+    """A health check found the server ``healthy`` or ``unhealthy`` (and why), where the
+    last one recorded said otherwise: the log holds transitions, not every check."""
+
+    status: str
+    error: str | None = None
+    checked_by: str
+
+
 MCP_EVENTS: dict[str, type[Struct]] = {
     cls.__name__: cls
     for cls in (
@@ -72,5 +81,6 @@ MCP_EVENTS: dict[str, type[Struct]] = {
         McpServerRemoved,
         ToolsDiscovered,
         ToolCalled,
+        McpServerHealthChanged,
     )
 }

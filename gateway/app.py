@@ -36,6 +36,7 @@ from gateway.headers import AllowedHostsMiddleware, SecurityHeaders, cors_config
 from gateway.health import health, ready
 from gateway.jwt_tokens import Tokens, issue_token, load_secret
 from gateway.keys import KeyStore
+from gateway.mcp_bus import ToolCallService
 from gateway.mcp_http import McpHttp
 from gateway.mcp_registry import McpServerController, list_tools
 from gateway.metrics import (
@@ -66,7 +67,12 @@ def create_app(config: GatewayConfig) -> Litestar:
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         async with connect_services(config, workflow_types, audit_key_path) as services:
             services_box["services"] = services
-            yield
+            tool_calls = ToolCallService(services, key_store)  # chorus.cmd.*.tool.call
+            await tool_calls.start()
+            try:
+                yield
+            finally:
+                await tool_calls.stop()
 
     def provide_services() -> Services:
         return services_box["services"]

@@ -20,6 +20,7 @@ from contracts.mcp import (
     Access,
     ConfigureMcpServer,
     HttpTransport,
+    RecordHealth,
     RecordToolCall,
     RecordToolsDiscovered,
     RegisterMcpServer,
@@ -27,6 +28,7 @@ from contracts.mcp import (
     ServerConfig,
     ServerName,
     StdioTransport,
+    ToolCallOutcome,
     Transport,
     argument_problems,
     catalogue_problems,
@@ -67,23 +69,6 @@ class ConfigureBody(Struct, kw_only=True, forbid_unknown_fields=True):
 class CallBody(Struct, kw_only=True, forbid_unknown_fields=True):
     arguments: dict[str, Any] = {}
     task_id: TaskId | None = None
-
-
-class ToolCallOutcome(Struct, kw_only=True):
-    """What a call returned and how it is recorded: ``result_digest`` is the digest of
-    ``result`` (canonical JSON), ``args_digest`` that of the arguments."""
-
-    server: str
-    tool: str
-    outcome: str
-    result: dict[str, Any] | None
-    error: str | None
-    duration_ms: float
-    schema_digest: str
-    args_digest: str
-    result_digest: str | None
-    recorded_version: int | None
-    position: int
 
 
 class Health(Struct, kw_only=True):
@@ -203,6 +188,11 @@ class McpServerController(Controller):
         found = await mcp_client.health(
             _transport(view.transport), view.config.get("timeout_seconds", 30.0)
         )
+        # Recorded when the status changed (the engine keeps transitions only), so the read
+        # model and the history show each server's health.
+        await services.bus.send(RECORDER, "mcp_server", "record_health",
+                                RecordHealth(name=name, status=found["status"],
+                                             error=found.get("error")))  # fmt: skip
         return Health(name=name, **found)
 
     @post("/{name:str}/tools/{tool:str}/call", guards=[can_write], status_code=200,
@@ -231,9 +221,10 @@ class CallLimiter:
             window.popleft()
         if len(window) >= per_minute:
             retry = max(1, int(window[0] + 60 - now) + 1)
-            raise Problem(429, "rate_limited",
+            raise Problem(429, codes.RATE_LIMITED,
                           f"{actor} may call the tools of {server!r} {per_minute} times a minute",
-                          headers={"Retry-After": str(retry)})  # fmt: skip
+                          headers={"Retry-After": str(retry)},
+                          details={"retry_after": retry})  # fmt: skip
         window.append(now)
 
 

@@ -100,11 +100,15 @@ async def read_view(uri: str, caller: Caller) -> Any:
     return to_builtins(await workflow_status(parsed, caller.services))
 
 
-def build_server(principal_of: PrincipalOf, services_of: ServicesOf) -> Server[Any]:
-    """The MCP server; ``principal_of`` and ``services_of`` tie it to a transport."""
+def build_server(
+    principal_of: PrincipalOf, services_of: ServicesOf, *, tools_over_bus: bool = False
+) -> Server[Any]:
+    """The MCP server; ``principal_of`` and ``services_of`` tie it to a transport.
+    ``tools_over_bus``: registered tools are called through a gateway (``chorus mcp``)."""
 
     def caller(ctx: ServerRequestContext[Any, Any]) -> Caller:
-        return Caller(principal=principal_of(ctx), services=services_of())
+        return Caller(principal=principal_of(ctx), services=services_of(),
+                      tools_over_bus=tools_over_bus)  # fmt: skip
 
     async def list_tools(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None

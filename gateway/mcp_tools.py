@@ -18,9 +18,9 @@ import msgspec
 from msgspec import Meta, Struct
 
 from contracts import errors as codes
-from contracts.agents import Heartbeat, RegisterAgent, TaskId, VerifyCompletion
+from contracts.agents import Heartbeat, RegisterAgent, VerifyCompletion
 from contracts.envelope import Reply
-from contracts.mcp import ServerName, ToolName
+from contracts.mcp import CallTool, ServerName
 from contracts.sessions import CancelSession, Id, OpenSession, SessionId, SubmitResult
 from contracts.tasks import AcceptTask
 from contracts.workflows import (
@@ -35,12 +35,14 @@ from gateway.agents import _as_of, _fresh_agent, _verdict, send_heartbeat, tool_
 from gateway.auth import READERS, WRITERS
 from gateway.errors import Problem
 from gateway.keys import Principal
+from gateway.mcp_bus import call_over_bus
 from gateway.mcp_registry import CallBody, run_tool_call
 from gateway.state import Services
 from gateway.workflows import workflow_status
 from projections import agents as agents_model
 from projections import mcp as mcp_model
 from projections import sessions as sessions_model
+from projections import tasks as tasks_model
 from projections import workflows as workflows_model
 
 
@@ -50,6 +52,8 @@ class Caller:
 
     principal: Principal
     services: Services
+    #: Send registered-tool calls over the bus (``chorus mcp``) instead of running them here.
+    tools_over_bus: bool = False
 
 
 Run = Callable[[Caller, Any], Awaitable[Any]]
@@ -261,6 +265,15 @@ async def agent_metrics(caller: Caller, payload: AgentMetrics) -> Any:
 # --- the inbox --------------------------------------------------------------------------
 
 
+class MyTasks(Struct, kw_only=True, forbid_unknown_fields=True):
+    """No arguments: the tasks are always the caller's own."""
+
+
+async def my_tasks(caller: Caller, payload: MyTasks) -> Any:
+    """The caller's open tasks, as its inbox ``chorus.task.<actor>`` delivers them."""
+    return await caller.services.read(tasks_model.list_agent_tasks, caller.principal.actor)
+
+
 async def accept_task(caller: Caller, payload: AcceptTask) -> Any:
     """Acknowledge a task from the inbox (accepting a phase starts it)."""
     reply = await caller.services.bus.send(caller.principal.actor, "task", "accept", payload)
@@ -270,14 +283,12 @@ async def accept_task(caller: Caller, payload: AcceptTask) -> Any:
 # --- registered MCP servers -----------------------------------------------------------
 
 
-class CallRegisteredTool(Struct, kw_only=True, forbid_unknown_fields=True):
-    server: ServerName
-    tool: ToolName
-    arguments: dict[str, Any] = {}
-    task_id: TaskId | None = None
-
-
-async def call_registered_tool(caller: Caller, payload: CallRegisteredTool) -> Any:
+async def call_registered_tool(caller: Caller, payload: CallTool) -> Any:
+    """In the gateway the call runs here; ``chorus mcp`` sends it over the bus
+    (``tool.call``) to a gateway, which holds the servers' secrets and records calls."""
+    if caller.tools_over_bus:
+        return await call_over_bus(caller.services.nc, caller.services, caller.principal.actor,
+                                   payload)  # fmt: skip
     body = CallBody(arguments=payload.arguments, task_id=payload.task_id)
     return await run_tool_call(caller.principal, caller.services, payload.server,
                                payload.tool, body)  # fmt: skip
@@ -380,6 +391,14 @@ TOOLS: dict[str, Tool] = _tools(
         _phase_command("fail_phase"),
     ),
     Tool(
+        "my_tasks",
+        "Your open tasks (workflow phases and sessions assigned to you), oldest first.",
+        MyTasks,
+        my_tasks,
+        READERS,
+        read_only=True,
+    ),
+    Tool(
         "accept_task",
         "Accept a task from your inbox (a phase task starts the phase); stops redelivery.",
         AcceptTask,
@@ -394,7 +413,8 @@ TOOLS: dict[str, Tool] = _tools(
     Tool("heartbeat", "Say you are alive (agent_id defaults to you).", Heartbeat, heartbeat),
     Tool(
         "verify_completion",
-        "Submit completion evidence for a task; returns the engine's verdict.",
+        "Submit completion evidence for a task (cite the tool calls on record that the "
+        "result came from in tool_calls); returns the engine's verdict.",
         VerifyCompletion,
         verify_completion,
     ),
@@ -419,7 +439,7 @@ TOOLS: dict[str, Tool] = _tools(
         "call_registered_tool",
         "Call a tool of a registered MCP server through Chorus: arguments checked against "
         "its schema, the call recorded (give task_id when it is for a task).",
-        CallRegisteredTool,
+        CallTool,
         call_registered_tool,
     ),
     Tool(

@@ -107,14 +107,17 @@ ServicesDep = NamedDependency[Services]
 
 @asynccontextmanager
 async def connect_services(
-    config: GatewayConfig, workflow_types: WorkflowTypeRegistry, audit_key_path: Path
+    config: GatewayConfig,
+    workflow_types: WorkflowTypeRegistry,
+    audit_key_path: Path,
+    **nats_options: Any,
 ) -> AsyncIterator[Services]:
     """Connect what the handlers share; used by the HTTP app and by ``chorus mcp`` (stdio),
-    so both speak to the engine and read models the same way."""
-    nc = await nats.connect(
-        config.nats_url, name="chorus-gateway", max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-    )  # fmt: skip
+    so both speak to the engine and read models the same way. ``nats_options`` go to
+    ``nats.connect`` (``chorus mcp`` connects as its caller: name and reply inbox)."""
+    options: dict[str, Any] = {"name": "chorus-gateway", "max_reconnect_attempts": -1,
+                               "reconnect_time_wait": 0.5, **nats_options}  # fmt: skip
+    nc = await nats.connect(config.nats_url, **options)
     history = History(config.database_url)
     feeds = FeedHub(nc, history.head)
     try:

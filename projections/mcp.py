@@ -38,8 +38,14 @@ DDL = [
         schema_digest TEXT NOT NULL,
         PRIMARY KEY (server, name)
     )""",
+    """CREATE TABLE IF NOT EXISTS mcp_health (
+        server TEXT PRIMARY KEY,
+        status TEXT NOT NULL,            -- healthy | unhealthy, as last recorded
+        error TEXT,
+        since TEXT NOT NULL
+    )""",
 ]
-TABLES = ["mcp_servers", "mcp_tools"]
+TABLES = ["mcp_servers", "mcp_tools", "mcp_health"]
 
 _json = msgspec.json.Encoder(order="sorted")
 _decode = msgspec.json.Decoder()
@@ -72,6 +78,11 @@ class McpServerView(msgspec.Struct, kw_only=True):
     version: int
     registered_at: str
     updated_at: str
+    #: The last recorded health check: healthy | unhealthy (None: never checked), since
+    #: when, and why unhealthy.
+    health: str | None = None
+    health_since: str | None = None
+    health_error: str | None = None
 
 
 class McpServersProjection:
@@ -88,6 +99,7 @@ class McpServersProjection:
         if record.type == "McpServerRegistered":
             name = data["name"]
             conn.execute("DELETE FROM mcp_tools WHERE server=?", (name,))
+            conn.execute("DELETE FROM mcp_health WHERE server=?", (name,))
             conn.execute(
                 "INSERT OR REPLACE INTO mcp_servers VALUES "
                 "(?, ?, ?, 'active', ?, ?, ?, ?, NULL, 0, 0, NULL, ?, ?, ?)",
@@ -118,6 +130,9 @@ class McpServersProjection:
                      for t in data["tools"]],
                 )  # fmt: skip
                 sets["catalogue_digest"] = data["catalogue_digest"]
+            case "McpServerHealthChanged":
+                conn.execute("INSERT OR REPLACE INTO mcp_health VALUES (?, ?, ?, ?)",
+                             (name, data["status"], data.get("error"), at))  # fmt: skip
             case "ToolCalled":
                 conn.execute(
                     "UPDATE mcp_servers SET calls = calls + 1, failed_calls = failed_calls + ? "
@@ -143,11 +158,19 @@ def _tools(conn: sqlite3.Connection, server: str | None = None) -> list[ToolView
 
 
 def _view(conn: sqlite3.Connection, row: Any) -> McpServerView:
+    try:
+        health = conn.execute(
+            "SELECT status, since, error FROM mcp_health WHERE server=?", (row[0],)
+        ).fetchone()
+    except sqlite3.OperationalError:  # a read store from before health was recorded
+        health = None
     return McpServerView(
         name=row[0], status=row[3], transport=_decode.decode(row[4]), owner=row[5],
         access=_decode.decode(row[6]), config=_decode.decode(row[7]), catalogue_digest=row[8],
         calls=row[9], failed_calls=row[10], last_call_at=row[11], version=row[12],
         registered_at=row[13], updated_at=row[14], tools=_tools(conn, row[0]),
+        health=health[0] if health else None, health_since=health[1] if health else None,
+        health_error=health[2] if health else None,
     )  # fmt: skip
 
 

@@ -33,7 +33,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from contracts.subjects import DLQ_STREAM, EVENTS_STREAM, LIVENESS_BUCKET, agent_inbox_prefix
+from contracts.subjects import (
+    DLQ_STREAM,
+    EVENTS_STREAM,
+    LIVENESS_BUCKET,
+    TOOL_CALLS,
+    agent_inbox_prefix,
+)
 from gateway.keys import KeyStore
 
 SERVICES = {"engine": "chorus-engine", "gateway": "chorus-gateway", "demo": "chorus-demo"}
@@ -85,10 +91,12 @@ SERVICE_PERMISSIONS: dict[str, dict[str, Any]] = {
     },
     # Publishes commands for the HTTP caller it authenticated, pings agents, reads the
     # EVENTS stream (ordered consumers deliver to its inbox) and the liveness bucket; it
-    # cannot create, change or delete a stream.
+    # cannot create, change or delete a stream. It answers tool calls (chorus.cmd.*.tool.call,
+    # queue group chorus-tools), which the engine leaves alone.
     "gateway": {
         "publish": {"allow": ["chorus.cmd.>", "chorus.agent.*.ping", *GATEWAY_JS_READS]},
-        "subscribe": {"allow": ["_INBOX.>"]},
+        "subscribe": {"allow": ["_INBOX.>", TOOL_CALLS]},
+        "allow_responses": True,
     },
     # The demo fleet of `chorus up --demo`: its agents act only as themselves. It shares
     # one user and the plain reply inbox: a demo, not a deployment.

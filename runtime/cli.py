@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent_cli.add_parsers(sub)
     mcp = sub.add_parser("mcp", help="serve MCP on stdin/stdout as the actor of CHORUS_API_KEY")
     _common(mcp)
+    mcp.add_argument("--key", help="your API key, also your bus credential (env CHORUS_API_KEY)")
 
     schema = sub.add_parser("schema", help="write JSON Schema and AsyncAPI of the bus contracts")
     schema.add_argument("--out", type=Path, default=Path("schema"))
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         case "mcp":
             from runtime.mcp import run_mcp
 
-            return run_mcp(settings)
+            return run_mcp(settings, args.key)
         case "schema":
             from runtime.schema import write_schema
 

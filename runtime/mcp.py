@@ -1,7 +1,10 @@
 """``chorus mcp``: Chorus as an MCP server on stdin/stdout, for a local LLM agent.
 
-The process acts as the actor of one API key (``CHORUS_API_KEY``), checked against the key
-store at start, exactly as the gateway checks it; it speaks to a running Chorus (NATS, the
+The process acts as the actor of one API key (``--key`` or ``CHORUS_API_KEY``), checked
+against the key store at start, exactly as the gateway checks it. On the bus it is that
+actor too: the key is its NATS credential (user: the key's id, password: the key) and its
+replies come on the actor's own inbox (``_INBOX_<actor>``), so a secured bus lets it do
+what the key's holder may do and nothing more. It speaks to a running Chorus (NATS, the
 event store and the read models) like a gateway does. Logs go to stderr: stdout is the
 protocol.
 """
@@ -13,13 +16,18 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from mcp.server.stdio import stdio_server
 
+from contracts.subjects import agent_inbox_prefix
 from contracts.workflow_types import WorkflowTypeRegistry
 from gateway.keys import KeyStore, Principal
 from gateway.mcp_server import build_server
 from gateway.state import GatewayConfig, Services, connect_services
+from runtime import busauth
+from runtime.agent_sdk import bus_url
 from runtime.settings import Settings
 
 API_KEY_ENV = "CHORUS_API_KEY"
@@ -28,37 +36,55 @@ API_KEY_ENV = "CHORUS_API_KEY"
 def authenticate(settings: Settings, key: str | None) -> Principal:
     """The principal of ``key``, or exit with the reason (an MCP client shows stderr)."""
     if not key:
-        raise SystemExit(f"chorus mcp: set {API_KEY_ENV} to your API key (chorus keys create)")
+        raise SystemExit(
+            f"chorus mcp: give your API key with --key or {API_KEY_ENV} (chorus keys create)"
+        )
     principal = KeyStore(Path(str(settings.keys_path))).authenticate(key)
     if principal is None:
         raise SystemExit("chorus mcp: the API key is unknown or revoked")
     return principal
 
 
-async def serve(settings: Settings, principal: Principal) -> None:
-    s = settings.resolved()
-    if not s.nats_url:
+def bus_connection(settings: Settings, key: str, actor: str) -> tuple[str, dict[str, Any]]:
+    """Where and how to connect as ``actor``: the configured NATS URL, else the one
+    ``chorus up`` runs for the data directory; the key is the credential unless the URL
+    already carries one (a deployment that hands out its own bus credentials)."""
+    url = settings.nats_url or busauth.running_url(settings.data_dir / "nats")
+    if not url:
         raise SystemExit(
-            "chorus mcp: CHORUS_NATS_URL (or --nats-url) of a running Chorus is required"
+            "chorus mcp: no NATS to connect to: set CHORUS_NATS_URL (or --nats-url), or run "
+            "it where chorus up runs (--data-dir)"
         )
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        url = bus_url(url, key)
+    options = {"name": f"chorus-mcp-{actor}", "inbox_prefix": agent_inbox_prefix(actor)}
+    return url, options
+
+
+async def serve(settings: Settings, principal: Principal, key: str) -> None:
+    s = settings.resolved()
+    url, options = bus_connection(s, key, principal.actor)
     config = GatewayConfig(
-        nats_url=s.nats_url,
+        nats_url=url,
         database_url=str(s.database_url),
         read_store_url=str(s.read_store_url),
         keys_path=str(s.keys_path),
         workflow_types_path=str(s.workflow_types) if s.workflow_types else None,
     )
     types = WorkflowTypeRegistry.load(s.workflow_types)
-    async with connect_services(config, types, Path(str(s.audit_key_path))) as services:
+    async with connect_services(config, types, Path(str(s.audit_key_path)), **options) as services:
         box: dict[str, Services] = {"services": services}
-        server = build_server(lambda _ctx: principal, lambda: box["services"])
+        server = build_server(lambda _ctx: principal, lambda: box["services"], tools_over_bus=True)
         async with stdio_server() as (read, write):
             await server.run(read, write, server.create_initialization_options())
 
 
-def run_mcp(settings: Settings) -> int:
-    principal = authenticate(settings.resolved(), os.environ.get(API_KEY_ENV))
+def run_mcp(settings: Settings, key: str | None = None) -> int:
+    key = key or os.environ.get(API_KEY_ENV)
+    principal = authenticate(settings.resolved(), key)
+    assert key is not None
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings, principal))
+        asyncio.run(serve(settings, principal, key))
     print(f"chorus mcp: {principal.actor} disconnected", file=sys.stderr)
     return 0

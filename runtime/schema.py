@@ -16,7 +16,7 @@ import msgspec
 from contracts.agents import AGENT_COMMANDS, ENGINE_ONLY, Heartbeat
 from contracts.envelope import Envelope, Reply
 from contracts.feed import EventRecord
-from contracts.mcp import MCP_COMMANDS
+from contracts.mcp import MCP_COMMANDS, CallTool, ToolCallReply
 from contracts.sessions import SESSION_COMMANDS
 from contracts.tasks import TASK_COMMANDS, TaskMessage
 from contracts.workflow_types import DefineWorkflowType
@@ -49,7 +49,9 @@ def contract_types() -> dict[str, Any]:
         name: Envelope[cls]  # type: ignore[valid-type]
         for name, cls in PUBLIC_COMMANDS.items()
     }
+    types["tool.call"] = Envelope[CallTool]
     types["Reply"] = Reply
+    types["ToolCallReply"] = ToolCallReply
     types["EventRecord"] = EventRecord
     types["TaskMessage"] = TaskMessage
     for aggregate, events in EVENT_TYPES.items():
@@ -100,6 +102,26 @@ def asyncapi() -> dict[str, Any]:
             "reply": {"messages": [{"$ref": "#/components/messages/reply"}]},
         }
     messages["reply"] = {"name": "reply", "payload": by_name["Reply"]}
+    messages["tool_call"] = {"name": "tool_call", "payload": by_name["tool.call"]}
+    messages["tool_call_reply"] = {"name": "tool_call_reply", "payload": by_name["ToolCallReply"]}
+    channels["tool_call"] = {
+        "address": "chorus.cmd.{actor_id}.tool.call",
+        "description": (
+            "Call a tool of a registered MCP server as the actor. Answered by a gateway "
+            "(queue group chorus-tools), never by the engine: arguments checked against the "
+            "tool's recorded schema, access and rate limit, the server's timeout, the call "
+            "recorded as ToolCalled (its version is what completion evidence cites). An "
+            "agent may publish it on its own actor only. Not deduplicated: each request runs."
+        ),
+        "parameters": {"actor_id": {"description": "The caller; NATS permissions pin it"}},
+        "messages": {"tool_call": {"$ref": "#/components/messages/tool_call"}},
+    }
+    operations["tool_call"] = {
+        "action": "send",
+        "channel": {"$ref": "#/channels/tool_call"},
+        "summary": "tool.call (NATS request; answered with a ToolCallReply)",
+        "reply": {"messages": [{"$ref": "#/components/messages/tool_call_reply"}]},
+    }
     messages["event"] = {"name": "event", "payload": by_name["EventRecord"]}
     channels["events"] = {
         "address": "chorus.evt.{aggregate}.{aggregate_id}.{event_type}",

@@ -9,13 +9,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from contracts.agents import result_hash
 from contracts.mcp import digest
 from engine.service import EngineService
 from projections.runner import ProjectionRunner
@@ -28,6 +30,27 @@ BASE = "/api/v1/mcp-servers"
 
 def stdio(kind: str = "calc", **env: str) -> dict[str, Any]:
     return {"type": "stdio", "command": [sys.executable, SERVERS, kind, "stdio"], "env": env}
+
+
+async def server_when(
+    http: httpx.AsyncClient, name: str, headers: dict[str, str],
+    ready: Callable[[dict[str, Any]], bool],
+) -> dict[str, Any]:  # fmt: skip
+    """The server's view once it is ``ready``: call and health records go through the
+    engine and the projector after the call or check has answered."""
+    for _ in range(400):
+        server: dict[str, Any] = (await http.get(f"{BASE}/{name}", headers=headers)).json()
+        if ready(server):
+            break
+        await asyncio.sleep(0.05)
+    return server
+
+
+async def recorded_calls(
+    http: httpx.AsyncClient, name: str, headers: dict[str, str], count: int
+) -> dict[str, Any]:
+    """The server's view once ``count`` call records reached the read model."""
+    return await server_when(http, name, headers, lambda server: server["calls"] >= count)
 
 
 @pytest.fixture
@@ -121,14 +144,17 @@ async def test_a_stdio_server_is_registered_with_its_tools_and_calls_are_checked
         health = (await http.get(f"{BASE}/calc/health", headers=agent)).json()
         assert health["status"] == "healthy", health
         assert health["tools"] == 3
-        after = (await http.get(f"{BASE}/calc", headers=ops)).json()
-        assert (after["calls"], after["failed_calls"]) == (3, 0)
+        after = await server_when(http, "calc", ops, lambda s: s["health"] is not None)
+        assert (after["calls"], after["failed_calls"], after["health"]) == (3, 0, "healthy")
+        again = (await http.get(f"{BASE}/calc/health", headers=agent)).json()
+        assert again["status"] == "healthy"  # unchanged: not recorded again
 
         auditor = gateway.key("auditor-1", "auditor")
         log = (await http.get("/api/v1/events", headers=auditor, params={"limit": 1000})).json()
     events = [e for e in log["items"] if e["aggregate"] == "mcp_server"]
     assert [e["type"] for e in events] == ["McpServerRegistered", "ToolsDiscovered",
-                                           "ToolCalled", "ToolCalled", "ToolCalled"]  # fmt: skip
+                                           "ToolCalled", "ToolCalled", "ToolCalled",
+                                           "McpServerHealthChanged"]  # fmt: skip
     called = events[2]["data"]
     assert called["caller"] == "ops"
     assert called["task_id"] == "task-1"
@@ -176,15 +202,68 @@ async def test_a_hanging_http_server_times_out_cleanly_and_others_go_on(
         limited = await http.post(f"{BASE}/remote/tools/add/call", headers=ops,
                                   json={"arguments": {"a": 1, "b": 1}})  # fmt: skip
         assert (limited.status_code, limited.json()["code"]) == (429, "rate_limited")
-        # The call records reach the read model through the projector: wait for them.
-        for _ in range(200):
-            server = (await http.get(f"{BASE}/remote", headers=ops)).json()
-            if server["calls"] >= 2:
-                break
-            await asyncio.sleep(0.05)
+        server = await recorded_calls(http, "remote", ops, 2)
         assert (server["calls"], server["failed_calls"]) == (2, 1)
         rediscovered = await http.post(f"{BASE}/remote/discover", headers=ops)
         assert rediscovered.json()["version"] == server["version"]  # unchanged: nothing new
         removed = await http.delete(f"{BASE}/remote", headers=ops)
         assert removed.status_code == 204
         assert (await http.get(f"{BASE}/remote", headers=ops)).status_code == 404
+
+
+async def test_a_hanging_stdio_server_times_out_and_the_engine_goes_on(
+    engine: EngineService, projector: ProjectionRunner, gateway: Gateway
+) -> None:
+    ops = gateway.key("ops", "operator")
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+        registered = await http.post(BASE, headers=ops, json={
+            "name": "local", "transport": stdio()})  # fmt: skip
+        assert registered.status_code == 201, registered.text
+        configured = await http.patch(f"{BASE}/local", headers=ops,
+                                      json={"config": {"timeout_seconds": 3}})  # fmt: skip
+        assert configured.json()["config"]["timeout_seconds"] == 3
+        hung = await http.post(f"{BASE}/local/tools/hang/call", headers=ops, json={})
+        assert (hung.status_code, hung.json()["code"]) == (504, "tool_timeout")
+        # The timeout was recorded through the engine like any command, and it takes more.
+        server = await recorded_calls(http, "local", ops, 1)
+        assert (server["calls"], server["failed_calls"]) == (1, 1)
+        opened = await http.post("/api/v1/sessions", headers=ops, json={
+            "participants": ["agent-1"], "task": {"description": "still here"}})  # fmt: skip
+        assert opened.status_code == 201
+
+
+async def test_an_agent_backs_its_claim_with_its_own_tool_call_and_cannot_cite_anothers(
+    engine: EngineService, projector: ProjectionRunner, gateway: Gateway
+) -> None:
+    ops = gateway.key("ops", "operator")
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+        registered = await http.post(BASE, headers=ops, json={
+            "name": "calc", "transport": stdio(), "access": {"agents": ["agent-1", "agent-2"]}})  # fmt: skip
+        assert registered.status_code == 201, registered.text
+    async with (
+        mcp_client(gateway, "ops", "operator") as operator,
+        mcp_client(gateway, "agent-1") as agent,
+        mcp_client(gateway, "agent-2") as thief,
+    ):
+        sids = {}
+        for name, client in (("agent-1", agent), ("agent-2", thief)):
+            await call(client, "register_agent", name=name)
+            sids[name] = (await call(operator, "open_session", participants=[name],
+                                     task={"description": "add"}))["session_id"]  # fmt: skip
+        done = await call(agent, "call_registered_tool", server="calc", tool="add",
+                          arguments={"a": 1, "b": 2}, task_id=sids["agent-1"])  # fmt: skip
+        cited = {"server": "calc", "version": done["recorded_version"],
+                 "result_digest": done["result_digest"]}  # fmt: skip
+        for name, client in (("agent-1", agent), ("agent-2", thief)):
+            await call(client, "submit_result", session_id=sids[name], result={"sum": 3})
+
+        def claim(name: str) -> dict[str, Any]:
+            return {"agent_id": name, "task_id": sids[name], "output_hash": result_hash({"sum": 3}),
+                    "completion_time": datetime.now(UTC).isoformat(), "tool_calls": [cited]}  # fmt: skip
+
+        stolen = await call(thief, "verify_completion", **claim("agent-2"))
+        assert stolen["verdict"] == "rejected"
+        assert {r["code"] for r in stolen["reasons"]} == {"tool_call_not_yours",
+                                                          "tool_call_other_task"}  # fmt: skip
+        own = await call(agent, "verify_completion", **claim("agent-1"))
+        assert own["verdict"] == "verified", own

@@ -125,3 +125,26 @@ async def test_mcp_over_http_needs_a_valid_api_key(gateway: Gateway) -> None:
         assert anonymous.json()["code"] == "unauthenticated"
         forged = await http.post("/mcp", json=body, headers={"Authorization": "Bearer chk_x_y"})
         assert forged.status_code == 401
+
+
+async def test_a_jwt_works_over_mcp_and_an_agent_sees_and_accepts_its_tasks(
+    engine: EngineService, projector: ProjectionRunner, gateway: Gateway
+) -> None:
+    async with httpx2.AsyncClient(base_url=gateway.url) as http:
+        issued = await http.post("/api/v1/auth/token", headers=gateway.key("agent-1"))
+        assert issued.status_code == 200, issued.text
+        token = issued.json()["access_token"]
+    async with (
+        mcp_client(gateway, "ops", "operator") as ops,
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http,
+        Client(streamable_http_client(f"{gateway.url}/mcp", http_client=http)) as agent,
+    ):
+        await call(agent, "register_agent", name="agent-1")
+        sid = (await call(ops, "open_session", participants=["agent-1"],
+                          task={"description": "d"}))["session_id"]  # fmt: skip
+        tasks = await call(agent, "my_tasks")
+        assert tasks["agent_id"] == "agent-1"
+        assert [t["task_id"] for t in tasks["items"]] == [sid]
+        accepted = await call(agent, "accept_task", task_id=sid)
+        assert accepted["command_status"] in ("accepted", "duplicate")
+        assert (await call(ops, "my_tasks"))["items"] == []

@@ -30,6 +30,7 @@ from contracts.agents import (
 from contracts.envelope import Envelope, Reply
 from contracts.mcp import (
     ConfigureMcpServer,
+    RecordHealth,
     RecordToolCall,
     RecordToolsDiscovered,
     RegisterMcpServer,
@@ -102,6 +103,7 @@ EXPECTED: dict[tuple[str, str], tuple[frozenset[str], frozenset[str]]] = {
     ("mcp_server", "remove"): (STAFF, STAFF),
     ("mcp_server", "record_tools"): (STAFF, STAFF),
     ("mcp_server", "record_call"): (NOBODY, NOBODY),  # the gateway's own actor only
+    ("mcp_server", "record_health"): (NOBODY, NOBODY),  # the gateway's own actor only
     ("task", "accept"): (W, NOBODY),  # the task's assignee only
     ("session", "accept_task"): (W, NOBODY),
     ("workflow", "accept_task"): (W, NOBODY),
@@ -218,6 +220,8 @@ SCENARIOS: dict[tuple[str, str], Scenario] = {
     ("mcp_server", "record_call"): lambda w, owner, actor: RecordToolCall(
         name=w.mcp_server(owner), tool="add", caller=actor, schema_digest=ADD.schema_digest,
         args_digest=digest({}), duration_ms=1.0, outcome="ok"),
+    ("mcp_server", "record_health"): lambda w, owner, actor: RecordHealth(
+        name=w.mcp_server(owner), status="unhealthy", error="down"),
     ("task", "accept"): lambda w, owner, actor: AcceptTask(
         task_id=w.session("opener", [owner])),
     ("session", "accept_task"): lambda w, owner, actor: AcceptTask(

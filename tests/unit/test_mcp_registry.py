@@ -144,3 +144,20 @@ def test_the_call_limiter_admits_per_caller_and_server_per_minute() -> None:
     assert caught.value.status_code == 429
     now[0] += 60
     limiter.admit("a", "calc", 2)
+
+
+def test_only_the_gateway_records_health_and_only_a_change_of_status() -> None:
+    from contracts.mcp import RecordHealth
+
+    check = RecordHealth(name="calc", status="unhealthy", error="refused")
+    with pytest.raises(errors.NotAuthorized):
+        mcp.decide_record_health(registered(), check, "ops", CLOCK_START, OPS)
+    changed = mcp.decide_record_health(registered(), check, RECORDER, CLOCK_START, OPS)
+    assert [type(e).__name__ for e in changed] == ["McpServerHealthChanged"]
+    state = fold(*[*mcp.decide_register(fold(), RegisterMcpServer(
+        name="calc", transport=StdioTransport(command=["calc"]), tools=[ADD]), "ops",
+        CLOCK_START, OPS), *changed])  # fmt: skip
+    assert state.health == "unhealthy"
+    assert mcp.decide_record_health(state, check, RECORDER, CLOCK_START, OPS) == []
+    healthy = RecordHealth(name="calc", status="healthy")
+    assert len(mcp.decide_record_health(state, healthy, RECORDER, CLOCK_START, OPS)) == 1

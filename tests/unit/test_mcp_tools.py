@@ -55,3 +55,25 @@ def test_chorus_mcp_starts_only_with_a_valid_key(tmp_path: Path) -> None:
         authenticate(settings, "chk_nope_nope")
     key = KeyStore(tmp_path / "keys.db").create("agent-1", "agent")
     assert authenticate(settings, key).actor == "agent-1"
+
+
+def test_the_asyncapi_document_publishes_tool_calls_with_their_reply() -> None:
+    from runtime.schema import asyncapi, json_schemas
+
+    spec = asyncapi()
+    assert spec["channels"]["tool_call"]["address"] == "chorus.cmd.{actor_id}.tool.call"
+    assert spec["operations"]["tool_call"]["reply"]["messages"] == [
+        {"$ref": "#/components/messages/tool_call_reply"}
+    ]
+    assert {"tool.call", "ToolCallReply"} <= set(json_schemas()["contracts"])
+
+
+def test_a_gateway_bounds_how_many_tool_calls_one_actor_runs_at_once() -> None:
+    from gateway.mcp_bus import InFlight
+
+    bound = InFlight(per_actor=2)
+    assert bound.admit("agent-1") and bound.admit("agent-1")
+    assert not bound.admit("agent-1")  # a third waits for one to end
+    assert bound.admit("agent-2")  # others are not held up
+    bound.release("agent-1")
+    assert bound.admit("agent-1")
