@@ -44,8 +44,9 @@ from .conftest import (
 
 WAIT = 120  # seconds: a bound on waiting for the system, never a timing check
 FULL = ["requirements", "design", "implement", "test", "review"]
-#: Offline after 1.5 s of silence: a SIGKILLed agent's lease is lost quickly.
-QUICK_LIVENESS = {"CHORUS_HEARTBEAT_INTERVAL": "0.5", "CHORUS_MISSED_HEARTBEATS": "3"}
+#: Offline after 3 s of silence: a SIGKILLed agent's lease is lost quickly, yet an agent
+#: on a loaded machine (a busy CI runner) that misses a beat or two is not taken for dead.
+QUICK_LIVENESS = {"CHORUS_HEARTBEAT_INTERVAL": "0.5", "CHORUS_MISSED_HEARTBEATS": "6"}
 
 
 @contextlib.asynccontextmanager
