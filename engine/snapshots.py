@@ -82,7 +82,9 @@ class Snapshots:
         try:
             state: AggregateState = msgspec.convert(snapshot.state, type=cls, strict=False)
         except msgspec.ValidationError as error:
-            log.warning("snapshot of %s unreadable, folding from the start: %s", aggregate_id, error)
+            log.warning(
+                "snapshot of %s unreadable, folding from the start: %s", aggregate_id, error
+            )
             return None
         return state
 
