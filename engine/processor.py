@@ -31,6 +31,7 @@ from engine.context import EngineContext
 from engine.directory import AgentDirectory
 from engine.errors import DomainError
 from engine.handlers import HANDLERS, AggregateState, Handler
+from engine.snapshots import Snapshots
 from events.codec import EventMeta, decode_record, encode_event, typed_event
 from events.commands import CommandAccepted, command_record_id
 from events.store import select_first_events
@@ -87,8 +88,11 @@ class Processor:
         clock: Clock = utc_now,
         cache_size: int = 10_000,
         context: EngineContext | None = None,
+        snapshot_interval: int = 100,
     ) -> None:
         self.recorder = recorder
+        #: Cold loads start from the latest snapshot (engine/snapshots.py).
+        self.snapshots = Snapshots(recorder, snapshot_interval)
         self.clock = clock
         self.directory = AgentDirectory(recorder)
         # Decisions see the store through this processor: types defined over the API,
@@ -145,8 +149,9 @@ class Processor:
 
     def prefold(self, handler: Handler, aggregate_id: UUID) -> AggregateState:
         """The aggregate folded from the store. Reads only the store, so any thread may
-        call it: the worker folds cold aggregates beside the writer thread with it."""
-        return self._fast_forward(handler.new_state(aggregate_id))
+        call it: the worker folds cold aggregates beside the writer thread with it. Starts
+        from the latest snapshot (engine/snapshots.py), then the events after it."""
+        return self.snapshots.fold(handler, aggregate_id)
 
     def adopt(self, states: dict[UUID, AggregateState]) -> None:
         """Writer thread, before a batch: cache aggregates folded beside it, each brought
@@ -174,6 +179,7 @@ class Processor:
                 self._cache.move_to_end(aggregate_id)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+        self.snapshots.committed(state for state in working.values() if state.version > 0)
 
     def _lookup(self, aggregate: str, aggregate_id: UUID) -> AggregateState:
         """Another aggregate for a decision to read, as the running batch sees it.

@@ -194,6 +194,9 @@ async def test_a_restarted_engine_reads_none_of_the_old_log(
         assert second.timer._open == {still_open}  # the state came back with the position
         assert second.participants is not None
         assert set(second.participants._pending) == {still_open}
+        assert second.dispatcher is not None
+        assert set(second.dispatcher._sessions) == {still_open}
+        assert [t.task_id for t in second.dispatcher.open_tasks("a")] == [still_open]
     finally:
         await second.stop()
 
