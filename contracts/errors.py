@@ -60,6 +60,7 @@ MCP_SERVER_UNAVAILABLE = "mcp_server_unavailable"  # could not connect, or it fa
 TOOL_TIMEOUT = "tool_timeout"
 RATE_LIMITED = "rate_limited"  # too many calls: retry after details.retry_after seconds
 RESERVED_ID = "reserved_id"  # a client chose an id that is not a random (version 4) UUID
+SESSION_QUOTA_EXCEEDED = "session_quota_exceeded"  # too many open sessions naming others
 
 # Infrastructure
 INTERNAL_ERROR = "internal_error"  # a bug: nothing was recorded
@@ -107,6 +108,7 @@ HTTP_STATUS: dict[str, int] = {
     TOOL_TIMEOUT: 504,
     RATE_LIMITED: 429,
     RESERVED_ID: 400,
+    SESSION_QUOTA_EXCEEDED: 429,
     INTERNAL_ERROR: 500,
     STORE_UNAVAILABLE: 503,
     ENGINE_UNAVAILABLE: 503,

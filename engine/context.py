@@ -24,6 +24,10 @@ def _no_agents() -> Iterable[Any]:
     return ()
 
 
+def _none_held(actor: str) -> int:
+    return 0
+
+
 @dataclass(frozen=True)
 class EngineContext:
     #: Built-in and file-defined types.
@@ -39,6 +43,11 @@ class EngineContext:
     #: Every registered agent's state as this engine last read it (for routing). The
     #: processor supplies it.
     agents: Callable[[], Iterable[Any]] = _no_agents
+    #: Open sessions naming other agents that an actor opened (engine/quota.py); the
+    #: processor supplies it.
+    sessions_held: Callable[[str], int] = _none_held
+    #: How many of those one agent may hold (0: no bound); staff are never bound.
+    session_quota: int = 0
 
     def is_operator(self, actor: str) -> bool:
         """Whether ``actor`` holds an operator or admin role (the key store says)."""

@@ -113,6 +113,10 @@ class ReservedId(DomainError):
     code = codes.RESERVED_ID
 
 
+class SessionQuotaExceeded(DomainError):
+    code = codes.SESSION_QUOTA_EXCEEDED
+
+
 def check_client_id(aggregate_id: UUID, actor: str, field: str) -> None:
     """Ids a client creates are random (version 4) UUIDs. Every id the engine derives (an
     agent's, a delegated phase's session, the type registry) is version 5, so a client

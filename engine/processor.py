@@ -31,6 +31,7 @@ from engine.context import EngineContext
 from engine.directory import AgentDirectory
 from engine.errors import DomainError
 from engine.handlers import HANDLERS, AggregateState, Handler
+from engine.quota import OpenSessionsByOpener
 from engine.snapshots import Snapshots
 from events.codec import EventMeta, decode_record, encode_event, typed_event
 from events.commands import CommandAccepted, command_record_id
@@ -95,6 +96,7 @@ class Processor:
         self.snapshots = Snapshots(recorder, snapshot_interval)
         self.clock = clock
         self.directory = AgentDirectory(recorder)
+        self.open_sessions = OpenSessionsByOpener(recorder)
         # Decisions see the store through this processor: types defined over the API,
         # other aggregates (within the batch's view) and the registered agents.
         self.context = dataclasses.replace(
@@ -102,6 +104,7 @@ class Processor:
             defined_types=self._defined_types,
             load=self._lookup,
             agents=lambda: self.directory.catch_up().values(),
+            sessions_held=self.open_sessions.held_by,
         )
         self.cache_size = cache_size
         self._cache: OrderedDict[UUID, AggregateState] = OrderedDict()

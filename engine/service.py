@@ -85,6 +85,8 @@ class EngineConfig:
     workflow_types: WorkflowTypeRegistry = field(default_factory=WorkflowTypeRegistry)
     #: Every actor's roles (the composition root reads them from the key store).
     roles: Roles = field(default_factory=StaticRoles)
+    #: Open sessions naming other agents one agent may hold (0: no bound; engine/quota.py).
+    session_quota: int = 0
     clock: Clock = field(default=utc_now)
     #: Traces commands that arrive with a W3C trace context (off when None).
     tracer_provider: TracerProvider | None = None
@@ -117,7 +119,9 @@ class EngineService:
             self.recorder,
             clock=cfg.clock,
             cache_size=cfg.cache_size,
-            context=EngineContext(workflow_types=cfg.workflow_types, roles=cfg.roles),
+            context=EngineContext(
+                workflow_types=cfg.workflow_types, roles=cfg.roles, session_quota=cfg.session_quota
+            ),
         )
         tracer = tracer_of(cfg.tracer_provider, "chorus.engine")
         if tracer is not None:

@@ -160,6 +160,22 @@ class SessionState:
 # Decisions ----------------------------------------------------------------------------------
 
 
+def check_quota(cmd: OpenSession, actor: str, ctx: EngineContext) -> None:
+    """An agent may hold at most ``session_quota`` open sessions naming other agents
+    (routing by size always names others); staff run fleets and are not bound."""
+    if ctx.session_quota <= 0 or ctx.is_operator(actor):
+        return
+    if cmd.participants and all(p == actor for p in cmd.participants):
+        return
+    held = ctx.sessions_held(actor)
+    if held >= ctx.session_quota:
+        raise errors.SessionQuotaExceeded(
+            f"{actor} already holds {held} open sessions naming other agents "
+            f"(at most {ctx.session_quota}); close or cancel one first",
+            {"open": held, "quota": ctx.session_quota},
+        )
+
+
 def decide_open(
     state: SessionState,
     cmd: OpenSession,
@@ -175,6 +191,7 @@ def decide_open(
         raise errors.InvalidCommand(
             "participants must be unique", {"field": "payload.participants", "duplicates": dupes}
         )
+    check_quota(cmd, actor, ctx or EngineContext())
     count = cmd.size if cmd.size is not None else len(cmd.participants)
     if cmd.task.criteria.min_results > count:
         raise errors.InvalidCriteria(

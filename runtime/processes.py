@@ -59,6 +59,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         liveness_config=LivenessConfig(s.heartbeat_interval, s.missed_heartbeats),
         seal_anchor_path=s.seal_anchor_path,
         audit_key_path=s.audit_key_path,
+        session_quota=s.session_quota,
     )
 
 
