@@ -141,6 +141,9 @@ async def run(args: argparse.Namespace) -> None:
         "CHORUS_DATA_DIR": str(work),
         "CHORUS_DATABASE_URL": f"sqlite:///{work}/events.db",
         "CHORUS_READ_STORE_URL": f"sqlite:///{work}/read.db",
+        # One coordinator opens every session on an open bus (where it counts as an
+        # agent): the session quota would stop it at 20.
+        "CHORUS_SESSION_QUOTA": "0",
         "CHORUS_HOST": "127.0.0.1",
         "CHORUS_PORT": str(port),
         "CHORUS_LOG_LEVEL": "WARNING",

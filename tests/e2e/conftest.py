@@ -457,7 +457,9 @@ class EngineProcess:
             CHORUS_NATS_URL=self.nats_url,
             CHORUS_DATABASE_URL=self.database_url,
             CHORUS_DATA_DIR=str(self.data_dir),
-            **self.extra_env,
+            # An open bus (no users): anyone may use any actor name, so a quota per actor
+            # bounds nothing there; these tests open many sessions as one actor.
+            **{"CHORUS_SESSION_QUOTA": "0", **self.extra_env},
         )
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.starts + 1} ---\n".encode())
