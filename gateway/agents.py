@@ -397,3 +397,19 @@ async def _verdict(services: Services, agent_id: str, reply: Reply) -> read_mode
         raise Problem(503, codes.READ_MODEL_BEHIND, "the verdict is not readable yet",
                       headers={"Retry-After": "1"})  # fmt: skip
     return verdict
+
+
+@get("/api/v1/verdicts/recent", guards=[can_read], tags=["agents"],
+     summary="Each named agent's latest verdicts, oldest first (true: verified)")  # fmt: skip
+async def recent_verdicts(
+    services: ServicesDep,
+    agent: Annotated[list[str], QueryParameter(max_items=500)],
+    limit: Annotated[int, QueryParameter(ge=1, le=100)] = read_model.RECENT_VERDICTS,
+) -> dict[str, list[bool]]:
+    """The console's sparklines: one query for a page of agents. ``agent`` repeats."""
+    for name in agent:
+        if not is_token(name):
+            raise Problem(400, "validation_error", f"not an agent id: {name[:80]!r}")
+    return await services.read(  # type: ignore[no-any-return]
+        read_model.recent_verdicts, list(dict.fromkeys(agent)), limit
+    )

@@ -14,7 +14,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from contracts.workflow_types import WorkflowTypeRegistry
 from gateway.agent_feed import agent_feed
-from gateway.agents import AgentController
+from gateway.agents import AgentController, recent_verdicts
 from gateway.audit import AuditController, global_log
 from gateway.auth import BearerAuthMiddleware, KeyCache, Revocations
 from gateway.console import PUBLIC_PATHS as CONSOLE_PATHS
@@ -103,6 +103,7 @@ def create_app(config: GatewayConfig) -> Litestar:
             list_workflow_types,
             define_workflow_type,
             AgentController,
+            recent_verdicts,
             agent_feed,
             global_log,
             AuditController,

@@ -560,6 +560,33 @@ def agents_of(conn: sqlite3.Connection, aggregate_id: str) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
+#: Verdicts per agent a sparkline shows (the console's agents table).
+RECENT_VERDICTS = 20
+
+
+def recent_verdicts(
+    conn: sqlite3.Connection, agent_ids: Sequence[str], per_agent: int = RECENT_VERDICTS
+) -> dict[str, list[bool]]:
+    """Each agent's latest ``per_agent`` verdicts, oldest first (True: verified), in one
+    query for a whole page of agents."""
+    if not agent_ids:
+        return {}
+    marks = ", ".join("?" * len(agent_ids))
+    try:
+        rows = conn.execute(
+            "SELECT agent_id, verified FROM (SELECT agent_id, verified, position, ROW_NUMBER() "
+            "OVER (PARTITION BY agent_id ORDER BY position DESC) AS n FROM agent_verdicts "
+            f"WHERE agent_id IN ({marks})) AS latest WHERE n <= ? ORDER BY agent_id, position",
+            (*agent_ids, per_agent),
+        ).fetchall()
+    except sqlite3.OperationalError:  # not created yet
+        return {}
+    found: dict[str, list[bool]] = {agent: [] for agent in agent_ids}
+    for agent, verified in rows:
+        found[str(agent)].append(bool(verified))
+    return found
+
+
 def reachable_agents(conn: sqlite3.Connection) -> list[str]:
     """Agents that should answer a ping: online (busy included), by name."""
     try:

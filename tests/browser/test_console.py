@@ -13,6 +13,7 @@ this is not CI; in CI it must run).
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -61,6 +62,13 @@ async def test_console_follows_a_workflow_live_without_reload(
         assert opened.status_code == 201, opened.text
         await send(nc, "agent-2", "submit_result",
                    {"session_id": opened.json()["session_id"], "result": {"verdict": "lgtm"}})  # fmt: skip
+        # A completion claim, so agent-2's row has a verdict for its sparkline.
+        claimed = await http.post(
+            "/api/v1/agents/agent-2/verify-completion", headers=gateway.key("agent-2"),
+            json={"task_id": opened.json()["session_id"], "output_hash": "sha256:ab",
+                  "completion_time": datetime.now(UTC).isoformat()},
+        )  # fmt: skip
+        assert claimed.status_code == 200, claimed.text
         page = await browser.new_page(viewport={"width": 1400, "height": 1000})
         hosts: set[str] = set()
         page.on("request", lambda request: hosts.add(urlparse(request.url).netloc))
@@ -74,6 +82,7 @@ async def test_console_follows_a_workflow_live_without_reload(
         await page.wait_for_selector("#live.on", timeout=SHOWS)
         assert await page.text_content("#who") == "admin-1 (admin)"
         await page.wait_for_selector('#agents tr[data-id="agent-1"]', timeout=SHOWS)
+        await page.wait_for_selector('#agents tr[data-id="agent-2"] svg.spark rect', timeout=SHOWS)
         loaded = len(navigations)
 
         started = await http.post(

@@ -245,6 +245,14 @@ async def test_verify_completion_returns_the_verdict_with_reasons_and_score(http
     assert a1["status"] == "online"  # submitted: no longer busy
     assert (await get_agent(http, keys["a2"], "a2"))["status"] == "busy"
 
+    # The console's sparklines: each agent's latest verdicts, oldest first.
+    recent = await http.get("/api/v1/verdicts/recent", headers=keys["a2"],
+                            params=[("agent", "a1"), ("agent", "a2"), ("agent", "nobody")])  # fmt: skip
+    assert recent.json() == {"a1": [True, False], "a2": [False], "nobody": []}
+    bad = await http.get("/api/v1/verdicts/recent", headers=keys["a2"],
+                         params={"agent": "not an id"})  # fmt: skip
+    assert bad.status_code == 400
+
 
 async def test_verify_completion_names_every_missing_field(http, gateway):
     a1 = gateway.key("a1")

@@ -65,6 +65,7 @@ RULES: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", f"{A}/{AID}"): ALL,
     ("GET", f"{A}/{AID}/events"): AUDITORS,
     ("GET", f"{A}/{AID}/metrics"): ALL,
+    ("GET", "/api/v1/verdicts/recent"): ALL,
     ("GET", f"{A}/{AID}/tasks"): ALL,  # an agent key: its own tasks only (object rule)
     ("PUT", f"{A}/{AID}/capabilities"): WRITERS,
     ("POST", f"{A}/{AID}/retire"): WRITERS,

@@ -110,7 +110,7 @@ const ROWS = {
     el("td", {}, el("div", { class: "bar", title: a.reliability_score.toFixed(2) },
       el("span", { style: `width:${Math.round(a.reliability_score * 100)}%` })),
       a.reliability_score.toFixed(2)),
-    el("td", {}, `${a.verified} verified, ${a.rejected} rejected`),
+    el("td", { class: "verdicts" }, `${a.verified} verified, ${a.rejected} rejected`),
     el("td", {}, `${a.open_tasks} open / ${a.total_tasks}`),
     el("td", {}, (a.capabilities || []).join(", "))),
 };
@@ -131,6 +131,36 @@ async function loadList(kind) {
   const page = await api(`/api/v1/${kind}?limit=50`);
   $(kind).tBodies[0].replaceChildren();
   for (const item of page.items.slice().reverse()) upsert(kind, item, false);
+  if (kind === "agents") await sparklines(page.items.map((a) => a.agent_id));
+}
+
+// A sparkline of an agent's latest verdicts, oldest first: a tall green bar for each
+// verified claim, a short red one for each rejected.
+const SVG = "http://www.w3.org/2000/svg";
+function sparkline(marks) {
+  const svg = document.createElementNS(SVG, "svg");
+  const ok = marks.filter(Boolean).length;
+  for (const [k, v] of Object.entries({ class: "spark", width: String(Math.max(marks.length * 4, 1)),
+    height: "14", role: "img", "aria-label": `${ok} of ${marks.length} recent verdicts verified` })) {
+    svg.setAttribute(k, v);
+  }
+  marks.forEach((verified, i) => {
+    const bar = document.createElementNS(SVG, "rect");
+    for (const [k, v] of Object.entries({ x: String(i * 4), width: "3", y: verified ? "0" : "7",
+      height: verified ? "14" : "7", class: verified ? "ok" : "bad" })) bar.setAttribute(k, v);
+    svg.append(bar);
+  });
+  return svg;
+}
+
+async function sparklines(ids) {
+  if (!ids.length) return;
+  const query = ids.map((id) => `agent=${encodeURIComponent(id)}`).join("&");
+  const recent = await api(`/api/v1/verdicts/recent?${query}`);
+  for (const id of ids) {
+    const cell = $("agents").tBodies[0].querySelector(`tr[data-id="${CSS.escape(id)}"] td.verdicts`);
+    if (cell && recent[id] && recent[id].length) cell.prepend(sparkline(recent[id]), " ");
+  }
 }
 
 async function refreshOne(kind, id, version, attempt = 0) {
@@ -140,7 +170,10 @@ async function refreshOne(kind, id, version, attempt = 0) {
   } catch (e) {
     console.warn(kind, id, e); // not in the read model yet
   }
-  if (item) upsert(kind, item, true);
+  if (item) {
+    upsert(kind, item, true);
+    if (kind === "agents") await sparklines([item.agent_id]);
+  }
   if ((!item || item.version < version) && attempt < RETRIES) {
     later(attempt, () => refreshOne(kind, id, version, attempt + 1));
   }
