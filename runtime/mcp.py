@@ -1,7 +1,8 @@
 """``chorus mcp``: Chorus as an MCP server on stdin/stdout, for a local LLM agent.
 
 The process acts as the actor of one API key (``--key`` or ``CHORUS_API_KEY``), checked
-against the key store at start, exactly as the gateway checks it. On the bus it is that
+against the key store at start and again on every request, exactly as the gateway checks
+it (a revoked key stops working at once). On the bus it is that
 actor too: the key is its NATS credential (user: the key's id, password: the key) and its
 replies come on the actor's own inbox (``_INBOX_<actor>``), so a secured bus lets it do
 what the key's holder may do and nothing more. It speaks to a running Chorus (NATS, the
@@ -23,6 +24,7 @@ from mcp.server.stdio import stdio_server
 
 from contracts.subjects import agent_inbox_prefix
 from contracts.workflow_types import WorkflowTypeRegistry
+from gateway.errors import Problem
 from gateway.keys import KeyStore, Principal
 from gateway.mcp_server import build_server
 from gateway.state import GatewayConfig, Services, connect_services
@@ -42,6 +44,15 @@ def authenticate(settings: Settings, key: str | None) -> Principal:
     principal = KeyStore(Path(str(settings.keys_path))).authenticate(key)
     if principal is None:
         raise SystemExit("chorus mcp: the API key is unknown or revoked")
+    return principal
+
+
+def still_valid(keys: KeyStore, key: str) -> Principal:
+    """The key's principal, checked again on every request: a key revoked while the process
+    runs stops working at once, reads included (its bus connection is cut by the reload)."""
+    principal = keys.authenticate(key)
+    if principal is None:
+        raise Problem(401, "unauthenticated", "the API key is unknown or revoked")
     return principal
 
 
@@ -75,7 +86,10 @@ async def serve(settings: Settings, principal: Principal, key: str) -> None:
     types = WorkflowTypeRegistry.load(s.workflow_types)
     async with connect_services(config, types, Path(str(s.audit_key_path)), **options) as services:
         box: dict[str, Services] = {"services": services}
-        server = build_server(lambda _ctx: principal, lambda: box["services"], tools_over_bus=True)
+        keys = KeyStore(Path(str(s.keys_path)))
+        server = build_server(
+            lambda _ctx: still_valid(keys, key), lambda: box["services"], tools_over_bus=True
+        )
         async with stdio_server() as (read, write):
             await server.run(read, write, server.create_initialization_options())
 

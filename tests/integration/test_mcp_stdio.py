@@ -45,9 +45,10 @@ async def test_chorus_mcp_over_stdio_acts_as_its_key(
         "CHORUS_KEYS_PATH": str(tmp_path / "keys.db"),
         "CHORUS_DATA_DIR": str(tmp_path / "data"),
     }
+    agent_key = keys.create("agent-1", "agent")
     async with (
         chorus_mcp(env, keys.create("ops", "operator")) as ops,
-        chorus_mcp(env, keys.create("agent-1", "agent")) as agent,
+        chorus_mcp(env, agent_key) as agent,
     ):
         await call(agent, "register_agent", name="agent-1")
         sid = (
@@ -63,3 +64,8 @@ async def test_chorus_mcp_over_stdio_acts_as_its_key(
         await call(ops, "start_phase", workflow_id=wid, phase="implement", assignee="agent-1")
         done = await call(agent, "complete_phase", workflow_id=wid, phase="implement", result={})
         assert done["phases_completed"] == ["implement"]
+        # A key revoked while the process runs stops working at once, reads included.
+        assert keys.revoke(agent_key.split("_")[1])
+        revoked = await refused(agent, "get_session", session_id=sid)
+        assert (revoked["code"], revoked["status"]) == ("unauthenticated", 401)
+        assert (await call(ops, "get_session", session_id=sid))["status"] == "succeeded"
