@@ -72,11 +72,12 @@ class StateCheckpoint:
             return 0
         try:
             state: dict[str, Any] = pickle.loads(row.state)  # noqa: S301 (our own rows)
+            values = [state[field] for field in self.fields]
         except Exception as error:
             log.warning("%s: unreadable checkpoint (%s), re-reading the log", self.name, error)
             return 0
-        for field in self.fields:
-            setattr(self.owner, field, state[field])
+        for field, value in zip(self.fields, values, strict=True):
+            setattr(self.owner, field, value)
         self.saved_position = row.position
         self.restored_from = row.position
         return row.position

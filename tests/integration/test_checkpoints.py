@@ -214,3 +214,17 @@ async def test_what_the_managers_knew_of_a_workflow_is_dropped_when_it_ends(
         assert not any(getattr(delegation, f) for f in delegation.checkpoint_fields)
         assert not dispatcher._of_session and not dispatcher._sessions
         assert engine.participants is not None and not engine.participants._pending
+
+
+def test_an_unreadable_checkpoint_is_a_start_from_the_beginning(store_url: str) -> None:
+    from engine.checkpoint import StateCheckpoint
+    from events.checkpoints import Checkpoint
+
+    class Owner:
+        seen: list[int] = []
+
+    store = CheckpointStore(open_recorder(store_url))
+    checkpoint = StateCheckpoint(store, "owner", Owner(), ("seen",), [__name__])
+    store.save(Checkpoint("owner", 42, checkpoint.version, b"not a pickle"))
+    assert checkpoint.restore() == 0
+    assert checkpoint.restored_from is None
