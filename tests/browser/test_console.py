@@ -171,3 +171,22 @@ async def test_a_wrong_key_is_refused_with_a_message(gateway: Gateway, browser: 
         timeout=SHOWS,
     )
     assert await page.is_hidden("#app")
+
+
+async def test_a_short_lived_jwt_signs_in_as_its_key_would(
+    engine: EngineService, projector: ProjectionRunner, gateway: Gateway, browser: Any
+) -> None:
+    """A browser need not hold a long-lived key: the token ``POST /api/v1/auth/token``
+    gives for it signs in to the console with the same actor and role."""
+    ops = gateway.key("ops-2", "operator")
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        exchanged = await http.post("/api/v1/auth/token", headers=ops)
+    assert exchanged.status_code == 200, exchanged.text
+    token = exchanged.json()["access_token"]
+    assert not token.startswith("chk_")
+    page = await browser.new_page()
+    await page.goto(gateway.url + "/console")
+    await page.fill("#key", token)
+    await page.click("#signin button[type=submit]")
+    await page.wait_for_selector("#live.on", timeout=SHOWS)
+    assert await page.text_content("#who") == "ops-2 (operator)"
