@@ -6,6 +6,7 @@ each test gets its own schema, dropped afterwards.
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -46,6 +47,11 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     try:
         yield f"{base}?schema={schema}"
     finally:
+        # The test's recorders are garbage now: collect them here, in the main thread. Left
+        # to chance, a PostgreSQL datastore's __del__ may run in one of its own pool's
+        # worker threads, whose close() then cannot join itself (an unraisable error that
+        # fails whichever test happens to be running).
+        gc.collect()
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
