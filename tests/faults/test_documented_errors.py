@@ -39,8 +39,10 @@ async def test_a_post_without_a_body_says_a_body_is_required(engine: Any, gatewa
 def test_a_500_logs_its_request_id(
     caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """Litestar installs its own log handler (stderr, the process's log file under
-    ``chorus up``); the line must be there, whichever handler writes it."""
+    """The gateway's error handler logs the stack trace with the request id (the process
+    sends it to stderr, the log file under ``chorus up``). The app is built as the
+    gateway's is, without Litestar's own logging set-up: that would install a handler on
+    this test's captured stderr for every later test."""
 
     @get("/boom", sync_to_thread=False)
     def boom() -> None:
@@ -50,6 +52,7 @@ def test_a_500_logs_its_request_id(
         route_handlers=[boom],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         before_send=[add_request_id_header],
+        logging_config=None,
     )
     with caplog.at_level(logging.ERROR, logger="gateway.errors"), TestClient(app) as client:
         response = client.get("/boom")
