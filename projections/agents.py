@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import math
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,7 @@ import msgspec
 
 from contracts.feed import EventRecord
 from events.reliability import reliability_score, success_rate
+from projections.readstore import NOT_CREATED, Connection, Row
 from projections.sessions import decode_cursor as decode_seq_cursor
 from projections.sessions import encode_cursor as encode_seq_cursor
 
@@ -126,7 +126,7 @@ class AgentsProjection:
     ddl = DDL
     tables = TABLES
 
-    def apply(self, conn: sqlite3.Connection, record: EventRecord) -> None:
+    def apply(self, conn: Connection, record: EventRecord) -> None:
         match record.aggregate:
             case "agent":
                 self._agent(conn, record)
@@ -137,7 +137,7 @@ class AgentsProjection:
 
     # Agent events -------------------------------------------------------------------------
 
-    def _agent(self, conn: sqlite3.Connection, record: EventRecord) -> None:
+    def _agent(self, conn: Connection, record: EventRecord) -> None:
         data = record.data
         at = stamp(record.occurred_at)
         if record.type == "AgentRegistered":
@@ -199,7 +199,7 @@ class AgentsProjection:
         conn.execute(f"UPDATE agents SET {columns} WHERE agent_id=?", (*changes.values(), name))
 
     @staticmethod
-    def _set_capabilities(conn: sqlite3.Connection, name: str, capabilities: list[str]) -> None:
+    def _set_capabilities(conn: Connection, name: str, capabilities: list[str]) -> None:
         conn.execute("DELETE FROM agent_capabilities WHERE agent_id=?", (name,))
         conn.executemany(
             "INSERT INTO agent_capabilities (capability, agent_id) VALUES (?, ?)",
@@ -207,7 +207,7 @@ class AgentsProjection:
         )
 
     @staticmethod
-    def _verdict(conn: sqlite3.Connection, record: EventRecord, name: str, verified: bool) -> None:
+    def _verdict(conn: Connection, record: EventRecord, name: str, verified: bool) -> None:
         data = record.data
         assigned = data.get("assigned_at")
         conn.execute(
@@ -229,7 +229,7 @@ class AgentsProjection:
 
     # Session events: participations are assignments ---------------------------------------
 
-    def _session(self, conn: sqlite3.Connection, record: EventRecord) -> None:
+    def _session(self, conn: Connection, record: EventRecord) -> None:
         data = record.data
         sid = record.aggregate_id
         at = stamp(record.occurred_at)
@@ -252,7 +252,7 @@ class AgentsProjection:
 
     # Workflow events: a running phase is its assignee's task -------------------------------
 
-    def _workflow(self, conn: sqlite3.Connection, record: EventRecord) -> None:
+    def _workflow(self, conn: Connection, record: EventRecord) -> None:
         data = record.data
         wid = record.aggregate_id
         at = stamp(record.occurred_at)
@@ -295,17 +295,15 @@ class AgentsProjection:
             )
 
 
-def _assign_all(
-    conn: sqlite3.Connection, agents: Iterable[str], task_id: str, kind: str, at: str
-) -> None:
+def _assign_all(conn: Connection, agents: Iterable[str], task_id: str, kind: str, at: str) -> None:
     conn.executemany(
-        "INSERT OR IGNORE INTO agent_assignments (agent_id, task_id, kind, assigned_at, "
-        "closed_at) VALUES (?, ?, ?, ?, NULL)",
+        "INSERT INTO agent_assignments (agent_id, task_id, kind, assigned_at, "
+        "closed_at) VALUES (?, ?, ?, ?, NULL) ON CONFLICT DO NOTHING",
         [(agent, task_id, kind, at) for agent in agents],
     )
 
 
-def _close(conn: sqlite3.Connection, agent: str, task_id: str, at: str) -> None:
+def _close(conn: Connection, agent: str, task_id: str, at: str) -> None:
     conn.execute(
         "UPDATE agent_assignments SET closed_at=? WHERE agent_id=? AND task_id=? "
         "AND closed_at IS NULL",
@@ -313,10 +311,13 @@ def _close(conn: sqlite3.Connection, agent: str, task_id: str, at: str) -> None:
     )
 
 
-def _touch(conn: sqlite3.Connection, agent: str, at: str) -> None:
+def _touch(conn: Connection, agent: str, at: str) -> None:
     """The record shows ``agent`` acting at ``at``: registering, being seen by the liveness
     monitor, submitting a result, reporting on its phase, claiming a completion."""
-    conn.execute("INSERT OR IGNORE INTO agent_activity (agent_id, at) VALUES (?, ?)", (agent, at))
+    conn.execute(
+        "INSERT INTO agent_activity (agent_id, at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        (agent, at),
+    )
     conn.execute(
         "UPDATE agents SET last_activity=? WHERE agent_id=? AND last_activity<?", (at, agent, at)
     )
@@ -495,11 +496,11 @@ SELECT * FROM (
 """
 
 
-def _shown_status(row: sqlite3.Row) -> str:
+def _shown_status(row: Row) -> str:
     return "busy" if row["status"] == "online" and row["open_tasks"] > 0 else str(row["status"])
 
 
-def _view(row: sqlite3.Row) -> AgentView:
+def _view(row: Row) -> AgentView:
     return AgentView(
         agent_id=row["agent_id"], uuid=row["uuid"], type=row["type"],
         capabilities=_decode.decode(row["capabilities"]),
@@ -514,10 +515,10 @@ def _view(row: sqlite3.Row) -> AgentView:
     )  # fmt: skip
 
 
-def get_agent(conn: sqlite3.Connection, agent_id: str) -> AgentDetail | None:
+def get_agent(conn: Connection, agent_id: str) -> AgentDetail | None:
     try:
         row = conn.execute(_ROWS + " WHERE r.agent_id=?", (agent_id,)).fetchone()
-    except sqlite3.OperationalError:  # not created yet
+    except NOT_CREATED:  # not created yet
         return None
     if row is None:
         return None
@@ -536,16 +537,16 @@ def get_agent(conn: sqlite3.Connection, agent_id: str) -> AgentDetail | None:
     )
 
 
-def agent_name(conn: sqlite3.Connection, uuid: str) -> str | None:
+def agent_name(conn: Connection, uuid: str) -> str | None:
     """The name of the agent whose aggregate id is ``uuid``, once it is projected."""
     try:
         row = conn.execute("SELECT agent_id FROM agents WHERE uuid=?", (uuid,)).fetchone()
-    except sqlite3.OperationalError:
+    except NOT_CREATED:
         return None
     return str(row[0]) if row else None
 
 
-def agents_of(conn: sqlite3.Connection, aggregate_id: str) -> list[str]:
+def agents_of(conn: Connection, aggregate_id: str) -> list[str]:
     """Every agent ever assigned a task of this session or workflow (open or closed)."""
     try:
         rows = conn.execute(
@@ -555,7 +556,7 @@ def agents_of(conn: sqlite3.Connection, aggregate_id: str) -> list[str]:
             "WHERE task_id=? OR (task_id >= ? AND task_id < ?) ORDER BY agent_id",
             (aggregate_id, f"{aggregate_id}/", f"{aggregate_id}0"),
         ).fetchall()
-    except sqlite3.OperationalError:
+    except NOT_CREATED:
         return []
     return [str(r[0]) for r in rows]
 
@@ -565,7 +566,7 @@ RECENT_VERDICTS = 20
 
 
 def recent_verdicts(
-    conn: sqlite3.Connection, agent_ids: Sequence[str], per_agent: int = RECENT_VERDICTS
+    conn: Connection, agent_ids: Sequence[str], per_agent: int = RECENT_VERDICTS
 ) -> dict[str, list[bool]]:
     """Each agent's latest ``per_agent`` verdicts, oldest first (True: verified), in one
     query for a whole page of agents."""
@@ -579,7 +580,7 @@ def recent_verdicts(
             f"WHERE agent_id IN ({marks})) AS latest WHERE n <= ? ORDER BY agent_id, position",
             (*agent_ids, per_agent),
         ).fetchall()
-    except sqlite3.OperationalError:  # not created yet
+    except NOT_CREATED:  # not created yet
         return {}
     found: dict[str, list[bool]] = {agent: [] for agent in agent_ids}
     for agent, verified in rows:
@@ -587,18 +588,18 @@ def recent_verdicts(
     return found
 
 
-def reachable_agents(conn: sqlite3.Connection) -> list[str]:
+def reachable_agents(conn: Connection) -> list[str]:
     """Agents that should answer a ping: online (busy included), by name."""
     try:
         rows = conn.execute(
             "SELECT agent_id FROM agents WHERE status='online' ORDER BY agent_id"
         ).fetchall()
-    except sqlite3.OperationalError:
+    except NOT_CREATED:
         return []
     return [str(r[0]) for r in rows]
 
 
-def encode_cursor(sort: str, row: sqlite3.Row) -> str:
+def encode_cursor(sort: str, row: Row) -> str:
     if sort == "reliability":
         text = f"r:{float(row['score'])!r}:{row['agent_id']}"
         return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
@@ -627,7 +628,7 @@ def decode_cursor(cursor: str, sort: str = "registered") -> tuple[Any, ...]:
 
 
 def list_agents(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     capabilities: Sequence[str] = (),
     statuses: Sequence[str] = (),
@@ -658,7 +659,8 @@ def list_agents(
     if min_success_rate is not None:
         where.append(
             "r.verified + r.rejected > 0 AND "
-            "round(CAST(r.verified AS REAL) / (r.verified + r.rejected), 6) >= ?"
+            # * 1.0: a fraction on both backends (SQLite's REAL, PostgreSQL's NUMERIC, which round takes)
+            "round(r.verified * 1.0 / (r.verified + r.rejected), 6) >= ?"
         )
         params.append(min_success_rate)
     if sort == "reliability":
@@ -676,7 +678,7 @@ def list_agents(
     params.append(limit + 1)
     try:
         rows = conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError:
+    except NOT_CREATED:
         return AgentPage(items=[], next_cursor=None)
     more = len(rows) > limit
     rows = rows[:limit]
@@ -687,12 +689,12 @@ def list_agents(
 
 
 def agent_metrics(
-    conn: sqlite3.Connection, agent_id: str, timeframe: str, as_of: datetime
+    conn: Connection, agent_id: str, timeframe: str, as_of: datetime
 ) -> Metrics | None:
     """The agent's metrics over ``timeframe`` ending at ``as_of``; None if not registered."""
     try:
         known = conn.execute("SELECT 1 FROM agents WHERE agent_id=?", (agent_id,)).fetchone()
-    except sqlite3.OperationalError:
+    except NOT_CREATED:
         return None
     if known is None:
         return None
@@ -731,7 +733,7 @@ def agent_metrics(
     )
 
 
-def _verdict_view(row: sqlite3.Row) -> VerdictView:
+def _verdict_view(row: Row) -> VerdictView:
     verified = bool(row["verified"])
     return VerdictView(
         agent_id=row["agent_id"], task_id=row["task_id"],
@@ -744,7 +746,7 @@ def _verdict_view(row: sqlite3.Row) -> VerdictView:
     )  # fmt: skip
 
 
-def get_verdict(conn: sqlite3.Connection, position: int) -> VerdictView | None:
+def get_verdict(conn: Connection, position: int) -> VerdictView | None:
     """The verdict recorded at log ``position`` (a verify_completion reply's position)."""
     try:
         row = conn.execute(
@@ -752,7 +754,7 @@ def get_verdict(conn: sqlite3.Connection, position: int) -> VerdictView | None:
             "u.position=v.position) AS counts FROM agent_verdicts v WHERE position=?",
             (position,),
         ).fetchone()
-    except sqlite3.OperationalError:
+    except NOT_CREATED:
         return None
     return _verdict_view(row) if row else None
 

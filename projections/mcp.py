@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
 from contracts.feed import EventRecord
+from projections.readstore import NOT_CREATED, Connection, upsert
 
 NAME = "mcp"
 
@@ -48,6 +48,14 @@ DDL = [
 TABLES = ["mcp_servers", "mcp_tools", "mcp_health"]
 
 _json = msgspec.json.Encoder(order="sorted")
+_REGISTER = upsert(
+    "mcp_servers",
+    ("name", "aggregate_id", "seq", "status", "transport", "owner", "access", "config",
+     "catalogue_digest", "calls", "failed_calls", "last_call_at", "version", "registered_at",
+     "updated_at"),
+    ("name",),
+)  # fmt: skip
+_HEALTH = upsert("mcp_health", ("server", "status", "error", "since"), ("server",))
 _decode = msgspec.json.Decoder()
 
 
@@ -93,7 +101,7 @@ class McpServersProjection:
     ddl = DDL
     tables = TABLES
 
-    def apply(self, conn: sqlite3.Connection, record: EventRecord) -> None:
+    def apply(self, conn: Connection, record: EventRecord) -> None:
         data = record.data
         at = _ts(record.occurred_at)
         if record.type == "McpServerRegistered":
@@ -101,11 +109,10 @@ class McpServersProjection:
             conn.execute("DELETE FROM mcp_tools WHERE server=?", (name,))
             conn.execute("DELETE FROM mcp_health WHERE server=?", (name,))
             conn.execute(
-                "INSERT OR REPLACE INTO mcp_servers VALUES "
-                "(?, ?, ?, 'active', ?, ?, ?, ?, NULL, 0, 0, NULL, ?, ?, ?)",
-                (name, record.aggregate_id, record.position, _json.encode(data["transport"]).decode(), data["owner"],
-                 _json.encode(data["access"]).decode(), _json.encode(data["config"]).decode(),
-                 record.version, at, at),
+                _REGISTER,
+                (name, record.aggregate_id, record.position, "active", _json.encode(data["transport"]).decode(),
+                 data["owner"], _json.encode(data["access"]).decode(), _json.encode(data["config"]).decode(),
+                 None, 0, 0, None, record.version, at, at),
             )  # fmt: skip
             return
         name = self._name_of(conn, record)
@@ -131,7 +138,7 @@ class McpServersProjection:
                 )  # fmt: skip
                 sets["catalogue_digest"] = data["catalogue_digest"]
             case "McpServerHealthChanged":
-                conn.execute("INSERT OR REPLACE INTO mcp_health VALUES (?, ?, ?, ?)",
+                conn.execute(_HEALTH,
                              (name, data["status"], data.get("error"), at))  # fmt: skip
             case "ToolCalled":
                 conn.execute(
@@ -142,7 +149,7 @@ class McpServersProjection:
         assignments = ", ".join(f"{column}=?" for column in sets)
         conn.execute(f"UPDATE mcp_servers SET {assignments} WHERE name=?", (*sets.values(), name))
 
-    def _name_of(self, conn: sqlite3.Connection, record: EventRecord) -> str | None:
+    def _name_of(self, conn: Connection, record: EventRecord) -> str | None:
         """Events after registration do not repeat the name: find it by aggregate id."""
         row = conn.execute(
             "SELECT name FROM mcp_servers WHERE aggregate_id=?", (record.aggregate_id,)
@@ -150,19 +157,19 @@ class McpServersProjection:
         return row[0] if row else None
 
 
-def _tools(conn: sqlite3.Connection, server: str | None = None) -> list[ToolView]:
+def _tools(conn: Connection, server: str | None = None) -> list[ToolView]:
     query = "SELECT * FROM mcp_tools" + (" WHERE server=?" if server else "")
     rows = conn.execute(query + " ORDER BY server, name", (server,) if server else ()).fetchall()
     return [ToolView(server=r[0], name=r[1], description=r[2], input_schema=_decode.decode(r[3]),
                      schema_digest=r[4]) for r in rows]  # fmt: skip
 
 
-def _view(conn: sqlite3.Connection, row: Any) -> McpServerView:
+def _view(conn: Connection, row: Any) -> McpServerView:
     try:
         health = conn.execute(
             "SELECT status, since, error FROM mcp_health WHERE server=?", (row[0],)
         ).fetchone()
-    except sqlite3.OperationalError:  # a read store from before health was recorded
+    except NOT_CREATED:  # a read store from before health was recorded
         health = None
     return McpServerView(
         name=row[0], status=row[3], transport=_decode.decode(row[4]), owner=row[5],
@@ -174,30 +181,30 @@ def _view(conn: sqlite3.Connection, row: Any) -> McpServerView:
     )  # fmt: skip
 
 
-def get_server(conn: sqlite3.Connection, name: str) -> McpServerView | None:
+def get_server(conn: Connection, name: str) -> McpServerView | None:
     """An active server (a removed one reads as absent)."""
     try:
         row = conn.execute(
             "SELECT * FROM mcp_servers WHERE name=? AND status='active'", (name,)
         ).fetchone()
-    except sqlite3.OperationalError:  # no such table yet: nothing was ever registered
+    except NOT_CREATED:  # no such table yet: nothing was ever registered
         return None
     return _view(conn, row) if row else None
 
 
-def list_servers(conn: sqlite3.Connection) -> list[McpServerView]:
+def list_servers(conn: Connection) -> list[McpServerView]:
     try:
         rows = conn.execute(
             "SELECT * FROM mcp_servers WHERE status='active' ORDER BY name"
         ).fetchall()
-    except sqlite3.OperationalError:
+    except NOT_CREATED:
         return []
     return [_view(conn, row) for row in rows]
 
 
-def list_tools(conn: sqlite3.Connection, server: str | None = None) -> list[ToolView]:
+def list_tools(conn: Connection, server: str | None = None) -> list[ToolView]:
     """Tools of active servers."""
     try:
         return [t for t in _tools(conn, server) if get_server(conn, t.server) is not None]
-    except sqlite3.OperationalError:
+    except NOT_CREATED:
         return []

@@ -11,12 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Protocol
 
 from eventsourcing.persistence import ApplicationRecorder, Notification
@@ -26,7 +22,7 @@ from contracts.aio import raise_if_cancelling
 from contracts.feed import EventRecord
 from events.codec import decode_record
 from projections import metrics
-from projections.readstore import ReadStore, position_in, set_position
+from projections.readstore import Connection, ReadStore, position_in, set_position, track
 from projections.tracing import record_write_spans
 
 log = logging.getLogger(__name__)
@@ -38,7 +34,7 @@ class Projection(Protocol):
     ddl: list[str]
     tables: list[str]
 
-    def apply(self, conn: sqlite3.Connection, record: EventRecord) -> None: ...
+    def apply(self, conn: Connection, record: EventRecord) -> None: ...
 
 
 class ProjectionRunner:
@@ -62,6 +58,7 @@ class ProjectionRunner:
         with store.transaction() as conn:
             for statement in projection.ddl:
                 conn.execute(statement)
+            track(conn, projection.name)
 
     @property
     def position(self) -> int:
@@ -125,61 +122,31 @@ class ProjectionRunner:
         (``rebuild_together`` with this read model alone)."""
         return rebuild_together([self], None if progress is None else [progress])
 
-    def _shadow(self) -> tuple[ProjectionRunner, Path]:
-        """A runner of this read model on a scratch file of its own (projection, process,
-        random suffix), so rebuilds of several projections can run at once."""
-        shadow_path = self.store.path.with_name(
-            f"{self.store.path.name}.rebuild-{self.projection.name}-{os.getpid()}-"
-            f"{uuid.uuid4().hex[:8]}"
-        )
-        shadow_store = ReadStore(f"sqlite:///{shadow_path}")
+    def _shadow(self) -> ProjectionRunner:
+        """A runner of this read model on a scratch store of its own (``ReadStore.shadow``:
+        a file beside an SQLite store, a schema beside a PostgreSQL one; named after the
+        projection, the process and a random suffix), so rebuilds of several projections
+        can run at once."""
         return ProjectionRunner(
-            self.recorder, shadow_store, self.projection, batch_size=self.batch_size
-        ), shadow_path
+            self.recorder,
+            self.store.shadow(self.projection.name),
+            self.projection,
+            batch_size=self.batch_size,
+        )
 
     def _finish_rebuild(
         self, shadow: ProjectionRunner, progress: Callable[[int, int], None] | None
     ) -> int:
-        """Swap the shadow's tables in; returns what it had to replay to catch up first."""
+        """Swap the shadow's tables and position in, in one transaction
+        (``ReadStore.swap_in``); returns what it had to replay to catch up first."""
         count = 0
-        conn = self.store.connection()
-        conn.execute("ATTACH DATABASE ? AS shadow", (str(shadow.store.path),))
-        try:
-            while not self._swap_in(shadow_position=shadow.position):
-                # The live projector is ahead of the shadow: catch up, so the swap never
-                # shows queries an older state than they already saw.
-                count += shadow.run_to_head(progress)
-        finally:
-            conn.execute("DETACH DATABASE shadow")
+        while not self.store.swap_in(
+            shadow.store, self.projection.name, self.projection.tables, shadow.position
+        ):
+            # The live projector is ahead of the shadow: catch up, so the swap never
+            # shows queries an older state than they already saw.
+            count += shadow.run_to_head(progress)
         return count
-
-    def _swap_in(self, shadow_position: int) -> bool:
-        """Replace the live tables and position with the shadow's, unless live is ahead.
-
-        The live tables are dropped and created again from the shadow's definitions (with
-        their indexes), and the rows copied by name: a live table written by an older
-        definition (other columns, another order) is replaced, never mixed with the new.
-        """
-        with self.store.transaction() as tx:
-            if position_in(tx, self.projection.name) > shadow_position:
-                return False
-            for table in self.projection.tables:
-                definitions = tx.execute(
-                    "SELECT type, sql FROM shadow.sqlite_master WHERE tbl_name=? "
-                    "AND sql IS NOT NULL ORDER BY type='index'",
-                    (table,),
-                ).fetchall()
-                columns = ", ".join(
-                    f'"{row["name"]}"' for row in tx.execute(f"PRAGMA shadow.table_info({table})")
-                )
-                tx.execute(f"DROP TABLE IF EXISTS main.{table}")
-                for row in definitions:  # unqualified: created in main
-                    tx.execute(row["sql"])
-                tx.execute(
-                    f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM shadow.{table}"
-                )
-            set_position(tx, self.projection.name, shadow_position)
-        return True
 
     async def run(self) -> None:
         while True:
@@ -235,19 +202,17 @@ def rebuild_together(
             if not notifications:
                 break
             decoded = Decoded()
-            for shadow, _ in shadows:
+            for shadow in shadows:
                 shadow.apply(position, notifications, decoded)
             position = notifications[-1].id
             count += len(notifications)
             for update in progress or ():
                 update(position, head)
-        for i, (runner, (shadow, _)) in enumerate(zip(runners, shadows, strict=True)):
+        for i, (runner, shadow) in enumerate(zip(runners, shadows, strict=True)):
             count += runner._finish_rebuild(shadow, progress[i] if progress else None)
     finally:
-        for shadow, path in shadows:
-            shadow.store.close()
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                path.with_name(path.name + suffix).unlink(missing_ok=True)
+        for shadow in shadows:
+            shadow.store.discard()
     return count
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import base64
-import sqlite3
 from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
 
 from contracts.feed import EventRecord
+from projections.readstore import NOT_CREATED, Connection, Row
 
 NAME = "sessions"
 
@@ -62,7 +62,7 @@ class SessionsProjection:
     ddl = DDL
     tables = TABLES
 
-    def apply(self, conn: sqlite3.Connection, record: EventRecord) -> None:
+    def apply(self, conn: Connection, record: EventRecord) -> None:
         data = record.data
         sid = record.aggregate_id
         at = _ts(record.occurred_at)
@@ -123,16 +123,14 @@ class SessionsProjection:
                 })  # fmt: skip
 
     @staticmethod
-    def _touch(conn: sqlite3.Connection, record: EventRecord) -> None:
+    def _touch(conn: Connection, record: EventRecord) -> None:
         conn.execute(
             "UPDATE sessions SET version=?, updated_at=? WHERE id=?",
             (record.version, _ts(record.occurred_at), record.aggregate_id),
         )
 
     @staticmethod
-    def _close(
-        conn: sqlite3.Connection, record: EventRecord, status: str, outcome: dict[str, Any]
-    ) -> None:
+    def _close(conn: Connection, record: EventRecord, status: str, outcome: dict[str, Any]) -> None:
         conn.execute(
             "UPDATE sessions SET status=?, outcome=?, version=?, updated_at=? WHERE id=?",
             (status, _json.encode(outcome).decode(), record.version, _ts(record.occurred_at),
@@ -176,7 +174,7 @@ class SessionPage(msgspec.Struct, kw_only=True):
     next_cursor: str | None
 
 
-def _view(conn: sqlite3.Connection, row: sqlite3.Row) -> SessionView:
+def _view(conn: Connection, row: Row) -> SessionView:
     parts = conn.execute(
         "SELECT agent_id, result, success, output_hash, submitted_at FROM session_participants "
         "WHERE session_id=? ORDER BY ord",
@@ -210,15 +208,15 @@ def _view(conn: sqlite3.Connection, row: sqlite3.Row) -> SessionView:
     )
 
 
-def get_session(conn: sqlite3.Connection, session_id: str) -> SessionView | None:
+def get_session(conn: Connection, session_id: str) -> SessionView | None:
     try:
         row = conn.execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone()
-    except sqlite3.OperationalError:
+    except NOT_CREATED:
         return None
     return _view(conn, row) if row else None
 
 
-def open_sessions_naming_others(conn: sqlite3.Connection, actor: str) -> int:
+def open_sessions_naming_others(conn: Connection, actor: str) -> int:
     """How many open sessions ``actor`` opened that name an agent other than itself."""
     try:
         row = conn.execute(
@@ -226,7 +224,7 @@ def open_sessions_naming_others(conn: sqlite3.Connection, actor: str) -> int:
             "(SELECT 1 FROM session_participants p WHERE p.session_id=s.id AND p.agent_id<>?)",
             (actor, actor),
         ).fetchone()
-    except sqlite3.OperationalError:  # not created yet
+    except NOT_CREATED:  # not created yet
         return 0
     return int(row[0])
 
@@ -292,7 +290,7 @@ def decode_cursor(cursor: str) -> int:
 
 
 def list_sessions(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     status: str | None = None,
     participant: str | None = None,
@@ -320,7 +318,7 @@ def list_sessions(
     params.append(limit + 1)
     try:
         rows = conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError:
+    except NOT_CREATED:
         return SessionPage(items=[], next_cursor=None)
     more = len(rows) > limit
     rows = rows[:limit]

@@ -10,7 +10,6 @@ same builder the dispatcher delivers with.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import msgspec
@@ -18,6 +17,7 @@ import msgspec
 from contracts.feed import EventRecord
 from contracts.tasks import TASK_ENCODER, PhaseTask, SessionTask, phase_task_id
 from events.tasks import phase_task, session_task
+from projections.readstore import NOT_CREATED, Connection, upsert
 
 NAME = "agent_tasks"
 
@@ -43,6 +43,12 @@ DDL = [
 TABLES = ["task_workflows", "agent_tasks"]
 
 _json = msgspec.json.Encoder(order="sorted")
+_WORKFLOW = upsert("task_workflows", ("id", "started", "results"), ("id",))
+_TASK = upsert(
+    "agent_tasks",
+    ("agent_id", "task_id", "owner_id", "kind", "attempt", "accepted", "message", "position"),
+    ("agent_id", "task_id"),
+)
 _decode = msgspec.json.Decoder()
 ENDS_WORKFLOW = ("WorkflowCompleted", "WorkflowFailed", "WorkflowCancelled")
 ENDS_SESSION = ("SessionFinalised", "SessionTimedOut", "SessionCancelled")
@@ -54,18 +60,18 @@ class AgentTasksProjection:
     ddl = DDL
     tables = TABLES
 
-    def apply(self, conn: sqlite3.Connection, record: EventRecord) -> None:
+    def apply(self, conn: Connection, record: EventRecord) -> None:
         if record.aggregate == "workflow":
             self._workflow(conn, record)
         else:
             self._session(conn, record)
 
-    def _workflow(self, conn: sqlite3.Connection, record: EventRecord) -> None:
+    def _workflow(self, conn: Connection, record: EventRecord) -> None:
         wid, data = record.aggregate_id, record.data
         if record.type == "WorkflowStarted":
             conn.execute(
-                "INSERT OR REPLACE INTO task_workflows VALUES (?, ?, '{}')",
-                (wid, _json.encode(data).decode()),
+                _WORKFLOW,
+                (wid, _json.encode(data).decode(), "{}"),
             )
             return
         if record.type in ENDS_WORKFLOW:
@@ -99,7 +105,7 @@ class AgentTasksProjection:
                     (_json.encode(results).decode(), wid),
                 )
 
-    def _session(self, conn: sqlite3.Connection, record: EventRecord) -> None:
+    def _session(self, conn: Connection, record: EventRecord) -> None:
         sid, data = record.aggregate_id, record.data
         match record.type:
             case "SessionOpened":
@@ -132,7 +138,7 @@ class AgentTasksProjection:
 
 
 def _open(
-    conn: sqlite3.Connection,
+    conn: Connection,
     agent: str,
     task: PhaseTask | SessionTask,
     owner: str,
@@ -140,8 +146,8 @@ def _open(
 ) -> None:
     kind = "phase" if isinstance(task, PhaseTask) else "session"
     conn.execute(
-        "INSERT OR REPLACE INTO agent_tasks VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
-        (agent, task.task_id, owner, kind, task.attempt, TASK_ENCODER.encode(task).decode(),
+        _TASK,
+        (agent, task.task_id, owner, kind, task.attempt, 0, TASK_ENCODER.encode(task).decode(),
          position),
     )  # fmt: skip
 
@@ -164,13 +170,13 @@ class AgentTaskList(msgspec.Struct, kw_only=True):
     items: list[AgentTaskView]
 
 
-def list_agent_tasks(conn: sqlite3.Connection, agent_id: str) -> AgentTaskList:
+def list_agent_tasks(conn: Connection, agent_id: str) -> AgentTaskList:
     """Oldest assignment first."""
     try:
         rows = conn.execute(
             "SELECT * FROM agent_tasks WHERE agent_id=? ORDER BY position", (agent_id,)
         ).fetchall()
-    except sqlite3.OperationalError:  # the read model is not built yet
+    except NOT_CREATED:  # the read model is not built yet
         rows = []
     return AgentTaskList(
         agent_id=agent_id,

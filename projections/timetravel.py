@@ -30,6 +30,7 @@ from contracts.feed import EventRecord
 from events.codec import EVENT_TYPES, decode_record, topic_of
 from projections import agents, sessions, workflows
 from projections.history import History
+from projections.readstore import NOT_CREATED, Connection
 from projections.runner import Projection
 
 
@@ -57,21 +58,21 @@ class Rewind:
 
     aggregate: str
     projection: Callable[[], Projection]
-    view: Callable[[sqlite3.Connection, str], Any]
+    view: Callable[[Connection, str], Any]
     context: Context | None = None
 
 
-def _workflow_view(conn: sqlite3.Connection, workflow_id: str) -> Any:
+def _workflow_view(conn: Connection, workflow_id: str) -> Any:
     """A past workflow has no estimate: that needs every workflow's durations at the time."""
     view = workflows.get_workflow(conn, workflow_id)
     return None if view is None else msgspec.structs.replace(view, estimated_completion=None)
 
 
-def _agent_view(conn: sqlite3.Connection, aggregate_id: str) -> Any:
+def _agent_view(conn: Connection, aggregate_id: str) -> Any:
     """An agent is addressed by its name, its aggregate by a UUID: look the name up."""
     try:
         row = conn.execute("SELECT agent_id FROM agents WHERE uuid=?", (aggregate_id,)).fetchone()
-    except sqlite3.OperationalError:
+    except NOT_CREATED:
         return None
     return None if row is None else agents.get_agent(conn, row[0])
 

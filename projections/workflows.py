@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 
 from contracts.feed import EventRecord
+from projections.readstore import NOT_CREATED, Connection, Row, upsert
 from projections.sessions import decode_cursor as decode_cursor  # re-exported for the gateway
 from projections.sessions import encode_cursor
 
@@ -60,6 +60,7 @@ NOT_WAITING = frozenset({"PhaseAssigned", "PhaseStarted", "PhaseCompleted", "Wor
                          "WorkflowFailed", "WorkflowCancelled"})  # fmt: skip
 
 _json = msgspec.json.Encoder(order="sorted")
+_WAITING = upsert("workflow_waiting", ("id", "phase", "capabilities"), ("id",))
 _decode = msgspec.json.Decoder()
 
 
@@ -77,7 +78,7 @@ class WorkflowsProjection:
     ddl = DDL
     tables = TABLES
 
-    def apply(self, conn: sqlite3.Connection, record: EventRecord) -> None:
+    def apply(self, conn: Connection, record: EventRecord) -> None:
         data = record.data
         wid = record.aggregate_id
         at = _ts(record.occurred_at)
@@ -104,7 +105,7 @@ class WorkflowsProjection:
         match record.type:
             case "PhaseWaiting":
                 conn.execute(
-                    "INSERT OR REPLACE INTO workflow_waiting VALUES (?, ?, ?)",
+                    _WAITING,
                     (wid, data["phase"], _json.encode(data["capabilities"]).decode()),
                 )
             case "PhaseLeaseExpired":
@@ -137,7 +138,8 @@ class WorkflowsProjection:
                     conn.execute(
                         "INSERT INTO phase_durations VALUES (?, ?, 1, ?) "
                         "ON CONFLICT(workflow_type, phase) DO UPDATE SET "
-                        "completed=completed+1, total_seconds=total_seconds+excluded.total_seconds",
+                        "completed=phase_durations.completed+1, "
+                        "total_seconds=phase_durations.total_seconds+excluded.total_seconds",
                         (row["workflow_type"], data["phase"], max(seconds, 0.0)),
                     )
             case "PhaseFailed":
@@ -203,7 +205,7 @@ class WorkflowPage(msgspec.Struct, kw_only=True):
     next_cursor: str | None
 
 
-def _average_seconds(conn: sqlite3.Connection, workflow_type: str) -> dict[str, float]:
+def _average_seconds(conn: Connection, workflow_type: str) -> dict[str, float]:
     return {
         r["phase"]: r["total_seconds"] / r["completed"]
         for r in conn.execute(
@@ -226,12 +228,12 @@ def estimate_completion(
     return since + timedelta(seconds=seconds)
 
 
-def _waiting(conn: sqlite3.Connection, workflow_id: str) -> WaitingForAgent | None:
+def _waiting(conn: Connection, workflow_id: str) -> WaitingForAgent | None:
     try:
         row = conn.execute(
             "SELECT phase, capabilities FROM workflow_waiting WHERE id=?", (workflow_id,)
         ).fetchone()
-    except sqlite3.OperationalError:  # a read store from before the table existed
+    except NOT_CREATED:  # a read store from before the table existed
         return None
     if row is None:
         return None
@@ -250,7 +252,7 @@ def _message(status: str, current: str | None, waiting: WaitingForAgent | None,
     return f"Workflow {status}"
 
 
-def _view(conn: sqlite3.Connection, row: sqlite3.Row) -> WorkflowView:
+def _view(conn: Connection, row: Row) -> WorkflowView:
     phases = _decode.decode(row["phases"])
     done = _decode.decode(row["phases_completed"])
     status = row["status"]
@@ -279,16 +281,16 @@ def _view(conn: sqlite3.Connection, row: sqlite3.Row) -> WorkflowView:
     )  # fmt: skip
 
 
-def get_workflow(conn: sqlite3.Connection, workflow_id: str) -> WorkflowView | None:
+def get_workflow(conn: Connection, workflow_id: str) -> WorkflowView | None:
     try:
         row = conn.execute("SELECT * FROM workflows WHERE id=?", (workflow_id,)).fetchone()
-    except sqlite3.OperationalError:
+    except NOT_CREATED:
         return None
     return _view(conn, row) if row else None
 
 
 def list_workflows(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     status: str | None = None,
     workflow_type: str | None = None,
@@ -314,7 +316,7 @@ def list_workflows(
     params.append(limit + 1)
     try:
         rows = conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError:
+    except NOT_CREATED:
         return WorkflowPage(items=[], next_cursor=None)
     more = len(rows) > limit
     rows = rows[:limit]

@@ -12,8 +12,9 @@ import os
 import socket
 import threading
 import time
+import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,66 @@ def database_url(tmp_path: Path) -> str:
 @pytest.fixture
 def read_store_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/read.db"
+
+
+#: The read-store backends the read-model suite runs on. PostgreSQL runs when
+#: ``CHORUS_TEST_POSTGRES_URL`` names a server (``.ci/run`` starts one).
+READ_BACKENDS = ["sqlite", "postgres"]
+
+
+class ReadStores:
+    """Fresh, empty read stores of one backend for one test: SQLite files in the test's
+    directory, or PostgreSQL schemas of their own (so parallel runs never meet), dropped
+    afterwards with whatever scratch schemas a rebuild left."""
+
+    def __init__(self, backend: str, tmp_path: Path, postgres_url: str | None) -> None:
+        self.backend = backend
+        self.tmp_path = tmp_path
+        self.postgres_url = postgres_url
+        self.prefix = f"r{uuid.uuid4().hex[:10]}"
+        self.schemas: list[str] = []
+
+    def url(self, name: str = "read") -> str:
+        if self.backend == "sqlite":
+            return f"sqlite:///{self.tmp_path}/{name}.db"
+        schema = f"{self.prefix}_{name}"
+        self.schemas.append(schema)
+        return f"{self.postgres_url}?schema={schema}"
+
+    def rows(self, url: str, tables: Iterable[str]) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of ``tables``, as plain tuples in a fixed order."""
+        store = ReadStore(url, readonly=True)
+        try:
+            conn = store.connection()
+            return {
+                t: sorted((tuple(r) for r in conn.execute(f"SELECT * FROM {t}")), key=repr)
+                for t in tables
+            }
+        finally:
+            store.close()
+
+    def cleanup(self) -> None:
+        if self.backend != "postgres" or not self.schemas:
+            return
+        import psycopg
+
+        with psycopg.connect(str(self.postgres_url), autocommit=True) as conn:
+            for schema in self.schemas:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(params=READ_BACKENDS)
+def read_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReadStores]:
+    """Read stores of each backend in turn; a module runs its read-model tests on both by
+    taking its ``read_store_url`` from here."""
+    postgres_url = os.environ.get("CHORUS_TEST_POSTGRES_URL")
+    if request.param == "postgres" and not postgres_url:
+        pytest.skip("CHORUS_TEST_POSTGRES_URL is not set (.ci/run sets it)")
+    stores = ReadStores(request.param, tmp_path, postgres_url)
+    try:
+        yield stores
+    finally:
+        stores.cleanup()
 
 
 @pytest.fixture

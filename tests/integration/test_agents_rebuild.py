@@ -4,12 +4,11 @@ and a blue/green rebuild in place leaves it row for row the same."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+import pytest
 from nats.aio.client import Client as NATS
 
 from engine.evidence import result_hash
@@ -18,14 +17,14 @@ from events.store import open_recorder
 from projections.agents import TABLES, AgentsProjection
 from projections.readstore import ReadStore
 from projections.runner import ProjectionRunner
+from tests.conftest import ReadStores
 from tests.integration.test_bus import open_payload, send
 
 
-def rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
-    with sqlite3.connect(path) as conn:
-        return {
-            table: sorted(conn.execute(f"SELECT * FROM {table}").fetchall()) for table in TABLES
-        }
+@pytest.fixture
+def read_store_url(read_stores: ReadStores) -> str:
+    """Every test here runs on each read-store backend (the gateway reads it too)."""
+    return read_stores.url("read")
 
 
 async def agent(nc: NATS, actor: str, command: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +34,7 @@ async def agent(nc: NATS, actor: str, command: str, payload: dict[str, Any]) -> 
 
 
 async def test_agents_rebuild_equals_the_live_read_model(
-    engine: EngineService, nc: NATS, database_url: str, read_store_url: str, tmp_path: Path
+    engine: EngineService, nc: NATS, database_url: str, read_store_url: str, read_stores: ReadStores
 ) -> None:
     for name in ("a1", "a2", "a3"):
         await agent(nc, name, "register", {"name": name, "capabilities": ["python"]})
@@ -68,16 +67,16 @@ async def test_agents_rebuild_equals_the_live_read_model(
     head = open_recorder(database_url).max_notification_id()
     while live.position < head:
         await asyncio.to_thread(live.run_to_head)
-    before = rows(Path(read_store_url.removeprefix("sqlite:///")))
+    before = read_stores.rows(read_store_url, TABLES)
+    reference_url = read_stores.url("reference")
     reference = ProjectionRunner(
-        open_recorder(database_url), ReadStore(f"sqlite:///{tmp_path}/reference.db"),
-        AgentsProjection(),
-    )  # fmt: skip
+        open_recorder(database_url), ReadStore(reference_url), AgentsProjection()
+    )
     reference.run_to_head()
-    assert rows(tmp_path / "reference.db") == before
+    assert read_stores.rows(reference_url, TABLES) == before
 
     await asyncio.to_thread(live.rebuild)
-    assert rows(Path(read_store_url.removeprefix("sqlite:///"))) == before
+    assert read_stores.rows(read_store_url, TABLES) == before
     assert len(before["agents"]) == 3
     assert len(before["agent_verdicts"]) == 2
     assert {r[1] for r in before["agent_assignments"]} == {sid, f"{wid}/implement"}

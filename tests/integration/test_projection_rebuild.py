@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,19 +17,17 @@ from projections.runner import ProjectionRunner
 from projections.sessions import SessionsProjection, get_session
 from projections.workflows import WorkflowsProjection
 from runtime.cli import main
-from tests.conftest import Gateway
+from tests.conftest import Gateway, ReadStores
 from tests.integration.test_bus import domain_records, open_payload, send
 from tests.integration.test_gateway_support import eventually
 
+TABLES = [*SessionsProjection().tables, *WorkflowsProjection().tables]
 
-def rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
-    with sqlite3.connect(path) as conn:
-        return {
-            "sessions": conn.execute("SELECT * FROM sessions ORDER BY seq").fetchall(),
-            "participants": conn.execute(
-                "SELECT * FROM session_participants ORDER BY session_id, agent_id"
-            ).fetchall(),
-        }
+
+@pytest.fixture
+def read_store_url(read_stores: ReadStores) -> str:
+    """Every test here runs on each read-store backend (the gateway reads it too)."""
+    return read_stores.url("read")
 
 
 async def test_rebuild_in_place_under_load_keeps_queries_answering_and_ends_equal(
@@ -40,7 +36,7 @@ async def test_rebuild_in_place_under_load_keeps_queries_answering_and_ends_equa
     nc: NATS,
     database_url: str,
     read_store_url: str,
-    tmp_path: Path,
+    read_stores: ReadStores,
 ) -> None:
     first = open_payload(["a1", "a2"])
     await send(nc, "coord", "open", first)
@@ -88,14 +84,14 @@ async def test_rebuild_in_place_under_load_keeps_queries_answering_and_ends_equa
             break
         await asyncio.sleep(0.01)
     assert projector.position == head
+    reference_url = read_stores.url("reference")
     reference = ProjectionRunner(
-        open_recorder(database_url),
-        ReadStore(f"sqlite:///{tmp_path}/reference.db"),
-        SessionsProjection(),
+        open_recorder(database_url), ReadStore(reference_url), SessionsProjection()
     )
     reference.run_to_head()
-    live = rows(Path(read_store_url.removeprefix("sqlite:///")))
-    assert live == rows(tmp_path / "reference.db")
+    tables = SessionsProjection().tables
+    live = read_stores.rows(read_store_url, tables)
+    assert live == read_stores.rows(reference_url, tables)
     assert len(live["sessions"]) > 5
     assert uuid.UUID(first["session_id"])
 
@@ -107,7 +103,7 @@ async def test_chorus_project_rebuild_has_no_side_effects_and_serves_every_query
     nc: NATS,
     database_url: str,
     read_store_url: str,
-    tmp_path: Path,
+    read_stores: ReadStores,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A rebuild only writes read models: nothing reaches the bus (no feed event, no timer
@@ -167,8 +163,8 @@ async def test_chorus_project_rebuild_has_no_side_effects_and_serves_every_query
     assert "rebuilt workflows" in printed.out
     assert "events/s" in printed.err  # the progress bar
 
-    reference = ReadStore(f"sqlite:///{tmp_path}/reference.db")
+    reference_url = read_stores.url("reference")
+    reference = ReadStore(reference_url)
     for projection in (SessionsProjection(), WorkflowsProjection()):
         ProjectionRunner(recorder, reference, projection).run_to_head()
-    live = Path(read_store_url.removeprefix("sqlite:///"))
-    assert rows(live) == rows(tmp_path / "reference.db")
+    assert read_stores.rows(read_store_url, TABLES) == read_stores.rows(reference_url, TABLES)
