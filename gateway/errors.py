@@ -17,6 +17,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import Message, Scope
 
 from contracts.bounds import MAX_JSON_DEPTH
+from projections.readstore import ReadStoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,7 @@ STORE_ERRORS: tuple[type[Exception], ...] = (
     sqlite3.OperationalError,
     StoreOperationalError,
     StoreInterfaceError,
+    ReadStoreUnavailable,
 )
 
 
@@ -264,6 +266,7 @@ EXCEPTION_HANDLERS = {
     sqlite3.OperationalError: handle_store_error,
     StoreOperationalError: handle_store_error,
     StoreInterfaceError: handle_store_error,
+    ReadStoreUnavailable: handle_store_error,
     Exception: handle_unexpected,
 }
 

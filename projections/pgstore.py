@@ -118,7 +118,7 @@ def _translated_errors() -> Iterator[None]:
         yield
     except pg_errors.UndefinedTable as error:
         raise ReadModelMissing(str(error)) from error
-    except psycopg.OperationalError as error:
+    except (psycopg.OperationalError, psycopg.InterfaceError) as error:
         raise ReadStoreUnavailable(str(error)) from error
 
 
@@ -164,7 +164,7 @@ class PostgresReadStore(ReadStore):
         # A store dropped without close() still closes its connections (every thread's).
         weakref.finalize(self, _close_all, self._all)
         if schema is None:
-            with psycopg.connect(self.conninfo) as conn:
+            with _translated_errors(), psycopg.connect(self.conninfo) as conn:
                 row = conn.execute("SELECT current_schema()").fetchone()
             schema = str(row[0]) if row and row[0] else "public"
         self.schema = schema
@@ -192,17 +192,6 @@ class PostgresReadStore(ReadStore):
         conn = self.connection()
         with _translated_errors(), conn.raw.transaction():
             yield conn
-
-    def position(self, name: str) -> int:
-        try:
-            row = (
-                self.connection()
-                .execute("SELECT position FROM tracking WHERE name=?", (name,))
-                .fetchone()
-            )
-        except ReadModelMissing:  # not created yet: nothing projected
-            return 0
-        return int(row[0]) if row else 0
 
     def shadow(self, label: str) -> PostgresReadStore:
         name = f"rebuild_{label}_{os.getpid()}_{uuid.uuid4().hex[:8]}"[:63]

@@ -95,7 +95,13 @@ class ReadStore:
     def __new__(cls, url: str, *, readonly: bool = False) -> ReadStore:
         if cls is ReadStore:
             if is_postgres_url(url):
-                from projections.pgstore import PostgresReadStore
+                try:
+                    from projections.pgstore import PostgresReadStore
+                except ImportError as error:
+                    raise ValueError(
+                        "a postgresql:// read store needs psycopg 3: "
+                        "pip install 'eventsourcing[postgres]'"
+                    ) from error
 
                 return super().__new__(PostgresReadStore)
             return super().__new__(SQLiteReadStore)
@@ -108,7 +114,16 @@ class ReadStore:
         raise NotImplementedError
 
     def position(self, name: str) -> int:
-        raise NotImplementedError
+        """Where projection ``name`` stands in the log (0: nothing projected yet)."""
+        try:
+            row = (
+                self.connection()
+                .execute("SELECT position FROM tracking WHERE name=?", (name,))
+                .fetchone()
+            )
+        except NOT_CREATED:
+            return 0
+        return int(row[0]) if row else 0
 
     def shadow(self, label: str) -> ReadStore:
         """An empty store of the same backend for a rebuild of ``label``; its own (label,
@@ -164,17 +179,6 @@ class SQLiteReadStore(ReadStore):
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-
-    def position(self, name: str) -> int:
-        try:
-            row = (
-                self.connection()
-                .execute("SELECT position FROM tracking WHERE name=?", (name,))
-                .fetchone()
-            )
-        except sqlite3.OperationalError:  # not created yet: nothing projected
-            return 0
-        return int(row[0]) if row else 0
 
     def shadow(self, label: str) -> SQLiteReadStore:
         path = self.path.with_name(

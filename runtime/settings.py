@@ -38,7 +38,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="Event store: sqlite:/// or postgresql://"
     )
-    read_store_url: str | None = Field(default=None, description="Read models: sqlite:///")
+    read_store_url: str | None = Field(
+        default=None,
+        description="Read models: sqlite:/// (default: <data_dir>/read.db) or "
+        "postgresql://user:pw@host:port/db[?schema=name], which several gateways can share",
+        pattern=r"^(sqlite:///|postgres(ql)?://)",
+    )
     keys_path: Path | None = None
     audit_key_path: Path | None = Field(
         default=None,

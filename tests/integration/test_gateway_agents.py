@@ -12,6 +12,7 @@ import pytest
 
 from contracts.agents import agent_uuid
 from engine.evidence import result_hash
+from tests.conftest import ReadStores
 from tests.integration.test_bus import send
 from tests.integration.test_gateway_support import (
     assert_problem,
@@ -22,6 +23,12 @@ from tests.integration.test_gateway_support import (
 )
 
 AGENTS = "/api/v1/agents"
+
+
+@pytest.fixture
+def read_store_url(read_stores: ReadStores) -> str:
+    """The gateway's read queries, on each read-store backend."""
+    return read_stores.url("read")
 
 
 @pytest.fixture

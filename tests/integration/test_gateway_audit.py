@@ -15,6 +15,7 @@ from events.ledger import last_seal
 from events.store import open_recorder
 from gateway.app import create_app
 from gateway.state import GatewayConfig
+from tests.conftest import ReadStores
 from tests.integration.test_gateway_support import (
     SESSIONS,
     UNKNOWN_SESSION,
@@ -26,6 +27,13 @@ from tests.integration.test_gateway_support import (
 
 EVENTS = "/api/v1/events"
 AUDIT = "/api/v1/audit"
+
+
+@pytest.fixture
+def read_store_url(read_stores: ReadStores) -> str:
+    """Time travel and history on each read-store backend (the past is folded from the
+    event store, whichever store serves the present)."""
+    return read_stores.url("read")
 
 
 @pytest.fixture

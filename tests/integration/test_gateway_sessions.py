@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import ReadStores
 from tests.integration.test_gateway_support import (
     SESSIONS,
     UNKNOWN_SESSION,
@@ -23,6 +24,12 @@ from tests.integration.test_gateway_support import (
     submit,
     task,
 )
+
+
+@pytest.fixture
+def read_store_url(read_stores: ReadStores) -> str:
+    """The gateway's read queries, on each read-store backend."""
+    return read_stores.url("read")
 
 
 @pytest.fixture

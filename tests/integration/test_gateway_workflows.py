@@ -8,15 +8,22 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 import websockets
 from nats.aio.client import Client as NATS
 
 from engine.service import EngineService
 from projections.runner import ProjectionRunner
-from tests.conftest import Gateway
+from tests.conftest import Gateway, ReadStores
 from tests.integration.test_bus import send
 
 BASE = "/api/v1/workflows"
+
+
+@pytest.fixture
+def read_store_url(read_stores: ReadStores) -> str:
+    """The gateway's read queries, on each read-store backend."""
+    return read_stores.url("read")
 
 
 async def agent(nc: NATS, actor: str, command: str, **payload: Any) -> dict[str, Any]:

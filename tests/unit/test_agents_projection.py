@@ -4,7 +4,6 @@ needs the engine's liveness monitor end to end), assignments, verdicts, queries.
 from __future__ import annotations
 
 import itertools
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,16 +24,18 @@ from projections.agents import (
     reachable_agents,
     stamp,
 )
+from projections.readstore import ReadStore
+from tests.conftest import ReadStores
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
 
 class Log:
-    """Applies records to an in-memory read model, numbering positions and versions."""
+    """Applies records to a fresh read store, numbering positions and versions."""
 
-    def __init__(self) -> None:
-        self.conn = sqlite3.connect(":memory:", isolation_level=None)
-        self.conn.row_factory = sqlite3.Row
+    def __init__(self, url: str) -> None:
+        self.store = ReadStore(url)
+        self.conn = self.store.connection()
         self.projection = AgentsProjection()
         for statement in self.projection.ddl:
             self.conn.execute(statement)
@@ -95,10 +96,11 @@ class Log:
 
 
 @pytest.fixture
-def log() -> Iterator[Log]:
-    log = Log()
+def log(read_stores: ReadStores) -> Iterator[Log]:
+    """On each read-store backend."""
+    log = Log(read_stores.url("read"))
     yield log
-    log.conn.close()
+    log.store.close()
 
 
 def status(log: Log, name: str) -> str:

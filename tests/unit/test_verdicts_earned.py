@@ -9,7 +9,6 @@ and the agents read model is folded from the recorded log.
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -26,6 +25,7 @@ from engine.processor import Command, Processor
 from projections.agents import AgentsProjection, agent_metrics, get_agent, list_agents
 from projections.readstore import ReadStore
 from projections.runner import ProjectionRunner
+from tests.conftest import ReadStores
 
 from .conftest import FakeClock
 
@@ -77,14 +77,14 @@ def agent_state(engine: Processor, name: str) -> AgentState:
     return state
 
 
-def read_model(recorder: ApplicationRecorder, tmp_path: Path) -> ReadStore:
-    store = ReadStore(f"sqlite:///{tmp_path}/read.db")
+def read_model(recorder: ApplicationRecorder, stores: ReadStores) -> ReadStore:
+    store = ReadStore(stores.url("read"))
     ProjectionRunner(recorder, store, AgentsProjection()).rebuild()
     return store
 
 
 def test_sessions_a_partner_opened_do_not_raise_reliability_or_routing_rank(
-    engine: Processor, recorder: ApplicationRecorder, clock: FakeClock, tmp_path: Path
+    engine: Processor, recorder: ApplicationRecorder, clock: FakeClock, read_stores: ReadStores
 ) -> None:
     for n in range(8):
         task_done_by(engine, "agent-1", "agent-2", n)
@@ -96,8 +96,7 @@ def test_sessions_a_partner_opened_do_not_raise_reliability_or_routing_rank(
     send(engine, "ops-1", "session", "open", routed)
     opened = engine.load(HANDLERS[("session", "open")], uuid.UUID(routed.session_id))
     assert list(opened.participants) == ["agent-0"]  # type: ignore[attr-defined]
-    store = read_model(recorder, tmp_path)
-    with store.connection() as conn:
+    with read_model(recorder, read_stores).transaction() as conn:
         view = get_agent(conn, "agent-2")
         assert view is not None
         assert (view.verified, view.reliability_score) == (0, 0.5)
@@ -108,10 +107,10 @@ def test_sessions_a_partner_opened_do_not_raise_reliability_or_routing_rank(
 
 
 def test_work_an_operator_assigned_counts(
-    engine: Processor, recorder: ApplicationRecorder, tmp_path: Path
+    engine: Processor, recorder: ApplicationRecorder, read_stores: ReadStores
 ) -> None:
     task_done_by(engine, "ops-1", "agent-2", 1)
     assert agent_state(engine, "agent-2").verified == 1
-    with read_model(recorder, tmp_path).connection() as conn:
+    with read_model(recorder, read_stores).transaction() as conn:
         view = get_agent(conn, "agent-2")
         assert view is not None and view.verified == 1
