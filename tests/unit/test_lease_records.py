@@ -3,7 +3,6 @@ the agent_tasks read model lists an agent's open tasks until they close."""
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from datetime import timedelta
 
@@ -11,7 +10,9 @@ from engine.agent import AgentState
 from events.agent import AgentRegistered, TaskLeaseLost
 from events.reliability import reliability_score
 from projections.agents import get_agent
+from projections.readstore import ReadStore
 from projections.tasks import AgentTasksProjection, list_agent_tasks
+from tests.conftest import ReadStores
 from tests.unit.test_agents_projection import T0, Log
 
 
@@ -24,8 +25,10 @@ def test_a_lost_lease_lowers_the_agents_routing_score() -> None:
     assert (state.rejected, state.score < before) == (1, True)
 
 
-def test_a_lost_lease_counts_as_a_rejection_in_the_agents_read_model() -> None:
-    log = Log()
+def test_a_lost_lease_counts_as_a_rejection_in_the_agents_read_model(
+    read_stores: ReadStores,
+) -> None:
+    log = Log(read_stores.url())
     log.register("a1")
     log.agent("a1", "TaskLeaseLost", {"task_id": "w/p", "attempt": 1,
                                       "reason": "heartbeat_silence",
@@ -36,15 +39,17 @@ def test_a_lost_lease_counts_as_a_rejection_in_the_agents_read_model() -> None:
 
 
 class TasksLog(Log):
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
         self.projection = AgentTasksProjection()  # type: ignore[assignment]
         for statement in self.projection.ddl:
             self.conn.execute(statement)
 
 
-def test_an_agents_open_tasks_follow_assignment_acceptance_and_the_end_of_the_work() -> None:
-    log = TasksLog()
+def test_an_agents_open_tasks_follow_assignment_acceptance_and_the_end_of_the_work(
+    read_stores: ReadStores,
+) -> None:
+    log = TasksLog(read_stores.url())
     wid = str(uuid.uuid4())
     log.apply("workflow", wid, "WorkflowStarted", {
         "workflow_id": wid, "workflow_type": "quick", "phases": [], "requirements": "r",
@@ -72,7 +77,7 @@ def test_an_agents_open_tasks_follow_assignment_acceptance_and_the_end_of_the_wo
     assert list_agent_tasks(log.conn, "a2").items == []
 
 
-def test_an_unbuilt_read_model_lists_no_tasks() -> None:
-    conn = sqlite3.connect(":memory:")
-    conn.row_factory = sqlite3.Row
-    assert list_agent_tasks(conn, "a1").items == []
+def test_an_unbuilt_read_model_lists_no_tasks(read_stores: ReadStores) -> None:
+    store = ReadStore(read_stores.url("fresh"), readonly=True)
+    assert list_agent_tasks(store.connection(), "a1").items == []
+    store.close()
