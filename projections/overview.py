@@ -6,12 +6,12 @@ counts as empty.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from eventsourcing.persistence import ApplicationRecorder
 
 from events.ledger import last_seal
+from projections.readstore import NOT_CREATED, Connection
 
 #: Read model -> the query that counts its rows by (shown) status.
 _COUNTS = {
@@ -29,14 +29,14 @@ _COUNTS = {
 }
 
 
-def status_counts(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+def status_counts(conn: Connection) -> dict[str, dict[str, int]]:
     """``{"sessions": {"open": 3, ...}, "workflows": {...}, "agents": {"busy": 1, ...},
     "queued": {"high": 2, ...}}`` (queued workflows by priority)."""
     counts: dict[str, dict[str, int]] = {}
     for model, sql in _COUNTS.items():
         try:
             rows = conn.execute(sql).fetchall()
-        except sqlite3.OperationalError:
+        except NOT_CREATED:
             rows = []
         counts[model] = {str(row[0]): int(row[1]) for row in rows}
     return counts

@@ -22,6 +22,7 @@ from projections.agents import (
     get_verdict,
     list_agents,
     reachable_agents,
+    recent_verdicts,
     stamp,
 )
 from projections.readstore import ReadStore
@@ -267,6 +268,21 @@ def test_verdicts_count_score_and_are_readable_by_position(log):
     assert rejected.reasons == [{"code": "hash_mismatch", "message": "differs"}]
     assert rejected.quality_score == 0.0
     assert get_verdict(log.conn, 999) is None
+
+
+def test_recent_verdicts_are_each_agents_latest_oldest_first(log):
+    """The console's sparkline query (a window function) on each backend."""
+    for name in ("a1", "a2"):
+        log.register(name)
+    sid = log.open_session(["a1", "a2"], T0)
+    for minute, ok in enumerate((True, False, True, True), start=1):
+        log.verdict("a1", sid, T0 + timedelta(minutes=minute), ok, 5.0)
+    assert recent_verdicts(log.conn, ["a1", "a2", "a3"], per_agent=3) == {
+        "a1": [False, True, True],
+        "a2": [],
+        "a3": [],
+    }
+    assert recent_verdicts(log.conn, []) == {}
 
 
 def test_metrics_come_from_the_rows_and_can_be_asked_as_of_the_past(log):

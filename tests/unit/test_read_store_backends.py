@@ -12,12 +12,13 @@ import pytest
 from eventsourcing.persistence import ApplicationRecorder
 
 from contracts.feed import EventRecord
-from projections.agents import get_agent, list_agents
+from projections.agents import AgentsProjection, get_agent, list_agents
+from projections.overview import status_counts
 from projections.pgstore import translate
 from projections.readstore import Connection, ReadStore, ReadStoreUnavailable
 from projections.runner import ProjectionRunner
 from projections.sessions import SessionsProjection, get_session, list_sessions
-from projections.workflows import get_workflow, list_workflows
+from projections.workflows import WorkflowsProjection, get_workflow, list_workflows
 from tests.conftest import ReadStores
 
 from .conftest import FakeClock
@@ -36,6 +37,24 @@ def test_a_read_model_not_built_yet_reads_as_empty(read_stores: ReadStores) -> N
     assert get_agent(conn, "agent-1") is None
     assert list_agents(conn).items == []
     assert store.position("sessions") == 0
+    store.close()
+
+
+def test_fleet_counts_come_from_the_read_models(
+    recorder: ApplicationRecorder, clock: FakeClock, read_stores: ReadStores
+) -> None:
+    """The console's and ``/metrics``' counts (``projections.overview``) on each backend:
+    empty before a projector ran, by status after."""
+    url = read_stores.url("read")
+    empty = {"sessions": {}, "workflows": {}, "agents": {}, "queued": {}}
+    assert status_counts(ReadStore(read_stores.url("fresh"), readonly=True).connection()) == empty
+    write_history(recorder, clock)
+    store = ReadStore(url)
+    for model in (SessionsProjection(), WorkflowsProjection(), AgentsProjection()):
+        ProjectionRunner(recorder, store, model).run_to_head()
+    counts = status_counts(store.connection())
+    assert sum(counts["sessions"].values()) == 3
+    assert counts["sessions"]["open"] == 1
     store.close()
 
 
