@@ -5,7 +5,8 @@
 
 Writes one event log (SQLite; agents register, sessions open naming them, every participant
 submits, so each session finalises), then lets every read model of ``chorus project`` catch
-up with it from position 0 into a fresh read store, alternating the backends run by run so
+up with it from position 0 into a fresh read store (stepped together, one scan of the log,
+as ``chorus project`` runs them), alternating the backends run by run so
 both see the same machine. Prints events/s per run, the median with min and max, and the
 SQLite / PostgreSQL ratio of each run (and their median). Each PostgreSQL run uses a schema
 of its own, dropped afterwards.
@@ -33,7 +34,7 @@ from events.store import open_recorder
 from projections.agents import AgentsProjection
 from projections.mcp import McpServersProjection
 from projections.readstore import ReadStore
-from projections.runner import Projection, ProjectionRunner
+from projections.runner import Projection, ProjectionRunner, step_together
 from projections.sessions import SessionsProjection
 from projections.tasks import AgentTasksProjection
 from projections.workflows import WorkflowsProjection
@@ -68,14 +69,21 @@ def write_log(recorder: ApplicationRecorder, agents: int, sessions: int, size: i
     return int(recorder.max_notification_id() or 0)
 
 
-def catch_up(recorder: ApplicationRecorder, url: str) -> float:
-    """Seconds for every read model to reach the head of the log from 0."""
+def catch_up(recorder: ApplicationRecorder, url: str, head: int) -> float:
+    """Seconds for every read model to reach the head of the log from 0, stepping them
+    together as ``chorus project`` does (one scan of the log, ``step_together``)."""
     store = ReadStore(url)
     runners = [ProjectionRunner(recorder, store, model()) for model in MODELS]
     started = time.perf_counter()
-    for runner in runners:
-        runner.run_to_head()
+    positions: list[int] = []
+    while min(positions or [0]) < head:
+        step_together(runners)
+        moved = [runner.position for runner in runners]
+        if moved == positions:  # a read model fails its batches: stop, the assert says so
+            break
+        positions = moved
     elapsed = time.perf_counter() - started
+    assert all(runner.position == head for runner in runners), "a read model fell behind"
     store.close()
     return elapsed
 
@@ -115,11 +123,11 @@ def main() -> None:
         rates: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
         for run in range(args.runs):
             sqlite_url = f"sqlite:///{work}/read-{run}.db"
-            rates["sqlite"].append(head / catch_up(recorder, sqlite_url))
+            rates["sqlite"].append(head / catch_up(recorder, sqlite_url, head))
             schema = f"bench_{uuid.uuid4().hex[:10]}"
             try:
                 rates["postgresql"].append(
-                    head / catch_up(recorder, f"{args.postgres_url}?schema={schema}")
+                    head / catch_up(recorder, f"{args.postgres_url}?schema={schema}", head)
                 )
             finally:
                 drop_schema(args.postgres_url, schema)
