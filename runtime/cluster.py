@@ -32,6 +32,7 @@ import nats
 from engine.streams import ensure_streams
 from events.bundle import create_signing_key
 from events.ledger import ensure_ledger
+from events.snapshots import snapshot_recorder
 from events.store import open_recorder
 from runtime.natsd import NatsServer, die_with_parent, start_nats_server
 from runtime.settings import Settings
@@ -176,8 +177,15 @@ class Cluster:
         for node in self.nodes:
             self._start_node(node)
         asyncio.run(self._ensure_streams(timeout))
+        # One engine first, alone until it answers: it creates the tables it needs (two
+        # engines doing that at once on a fresh PostgreSQL schema race, and one exits).
+        engines = [m for m in self.members if m.role == "engine"]
+        if engines:
+            self._spawn(engines[0])
+            asyncio.run(self._wait_for_engine(timeout))
         for member in self.members:
-            self._spawn(member)
+            if member.process is None:
+                self._spawn(member)
 
     def _start_node(self, node: Node) -> None:
         node.server = start_nats_server(
@@ -198,6 +206,22 @@ class Cluster:
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"JetStream cluster not ready: {error!r}") from None
                     await asyncio.sleep(0.5)
+        finally:
+            await nc.close()
+
+    async def _wait_for_engine(self, timeout: float) -> None:
+        """Until an engine answers on the command subjects (any answer, a refusal too)."""
+        deadline = time.monotonic() + timeout
+        nc = await nats.connect(self.nats_url.split(","), name="chorus-cluster")
+        try:
+            while True:
+                try:
+                    await nc.request("chorus.cmd.cluster.session.ping", b"{}", timeout=1)
+                    return
+                except Exception as error:  # no responders yet, or no answer in time
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"no engine answered: {error!r}") from None
+                    await asyncio.sleep(0.1)
         finally:
             await nc.close()
 
@@ -282,12 +306,13 @@ class Cluster:
 
 
 def prepare_store(database_url: str) -> None:
-    """Create the event store's tables before the engines start: two engines creating
-    them at once on a fresh PostgreSQL schema race (``CREATE TABLE IF NOT EXISTS`` is not
+    """Create the event store's tables before anything uses them: processes creating them
+    at once on a fresh PostgreSQL schema race (``CREATE TABLE IF NOT EXISTS`` is not
     atomic there), and the loser would exit."""
     recorder = open_recorder(database_url)
     try:
         ensure_ledger(recorder)
+        snapshot_recorder(recorder)
     finally:
         recorder.datastore.close()  # type: ignore[attr-defined]
 

@@ -18,19 +18,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import sqlite3
 import subprocess
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import nats
+import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from gateway.keys import KeyStore
 from runtime.cluster import Cluster, ClusterLayout
@@ -67,6 +71,7 @@ TOTAL = (HTTP_CLIENTS + BUS_CLIENTS) * SESSIONS_PER_CLIENT * 2
 FAULTS = (("nats-1", TOTAL // 8, TOTAL // 8), ("engine-1", TOTAL * 3 // 8, TOTAL // 8),
           ("gateway-1", TOTAL * 5 // 8, TOTAL // 8))  # fmt: skip
 RETRYABLE_HTTP = {502, 503, 504}
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -121,6 +126,8 @@ class Load:
     retries: Counter[str] = field(default_factory=Counter)
     #: The EVENTS stream once the load is over and the relay caught up.
     stream: list[StreamEvent] = field(default_factory=list)
+    #: What the global event feed of the gateway that stays up delivered, from position 0.
+    feed: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def answered(self) -> int:
@@ -217,11 +224,36 @@ def _reached(load: Load, count: int) -> Any:
     return reached
 
 
+async def until_answered(read: Callable[[], Awaitable[T]], attempts: int = 20) -> T:
+    """``read`` again while JetStream's API does not answer (a node that rejoined the
+    cluster may trigger a leader election that takes a few seconds)."""
+    for _ in range(attempts - 1):
+        try:
+            return await read()
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, TimeoutError):
+            await asyncio.sleep(0.5)
+    return await read()
+
+
+async def collect_feed(ws: ClientConnection, records: list[dict[str, Any]]) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        async for message in ws:
+            parsed = json.loads(message)
+            if isinstance(parsed, dict) and "position" in parsed:
+                records.append(parsed)
+
+
 async def drive(cluster: Cluster, keys: dict[str, str]) -> tuple[Load, list[str]]:
     load = Load()
     faults: list[str] = []
     nc = await nats.connect(cluster.nats_url.split(","), max_reconnect_attempts=-1,
                             reconnect_time_wait=0.2)  # fmt: skip
+    # The global feed of the gateway no fault touches, whole records (an auditor), from 0.
+    steady = cluster.gateway_urls[-1].replace("http://", "ws://")
+    ws = await connect(f"{steady}/api/v1/events/feed?since=0",
+                       additional_headers={"Authorization": f"Bearer {keys['auditor']}"},
+                       proxy=None)  # fmt: skip
+    feed = asyncio.create_task(collect_feed(ws, load.feed))
     try:
         tasks = [
             *(http_client(load, i, cluster.gateway_urls, keys) for i in range(HTTP_CLIENTS)),
@@ -234,8 +266,18 @@ async def drive(cluster: Cluster, keys: dict[str, str]) -> tuple[Load, list[str]
             r.position for r in domain_events(read_store(cluster.settings.database_url or ""))
         )
         await wait_for_relay(nc, last)
-        load.stream = await read_stream(nc)
+        load.stream = await until_answered(lambda: read_stream(nc))
+
+        async def feed_has_all() -> bool:
+            return len(load.feed) >= len(load.stream)
+
+        await async_wait_until(feed_has_all, 60, "the feed to deliver every event")
+        await asyncio.sleep(0.5)  # time for a duplicate to show, if there were one
     finally:
+        feed.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feed
+        await ws.close()
         await nc.close()
     return load, faults
 
@@ -249,6 +291,7 @@ def test_the_cluster_survives_a_node_an_engine_and_a_gateway_killed_under_load(
         for i in range(HTTP_CLIENTS)
         for actor in (f"http-coord-{i}", f"http-agent-{i}")
     }
+    keys["auditor"] = store.create("auditor", "auditor")
     load, faults = asyncio.run(drive(cluster, keys))
     assert faults == [name for name, _, _ in FAULTS]
     assert len(load.sent) == TOTAL
@@ -277,6 +320,11 @@ def test_the_cluster_survives_a_node_an_engine_and_a_gateway_killed_under_load(
         assert item.version == events[-1].version, (item, types)
     # ... and the EVENTS stream mirrors the store: every event once, in position order.
     assert_stream_mirrors_store(load.stream, records)
+    # ... and the feed of the gateway that stayed up delivered each event once, in order.
+    positions = [e["position"] for e in load.feed]
+    assert positions == [e.position for e in load.stream], "the feed skipped, repeated or reordered"
+    by_position = {r.position: r for r in domain}
+    assert all(e["hash"] == by_position[e["position"]].hash for e in load.feed)
 
     # 2. Every read model equals its rebuild from the log ------------------------------------
     live = Path(str(cluster.settings.read_store_url).removeprefix("sqlite:///"))
