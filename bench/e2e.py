@@ -50,11 +50,14 @@ _dec = msgspec.json.Decoder()
 POLL = 0.002
 
 
-async def jetstream_baseline(url: str, count: int, size: int) -> float:
-    """Messages/s of ``publish_async`` into a file stream, acks awaited at the end."""
+async def jetstream_baseline(
+    url: str | list[str], count: int, size: int, replicas: int = 1
+) -> float:
+    """Messages/s of ``publish_async`` into a file stream (``replicas`` copies on a
+    cluster), acks awaited at the end."""
     nc = await nats.connect(url)
     js = nc.jetstream()
-    await js.add_stream(name="BENCH", subjects=["bench.>"])
+    await js.add_stream(name="BENCH", subjects=["bench.>"], num_replicas=replicas)
     payload = os.urandom(size // 2).hex().encode()
     started = time.perf_counter()
     futures = [await js.publish_async("bench.x", payload) for _ in range(count)]

@@ -111,8 +111,10 @@ class EngineService:
     async def start(self) -> None:
         cfg = self.config
         self.nc = await nats.connect(
-            cfg.nats_url, name="chorus-engine", max_reconnect_attempts=-1, reconnect_time_wait=0.5
-        )
+            # A comma-separated list names the nodes of a cluster (any one lets us in).
+            cfg.nats_url.split(","), name="chorus-engine", max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        )  # fmt: skip
         js = self.nc.jetstream()
         await ensure_streams(js, cfg.replicas)
         processor = Processor(

@@ -117,7 +117,8 @@ async def connect_services(
     ``nats.connect`` (``chorus mcp`` connects as its caller: name and reply inbox)."""
     options: dict[str, Any] = {"name": "chorus-gateway", "max_reconnect_attempts": -1,
                                "reconnect_time_wait": 0.5, **nats_options}  # fmt: skip
-    nc = await nats.connect(config.nats_url, **options)
+    # A comma-separated list names the nodes of a NATS cluster (any one lets us in).
+    nc = await nats.connect(config.nats_url.split(","), **options)
     history = History(config.database_url)
     feeds = FeedHub(nc, history.head)
     try:

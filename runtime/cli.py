@@ -88,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--demo", action="store_true", help="also run a demo fleet of agents")
 
+    cluster = sub.add_parser(
+        "cluster", help="run the scale-out layout here: 3 NATS nodes, 2 engines, 2 gateways"
+    )
+    _common(cluster)
+    cluster.add_argument("--host", help="gateway bind address (default 127.0.0.1)")
+    cluster.add_argument("--port", type=int, help="first gateway's port (default 8000)")
+    cluster.add_argument("--engines", type=int, default=2, help="engine processes (default 2)")
+    cluster.add_argument("--gateways", type=int, default=2, help="gateway processes (default 2)")
+    cluster.add_argument("--nodes", type=int, default=3, help="nats-server nodes (default 3)")
+
     for name, text in (
         ("engine", "run command workers, timers and the relay"),
         ("gateway", "run the HTTP/WebSocket gateway"),
@@ -151,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
             from runtime.supervisor import run_up
 
             return run_up(settings, demo=args.demo)
+        case "cluster":
+            from runtime.cluster import ClusterLayout, run_cluster
+
+            return run_cluster(
+                settings, ClusterLayout(nodes=args.nodes, engines=args.engines,
+                                        gateways=args.gateways),
+            )  # fmt: skip
         case "engine":
             from runtime.processes import run_engine
 

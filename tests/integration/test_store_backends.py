@@ -6,8 +6,6 @@ each test gets its own schema, dropped afterwards.
 
 from __future__ import annotations
 
-import gc
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -27,6 +25,7 @@ from events.verify import verify_store
 from projections.readstore import ReadStore
 from projections.runner import ProjectionRunner
 from projections.sessions import SessionsProjection, get_session
+from tests.postgres import postgres_schema
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -36,24 +35,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/events.db"
         return
-    base = os.environ.get("CHORUS_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("CHORUS_TEST_POSTGRES_URL is not set (.ci/run sets it)")
-    import psycopg
-
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{base}?schema={schema}"
-    finally:
-        # The test's recorders are garbage now: collect them here, in the main thread. Left
-        # to chance, a PostgreSQL datastore's __del__ may run in one of its own pool's
-        # worker threads, whose close() then cannot join itself (an unraisable error that
-        # fails whichever test happens to be running).
-        gc.collect()
-        with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with postgres_schema() as url:
+        yield url
 
 
 def open_cmd(sid: str, participants: list[str], command_id: str | None = None) -> Command:

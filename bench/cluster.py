@@ -1,0 +1,159 @@
+"""The scale-out layout without faults: commands/s end to end with 1 and 2 engine workers.
+
+    python -m bench.cluster --database-url postgresql://... [--sessions 1000] [--agents 20]
+        [--window 8] [--runs 3]
+
+Starts ``chorus cluster``'s layout (runtime/cluster.py: three nats-server nodes on
+loopback with the streams at R3, the event store on PostgreSQL in a fresh schema per run,
+the projector and the gateways) once with one engine and once with two. Agents on the
+bus open ``--sessions`` sessions, then each submits its result to the sessions it is in
+(two commands per session), ``--window`` requests in flight per agent. A command counts
+when its ``accepted`` reply has arrived: the engine recorded it in PostgreSQL (the read
+model follows; ``bench.e2e`` measures visibility). Prints commands/s and the reply's
+p50/p99, each the median of ``--runs`` runs with min and max.
+
+In the same run it measures JetStream publishing into an R3 file stream of the same
+cluster (``publish_async``, acks awaited at the end) and prints the ratio, so figures
+from noisy shared machines can still be compared. The database URL defaults to
+``CHORUS_TEST_POSTGRES_URL``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import msgspec
+import nats
+
+from bench.e2e import jetstream_baseline, wait_for_engine
+from runtime.cluster import Cluster, ClusterLayout
+from runtime.settings import Settings
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder()
+
+
+async def drive(urls: list[str], args: argparse.Namespace) -> tuple[float, list[float]]:
+    """Open the sessions, then submit every result; commands/s and each reply's latency."""
+    nc = await nats.connect(urls)
+    await wait_for_engine(nc)
+    agents = [f"agent-{i}" for i in range(args.agents)]
+    sessions = [
+        (str(uuid.uuid4()), agents[i % len(agents)], agents[(i + 1) % len(agents)])
+        for i in range(args.sessions)
+    ]
+    latencies: list[float] = []
+    window = {agent: asyncio.Semaphore(args.window) for agent in agents}
+
+    async def send(actor: str, command: str, payload: dict[str, object]) -> None:
+        body = _enc.encode({"command_id": uuid.uuid4().hex, "payload": payload})
+        async with window[actor]:
+            sent = time.perf_counter()
+            msg = await nc.request(f"chorus.cmd.{actor}.session.{command}", body, timeout=60)
+            latencies.append(time.perf_counter() - sent)
+        reply = _dec.decode(msg.data)
+        if reply["status"] != "accepted":
+            raise SystemExit(f"bench: {command} was answered {reply}")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(
+        send(opener, "open", {"session_id": sid, "participants": [opener, other],
+                              "task": {"description": "bench"}, "timeout_seconds": 3600})
+        for sid, opener, other in sessions
+    ))  # fmt: skip
+    await asyncio.gather(*(
+        send(agent, "submit_result", {"session_id": sid, "result": {"value": 42}})
+        for sid, opener, other in sessions for agent in (opener, other)
+    ))  # fmt: skip
+    elapsed = time.perf_counter() - started
+    await nc.close()
+    return len(latencies) / elapsed, latencies
+
+
+def fresh_schema(base: str) -> tuple[str, str]:
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    return schema, f"{base}?schema={schema}"
+
+
+def drop_schema(base: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def one_run(base_url: str, engines: int, args: argparse.Namespace) -> dict[str, float]:
+    schema, url = fresh_schema(base_url)
+    work = Path(tempfile.mkdtemp(prefix="chorus-bench-cluster-"))
+    settings = Settings(data_dir=work, database_url=url, session_quota=0, port=args.port)
+    cluster = Cluster(settings, ClusterLayout(engines=engines))
+    try:
+        cluster.start()
+        urls = cluster.nats_url.split(",")
+        rate, latencies = asyncio.run(drive(urls, args))
+        baseline = asyncio.run(jetstream_baseline(urls, args.baseline_messages, 512, len(urls)))
+    finally:
+        cluster.stop()
+        drop_schema(base_url, schema)
+    ordered = sorted(latencies)
+    return {
+        "rate": rate,
+        "p50": 1000 * ordered[len(ordered) // 2],
+        "p99": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        "baseline": baseline,
+        "ratio": rate / baseline,
+    }
+
+
+def summary(values: list[float], fmt: str) -> str:
+    """Median (min-max) of the runs."""
+    return (
+        f"{format(statistics.median(values), fmt)} "
+        f"({format(min(values), fmt)}-{format(max(values), fmt)})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default=os.environ.get("CHORUS_TEST_POSTGRES_URL"))
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--agents", type=int, default=20)
+    parser.add_argument("--window", type=int, default=8, help="requests in flight per agent")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--engines", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--baseline-messages", type=int, default=20_000)
+    parser.add_argument("--port", type=int, default=18600, help="first gateway's port")
+    args = parser.parse_args()
+    if not args.database_url:
+        sys.exit("bench: --database-url postgresql://... (or CHORUS_TEST_POSTGRES_URL)")
+    print(
+        f"cluster: 3 NATS nodes (R3), PostgreSQL, projector, 2 gateways; {args.sessions} "
+        f"sessions x (open + 2 results) by {args.agents} agents, window {args.window}; "
+        f"median of {args.runs} runs (min-max)"
+    )
+    for engines in args.engines:
+        runs = [one_run(args.database_url, engines, args) for _ in range(args.runs)]
+        print(
+            f"engines {engines}: {summary([r['rate'] for r in runs], ',.0f')} commands/s  "
+            f"reply p50 {summary([r['p50'] for r in runs], '.1f')} ms  "
+            f"p99 {summary([r['p99'] for r in runs], '.1f')} ms  |  "
+            f"R3 publish {summary([r['baseline'] for r in runs], ',.0f')} msg/s  "
+            f"ratio {summary([r['ratio'] for r in runs], '.3f')}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
