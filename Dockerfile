@@ -1,9 +1,11 @@
 # Image for the split processes in compose.yaml (chorus engine | project | gateway).
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY contracts contracts
 COPY events events
+COPY store store
+COPY audit audit
 COPY engine engine
 COPY projections projections
 COPY gateway gateway

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import msgspec
 import nats
+from chorus.cluster import Cluster, ClusterLayout
+from chorus.settings import Settings
 
 from bench.e2e import jetstream_baseline, wait_for_engine
-from runtime.cluster import Cluster, ClusterLayout
-from runtime.settings import Settings
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()

@@ -21,15 +21,15 @@ import uuid
 from pathlib import Path
 
 import nats
+from chorus.contracts.envelope import Envelope
+from chorus.contracts.sessions import OpenSession, SubmitResult, Task
+from chorus.engine.handlers import HANDLERS
+from chorus.engine.processor import Command, Processor
+from chorus.natsd import start_nats_server
+from chorus.store.recorder import open_recorder
 
 from bench.e2e import request, spawn, teardown, wait_for_engine
 from bench.rebuild import _Clock
-from contracts.envelope import Envelope
-from contracts.sessions import OpenSession, SubmitResult, Task
-from engine.handlers import HANDLERS
-from engine.processor import Command, Processor
-from events.store import open_recorder
-from runtime.natsd import start_nats_server
 
 
 def write_long_session(path: Path, events: int) -> tuple[str, str]:

@@ -33,13 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from chorus.contracts.workflow_types import BUILT_IN, Phase, WorkflowType, WorkflowTypeRegistry
+from chorus.engine.service import EngineConfig, EngineService
+from chorus.events.codec import decode_record
+from chorus.natsd import start_nats_server
+from chorus.store.recorder import open_recorder
 from nats.aio.msg import Msg
-
-from contracts.workflow_types import BUILT_IN, Phase, WorkflowType, WorkflowTypeRegistry
-from engine.service import EngineConfig, EngineService
-from events.codec import decode_record
-from events.store import open_recorder
-from runtime.natsd import start_nats_server
 
 BENCH_TYPE = WorkflowType(name="bench3", phases=[Phase(name=n) for n in ("one", "two", "three")])
 

@@ -41,8 +41,7 @@ from typing import Any
 
 import msgspec
 import nats
-
-from runtime.natsd import die_with_parent, start_nats_server
+from chorus.natsd import die_with_parent, start_nats_server
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
@@ -71,7 +70,7 @@ async def jetstream_baseline(
 def spawn(role: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", role],
+            [sys.executable, "-m", "chorus.cli", role],
             env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -34,9 +34,9 @@ import httpx
 import msgspec
 import nats
 import websockets
+from chorus.natsd import start_nats_server
 
 from bench.e2e import cpu_seconds, jetstream_baseline, request, spawn, teardown, wait_for_engine
-from runtime.natsd import start_nats_server
 
 SETTLE = 1.0  # seconds between the last client joining and the first event
 
@@ -131,7 +131,7 @@ def rss_mb(pid: int) -> float:
 
 
 async def run(args: argparse.Namespace) -> None:
-    from gateway.keys import KeyStore
+    from chorus.gateway.keys import KeyStore
 
     work = Path(tempfile.mkdtemp(prefix="chorus-bench-feeds-"))
     server = start_nats_server(work / "nats", monitor=False)

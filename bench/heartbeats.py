@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 
 import nats
-
-from engine.liveness import LivenessConfig
-from engine.service import EngineConfig, EngineService
-from events.store import open_recorder
-from runtime.natsd import start_nats_server
+from chorus.engine.adapters.liveness import LivenessConfig
+from chorus.engine.service import EngineConfig, EngineService
+from chorus.natsd import start_nats_server
+from chorus.store.recorder import open_recorder
 
 
 async def _publish_all(nc: nats.NATS, agents: list[str], beats: int) -> float:

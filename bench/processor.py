@@ -15,13 +15,12 @@ import tempfile
 import time
 import uuid
 
+from chorus.contracts.envelope import Envelope
+from chorus.contracts.sessions import OpenSession, SubmitResult, Task
+from chorus.engine.handlers import HANDLERS
+from chorus.engine.processor import Command, Processor
+from chorus.store.recorder import open_recorder
 from eventsourcing.persistence import StoredEvent
-
-from contracts.envelope import Envelope
-from contracts.sessions import OpenSession, SubmitResult, Task
-from engine.handlers import HANDLERS
-from engine.processor import Command, Processor
-from events.store import open_recorder
 
 
 def main() -> None:

@@ -23,21 +23,20 @@ import time
 import uuid
 from collections.abc import Callable
 
+from chorus.contracts.agents import RegisterAgent
+from chorus.contracts.envelope import Envelope
+from chorus.contracts.sessions import OpenSession, SubmitResult, Task
+from chorus.engine.handlers import HANDLERS
+from chorus.engine.processor import Command, Processor
+from chorus.projections.agents import AgentsProjection
+from chorus.projections.mcp import McpServersProjection
+from chorus.projections.readstore import ReadStore
+from chorus.projections.runner import Projection, ProjectionRunner, step_together
+from chorus.projections.sessions import SessionsProjection
+from chorus.projections.tasks import AgentTasksProjection
+from chorus.projections.workflows import WorkflowsProjection
+from chorus.store.recorder import open_recorder
 from eventsourcing.persistence import ApplicationRecorder
-
-from contracts.agents import RegisterAgent
-from contracts.envelope import Envelope
-from contracts.sessions import OpenSession, SubmitResult, Task
-from engine.handlers import HANDLERS
-from engine.processor import Command, Processor
-from events.store import open_recorder
-from projections.agents import AgentsProjection
-from projections.mcp import McpServersProjection
-from projections.readstore import ReadStore
-from projections.runner import Projection, ProjectionRunner, step_together
-from projections.sessions import SessionsProjection
-from projections.tasks import AgentTasksProjection
-from projections.workflows import WorkflowsProjection
 
 #: The read models ``chorus project`` runs (runtime.processes.PROJECTIONS).
 MODELS: list[Callable[[], Projection]] = [

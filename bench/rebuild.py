@@ -20,14 +20,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from contracts.envelope import Envelope
-from contracts.sessions import OpenSession, SubmitResult, Task
-from engine.handlers import HANDLERS
-from engine.processor import Command, Processor
-from events.store import open_recorder
-from projections.readstore import ReadStore
-from projections.runner import ProjectionRunner, rebuild_together
-from runtime.processes import PROJECTIONS
+from chorus.contracts.envelope import Envelope
+from chorus.contracts.sessions import OpenSession, SubmitResult, Task
+from chorus.engine.handlers import HANDLERS
+from chorus.engine.processor import Command, Processor
+from chorus.processes import PROJECTIONS
+from chorus.projections.readstore import ReadStore
+from chorus.projections.runner import ProjectionRunner, rebuild_together
+from chorus.store.recorder import open_recorder
 
 
 class _Clock:

@@ -31,24 +31,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from eventsourcing.persistence import ApplicationRecorder, StoredEvent
-
-from contracts.agents import agent_uuid
-from contracts.envelope import Envelope
-from contracts.sessions import OpenSession, SubmitResult, Task
-from engine.handlers import HANDLERS
-from engine.processor import Command, Processor
-from engine.service import EngineConfig, EngineService
-from events.agent import (
+from chorus.contracts.agents import agent_uuid
+from chorus.contracts.envelope import Envelope
+from chorus.contracts.sessions import OpenSession, SubmitResult, Task
+from chorus.engine.handlers import HANDLERS
+from chorus.engine.processor import Command, Processor
+from chorus.engine.service import EngineConfig, EngineService
+from chorus.events.agent import (
     AgentCameOnline,
     AgentRegistered,
     AgentWentOffline,
     CompletionRejected,
     Rejection,
 )
-from events.codec import GENESIS_HASH, EventMeta, decode_record, encode_event
-from events.store import open_recorder
-from runtime.natsd import start_nats_server
+from chorus.events.codec import GENESIS_HASH, EventMeta, decode_record, encode_event
+from chorus.natsd import start_nats_server
+from chorus.store.recorder import open_recorder
+from eventsourcing.persistence import ApplicationRecorder, StoredEvent
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 ROWS_PER_SESSION = 5

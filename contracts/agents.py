@@ -13,10 +13,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
+from chorus.contracts.roles import name_problem
+from chorus.contracts.sessions import Capability, Id
 from msgspec import Meta, Struct
-
-from contracts.roles import name_problem
-from contracts.sessions import Capability, Id
 
 AGENT_NAMESPACE = uuid.UUID("6c0a6f9e-4a59-4d43-9b61-6167656e7473")
 Capabilities = Annotated[list[Capability], Meta(max_length=100)]
@@ -25,7 +24,7 @@ OutputHash = Annotated[str, Meta(min_length=1, max_length=200)]
 #: A task is a session the agent took part in (its id), or a workflow phase
 #: (``<workflow_id>/<phase>``).
 TaskId = Annotated[str, Meta(min_length=1, max_length=200)]
-#: A registered MCP server's name (``contracts.mcp``).
+#: A registered MCP server's name (``chorus.contracts.mcp``).
 ServerName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_\-]{0,63}$")]
 Digest = Annotated[str, Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
 
-from contracts.errors import COMMAND_TOO_LARGE, NESTING_TOO_DEEP, NUMBER_OUT_OF_RANGE
+from chorus.contracts.errors import COMMAND_TOO_LARGE, NESTING_TOO_DEEP, NUMBER_OUT_OF_RANGE
 
 MAX_COMMAND_BYTES = 256 * 1024
 MAX_JSON_DEPTH = 32

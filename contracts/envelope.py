@@ -5,9 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Generic, Literal, TypeVar
 
+from chorus.contracts.errors import ErrorInfo
 from msgspec import Meta, Struct
-
-from contracts.errors import ErrorInfo
 
 P = TypeVar("P")
 

@@ -3,7 +3,7 @@
 ``request_id``, ``command_id``, ``correlation_id`` and ``actor`` live in a context
 variable, so a line logged deep inside a handler (or an unexpected error's stack trace)
 names the request and command it belongs to without passing them along by hand. The
-gateway and the engine bind them; the JSON log formatter (``runtime.logs``) writes them.
+gateway and the engine bind them; the JSON log formatter (``chorus.logs``) writes them.
 """
 
 from __future__ import annotations

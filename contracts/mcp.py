@@ -13,13 +13,12 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import msgspec
+from chorus.contracts.agents import Digest as Digest
+from chorus.contracts.agents import ServerName as ServerName
+from chorus.contracts.agents import TaskId
+from chorus.contracts.errors import ErrorInfo
+from chorus.contracts.sessions import Id
 from msgspec import Meta, Struct
-
-from contracts.agents import Digest as Digest
-from contracts.agents import ServerName as ServerName
-from contracts.agents import TaskId
-from contracts.errors import ErrorInfo
-from contracts.sessions import Id
 
 MCP_NAMESPACE = uuid.UUID("0b1f3f7e-55b8-4d7e-8c3a-6d63705f7372")
 ToolName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_\-.]{1,128}$")]

@@ -1,7 +1,7 @@
 """Roles and reserved names: the vocabulary the gateway, the engine and the bus share.
 
 A credential (an API key, and the NATS user made from it) carries one role. The engine
-authorizes every command by the roles of its actor (engine/authz.py), the gateway guards
+authorizes every command by the roles of its actor (engine/domain/authz.py), the gateway guards
 routes by them, and the bus permissions of a NATS user follow from them.
 """
 

@@ -6,7 +6,7 @@ Events: ``chorus.evt.<aggregate>.<aggregate_id>.<EventType>`` in the EVENTS stre
 Dead letters: ``chorus.dlq.<reason>``.
 Health checks: ``chorus.agent.<agent_id>.ping``, a request each agent answers (any body).
 Inboxes: ``chorus.task.<agent_id>``, where the engine delivers an agent's tasks
-(``contracts.tasks``); a plain core-NATS subscription receives them.
+(``chorus.contracts.tasks``); a plain core-NATS subscription receives them.
 """
 
 from __future__ import annotations

@@ -30,11 +30,10 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
+from chorus.contracts.agents import TaskId
+from chorus.contracts.sessions import Criteria
+from chorus.contracts.workflows import Priority
 from msgspec import Meta, Struct
-
-from contracts.agents import TaskId
-from contracts.sessions import Criteria
-from contracts.workflows import Priority
 
 Attempt = Annotated[int, Meta(ge=1)]
 

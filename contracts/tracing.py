@@ -3,7 +3,7 @@
 A traced command carries ``traceparent`` (and ``tracestate``) in its NATS message headers,
 as the W3C Trace Context spec spells them; the relay's EVENTS messages carry the context of
 the command that recorded them. Only the OpenTelemetry API is used here; a process traces
-only when its composition root hands it a tracer provider (``runtime.telemetry``).
+only when its composition root hands it a tracer provider (``chorus.telemetry``).
 """
 
 from __future__ import annotations

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Annotated
 
 import msgspec
+from chorus.contracts.sessions import Capability, Criteria, Id, LostPolicy, ToolRef, require_tools
 from msgspec import Meta, Struct
-
-from contracts.sessions import Capability, Criteria, Id, LostPolicy, ToolRef, require_tools
 
 Name = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_\-]{0,63}$")]
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
+from chorus.contracts.sessions import Cancellation, Id, SessionId
 from msgspec import Meta, Struct
-
-from contracts.sessions import Cancellation, Id, SessionId
 
 WorkflowId = SessionId  # a UUID chosen by the starter
 Priority = Literal["low", "normal", "high", "critical"]

@@ -9,8 +9,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 import msgspec
-
-from contracts.agents import (
+from chorus.contracts.agents import (
     MarkOffline,
     MarkOnline,
     RecordLeaseLost,
@@ -20,8 +19,8 @@ from contracts.agents import (
     VerifyCompletion,
     agent_uuid,
 )
-from contracts.envelope import Envelope
-from contracts.mcp import (
+from chorus.contracts.envelope import Envelope
+from chorus.contracts.mcp import (
     ConfigureMcpServer,
     RecordHealth,
     RecordToolCall,
@@ -30,16 +29,16 @@ from contracts.mcp import (
     RemoveMcpServer,
     server_uuid,
 )
-from contracts.sessions import (
+from chorus.contracts.sessions import (
     CancelSession,
     OpenSession,
     ParticipantLost,
     SubmitResult,
     TimeOutSession,
 )
-from contracts.tasks import AcceptTask, split_task_id
-from contracts.workflow_types import REGISTRY_ID, DefineWorkflowType
-from contracts.workflows import (
+from chorus.contracts.tasks import AcceptTask, split_task_id
+from chorus.contracts.workflow_types import REGISTRY_ID, DefineWorkflowType
+from chorus.contracts.workflows import (
     AssignPhase,
     AwaitAgent,
     CancelWorkflow,
@@ -51,8 +50,8 @@ from contracts.workflows import (
     StartPhase,
     StartWorkflow,
 )
-from engine import agent, mcp, registry, session, workflow
-from engine.context import EngineContext
+from chorus.engine.domain import agent, mcp, registry, session, workflow
+from chorus.engine.domain.context import EngineContext
 
 
 class AggregateState(Protocol):

@@ -20,22 +20,21 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
+from chorus.contracts import errors as codes
+from chorus.contracts.envelope import Envelope, Reply
+from chorus.contracts.errors import ErrorInfo
+from chorus.contracts.workflow_types import REGISTRY_ID, WorkflowType
+from chorus.engine.adapters.snapshots import Snapshots
+from chorus.engine.domain.authz import RULES, authorize
+from chorus.engine.domain.context import EngineContext
+from chorus.engine.domain.errors import DomainError
+from chorus.engine.handlers import HANDLERS, AggregateState, Handler
+from chorus.engine.policies.directory import AgentDirectory
+from chorus.engine.policies.quota import OpenSessionsByOpener
+from chorus.events.codec import EventMeta, decode_record, encode_event, typed_event
+from chorus.events.commands import CommandAccepted, command_record_id
+from chorus.store.recorder import select_first_events
 from eventsourcing.persistence import ApplicationRecorder, IntegrityError, StoredEvent
-
-from contracts import errors as codes
-from contracts.envelope import Envelope, Reply
-from contracts.errors import ErrorInfo
-from contracts.workflow_types import REGISTRY_ID, WorkflowType
-from engine.authz import RULES, authorize
-from engine.context import EngineContext
-from engine.directory import AgentDirectory
-from engine.errors import DomainError
-from engine.handlers import HANDLERS, AggregateState, Handler
-from engine.quota import OpenSessionsByOpener
-from engine.snapshots import Snapshots
-from events.codec import EventMeta, decode_record, encode_event, typed_event
-from events.commands import CommandAccepted, command_record_id
-from events.store import select_first_events
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ class Processor:
         snapshot_interval: int = 100,
     ) -> None:
         self.recorder = recorder
-        #: Cold loads start from the latest snapshot (engine/snapshots.py).
+        #: Cold loads start from the latest snapshot (engine/adapters/snapshots.py).
         self.snapshots = Snapshots(recorder, snapshot_interval)
         self.clock = clock
         self.directory = AgentDirectory(recorder)
@@ -153,7 +152,7 @@ class Processor:
     def prefold(self, handler: Handler, aggregate_id: UUID) -> AggregateState:
         """The aggregate folded from the store. Reads only the store, so any thread may
         call it: the worker folds cold aggregates beside the writer thread with it. Starts
-        from the latest snapshot (engine/snapshots.py), then the events after it."""
+        from the latest snapshot (engine/adapters/snapshots.py), then the events after it."""
         return self.snapshots.fold(handler, aggregate_id)
 
     def adopt(self, states: dict[UUID, AggregateState]) -> None:

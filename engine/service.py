@@ -10,28 +10,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
+from chorus.audit.bundle import load_signing_key
+from chorus.contracts.tracing import tracer_of
+from chorus.contracts.workflow_types import WorkflowTypeRegistry
+from chorus.engine.adapters.liveness import LivenessConfig, LivenessMonitor
+from chorus.engine.adapters.relay import Relay
+from chorus.engine.adapters.sealer import Sealer
+from chorus.engine.adapters.streams import ensure_streams
+from chorus.engine.adapters.worker import CommandWorker
+from chorus.engine.domain.authz import Roles, StaticRoles
+from chorus.engine.domain.context import EngineContext
+from chorus.engine.policies.delegation import DelegationManager
+from chorus.engine.policies.dispatch import DispatchConfig, Dispatcher
+from chorus.engine.policies.participants import ParticipantWatch
+from chorus.engine.policies.timers import SessionTimer
+from chorus.engine.processor import Clock, Processor, utc_now
+from chorus.store import tracecontext
+from chorus.store.recorder import open_recorder
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from eventsourcing.persistence import ApplicationRecorder
 from nats.aio.client import Client as NATS
 from opentelemetry.trace import TracerProvider
-
-from contracts.tracing import tracer_of
-from contracts.workflow_types import WorkflowTypeRegistry
-from engine.authz import Roles, StaticRoles
-from engine.context import EngineContext
-from engine.delegation import DelegationManager
-from engine.dispatch import DispatchConfig, Dispatcher
-from engine.liveness import LivenessConfig, LivenessMonitor
-from engine.participants import ParticipantWatch
-from engine.processor import Clock, Processor, utc_now
-from engine.relay import Relay
-from engine.sealer import Sealer
-from engine.streams import ensure_streams
-from engine.timers import SessionTimer
-from engine.worker import CommandWorker
-from events import tracecontext
-from events.bundle import load_signing_key
-from events.store import open_recorder
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ class EngineConfig:
     workflow_types: WorkflowTypeRegistry = field(default_factory=WorkflowTypeRegistry)
     #: Every actor's roles (the composition root reads them from the key store).
     roles: Roles = field(default_factory=StaticRoles)
-    #: Open sessions naming other agents one agent may hold (0: no bound; engine/quota.py).
+    #: Open sessions naming other agents one agent may hold (0: no bound; engine/policies/quota.py).
     session_quota: int = 0
     clock: Clock = field(default=utc_now)
     #: Traces commands that arrive with a W3C trace context (off when None).

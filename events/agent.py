@@ -64,11 +64,11 @@ class CitedToolCall(Struct, kw_only=True, frozen=True):
 
 
 class CompletionVerified(Struct, kw_only=True, frozen=True):
-    """The evidence matched the record. ``quality_score`` in [0, 1], see engine/evidence.py.
+    """The evidence matched the record. ``quality_score`` in [0, 1], see engine/domain/evidence.py.
 
     ``counts`` is False for a task the agent (or a partner) could have arranged for
     itself: the verdict is recorded but does not move its reliability (see
-    ``events.reliability``)."""
+    ``chorus.events.reliability``)."""
 
     task_id: str
     task_kind: str  # session | phase
@@ -79,7 +79,7 @@ class CompletionVerified(Struct, kw_only=True, frozen=True):
     quality_score: float
     score_parts: dict[str, float]
     counts: bool = True
-    #: The tool calls on record that the evidence cited, each checked (engine/evidence.py).
+    #: The tool calls on record that the evidence cited, each checked (engine/domain/evidence.py).
     tool_calls: list[CitedToolCall] = []
 
 

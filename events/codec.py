@@ -2,7 +2,7 @@
 
 The eventsourcing recorder stores ``StoredEvent(originator_id, originator_version, topic,
 state)``. Our topic is ``<aggregate>.<EventType>``; the state is a msgspec-encoded
-``StoredBody``. Reading turns a notification into a ``contracts.feed.EventRecord`` and
+``StoredBody``. Reading turns a notification into a ``chorus.contracts.feed.EventRecord`` and
 runs upcasters so old shapes read as the current one.
 """
 
@@ -15,14 +15,13 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
+from chorus.contracts.feed import EventRecord
+from chorus.events.agent import AGENT_EVENTS
+from chorus.events.commands import CommandAccepted
+from chorus.events.mcp import MCP_EVENTS
+from chorus.events.session import SESSION_EVENTS, upcast_result_submitted_v1
+from chorus.events.workflow import REGISTRY_EVENTS, WORKFLOW_EVENTS
 from eventsourcing.persistence import Notification, StoredEvent
-
-from contracts.feed import EventRecord
-from events.agent import AGENT_EVENTS
-from events.commands import CommandAccepted
-from events.mcp import MCP_EVENTS
-from events.session import SESSION_EVENTS, upcast_result_submitted_v1
-from events.workflow import REGISTRY_EVENTS, WORKFLOW_EVENTS
 
 GENESIS_HASH = "0" * 64
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from chorus.contracts.mcp import Access, ServerConfig, ToolSpec, Transport
 from msgspec import Struct
-
-from contracts.mcp import Access, ServerConfig, ToolSpec, Transport
 
 
 class McpServerRegistered(Struct, kw_only=True, frozen=True):

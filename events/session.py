@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
+from chorus.contracts.agents import result_hash
+from chorus.contracts.sessions import Task
 from msgspec import Struct
-
-from contracts.agents import result_hash
-from contracts.sessions import Task
 
 
 class Candidate(Struct, kw_only=True, frozen=True):
@@ -112,7 +111,7 @@ class TaskAccepted(Struct, kw_only=True, frozen=True):
 
 def result_digest(result: dict[str, Any]) -> str:
     """The digest of a result: the same for equal results, whatever their key order.
-    It is the hash an agent proves its completion with (``contracts.agents.result_hash``)."""
+    It is the hash an agent proves its completion with (``chorus.contracts.agents.result_hash``)."""
     return result_hash(result)
 
 

@@ -11,9 +11,8 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-
-from contracts.sessions import Criteria
-from contracts.tasks import PhaseTask, SessionTask, phase_task_id
+from chorus.contracts.sessions import Criteria
+from chorus.contracts.tasks import PhaseTask, SessionTask, phase_task_id
 
 
 def _time(value: Any) -> datetime:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from chorus.contracts.workflow_types import Phase, WorkflowType
+from chorus.contracts.workflows import PhaseError
+from chorus.events.session import Routing
 from msgspec import Struct
-
-from contracts.workflow_types import Phase, WorkflowType
-from contracts.workflows import PhaseError
-from events.session import Routing
 
 
 class WorkflowStarted(Struct, kw_only=True, frozen=True):

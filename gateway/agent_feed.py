@@ -28,7 +28,7 @@ read model once it has applied the event (waiting at most ``READ_MODEL_WAIT``), 
 update is never older than its event, but a busy spell shorter than the read model's lag
 behind the feed may be coalesced away.
 
-Fan-out. Live sockets share one upstream subscription (``gateway.fanout``), and the
+Fan-out. Live sockets share one upstream subscription (``chorus.gateway.fanout``), and the
 read-model lookups an event needs (the agent's name and status, the agents of a session
 or workflow) run once per event for all sockets (``Lookups``), not once per socket: each
 socket only filters the shared answers by what it watches and what it last sent. A
@@ -59,24 +59,23 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import msgspec
+from chorus.contracts.agents import agent_uuid
+from chorus.contracts.aio import raise_if_cancelling
+from chorus.contracts.bounds import MAX_POSITION
+from chorus.contracts.feed import EventRecord
+from chorus.contracts.subjects import EVT_PREFIX, agent_ping_subject, is_token
+from chorus.gateway.auth import can_read
+from chorus.gateway.fanout import Channel, Frame, Listener
+from chorus.gateway.feeds import pump_and_listen
+from chorus.gateway.state import Services, ServicesDep
+from chorus.projections import agents as read_model
+from chorus.projections.sessions import SEES_ALL_RESULTS
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromQuery, QueryParameter
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import DeliverPolicy
-
-from contracts.agents import agent_uuid
-from contracts.aio import raise_if_cancelling
-from contracts.bounds import MAX_POSITION
-from contracts.feed import EventRecord
-from contracts.subjects import EVT_PREFIX, agent_ping_subject, is_token
-from gateway.auth import can_read
-from gateway.fanout import Channel, Frame, Listener
-from gateway.feeds import pump_and_listen
-from gateway.state import Services, ServicesDep
-from projections import agents as read_model
-from projections.sessions import SEES_ALL_RESULTS
 
 DEFAULT_PING_TIMEOUT = 2.0
 #: How long the pump waits for the agents read model to apply an event before it reads

@@ -8,12 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, get, post, put
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
-from msgspec import Meta, Struct
-
-from contracts import errors as codes
-from contracts.agents import (
+from chorus.contracts import errors as codes
+from chorus.contracts.agents import (
     CapabilitiesChange,
     OutputHash,
     RegisterAgent,
@@ -24,18 +20,21 @@ from contracts.agents import (
     VerifyCompletion,
     agent_uuid,
 )
-from contracts.aio import raise_if_cancelling
-from contracts.bounds import MAX_POSITION
-from contracts.envelope import Reply
-from contracts.subjects import LIVENESS_BUCKET, command_subject, is_token, liveness_key
-from gateway.auth import can_audit, can_read, can_write
-from gateway.bus import issue, replayed
-from gateway.errors import Problem, check_cursor
-from gateway.history import AtVersion, EventPage, current_or_past, history_page
-from gateway.keys import Principal
-from gateway.state import Services, ServicesDep
-from projections import agents as read_model
-from projections import tasks as tasks_model
+from chorus.contracts.aio import raise_if_cancelling
+from chorus.contracts.bounds import MAX_POSITION
+from chorus.contracts.envelope import Reply
+from chorus.contracts.subjects import LIVENESS_BUCKET, command_subject, is_token, liveness_key
+from chorus.gateway.auth import can_audit, can_read, can_write
+from chorus.gateway.bus import issue, replayed
+from chorus.gateway.errors import Problem, check_cursor
+from chorus.gateway.history import AtVersion, EventPage, current_or_past, history_page
+from chorus.gateway.keys import Principal
+from chorus.gateway.state import Services, ServicesDep
+from chorus.projections import agents as read_model
+from chorus.projections import tasks as tasks_model
+from litestar import Controller, Request, Response, get, post, put
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from msgspec import Meta, Struct
 
 #: Roles that may act for any agent at the gateway (the engine has its own owner checks).
 MANAGERS = frozenset({"operator", "admin"})

@@ -6,23 +6,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from litestar import Litestar
-from litestar.di import Provide
-from litestar.middleware import DefineMiddleware
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
-
-from contracts.workflow_types import WorkflowTypeRegistry
-from gateway.agent_feed import agent_feed
-from gateway.agents import AgentController, recent_verdicts
-from gateway.audit import AuditController, global_log
-from gateway.auth import BearerAuthMiddleware, KeyCache, Revocations
-from gateway.console import PUBLIC_PATHS as CONSOLE_PATHS
-from gateway.console import console_page, root, whoami
-from gateway.console_feed import events_feed
-from gateway.context import LogContextMiddleware, http_tracing
-from gateway.docs import PUBLIC_PATHS as DOCS_PATHS
-from gateway.docs import (
+from chorus.contracts.workflow_types import WorkflowTypeRegistry
+from chorus.gateway.agent_feed import agent_feed
+from chorus.gateway.agents import AgentController, recent_verdicts
+from chorus.gateway.audit import AuditController, global_log
+from chorus.gateway.auth import BearerAuthMiddleware, KeyCache, Revocations
+from chorus.gateway.console import PUBLIC_PATHS as CONSOLE_PATHS
+from chorus.gateway.console import console_page, root, whoami
+from chorus.gateway.console_feed import events_feed
+from chorus.gateway.context import LogContextMiddleware, http_tracing
+from chorus.gateway.docs import PUBLIC_PATHS as DOCS_PATHS
+from chorus.gateway.docs import (
     asyncapi_json,
     asyncapi_page,
     docs_alias,
@@ -30,32 +24,37 @@ from gateway.docs import (
     render_plugins,
     static_files,
 )
-from gateway.errors import EXCEPTION_HANDLERS, add_request_id_header
-from gateway.feeds import session_feed, workflow_feed
-from gateway.headers import AllowedHostsMiddleware, SecurityHeaders, cors_config
-from gateway.health import health, ready
-from gateway.jwt_tokens import Tokens, issue_token, load_secret
-from gateway.keys import KeyStore
-from gateway.mcp_bus import ToolCallService
-from gateway.mcp_http import McpHttp
-from gateway.mcp_registry import McpServerController, list_tools
-from gateway.metrics import (
+from chorus.gateway.errors import EXCEPTION_HANDLERS, add_request_id_header
+from chorus.gateway.feeds import session_feed, workflow_feed
+from chorus.gateway.headers import AllowedHostsMiddleware, SecurityHeaders, cors_config
+from chorus.gateway.health import health, ready
+from chorus.gateway.jwt_tokens import Tokens, issue_token, load_secret
+from chorus.gateway.keys import KeyStore
+from chorus.gateway.mcp_bus import ToolCallService
+from chorus.gateway.mcp_http import McpHttp
+from chorus.gateway.mcp_registry import McpServerController, list_tools
+from chorus.gateway.metrics import (
     HTTP_METRICS,
     FeedSubscribersMiddleware,
     metrics_overview,
     prometheus_metrics,
 )
-from gateway.openapi import document
-from gateway.ratelimit import RateLimiter, RateLimitMiddleware
-from gateway.sessions import SessionController
-from gateway.sockets import SocketGuardMiddleware
-from gateway.state import GatewayConfig, Services, connect_services
-from gateway.workflow_types import define_workflow_type, list_workflow_types
-from gateway.workflows import (
+from chorus.gateway.openapi import document
+from chorus.gateway.ratelimit import RateLimiter, RateLimitMiddleware
+from chorus.gateway.sessions import SessionController
+from chorus.gateway.sockets import SocketGuardMiddleware
+from chorus.gateway.state import GatewayConfig, Services, connect_services
+from chorus.gateway.workflow_types import define_workflow_type, list_workflow_types
+from chorus.gateway.workflows import (
     WorkflowController,
     execute_workflow,
     workflow_status_alias,
 )
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
 
 PUBLIC_PATHS = ["^/health$", "^/ready$", "^/schema", "^/metrics$", *DOCS_PATHS, *CONSOLE_PATHS]
 

@@ -1,7 +1,7 @@
 """The auditor's API: the global log, signed exports and store verification.
 
 Auditors and admins only. Everything here reads the event store (never the read models),
-through ``projections.audit``.
+through ``chorus.projections.audit``.
 """
 
 from __future__ import annotations
@@ -12,17 +12,16 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import msgspec
+from chorus.contracts.bounds import MAX_POSITION
+from chorus.gateway.auth import can_audit
+from chorus.gateway.errors import Problem
+from chorus.gateway.history import parse_time
+from chorus.gateway.keys import Principal
+from chorus.gateway.state import Services, ServicesDep
+from chorus.projections.audit import LogFilter, LogPage, Report
 from litestar import Controller, Request, Response, get
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
-
-from contracts.bounds import MAX_POSITION
-from gateway.auth import can_audit
-from gateway.errors import Problem
-from gateway.history import parse_time
-from gateway.keys import Principal
-from gateway.state import Services, ServicesDep
-from projections.audit import LogFilter, LogPage, Report
 
 NDJSON = "application/x-ndjson"
 PAGE_LIMIT = 500

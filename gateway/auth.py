@@ -1,7 +1,7 @@
 """Authentication (API keys and JWTs), revocation, and role guards.
 
 ``Authorization: Bearer <credential>``, where the credential is an API key
-(``chk_<id>_<secret>``) or a JWT (see ``gateway.jwt_tokens``). Browsers cannot set headers
+(``chk_<id>_<secret>``) or a JWT (see ``chorus.gateway.jwt_tokens``). Browsers cannot set headers
 on a WebSocket, so a WebSocket may instead pass ``?token=<credential>`` or offer the
 subprotocol ``chorus.bearer.<credential>`` (beside ``chorus.v1``, the one the server
 selects). The principal's actor is the actor of every command the request issues; no body
@@ -20,17 +20,16 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from chorus.gateway.errors import Problem
+from chorus.gateway.jwt_tokens import InvalidToken, Tokens
+from chorus.gateway.keys import KeyStore, Principal
+from chorus.gateway.ratelimit import RateLimiter, client_address, refusal
 from litestar import Litestar
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.types import ASGIApp, Scope
-
-from gateway.errors import Problem
-from gateway.jwt_tokens import InvalidToken, Tokens
-from gateway.keys import KeyStore, Principal
-from gateway.ratelimit import RateLimiter, client_address, refusal
 
 log = logging.getLogger(__name__)
 

@@ -11,18 +11,17 @@ from contextlib import contextmanager
 from typing import Any
 
 import msgspec
+from chorus.contracts import errors as codes
+from chorus.contracts import logcontext
+from chorus.contracts.bounds import MAX_COMMAND_BYTES, check_command_bytes
+from chorus.contracts.envelope import Envelope, Reply
+from chorus.contracts.subjects import command_subject
+from chorus.contracts.tracing import inject
+from chorus.gateway.errors import Problem
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from opentelemetry.trace import SpanKind, Tracer
-
-from contracts import errors as codes
-from contracts import logcontext
-from contracts.bounds import MAX_COMMAND_BYTES, check_command_bytes
-from contracts.envelope import Envelope, Reply
-from contracts.subjects import command_subject
-from contracts.tracing import inject
-from gateway.errors import Problem
 
 _encoder = msgspec.json.Encoder()
 _reply_decoder = msgspec.json.Decoder(Reply)

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from chorus.gateway.auth import can_read
+from chorus.gateway.docs import STATIC_DIR
+from chorus.gateway.keys import Principal
 from litestar import MediaType, Request, Response, get
 from litestar.response import Redirect
-
-from gateway.auth import can_read
-from gateway.docs import STATIC_DIR
-from gateway.keys import Principal
 
 PAGE = STATIC_DIR / "console" / "console.html"
 

@@ -19,18 +19,17 @@ import contextlib
 import json
 from typing import Annotated, Any
 
+from chorus.contracts.subjects import EVENTS_STREAM, EVT_PREFIX
+from chorus.gateway.auth import AUDITORS, can_read
+from chorus.gateway.fanout import DATA_HEADER, POSITION_HEADER, Frame, Positions
+from chorus.gateway.feeds import Feed, pump_and_listen, resolve
+from chorus.gateway.keys import Principal
+from chorus.gateway.state import Services, ServicesDep
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import QueryParameter
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-
-from contracts.subjects import EVENTS_STREAM, EVT_PREFIX
-from gateway.auth import AUDITORS, can_read
-from gateway.fanout import DATA_HEADER, POSITION_HEADER, Frame, Positions
-from gateway.feeds import Feed, pump_and_listen, resolve
-from gateway.keys import Principal
-from gateway.state import Services, ServicesDep
 
 #: The fields a notice keeps from an event record.
 NOTICE_FIELDS = ("position", "aggregate", "aggregate_id", "version", "occurred_at")

@@ -1,7 +1,7 @@
 """Request context for logs and traces.
 
 ``LogContextMiddleware`` binds each request's id and caller to the log context (see
-``contracts.logcontext``); placed after authentication, so the actor is known, every line
+``chorus.contracts.logcontext``); placed after authentication, so the actor is known, every line
 logged while the request is handled (an unexpected error's stack trace too) carries both.
 ``http_tracing`` is Litestar's own OpenTelemetry middleware (the server span of each
 request), present only when tracing is on.
@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from chorus.contracts import logcontext
+from chorus.gateway.errors import request_id_of
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware, DefineMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 from opentelemetry.trace import Span, TracerProvider
-
-from contracts import logcontext
-from gateway.errors import request_id_of
 
 
 class LogContextMiddleware(ASGIMiddleware):

@@ -15,13 +15,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from chorus.gateway.errors import Problem
+from chorus.gateway.state import ServicesDep
 from litestar import MediaType, Response, Router, get
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
-
-from gateway.errors import Problem
-from gateway.state import ServicesDep
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_URL = "/static"

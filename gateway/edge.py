@@ -1,6 +1,6 @@
 """Configuration of the HTTP edge: JWT, rate limits, CORS, allowed hosts, WebSocket checks.
 
-One dataclass, so ``runtime.settings`` maps ``CHORUS_*`` variables onto it in one place and
+One dataclass, so ``chorus.settings`` maps ``CHORUS_*`` variables onto it in one place and
 tests build a gateway with tiny limits or a fake clock without touching the environment.
 """
 
@@ -26,7 +26,7 @@ class EdgeConfig:
     jwt_ttl_seconds: int = 900
     #: Clock skew allowed on ``exp``, ``nbf`` and ``iat``.
     jwt_leeway_seconds: float = 30.0
-    #: Route class -> limit (``"10/minute"``), over the defaults in ``gateway.ratelimit``.
+    #: Route class -> limit (``"10/minute"``), over the defaults in ``chorus.gateway.ratelimit``.
     rate_limits: dict[str, str] = field(default_factory=dict)
     #: A ``limits`` storage URI; ``async+redis://host`` shares counts between gateways.
     rate_limit_storage: str = "async+memory://"

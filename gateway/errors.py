@@ -10,14 +10,13 @@ from typing import Any
 
 import msgspec
 import msgspec.inspect
+from chorus.contracts.bounds import MAX_JSON_DEPTH
+from chorus.projections.readstore import ReadStoreUnavailable
 from eventsourcing.persistence import InterfaceError as StoreInterfaceError
 from eventsourcing.persistence import OperationalError as StoreOperationalError
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import Message, Scope
-
-from contracts.bounds import MAX_JSON_DEPTH
-from projections.readstore import ReadStoreUnavailable
 
 log = logging.getLogger(__name__)
 

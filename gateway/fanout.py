@@ -29,10 +29,9 @@ from functools import cached_property
 from typing import Any, TypeVar
 
 import msgspec
+from chorus.contracts.feed import EventRecord
 from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
-
-from contracts.feed import EventRecord
 
 log = logging.getLogger(__name__)
 

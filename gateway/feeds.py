@@ -2,7 +2,7 @@
 
 ``WS /api/v1/sessions/{id}/feed?since=<position>``: every event of the session after
 ``since``, then live ones. The socket first joins the gateway's shared channel for the
-session's subject (``gateway.fanout``: one upstream subscription however many sockets
+session's subject (``chorus.gateway.fanout``: one upstream subscription however many sockets
 watch it), then reads what it missed from the event store, then sends what the channel
 delivered. Joining before reading leaves no switch-over where an event could fall
 between catch-up and live; records carry their global position and anything at or below
@@ -26,17 +26,16 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Annotated, Any
 
 import msgspec
+from chorus.contracts.bounds import MAX_POSITION
+from chorus.contracts.subjects import event_filter
+from chorus.gateway.auth import can_read
+from chorus.gateway.fanout import POSITION_HEADER, Frame, Listener
+from chorus.gateway.keys import Principal
+from chorus.gateway.state import Services, ServicesDep
+from chorus.projections import sessions
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromPath, QueryParameter
-
-from contracts.bounds import MAX_POSITION
-from contracts.subjects import event_filter
-from gateway.auth import can_read
-from gateway.fanout import POSITION_HEADER, Frame, Listener
-from gateway.keys import Principal
-from gateway.state import Services, ServicesDep
-from projections import sessions
 
 __all__ = ["POSITION_HEADER", "pump_and_listen", "serve_feed"]
 

@@ -17,11 +17,10 @@ import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from chorus.gateway.errors import Problem
 from litestar.config.cors import CORSConfig
 from litestar.openapi.plugins import OpenAPIRenderPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-
-from gateway.errors import Problem
 
 DOCS_PREFIX = "/schema"
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"

@@ -9,13 +9,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from chorus.contracts.subjects import EVENTS_STREAM
+from chorus.gateway.feeds import POSITION_HEADER
+from chorus.gateway.state import Services, ServicesDep
+from chorus.projections import agents, mcp, sessions, workflows
 from litestar import Response, get
 from nats.js.errors import NotFoundError
-
-from contracts.subjects import EVENTS_STREAM
-from gateway.feeds import POSITION_HEADER
-from gateway.state import Services, ServicesDep
-from projections import agents, mcp, sessions, workflows
 
 PROJECTION_NAMES = (sessions.NAME, workflows.NAME, agents.NAME, mcp.NAME)
 

@@ -8,16 +8,15 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
+from chorus.contracts.bounds import MAX_POSITION
+from chorus.contracts.feed import EventRecord
+from chorus.gateway.auth import check_auditor
+from chorus.gateway.errors import Problem
+from chorus.gateway.keys import Principal
+from chorus.gateway.state import Services
+from chorus.projections.timetravel import state_at
 from litestar.params import QueryParameter
 from msgspec import Struct
-
-from contracts.bounds import MAX_POSITION
-from contracts.feed import EventRecord
-from gateway.auth import check_auditor
-from gateway.errors import Problem
-from gateway.keys import Principal
-from gateway.state import Services
-from projections.timetravel import state_at
 
 T = TypeVar("T")
 

@@ -26,14 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from chorus.contracts.subjects import is_token
+from chorus.gateway.edge import EdgeConfig
+from chorus.gateway.errors import Problem
+from chorus.gateway.keys import ROLES, Principal
 from litestar import Request, post
 from litestar.di import NamedDependency
 from msgspec import Struct
-
-from contracts.subjects import is_token
-from gateway.edge import EdgeConfig
-from gateway.errors import Problem
-from gateway.keys import ROLES, Principal
 
 HS256 = "HS256"
 ASYMMETRIC = frozenset({"RS256", "ES256", "EdDSA"})

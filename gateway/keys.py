@@ -16,9 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import bcrypt
+from chorus.contracts.roles import ROLES, Role, name_problem
 from msgspec import Struct
-
-from contracts.roles import ROLES, Role, name_problem
 
 __all__ = ["ROLES", "KeyStore", "Principal", "Role"]
 

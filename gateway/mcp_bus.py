@@ -21,31 +21,30 @@ import uuid
 from typing import Any
 
 import msgspec
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
-
-from contracts import errors as codes
-from contracts.aio import raise_if_cancelling
-from contracts.bounds import check_command_bytes
-from contracts.envelope import Envelope
-from contracts.errors import ErrorInfo
-from contracts.mcp import CallTool, ToolCallOutcome, ToolCallReply
-from contracts.roles import is_reserved
-from contracts.subjects import (
+from chorus.contracts import errors as codes
+from chorus.contracts.aio import raise_if_cancelling
+from chorus.contracts.bounds import check_command_bytes
+from chorus.contracts.envelope import Envelope
+from chorus.contracts.errors import ErrorInfo
+from chorus.contracts.mcp import CallTool, ToolCallOutcome, ToolCallReply
+from chorus.contracts.roles import is_reserved
+from chorus.contracts.subjects import (
     TOOL_AGGREGATE,
     TOOL_CALLS,
     TOOL_QUEUE,
     command_subject,
     parse_command_subject,
 )
-from gateway.errors import Problem
-from gateway.keys import KeyStore, Principal
-from gateway.mcp_registry import CallBody, run_tool_call
-from gateway.state import Services
-from projections import mcp as read_model
+from chorus.gateway.errors import Problem
+from chorus.gateway.keys import KeyStore, Principal
+from chorus.gateway.mcp_registry import CallBody, run_tool_call
+from chorus.gateway.state import Services
+from chorus.projections import mcp as read_model
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 log = logging.getLogger(__name__)
 

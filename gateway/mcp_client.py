@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx2
+from chorus.contracts import errors as codes
+from chorus.contracts.aio import raise_if_cancelling
+from chorus.contracts.mcp import HttpTransport, StdioTransport, ToolSpec, Transport, tool_spec
+from chorus.gateway.errors import Problem
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-
-from contracts import errors as codes
-from contracts.aio import raise_if_cancelling
-from contracts.mcp import HttpTransport, StdioTransport, ToolSpec, Transport, tool_spec
-from gateway.errors import Problem
 
 #: Pages of tools/list read at most (a server that pages forever cannot hang discovery).
 MAX_PAGES = 100

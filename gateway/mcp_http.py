@@ -11,15 +11,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from chorus.gateway.errors import Problem
+from chorus.gateway.keys import Principal
+from chorus.gateway.mcp_server import ServicesOf, build_server
 from litestar import Litestar, asgi
 from litestar.handlers.asgi_handlers import ASGIRouteHandler
 from litestar.types import Receive, Scope, Send
 from mcp.server import ServerRequestContext
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-
-from gateway.errors import Problem
-from gateway.keys import Principal
-from gateway.mcp_server import ServicesOf, build_server
 
 PATH = "/mcp"
 

@@ -9,13 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.params import FromPath, FromQuery, JSONBody
-from msgspec import Struct
-
-from contracts import errors as codes
-from contracts.agents import TaskId
-from contracts.mcp import (
+from chorus.contracts import errors as codes
+from chorus.contracts.agents import TaskId
+from chorus.contracts.mcp import (
     RECORDER,
     Access,
     ConfigureMcpServer,
@@ -34,14 +30,17 @@ from contracts.mcp import (
     catalogue_problems,
     digest,
 )
-from contracts.sessions import Id
-from gateway import mcp_client
-from gateway.auth import can_read, can_write, require_roles
-from gateway.bus import idempotency_key
-from gateway.errors import Problem
-from gateway.keys import Principal
-from gateway.state import Services, ServicesDep
-from projections import mcp as read_model
+from chorus.contracts.sessions import Id
+from chorus.gateway import mcp_client
+from chorus.gateway.auth import can_read, can_write, require_roles
+from chorus.gateway.bus import idempotency_key
+from chorus.gateway.errors import Problem
+from chorus.gateway.keys import Principal
+from chorus.gateway.state import Services, ServicesDep
+from chorus.projections import mcp as read_model
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.params import FromPath, FromQuery, JSONBody
+from msgspec import Struct
 
 can_manage = require_roles("operator", "admin")
 

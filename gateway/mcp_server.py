@@ -1,4 +1,4 @@
-"""Chorus as an MCP server: the tools of ``gateway.mcp_tools`` and read-only resources for
+"""Chorus as an MCP server: the tools of ``chorus.gateway.mcp_tools`` and read-only resources for
 session, workflow and agent views, over stdio (``chorus mcp``) or streamable HTTP at
 ``/mcp`` on the gateway.
 
@@ -18,18 +18,17 @@ from collections.abc import Callable
 from typing import Any
 
 import mcp.types as types
+from chorus.contracts import errors as codes
+from chorus.contracts.subjects import is_token
+from chorus.gateway.agents import _agent, _with_last_heartbeat
+from chorus.gateway.auth import READERS
+from chorus.gateway.errors import Problem
+from chorus.gateway.keys import Principal
+from chorus.gateway.mcp_tools import TOOLS, Caller, Tool, session_view, to_builtins
+from chorus.gateway.state import Services
+from chorus.gateway.workflows import workflow_status
 from mcp.server import Server, ServerRequestContext
 from mcp.shared.exceptions import MCPError
-
-from contracts import errors as codes
-from contracts.subjects import is_token
-from gateway.agents import _agent, _with_last_heartbeat
-from gateway.auth import READERS
-from gateway.errors import Problem
-from gateway.keys import Principal
-from gateway.mcp_tools import TOOLS, Caller, Tool, session_view, to_builtins
-from gateway.state import Services
-from gateway.workflows import workflow_status
 
 log = logging.getLogger(__name__)
 

@@ -15,15 +15,13 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import msgspec
-from msgspec import Meta, Struct
-
-from contracts import errors as codes
-from contracts.agents import Heartbeat, RegisterAgent, VerifyCompletion
-from contracts.envelope import Reply
-from contracts.mcp import CallTool, ServerName
-from contracts.sessions import CancelSession, Id, OpenSession, SessionId, SubmitResult
-from contracts.tasks import AcceptTask
-from contracts.workflows import (
+from chorus.contracts import errors as codes
+from chorus.contracts.agents import Heartbeat, RegisterAgent, VerifyCompletion
+from chorus.contracts.envelope import Reply
+from chorus.contracts.mcp import CallTool, ServerName
+from chorus.contracts.sessions import CancelSession, Id, OpenSession, SessionId, SubmitResult
+from chorus.contracts.tasks import AcceptTask
+from chorus.contracts.workflows import (
     CompletePhase,
     FailPhase,
     RecordPartialResult,
@@ -31,19 +29,20 @@ from contracts.workflows import (
     StartPhase,
     StartWorkflow,
 )
-from gateway.agents import _as_of, _fresh_agent, _verdict, send_heartbeat, tool_capabilities
-from gateway.auth import READERS, WRITERS
-from gateway.errors import Problem
-from gateway.keys import Principal
-from gateway.mcp_bus import call_over_bus
-from gateway.mcp_registry import CallBody, run_tool_call
-from gateway.state import Services
-from gateway.workflows import workflow_status
-from projections import agents as agents_model
-from projections import mcp as mcp_model
-from projections import sessions as sessions_model
-from projections import tasks as tasks_model
-from projections import workflows as workflows_model
+from chorus.gateway.agents import _as_of, _fresh_agent, _verdict, send_heartbeat, tool_capabilities
+from chorus.gateway.auth import READERS, WRITERS
+from chorus.gateway.errors import Problem
+from chorus.gateway.keys import Principal
+from chorus.gateway.mcp_bus import call_over_bus
+from chorus.gateway.mcp_registry import CallBody, run_tool_call
+from chorus.gateway.state import Services
+from chorus.gateway.workflows import workflow_status
+from chorus.projections import agents as agents_model
+from chorus.projections import mcp as mcp_model
+from chorus.projections import sessions as sessions_model
+from chorus.projections import tasks as tasks_model
+from chorus.projections import workflows as workflows_model
+from msgspec import Meta, Struct
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,10 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from chorus.gateway.auth import can_read
+from chorus.gateway.health import PROJECTION_NAMES
+from chorus.gateway.state import Services, ServicesDep
+from chorus.projections.overview import seal_status, status_counts
 from litestar import Response, get
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
@@ -35,11 +39,6 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from gateway.auth import can_read
-from gateway.health import PROJECTION_NAMES
-from gateway.state import Services, ServicesDep
-from projections.overview import seal_status, status_counts
 
 FEED_SUBSCRIBERS = Gauge(
     "chorus_feed_subscribers",

@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgspec
+from chorus.gateway.errors import PROBLEM_JSON
 from litestar import Litestar
 from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.types import Message, Scope
-
-from gateway.errors import PROBLEM_JSON
 
 METHODS = ("get", "put", "post", "delete", "patch")
 

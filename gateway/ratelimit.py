@@ -22,17 +22,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from chorus.gateway.errors import Problem
+from chorus.gateway.keys import Principal
+from chorus.gateway.state import Services
+from chorus.projections import sessions as sessions_model
 from limits import RateLimitItem, parse
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-
-from gateway.errors import Problem
-from gateway.keys import Principal
-from gateway.state import Services
-from projections import sessions as sessions_model
 
 DEFAULT_LIMITS = {
     "read": "1200/minute",  # GET, per actor

@@ -23,11 +23,10 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from chorus.gateway.auth import SUBPROTOCOL, Revocations, offered_subprotocols
+from chorus.gateway.keys import Principal
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-
-from gateway.auth import SUBPROTOCOL, Revocations, offered_subprotocols
-from gateway.keys import Principal
 
 CLOSE_CREDENTIAL = 4401
 CLOSE_ORIGIN = 4403

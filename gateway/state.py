@@ -12,20 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from chorus.contracts import errors as codes
+from chorus.contracts.tracing import tracer_of
+from chorus.contracts.workflow_types import WorkflowTypeRegistry
+from chorus.gateway.bus import CommandBus
+from chorus.gateway.edge import EdgeConfig
+from chorus.gateway.errors import Problem
+from chorus.gateway.fanout import FeedHub
+from chorus.projections.audit import AuditLog
+from chorus.projections.history import History
+from chorus.projections.readstore import ReadStore
 from litestar.di import NamedDependency
 from nats.aio.client import Client as NATS
 from opentelemetry.trace import TracerProvider
-
-from contracts import errors as codes
-from contracts.tracing import tracer_of
-from contracts.workflow_types import WorkflowTypeRegistry
-from gateway.bus import CommandBus
-from gateway.edge import EdgeConfig
-from gateway.errors import Problem
-from gateway.fanout import FeedHub
-from projections.audit import AuditLog
-from projections.history import History
-from projections.readstore import ReadStore
 
 
 @dataclass
@@ -61,7 +60,7 @@ class Services:
     history: History
     audit: AuditLog
     workflow_types: WorkflowTypeRegistry
-    #: Live feeds' shared upstream subscriptions (``gateway.fanout``).
+    #: Live feeds' shared upstream subscriptions (``chorus.gateway.fanout``).
     feeds: FeedHub
 
     async def read(self, fn: Any, *args: Any, **kwargs: Any) -> Any:

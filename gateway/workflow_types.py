@@ -10,14 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from chorus.contracts.workflow_types import REGISTRY_ID, DefineWorkflowType, WorkflowType
+from chorus.gateway.auth import can_read, require_roles
+from chorus.gateway.bus import issue, replayed
+from chorus.gateway.keys import Principal
+from chorus.gateway.state import Services, ServicesDep
 from litestar import Request, Response, get, post
 from litestar.params import JSONBody
-
-from contracts.workflow_types import REGISTRY_ID, DefineWorkflowType, WorkflowType
-from gateway.auth import can_read, require_roles
-from gateway.bus import issue, replayed
-from gateway.keys import Principal
-from gateway.state import Services, ServicesDep
 
 
 async def all_types(services: Services) -> list[WorkflowType]:

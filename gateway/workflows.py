@@ -6,21 +6,20 @@ import uuid
 from typing import Annotated, Any
 
 import msgspec
+from chorus.contracts import errors as codes
+from chorus.contracts.bounds import MAX_POSITION
+from chorus.contracts.sessions import Cancellation
+from chorus.contracts.workflows import PRIORITIES, CancelWorkflow, StartWorkflow, WorkflowRequest
+from chorus.gateway.auth import can_audit, can_read, can_write
+from chorus.gateway.bus import derived_id, idempotency_key, issue, replayed
+from chorus.gateway.errors import Problem, check_cursor
+from chorus.gateway.history import AtVersion, EventPage, current_or_past, history_page
+from chorus.gateway.keys import Principal
+from chorus.gateway.state import Services, ServicesDep
+from chorus.projections import workflows as read_model
 from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from msgspec import Struct
-
-from contracts import errors as codes
-from contracts.bounds import MAX_POSITION
-from contracts.sessions import Cancellation
-from contracts.workflows import PRIORITIES, CancelWorkflow, StartWorkflow, WorkflowRequest
-from gateway.auth import can_audit, can_read, can_write
-from gateway.bus import derived_id, idempotency_key, issue, replayed
-from gateway.errors import Problem, check_cursor
-from gateway.history import AtVersion, EventPage, current_or_past, history_page
-from gateway.keys import Principal
-from gateway.state import Services, ServicesDep
-from projections import workflows as read_model
 
 #: The seed's statuses (queued, running, completed, failed) and cancelled.
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")

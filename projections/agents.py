@@ -25,12 +25,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-
-from contracts.feed import EventRecord
-from events.reliability import reliability_score, success_rate
-from projections.readstore import NOT_CREATED, Connection, Row
-from projections.sessions import decode_cursor as decode_seq_cursor
-from projections.sessions import encode_cursor as encode_seq_cursor
+from chorus.contracts.feed import EventRecord
+from chorus.events.reliability import reliability_score, success_rate
+from chorus.projections.readstore import NOT_CREATED, Connection, Row
+from chorus.projections.sessions import decode_cursor as decode_seq_cursor
+from chorus.projections.sessions import encode_cursor as encode_seq_cursor
 
 NAME = "agents"
 

@@ -1,7 +1,7 @@
 """The auditor's window on the event store: the global log, exports, verification.
 
-Read-only, like ``projections.history``: the gateway and the CLI reach the store's audit
-functions (``events.bundle``, ``events.verify``) through here, never the write side.
+Read-only, like ``chorus.projections.history``: the gateway and the CLI reach the store's audit
+functions (``chorus.audit.bundle``, ``chorus.audit.verify``) through here, never the write side.
 """
 
 from __future__ import annotations
@@ -12,16 +12,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
+from chorus.audit.bundle import SealRef, build_bundle, load_signing_key, public_key_text
+from chorus.audit.ledger import Checkpoint, last_seal
+from chorus.audit.verify import MAX_UNSEALED_AGE, Report, verify_store
+from chorus.contracts.feed import EventRecord
+from chorus.events.codec import decode_record, is_domain_topic
+from chorus.store.recorder import select_aggregate_notifications
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from eventsourcing.persistence import ApplicationRecorder, Notification
 from msgspec import Struct
-
-from contracts.feed import EventRecord
-from events.bundle import SealRef, build_bundle, load_signing_key, public_key_text
-from events.codec import decode_record, is_domain_topic
-from events.ledger import Checkpoint, last_seal
-from events.store import select_aggregate_notifications
-from events.verify import MAX_UNSEALED_AGE, Report, verify_store
 
 __all__ = ["AuditLog", "LogFilter", "LogPage", "Report"]
 

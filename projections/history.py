@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from uuid import UUID
 
+from chorus.contracts.feed import EventRecord
+from chorus.events.codec import decode_record, is_domain_topic
+from chorus.store.recorder import open_recorder, select_aggregate_notifications
 from eventsourcing.persistence import ApplicationRecorder, Notification
-
-from contracts.feed import EventRecord
-from events.codec import decode_record, is_domain_topic
-from events.store import open_recorder, select_aggregate_notifications
 
 
 class History:

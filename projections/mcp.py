@@ -6,9 +6,8 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-
-from contracts.feed import EventRecord
-from projections.readstore import NOT_CREATED, Connection, upsert
+from chorus.contracts.feed import EventRecord
+from chorus.projections.readstore import NOT_CREATED, Connection, upsert
 
 NAME = "mcp"
 

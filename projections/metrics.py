@@ -1,4 +1,4 @@
-"""The projector's Prometheus metrics (see ``engine.metrics`` for how processes share them).
+"""The projector's Prometheus metrics (see ``chorus.engine.adapters.metrics`` for how processes share them).
 
 The lag per read model is computed by the gateway at scrape time from the store's head
 and the positions in the read store, so a stalled or dead projector shows as growing lag.

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from chorus.audit.ledger import last_seal
+from chorus.projections.readstore import NOT_CREATED, Connection
 from eventsourcing.persistence import ApplicationRecorder
-
-from events.ledger import last_seal
-from projections.readstore import NOT_CREATED, Connection
 
 #: Read model -> the query that counts its rows by (shown) status.
 _COUNTS = {

@@ -34,9 +34,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
 import psycopg
-from psycopg import errors as pg_errors
-
-from projections.readstore import (
+from chorus.projections.readstore import (
     TRACKING_DDL,
     ReadModelMissing,
     ReadStore,
@@ -44,6 +42,7 @@ from projections.readstore import (
     position_in,
     set_position,
 )
+from psycopg import errors as pg_errors
 
 #: Quoted strings, quoted identifiers and comments pass through; ``?`` and ``%`` do not.
 _TOKENS = re.compile(r"""('(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*)|(\?)|(%)""")

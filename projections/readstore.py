@@ -96,7 +96,7 @@ class ReadStore:
         if cls is ReadStore:
             if is_postgres_url(url):
                 try:
-                    from projections.pgstore import PostgresReadStore
+                    from chorus.projections.pgstore import PostgresReadStore
                 except ImportError as error:
                     raise ValueError(
                         "a postgresql:// read store needs psycopg 3: "

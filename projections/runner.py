@@ -15,15 +15,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from chorus.contracts.aio import raise_if_cancelling
+from chorus.contracts.feed import EventRecord
+from chorus.events.codec import decode_record
+from chorus.projections import metrics
+from chorus.projections.readstore import Connection, ReadStore, position_in, set_position, track
+from chorus.projections.tracing import record_write_spans
 from eventsourcing.persistence import ApplicationRecorder, Notification
 from opentelemetry.trace import Tracer
-
-from contracts.aio import raise_if_cancelling
-from contracts.feed import EventRecord
-from events.codec import decode_record
-from projections import metrics
-from projections.readstore import Connection, ReadStore, position_in, set_position, track
-from projections.tracing import record_write_spans
 
 log = logging.getLogger(__name__)
 

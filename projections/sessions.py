@@ -7,9 +7,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
-
-from contracts.feed import EventRecord
-from projections.readstore import NOT_CREATED, Connection, Row
+from chorus.contracts.feed import EventRecord
+from chorus.projections.readstore import NOT_CREATED, Connection, Row
 
 NAME = "sessions"
 

@@ -4,7 +4,7 @@ The pull fallback of the inbox (``GET /api/v1/agents/{id}/tasks``): an agent tha
 keep a subscription, or just restarted, reads what it holds. A phase task is open from
 ``PhaseAssigned`` until the phase completes or fails, its lease is lost or the workflow
 ends; a session task from the session's opening (or a replacement) until the participant
-submits or the session closes. Rows hold the task message built by ``events.tasks``, the
+submits or the session closes. Rows hold the task message built by ``chorus.events.tasks``, the
 same builder the dispatcher delivers with.
 """
 
@@ -13,11 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-
-from contracts.feed import EventRecord
-from contracts.tasks import TASK_ENCODER, PhaseTask, SessionTask, phase_task_id
-from events.tasks import phase_task, session_task
-from projections.readstore import NOT_CREATED, Connection, upsert
+from chorus.contracts.feed import EventRecord
+from chorus.contracts.tasks import TASK_ENCODER, PhaseTask, SessionTask, phase_task_id
+from chorus.events.tasks import phase_task, session_task
+from chorus.projections.readstore import NOT_CREATED, Connection, upsert
 
 NAME = "agent_tasks"
 

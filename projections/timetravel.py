@@ -25,13 +25,12 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-
-from contracts.feed import EventRecord
-from events.codec import EVENT_TYPES, decode_record, topic_of
-from projections import agents, sessions, workflows
-from projections.history import History
-from projections.readstore import NOT_CREATED, Connection
-from projections.runner import Projection
+from chorus.contracts.feed import EventRecord
+from chorus.events.codec import EVENT_TYPES, decode_record, topic_of
+from chorus.projections import agents, sessions, workflows
+from chorus.projections.history import History
+from chorus.projections.readstore import NOT_CREATED, Connection
+from chorus.projections.runner import Projection
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Spans of the projector: a read-model write, in the trace of each command it applied.
 
 The projector reads the log, not the bus, so it finds a command's trace context where the
-engine stored it next to the events (``events.tracecontext``). One span per traced command
+engine stored it next to the events (``chorus.store.tracecontext``). One span per traced command
 per batch, timed as the batch's read-store transaction.
 """
 
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from chorus.contracts.feed import EventRecord
+from chorus.contracts.tracing import context_of
+from chorus.store import tracecontext
 from eventsourcing.persistence import ApplicationRecorder
 from opentelemetry.trace import SpanKind, Tracer
-
-from contracts.feed import EventRecord
-from contracts.tracing import context_of
-from events import tracecontext
 
 
 def record_write_spans(

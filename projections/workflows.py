@@ -6,11 +6,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
-
-from contracts.feed import EventRecord
-from projections.readstore import NOT_CREATED, Connection, Row, upsert
-from projections.sessions import decode_cursor as decode_cursor  # re-exported for the gateway
-from projections.sessions import encode_cursor
+from chorus.contracts.feed import EventRecord
+from chorus.projections.readstore import NOT_CREATED, Connection, Row, upsert
+from chorus.projections.sessions import (
+    decode_cursor as decode_cursor,  # re-exported for the gateway
+)
+from chorus.projections.sessions import encode_cursor
 
 NAME = "workflows"
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runtime.settings import Settings
+from chorus.settings import Settings
 
 AGENT_PROTOCOL = """\
 CMD runs once per task. stdin: the task as JSON (kind, task_id, attempt, phase,
@@ -65,7 +65,7 @@ def run_agent(args: argparse.Namespace, settings: Settings) -> int:
     url = nats_url(settings)
     if url is None:
         return fail(NO_NATS.format(command="agent"))
-    from runtime.agent_command import serve_command
+    from chorus.agent_command import serve_command
 
     capabilities = [c.strip() for c in args.capabilities.split(",") if c.strip()]
     return serve_command(
@@ -79,7 +79,7 @@ def run_demo(settings: Settings) -> int:
     url = nats_url(settings)
     if url is None:
         return fail(NO_NATS.format(command="demo"))
-    from runtime.agent_demo import run_fleet
+    from chorus.agent_demo import run_fleet
 
     return run_fleet(url, heartbeat_interval=settings.heartbeat_interval)
 

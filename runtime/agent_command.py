@@ -32,12 +32,11 @@ import sys
 from collections import deque
 from typing import Any
 
+from chorus.agent_sdk import AgentClient
+from chorus.agent_worker import CommandRejected, Task, TaskContext, TaskFailed
+from chorus.contracts.tasks import TASK_ENCODER
+from chorus.natsd import die_with_parent
 from nats.errors import NoRespondersError
-
-from contracts.tasks import TASK_ENCODER
-from runtime.agent_sdk import AgentClient
-from runtime.agent_worker import CommandRejected, Task, TaskContext, TaskFailed
-from runtime.natsd import die_with_parent
 
 log = logging.getLogger("chorus.agent")
 

@@ -33,9 +33,9 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from contracts.tasks import PhaseTask, SessionTask
-from runtime.agent_sdk import AgentClient
-from runtime.agent_worker import Task, TaskContext, TaskFailed
+from chorus.agent_sdk import AgentClient
+from chorus.agent_worker import Task, TaskContext, TaskFailed
+from chorus.contracts.tasks import PhaseTask, SessionTask
 
 #: The demo fleet: every agent can do every built-in phase and review in sessions.
 FLEET = ("demo-1", "demo-2", "demo-3")

@@ -39,19 +39,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
+from chorus.contracts.agents import result_hash
+from chorus.contracts.aio import raise_if_cancelling
+from chorus.contracts.envelope import Envelope, Reply
+from chorus.contracts.subjects import agent_inbox_prefix, agent_ping_subject, command_subject
 from faststream.exceptions import SubscriberNotFound
 from faststream.nats import NatsBroker, NatsMessage
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 
-from contracts.agents import result_hash
-from contracts.aio import raise_if_cancelling
-from contracts.envelope import Envelope, Reply
-from contracts.subjects import agent_inbox_prefix, agent_ping_subject, command_subject
-
 if TYPE_CHECKING:
-    from runtime.agent_worker import Handler
+    from chorus.agent_worker import Handler
 
 _encoder = msgspec.json.Encoder()
 _reply = msgspec.json.Decoder(Reply)
@@ -240,8 +239,8 @@ class AgentClient:
         ``drain_timeout`` seconds) or hand them back. ``claim_completions``: claim each
         completed task with its evidence; ``keepalive``: while a handler runs, repeat its
         last progress report often enough for the phase's ``heartbeat_seconds``. See
-        ``runtime.agent_worker``."""
-        from runtime.agent_worker import Worker
+        ``chorus.agent_worker``."""
+        from chorus.agent_worker import Worker
 
         if self.broker is None:
             raise TypeError("serve() needs a FastStream broker: AgentClient.connect(url, name)")

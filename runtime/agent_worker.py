@@ -1,7 +1,7 @@
 """The task worker behind ``AgentClient.serve``: the inbox subscriber and the tasks it runs.
 
 The engine delivers tasks on ``chorus.task.<agent_id>`` at least once, until acknowledged
-(``contracts.tasks``). For each task the worker:
+(``chorus.contracts.tasks``). For each task the worker:
 
 1. waits for a free slot (``max_concurrency``), then acknowledges it with ``task.accept``
    (accepting a phase starts it), so an agent with no free slot leaves the task
@@ -37,13 +37,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from chorus.agent_sdk import UNANSWERED, AgentClient
+from chorus.contracts.envelope import Reply
+from chorus.contracts.subjects import task_subject
+from chorus.contracts.tasks import TASK_DECODER, CancelTask, PhaseTask, SessionTask
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
-
-from contracts.envelope import Reply
-from contracts.subjects import task_subject
-from contracts.tasks import TASK_DECODER, CancelTask, PhaseTask, SessionTask
-from runtime.agent_sdk import UNANSWERED, AgentClient
 
 log = logging.getLogger("chorus.agent")
 

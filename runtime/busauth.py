@@ -33,14 +33,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from contracts.subjects import (
+from chorus.contracts.subjects import (
     DLQ_STREAM,
     EVENTS_STREAM,
     LIVENESS_BUCKET,
     TOOL_CALLS,
     agent_inbox_prefix,
 )
-from gateway.keys import KeyStore
+from chorus.gateway.keys import KeyStore
 
 SERVICES = {"engine": "chorus-engine", "gateway": "chorus-gateway", "demo": "chorus-demo"}
 #: The example agents ``chorus up --demo`` runs (runtime/agent_demo.py).

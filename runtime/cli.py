@@ -20,11 +20,11 @@ def _stop_while_starting(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-if __name__ == "__main__":  # as early as possible when run as ``python -m runtime.cli``
+if __name__ == "__main__":  # as early as possible when run as ``python -m chorus.cli``
     signal.signal(signal.SIGTERM, _stop_while_starting)
 
-from runtime.logs import configure_logging  # noqa: E402
-from runtime.settings import Settings  # noqa: E402
+from chorus.logs import configure_logging  # noqa: E402
+from chorus.settings import Settings  # noqa: E402
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -131,11 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     revoke.add_argument("--data-dir", type=Path)
 
-    from runtime import audit
+    from chorus import audit_commands as audit
 
     audit.add_parser(sub, _common)
 
-    from runtime import agent_cli
+    from chorus import agent_cli
 
     agent_cli.add_parsers(sub)
     mcp = sub.add_parser("mcp", help="serve MCP on stdin/stdout as the actor of CHORUS_API_KEY")
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the ``chorus`` command itself, not a caller in-process
         signal.signal(signal.SIGTERM, _stop_while_starting)
-    from runtime.permissions import private_umask
+    from chorus.permissions import private_umask
 
     private_umask()  # before anything is created: data files 0600, directories 0700
     args = build_parser().parse_args(argv)
@@ -158,33 +158,33 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     match args.command:
         case "up":
-            from runtime.supervisor import run_up
+            from chorus.supervisor import run_up
 
             return run_up(settings, demo=args.demo)
         case "cluster":
-            from runtime.cluster import ClusterLayout, run_cluster
+            from chorus.cluster import ClusterLayout, run_cluster
 
             return run_cluster(
                 settings, ClusterLayout(nodes=args.nodes, engines=args.engines,
                                         gateways=args.gateways),
             )  # fmt: skip
         case "engine":
-            from runtime.processes import run_engine
+            from chorus.processes import run_engine
 
             run_engine(settings)
         case "gateway":
-            from runtime.processes import run_gateway
+            from chorus.processes import run_gateway
 
             run_gateway(settings)
         case "project":
-            from runtime.processes import projection_runners, run_projector
+            from chorus.processes import projection_runners, run_projector
 
             if args.rebuild:
                 if problem := missing_store(settings, args.init):
                     print(problem, file=sys.stderr)
                     return 2
-                from projections.runner import rebuild_together
-                from runtime.progress import replay_progress
+                from chorus.progress import replay_progress
+                from chorus.projections.runner import rebuild_together
 
                 with replay_progress() as track:
                     runners = projection_runners(settings, args.read_store_url, args.names)
@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 run_projector(settings)
         case "keys":
-            from gateway.keys import KeyStore
-            from runtime import busauth
+            from chorus import busauth
+            from chorus.gateway.keys import KeyStore
 
             if problem := missing_store(settings, getattr(args, "init", False)):
                 print(problem, file=sys.stderr)
@@ -227,23 +227,23 @@ def main(argv: list[str] | None = None) -> int:
                 busauth.sync(nats_dir, keys_path)
                 print(f"revoked {args.key_id}")
         case "audit":
-            from runtime import audit
+            from chorus import audit_commands as audit
 
             return audit.run(args, settings)
         case "agent":
-            from runtime import agent_cli
+            from chorus import agent_cli
 
             return agent_cli.run_agent(args, settings)
         case "demo":
-            from runtime import agent_cli
+            from chorus import agent_cli
 
             return agent_cli.run_demo(settings)
         case "mcp":
-            from runtime.mcp import run_mcp
+            from chorus.mcp import run_mcp
 
             return run_mcp(settings, args.key)
         case "schema":
-            from runtime.schema import write_schema
+            from chorus.schema import write_schema
 
             for path in write_schema(args.out):
                 print(path)

@@ -28,14 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
-
-from engine.streams import ensure_streams
-from events.bundle import create_signing_key
-from events.ledger import ensure_ledger
-from events.snapshots import snapshot_recorder
-from events.store import open_recorder
-from runtime.natsd import NatsServer, die_with_parent, start_nats_server
-from runtime.settings import Settings
+from chorus.audit.bundle import create_signing_key
+from chorus.audit.ledger import ensure_ledger
+from chorus.engine.adapters.streams import ensure_streams
+from chorus.natsd import NatsServer, die_with_parent, start_nats_server
+from chorus.settings import Settings
+from chorus.store.recorder import open_recorder
+from chorus.store.snapshots import snapshot_recorder
 
 CLUSTER_NAME = "chorus"
 
@@ -231,7 +230,7 @@ class Cluster:
             log_file.write(f"--- start {member.starts + 1} ---\n".encode())
             log_file.flush()
             member.process = subprocess.Popen(
-                [sys.executable, "-m", "runtime.cli", member.role],
+                [sys.executable, "-m", "chorus.cli", member.role],
                 env=member.env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

@@ -1,7 +1,7 @@
 """Logging for every Chorus process: one JSON object per line, quiet by default.
 
 Each line has ``time``, ``level``, ``logger``, ``message``, the request and command fields
-bound in ``contracts.logcontext`` (``request_id``, ``command_id``, ``correlation_id``,
+bound in ``chorus.contracts.logcontext`` (``request_id``, ``command_id``, ``correlation_id``,
 ``actor``), any ``extra`` a call passed, and for an error its stack trace in ``exc_info``,
 so the ``request_id`` of a 500 finds its trace with ``grep``. Stdlib logging only: every
 module keeps using ``logging.getLogger(__name__)``.
@@ -15,7 +15,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from contracts import logcontext
+from chorus.contracts import logcontext
 
 #: Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {

@@ -20,17 +20,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from chorus import busauth
+from chorus.agent_sdk import bus_url
+from chorus.contracts.subjects import agent_inbox_prefix
+from chorus.contracts.workflow_types import WorkflowTypeRegistry
+from chorus.gateway.errors import Problem
+from chorus.gateway.keys import KeyStore, Principal
+from chorus.gateway.mcp_server import build_server
+from chorus.gateway.state import GatewayConfig, Services, connect_services
+from chorus.settings import Settings
 from mcp.server.stdio import stdio_server
-
-from contracts.subjects import agent_inbox_prefix
-from contracts.workflow_types import WorkflowTypeRegistry
-from gateway.errors import Problem
-from gateway.keys import KeyStore, Principal
-from gateway.mcp_server import build_server
-from gateway.state import GatewayConfig, Services, connect_services
-from runtime import busauth
-from runtime.agent_sdk import bus_url
-from runtime.settings import Settings
 
 API_KEY_ENV = "CHORUS_API_KEY"
 

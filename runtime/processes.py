@@ -10,22 +10,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from contracts.tracing import tracer_of
-from contracts.workflow_types import WorkflowTypeRegistry
-from engine.authz import DEFAULT_ROLES, CachedRoles, Roles
-from engine.liveness import LivenessConfig
-from engine.service import EngineConfig, EngineService
-from events.store import open_recorder
-from gateway.keys import KeyStore
-from projections.agents import AgentsProjection
-from projections.mcp import McpServersProjection
-from projections.readstore import ReadStore
-from projections.runner import Projection, ProjectionRunner, run_together
-from projections.sessions import SessionsProjection
-from projections.tasks import AgentTasksProjection
-from projections.workflows import WorkflowsProjection
-from runtime.settings import Settings
-from runtime.telemetry import serve_metrics, setup_tracing
+from chorus.contracts.tracing import tracer_of
+from chorus.contracts.workflow_types import WorkflowTypeRegistry
+from chorus.engine.adapters.liveness import LivenessConfig
+from chorus.engine.domain.authz import DEFAULT_ROLES, CachedRoles, Roles
+from chorus.engine.service import EngineConfig, EngineService
+from chorus.gateway.keys import KeyStore
+from chorus.projections.agents import AgentsProjection
+from chorus.projections.mcp import McpServersProjection
+from chorus.projections.readstore import ReadStore
+from chorus.projections.runner import Projection, ProjectionRunner, run_together
+from chorus.projections.sessions import SessionsProjection
+from chorus.projections.tasks import AgentTasksProjection
+from chorus.projections.workflows import WorkflowsProjection
+from chorus.settings import Settings
+from chorus.store.recorder import open_recorder
+from chorus.telemetry import serve_metrics, setup_tracing
 
 log = logging.getLogger("chorus")
 
@@ -164,11 +164,10 @@ def run_projector(settings: Settings) -> None:
 
 def run_gateway(settings: Settings) -> None:
     import uvicorn
-
-    from gateway.app import create_app
-    from gateway.server import server_options
-    from gateway.state import GatewayConfig
-    from runtime.schema import asyncapi
+    from chorus.gateway.app import create_app
+    from chorus.gateway.server import server_options
+    from chorus.gateway.state import GatewayConfig
+    from chorus.schema import asyncapi
 
     s = settings.resolved()
     app = create_app(

@@ -12,16 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-
-from contracts.agents import AGENT_COMMANDS, ENGINE_ONLY, Heartbeat
-from contracts.envelope import Envelope, Reply
-from contracts.feed import EventRecord
-from contracts.mcp import MCP_COMMANDS, CallTool, ToolCallReply
-from contracts.sessions import SESSION_COMMANDS
-from contracts.tasks import TASK_COMMANDS, TaskMessage
-from contracts.workflow_types import DefineWorkflowType
-from contracts.workflows import WORKFLOW_COMMANDS
-from events.codec import EVENT_TYPES
+from chorus.contracts.agents import AGENT_COMMANDS, ENGINE_ONLY, Heartbeat
+from chorus.contracts.envelope import Envelope, Reply
+from chorus.contracts.feed import EventRecord
+from chorus.contracts.mcp import MCP_COMMANDS, CallTool, ToolCallReply
+from chorus.contracts.sessions import SESSION_COMMANDS
+from chorus.contracts.tasks import TASK_COMMANDS, TaskMessage
+from chorus.contracts.workflow_types import DefineWorkflowType
+from chorus.contracts.workflows import WORKFLOW_COMMANDS
+from chorus.events.codec import EVENT_TYPES
 
 #: "<aggregate>.<command>" -> payload, for every command a client may send.
 _BY_AGGREGATE: tuple[tuple[str, Mapping[str, type[msgspec.Struct]]], ...] = (

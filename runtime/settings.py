@@ -10,7 +10,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
-    from gateway.edge import EdgeConfig
+    from chorus.gateway.edge import EdgeConfig
 
 #: The HTTP edge's settings, handed to child processes as they are (JSON for lists/dicts).
 EDGE_FIELDS = (
@@ -134,7 +134,7 @@ class Settings(BaseSettings):
 
     def edge(self) -> EdgeConfig:
         """The gateway's edge configuration from these settings."""
-        from gateway.edge import EdgeConfig
+        from chorus.gateway.edge import EdgeConfig
 
         s = self.resolved()
         return EdgeConfig(

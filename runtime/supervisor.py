@@ -27,17 +27,16 @@ from pathlib import Path
 from typing import IO
 
 import nats
-
-from contracts.aio import wait_event
-from contracts.workflow_types import WorkflowTypeRegistry
-from engine.streams import ensure_streams
-from events.bundle import create_signing_key
-from gateway.keys import KeyStore
-from runtime import busauth
-from runtime.natsd import NatsServer, die_with_parent, start_nats_server
-from runtime.permissions import tighten
-from runtime.settings import Settings
-from runtime.telemetry import MULTIPROC_ENV, fresh_metrics_dir, process_died
+from chorus import busauth
+from chorus.audit.bundle import create_signing_key
+from chorus.contracts.aio import wait_event
+from chorus.contracts.workflow_types import WorkflowTypeRegistry
+from chorus.engine.adapters.streams import ensure_streams
+from chorus.gateway.keys import KeyStore
+from chorus.natsd import NatsServer, die_with_parent, start_nats_server
+from chorus.permissions import tighten
+from chorus.settings import Settings
+from chorus.telemetry import MULTIPROC_ENV, fresh_metrics_dir, process_died
 
 ROLES = ("engine", "project", "gateway")
 #: ``chorus up --demo`` also runs ``chorus demo``: example agents (runtime/agent_demo.py).
@@ -136,7 +135,7 @@ class Supervisor:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log_file:
             child.process = subprocess.Popen(
-                [sys.executable, "-m", "runtime.cli", child.role],
+                [sys.executable, "-m", "chorus.cli", child.role],
                 env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -336,7 +335,7 @@ def run_up(settings: Settings, *, demo: bool = False) -> int:
             f"  logs       {s.data_dir}/logs/",
         ]
         if demo:
-            from runtime.agent_demo import FLEET
+            from chorus.agent_demo import FLEET
 
             lines.append(
                 f"  demo       agents {', '.join(FLEET)} (log: {s.data_dir}/logs/demo.log)"

@@ -22,23 +22,22 @@ from typing import Any
 import nats
 import pytest
 import uvicorn
+from chorus.engine.service import EngineConfig, EngineService
+from chorus.gateway.app import create_app
+from chorus.gateway.edge import EdgeConfig
+from chorus.gateway.keys import KeyStore
+from chorus.gateway.state import GatewayConfig
+from chorus.natsd import start_nats_server
+from chorus.processes import key_store_roles
+from chorus.projections.agents import AgentsProjection
+from chorus.projections.mcp import McpServersProjection
+from chorus.projections.readstore import ReadStore
+from chorus.projections.runner import ProjectionRunner
+from chorus.projections.sessions import SessionsProjection
+from chorus.projections.tasks import AgentTasksProjection
+from chorus.projections.workflows import WorkflowsProjection
+from chorus.store.recorder import open_recorder
 from nats.aio.client import Client as NATS
-
-from engine.service import EngineConfig, EngineService
-from events.store import open_recorder
-from gateway.app import create_app
-from gateway.edge import EdgeConfig
-from gateway.keys import KeyStore
-from gateway.state import GatewayConfig
-from projections.agents import AgentsProjection
-from projections.mcp import McpServersProjection
-from projections.readstore import ReadStore
-from projections.runner import ProjectionRunner
-from projections.sessions import SessionsProjection
-from projections.tasks import AgentTasksProjection
-from projections.workflows import WorkflowsProjection
-from runtime.natsd import start_nats_server
-from runtime.processes import key_store_roles
 
 
 @dataclass

@@ -19,10 +19,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 import httpx
+from chorus.engine.service import EngineService
+from chorus.projections.runner import ProjectionRunner
 from nats.aio.client import Client as NATS
 
-from engine.service import EngineService
-from projections.runner import ProjectionRunner
 from tests.browser.conftest import SHOWS
 from tests.conftest import Gateway
 from tests.integration.test_bus import send

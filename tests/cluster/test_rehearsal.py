@@ -33,16 +33,16 @@ import httpx
 import nats
 import nats.errors
 import pytest
+from chorus.cluster import Cluster, ClusterLayout
+from chorus.contracts.feed import EventRecord
+from chorus.gateway.keys import KeyStore
+from chorus.processes import PROJECTIONS
+from chorus.settings import Settings
 from eventsourcing.persistence import PersistenceError
 from nats.aio.client import Client as NATS
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from contracts.feed import EventRecord
-from gateway.keys import KeyStore
-from runtime.cluster import Cluster, ClusterLayout
-from runtime.processes import PROJECTIONS
-from runtime.settings import Settings
 from tests.e2e.conftest import (
     StreamEvent,
     assert_stream_mirrors_store,

@@ -1,7 +1,7 @@
 """Helpers for the end-to-end and kill tests: real subprocesses, real NATS, real SQLite.
 
 Everything here runs the system the way an operator does: ``chorus up`` (or the split
-``python -m runtime.cli engine``) as child processes of the test, talking to them only
+``python -m chorus.cli engine``) as child processes of the test, talking to them only
 through their public surfaces (HTTP, WebSocket, NATS, the files they write). Processes are
 always stopped in ``finally`` blocks; ``/proc`` is scanned to prove nothing survives.
 """
@@ -29,14 +29,13 @@ from typing import Any, TypeVar
 import nats
 import nats.errors
 import pytest
+from chorus.contracts.feed import EventRecord
+from chorus.contracts.subjects import agent_inbox_prefix
+from chorus.events.codec import decode_record, is_domain_topic
+from chorus.natsd import NatsServer, die_with_parent, start_nats_server
+from chorus.store.recorder import open_recorder
 from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
-
-from contracts.feed import EventRecord
-from contracts.subjects import agent_inbox_prefix
-from events.codec import decode_record, is_domain_topic
-from events.store import open_recorder
-from runtime.natsd import NatsServer, die_with_parent, start_nats_server
 
 T = TypeVar("T")
 
@@ -77,7 +76,7 @@ def bus_admits(url: str, user: str, password: str) -> bool:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "runtime.cli", *args]
+    return [sys.executable, "-m", "chorus.cli", *args]
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
@@ -177,7 +176,7 @@ def processes_of(data_dir: Path, extra_pids: Iterable[int] = ()) -> list[ProcInf
         mentions = any(root in arg for arg in info.cmdline)
         by_env = info.env.get("CHORUS_DATA_DIR") == root
         known = info.pid in extra and any(
-            "runtime.cli" in arg or "nats-server" in arg or "chorus" in arg for arg in info.cmdline
+            "chorus.cli" in arg or "nats-server" in arg or "chorus" in arg for arg in info.cmdline
         )
         if mentions or by_env or known:
             found.append(info)
@@ -192,8 +191,8 @@ def role_of(info: ProcInfo) -> str:
     """``nats-server``, ``engine``, ``project``, ``gateway`` or the command line."""
     if any(arg.endswith("nats-server") for arg in info.cmdline[:1]):
         return "nats-server"
-    if "runtime.cli" in info.cmdline:
-        index = info.cmdline.index("runtime.cli")
+    if "chorus.cli" in info.cmdline:
+        index = info.cmdline.index("chorus.cli")
         if index + 1 < len(info.cmdline):
             return info.cmdline[index + 1]
     return " ".join(info.cmdline)
@@ -428,7 +427,7 @@ def natsd(tmp_path: Path) -> Iterator[NatsServer]:
 
 
 class EngineProcess:
-    """``python -m runtime.cli engine`` against a given NATS and event store.
+    """``python -m chorus.cli engine`` against a given NATS and event store.
 
     Spawned from the calling thread (always the test's main thread): the child asks for
     SIGTERM when that thread's process dies (PR_SET_PDEATHSIG), so a crashed test run

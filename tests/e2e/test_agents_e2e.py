@@ -16,8 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from runtime.agent_sdk import AgentClient
+from chorus.agent_sdk import AgentClient
 
 from .conftest import async_wait_until, free_port, read_store, running_chorus, sqlite_url
 

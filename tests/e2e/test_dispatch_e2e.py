@@ -24,12 +24,11 @@ from typing import Any
 import httpx
 import nats
 import pytest
+from chorus.agent_demo import FLEET
+from chorus.agent_sdk import AgentClient
+from chorus.agent_worker import TaskContext
+from chorus.contracts.tasks import PhaseTask, SessionTask
 from nats.aio.msg import Msg
-
-from contracts.tasks import PhaseTask, SessionTask
-from runtime.agent_demo import FLEET
-from runtime.agent_sdk import AgentClient
-from runtime.agent_worker import TaskContext
 
 from .conftest import (
     ChorusUp,
@@ -267,7 +266,7 @@ async def test_chorus_up_demo_runs_a_full_workflow_to_a_reviewed_module(tmp_path
 KILLABLE_AGENT = """\
 import asyncio, sys
 from pathlib import Path
-from runtime.agent_sdk import AgentClient
+from chorus.agent_sdk import AgentClient
 
 url, name, marker, key = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 

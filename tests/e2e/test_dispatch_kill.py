@@ -1,6 +1,6 @@
 """SIGKILL the engine while it dispatches: no phase is assigned twice at once, no task is lost.
 
-The engine runs as the split process ``python -m runtime.cli engine`` against a real
+The engine runs as the split process ``python -m chorus.cli engine`` against a real
 nats-server and an SQLite store. Three plain nats-py agents (an inbox subscription, a
 heartbeat, command requests re-sent with the same id until answered) take every phase
 task they get; the engine is killed with SIGKILL twice while workflows are being
@@ -21,10 +21,9 @@ from typing import Any
 
 import nats
 import pytest
+from chorus.natsd import NatsServer
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-
-from runtime.natsd import NatsServer
 
 from .conftest import (
     EngineProcess,

@@ -1,6 +1,6 @@
 """SIGKILL the engine mid-stream: nothing is lost, nothing is applied twice.
 
-The engine runs as the split process ``python -m runtime.cli engine`` against a real
+The engine runs as the split process ``python -m chorus.cli engine`` against a real
 nats-server and an SQLite event store. Clients on nats-py keep re-sending each command
 with the same ``command_id`` until it is answered; meanwhile the engine is killed with
 SIGKILL (no shutdown code runs) and restarted. Afterwards the event store must hold each
@@ -24,11 +24,10 @@ from typing import Any
 
 import nats
 import pytest
+from chorus.engine.service import EngineConfig, EngineService
+from chorus.events.codec import GENESIS_HASH
+from chorus.natsd import NatsServer
 from nats.aio.client import Client as NATS
-
-from engine.service import EngineConfig, EngineService
-from events.codec import GENESIS_HASH
-from runtime.natsd import NatsServer
 
 from .conftest import (
     EngineProcess,

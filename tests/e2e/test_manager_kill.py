@@ -1,6 +1,6 @@
 """SIGKILL the engine while its timer is timing sessions out: each times out exactly once.
 
-The engine runs as ``python -m runtime.cli engine``; sessions with one-second deadlines are
+The engine runs as ``python -m chorus.cli engine``; sessions with one-second deadlines are
 opened in two waves, and the engine is SIGKILLed as soon as the first timeouts of each
 wave are recorded (its timer mid-round, its checkpoint possibly behind what it did), then
 restarted from its checkpoint. Afterwards every session has exactly one timeout and one
@@ -17,10 +17,9 @@ from typing import Any
 
 import nats
 import pytest
-
-from events.checkpoints import CheckpointStore
-from events.store import open_recorder
-from runtime.natsd import NatsServer
+from chorus.natsd import NatsServer
+from chorus.store.checkpoints import CheckpointStore
+from chorus.store.recorder import open_recorder
 
 from .conftest import (
     EngineProcess,

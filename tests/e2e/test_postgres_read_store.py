@@ -18,10 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
+from chorus import busauth
+from chorus.natsd import die_with_parent
+from chorus.projections.sessions import SessionsProjection
 
-from projections.sessions import SessionsProjection
-from runtime import busauth
-from runtime.natsd import die_with_parent
 from tests.conftest import ReadStores
 
 from .conftest import (

@@ -19,10 +19,9 @@ from typing import Any
 import httpx
 import nats
 import pytest
+from chorus.engine.policies.delegation import delegated_session_id
+from chorus.natsd import NatsServer
 from nats.aio.client import Client as NATS
-
-from engine.delegation import delegated_session_id
-from runtime.natsd import NatsServer
 
 from . import conftest as e2e
 from .conftest import (

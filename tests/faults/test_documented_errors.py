@@ -7,10 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
+from chorus.gateway.errors import EXCEPTION_HANDLERS, add_request_id_header
 from litestar import Litestar, get
 from litestar.testing import TestClient
-
-from gateway.errors import EXCEPTION_HANDLERS, add_request_id_header
 
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
 
@@ -54,7 +53,7 @@ def test_a_500_logs_its_request_id(
         before_send=[add_request_id_header],
         logging_config=None,
     )
-    with caplog.at_level(logging.ERROR, logger="gateway.errors"), TestClient(app) as client:
+    with caplog.at_level(logging.ERROR, logger="chorus.gateway.errors"), TestClient(app) as client:
         response = client.get("/boom")
     assert response.status_code == 500
     request_id = response.json()["request_id"]

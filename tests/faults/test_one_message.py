@@ -17,18 +17,18 @@ import httpx
 import nats
 import pytest
 import websockets
+from chorus.contracts.bounds import MAX_COMMAND_BYTES, MAX_JSON_DEPTH
+from chorus.contracts.envelope import Envelope
+from chorus.contracts.sessions import OpenSession, SubmitResult, Task
+from chorus.engine.adapters.streams import DLQ_MAX_BYTES, DLQ_MAX_MESSAGE_BYTES
+from chorus.engine.handlers import HANDLERS
+from chorus.engine.processor import Command, Processor
+from chorus.engine.service import EngineConfig, EngineService
+from chorus.gateway.state import GatewayConfig
+from chorus.natsd import start_nats_server
+from chorus.store.recorder import open_recorder
 from nats.aio.client import Client as NATS
 
-from contracts.bounds import MAX_COMMAND_BYTES, MAX_JSON_DEPTH
-from contracts.envelope import Envelope
-from contracts.sessions import OpenSession, SubmitResult, Task
-from engine.handlers import HANDLERS
-from engine.processor import Command, Processor
-from engine.service import EngineConfig, EngineService
-from engine.streams import DLQ_MAX_BYTES, DLQ_MAX_MESSAGE_BYTES
-from events.store import open_recorder
-from gateway.state import GatewayConfig
-from runtime.natsd import start_nats_server
 from tests.conftest import Gateway, NatsEndpoint, serve_gateway
 from tests.integration.test_bus import domain_records, open_payload, send, stream_records
 from tests.integration.test_gateway_support import (

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import uvicorn
+from chorus.gateway.server import server_options
 from litestar import Litestar, get, post
 from litestar.params import JSONBody
 
-from gateway.server import server_options
 from tests.conftest import free_port
 
 

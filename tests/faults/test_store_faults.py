@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from chorus.engine.service import EngineConfig, EngineService
+from chorus.gateway.state import GatewayConfig
 
-from engine.service import EngineConfig, EngineService
-from gateway.state import GatewayConfig
 from tests.conftest import Gateway, NatsEndpoint, serve_gateway
 from tests.integration.test_gateway_support import SESSIONS, eventually, open_body
 

@@ -20,12 +20,11 @@ from typing import Any
 
 import msgspec
 import pytest
+from chorus.agent_cli import embedded_nats_url
+from chorus.agent_command import CommandAgent, parse_line
+from chorus.agent_worker import Task, TaskContext, TaskFailed
+from chorus.contracts.tasks import TASK_DECODER, PhaseTask
 from faststream.nats import NatsBroker
-
-from contracts.tasks import TASK_DECODER, PhaseTask
-from runtime.agent_cli import embedded_nats_url
-from runtime.agent_command import CommandAgent, parse_line
-from runtime.agent_worker import Task, TaskContext, TaskFailed
 
 from ..conftest import NatsEndpoint
 from .fake_engine import AGENT, WAIT, FakeEngine, phase_task
@@ -205,7 +204,7 @@ async def test_chorus_agent_runs_the_command_for_each_task_and_stops_on_sigterm(
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHORUS_")}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "runtime.cli", "agent", "--name", AGENT, "--nats-url",
+        sys.executable, "-m", "chorus.cli", "agent", "--name", AGENT, "--nats-url",
         nats_server.url, "--capabilities", "python, review", "--concurrency", "2", "--",
         *argv,
         env={**env, "CHORUS_HEARTBEAT_INTERVAL": "0.2"},

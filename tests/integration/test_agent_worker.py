@@ -17,11 +17,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from chorus.agent_sdk import AgentClient
+from chorus.agent_worker import Handler, TaskContext, TaskLost, Worker
+from chorus.contracts.tasks import PhaseTask, SessionTask
 from faststream.nats import NatsBroker, TestNatsBroker
-
-from contracts.tasks import PhaseTask, SessionTask
-from runtime.agent_sdk import AgentClient
-from runtime.agent_worker import Handler, TaskContext, TaskLost, Worker
 
 from ..conftest import NatsEndpoint
 from .fake_engine import AGENT, NOW, WAIT, FakeEngine, phase_task, session_task

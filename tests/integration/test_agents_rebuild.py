@@ -9,14 +9,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from chorus.engine.domain.evidence import result_hash
+from chorus.engine.service import EngineService
+from chorus.projections.agents import TABLES, AgentsProjection
+from chorus.projections.readstore import ReadStore
+from chorus.projections.runner import ProjectionRunner
+from chorus.store.recorder import open_recorder
 from nats.aio.client import Client as NATS
 
-from engine.evidence import result_hash
-from engine.service import EngineService
-from events.store import open_recorder
-from projections.agents import TABLES, AgentsProjection
-from projections.readstore import ReadStore
-from projections.runner import ProjectionRunner
 from tests.conftest import ReadStores
 from tests.integration.test_bus import open_payload, send
 

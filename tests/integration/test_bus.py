@@ -8,14 +8,14 @@ import uuid
 from typing import Any
 
 import pytest
+from chorus.engine.adapters.relay import Relay, StreamAheadOfStore
+from chorus.engine.service import EngineConfig, EngineService
+from chorus.events.codec import decode_record, is_domain_topic
+from chorus.store.recorder import open_recorder
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.js.api import DeliverPolicy
 
-from engine.relay import Relay, StreamAheadOfStore
-from engine.service import EngineConfig, EngineService
-from events.codec import decode_record, is_domain_topic
-from events.store import open_recorder
 from tests.conftest import NatsEndpoint
 
 

@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from chorus.contracts.agents import agent_uuid
+from chorus.engine.adapters.liveness import LivenessConfig
+from chorus.engine.domain.authz import StaticRoles
+from chorus.engine.service import EngineConfig, EngineService
 from nats.aio.client import Client as NATS
 
-from contracts.agents import agent_uuid
-from engine.authz import StaticRoles
-from engine.liveness import LivenessConfig
-from engine.service import EngineConfig, EngineService
 from tests.conftest import NatsEndpoint
 from tests.integration.test_bus import domain_records, open_payload, send
 

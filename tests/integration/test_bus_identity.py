@@ -1,7 +1,7 @@
 """The bus with one NATS user per API key (as ``chorus up`` runs it): the reviewer's attacks
 with an ordinary agent key, each now refused by the server's subject permissions.
 
-A real nats-server runs with the config ``runtime.busauth`` writes from a real key store;
+A real nats-server runs with the config ``chorus.busauth`` writes from a real key store;
 the engine connects as its service user. Agent-1 holds an agent key and tries what the
 shared token used to allow: act as agent-2, read every command and reply, join the
 engine's queue group or answer commands itself, publish events and dead letters.
@@ -19,14 +19,13 @@ from typing import Any
 
 import nats
 import pytest
+from chorus import busauth
+from chorus.contracts.subjects import agent_inbox_prefix
+from chorus.engine.service import EngineConfig, EngineService
+from chorus.gateway.keys import KeyStore
+from chorus.natsd import NatsServer, start_nats_server
+from chorus.processes import key_store_roles
 from nats.aio.client import Client as NATS
-
-from contracts.subjects import agent_inbox_prefix
-from engine.service import EngineConfig, EngineService
-from gateway.keys import KeyStore
-from runtime import busauth
-from runtime.natsd import NatsServer, start_nats_server
-from runtime.processes import key_store_roles
 
 
 @dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from chorus.engine.service import EngineService
 from nats.aio.client import Client as NATS
 
-from engine.service import EngineService
 from tests.integration.test_bus import domain_records, send
 
 

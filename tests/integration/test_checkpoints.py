@@ -13,18 +13,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from chorus.contracts.envelope import Envelope
+from chorus.contracts.sessions import OpenSession, Task
+from chorus.engine.adapters.worker import CommandWorker
+from chorus.engine.handlers import HANDLERS
+from chorus.engine.policies.timers import SessionTimer
+from chorus.engine.processor import Command, Processor
+from chorus.engine.service import EngineConfig, EngineService
+from chorus.events.codec import decode_record, is_domain_topic
+from chorus.store.checkpoints import CheckpointStore
+from chorus.store.recorder import open_recorder
 from nats.aio.client import Client as NATS
 
-from contracts.envelope import Envelope
-from contracts.sessions import OpenSession, Task
-from engine.handlers import HANDLERS
-from engine.processor import Command, Processor
-from engine.service import EngineConfig, EngineService
-from engine.timers import SessionTimer
-from engine.worker import CommandWorker
-from events.checkpoints import CheckpointStore
-from events.codec import decode_record, is_domain_topic
-from events.store import open_recorder
 from tests.conftest import NatsEndpoint
 from tests.integration.test_delegation import config as delegation_config
 from tests.integration.test_delegation import (
@@ -147,7 +147,7 @@ async def test_a_timer_restarted_from_an_old_checkpoint_sends_only_duplicates(
 
 
 def test_a_checkpoint_never_moves_backwards_and_other_code_starts_over(store_url: str) -> None:
-    from events.checkpoints import Checkpoint
+    from chorus.store.checkpoints import Checkpoint
 
     store = CheckpointStore(open_recorder(store_url))
     assert store.load("m") is None
@@ -217,8 +217,8 @@ async def test_what_the_managers_knew_of_a_workflow_is_dropped_when_it_ends(
 
 
 def test_an_unreadable_checkpoint_is_a_start_from_the_beginning(store_url: str) -> None:
-    from engine.checkpoint import StateCheckpoint
-    from events.checkpoints import Checkpoint
+    from chorus.engine.policies.checkpoint import StateCheckpoint
+    from chorus.store.checkpoints import Checkpoint
 
     class Owner:
         seen: list[int] = []

@@ -9,10 +9,10 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from chorus.engine.service import EngineService
+from chorus.projections.runner import ProjectionRunner
 from websockets.exceptions import InvalidStatus
 
-from engine.service import EngineService
-from projections.runner import ProjectionRunner
 from tests.conftest import Gateway
 from tests.integration.test_gateway_support import open_session
 

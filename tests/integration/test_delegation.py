@@ -7,12 +7,18 @@ import asyncio
 import uuid
 from typing import Any
 
+from chorus.contracts.sessions import Criteria
+from chorus.contracts.workflow_types import (
+    BUILT_IN,
+    Delegation,
+    Phase,
+    WorkflowType,
+    WorkflowTypeRegistry,
+)
+from chorus.engine.policies.delegation import delegated_session_id
+from chorus.engine.service import EngineConfig, EngineService
 from nats.aio.client import Client as NATS
 
-from contracts.sessions import Criteria
-from contracts.workflow_types import BUILT_IN, Delegation, Phase, WorkflowType, WorkflowTypeRegistry
-from engine.delegation import delegated_session_id
-from engine.service import EngineConfig, EngineService
 from tests.conftest import NatsEndpoint
 from tests.integration.test_bus import domain_records, send
 

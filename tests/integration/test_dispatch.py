@@ -16,14 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chorus.contracts.workflow_types import (
+    BUILT_IN,
+    Backoff,
+    Phase,
+    WorkflowType,
+    WorkflowTypeRegistry,
+)
+from chorus.engine.adapters.liveness import LivenessConfig
+from chorus.engine.policies.dispatch import DispatchConfig
+from chorus.engine.service import EngineConfig, EngineService
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
 
-from contracts.workflow_types import BUILT_IN, Backoff, Phase, WorkflowType, WorkflowTypeRegistry
-from engine.dispatch import DispatchConfig
-from engine.liveness import LivenessConfig
-from engine.service import EngineConfig, EngineService
 from tests.conftest import NatsEndpoint
 from tests.integration.test_bus import domain_records, send
 from tests.integration.test_bus_agents import eventually, register

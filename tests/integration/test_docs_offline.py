@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from chorus.gateway.app import create_app
+from chorus.gateway.state import GatewayConfig
+from chorus.schema import asyncapi
 from litestar.testing import AsyncTestClient
 
-from gateway.app import create_app
-from gateway.state import GatewayConfig
-from runtime.schema import asyncapi
 from tests.conftest import NatsEndpoint
 
 ROOT = Path(__file__).resolve().parents[2]

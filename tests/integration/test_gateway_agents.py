@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
+from chorus.contracts.agents import agent_uuid
+from chorus.engine.domain.evidence import result_hash
 
-from contracts.agents import agent_uuid
-from engine.evidence import result_hash
 from tests.conftest import ReadStores
 from tests.integration.test_bus import send
 from tests.integration.test_gateway_support import (

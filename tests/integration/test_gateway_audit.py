@@ -8,13 +8,13 @@ from typing import Any
 
 import httpx
 import pytest
+from chorus.audit.bundle import BundleInvalid, create_signing_key, parse_public_key, verify_bundle
+from chorus.audit.ledger import last_seal
+from chorus.gateway.app import create_app
+from chorus.gateway.state import GatewayConfig
+from chorus.store.recorder import open_recorder
 from litestar import Litestar
 
-from events.bundle import BundleInvalid, create_signing_key, parse_public_key, verify_bundle
-from events.ledger import last_seal
-from events.store import open_recorder
-from gateway.app import create_app
-from gateway.state import GatewayConfig
 from tests.conftest import ReadStores
 from tests.integration.test_gateway_support import (
     SESSIONS,

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from chorus.gateway.edge import EdgeConfig
 from websockets.exceptions import InvalidStatus
 
-from gateway.edge import EdgeConfig
 from tests.integration.test_gateway_support import (
     SESSIONS,
     assert_problem,

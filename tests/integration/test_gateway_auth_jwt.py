@@ -12,10 +12,10 @@ import httpx
 import jwt
 import pytest
 import websockets
+from chorus.gateway.edge import EdgeConfig
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from gateway.edge import EdgeConfig
 from tests.integration.test_gateway_support import (
     SESSIONS,
     assert_problem,

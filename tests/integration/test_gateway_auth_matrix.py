@@ -18,12 +18,12 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from chorus.gateway.app import create_app
+from chorus.gateway.edge import EdgeConfig
+from chorus.gateway.state import GatewayConfig
 from litestar.routes import ASGIRoute, WebSocketRoute
 from websockets.exceptions import InvalidStatus
 
-from gateway.app import create_app
-from gateway.edge import EdgeConfig
-from gateway.state import GatewayConfig
 from tests.integration.test_gateway_support import UNKNOWN_SESSION, open_session
 
 ROLES = ("agent", "operator", "auditor", "admin")

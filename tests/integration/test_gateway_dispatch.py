@@ -6,10 +6,10 @@ import asyncio
 from typing import Any
 
 import httpx
+from chorus.engine.service import EngineService
+from chorus.projections.runner import ProjectionRunner
 from nats.aio.client import Client as NATS
 
-from engine.service import EngineService
-from projections.runner import ProjectionRunner
 from tests.conftest import Gateway
 from tests.integration.test_bus import send
 from tests.integration.test_gateway_workflows import wait_for

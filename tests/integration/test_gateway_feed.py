@@ -13,12 +13,12 @@ import httpx
 import pytest
 import uvicorn
 import websockets
+from chorus.contracts.subjects import event_filter
+from chorus.gateway.app import create_app
+from chorus.gateway.keys import KeyStore
+from chorus.gateway.state import GatewayConfig
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from contracts.subjects import event_filter
-from gateway.app import create_app
-from gateway.keys import KeyStore
-from gateway.state import GatewayConfig
 from tests.conftest import free_port
 from tests.integration.test_gateway_support import (
     SESSIONS,

@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from chorus.engine.service import EngineService
+from chorus.projections.runner import ProjectionRunner
 from nats.aio.client import Client as NATS
 
-from engine.service import EngineService
-from projections.runner import ProjectionRunner
 from tests.conftest import Gateway, ReadStores
 from tests.integration.test_bus import send
 

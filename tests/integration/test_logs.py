@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import chorus.gateway.metrics as metrics_module
 import httpx
 import pytest
+from chorus.engine.service import EngineService
+from chorus.logs import configure_logging
 from nats.aio.client import Client as NATS
 
-import gateway.metrics as metrics_module
-from engine.service import EngineService
-from runtime.logs import configure_logging
 from tests.conftest import Gateway
 from tests.integration.test_bus import send
 

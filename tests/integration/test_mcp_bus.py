@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import uuid
 
+from chorus.contracts.subjects import TOOL_CALLS, TOOL_QUEUE
+from chorus.engine.service import EngineService
+from chorus.natsd import NatsServer
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from contracts.subjects import TOOL_CALLS, TOOL_QUEUE
-from engine.service import EngineService
-from runtime.natsd import NatsServer
 from tests.integration.test_bus_identity import Client
 from tests.integration.test_nats_conf import cluster_auth  # noqa: F401 (fixture)
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
+from chorus.contracts.agents import result_hash
+from chorus.contracts.mcp import digest
+from chorus.engine.service import EngineService
+from chorus.projections.runner import ProjectionRunner
 
-from contracts.agents import result_hash
-from contracts.mcp import digest
-from engine.service import EngineService
-from projections.runner import ProjectionRunner
 from tests.conftest import Gateway, free_port
 from tests.integration.test_mcp_server import call, mcp_client, refused
 

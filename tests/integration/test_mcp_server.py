@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx2
+from chorus.engine.service import EngineService
+from chorus.projections.runner import ProjectionRunner
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from engine.service import EngineService
-from projections.runner import ProjectionRunner
 from tests.conftest import Gateway
 
 

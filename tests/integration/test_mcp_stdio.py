@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from chorus.engine.service import EngineService
+from chorus.gateway.keys import KeyStore
+from chorus.projections.runner import ProjectionRunner
 from mcp import Client, StdioServerParameters
 
-from engine.service import EngineService
-from gateway.keys import KeyStore
-from projections.runner import ProjectionRunner
 from tests.conftest import NatsEndpoint
 from tests.integration.test_mcp_server import call, refused
 
@@ -22,7 +22,7 @@ from tests.integration.test_mcp_server import call, refused
 async def chorus_mcp(env: dict[str, str], key: str) -> AsyncIterator[Client]:
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "runtime.cli", "mcp"],
+        args=["-m", "chorus.cli", "mcp"],
         env={**os.environ, **env, "CHORUS_API_KEY": key},
     )
     async with Client(params) as client:

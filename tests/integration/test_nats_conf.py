@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from chorus.natsd import NatsServer, start_nats_server
 
-from runtime.natsd import NatsServer, start_nats_server
 from tests.integration.test_bus_identity import handshake
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,16 +7,16 @@ import uuid
 
 import httpx
 import pytest
+from chorus.cli import main
+from chorus.engine.service import EngineService
+from chorus.projections.readstore import ReadStore
+from chorus.projections.runner import ProjectionRunner
+from chorus.projections.sessions import SessionsProjection, get_session
+from chorus.projections.workflows import WorkflowsProjection
+from chorus.store.recorder import open_recorder
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from engine.service import EngineService
-from events.store import open_recorder
-from projections.readstore import ReadStore
-from projections.runner import ProjectionRunner
-from projections.sessions import SessionsProjection, get_session
-from projections.workflows import WorkflowsProjection
-from runtime.cli import main
 from tests.conftest import Gateway, ReadStores
 from tests.integration.test_bus import domain_records, open_payload, send
 from tests.integration.test_gateway_support import eventually

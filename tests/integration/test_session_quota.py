@@ -11,9 +11,9 @@ import uuid
 from typing import Any
 
 import pytest
+from chorus.engine.service import EngineService
 from nats.aio.client import Client as NATS
 
-from engine.service import EngineService
 from tests.integration.test_bus import send
 
 QUOTA = 3
@@ -62,10 +62,10 @@ async def test_the_count_survives_a_restart_of_the_engine(engine: EngineService,
 
 
 def test_staff_and_an_unset_quota_are_not_bound() -> None:
-    from contracts.sessions import OpenSession, Task
-    from engine.authz import StaticRoles
-    from engine.context import EngineContext
-    from engine.session import check_quota
+    from chorus.contracts.sessions import OpenSession, Task
+    from chorus.engine.domain.authz import StaticRoles
+    from chorus.engine.domain.context import EngineContext
+    from chorus.engine.domain.session import check_quota
 
     cmd = OpenSession(session_id=str(uuid.uuid4()), task=Task(description="d"),
                       participants=["agent-2"])  # fmt: skip

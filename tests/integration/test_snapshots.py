@@ -6,13 +6,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from contracts.agents import MarkOffline, MarkOnline, RegisterAgent, agent_uuid
-from contracts.envelope import Envelope
-from contracts.workflows import StartWorkflow
-from engine.handlers import HANDLERS
-from engine.processor import Command, Processor
-from events.snapshots import snapshot_recorder
-from events.store import open_recorder
+from chorus.contracts.agents import MarkOffline, MarkOnline, RegisterAgent, agent_uuid
+from chorus.contracts.envelope import Envelope
+from chorus.contracts.workflows import StartWorkflow
+from chorus.engine.handlers import HANDLERS
+from chorus.engine.processor import Command, Processor
+from chorus.store.recorder import open_recorder
+from chorus.store.snapshots import snapshot_recorder
+
 from tests.integration.test_store_backends import open_cmd, store_url, submit_cmd
 from tests.unit.conftest import CLOCK_START, FakeClock
 

@@ -13,18 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chorus.audit.ledger import last_seal, seal_all
+from chorus.audit.verify import verify_store
+from chorus.contracts.envelope import Envelope
+from chorus.contracts.sessions import OpenSession, SubmitResult, Task
+from chorus.engine.handlers import HANDLERS
+from chorus.engine.processor import Command, Processor
+from chorus.events.codec import decode_record, is_domain_topic
+from chorus.projections.readstore import ReadStore
+from chorus.projections.runner import ProjectionRunner
+from chorus.projections.sessions import SessionsProjection, get_session
+from chorus.store.recorder import _Dialect, open_recorder, select_aggregate_notifications
 
-from contracts.envelope import Envelope
-from contracts.sessions import OpenSession, SubmitResult, Task
-from engine.handlers import HANDLERS
-from engine.processor import Command, Processor
-from events.codec import decode_record, is_domain_topic
-from events.ledger import last_seal, seal_all
-from events.store import _Dialect, open_recorder, select_aggregate_notifications
-from events.verify import verify_store
-from projections.readstore import ReadStore
-from projections.runner import ProjectionRunner
-from projections.sessions import SessionsProjection, get_session
 from tests.postgres import postgres_schema
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -152,7 +152,7 @@ def test_projection_equals_its_rebuild(store_url: str, tmp_path: Path) -> None:
 def test_a_follower_of_rare_topics_skips_to_the_end_of_the_log(store_url: str) -> None:
     """Timers, process managers and the agent directory follow a few topics: with no match
     left they move to the log's end, so the next read scans only what is new."""
-    from events.store import select_topics_after
+    from chorus.store.recorder import select_topics_after
 
     recorder = open_recorder(store_url)
     processor = Processor(recorder, clock=lambda: NOW)

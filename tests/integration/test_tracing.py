@@ -13,17 +13,17 @@ from typing import Any
 
 import httpx
 import pytest
+from chorus.engine.service import EngineService
+from chorus.projections.readstore import ReadStore
+from chorus.projections.runner import ProjectionRunner
+from chorus.projections.sessions import SessionsProjection
+from chorus.store.recorder import open_recorder
 from nats.aio.client import Client as NATS
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from engine.service import EngineService
-from events.store import open_recorder
-from projections.readstore import ReadStore
-from projections.runner import ProjectionRunner
-from projections.sessions import SessionsProjection
 from tests.conftest import Gateway
 from tests.integration.test_bus import send
 from tests.integration.test_gateway_support import open_body

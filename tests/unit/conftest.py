@@ -7,9 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from chorus.store.recorder import open_recorder
 from eventsourcing.persistence import ApplicationRecorder
-
-from events.store import open_recorder
 
 
 class FakeClock:

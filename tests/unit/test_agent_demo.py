@@ -8,13 +8,12 @@ from typing import Any
 
 import msgspec
 import pytest
+from chorus.agent_demo import handle, implement, requirements, review, run_tests
+from chorus.agent_worker import Task, TaskContext, TaskFailed
+from chorus.contracts.tasks import TASK_DECODER, PhaseTask, SessionTask
+from chorus.contracts.workflow_types import BUILT_IN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from contracts.tasks import TASK_DECODER, PhaseTask, SessionTask
-from contracts.workflow_types import BUILT_IN
-from runtime.agent_demo import handle, implement, requirements, review, run_tests
-from runtime.agent_worker import Task, TaskContext, TaskFailed
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 TEXT = "Add retries to the uploader. Give up after 5 attempts; log every retry"

@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
-from projections.agents import VerdictFact, compute_metrics, in_window, nearest_rank, stamp
+from chorus.projections.agents import VerdictFact, compute_metrics, in_window, nearest_rank, stamp
 
 AS_OF = datetime(2030, 1, 8, 12, 0, tzinfo=UTC)
 

@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from eventsourcing.persistence import ApplicationRecorder
-
-from contracts.agents import (
+from chorus.contracts.agents import (
     MarkOffline,
     MarkOnline,
     RegisterAgent,
@@ -20,16 +18,17 @@ from contracts.agents import (
     VerifyCompletion,
     agent_uuid,
 )
-from contracts.envelope import Envelope
-from contracts.feed import EventRecord
-from engine.agent import AgentState
-from engine.handlers import HANDLERS
-from engine.processor import Command, Processor
-from events.codec import decode_record, is_domain_topic, typed_event
-from events.store import open_recorder
-from projections.agents import AgentsProjection, get_agent
-from projections.history import History
-from projections.timetravel import state_at
+from chorus.contracts.envelope import Envelope
+from chorus.contracts.feed import EventRecord
+from chorus.engine.domain.agent import AgentState
+from chorus.engine.handlers import HANDLERS
+from chorus.engine.processor import Command, Processor
+from chorus.events.codec import decode_record, is_domain_topic, typed_event
+from chorus.projections.agents import AgentsProjection, get_agent
+from chorus.projections.history import History
+from chorus.projections.timetravel import state_at
+from chorus.store.recorder import open_recorder
+from eventsourcing.persistence import ApplicationRecorder
 
 from .conftest import FakeClock
 from .test_processor import cancel, open_session, submit

@@ -8,8 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-
-from contracts.agents import (
+from chorus.contracts.agents import (
     MarkOffline,
     MarkOnline,
     RegisterAgent,
@@ -17,21 +16,26 @@ from contracts.agents import (
     agent_uuid,
     result_hash,
 )
-from contracts.sessions import OpenSession, ParticipantLost, SubmitResult, Task
-from engine import errors
-from engine.agent import (
+from chorus.contracts.sessions import OpenSession, ParticipantLost, SubmitResult, Task
+from chorus.engine.domain import errors
+from chorus.engine.domain.agent import (
     AgentState,
     decide_mark_offline,
     decide_mark_online,
     decide_register,
     decide_verify_completion,
 )
-from engine.context import EngineContext
-from engine.evidence import CLOCK_SKEW, quality_parts, quality_score
-from engine.routing import route
-from engine.session import SessionState, decide_open, decide_participant_lost, decide_submit
-from events.agent import CompletionRejected, CompletionVerified
-from events.reliability import reliability_score, success_rate
+from chorus.engine.domain.context import EngineContext
+from chorus.engine.domain.evidence import CLOCK_SKEW, quality_parts, quality_score
+from chorus.engine.domain.routing import route
+from chorus.engine.domain.session import (
+    SessionState,
+    decide_open,
+    decide_participant_lost,
+    decide_submit,
+)
+from chorus.events.agent import CompletionRejected, CompletionVerified
+from chorus.events.reliability import reliability_score, success_rate
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 SID = uuid.UUID("0b7e0c3a-6f0e-4c55-8f1e-2d6a7c9a1b01")

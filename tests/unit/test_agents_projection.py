@@ -10,10 +10,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-
-from contracts.agents import agent_uuid
-from contracts.feed import EventRecord
-from projections.agents import (
+from chorus.contracts.agents import agent_uuid
+from chorus.contracts.feed import EventRecord
+from chorus.projections.agents import (
     AgentsProjection,
     agent_metrics,
     agent_name,
@@ -25,7 +24,8 @@ from projections.agents import (
     recent_verdicts,
     stamp,
 )
-from projections.readstore import ReadStore
+from chorus.projections.readstore import ReadStore
+
 from tests.conftest import ReadStores
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)

@@ -1,7 +1,7 @@
 """Every command x every role x own / someone else's aggregate, through the real processor.
 
-Generated from the command table (``engine.handlers.HANDLERS``): a command without a row
-in ``engine.authz.RULES``, in ``EXPECTED`` or in ``SCENARIOS`` below fails here. ``own``
+Generated from the command table (``chorus.engine.handlers.HANDLERS``): a command without a row
+in ``chorus.engine.domain.authz.RULES``, in ``EXPECTED`` or in ``SCENARIOS`` below fails here. ``own``
 means the actor is the aggregate's owner (the session's opener, the agent itself, the
 workflow's starter, the phase's assignee, the name it registers); ``other`` means it is a
 stranger to it. ``none`` is an actor whose keys were all revoked.
@@ -16,9 +16,7 @@ from datetime import UTC, datetime
 
 import msgspec
 import pytest
-from eventsourcing.persistence import ApplicationRecorder
-
-from contracts.agents import (
+from chorus.contracts.agents import (
     MarkOffline,
     MarkOnline,
     RecordLeaseLost,
@@ -27,8 +25,8 @@ from contracts.agents import (
     UpdateCapabilities,
     VerifyCompletion,
 )
-from contracts.envelope import Envelope, Reply
-from contracts.mcp import (
+from chorus.contracts.envelope import Envelope, Reply
+from chorus.contracts.mcp import (
     ConfigureMcpServer,
     RecordHealth,
     RecordToolCall,
@@ -40,7 +38,7 @@ from contracts.mcp import (
     digest,
     tool_spec,
 )
-from contracts.sessions import (
+from chorus.contracts.sessions import (
     CancelSession,
     OpenSession,
     ParticipantLost,
@@ -48,9 +46,9 @@ from contracts.sessions import (
     Task,
     TimeOutSession,
 )
-from contracts.tasks import AcceptTask
-from contracts.workflow_types import DefineWorkflowType, Phase, WorkflowType
-from contracts.workflows import (
+from chorus.contracts.tasks import AcceptTask
+from chorus.contracts.workflow_types import DefineWorkflowType, Phase, WorkflowType
+from chorus.contracts.workflows import (
     AssignPhase,
     AwaitAgent,
     CancelWorkflow,
@@ -63,10 +61,11 @@ from contracts.workflows import (
     StartPhase,
     StartWorkflow,
 )
-from engine.authz import RULES, StaticRoles
-from engine.context import EngineContext
-from engine.handlers import HANDLERS
-from engine.processor import Command, Processor
+from chorus.engine.domain.authz import RULES, StaticRoles
+from chorus.engine.domain.context import EngineContext
+from chorus.engine.handlers import HANDLERS
+from chorus.engine.processor import Command, Processor
+from eventsourcing.persistence import ApplicationRecorder
 
 from .conftest import FakeClock
 
@@ -241,7 +240,7 @@ SCENARIOS: dict[tuple[str, str], Scenario] = {
 
 def test_every_command_has_a_rule_an_expectation_and_a_scenario() -> None:
     commands = set(HANDLERS)
-    assert set(RULES) == commands, "engine/authz.py RULES must name every command"
+    assert set(RULES) == commands, "engine/domain/authz.py RULES must name every command"
     assert set(EXPECTED) == commands, "add the new command to EXPECTED"
     assert set(SCENARIOS) == commands, "add the new command to SCENARIOS"
 

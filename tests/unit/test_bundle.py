@@ -8,10 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from eventsourcing.persistence import ApplicationRecorder, Notification
-
-from events.bundle import (
+from chorus.audit.bundle import (
     BundleInvalid,
     build_bundle,
     create_signing_key,
@@ -22,9 +19,11 @@ from events.bundle import (
     public_key_text,
     verify_bundle,
 )
-from events.ledger import seal_all
-from projections.audit import AuditLog
-from runtime.cli import main
+from chorus.audit.ledger import seal_all
+from chorus.cli import main
+from chorus.projections.audit import AuditLog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from eventsourcing.persistence import ApplicationRecorder, Notification
 
 from .conftest import FakeClock
 from .test_tamper import write_history

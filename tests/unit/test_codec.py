@@ -8,11 +8,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from eventsourcing.persistence import Notification, StoredEvent
-
-from contracts.sessions import Criteria, Task
-from events import codec
-from events.codec import (
+from chorus.contracts.sessions import Criteria, Task
+from chorus.events import codec
+from chorus.events.codec import (
     GENESIS_HASH,
     EventMeta,
     StoredBody,
@@ -22,8 +20,9 @@ from events.codec import (
     recompute_hash,
     typed_event,
 )
-from events.commands import command_record_id
-from events.session import ResultSubmitted, SessionCancelled, SessionOpened
+from chorus.events.commands import command_record_id
+from chorus.events.session import ResultSubmitted, SessionCancelled, SessionOpened
+from eventsourcing.persistence import Notification, StoredEvent
 
 AT = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 AID = uuid.UUID("7d3c5b8e-0c65-4b1c-a6a4-5a8f4e1d2c3b")

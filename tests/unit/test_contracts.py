@@ -6,14 +6,13 @@ import inspect
 
 import msgspec
 import pytest
-
-from contracts import errors as codes
-from contracts.agents import AGENT_COMMANDS
-from contracts.envelope import Envelope, Reply
-from contracts.errors import HTTP_STATUS, ErrorInfo
-from contracts.mcp import MCP_COMMANDS
-from contracts.sessions import SESSION_COMMANDS, Criteria, OpenSession, Task
-from contracts.subjects import (
+from chorus.contracts import errors as codes
+from chorus.contracts.agents import AGENT_COMMANDS
+from chorus.contracts.envelope import Envelope, Reply
+from chorus.contracts.errors import HTTP_STATUS, ErrorInfo
+from chorus.contracts.mcp import MCP_COMMANDS
+from chorus.contracts.sessions import SESSION_COMMANDS, Criteria, OpenSession, Task
+from chorus.contracts.subjects import (
     command_subject,
     command_wildcard,
     event_filter,
@@ -22,10 +21,10 @@ from contracts.subjects import (
     is_token,
     parse_command_subject,
 )
-from contracts.tasks import TASK_COMMANDS
-from contracts.workflows import WORKFLOW_COMMANDS
-from engine import errors
-from engine.handlers import DECODERS, HANDLERS
+from chorus.contracts.tasks import TASK_COMMANDS
+from chorus.contracts.workflows import WORKFLOW_COMMANDS
+from chorus.engine.domain import errors
+from chorus.engine.handlers import DECODERS, HANDLERS
 
 
 def test_a_command_subject_round_trips_through_the_parser() -> None:

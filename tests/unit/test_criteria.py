@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from chorus.contracts.sessions import Criteria
+from chorus.engine.domain.criteria import evaluate
+from chorus.events.session import ResultSubmitted, Verdict
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from contracts.sessions import Criteria
-from engine.criteria import evaluate
-from events.session import ResultSubmitted, Verdict
 
 
 def result(

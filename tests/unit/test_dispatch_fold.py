@@ -8,10 +8,9 @@ from typing import Any
 
 import msgspec
 import pytest
-
-from contracts.tasks import AcceptTask
-from contracts.workflow_types import Backoff, Phase, WorkflowType, WorkflowTypeRegistry
-from contracts.workflows import (
+from chorus.contracts.tasks import AcceptTask
+from chorus.contracts.workflow_types import Backoff, Phase, WorkflowType, WorkflowTypeRegistry
+from chorus.contracts.workflows import (
     AssignPhase,
     AwaitAgent,
     CompletePhase,
@@ -20,9 +19,9 @@ from contracts.workflows import (
     StartPhase,
     StartWorkflow,
 )
-from engine import errors
-from engine.context import EngineContext
-from engine.workflow import (
+from chorus.engine.domain import errors
+from chorus.engine.domain.context import EngineContext
+from chorus.engine.domain.workflow import (
     WorkflowState,
     decide_accept_task,
     decide_assign_phase,
@@ -33,7 +32,7 @@ from engine.workflow import (
     decide_start,
     decide_start_phase,
 )
-from events.workflow import PhaseAssigned, PhaseLeaseExpired, TaskAccepted
+from chorus.events.workflow import PhaseAssigned, PhaseLeaseExpired, TaskAccepted
 
 T0 = datetime(2030, 1, 1, 12, tzinfo=UTC)
 WID = str(uuid.uuid4())

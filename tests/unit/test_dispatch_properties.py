@@ -9,12 +9,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from contracts.tasks import AcceptTask
-from contracts.workflow_types import Backoff, Phase, WorkflowType, WorkflowTypeRegistry
-from contracts.workflows import (
+from chorus.contracts.tasks import AcceptTask
+from chorus.contracts.workflow_types import Backoff, Phase, WorkflowType, WorkflowTypeRegistry
+from chorus.contracts.workflows import (
     AssignPhase,
     CancelWorkflow,
     CompletePhase,
@@ -22,10 +19,10 @@ from contracts.workflows import (
     ReportProgress,
     StartWorkflow,
 )
-from engine.context import EngineContext
-from engine.dispatch_rules import Waiting, choose_agent, effective_rank, in_order
-from engine.errors import DomainError
-from engine.workflow import (
+from chorus.engine.domain.context import EngineContext
+from chorus.engine.domain.dispatch_rules import Waiting, choose_agent, effective_rank, in_order
+from chorus.engine.domain.errors import DomainError
+from chorus.engine.domain.workflow import (
     WorkflowState,
     decide_accept_task,
     decide_assign_phase,
@@ -35,6 +32,8 @@ from engine.workflow import (
     decide_report_progress,
     decide_start,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 WID = str(uuid.uuid4())

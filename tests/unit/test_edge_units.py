@@ -14,15 +14,14 @@ from pathlib import Path
 
 import jwt
 import pytest
+from chorus.gateway.edge import EdgeConfig
+from chorus.gateway.headers import docs_csp
+from chorus.gateway.jwt_tokens import InvalidToken, Tokens, load_secret
+from chorus.gateway.keys import Principal
+from chorus.gateway.ratelimit import Decision, RateLimiter, route_class
+from chorus.permissions import tighten
 from cryptography.hazmat.primitives.asymmetric.rsa import generate_private_key
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-from gateway.edge import EdgeConfig
-from gateway.headers import docs_csp
-from gateway.jwt_tokens import InvalidToken, Tokens, load_secret
-from gateway.keys import Principal
-from gateway.ratelimit import Decision, RateLimiter, route_class
-from runtime.permissions import tighten
 
 NOW = 1_900_000_000.0
 SECRET = b"s" * 64
@@ -138,7 +137,7 @@ def test_chorus_creates_owner_only_files(tmp_path: Path) -> None:
     """The CLI's umask reaches everything it creates (a key store here)."""
     data = tmp_path / "data"
     subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "keys", "create", "--actor", "a", "--role", "agent",
+        [sys.executable, "-m", "chorus.cli", "keys", "create", "--actor", "a", "--role", "agent",
          "--data-dir", str(data), "--init"],
         check=True, capture_output=True, env={**os.environ, "CHORUS_DATA_DIR": str(data)},
     )  # fmt: skip

@@ -11,18 +11,17 @@ import uuid
 
 import msgspec
 import pytest
+from chorus.contracts.agents import RegisterAgent, agent_uuid
+from chorus.contracts.envelope import Envelope, Reply
+from chorus.contracts.sessions import OpenSession, Task
+from chorus.contracts.workflow_types import DefineWorkflowType, Phase, WorkflowType
+from chorus.contracts.workflows import FailPhase, PhaseError, StartPhase, StartWorkflow
+from chorus.engine.domain.authz import StaticRoles
+from chorus.engine.domain.context import EngineContext
+from chorus.engine.handlers import HANDLERS
+from chorus.engine.policies.delegation import delegated_session_id
+from chorus.engine.processor import Command, Processor
 from eventsourcing.persistence import ApplicationRecorder
-
-from contracts.agents import RegisterAgent, agent_uuid
-from contracts.envelope import Envelope, Reply
-from contracts.sessions import OpenSession, Task
-from contracts.workflow_types import DefineWorkflowType, Phase, WorkflowType
-from contracts.workflows import FailPhase, PhaseError, StartPhase, StartWorkflow
-from engine.authz import StaticRoles
-from engine.context import EngineContext
-from engine.delegation import delegated_session_id
-from engine.handlers import HANDLERS
-from engine.processor import Command, Processor
 
 from .conftest import FakeClock
 

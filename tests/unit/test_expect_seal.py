@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from chorus.audit.ledger import Checkpoint
+from chorus.cli import main
 
-from events.ledger import Checkpoint
-from runtime.cli import main
 from tests.unit.test_tamper import sealed_store  # noqa: F401  (a fixture)
 
 

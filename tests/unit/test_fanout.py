@@ -8,10 +8,9 @@ import asyncio
 from datetime import UTC, datetime
 
 import msgspec
-
-from contracts.feed import EventRecord
-from gateway.fanout import Frame, Listener
-from gateway.feeds import Feed
+from chorus.contracts.feed import EventRecord
+from chorus.gateway.fanout import Frame, Listener
+from chorus.gateway.feeds import Feed
 
 
 def record(position: int) -> EventRecord:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from chorus.projections import audit
+from chorus.projections.audit import AuditLog, LogFilter
 from eventsourcing.persistence import ApplicationRecorder
-
-from projections import audit
-from projections.audit import AuditLog, LogFilter
 
 from .conftest import FakeClock
 from .test_tamper import write_history

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-
-from contracts.agents import CapabilitiesChange, RetireAgent, Retirement, UpdateCapabilities
-from contracts.sessions import (
+from chorus.contracts.agents import CapabilitiesChange, RetireAgent, Retirement, UpdateCapabilities
+from chorus.contracts.sessions import (
     Cancellation,
     CancelSession,
     OpenSession,
@@ -19,8 +18,8 @@ from contracts.sessions import (
     SessionRequest,
     SubmitResult,
 )
-from contracts.workflows import CancelWorkflow, StartWorkflow, WorkflowRequest
-from gateway.sessions import OpenSessionBody
+from chorus.contracts.workflows import CancelWorkflow, StartWorkflow, WorkflowRequest
+from chorus.gateway.sessions import OpenSessionBody
 
 
 def fields(struct: type[msgspec.Struct]) -> dict[str, object]:

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from runtime.cli import main
+from chorus.cli import main
 
 
 def test_create_prints_the_key_alone_on_stdout_and_bus_credentials_on_stderr(

@@ -6,12 +6,13 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from engine.agent import AgentState
-from events.agent import AgentRegistered, TaskLeaseLost
-from events.reliability import reliability_score
-from projections.agents import get_agent
-from projections.readstore import ReadStore
-from projections.tasks import AgentTasksProjection, list_agent_tasks
+from chorus.engine.domain.agent import AgentState
+from chorus.events.agent import AgentRegistered, TaskLeaseLost
+from chorus.events.reliability import reliability_score
+from chorus.projections.agents import get_agent
+from chorus.projections.readstore import ReadStore
+from chorus.projections.tasks import AgentTasksProjection, list_agent_tasks
+
 from tests.conftest import ReadStores
 from tests.unit.test_agents_projection import T0, Log
 

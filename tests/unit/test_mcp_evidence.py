@@ -10,16 +10,21 @@ import uuid
 from typing import Any
 
 import msgspec
+from chorus.contracts.agents import (
+    RegisterAgent,
+    ToolCallRef,
+    VerifyCompletion,
+    agent_uuid,
+    result_hash,
+)
+from chorus.contracts.mcp import RECORDER, RecordToolCall, RegisterMcpServer, StdioTransport, digest
+from chorus.contracts.sessions import OpenSession, SubmitResult, Task
+from chorus.contracts.workflow_types import Phase
+from chorus.engine.domain.authz import StaticRoles
+from chorus.engine.domain.context import EngineContext
+from chorus.engine.processor import Processor
+from chorus.events.codec import decode_record
 from eventsourcing.persistence import ApplicationRecorder
-
-from contracts.agents import RegisterAgent, ToolCallRef, VerifyCompletion, agent_uuid, result_hash
-from contracts.mcp import RECORDER, RecordToolCall, RegisterMcpServer, StdioTransport, digest
-from contracts.sessions import OpenSession, SubmitResult, Task
-from contracts.workflow_types import Phase
-from engine.authz import StaticRoles
-from engine.context import EngineContext
-from engine.processor import Processor
-from events.codec import decode_record
 
 from .conftest import FakeClock
 from .test_mcp_registry import ADD

@@ -8,8 +8,7 @@ from datetime import datetime
 
 import msgspec
 import pytest
-
-from contracts.mcp import (
+from chorus.contracts.mcp import (
     RECORDER,
     ConfigureMcpServer,
     RecordToolCall,
@@ -24,11 +23,12 @@ from contracts.mcp import (
     server_uuid,
     tool_spec,
 )
-from engine import errors, mcp
-from engine.authz import StaticRoles
-from engine.context import EngineContext
-from gateway.errors import Problem
-from gateway.mcp_registry import CallLimiter
+from chorus.engine.domain import errors, mcp
+from chorus.engine.domain.authz import StaticRoles
+from chorus.engine.domain.context import EngineContext
+from chorus.gateway.errors import Problem
+from chorus.gateway.mcp_registry import CallLimiter
+
 from tests.unit.conftest import CLOCK_START
 
 OPS = EngineContext(roles=StaticRoles({"ops": {"operator"}}))
@@ -147,7 +147,7 @@ def test_the_call_limiter_admits_per_caller_and_server_per_minute() -> None:
 
 
 def test_only_the_gateway_records_health_and_only_a_change_of_status() -> None:
-    from contracts.mcp import RecordHealth
+    from chorus.contracts.mcp import RecordHealth
 
     check = RecordHealth(name="calc", status="unhealthy", error="refused")
     with pytest.raises(errors.NotAuthorized):

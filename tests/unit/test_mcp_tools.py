@@ -6,16 +6,15 @@ from pathlib import Path
 
 import msgspec
 import pytest
-
-from contracts.agents import AGENT_COMMANDS
-from contracts.sessions import SESSION_COMMANDS
-from contracts.tasks import TASK_COMMANDS
-from contracts.workflows import WORKFLOW_COMMANDS
-from gateway.errors import Problem
-from gateway.keys import KeyStore
-from gateway.mcp_tools import TOOLS
-from runtime.mcp import authenticate
-from runtime.settings import Settings
+from chorus.contracts.agents import AGENT_COMMANDS
+from chorus.contracts.sessions import SESSION_COMMANDS
+from chorus.contracts.tasks import TASK_COMMANDS
+from chorus.contracts.workflows import WORKFLOW_COMMANDS
+from chorus.gateway.errors import Problem
+from chorus.gateway.keys import KeyStore
+from chorus.gateway.mcp_tools import TOOLS
+from chorus.mcp import authenticate
+from chorus.settings import Settings
 
 BUS_PAYLOADS = {
     *SESSION_COMMANDS.values(), *WORKFLOW_COMMANDS.values(), *AGENT_COMMANDS.values(),
@@ -58,7 +57,7 @@ def test_chorus_mcp_starts_only_with_a_valid_key(tmp_path: Path) -> None:
 
 
 def test_the_asyncapi_document_publishes_tool_calls_with_their_reply() -> None:
-    from runtime.schema import asyncapi, json_schemas
+    from chorus.schema import asyncapi, json_schemas
 
     spec = asyncapi()
     assert spec["channels"]["tool_call"]["address"] == "chorus.cmd.{actor_id}.tool.call"
@@ -69,7 +68,7 @@ def test_the_asyncapi_document_publishes_tool_calls_with_their_reply() -> None:
 
 
 def test_a_gateway_bounds_how_many_tool_calls_one_actor_runs_at_once() -> None:
-    from gateway.mcp_bus import InFlight
+    from chorus.gateway.mcp_bus import InFlight
 
     bound = InFlight(per_actor=2)
     assert bound.admit("agent-1") and bound.admit("agent-1")

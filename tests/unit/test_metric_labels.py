@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engine.handlers import HANDLERS
-from engine.metrics import command_labels
+from chorus.engine.adapters.metrics import command_labels
+from chorus.engine.handlers import HANDLERS
 
 
 def test_known_commands_are_labelled_by_aggregate_and_command() -> None:

@@ -1,4 +1,4 @@
-"""Edge validation: ``engine.worker.parse_message`` turns raw NATS messages into Commands."""
+"""Edge validation: ``chorus.engine.adapters.worker.parse_message`` turns raw NATS messages into Commands."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import json
 from typing import Any
 
 import pytest
-
-from contracts import errors as codes
-from contracts.sessions import OpenSession, SubmitResult
-from engine.handlers import HANDLERS
-from engine.worker import Rejection, parse_message
+from chorus.contracts import errors as codes
+from chorus.contracts.sessions import OpenSession, SubmitResult
+from chorus.engine.adapters.worker import Rejection, parse_message
+from chorus.engine.handlers import HANDLERS
 
 SID = "0b7e0c3a-6f0e-4c55-8f1e-2d6a7c9a1b01"
 OPEN_SUBJECT = "chorus.cmd.alice.session.open"

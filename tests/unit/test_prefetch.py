@@ -7,10 +7,9 @@ import asyncio
 import uuid
 from dataclasses import dataclass
 
+from chorus.engine.adapters.prefetch import Prefetcher
+from chorus.engine.processor import Command, Processor
 from eventsourcing.persistence import ApplicationRecorder
-
-from engine.prefetch import Prefetcher
-from engine.processor import Command, Processor
 
 from .conftest import FakeClock
 from .test_processor import open_session, submit

@@ -10,23 +10,22 @@ from typing import Any
 
 import msgspec
 import pytest
-from eventsourcing.persistence import ApplicationRecorder, IntegrityError, StoredEvent
-
-from contracts import errors as codes
-from contracts.envelope import Envelope, Reply
-from contracts.sessions import CancelSession, OpenSession, SubmitResult, Task, TimeOutSession
-from engine.authz import StaticRoles
-from engine.context import EngineContext
-from engine.handlers import HANDLERS
-from engine.processor import Command, Processor
-from engine.session import SessionState
-from events.codec import (
+from chorus.contracts import errors as codes
+from chorus.contracts.envelope import Envelope, Reply
+from chorus.contracts.sessions import CancelSession, OpenSession, SubmitResult, Task, TimeOutSession
+from chorus.engine.domain.authz import StaticRoles
+from chorus.engine.domain.context import EngineContext
+from chorus.engine.domain.session import SessionState
+from chorus.engine.handlers import HANDLERS
+from chorus.engine.processor import Command, Processor
+from chorus.events.codec import (
     GENESIS_HASH,
     StoredBody,
     decode_record,
     recompute_hash,
 )
-from events.store import open_recorder, select_aggregate_notifications
+from chorus.store.recorder import open_recorder, select_aggregate_notifications
+from eventsourcing.persistence import ApplicationRecorder, IntegrityError, StoredEvent
 
 from .conftest import FakeClock
 
@@ -719,8 +718,8 @@ def test_a_batch_wider_than_the_cache_still_sees_its_own_staged_events(
 def test_a_type_redefined_by_another_worker_is_used_at_once(
     recorder: ApplicationRecorder, second_recorder: ApplicationRecorder, clock: FakeClock
 ) -> None:
-    from contracts.workflow_types import DefineWorkflowType, Phase, WorkflowType
-    from contracts.workflows import StartWorkflow
+    from chorus.contracts.workflow_types import DefineWorkflowType, Phase, WorkflowType
+    from chorus.contracts.workflows import StartWorkflow
 
     def define(*phases: str) -> Command:
         payload = DefineWorkflowType(

@@ -6,13 +6,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from chorus.projections.agents import AgentsProjection
+from chorus.projections.readstore import ReadStore
+from chorus.projections.runner import ProjectionRunner, rebuild_together, step_together
+from chorus.projections.sessions import SessionsProjection
+from chorus.projections.workflows import WorkflowsProjection
 from eventsourcing.persistence import ApplicationRecorder
-
-from projections.agents import AgentsProjection
-from projections.readstore import ReadStore
-from projections.runner import ProjectionRunner, rebuild_together, step_together
-from projections.sessions import SessionsProjection
-from projections.workflows import WorkflowsProjection
 
 from .conftest import FakeClock
 from .test_tamper import write_history

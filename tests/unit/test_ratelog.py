@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-
-from engine.ratelog import RateLimitedLog
+from chorus.engine.adapters.ratelog import RateLimitedLog
 
 
 def test_a_repeated_error_is_logged_once_per_interval_with_the_count_held_back(

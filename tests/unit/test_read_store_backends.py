@@ -9,16 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chorus.contracts.feed import EventRecord
+from chorus.projections.agents import AgentsProjection, get_agent, list_agents
+from chorus.projections.overview import status_counts
+from chorus.projections.pgstore import translate
+from chorus.projections.readstore import Connection, ReadStore, ReadStoreUnavailable
+from chorus.projections.runner import ProjectionRunner
+from chorus.projections.sessions import SessionsProjection, get_session, list_sessions
+from chorus.projections.workflows import WorkflowsProjection, get_workflow, list_workflows
 from eventsourcing.persistence import ApplicationRecorder
 
-from contracts.feed import EventRecord
-from projections.agents import AgentsProjection, get_agent, list_agents
-from projections.overview import status_counts
-from projections.pgstore import translate
-from projections.readstore import Connection, ReadStore, ReadStoreUnavailable
-from projections.runner import ProjectionRunner
-from projections.sessions import SessionsProjection, get_session, list_sessions
-from projections.workflows import WorkflowsProjection, get_workflow, list_workflows
 from tests.conftest import ReadStores
 
 from .conftest import FakeClock
@@ -43,7 +43,7 @@ def test_a_read_model_not_built_yet_reads_as_empty(read_stores: ReadStores) -> N
 def test_fleet_counts_come_from_the_read_models(
     recorder: ApplicationRecorder, clock: FakeClock, read_stores: ReadStores
 ) -> None:
-    """The console's and ``/metrics``' counts (``projections.overview``) on each backend:
+    """The console's and ``/metrics``' counts (``chorus.projections.overview``) on each backend:
     empty before a projector ran, by status after."""
     url = read_stores.url("read")
     empty = {"sessions": {}, "workflows": {}, "agents": {}, "queued": {}}

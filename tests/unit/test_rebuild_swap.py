@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from chorus.projections.agents import AgentsProjection
+from chorus.projections.readstore import ReadStore
+from chorus.projections.runner import ProjectionRunner
+from chorus.projections.sessions import SessionsProjection
 from eventsourcing.persistence import ApplicationRecorder
 
-from projections.agents import AgentsProjection
-from projections.readstore import ReadStore
-from projections.runner import ProjectionRunner
-from projections.sessions import SessionsProjection
 from tests.conftest import ReadStores
 
 from .conftest import FakeClock

@@ -14,17 +14,17 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from chorus.audit.bundle import create_signing_key, parse_public_key, verify_bundle
+from chorus.audit.ledger import seal_all
+from chorus.audit.verify import verify_store
+from chorus.engine.domain.session import SessionState
+from chorus.engine.processor import Processor
+from chorus.events.codec import decode_record, stored_body, typed_event
+from chorus.events.session import ResultSubmitted, result_digest
+from chorus.projections.audit import AuditLog
+from chorus.store.recorder import open_recorder
 from eventsourcing.persistence import ApplicationRecorder
 
-from engine.processor import Processor
-from engine.session import SessionState
-from events.bundle import create_signing_key, parse_public_key, verify_bundle
-from events.codec import decode_record, stored_body, typed_event
-from events.ledger import seal_all
-from events.session import ResultSubmitted, result_digest
-from events.store import open_recorder
-from events.verify import verify_store
-from projections.audit import AuditLog
 from tests.fixtures.make_v1_store import FINISHED, OPEN, T0
 
 from .conftest import FakeClock

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import msgspec
-
-from runtime.cli import main
-from runtime.schema import asyncapi, json_schemas
+from chorus.cli import main
+from chorus.schema import asyncapi, json_schemas
 
 
 def test_chorus_schema_writes_json_schema_and_asyncapi(tmp_path: Path, capsys: object) -> None:

@@ -9,13 +9,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import event as note_event
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from contracts import errors as codes
-from contracts.errors import HTTP_STATUS
-from contracts.sessions import (
+from chorus.contracts import errors as codes
+from chorus.contracts.errors import HTTP_STATUS
+from chorus.contracts.sessions import (
     CancelSession,
     Criteria,
     OpenSession,
@@ -23,16 +19,16 @@ from contracts.sessions import (
     Task,
     TimeOutSession,
 )
-from engine import errors
-from engine.session import (
+from chorus.engine.domain import errors
+from chorus.engine.domain.session import (
     SessionState,
     decide_cancel,
     decide_open,
     decide_submit,
     decide_timeout,
 )
-from events.codec import EventMeta, decode_record, encode_event, typed_event
-from events.session import (
+from chorus.events.codec import EventMeta, decode_record, encode_event, typed_event
+from chorus.events.session import (
     ResultSubmitted,
     SessionCancelled,
     SessionFinalised,
@@ -40,6 +36,9 @@ from events.session import (
     SessionTimedOut,
     result_digest,
 )
+from hypothesis import event as note_event
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 SID = uuid.UUID("0b7e0c3a-6f0e-4c55-8f1e-2d6a7c9a1b01")

@@ -14,18 +14,18 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
-from engine.sealer import Sealer
-from events.bundle import create_signing_key, public_key_text
-from events.ledger import (
+from chorus.audit.bundle import create_signing_key, public_key_text
+from chorus.audit.ledger import (
     Checkpoint,
     anchor_line,
     append_anchor,
     parse_anchor,
     read_signed_anchor,
 )
-from events.store import open_recorder
-from runtime.cli import main
+from chorus.cli import main
+from chorus.engine.adapters.sealer import Sealer
+from chorus.store.recorder import open_recorder
+
 from tests.unit.test_tamper import (
     rows,
     sealed_store,  # noqa: F401  (a fixture)

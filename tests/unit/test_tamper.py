@@ -10,10 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from eventsourcing.persistence import ApplicationRecorder
-
-from engine.processor import Processor
-from events.ledger import (
+from chorus.audit.ledger import (
     Checkpoint,
     UnsoundRow,
     ensure_ledger,
@@ -22,9 +19,11 @@ from events.ledger import (
     seal_all,
     seal_step,
 )
-from events.store import open_recorder
-from events.verify import verify_store
-from runtime.cli import main
+from chorus.audit.verify import verify_store
+from chorus.cli import main
+from chorus.engine.processor import Processor
+from chorus.store.recorder import open_recorder
+from eventsourcing.persistence import ApplicationRecorder
 
 from .conftest import CLOCK_START, FakeClock
 from .test_processor import cancel, open_session, submit
@@ -115,9 +114,8 @@ def test_an_edit_in_sql_that_turns_the_row_into_text_is_reported_not_a_crash(
 
 def test_an_edit_with_a_recomputed_hash_still_breaks_the_seal(sealed_store: Path) -> None:
     """The attacker re-hashes the edited event: its aggregate chain holds, the seal does not."""
+    from chorus.events.codec import recompute_hash
     from eventsourcing.persistence import StoredEvent
-
-    from events.codec import recompute_hash
 
     target = domain_row(sealed_store, 4)
     state = bytes(target["state"]).replace(b'"success":true', b'"success":false', 1)
@@ -326,7 +324,7 @@ async def test_the_sealer_appends_each_new_head_to_the_anchor_file(
 ) -> None:
     import asyncio
 
-    from engine.sealer import Sealer
+    from chorus.engine.adapters.sealer import Sealer
 
     recorder = open_recorder(f"sqlite:///{tmp_path}/e.db")
     write_history(recorder, clock)
@@ -405,13 +403,13 @@ def test_a_changed_event_type_in_the_topic_is_caught_before_sealing(
 def test_verify_racing_a_writing_and_sealing_engine_reports_nothing(
     tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import events.verify
+    import chorus.audit.verify
 
     recorder = open_recorder(f"sqlite:///{tmp_path}/e.db")
     write_history(recorder, clock)
     seal_all(recorder)
     head = recorder.max_notification_id()
-    walk_rows = events.verify._rows
+    walk_rows = chorus.audit.verify._rows
 
     def rows_then_more(*args: Any) -> Any:
         yield from walk_rows(*args)
@@ -419,7 +417,7 @@ def test_verify_racing_a_writing_and_sealing_engine_reports_nothing(
         Processor(recorder, clock=clock).handle_batch([open_session(str(uuid.uuid4()))])
         seal_all(recorder)
 
-    monkeypatch.setattr(events.verify, "_rows", rows_then_more)
+    monkeypatch.setattr(chorus.audit.verify, "_rows", rows_then_more)
     report = verify_store(recorder, chunk=4, now=clock.now)
     assert report.ok, report.problems
     assert report.events == report.sealed_through == head
@@ -466,9 +464,8 @@ def test_the_sealer_stops_at_a_re_hashed_row_that_breaks_its_chain(
 ) -> None:
     """The forged row's own hash holds; the next version's link to it does not, however
     the sealer learns the previous version's hash."""
+    from chorus.events.codec import recompute_hash
     from eventsourcing.persistence import StoredEvent
-
-    from events.codec import recompute_hash
 
     path = tmp_path / "e.db"
     recorder = open_recorder(f"sqlite:///{path}")
@@ -507,7 +504,7 @@ def test_chorus_audit_seal_exits_1_at_a_row_that_does_not_verify(
 
 def test_the_anchor_file_holds_only_the_newest_checkpoint(tmp_path: Path) -> None:
     """The engine rewrites it after every sealing step: it must not grow with the log."""
-    from events.ledger import append_anchor
+    from chorus.audit.ledger import append_anchor
 
     path = tmp_path / "audit" / "seal-anchor"
     for position in range(1, 50):
@@ -520,8 +517,8 @@ def test_the_anchor_file_holds_only_the_newest_checkpoint(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("sqlite", [True, False])
 def test_the_sealer_reads_an_id_spelling_exactly_as_the_recorder_check_does(sqlite: bool) -> None:
-    from events.ledger import canonical_id
-    from events.store import RawRow
+    from chorus.audit.ledger import canonical_id
+    from chorus.store.recorder import RawRow
 
     aggregate_id = uuid.uuid4()
     text = str(aggregate_id)

@@ -6,11 +6,10 @@ from datetime import UTC, datetime
 
 import msgspec
 import pytest
-
-from contracts.agents import RegisterAgent
-from contracts.sessions import Criteria
-from contracts.subjects import task_subject
-from contracts.tasks import (
+from chorus.contracts.agents import RegisterAgent
+from chorus.contracts.sessions import Criteria
+from chorus.contracts.subjects import task_subject
+from chorus.contracts.tasks import (
     TASK_DECODER,
     TASK_ENCODER,
     AcceptTask,
@@ -20,7 +19,7 @@ from contracts.tasks import (
     phase_task_id,
     split_task_id,
 )
-from contracts.workflow_types import Backoff, Phase
+from chorus.contracts.workflow_types import Backoff, Phase
 
 WHEN = datetime(2030, 1, 1, tzinfo=UTC)
 WID = "0b0e4ad6-8c1f-4c35-9d0a-4a3c2f8d2a11"

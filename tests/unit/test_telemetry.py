@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from chorus.telemetry import setup_tracing
 from opentelemetry.sdk.trace import TracerProvider
-
-from runtime.telemetry import setup_tracing
 
 
 def test_tracing_is_off_without_an_otlp_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,7 @@
 event N) is what ``SessionState`` / ``WorkflowState`` say after the first N events.
 
 Random histories are written through the real processor to a real SQLite store; the past
-views are rebuilt by ``projections.timetravel`` from that store alone.
+views are rebuilt by ``chorus.projections.timetravel`` from that store alone.
 """
 
 from __future__ import annotations
@@ -12,21 +12,20 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from chorus.contracts.agents import RegisterAgent
+from chorus.contracts.envelope import Envelope
+from chorus.contracts.sessions import OpenSession, ParticipantLost, Task
+from chorus.contracts.workflows import CompletePhase, ReportProgress, StartPhase, StartWorkflow
+from chorus.engine.domain.session import SessionState
+from chorus.engine.domain.workflow import WorkflowState
+from chorus.engine.handlers import HANDLERS
+from chorus.engine.processor import Command, Processor
+from chorus.events.codec import decode_record, typed_event
+from chorus.projections.history import History
+from chorus.projections.timetravel import state_at
+from chorus.store.recorder import open_recorder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from contracts.agents import RegisterAgent
-from contracts.envelope import Envelope
-from contracts.sessions import OpenSession, ParticipantLost, Task
-from contracts.workflows import CompletePhase, ReportProgress, StartPhase, StartWorkflow
-from engine.handlers import HANDLERS
-from engine.processor import Command, Processor
-from engine.session import SessionState
-from engine.workflow import WorkflowState
-from events.codec import decode_record, typed_event
-from events.store import open_recorder
-from projections.history import History
-from projections.timetravel import state_at
 
 from .conftest import FakeClock
 from .test_processor import cancel, submit, timeout

@@ -12,19 +12,19 @@ import uuid
 
 import msgspec
 import pytest
+from chorus.contracts.agents import RegisterAgent, VerifyCompletion, agent_uuid, result_hash
+from chorus.contracts.envelope import Envelope, Reply
+from chorus.contracts.sessions import OpenSession, SubmitResult, Task
+from chorus.engine.domain.agent import AgentState
+from chorus.engine.domain.authz import StaticRoles
+from chorus.engine.domain.context import EngineContext
+from chorus.engine.handlers import HANDLERS
+from chorus.engine.processor import Command, Processor
+from chorus.projections.agents import AgentsProjection, agent_metrics, get_agent, list_agents
+from chorus.projections.readstore import ReadStore
+from chorus.projections.runner import ProjectionRunner
 from eventsourcing.persistence import ApplicationRecorder
 
-from contracts.agents import RegisterAgent, VerifyCompletion, agent_uuid, result_hash
-from contracts.envelope import Envelope, Reply
-from contracts.sessions import OpenSession, SubmitResult, Task
-from engine.agent import AgentState
-from engine.authz import StaticRoles
-from engine.context import EngineContext
-from engine.handlers import HANDLERS
-from engine.processor import Command, Processor
-from projections.agents import AgentsProjection, agent_metrics, get_agent, list_agents
-from projections.readstore import ReadStore
-from projections.runner import ProjectionRunner
 from tests.conftest import ReadStores
 
 from .conftest import FakeClock

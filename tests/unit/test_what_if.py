@@ -10,10 +10,9 @@ import uuid
 from typing import Any
 
 import pytest
+from chorus.cli import main
+from chorus.engine.processor import Processor
 from eventsourcing.persistence import ApplicationRecorder
-
-from engine.processor import Processor
-from runtime.cli import main
 
 from .conftest import FakeClock
 from .test_processor import cancel, open_session, submit, timeout

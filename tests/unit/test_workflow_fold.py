@@ -9,10 +9,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from contracts.workflows import (
+from chorus.contracts.workflows import (
     CancelWorkflow,
     CompletePhase,
     FailPhase,
@@ -22,8 +19,8 @@ from contracts.workflows import (
     StartPhase,
     StartWorkflow,
 )
-from engine import errors
-from engine.workflow import (
+from chorus.engine.domain import errors
+from chorus.engine.domain.workflow import (
     WorkflowState,
     decide_cancel,
     decide_complete_phase,
@@ -33,6 +30,8 @@ from engine.workflow import (
     decide_start,
     decide_start_phase,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
 WID = str(uuid.uuid4())

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from contracts.workflow_types import WorkflowTypeRegistry
+from chorus.contracts.workflow_types import WorkflowTypeRegistry
 
 
 def test_built_in_types_ship_with_their_phases_in_order() -> None:

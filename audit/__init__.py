@@ -1,0 +1,1 @@
+"""The audit record: the seal ledger, store verification and signed export bundles."""

@@ -1,0 +1,356 @@
+"""The command worker: NATS requests in, micro-batches through the processor, replies out.
+
+Workers share the queue group ``chorus-engine``: each command reaches one worker. A worker
+takes what arrived within ``batch_window`` seconds (up to ``batch_max`` commands), hands the
+batch to the processor in its single writer thread, and answers each request once the
+batch's transaction has committed. Invalid messages are answered ``rejected`` at once and
+copied to ``chorus.dlq.<reason>``; they never reach the processor or stall the batch.
+Bounds (size, nesting depth, integer range: ``chorus.contracts.bounds``) are checked on the raw
+bytes before anything decodes them, heartbeats included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from chorus.contracts import errors as codes
+from chorus.contracts.agents import ENGINE_ONLY
+from chorus.contracts.aio import raise_if_cancelling
+from chorus.contracts.bounds import check_command_bytes
+from chorus.contracts.envelope import Reply
+from chorus.contracts.errors import ErrorInfo
+from chorus.contracts.mcp import RECORDER
+from chorus.contracts.roles import is_reserved
+from chorus.contracts.subjects import (
+    CMD_PREFIX,
+    ENGINE_QUEUE,
+    dlq_subject,
+    is_token,
+    is_tool_call,
+    parse_command_subject,
+)
+from chorus.contracts.tracing import extract
+from chorus.engine.adapters import metrics
+from chorus.engine.adapters.prefetch import Prefetcher
+from chorus.engine.adapters.ratelog import RateLimitedLog
+from chorus.engine.adapters.tracing import TracedBatch
+from chorus.engine.handlers import DECODERS, HANDLERS
+from chorus.engine.processor import Command, Processor
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from opentelemetry.context import Context
+from opentelemetry.trace import Tracer
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SUFFIX = ".agent.heartbeat"
+_reply_encoder = msgspec.json.Encoder()
+_loose_decoder = msgspec.json.Decoder()
+#: A dead letter keeps at most this much of the message (the DLQ stream is capped too).
+DEAD_LETTER_BYTES = 64 * 1024
+
+
+@dataclass
+class Incoming:
+    """A command waiting for its batch: from NATS (with a reply subject) or from a timer."""
+
+    command: Command
+    reply_to: str | None
+    done: asyncio.Future[Reply] | None = None
+    arrived: float = field(default_factory=time.monotonic)
+    #: The W3C trace context the message carried (only when the engine traces).
+    trace: Context | None = None
+    received_ns: int = field(default_factory=time.time_ns)
+
+
+class Rejection(Exception):
+    """A message failed edge validation."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def parse_message(subject: str, data: bytes) -> Command:
+    """Validate a raw command message into a typed Command, or raise Rejection."""
+    parsed = parse_command_subject(subject)
+    if parsed is None or not is_token(parsed.actor):
+        raise Rejection(codes.INVALID_SUBJECT, f"not a command subject: {subject}")
+    key = (parsed.aggregate, parsed.command)
+    if violation := check_command_bytes(data):
+        raise Rejection(violation.code, violation.message, violation.details)
+    if is_reserved(parsed.actor) and parsed.actor != RECORDER:
+        # Only the engine's own timers and process managers act as "system", and they do
+        # not come over the bus; no spelling of a reserved name passes for them. The
+        # gateway records tool calls as itself (on a secured bus only its service user can).
+        raise Rejection(codes.NOT_AUTHORIZED, f"the actor {parsed.actor!r} is reserved")
+    handler = HANDLERS.get(key)
+    if handler is None or key in ENGINE_ONLY:
+        known = sorted(f"{a}.{c}" for a, c in HANDLERS if (a, c) not in ENGINE_ONLY)
+        raise Rejection(
+            codes.UNKNOWN_COMMAND,
+            f"unknown command {parsed.aggregate}.{parsed.command}",
+            {"known": known},
+        )
+    try:
+        envelope = DECODERS[key].decode(data)
+    except msgspec.ValidationError as error:
+        message = str(error)
+        if message.startswith("Expected `object`") and "at `$." not in message:
+            raise Rejection(
+                codes.MALFORMED_MESSAGE, f"body must be a JSON object: {message}"
+            ) from None
+        raise Rejection(codes.INVALID_COMMAND, message, _error_path(message)) from None
+    except msgspec.DecodeError as error:
+        raise Rejection(codes.MALFORMED_MESSAGE, f"body is not valid JSON: {error}") from None
+    except RecursionError:  # the bounds above should have caught it; never a traceback
+        raise Rejection(codes.NESTING_TOO_DEEP, "JSON nested too deeply") from None
+    if handler.resolve is not None:  # the payload says which aggregate takes it
+        handler = handler.resolve(envelope.payload)
+    return Command(actor=parsed.actor, handler=handler, envelope=envelope)
+
+
+def _error_path(message: str) -> dict[str, Any] | None:
+    """msgspec says ``... - at `$.payload.x` ``: expose the path as a field name.
+
+    For an unknown field the path names its object; the field itself is appended.
+    """
+    where = message.rsplit("at `$", 1)[1].rstrip("`").lstrip(".") if "at `$" in message else ""
+    if "unknown field `" in message:
+        name = message.split("unknown field `", 1)[1].split("`", 1)[0]
+        where = f"{where}.{name}" if where else name
+    return {"field": where} if where else None
+
+
+def _log_fields(command: Command) -> dict[str, str | None]:
+    """The request fields of a command's log lines (as the gateway's lines name them)."""
+    envelope = command.envelope
+    return {"command_id": envelope.command_id, "correlation_id": envelope.correlation_id,
+            "actor": command.actor}  # fmt: skip
+
+
+def _command_id_of(data: bytes) -> str:
+    """Best effort: echo the client's command id even when the rest is invalid."""
+    if check_command_bytes(data) is not None:
+        return ""  # too large or too deep to decode safely
+    try:
+        body = _loose_decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return ""
+    if isinstance(body, dict) and isinstance(body.get("command_id"), str):
+        return str(body["command_id"])[:200]
+    return ""
+
+
+class CommandWorker:
+    """One engine worker: subscription, batcher and writer thread."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        processor: Processor,
+        *,
+        batch_max: int = 256,
+        batch_window: float = 0.002,
+        subject: str = f"{CMD_PREFIX}.>",
+        tracer: Tracer | None = None,
+    ) -> None:
+        self.nc = nc
+        self.tracer = tracer
+        self.processor = processor
+        self.batch_max = batch_max
+        self.batch_window = batch_window
+        self.subject = subject
+        self.queue: asyncio.Queue[Incoming] = asyncio.Queue()
+        # One thread: batches are applied strictly one after another, in arrival order.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chorus-writer")
+        # Cold aggregates are folded beside it, their commands held meanwhile.
+        self.prefetch: Prefetcher[Incoming] = Prefetcher(processor, self.queue.put_nowait)
+        self._sub: Subscription | None = None
+        self.handled = 0
+        self.batches = 0
+        self.on_committed: Callable[[], Awaitable[None] | None] | None = None
+        #: Heartbeats bypass the processor: the liveness monitor takes them (they are
+        #: not events). Without one, a heartbeat is an unknown command.
+        self.on_heartbeat: Callable[[Msg], Awaitable[None]] | None = None
+        #: A flood of bad messages must not flood the log (nor slow the worker down).
+        self.errors = RateLimitedLog(log)
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(
+            self.subject,
+            queue=ENGINE_QUEUE,
+            cb=self._on_message,
+            pending_msgs_limit=1_000_000,
+            pending_bytes_limit=1024 * 1024 * 1024,
+        )
+        # Once start() returns, the server knows the subscription: no "no responders".
+        await self.nc.flush()
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    def close(self) -> None:
+        """Wait for a batch in flight to finish its transaction."""
+        self.prefetch.close()
+        self._writer.shutdown(wait=True)
+
+    async def _on_message(self, msg: Msg) -> None:
+        if is_tool_call(msg.subject):
+            return  # the gateways answer tool calls (queue group chorus-tools), never the engine
+        try:
+            if self.on_heartbeat is not None and msg.subject.endswith(HEARTBEAT_SUFFIX):
+                if violation := check_command_bytes(msg.data):
+                    raise Rejection(violation.code, violation.message, violation.details)
+                await self.on_heartbeat(msg)
+                return
+            command = parse_message(msg.subject, msg.data)
+        except Rejection as rejection:
+            await self.reject(msg, rejection)
+            return
+        except Exception as error:
+            # A bug on one message: answer it and keep the subscription alive.
+            self.errors.warning("message on %s failed: %r", msg.subject, error)
+            await self.reject(
+                msg, Rejection(codes.INTERNAL_ERROR, "the engine failed on this message")
+            )
+            return
+        context = extract(msg.headers) if self.tracer is not None else None
+        self.queue.put_nowait(Incoming(command, msg.reply or None, trace=context))
+
+    async def submit(self, command: Command) -> Reply:
+        """Run a command from inside the engine (timers) through the same pipeline."""
+        done: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait(Incoming(command, None, done))
+        return await done
+
+    async def reject(self, msg: Msg, rejection: Rejection) -> None:
+        """Answer an invalid message (if it asked) and copy it to the dead letters."""
+        reply = Reply(
+            command_id=_command_id_of(msg.data),
+            status="rejected",
+            error=ErrorInfo(
+                code=rejection.code, message=rejection.message, details=rejection.details
+            ),
+        )
+        try:
+            if msg.reply:
+                await self.nc.publish(msg.reply, _reply_encoder.encode(reply))
+            headers = {
+                "Chorus-Reason": rejection.code,
+                "Chorus-Error": rejection.message[:1000],
+                "Chorus-Subject": msg.subject,
+            }
+            if len(msg.data) > DEAD_LETTER_BYTES:
+                headers["Chorus-Truncated"] = str(len(msg.data))
+            await self.nc.publish(
+                dlq_subject(rejection.code), msg.data[:DEAD_LETTER_BYTES], headers=headers
+            )
+        except Exception as error:  # a dead letter must never take the worker down
+            self.errors.warning("could not answer an invalid message: %s", error)
+        metrics.DEAD_LETTERS.labels(rejection.code).inc()
+        if log.isEnabledFor(logging.INFO):  # quiet by default: no second decode then
+            log.info(
+                "dead letter: %s", rejection.message,
+                extra={"reason": rejection.code, "subject": msg.subject,
+                       "command_id": _command_id_of(msg.data) or None},
+            )  # fmt: skip
+        labels = metrics.command_labels(msg.subject, HANDLERS)
+        metrics.COMMANDS.labels(*labels, "rejected").inc()
+
+    def _decide(
+        self, folded: dict[Any, Any], commands: list[Command], traced: TracedBatch | None
+    ) -> list[Reply]:
+        """In the writer thread: adopt what was folded beside it, the batch's trace
+        contexts, then the batch."""
+        self.processor.adopt(folded)
+        if traced is not None:
+            try:
+                traced.save_contexts()
+            except Exception as error:  # tracing never costs a command
+                log.warning("could not store trace contexts: %s", error)
+        return self.processor.handle_batch(commands)
+
+    async def run(self) -> None:
+        """Take micro-batches until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = time.monotonic() + self.batch_window
+            while len(batch) < self.batch_max:
+                try:
+                    batch.append(self.queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        batch.append(await self.queue.get())
+                except TimeoutError:
+                    raise_if_cancelling()  # a cancel racing the timeout (see contracts.aio)
+                    break
+            batch, folded = self.prefetch.admit(batch)
+            if not batch:
+                continue
+            commands = [item.command for item in batch]
+            started = time.perf_counter()
+            traced = None
+            if self.tracer is not None:
+                traced = TracedBatch(self.tracer, self.processor.recorder, batch)
+            try:
+                replies = await loop.run_in_executor(
+                    self._writer, self._decide, folded, commands, traced
+                )
+            except Exception as error:
+                raise_if_cancelling()
+                # e.g. the store could not be read: nothing was recorded, the clients retry.
+                log.warning("batch failed before commit: %s", error)
+                self.processor.evict(list(self.processor._cache))
+                replies = [
+                    Reply(
+                        command_id=c.command_id,
+                        status="rejected",
+                        error=ErrorInfo(
+                            code=codes.STORE_UNAVAILABLE,
+                            message=f"the event store is unavailable: {error}",
+                        ),
+                    )
+                    for c in commands
+                ]
+            metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+            metrics.BATCH_SIZE.observe(len(batch))
+            self.handled += len(batch)
+            self.batches += 1
+            for item, reply in zip(batch, replies, strict=True):
+                if item.done is not None and not item.done.done():
+                    item.done.set_result(reply)
+                elif item.reply_to:
+                    await self.nc.publish(item.reply_to, _reply_encoder.encode(reply))
+                if reply.error is not None:
+                    handler = item.command.handler
+                    log.info(
+                        "command %s.%s rejected: %s", handler.aggregate, handler.command,
+                        reply.error.code, extra=_log_fields(item.command),
+                    )  # fmt: skip
+            metrics.observe_replies(batch, replies)
+            if traced is not None:
+                traced.finish(replies)
+            if self.on_committed is not None:
+                result = self.on_committed()
+                if result is not None:
+                    await result

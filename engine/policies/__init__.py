@@ -1,0 +1,1 @@
+"""Process managers and timers: they follow the event log and issue commands."""

@@ -1,0 +1,113 @@
+"""The loop every process manager runs: read what is new in the log, then act on it.
+
+A process manager derives every command id from what it reacts to, so what it re-sends
+after a restart is answered ``duplicate``. It keeps its position and the state it needs
+in a checkpoint (engine/policies/checkpoint.py), written between rounds: a restart goes on from
+there instead of re-reading the log from the start, and re-reads at most the last
+``checkpoint_every`` seconds of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from chorus.contracts.aio import raise_if_cancelling
+from chorus.contracts.feed import EventRecord
+from chorus.engine.adapters.worker import CommandWorker
+from chorus.engine.policies.checkpoint import StateCheckpoint
+from chorus.events.codec import decode_record
+from chorus.store.checkpoints import CheckpointStore
+from chorus.store.recorder import select_topics_after
+from eventsourcing.persistence import ApplicationRecorder
+
+log = logging.getLogger(__name__)
+
+
+class LogFollower:
+    """Subclasses name their ``topics``, the attributes of their state
+    (``checkpoint_fields``) and implement ``observe`` and ``act``."""
+
+    topics: list[str] = []
+    checkpoint_name: str = ""
+    checkpoint_fields: tuple[str, ...] = ()
+    #: Modules whose code shapes the saved state (the subclass's own module is added).
+    checkpoint_modules: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        recorder: ApplicationRecorder,
+        worker: CommandWorker,
+        *,
+        idle: float = 0.1,
+        checkpoint_every: float = 1.0,
+    ) -> None:
+        self.recorder = recorder
+        self.worker = worker
+        self.idle = idle
+        self.position = 0
+        #: Events read from the log since this object was made (tests, benches).
+        self.events_read = 0
+        #: Set once the first catch-up is done: the manager knows the whole log.
+        self.ready = asyncio.Event()
+        self.checkpoint = StateCheckpoint(
+            CheckpointStore(recorder),
+            self.checkpoint_name or type(self).__name__,
+            self,
+            self.checkpoint_fields,
+            [type(self).__module__, __name__, *self.checkpoint_modules],
+            every=checkpoint_every,
+        )
+        self._restored = False
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Called after a commit, so the next round does not wait for the idle poll."""
+        self._wake.set()
+
+    def observe(self, record: EventRecord) -> None:
+        raise NotImplementedError
+
+    async def act(self) -> None:
+        raise NotImplementedError
+
+    def prune(self) -> None:
+        """Drop what is no longer needed before the state is saved (subclasses)."""
+
+    def _catch_up(self) -> None:
+        if not self._restored:
+            self.position = self.checkpoint.restore()
+            self._restored = True
+        while True:
+            batch, position = select_topics_after(self.recorder, self.position, self.topics)
+            for notification in batch:
+                self.observe(decode_record(notification))
+            self.events_read += len(batch)
+            if position == self.position:
+                return
+            self.position = position
+
+    def _save(self) -> None:
+        if self.checkpoint.fields:
+            self.checkpoint.save(self.position, self.prune)
+
+    async def round(self) -> None:
+        """Read what is new, act on it, then save the checkpoint (if due)."""
+        await asyncio.to_thread(self._catch_up)
+        self.ready.set()
+        await self.act()
+        await asyncio.to_thread(self._save)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.round()
+            except Exception as error:
+                raise_if_cancelling()
+                log.warning("%s failed a round, retrying: %s", type(self).__name__, error)
+                await asyncio.sleep(1)
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.idle)

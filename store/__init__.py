@@ -1,0 +1,1 @@
+"""The event store: opening recorders and the SQL we run against them."""
