@@ -91,9 +91,9 @@ def test_the_wheel_carries_the_docs_assets(tmp_path: Path) -> None:
     wheel = next(tmp_path.glob("chorus-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for asset in (
-        "gateway/static/vendor/swagger-ui/swagger-ui-bundle.js",
-        "gateway/static/vendor/swagger-ui/LICENSE",
-        "gateway/static/vendor/redoc/redoc.standalone.js",
-        "gateway/static/vendor/redoc/LICENSE",
+        "chorus/gateway/static/vendor/swagger-ui/swagger-ui-bundle.js",
+        "chorus/gateway/static/vendor/swagger-ui/LICENSE",
+        "chorus/gateway/static/vendor/redoc/redoc.standalone.js",
+        "chorus/gateway/static/vendor/redoc/LICENSE",
     ):
         assert asset in names, f"{asset} is not in {wheel.name}"
