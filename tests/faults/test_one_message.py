@@ -7,6 +7,7 @@ with a stable code (and a dead letter), and everything after it still flows.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +29,7 @@ from chorus.gateway.state import GatewayConfig
 from chorus.natsd import start_nats_server
 from chorus.store.recorder import open_recorder
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
 
 from tests.conftest import Gateway, NatsEndpoint, serve_gateway
 from tests.integration.test_bus import domain_records, open_payload, send, stream_records
@@ -45,7 +47,14 @@ def deep(depth: int) -> str:
 
 
 async def dead_letter(nc: NATS, code: str) -> Any:
-    return await nc.jetstream().get_last_msg("DLQ", f"chorus.dlq.{code}")
+    """The last dead letter of ``code``: the engine answers first and dead-letters right
+    after, so a read at once may come before it is stored (bounded wait)."""
+    for _ in range(250):
+        try:
+            return await nc.jetstream().get_last_msg("DLQ", f"chorus.dlq.{code}")
+        except NotFoundError:
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"no dead letter chorus.dlq.{code}")
 
 
 async def raw_request(nc: NATS, subject: str, body: bytes) -> dict[str, Any]:
