@@ -97,7 +97,12 @@ async def test_one_scrape_counts_every_command_of_every_process(tmp_path: Path) 
                     positions = [s.value("chorus_projection_position", projection=p)
                                  for p in ("sessions", "workflows", "agents")]  # fmt: skip
                     positions.append(s.value("chorus_relay_position"))
-                    done = head > 0 and all(p == head for p in positions)
+                    # The lag gauges are set when each process last looked: wait for
+                    # them to say caught up too, not only the positions.
+                    lags = [s.value("chorus_projection_lag_events", projection=p)
+                            for p in ("sessions", "workflows", "agents")]  # fmt: skip
+                    lags.append(s.value("chorus_relay_lag_events"))
+                    done = head > 0 and all(p == head for p in positions) and not any(lags)
                     return s if done and s.value("chorus_sessions", status="succeeded") else None
 
                 s = await async_wait_until(settled, 60, "read models and relay to catch up")
