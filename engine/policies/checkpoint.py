@@ -20,11 +20,14 @@ import inspect
 import logging
 import pickle
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from chorus.store.checkpoints import Checkpoint, CheckpointStore
+from chorus.store.recorder import select_topics_after
+from eventsourcing.persistence import ApplicationRecorder, Notification
 
 log = logging.getLogger(__name__)
 
@@ -98,3 +101,43 @@ class StateCheckpoint:
         self.saved_position = position
         self._saved_at = now
         return True
+
+
+class CheckpointedFold:
+    """Some topics of the log folded into state that a checkpoint keeps: restored once,
+    then each ``catch_up`` reads only the notifications recorded since and saves the state
+    with its position between rounds. A subclass names its topics and the attributes of
+    its state, and folds one notification (``fold``)."""
+
+    def __init__(
+        self, recorder: ApplicationRecorder, name: str, topics: list[str],
+        fields: tuple[str, ...], modules: list[str], *, every: float = 1.0,
+    ) -> None:  # fmt: skip
+        self.recorder = recorder
+        self.topics = topics
+        self.position = 0
+        self.events_read = 0
+        self._lock = threading.Lock()
+        self._restored = False
+        self.checkpoint = StateCheckpoint(
+            CheckpointStore(recorder), name, self, fields, modules, every=every
+        )
+
+    def catch_up(self) -> None:
+        """Fold what is new (thread-safe: callers on several threads share one fold)."""
+        with self._lock:
+            if not self._restored:
+                self.position = self.checkpoint.restore()
+                self._restored = True
+            while True:
+                batch, position = select_topics_after(self.recorder, self.position, self.topics)
+                self.events_read += len(batch)
+                for notification in batch:
+                    self.fold(notification)
+                if position == self.position:
+                    self.checkpoint.save(position)
+                    return
+                self.position = position
+
+    def fold(self, notification: Notification) -> None:
+        raise NotImplementedError

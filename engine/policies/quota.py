@@ -14,13 +14,9 @@ same batch are not in it yet, so a burst may pass the bound by at most one batch
 
 from __future__ import annotations
 
-import threading
-
-from chorus.engine.policies.checkpoint import StateCheckpoint
+from chorus.engine.policies.checkpoint import CheckpointedFold
 from chorus.events.codec import decode_record, topic_of, typed_event
 from chorus.events.session import SessionOpened
-from chorus.store.checkpoints import CheckpointStore
-from chorus.store.recorder import select_topics_after
 from eventsourcing.persistence import ApplicationRecorder, Notification
 
 #: An open session's start and its three ends.
@@ -30,20 +26,15 @@ TOPICS = [
 ]
 
 
-class OpenSessionsByOpener:
+class OpenSessionsByOpener(CheckpointedFold):
     """How many open sessions naming other agents each opener holds, as of the log."""
 
     def __init__(self, recorder: ApplicationRecorder, *, checkpoint_every: float = 1.0) -> None:
-        self.recorder = recorder
-        self.position = 0
         #: Open sessions that name another agent -> their opener.
         self.opener_of: dict[str, str] = {}
         self.counts: dict[str, int] = {}
-        self.events_read = 0
-        self._lock = threading.Lock()
-        self._restored = False
-        self.checkpoint = StateCheckpoint(
-            CheckpointStore(recorder), "OpenSessionsByOpener", self, ("opener_of", "counts"),
+        super().__init__(
+            recorder, "OpenSessionsByOpener", TOPICS, ("opener_of", "counts"),
             [__name__, "chorus.events.session"], every=checkpoint_every,
         )  # fmt: skip
 
@@ -52,22 +43,8 @@ class OpenSessionsByOpener:
         self.catch_up()
         return self.counts.get(actor, 0)
 
-    def catch_up(self) -> None:
-        with self._lock:
-            if not self._restored:
-                self.position = self.checkpoint.restore()
-                self._restored = True
-            while True:
-                batch, position = select_topics_after(self.recorder, self.position, TOPICS)
-                self.events_read += len(batch)
-                for notification in batch:
-                    self._apply(str(notification.originator_id), notification)
-                if position == self.position:
-                    self.checkpoint.save(position)
-                    return
-                self.position = position
-
-    def _apply(self, session_id: str, notification: Notification) -> None:
+    def fold(self, notification: Notification) -> None:
+        session_id = str(notification.originator_id)
         event = typed_event(decode_record(notification))
         if isinstance(event, SessionOpened):
             if any(p != event.opened_by for p in event.participants):
