@@ -147,6 +147,9 @@ async def run(args: argparse.Namespace) -> None:
         "CHORUS_HOST": "127.0.0.1",
         "CHORUS_PORT": str(port),
         "CHORUS_LOG_LEVEL": "WARNING",
+        # Every client signs in as one watcher: the per-actor bound on opening sockets
+        # (120/minute by default) would refuse most of them (403 at the handshake).
+        "CHORUS_RATE_LIMITS": '{"feed": "100000/minute"}',
     }
     token = KeyStore(work / "keys.db").create("bench-watcher", "operator")
     procs = [spawn(role, env, work / f"{role}.log") for role in ("engine", "project", "gateway")]
