@@ -1,16 +1,14 @@
-"""Workflow types: named, ordered lists of phases, from built-ins and an operator's file.
+"""Workflow types: named, ordered lists of phases, built in or defined by an operator.
 
 Shared by the engine (which rejects unknown types) and the gateway (which lists them), so
-it lives with the contracts. A phase may be delegated to a coordination session.
+it lives with the contracts. A phase may be delegated to a coordination session. The
+operator's TOML file is read by the composition root (``chorus.typesfile``).
 """
 
 from __future__ import annotations
 
-import tomllib
-from pathlib import Path
 from typing import Annotated
 
-import msgspec
 from chorus.contracts.sessions import Capability, Criteria, Id, LostPolicy, ToolRef, require_tools
 from msgspec import Meta, Struct
 
@@ -121,31 +119,11 @@ class DefineWorkflowType(Struct, kw_only=True, frozen=True, forbid_unknown_field
     workflow_type: WorkflowType
 
 
-class TypesFile(Struct, forbid_unknown_fields=True):
-    workflow_types: list[WorkflowType]
-
-
 class WorkflowTypeRegistry:
-    """Built-in types, overridden or extended by an operator's TOML file."""
+    """Built-in types, overridden or extended by an operator's file or by the API."""
 
     def __init__(self, types: tuple[WorkflowType, ...] | list[WorkflowType] = BUILT_IN) -> None:
         self._types = {t.name: t for t in types}
-
-    @classmethod
-    def load(cls, path: Path | None = None) -> WorkflowTypeRegistry:
-        """Built-ins plus the ``[[workflow_types]]`` of ``path`` (a type of the same name
-        replaces the built-in). Raises ValueError naming what is wrong in the file."""
-        registry = cls()
-        if path is None:
-            return registry
-        try:
-            raw = tomllib.loads(path.read_text())
-            extra = msgspec.convert(raw, TypesFile)
-        except (tomllib.TOMLDecodeError, msgspec.ValidationError, OSError) as error:
-            raise ValueError(f"workflow types file {path}: {error}") from error
-        for workflow_type in extra.workflow_types:
-            registry._types[workflow_type.name] = workflow_type
-        return registry
 
     def get(self, name: str) -> WorkflowType | None:
         return self._types.get(name)

@@ -59,8 +59,8 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import msgspec
+from chorus.aio import raise_if_cancelling
 from chorus.contracts.agents import agent_uuid
-from chorus.contracts.aio import raise_if_cancelling
 from chorus.contracts.bounds import MAX_POSITION
 from chorus.contracts.feed import EventRecord
 from chorus.contracts.subjects import EVT_PREFIX, agent_ping_subject, is_token

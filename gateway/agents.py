@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
+from chorus.aio import raise_if_cancelling
 from chorus.contracts import errors as codes
 from chorus.contracts.agents import (
     CapabilitiesChange,
@@ -20,7 +21,6 @@ from chorus.contracts.agents import (
     VerifyCompletion,
     agent_uuid,
 )
-from chorus.contracts.aio import raise_if_cancelling
 from chorus.contracts.bounds import MAX_POSITION
 from chorus.contracts.envelope import Reply
 from chorus.contracts.subjects import LIVENESS_BUCKET, command_subject, is_token, liveness_key

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from chorus.contracts.workflow_types import WorkflowTypeRegistry
 from chorus.gateway.agent_feed import agent_feed
 from chorus.gateway.agents import AgentController, recent_verdicts
 from chorus.gateway.audit import AuditController, global_log
@@ -64,7 +63,7 @@ def create_app(config: GatewayConfig) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        async with connect_services(config, workflow_types, audit_key_path) as services:
+        async with connect_services(config, audit_key_path) as services:
             services_box["services"] = services
             tool_calls = ToolCallService(services, key_store)  # chorus.cmd.*.tool.call
             await tool_calls.start()
@@ -86,10 +85,6 @@ def create_app(config: GatewayConfig) -> Litestar:
     docs = render_plugins()
     audit_key_path = Path(
         config.audit_key_path or Path(config.keys_path).parent / "audit" / "signing.key"
-    )
-    # Loaded at build time: a broken types file stops the gateway with its reason.
-    workflow_types = WorkflowTypeRegistry.load(
-        Path(config.workflow_types_path) if config.workflow_types_path else None
     )
     app = Litestar(
         route_handlers=[

@@ -215,7 +215,7 @@ class Channel:
             listener.fail(error)
 
     async def close(self) -> None:
-        """Cancel until done: a cancel can be lost inside library code (see contracts.aio)."""
+        """Cancel until done: a cancel can be lost inside library code (see chorus.aio)."""
         while not self._task.done():
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=0.5)

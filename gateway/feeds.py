@@ -163,7 +163,7 @@ async def pump_and_listen(
 
 
 async def _stop(*tasks: asyncio.Task[None]) -> None:
-    """Cancel until done: a cancel can be lost inside library code (see contracts.aio)."""
+    """Cancel until done: a cancel can be lost inside library code (see chorus.aio)."""
     pending = {t for t in tasks if not t.done()}
     while pending:
         for task in pending:

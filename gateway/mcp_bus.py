@@ -21,8 +21,8 @@ import uuid
 from typing import Any
 
 import msgspec
+from chorus.aio import raise_if_cancelling
 from chorus.contracts import errors as codes
-from chorus.contracts.aio import raise_if_cancelling
 from chorus.contracts.bounds import check_command_bytes
 from chorus.contracts.envelope import Envelope
 from chorus.contracts.errors import ErrorInfo

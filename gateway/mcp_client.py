@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx2
+from chorus.aio import raise_if_cancelling
 from chorus.contracts import errors as codes
-from chorus.contracts.aio import raise_if_cancelling
 from chorus.contracts.mcp import HttpTransport, StdioTransport, ToolSpec, Transport, tool_spec
 from chorus.gateway.errors import Problem
 from mcp import Client, StdioServerParameters

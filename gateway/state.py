@@ -36,7 +36,8 @@ class GatewayConfig:
     max_body_bytes: int = 1024 * 1024
     command_timeout: float = 10.0
     read_your_writes_timeout: float = 2.0
-    workflow_types_path: str | None = None
+    #: Built-in workflow types plus the operator's file (the composition root reads it).
+    workflow_types: WorkflowTypeRegistry = field(default_factory=WorkflowTypeRegistry)
     #: ``/ready`` reports the relay stalled when an event recorded this long ago is still
     #: not on the EVENTS stream (the live feeds are then stopped).
     relay_stall_seconds: float = 30.0
@@ -106,10 +107,7 @@ ServicesDep = NamedDependency[Services]
 
 @asynccontextmanager
 async def connect_services(
-    config: GatewayConfig,
-    workflow_types: WorkflowTypeRegistry,
-    audit_key_path: Path,
-    **nats_options: Any,
+    config: GatewayConfig, audit_key_path: Path, **nats_options: Any
 ) -> AsyncIterator[Services]:
     """Connect what the handlers share; used by the HTTP app and by ``chorus mcp`` (stdio),
     so both speak to the engine and read models the same way. ``nats_options`` go to
@@ -132,7 +130,7 @@ async def connect_services(
             reads=ReadStore(config.read_store_url, readonly=True),
             history=history,
             audit=AuditLog(history.recorder, audit_key_path),
-            workflow_types=workflow_types,
+            workflow_types=config.workflow_types,
             feeds=feeds,
         )
     finally:

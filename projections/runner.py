@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from chorus.contracts.aio import raise_if_cancelling
+from chorus.aio import raise_if_cancelling
 from chorus.contracts.feed import EventRecord
 from chorus.events.codec import decode_record
 from chorus.projections import metrics

@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
+from chorus.aio import raise_if_cancelling
 from chorus.contracts.agents import result_hash
-from chorus.contracts.aio import raise_if_cancelling
 from chorus.contracts.envelope import Envelope, Reply
 from chorus.contracts.subjects import agent_inbox_prefix, agent_ping_subject, command_subject
 from faststream.exceptions import SubscriberNotFound

@@ -23,12 +23,12 @@ from urllib.parse import urlsplit
 from chorus import busauth
 from chorus.agent_sdk import bus_url
 from chorus.contracts.subjects import agent_inbox_prefix
-from chorus.contracts.workflow_types import WorkflowTypeRegistry
 from chorus.gateway.errors import Problem
 from chorus.gateway.keys import KeyStore, Principal
 from chorus.gateway.mcp_server import build_server
 from chorus.gateway.state import GatewayConfig, Services, connect_services
 from chorus.settings import Settings
+from chorus.typesfile import load_workflow_types
 from mcp.server.stdio import stdio_server
 
 API_KEY_ENV = "CHORUS_API_KEY"
@@ -80,10 +80,9 @@ async def serve(settings: Settings, principal: Principal, key: str) -> None:
         database_url=str(s.database_url),
         read_store_url=str(s.read_store_url),
         keys_path=str(s.keys_path),
-        workflow_types_path=str(s.workflow_types) if s.workflow_types else None,
+        workflow_types=load_workflow_types(s.workflow_types),
     )
-    types = WorkflowTypeRegistry.load(s.workflow_types)
-    async with connect_services(config, types, Path(str(s.audit_key_path)), **options) as services:
+    async with connect_services(config, Path(str(s.audit_key_path)), **options) as services:
         box: dict[str, Services] = {"services": services}
         keys = KeyStore(Path(str(s.keys_path)))
         server = build_server(

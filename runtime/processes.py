@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from chorus.contracts.tracing import tracer_of
-from chorus.contracts.workflow_types import WorkflowTypeRegistry
 from chorus.engine.adapters.liveness import LivenessConfig
 from chorus.engine.domain.authz import DEFAULT_ROLES, CachedRoles, Roles
 from chorus.engine.service import EngineConfig, EngineService
@@ -26,6 +25,7 @@ from chorus.projections.workflows import WorkflowsProjection
 from chorus.settings import Settings
 from chorus.store.recorder import open_recorder
 from chorus.telemetry import serve_metrics, setup_tracing
+from chorus.typesfile import load_workflow_types
 
 log = logging.getLogger("chorus")
 
@@ -54,7 +54,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         batch_window=s.batch_window_ms / 1000,
         cache_size=s.cache_size,
         replicas=s.stream_replicas,
-        workflow_types=WorkflowTypeRegistry.load(s.workflow_types),
+        workflow_types=load_workflow_types(s.workflow_types),
         roles=key_store_roles(Path(str(s.keys_path))),
         liveness_config=LivenessConfig(s.heartbeat_interval, s.missed_heartbeats),
         seal_anchor_path=s.seal_anchor_path,
@@ -177,7 +177,7 @@ def run_gateway(settings: Settings) -> None:
             read_store_url=str(s.read_store_url),
             keys_path=str(s.keys_path),
             max_body_bytes=s.max_body_bytes,
-            workflow_types_path=str(s.workflow_types) if s.workflow_types else None,
+            workflow_types=load_workflow_types(s.workflow_types),
             edge=s.edge(),
             asyncapi=asyncapi(),
             tracer_provider=setup_tracing("chorus-gateway"),

@@ -28,15 +28,15 @@ from typing import IO
 
 import nats
 from chorus import busauth
+from chorus.aio import wait_event
 from chorus.audit.bundle import create_signing_key
-from chorus.contracts.aio import wait_event
-from chorus.contracts.workflow_types import WorkflowTypeRegistry
 from chorus.engine.adapters.streams import ensure_streams
 from chorus.gateway.keys import KeyStore
 from chorus.natsd import NatsServer, die_with_parent, start_nats_server
 from chorus.permissions import tighten
 from chorus.settings import Settings
 from chorus.telemetry import MULTIPROC_ENV, fresh_metrics_dir, process_died
+from chorus.typesfile import load_workflow_types
 
 ROLES = ("engine", "project", "gateway")
 #: ``chorus up --demo`` also runs ``chorus demo``: example agents (runtime/agent_demo.py).
@@ -161,7 +161,7 @@ class Supervisor:
         # The embedded deployment signs audit bundles; the gateway never creates the key.
         create_signing_key(Path(str(s.audit_key_path)))
         try:  # fail fast with the reason, instead of a gateway that keeps restarting
-            WorkflowTypeRegistry.load(s.workflow_types)
+            load_workflow_types(s.workflow_types)
         except ValueError as error:
             raise SystemExit(f"chorus: {error}") from None
         setup_url = s.nats_url

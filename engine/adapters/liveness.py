@@ -35,9 +35,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
+from chorus.aio import raise_if_cancelling
 from chorus.contracts import errors as codes
 from chorus.contracts.agents import Heartbeat, MarkOffline, MarkOnline, agent_uuid
-from chorus.contracts.aio import raise_if_cancelling
 from chorus.contracts.envelope import Envelope, Reply
 from chorus.contracts.errors import ErrorInfo
 from chorus.contracts.subjects import (
@@ -146,7 +146,7 @@ class LivenessMonitor:
 
     async def _take_heartbeats(self) -> None:
         while True:
-            raise_if_cancelling()  # nats-py may have swallowed a cancel (contracts.aio)
+            raise_if_cancelling()  # nats-py may have swallowed a cancel (chorus.aio)
             msg = await self._inbox.get()
             try:
                 reply = await self._beat(msg)
@@ -216,7 +216,7 @@ class LivenessMonitor:
     async def _flush(self) -> None:
         """Write the marked beats to the KV bucket, off the heartbeat path."""
         while True:
-            raise_if_cancelling()  # nats-py may have swallowed a cancel (contracts.aio)
+            raise_if_cancelling()  # nats-py may have swallowed a cancel (chorus.aio)
             await asyncio.sleep(min(self.config.interval / 4, 0.5))
             pending, self._unflushed = self._unflushed, {}
             for agent_id, seen in pending.items():

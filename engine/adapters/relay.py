@@ -23,7 +23,7 @@ import logging
 import secrets
 
 import msgspec
-from chorus.contracts.aio import raise_if_cancelling, wait_event
+from chorus.aio import raise_if_cancelling, wait_event
 from chorus.contracts.feed import EventRecord
 from chorus.contracts.subjects import EVENTS_STREAM, event_message_id, event_subject
 from chorus.engine.adapters import metrics

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from chorus.aio import raise_if_cancelling
 from chorus.audit.ledger import (
     Checkpoint,
     UnsoundRow,
@@ -36,7 +37,6 @@ from chorus.audit.ledger import (
     last_seal,
     seal_step,
 )
-from chorus.contracts.aio import raise_if_cancelling
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from eventsourcing.persistence import ApplicationRecorder
 

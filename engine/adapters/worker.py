@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from chorus.aio import raise_if_cancelling
 from chorus.contracts import errors as codes
 from chorus.contracts.agents import ENGINE_ONLY
-from chorus.contracts.aio import raise_if_cancelling
 from chorus.contracts.bounds import check_command_bytes
 from chorus.contracts.envelope import Reply
 from chorus.contracts.errors import ErrorInfo
@@ -302,7 +302,7 @@ class CommandWorker:
                     async with asyncio.timeout(remaining):
                         batch.append(await self.queue.get())
                 except TimeoutError:
-                    raise_if_cancelling()  # a cancel racing the timeout (see contracts.aio)
+                    raise_if_cancelling()  # a cancel racing the timeout (see chorus.aio)
                     break
             batch, folded = self.prefetch.admit(batch)
             if not batch:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 
-from chorus.contracts.aio import raise_if_cancelling
+from chorus.aio import raise_if_cancelling
 from chorus.contracts.feed import EventRecord
 from chorus.engine.adapters.worker import CommandWorker
 from chorus.engine.policies.checkpoint import StateCheckpoint

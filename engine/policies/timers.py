@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from chorus.contracts.aio import raise_if_cancelling
+from chorus.aio import raise_if_cancelling
 from chorus.contracts.envelope import Envelope
 from chorus.contracts.errors import STORE_UNAVAILABLE
 from chorus.contracts.sessions import TimeOutSession

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from chorus.contracts.workflow_types import WorkflowTypeRegistry
+from chorus.typesfile import load_workflow_types
 
 
 def test_built_in_types_ship_with_their_phases_in_order() -> None:
-    registry = WorkflowTypeRegistry.load()
+    registry = load_workflow_types()
     assert [t.name for t in registry.all()] == ["full", "quick", "review"]
     full = registry.get("full")
     assert full is not None
@@ -46,7 +46,7 @@ name = "quick"
 name = "implement"
 """
     )
-    registry = WorkflowTypeRegistry.load(path)
+    registry = load_workflow_types(path)
     audit = registry.get("audit")
     assert audit is not None
     assert audit.phases[1].delegate is not None
@@ -85,4 +85,4 @@ def test_a_broken_types_file_is_refused_with_its_reason(
     path = tmp_path / "types.toml"
     path.write_text(text)
     with pytest.raises(ValueError, match=reason):
-        WorkflowTypeRegistry.load(path)
+        load_workflow_types(path)

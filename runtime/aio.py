@@ -1,4 +1,8 @@
-"""asyncio helpers shared by every long-running loop (engine, projector, agent clients)."""
+"""asyncio helpers shared by every long-running loop (engine, projector, gateway, agents).
+
+Not a wire contract, so not in ``chorus.contracts``; a leaf at the package root instead,
+importing nothing of Chorus, so every layer may use it (an import-linter contract keeps it
+a leaf)."""
 
 from __future__ import annotations
 
