@@ -34,11 +34,12 @@ from typing import Any
 
 import nats
 from chorus.contracts.workflow_types import BUILT_IN, Phase, WorkflowType, WorkflowTypeRegistry
-from chorus.engine.service import EngineConfig, EngineService
 from chorus.events.codec import decode_record
 from chorus.natsd import start_nats_server
 from chorus.store.recorder import open_recorder
 from nats.aio.msg import Msg
+
+from bench import wiring
 
 BENCH_TYPE = WorkflowType(name="bench3", phases=[Phase(name=n) for n in ("one", "two", "three")])
 
@@ -151,10 +152,10 @@ async def run(agents: int, workflows: int, rate: float, seconds: float) -> None:
     work = Path(tempfile.mkdtemp(prefix="chorus-bench-"))
     server = start_nats_server(work / "nats", monitor=False)
     database_url = f"sqlite:///{work}/events.db"
-    config = EngineConfig(nats_url=server.url, database_url=database_url,
-                          workflow_types=WorkflowTypeRegistry([*BUILT_IN, BENCH_TYPE]))  # fmt: skip
+    service = wiring.engine(work, server.url, database_url,
+                            workflow_types=WorkflowTypeRegistry([*BUILT_IN, BENCH_TYPE]))  # fmt: skip
     try:
-        async with EngineService(config):
+        async with service:
             nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024)
             fleet = Fleet(nc, [f"bench-{i}" for i in range(agents)])
             await fleet.start()

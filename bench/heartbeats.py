@@ -22,9 +22,10 @@ from pathlib import Path
 
 import nats
 from chorus.engine.adapters.liveness import LivenessConfig
-from chorus.engine.service import EngineConfig, EngineService
 from chorus.natsd import start_nats_server
 from chorus.store.recorder import open_recorder
+
+from bench import wiring
 
 
 async def _publish_all(nc: nats.NATS, agents: list[str], beats: int) -> float:
@@ -62,11 +63,11 @@ async def run(agents_count: int, beats: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="chorus-bench-"))
     server = start_nats_server(work / "nats", monitor=False)
     database_url = f"sqlite:///{work}/events.db"
-    config = EngineConfig(nats_url=server.url, database_url=database_url,
-                          liveness_config=LivenessConfig(interval=5.0, missed=3))  # fmt: skip
+    service = wiring.engine(work, server.url, database_url,
+                            liveness_config=LivenessConfig(interval=5.0, missed=3))  # fmt: skip
     agents = [f"bench-{i}" for i in range(agents_count)]
     try:
-        async with EngineService(config) as engine:
+        async with service as engine:
             nc = await nats.connect(server.url)
             for agent in agents:
                 body = json.dumps({"command_id": agent, "payload": {"name": agent}}).encode()

@@ -21,28 +21,17 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 
+from chorus.bootstrap import PROJECTIONS, bootstrap
 from chorus.contracts.agents import RegisterAgent
 from chorus.contracts.envelope import Envelope
 from chorus.contracts.sessions import OpenSession, SubmitResult, Task
 from chorus.engine.handlers import HANDLERS
 from chorus.engine.processor import Command, Processor
-from chorus.projections.agents import AgentsProjection
-from chorus.projections.mcp import McpServersProjection
-from chorus.projections.readstore import ReadStore
-from chorus.projections.runner import Projection, ProjectionRunner, step_together
-from chorus.projections.sessions import SessionsProjection
-from chorus.projections.tasks import AgentTasksProjection
-from chorus.projections.workflows import WorkflowsProjection
+from chorus.projections.runner import step_together
+from chorus.settings import Settings
 from chorus.store.recorder import open_recorder
 from eventsourcing.persistence import ApplicationRecorder
-
-#: The read models ``chorus project`` runs (runtime.processes.PROJECTIONS).
-MODELS: list[Callable[[], Projection]] = [
-    SessionsProjection, WorkflowsProjection, AgentsProjection, AgentTasksProjection,
-    McpServersProjection,
-]  # fmt: skip
 
 
 def command(actor: str, key: tuple[str, str], payload: object) -> Command:
@@ -71,8 +60,9 @@ def write_log(recorder: ApplicationRecorder, agents: int, sessions: int, size: i
 def catch_up(recorder: ApplicationRecorder, url: str, head: int) -> float:
     """Seconds for every read model to reach the head of the log from 0, stepping them
     together as ``chorus project`` does (one scan of the log, ``step_together``)."""
-    store = ReadStore(url)
-    runners = [ProjectionRunner(recorder, store, model()) for model in MODELS]
+    # Every read model ``chorus project`` runs, wired as it wires them, on this recorder.
+    runners = bootstrap(Settings(), recorder=recorder).projection_runners(read_store_url=url)
+    store = runners[0].store
     started = time.perf_counter()
     positions: list[int] = []
     while min(positions or [0]) < head:
@@ -117,7 +107,7 @@ def main() -> None:
         head = write_log(recorder, args.agents, args.sessions, args.participants)
         print(
             f"chorus bench.readstore  ({head:,} notifications: {args.agents} agents, "
-            f"{args.sessions} sessions of {args.participants}; {len(MODELS)} read models)"
+            f"{args.sessions} sessions of {args.participants}; {len(PROJECTIONS)} read models)"
         )
         rates: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
         for run in range(args.runs):

@@ -20,14 +20,15 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from chorus.bootstrap import PROJECTIONS
 from chorus.contracts.envelope import Envelope
 from chorus.contracts.sessions import OpenSession, SubmitResult, Task
 from chorus.engine.handlers import HANDLERS
 from chorus.engine.processor import Command, Processor
-from chorus.processes import PROJECTIONS
-from chorus.projections.readstore import ReadStore
-from chorus.projections.runner import ProjectionRunner, rebuild_together
+from chorus.projections.runner import rebuild_together
 from chorus.store.recorder import open_recorder
+
+from bench import wiring
 
 
 class _Clock:
@@ -78,14 +79,15 @@ def plain_scan(database_url: str) -> float:
 
 
 def rebuild_all(database_url: str, work: Path, run: int) -> float:
-    recorder = open_recorder(database_url)
-    store = ReadStore(f"sqlite:///{work}/read-{run}.db")
-    runners = [ProjectionRunner(recorder, store, cls()) for cls in PROJECTIONS.values()]
+    read_url = f"sqlite:///{work}/read-{run}.db"
+    runners = wiring.components(work, database_url=database_url).projection_runners(
+        read_store_url=read_url
+    )
     started = time.perf_counter()
     rebuild_together(runners)
     elapsed = time.perf_counter() - started
-    store.close()
-    recorder.datastore.close()  # type: ignore[attr-defined]
+    runners[0].store.close()
+    runners[0].recorder.datastore.close()  # type: ignore[attr-defined]
     return elapsed
 
 

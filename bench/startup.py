@@ -32,12 +32,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from chorus.bootstrap import EngineService
 from chorus.contracts.agents import agent_uuid
 from chorus.contracts.envelope import Envelope
 from chorus.contracts.sessions import OpenSession, SubmitResult, Task
 from chorus.engine.handlers import HANDLERS
 from chorus.engine.processor import Command, Processor
-from chorus.engine.service import EngineConfig, EngineService
 from chorus.events.agent import (
     AgentCameOnline,
     AgentRegistered,
@@ -50,6 +50,8 @@ from chorus.natsd import start_nats_server
 from chorus.store.checkpoints import TABLE as CHECKPOINTS
 from chorus.store.recorder import open_recorder
 from eventsourcing.persistence import ApplicationRecorder, StoredEvent
+
+from bench import wiring
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 ROWS_PER_SESSION = 5
@@ -150,8 +152,8 @@ def _ms(values: list[float]) -> str:
 
 
 async def _start(url: str, nats_url: str) -> tuple[float, int, EngineService]:
-    config = EngineConfig(nats_url=nats_url, database_url=url, relay=False, sealer=False)
-    service = EngineService(config)
+    work = Path(url.removeprefix("sqlite:///")).parent
+    service = wiring.engine(work, nats_url, url, relay=False, sealer=False)
     began = time.perf_counter()
     await service.start()
     await service.wait_ready()

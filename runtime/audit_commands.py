@@ -32,7 +32,6 @@ from chorus.engine.domain.session import SessionState
 from chorus.events.codec import decode_record, typed_event
 from chorus.projections.audit import AuditLog
 from chorus.settings import Settings
-from chorus.store.recorder import open_recorder
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from eventsourcing.persistence import ApplicationRecorder
 
@@ -120,7 +119,9 @@ def _existing_recorder(settings: Settings) -> ApplicationRecorder:
         path = Path(url[len("sqlite:///") :])
         if not path.exists():
             raise Failure(f"no event store at {path}")
-    return open_recorder(url)
+    from chorus.bootstrap import bootstrap  # not for every ``chorus`` command's parser
+
+    return bootstrap(settings).recorder()
 
 
 def key_path(settings: Settings) -> Path:

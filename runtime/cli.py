@@ -177,17 +177,19 @@ def main(argv: list[str] | None = None) -> int:
 
             run_gateway(settings)
         case "project":
-            from chorus.processes import projection_runners, run_projector
+            from chorus.processes import run_projector
 
             if args.rebuild:
                 if problem := missing_store(settings, args.init):
                     print(problem, file=sys.stderr)
                     return 2
+                from chorus.bootstrap import bootstrap
                 from chorus.progress import replay_progress
                 from chorus.projections.runner import rebuild_together
 
                 with replay_progress() as track:
-                    runners = projection_runners(settings, args.read_store_url, args.names)
+                    components = bootstrap(settings)
+                    runners = components.projection_runners(args.names, args.read_store_url)
                     started = time.monotonic()
                     count = rebuild_together(runners, [track(r.projection.name) for r in runners])
                     elapsed = time.monotonic() - started

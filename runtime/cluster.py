@@ -30,10 +30,10 @@ from pathlib import Path
 import nats
 from chorus.audit.bundle import create_signing_key
 from chorus.audit.ledger import ensure_ledger
+from chorus.bootstrap import bootstrap
 from chorus.engine.adapters.streams import ensure_streams
 from chorus.natsd import NatsServer, die_with_parent, start_nats_server
 from chorus.settings import Settings
-from chorus.store.recorder import open_recorder
 from chorus.store.snapshots import snapshot_recorder
 
 CLUSTER_NAME = "chorus"
@@ -172,7 +172,7 @@ class Cluster:
         """Nodes first, then the streams at R<nodes> (once the cluster elected its JetStream
         leader), then the engines, the projector and the gateways."""
         create_signing_key(Path(str(self.settings.audit_key_path)))
-        prepare_store(str(self.settings.database_url))
+        prepare_store(self.settings)
         for node in self.nodes:
             self._start_node(node)
         asyncio.run(self._ensure_streams(timeout))
@@ -304,11 +304,11 @@ class Cluster:
         return "\n".join(lines)
 
 
-def prepare_store(database_url: str) -> None:
+def prepare_store(settings: Settings) -> None:
     """Create the event store's tables before anything uses them: processes creating them
     at once on a fresh PostgreSQL schema race (``CREATE TABLE IF NOT EXISTS`` is not
     atomic there), and the loser would exit."""
-    recorder = open_recorder(database_url)
+    recorder = bootstrap(settings).recorder()
     try:
         ensure_ledger(recorder)
         snapshot_recorder(recorder)

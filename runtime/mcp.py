@@ -22,13 +22,14 @@ from urllib.parse import urlsplit
 
 from chorus import busauth
 from chorus.agent_sdk import bus_url
+from chorus.bootstrap import bootstrap
 from chorus.contracts.subjects import agent_inbox_prefix
+from chorus.gateway.edge import EdgeConfig
 from chorus.gateway.errors import Problem
 from chorus.gateway.keys import KeyStore, Principal
 from chorus.gateway.mcp_server import build_server
-from chorus.gateway.state import GatewayConfig, Services, connect_services
+from chorus.gateway.state import Services
 from chorus.settings import Settings
-from chorus.typesfile import load_workflow_types
 from mcp.server.stdio import stdio_server
 
 API_KEY_ENV = "CHORUS_API_KEY"
@@ -75,14 +76,10 @@ def bus_connection(settings: Settings, key: str, actor: str) -> tuple[str, dict[
 async def serve(settings: Settings, principal: Principal, key: str) -> None:
     s = settings.resolved()
     url, options = bus_connection(s, key, principal.actor)
-    config = GatewayConfig(
-        nats_url=url,
-        database_url=str(s.database_url),
-        read_store_url=str(s.read_store_url),
-        keys_path=str(s.keys_path),
-        workflow_types=load_workflow_types(s.workflow_types),
-    )
-    async with connect_services(config, Path(str(s.audit_key_path)), **options) as services:
+    components = bootstrap(s)
+    # Services only: no HTTP edge, no documents to serve.
+    config = components.gateway_config(nats_url=url, edge=EdgeConfig(), asyncapi=None)
+    async with components.gateway_services(config, **options) as services:
         box: dict[str, Services] = {"services": services}
         keys = KeyStore(Path(str(s.keys_path)))
         server = build_server(

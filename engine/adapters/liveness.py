@@ -46,9 +46,10 @@ from chorus.contracts.subjects import (
     liveness_key,
     parse_command_subject,
 )
-from chorus.engine.adapters.worker import CommandWorker, Rejection
+from chorus.engine.adapters.worker import Rejection
 from chorus.engine.handlers import HANDLERS
 from chorus.engine.policies.directory import AgentDirectory
+from chorus.engine.ports import CommandSink, DeadLetterSink
 from chorus.engine.processor import Command, utc_now
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -99,13 +100,17 @@ class LivenessMonitor:
     def __init__(
         self,
         recorder: Any,
-        worker: CommandWorker,
+        worker: CommandSink,
         nc: NATS,
         config: LivenessConfig | None = None,
         clock: Callable[[], datetime] = utc_now,
         replicas: int = 1,
+        *,
+        dead_letters: DeadLetterSink,
     ) -> None:
+        #: Where its transitions go (the ``CommandSink`` port: the engine's intake).
         self.worker = worker
+        self.dead_letters = dead_letters
         self.nc = nc
         self.config = config or LivenessConfig()
         self.clock = clock
@@ -133,7 +138,6 @@ class LivenessMonitor:
             self.kv = await js.key_value(BUCKET)  # exists with other settings: use it
         await asyncio.to_thread(self.directory.catch_up)
         self._started = self.clock()
-        self.worker.on_heartbeat = self.on_heartbeat
 
     # Heartbeats -----------------------------------------------------------------------------
 
@@ -153,7 +157,7 @@ class LivenessMonitor:
             except Rejection as rejection:
                 if rejection.code in (codes.MALFORMED_MESSAGE, codes.INVALID_COMMAND,
                                       codes.INVALID_SUBJECT):  # fmt: skip
-                    await self.worker.reject(msg, rejection)  # a broken message: dead letter
+                    await self.dead_letters.reject(msg, rejection)  # a broken message: dead letter
                     continue
                 # A beat from an unknown, retired or foreign agent is answered, not kept:
                 # a stray agent beating on must not push real dead letters out.

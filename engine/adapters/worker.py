@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +42,7 @@ from chorus.engine.adapters.prefetch import Prefetcher
 from chorus.engine.adapters.ratelog import RateLimitedLog
 from chorus.engine.adapters.tracing import TracedBatch
 from chorus.engine.handlers import DECODERS, HANDLERS
+from chorus.engine.ports import CommitListener, DeadLetterSink, HeartbeatSink
 from chorus.engine.processor import Command, Processor
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -152,89 +153,29 @@ def _command_id_of(data: bytes) -> str:
     return ""
 
 
-class CommandWorker:
-    """One engine worker: subscription, batcher and writer thread."""
+class CommandIntake:
+    """The queue commands wait in for their batch: the bus worker puts what arrives on the
+    command subjects, and process managers ``submit`` their own (the ``CommandSink`` port).
+    Made before the worker and the managers, so each is built with what it needs."""
 
-    def __init__(
-        self,
-        nc: NATS,
-        processor: Processor,
-        *,
-        batch_max: int = 256,
-        batch_window: float = 0.002,
-        subject: str = f"{CMD_PREFIX}.>",
-        tracer: Tracer | None = None,
-    ) -> None:
-        self.nc = nc
-        self.tracer = tracer
-        self.processor = processor
-        self.batch_max = batch_max
-        self.batch_window = batch_window
-        self.subject = subject
+    def __init__(self) -> None:
         self.queue: asyncio.Queue[Incoming] = asyncio.Queue()
-        # One thread: batches are applied strictly one after another, in arrival order.
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chorus-writer")
-        # Cold aggregates are folded beside it, their commands held meanwhile.
-        self.prefetch: Prefetcher[Incoming] = Prefetcher(processor, self.queue.put_nowait)
-        self._sub: Subscription | None = None
-        self.handled = 0
-        self.batches = 0
-        self.on_committed: Callable[[], Awaitable[None] | None] | None = None
-        #: Heartbeats bypass the processor: the liveness monitor takes them (they are
-        #: not events). Without one, a heartbeat is an unknown command.
-        self.on_heartbeat: Callable[[Msg], Awaitable[None]] | None = None
-        #: A flood of bad messages must not flood the log (nor slow the worker down).
-        self.errors = RateLimitedLog(log)
-
-    async def start(self) -> None:
-        self._sub = await self.nc.subscribe(
-            self.subject,
-            queue=ENGINE_QUEUE,
-            cb=self._on_message,
-            pending_msgs_limit=1_000_000,
-            pending_bytes_limit=1024 * 1024 * 1024,
-        )
-        # Once start() returns, the server knows the subscription: no "no responders".
-        await self.nc.flush()
-
-    async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
-
-    def close(self) -> None:
-        """Wait for a batch in flight to finish its transaction."""
-        self.prefetch.close()
-        self._writer.shutdown(wait=True)
-
-    async def _on_message(self, msg: Msg) -> None:
-        if is_tool_call(msg.subject):
-            return  # the gateways answer tool calls (queue group chorus-tools), never the engine
-        try:
-            if self.on_heartbeat is not None and msg.subject.endswith(HEARTBEAT_SUFFIX):
-                if violation := check_command_bytes(msg.data):
-                    raise Rejection(violation.code, violation.message, violation.details)
-                await self.on_heartbeat(msg)
-                return
-            command = parse_message(msg.subject, msg.data)
-        except Rejection as rejection:
-            await self.reject(msg, rejection)
-            return
-        except Exception as error:
-            # A bug on one message: answer it and keep the subscription alive.
-            self.errors.warning("message on %s failed: %r", msg.subject, error)
-            await self.reject(
-                msg, Rejection(codes.INTERNAL_ERROR, "the engine failed on this message")
-            )
-            return
-        context = extract(msg.headers) if self.tracer is not None else None
-        self.queue.put_nowait(Incoming(command, msg.reply or None, trace=context))
 
     async def submit(self, command: Command) -> Reply:
         """Run a command from inside the engine (timers) through the same pipeline."""
         done: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self.queue.put_nowait(Incoming(command, None, done))
         return await done
+
+
+class DeadLetters:
+    """Answers what is not a command and copies it to ``chorus.dlq.<reason>`` (the
+    ``DeadLetterSink`` port: the worker and the liveness monitor share one)."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        #: A flood of bad messages must not flood the log (nor slow the worker down).
+        self.errors = RateLimitedLog(log)
 
     async def reject(self, msg: Msg, rejection: Rejection) -> None:
         """Answer an invalid message (if it asked) and copy it to the dead letters."""
@@ -269,6 +210,100 @@ class CommandWorker:
             )  # fmt: skip
         labels = metrics.command_labels(msg.subject, HANDLERS)
         metrics.COMMANDS.labels(*labels, "rejected").inc()
+
+
+class CommandWorker:
+    """One engine worker: subscription, batcher and writer thread."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        processor: Processor,
+        *,
+        batch_max: int = 256,
+        batch_window: float = 0.002,
+        subject: str = f"{CMD_PREFIX}.>",
+        tracer: Tracer | None = None,
+        intake: CommandIntake | None = None,
+        dead_letters: DeadLetterSink | None = None,
+        heartbeats: HeartbeatSink | None = None,
+        listeners: Sequence[CommitListener] = (),
+    ) -> None:
+        self.nc = nc
+        self.tracer = tracer
+        self.processor = processor
+        self.batch_max = batch_max
+        self.batch_window = batch_window
+        self.subject = subject
+        self.intake = intake or CommandIntake()
+        self.queue = self.intake.queue
+        # One thread: batches are applied strictly one after another, in arrival order.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chorus-writer")
+        # Cold aggregates are folded beside it, their commands held meanwhile.
+        self.prefetch: Prefetcher[Incoming] = Prefetcher(processor, self.queue.put_nowait)
+        self._sub: Subscription | None = None
+        self.handled = 0
+        self.batches = 0
+        #: Told after each commit (the relay, the dispatcher).
+        self.listeners = tuple(listeners)
+        #: Heartbeats bypass the processor: the liveness monitor takes them (they are
+        #: not events). Without one, a heartbeat is an unknown command.
+        self.heartbeats = heartbeats
+        self.dead_letters = dead_letters or DeadLetters(nc)
+        #: A flood of bad messages must not flood the log (nor slow the worker down).
+        self.errors = RateLimitedLog(log)
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(
+            self.subject,
+            queue=ENGINE_QUEUE,
+            cb=self._on_message,
+            pending_msgs_limit=1_000_000,
+            pending_bytes_limit=1024 * 1024 * 1024,
+        )
+        # Once start() returns, the server knows the subscription: no "no responders".
+        await self.nc.flush()
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    def close(self) -> None:
+        """Wait for a batch in flight to finish its transaction."""
+        self.prefetch.close()
+        self._writer.shutdown(wait=True)
+
+    async def _on_message(self, msg: Msg) -> None:
+        if is_tool_call(msg.subject):
+            return  # the gateways answer tool calls (queue group chorus-tools), never the engine
+        try:
+            if self.heartbeats is not None and msg.subject.endswith(HEARTBEAT_SUFFIX):
+                if violation := check_command_bytes(msg.data):
+                    raise Rejection(violation.code, violation.message, violation.details)
+                await self.heartbeats.on_heartbeat(msg)
+                return
+            command = parse_message(msg.subject, msg.data)
+        except Rejection as rejection:
+            await self.reject(msg, rejection)
+            return
+        except Exception as error:
+            # A bug on one message: answer it and keep the subscription alive.
+            self.errors.warning("message on %s failed: %r", msg.subject, error)
+            await self.reject(
+                msg, Rejection(codes.INTERNAL_ERROR, "the engine failed on this message")
+            )
+            return
+        context = extract(msg.headers) if self.tracer is not None else None
+        self.queue.put_nowait(Incoming(command, msg.reply or None, trace=context))
+
+    async def submit(self, command: Command) -> Reply:
+        """Run a command from inside the engine (timers) through the same pipeline."""
+        return await self.intake.submit(command)
+
+    async def reject(self, msg: Msg, rejection: Rejection) -> None:
+        """Answer an invalid message (if it asked) and copy it to the dead letters."""
+        await self.dead_letters.reject(msg, rejection)
 
     def _decide(
         self, folded: dict[Any, Any], commands: list[Command], traced: TracedBatch | None
@@ -350,7 +385,5 @@ class CommandWorker:
             metrics.observe_replies(batch, replies)
             if traced is not None:
                 traced.finish(replies)
-            if self.on_committed is not None:
-                result = self.on_committed()
-                if result is not None:
-                    await result
+            for listener in self.listeners:
+                listener.wake()

@@ -27,9 +27,9 @@ from chorus.contracts.feed import EventRecord
 from chorus.contracts.sessions import CancelSession, OpenSession, Task
 from chorus.contracts.workflow_types import Delegation, Phase
 from chorus.contracts.workflows import CompletePhase, FailPhase, PhaseError
-from chorus.engine.adapters.worker import CommandWorker
 from chorus.engine.handlers import HANDLERS
 from chorus.engine.policies.follower import LogFollower
+from chorus.engine.ports import CommandSink
 from chorus.engine.processor import Command
 from chorus.events.codec import topic_of
 from eventsourcing.persistence import ApplicationRecorder
@@ -84,7 +84,7 @@ class DelegationManager(LogFollower):
     def __init__(
         self,
         recorder: ApplicationRecorder,
-        worker: CommandWorker,
+        worker: CommandSink,
         *,
         idle: float = 0.1,
         checkpoint_every: float = 1.0,

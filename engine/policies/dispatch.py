@@ -49,13 +49,13 @@ from chorus.contracts.subjects import is_token, task_subject
 from chorus.contracts.tasks import TASK_ENCODER, CancelTask, PhaseTask, SessionTask, phase_task_id
 from chorus.contracts.workflow_types import Phase
 from chorus.contracts.workflows import AssignPhase, AwaitAgent, ExpireLease, StartPhase
-from chorus.engine.adapters.worker import CommandWorker
 from chorus.engine.domain.dispatch_rules import Waiting, choose_agent, in_order
 from chorus.engine.domain.workflow import SYSTEM, LiveAttempt
 from chorus.engine.handlers import HANDLERS
 from chorus.engine.policies.delegation import delegated_session_id
 from chorus.engine.policies.directory import AgentDirectory
 from chorus.engine.policies.follower import LogFollower
+from chorus.engine.ports import CommandSink
 from chorus.engine.processor import Clock, Command, utc_now
 from chorus.events.codec import topic_of
 from chorus.events.tasks import phase_task, session_task
@@ -149,7 +149,7 @@ class Dispatcher(LogFollower):
     def __init__(
         self,
         recorder: ApplicationRecorder,
-        worker: CommandWorker,
+        worker: CommandSink,
         nc: NATS,
         clock: Clock = utc_now,
         config: DispatchConfig | None = None,

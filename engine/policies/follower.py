@@ -15,8 +15,8 @@ import logging
 
 from chorus.aio import raise_if_cancelling
 from chorus.contracts.feed import EventRecord
-from chorus.engine.adapters.worker import CommandWorker
 from chorus.engine.policies.checkpoint import StateCheckpoint
+from chorus.engine.ports import CommandSink
 from chorus.events.codec import decode_record
 from chorus.store.checkpoints import CheckpointStore
 from chorus.store.recorder import select_topics_after
@@ -38,7 +38,7 @@ class LogFollower:
     def __init__(
         self,
         recorder: ApplicationRecorder,
-        worker: CommandWorker,
+        worker: CommandSink,
         *,
         idle: float = 0.1,
         checkpoint_every: float = 1.0,

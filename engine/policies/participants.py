@@ -23,9 +23,9 @@ from chorus.contracts.envelope import Envelope
 from chorus.contracts.errors import STORE_UNAVAILABLE
 from chorus.contracts.feed import EventRecord
 from chorus.contracts.sessions import ParticipantLost
-from chorus.engine.adapters.worker import CommandWorker
 from chorus.engine.handlers import HANDLERS
 from chorus.engine.policies.follower import LogFollower
+from chorus.engine.ports import CommandSink
 from chorus.engine.processor import Command
 from chorus.events.codec import topic_of
 from eventsourcing.persistence import ApplicationRecorder
@@ -56,7 +56,7 @@ class ParticipantWatch(LogFollower):
     def __init__(
         self,
         recorder: ApplicationRecorder,
-        worker: CommandWorker,
+        worker: CommandSink,
         *,
         idle: float = 0.1,
         checkpoint_every: float = 1.0,

@@ -21,9 +21,9 @@ from chorus.aio import raise_if_cancelling
 from chorus.contracts.envelope import Envelope
 from chorus.contracts.errors import STORE_UNAVAILABLE
 from chorus.contracts.sessions import TimeOutSession
-from chorus.engine.adapters.worker import CommandWorker
 from chorus.engine.handlers import HANDLERS, Handler
 from chorus.engine.policies.checkpoint import StateCheckpoint
+from chorus.engine.ports import CommandSink
 from chorus.engine.processor import Command, utc_now
 from chorus.events.codec import decode_record, topic_of
 from chorus.store.checkpoints import CheckpointStore
@@ -44,7 +44,7 @@ class SessionTimer:
     def __init__(
         self,
         recorder: ApplicationRecorder,
-        worker: CommandWorker,
+        worker: CommandSink,
         clock: Callable[[], datetime] = utc_now,
         *,
         max_sleep: float = 0.25,

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import httpx
-from chorus.engine.service import EngineService
+from chorus.bootstrap import EngineService
 from chorus.projections.runner import ProjectionRunner
 from nats.aio.client import Client as NATS
 

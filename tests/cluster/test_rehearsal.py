@@ -33,10 +33,10 @@ import httpx
 import nats
 import nats.errors
 import pytest
+from chorus.bootstrap import PROJECTIONS
 from chorus.cluster import Cluster, ClusterLayout
 from chorus.contracts.feed import EventRecord
 from chorus.gateway.keys import KeyStore
-from chorus.processes import PROJECTIONS
 from chorus.settings import Settings
 from eventsourcing.persistence import PersistenceError
 from nats.aio.client import Client as NATS

@@ -24,7 +24,7 @@ from typing import Any
 
 import nats
 import pytest
-from chorus.engine.service import EngineConfig, EngineService
+from chorus.bootstrap import EngineConfig, EngineService
 from chorus.events.codec import GENESIS_HASH
 from chorus.natsd import NatsServer
 from nats.aio.client import Client as NATS

@@ -18,13 +18,13 @@ import httpx
 import nats
 import pytest
 import websockets
+from chorus.bootstrap import EngineConfig, EngineService
 from chorus.contracts.bounds import MAX_COMMAND_BYTES, MAX_JSON_DEPTH
 from chorus.contracts.envelope import Envelope
 from chorus.contracts.sessions import OpenSession, SubmitResult, Task
 from chorus.engine.adapters.streams import DLQ_MAX_BYTES, DLQ_MAX_MESSAGE_BYTES
 from chorus.engine.handlers import HANDLERS
 from chorus.engine.processor import Command, Processor
-from chorus.engine.service import EngineConfig, EngineService
 from chorus.gateway.state import GatewayConfig
 from chorus.natsd import start_nats_server
 from chorus.store.recorder import open_recorder

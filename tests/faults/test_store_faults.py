@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from chorus.engine.service import EngineConfig, EngineService
+from chorus.bootstrap import EngineConfig, EngineService
 from chorus.gateway.state import GatewayConfig
 
 from tests.conftest import Gateway, NatsEndpoint, serve_gateway

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from chorus.bootstrap import EngineService
 from chorus.engine.domain.evidence import result_hash
-from chorus.engine.service import EngineService
 from chorus.projections.agents import TABLES, AgentsProjection
 from chorus.projections.readstore import ReadStore
 from chorus.projections.runner import ProjectionRunner

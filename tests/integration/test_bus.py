@@ -8,8 +8,8 @@ import uuid
 from typing import Any
 
 import pytest
+from chorus.bootstrap import EngineConfig, EngineService
 from chorus.engine.adapters.relay import Relay, StreamAheadOfStore
-from chorus.engine.service import EngineConfig, EngineService
 from chorus.events.codec import decode_record, is_domain_topic
 from chorus.store.recorder import open_recorder
 from nats.aio.client import Client as NATS

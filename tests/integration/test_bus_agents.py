@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from chorus.bootstrap import EngineConfig, EngineService
 from chorus.contracts.agents import agent_uuid
 from chorus.engine.adapters.liveness import LivenessConfig
 from chorus.engine.domain.authz import StaticRoles
-from chorus.engine.service import EngineConfig, EngineService
 from nats.aio.client import Client as NATS
 
 from tests.conftest import NatsEndpoint

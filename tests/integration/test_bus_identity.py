@@ -20,11 +20,10 @@ from typing import Any
 import nats
 import pytest
 from chorus import busauth
+from chorus.bootstrap import EngineConfig, EngineService, key_store_roles
 from chorus.contracts.subjects import agent_inbox_prefix
-from chorus.engine.service import EngineConfig, EngineService
 from chorus.gateway.keys import KeyStore
 from chorus.natsd import NatsServer, start_nats_server
-from chorus.processes import key_store_roles
 from nats.aio.client import Client as NATS
 
 

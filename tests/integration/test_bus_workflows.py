@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from chorus.engine.service import EngineService
+from chorus.bootstrap import EngineService
 from nats.aio.client import Client as NATS
 
 from tests.integration.test_bus import domain_records, send

@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from chorus.bootstrap import EngineConfig, EngineService
 from chorus.contracts.envelope import Envelope
 from chorus.contracts.sessions import OpenSession, Task
 from chorus.engine.adapters.worker import CommandWorker
 from chorus.engine.handlers import HANDLERS
 from chorus.engine.policies.timers import SessionTimer
 from chorus.engine.processor import Command, Processor
-from chorus.engine.service import EngineConfig, EngineService
 from chorus.events.codec import decode_record, is_domain_topic
 from chorus.store.checkpoints import CheckpointStore
 from chorus.store.recorder import open_recorder

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from chorus.engine.service import EngineService
+from chorus.bootstrap import EngineService
 from chorus.projections.runner import ProjectionRunner
 from websockets.exceptions import InvalidStatus
 

@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from typing import Any
 
+from chorus.bootstrap import EngineConfig, EngineService
 from chorus.contracts.sessions import Criteria
 from chorus.contracts.workflow_types import (
     BUILT_IN,
@@ -16,7 +17,6 @@ from chorus.contracts.workflow_types import (
     WorkflowTypeRegistry,
 )
 from chorus.engine.policies.delegation import delegated_session_id
-from chorus.engine.service import EngineConfig, EngineService
 from nats.aio.client import Client as NATS
 
 from tests.conftest import NatsEndpoint

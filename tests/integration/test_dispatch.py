@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chorus.bootstrap import EngineConfig, EngineService
 from chorus.contracts.workflow_types import (
     BUILT_IN,
     Backoff,
@@ -25,7 +26,6 @@ from chorus.contracts.workflow_types import (
 )
 from chorus.engine.adapters.liveness import LivenessConfig
 from chorus.engine.policies.dispatch import DispatchConfig
-from chorus.engine.service import EngineConfig, EngineService
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import httpx
-from chorus.engine.service import EngineService
+from chorus.bootstrap import EngineService
 from chorus.projections.runner import ProjectionRunner
 from nats.aio.client import Client as NATS
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from chorus.engine.service import EngineService
+from chorus.bootstrap import EngineService
 from chorus.projections.runner import ProjectionRunner
 from nats.aio.client import Client as NATS
 

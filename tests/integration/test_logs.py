@@ -13,7 +13,7 @@ from typing import Any
 import chorus.gateway.metrics as metrics_module
 import httpx
 import pytest
-from chorus.engine.service import EngineService
+from chorus.bootstrap import EngineService
 from chorus.logs import configure_logging
 from nats.aio.client import Client as NATS
 

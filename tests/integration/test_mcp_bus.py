@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import uuid
 
+from chorus.bootstrap import EngineService
 from chorus.contracts.subjects import TOOL_CALLS, TOOL_QUEUE
-from chorus.engine.service import EngineService
 from chorus.natsd import NatsServer
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg

@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
+from chorus.bootstrap import EngineService
 from chorus.contracts.agents import result_hash
 from chorus.contracts.mcp import digest
-from chorus.engine.service import EngineService
 from chorus.projections.runner import ProjectionRunner
 
 from tests.conftest import Gateway, free_port

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx2
-from chorus.engine.service import EngineService
+from chorus.bootstrap import EngineService
 from chorus.projections.runner import ProjectionRunner
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client

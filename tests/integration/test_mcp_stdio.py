@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from chorus.engine.service import EngineService
+from chorus.bootstrap import EngineService
 from chorus.gateway.keys import KeyStore
 from chorus.projections.runner import ProjectionRunner
 from mcp import Client, StdioServerParameters

@@ -7,8 +7,8 @@ import uuid
 
 import httpx
 import pytest
+from chorus.bootstrap import EngineService
 from chorus.cli import main
-from chorus.engine.service import EngineService
 from chorus.projections.readstore import ReadStore
 from chorus.projections.runner import ProjectionRunner
 from chorus.projections.sessions import SessionsProjection, get_session

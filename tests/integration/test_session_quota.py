@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
-from chorus.engine.service import EngineService
+from chorus.bootstrap import EngineService
 from nats.aio.client import Client as NATS
 
 from tests.integration.test_bus import send

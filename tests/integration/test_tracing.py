@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from chorus.engine.service import EngineService
+from chorus.bootstrap import EngineService
 from chorus.projections.readstore import ReadStore
 from chorus.projections.runner import ProjectionRunner
 from chorus.projections.sessions import SessionsProjection

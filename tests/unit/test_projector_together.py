@@ -6,17 +6,17 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from chorus.projections.agents import AgentsProjection
+from chorus.bootstrap import PROJECTIONS
 from chorus.projections.readstore import ReadStore
 from chorus.projections.runner import ProjectionRunner, rebuild_together, step_together
 from chorus.projections.sessions import SessionsProjection
-from chorus.projections.workflows import WorkflowsProjection
 from eventsourcing.persistence import ApplicationRecorder
 
 from .conftest import FakeClock
 from .test_tamper import write_history
 
-MODELS = (SessionsProjection, WorkflowsProjection, AgentsProjection)
+#: Every read model ``chorus project`` runs, sessions first.
+MODELS = tuple(PROJECTIONS.values())
 
 
 def dump(path: Path) -> dict[str, list[tuple[object, ...]]]:
@@ -48,7 +48,7 @@ def test_one_scan_for_every_read_model_ends_where_each_would_alone(
     while step_together(runners):
         pass
     head = recorder.max_notification_id()
-    assert [runner.position for runner in runners] == [head] * 3
+    assert [runner.position for runner in runners] == [head] * len(MODELS)
     assert dump(tmp_path / "read.db") == each_on_its_own(recorder, tmp_path / "alone.db")
 
 
@@ -68,7 +68,7 @@ def test_a_read_model_whose_batch_fails_does_not_hold_back_the_others(
     for _ in range(3):
         step_together(runners)
     head = recorder.max_notification_id()
-    assert [runner.position for runner in runners] == [0, head, head]
+    assert [runner.position for runner in runners] == [0] + [head] * (len(MODELS) - 1)
 
 
 def test_rebuilding_every_read_model_together_matches_each_on_its_own(

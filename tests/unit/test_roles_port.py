@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from chorus.bootstrap import key_store_roles
 from chorus.gateway.keys import KeyStore
-from chorus.processes import key_store_roles
 
 
 def test_roles_come_from_active_keys_and_revoked_ones_stop_counting(tmp_path: Path) -> None:

@@ -1,13 +1,21 @@
-"""The engine service: worker, timer and relay over one NATS connection and one store."""
+"""The engine process's parts, built and run: the composition root's engine half.
+
+``EngineService.start`` connects to NATS and builds the processor, the command intake, the
+bus worker, the process managers, the relay, the sealer and liveness, handing each the
+ports it needs (``chorus.engine.ports``) when it is made; nothing is set on a part
+afterwards. ``chorus.bootstrap.bootstrap`` fills ``EngineConfig`` from the settings; tests
+and benches build one through the same function, or directly with their own fakes.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nats
 from chorus.audit.bundle import load_signing_key
@@ -17,7 +25,7 @@ from chorus.engine.adapters.liveness import LivenessConfig, LivenessMonitor
 from chorus.engine.adapters.relay import Relay
 from chorus.engine.adapters.sealer import Sealer
 from chorus.engine.adapters.streams import ensure_streams
-from chorus.engine.adapters.worker import CommandWorker
+from chorus.engine.adapters.worker import CommandIntake, CommandWorker, DeadLetters
 from chorus.engine.domain.authz import Roles, StaticRoles
 from chorus.engine.domain.context import EngineContext
 from chorus.engine.policies.delegation import DelegationManager
@@ -82,7 +90,8 @@ class EngineConfig:
     audit_key_path: Path | None = None
     replicas: int = 1
     workflow_types: WorkflowTypeRegistry = field(default_factory=WorkflowTypeRegistry)
-    #: Every actor's roles (the composition root reads them from the key store).
+    #: Every actor's roles, the engine's operator directory (``bootstrap`` reads them from
+    #: the key store).
     roles: Roles = field(default_factory=StaticRoles)
     #: Open sessions naming other agents one agent may hold (0: no bound; engine/policies/quota.py).
     session_quota: int = 0
@@ -114,7 +123,8 @@ class EngineService:
             cfg.nats_url.split(","), name="chorus-engine", max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
         )  # fmt: skip
-        js = self.nc.jetstream()
+        nc = self.nc
+        js = nc.jetstream()
         await ensure_streams(js, cfg.replicas)
         processor = Processor(
             self.recorder,
@@ -127,43 +137,54 @@ class EngineService:
         tracer = tracer_of(cfg.tracer_provider, "chorus.engine")
         if tracer is not None:
             await asyncio.to_thread(tracecontext.ensure_table, self.recorder)
-        self.worker = CommandWorker(
-            self.nc, processor, batch_max=cfg.batch_max, batch_window=cfg.batch_window,
-            tracer=tracer,
-        )  # fmt: skip
-        self._tasks.append(asyncio.create_task(self.worker.run(), name="engine-worker"))
+        # Made first: the process managers send into it, the worker drains it.
+        intake = CommandIntake()
+        dead_letters = DeadLetters(nc)
         if cfg.relay:
-            self.relay = Relay(self.recorder, self.nc, tracer=tracer)
-            self._tasks.append(asyncio.create_task(self.relay.run(), name="engine-relay"))
+            self.relay = Relay(self.recorder, nc, tracer=tracer)
         if cfg.timers:
-            self.timer = SessionTimer(self.recorder, self.worker, cfg.clock)
-            self._tasks.append(asyncio.create_task(self.timer.run(), name="engine-timer"))
+            self.timer = SessionTimer(self.recorder, intake, cfg.clock)
+        if cfg.delegation:
+            self.delegation = DelegationManager(self.recorder, intake)
+        if cfg.dispatch:
+            self.dispatcher = Dispatcher(self.recorder, intake, nc, cfg.clock, cfg.dispatch_config)
+        if cfg.liveness:
+            self.liveness = LivenessMonitor(
+                self.recorder, intake, nc, cfg.liveness_config, cfg.clock, cfg.replicas,
+                dead_letters=dead_letters,
+            )  # fmt: skip
+            self.participants = ParticipantWatch(self.recorder, intake)
+        # New events: the relay and the dispatcher look now rather than at their next poll.
+        listeners = [part for part in (self.relay, self.dispatcher) if part is not None]
+        self.worker = CommandWorker(
+            nc, processor, batch_max=cfg.batch_max, batch_window=cfg.batch_window,
+            tracer=tracer, intake=intake, dead_letters=dead_letters,
+            heartbeats=self.liveness, listeners=listeners,
+        )  # fmt: skip
+        self._run("engine-worker", self.worker.run())
+        if self.relay is not None:
+            self._run("engine-relay", self.relay.run())
+        if self.timer is not None:
+            self._run("engine-timer", self.timer.run())
         if cfg.sealer:
             sealer = Sealer(
                 self.recorder, anchor_path=cfg.seal_anchor_path,
                 anchor_key=_signing_key(cfg.audit_key_path),
             )  # fmt: skip
-            self._tasks.append(asyncio.create_task(sealer.run(), name="engine-sealer"))
-        if cfg.delegation:
-            self.delegation = DelegationManager(self.recorder, self.worker)
-            self._tasks.append(asyncio.create_task(self.delegation.run(), name="engine-delegation"))
-        if cfg.dispatch:
-            self.dispatcher = Dispatcher(
-                self.recorder, self.worker, self.nc, cfg.clock, cfg.dispatch_config
-            )
-            self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="engine-dispatch"))
-        self.worker.on_committed = self._committed
-        if cfg.liveness:
-            self.liveness = LivenessMonitor(
-                self.recorder, self.worker, self.nc, cfg.liveness_config, cfg.clock, cfg.replicas
-            )
+            self._run("engine-sealer", sealer.run())
+        if self.delegation is not None:
+            self._run("engine-delegation", self.delegation.run())
+        if self.dispatcher is not None:
+            self._run("engine-dispatch", self.dispatcher.run())
+        if self.liveness is not None:
             await self.liveness.start()
-            self._tasks.append(asyncio.create_task(self.liveness.run(), name="engine-liveness"))
-            self.participants = ParticipantWatch(self.recorder, self.worker)
-            self._tasks.append(
-                asyncio.create_task(self.participants.run(), name="engine-participants")
-            )
+            self._run("engine-liveness", self.liveness.run())
+        if self.participants is not None:
+            self._run("engine-participants", self.participants.run())
         await self.worker.start()
+
+    def _run(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.create_task(work, name=name))
 
     async def wait_ready(self) -> None:
         """Until every process manager has read the log up to its end (from its checkpoint)
@@ -177,13 +198,6 @@ class EngineService:
             directories.append(self.liveness.directory)
         waits += [asyncio.to_thread(d.catch_up) for d in directories]
         await asyncio.gather(*waits)
-
-    def _committed(self) -> None:
-        """New events: the relay and the dispatcher look now rather than at their next poll."""
-        if self.relay is not None:
-            self.relay.wake()
-        if self.dispatcher is not None:
-            self.dispatcher.wake()
 
     async def wait_failed(self) -> asyncio.Task[None]:
         """Returns the first of the engine's tasks to end; they only end by failing."""
