@@ -21,6 +21,16 @@ DLQ_PREFIX = "chorus.dlq"
 AGENT_PREFIX = "chorus.agent"
 TASK_PREFIX = "chorus.task"
 
+#: Every subject as a template with its variable tokens named: the functions below fill
+#: them in, and the AsyncAPI document (``chorus.schema``) publishes them as they are.
+COMMAND = CMD_PREFIX + ".{actor_id}.{aggregate}.{command}"
+EVENT = EVT_PREFIX + ".{aggregate}.{aggregate_id}.{event_type}"
+DEAD_LETTER = DLQ_PREFIX + ".{reason}"
+AGENT_PING = AGENT_PREFIX + ".{agent_id}.ping"
+TASK_INBOX = TASK_PREFIX + ".{agent_id}"
+#: Where an actor's replies arrive (``agent_inbox_prefix``): the bus lets it read no other.
+REPLY_INBOX = "_INBOX_{actor_id}.>"
+
 #: Queue group shared by engine workers: each command is handled by exactly one worker.
 ENGINE_QUEUE = "chorus-engine"
 #: JetStream stream holding every event, fed by the relay.
@@ -49,7 +59,12 @@ def command_subject(actor: str, aggregate: str, command: str) -> str:
     """The subject an actor publishes ``command`` to."""
     if not is_token(actor):
         raise ValueError(f"actor {actor!r} is not a valid subject token")
-    return f"{CMD_PREFIX}.{actor}.{aggregate}.{command}"
+    return COMMAND.format(actor_id=actor, aggregate=aggregate, command=command)
+
+
+def command_template(aggregate: str, command: str) -> str:
+    """``command``'s subject with the actor left as the ``{actor_id}`` parameter."""
+    return COMMAND.format(actor_id="{actor_id}", aggregate=aggregate, command=command)
 
 
 def parse_command_subject(subject: str) -> CommandSubject | None:
@@ -80,16 +95,16 @@ def command_wildcard(aggregate: str = "*") -> str:
 
 
 def event_subject(aggregate: str, aggregate_id: str, event_type: str) -> str:
-    return f"{EVT_PREFIX}.{aggregate}.{aggregate_id}.{event_type}"
+    return EVENT.format(aggregate=aggregate, aggregate_id=aggregate_id, event_type=event_type)
 
 
 def event_filter(aggregate: str = "*", aggregate_id: str = "*") -> str:
     """Filter subject for the events of one aggregate instance (or all of a kind)."""
-    return f"{EVT_PREFIX}.{aggregate}.{aggregate_id}.*"
+    return event_subject(aggregate, aggregate_id, "*")
 
 
 def dlq_subject(reason: str) -> str:
-    return f"{DLQ_PREFIX}.{reason}"
+    return DEAD_LETTER.format(reason=reason)
 
 
 def event_message_id(aggregate_id: str, version: int) -> str:
@@ -101,14 +116,14 @@ def agent_ping_subject(agent_id: str) -> str:
     """Where an agent answers health-check pings: a NATS request, any reply counts."""
     if not is_token(agent_id):
         raise ValueError(f"agent id {agent_id!r} is not a valid subject token")
-    return f"{AGENT_PREFIX}.{agent_id}.ping"
+    return AGENT_PING.format(agent_id=agent_id)
 
 
 def task_subject(agent_id: str) -> str:
     """An agent's inbox: every task assigned to it (and every cancel) is delivered here."""
     if not is_token(agent_id):
         raise ValueError(f"agent id {agent_id!r} is not a valid subject token")
-    return f"{TASK_PREFIX}.{agent_id}"
+    return TASK_INBOX.format(agent_id=agent_id)
 
 
 def agent_inbox_prefix(actor: str) -> str:
@@ -116,7 +131,7 @@ def agent_inbox_prefix(actor: str) -> str:
     holder subscribe to its own replies only, never to ``_INBOX.>``."""
     if not is_token(actor):
         raise ValueError(f"actor {actor!r} is not a valid subject token")
-    return f"_INBOX_{actor}"
+    return REPLY_INBOX.format(actor_id=actor).removesuffix(".>")
 
 
 #: JetStream KV bucket where the engine keeps each agent's last heartbeat time (ISO 8601).

@@ -2,14 +2,27 @@
 
 Built from the same msgspec Structs the engine decodes with, so the published schema
 cannot drift from what is enforced.
+
+The AsyncAPI document is FastStream's: ``contract_broker`` declares every endpoint of the
+bus on a ``NatsBroker`` as an agent sees it (commands and tool calls it publishes; its
+inbox, health checks, replies, events and dead letters it subscribes to), with subjects
+from ``chorus.contracts.subjects`` and payload types from the contracts, and FastStream's
+``AsyncAPI`` writes channels, operations, messages and bindings from it. Two things it does
+not do are finished here: FastStream derives payload schemas through pydantic, which cannot
+read msgspec Structs, so each declared type carries only its schema's name (``_named``) and
+the schemas under those names are msgspec's (the ones the engine enforces); and FastStream
+0.7 writes neither channel parameters nor operation replies, which AsyncAPI 3 needs for
+subjects with variable tokens and for request/reply.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import logging
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from chorus.contracts.agents import AGENT_COMMANDS, ENGINE_ONLY, Heartbeat
@@ -17,10 +30,17 @@ from chorus.contracts.envelope import Envelope, Reply
 from chorus.contracts.feed import EventRecord
 from chorus.contracts.mcp import MCP_COMMANDS, CallTool, ToolCallReply
 from chorus.contracts.sessions import SESSION_COMMANDS
+from chorus.contracts.subjects import (
+    AGENT_PING, DEAD_LETTER, DLQ_STREAM, EVENT, EVENTS_STREAM, REPLY_INBOX, TASK_INBOX,
+    TOOL_AGGREGATE, TOOL_QUEUE, command_template,
+)  # fmt: skip
 from chorus.contracts.tasks import TASK_COMMANDS, TaskMessage
 from chorus.contracts.workflow_types import DefineWorkflowType
 from chorus.contracts.workflows import WORKFLOW_COMMANDS
 from chorus.events.codec import EVENT_TYPES
+from faststream.nats import NatsBroker
+from faststream.specification import AsyncAPI
+from pydantic import Field, PlainValidator, WithJsonSchema
 
 #: "<aggregate>.<command>" -> payload, for every command a client may send.
 _BY_AGGREGATE: tuple[tuple[str, Mapping[str, type[msgspec.Struct]]], ...] = (
@@ -74,102 +94,155 @@ def json_schemas() -> dict[str, Any]:
     }
 
 
-def asyncapi() -> dict[str, Any]:
-    types = contract_types()
-    names = list(types)
-    schemas, components = msgspec.json.schema_components(
-        [types[n] for n in names], ref_template="#/components/schemas/{name}"
-    )
-    by_name = dict(zip(names, schemas, strict=True))
-    channels: dict[str, Any] = {}
-    operations: dict[str, Any] = {}
-    messages: dict[str, Any] = {}
-    for command in PUBLIC_COMMANDS:
-        key = command.replace(".", "_")
-        messages[key] = {"name": key, "payload": by_name[command]}
-        channels[key] = {
-            "address": "chorus.cmd.{actor_id}." + command,
-            "parameters": {
-                "actor_id": {"description": "The acting agent; NATS permissions pin it"}
-            },
-            "messages": {key: {"$ref": f"#/components/messages/{key}"}},
-        }
-        operations[key] = {
-            "action": "send",
-            "channel": {"$ref": f"#/channels/{key}"},
-            "summary": f"{command} (NATS request; answered with a Reply)",
-            "reply": {"messages": [{"$ref": "#/components/messages/reply"}]},
-        }
-    messages["reply"] = {"name": "reply", "payload": by_name["Reply"]}
-    messages["tool_call"] = {"name": "tool_call", "payload": by_name["tool.call"]}
-    messages["tool_call_reply"] = {"name": "tool_call_reply", "payload": by_name["ToolCallReply"]}
-    channels["tool_call"] = {
-        "address": "chorus.cmd.{actor_id}.tool.call",
-        "description": (
+#: What each variable token of a subject names (the channels' AsyncAPI parameters).
+PARAMETERS = {
+    "actor_id": "The acting agent or service; NATS permissions pin each user to its own",
+    "agent_id": "The agent the messages are for",
+    "aggregate": "session, workflow, agent, ...",
+    "aggregate_id": "The aggregate instance",
+    "event_type": "The event's type, e.g. SessionOpened",
+    "reason": "Why the message was dead-lettered",
+}
+#: NATS's default address: where a client looks first (``chorus up`` prints the real one).
+DEFAULT_SERVERS = ("nats://localhost:4222",)
+_PARAMETER = re.compile(r"\{([a-z_]+)\}")
+
+
+def _schema_name(cls: Any) -> str | None:
+    """The name msgspec gives ``cls``'s schema (None for a union, which has no name)."""
+    (schema,), _ = msgspec.json.schema_components([cls])
+    ref = schema.get("$ref")
+    return str(ref.rsplit("/", 1)[-1]) if ref else None
+
+
+def _named(cls: Any, name: str) -> Any:
+    """``cls`` as FastStream should declare it: validated by msgspec, documented by name.
+
+    pydantic (FastStream's schema generator) cannot read a Struct, so the schema it sees
+    is a placeholder titled ``name``; ``asyncapi`` replaces it with msgspec's schema.
+    """
+
+    def convert(value: Any) -> Any:
+        return msgspec.convert(value, cls)
+
+    return Annotated[cls, PlainValidator(convert), WithJsonSchema({"title": name}), Field(title=name)]
+
+
+def _receives(broker: NatsBroker, subject: str, title: str, description: str, payload: Any) -> None:
+    """Declare a subscriber (an agent receives ``payload`` on ``subject``)."""
+
+    async def receive(message: Any) -> None:
+        """Documentation only: this broker is never started."""
+
+    receive.__annotations__ = {"message": payload, "return": None}
+    broker.subscriber(subject, title=title, description=description)(receive)
+
+
+def contract_broker(
+    servers: Sequence[str] = DEFAULT_SERVERS,
+) -> tuple[NatsBroker, dict[str, Any]]:
+    """The bus as an agent sees it, declared on a FastStream broker that never connects;
+    and the contract type behind each schema name it uses."""
+    broker = NatsBroker(specification_url=list(servers), log_level=logging.DEBUG)
+    types: dict[str, Any] = {}
+
+    def named(cls: Any, alias: str | None = None) -> Any:
+        name = _schema_name(cls) or alias
+        assert name is not None, f"name the union {cls}"
+        types[name] = cls
+        return _named(cls, name)
+
+    for command, cls in PUBLIC_COMMANDS.items():
+        aggregate, name = command.split(".")
+        summary = (cls.__doc__ or command).strip().split("\n\n")[0].replace("\n", " ")
+        broker.publisher(
+            command_template(aggregate, name),
+            title=command.replace(".", "_"),
+            description=f"{summary} A NATS request: the engine answers with a Reply.",
+            schema=named(Envelope[cls]),  # type: ignore[valid-type]
+        )
+    broker.publisher(
+        command_template(TOOL_AGGREGATE, "call"),
+        title="tool_call",
+        description=(
             "Call a tool of a registered MCP server as the actor. Answered by a gateway "
-            "(queue group chorus-tools), never by the engine: arguments checked against the "
+            f"(queue group {TOOL_QUEUE}), never by the engine: arguments checked against the "
             "tool's recorded schema, access and rate limit, the server's timeout, the call "
             "recorded as ToolCalled (its version is what completion evidence cites). An "
             "agent may publish it on its own actor only. Not deduplicated: each request runs."
         ),
-        "parameters": {"actor_id": {"description": "The caller; NATS permissions pin it"}},
-        "messages": {"tool_call": {"$ref": "#/components/messages/tool_call"}},
+        schema=named(Envelope[CallTool]),
+    )
+    _receives(broker, REPLY_INBOX, "reply", "The answer to a command request, on the "
+              "requester's own inbox", named(Reply))  # fmt: skip
+    _receives(broker, REPLY_INBOX, "tool_call_reply", "The answer to a tool call, on the "
+              "requester's own inbox", named(ToolCallReply))  # fmt: skip
+    _receives(broker, TASK_INBOX, "task_inbox", (
+        "An agent's inbox (core NATS, a plain subscription): its tasks, `kind` phase or "
+        "session, re-sent until acknowledged with task.accept or by the work itself "
+        "(start_phase, report_progress, complete_phase, submit_result), all open ones "
+        "again when it comes back online; `kind` cancel when the work is cancelled, "
+        "moved (lease lost) or closed without it. At least once: dedupe by "
+        "(task_id, attempt)."
+    ), named(TaskMessage, "TaskMessage"))  # fmt: skip
+    _receives(broker, AGENT_PING, "agent_ping", "Health check: an agent answers this "
+              "request with any reply (the gateway's trigger_health_check)", bytes)  # fmt: skip
+    _receives(broker, EVENT, "events", f"JetStream stream {EVENTS_STREAM}; Nats-Msg-Id is "
+              "<aggregate_id>:<version>", named(EventRecord))  # fmt: skip
+    _receives(broker, DEAD_LETTER, "dead_letters", f"JetStream stream {DLQ_STREAM}: rejected "
+              "raw messages with Chorus-Reason / Chorus-Error / Chorus-Subject headers", bytes)  # fmt: skip
+    return broker, types
+
+
+def _asyncapi_schemas(schema: Any) -> Any:
+    """msgspec writes OpenAPI's discriminator object; an AsyncAPI schema names the
+    property alone (the tag values are the variants' ``const``s)."""
+    if isinstance(schema, list):
+        return [_asyncapi_schemas(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _asyncapi_schemas(value) for key, value in schema.items()}
+    if isinstance(out.get("discriminator"), dict):
+        out["discriminator"] = out["discriminator"]["propertyName"]
+    return out
+
+
+def asyncapi(servers: Sequence[str] = DEFAULT_SERVERS) -> dict[str, Any]:
+    """The AsyncAPI 3 document of the bus (served by the gateway at ``/asyncapi.json``)."""
+    broker, declared = contract_broker(servers)
+    spec = AsyncAPI(broker, title="Chorus bus", version="1", description=(
+        "Commands are NATS requests on chorus.cmd.<actor_id>.<aggregate>.<command>, answered "
+        "with a Reply; events, tasks and health checks flow the other way."
+    )).to_specification()  # fmt: skip
+    document: dict[str, Any] = json.loads(spec.to_json())
+    # The payload schemas: msgspec's, under the names the declarations gave them, beside
+    # every other contract (event data included), as ``json_schemas`` exports them.
+    types = {**contract_types(), **declared}
+    names = list(types)
+    tops, schemas = msgspec.json.schema_components(
+        [types[n] for n in names], ref_template="#/components/schemas/{name}"
+    )
+    for name, top in zip(names, tops, strict=True):
+        if name in declared and top.get("$ref") != f"#/components/schemas/{name}":
+            schemas[name] = top
+    schemas = _asyncapi_schemas(schemas)
+    placeholders = document["components"]["schemas"]
+    document["components"]["schemas"] = {
+        **{n: s for n, s in placeholders.items() if n not in declared}, **schemas
     }
-    operations["tool_call"] = {
-        "action": "send",
-        "channel": {"$ref": "#/channels/tool_call"},
-        "summary": "tool.call (NATS request; answered with a ToolCallReply)",
-        "reply": {"messages": [{"$ref": "#/components/messages/tool_call_reply"}]},
-    }
-    messages["event"] = {"name": "event", "payload": by_name["EventRecord"]}
-    channels["events"] = {
-        "address": "chorus.evt.{aggregate}.{aggregate_id}.{event_type}",
-        "description": "JetStream stream EVENTS; Nats-Msg-Id is <aggregate_id>:<version>",
-        "parameters": {"aggregate": {}, "aggregate_id": {}, "event_type": {}},
-        "messages": {"event": {"$ref": "#/components/messages/event"}},
-    }
-    operations["events"] = {"action": "receive", "channel": {"$ref": "#/channels/events"}}
-    channels["agent_ping"] = {
-        "address": "chorus.agent.{agent_id}.ping",
-        "description": "Health check: an agent answers this request with any reply",
-        "parameters": {"agent_id": {}},
-    }
-    operations["agent_ping"] = {
-        "action": "receive",
-        "channel": {"$ref": "#/channels/agent_ping"},
-        "summary": "agents subscribe and reply (the gateway's trigger_health_check)",
-    }
-    messages["task"] = {"name": "task", "payload": by_name["TaskMessage"]}
-    channels["task_inbox"] = {
-        "address": "chorus.task.{agent_id}",
-        "description": (
-            "An agent's inbox (core NATS, a plain subscription): its tasks, `kind` phase or "
-            "session, re-sent until acknowledged with task.accept or by the work itself "
-            "(start_phase, report_progress, complete_phase, submit_result), all open ones "
-            "again when it comes back online; `kind` cancel when the work is cancelled, "
-            "moved (lease lost) or closed without it. At least once: dedupe by "
-            "(task_id, attempt)."
-        ),
-        "parameters": {"agent_id": {"description": "The agent the task is assigned to"}},
-        "messages": {"task": {"$ref": "#/components/messages/task"}},
-    }
-    operations["task_inbox"] = {
-        "action": "receive",
-        "channel": {"$ref": "#/channels/task_inbox"},
-        "summary": "agents subscribe to their own inbox and acknowledge with task.accept",
-    }
-    channels["dead_letters"] = {
-        "address": "chorus.dlq.{reason}",
-        "description": "Rejected raw messages with Chorus-Reason / Chorus-Error / Chorus-Subject headers",
-        "parameters": {"reason": {}},
-    }
-    return {
-        "asyncapi": "3.0.0",
-        "info": {"title": "Chorus bus", "version": "1"},
-        "channels": channels,
-        "operations": operations,
-        "components": {"schemas": components, "messages": messages},
-    }
+    for channel in document["channels"].values():
+        tokens = _PARAMETER.findall(channel["address"])
+        if tokens:
+            channel["parameters"] = {t: {"description": PARAMETERS[t]} for t in tokens}
+    # Request/reply: each command's answer arrives on the requester's reply inbox.
+    for key, operation in document["operations"].items():
+        if operation["action"] == "send":
+            answer = "tool_call_reply" if key == "tool_call" else "reply"
+            operation["reply"] = {
+                "channel": {"$ref": f"#/channels/{answer}"},
+                "messages": [{"$ref": f"#/channels/{answer}/messages/SubscribeMessage"}],
+            }
+    return document
 
 
 def write_schema(out: Path) -> list[Path]:

@@ -61,9 +61,12 @@ def test_the_asyncapi_document_publishes_tool_calls_with_their_reply() -> None:
 
     spec = asyncapi()
     assert spec["channels"]["tool_call"]["address"] == "chorus.cmd.{actor_id}.tool.call"
-    assert spec["operations"]["tool_call"]["reply"]["messages"] == [
-        {"$ref": "#/components/messages/tool_call_reply"}
-    ]
+    assert spec["operations"]["tool_call"]["reply"] == {
+        "channel": {"$ref": "#/channels/tool_call_reply"},
+        "messages": [{"$ref": "#/channels/tool_call_reply/messages/SubscribeMessage"}],
+    }
+    reply = spec["components"]["messages"]["tool_call_reply:SubscribeMessage"]
+    assert reply["payload"] == {"$ref": "#/components/schemas/ToolCallReply"}
     assert {"tool.call", "ToolCallReply"} <= set(json_schemas()["contracts"])
 
 
