@@ -31,9 +31,17 @@ from chorus.contracts.feed import EventRecord
 from chorus.contracts.mcp import MCP_COMMANDS, CallTool, ToolCallReply
 from chorus.contracts.sessions import SESSION_COMMANDS
 from chorus.contracts.subjects import (
-    AGENT_PING, DEAD_LETTER, DLQ_STREAM, EVENT, EVENTS_STREAM, REPLY_INBOX, TASK_INBOX,
-    TOOL_AGGREGATE, TOOL_QUEUE, command_template,
-)  # fmt: skip
+    AGENT_PING,
+    DEAD_LETTER,
+    DLQ_STREAM,
+    EVENT,
+    EVENTS_STREAM,
+    REPLY_INBOX,
+    TASK_INBOX,
+    TOOL_AGGREGATE,
+    TOOL_QUEUE,
+    command_template,
+)
 from chorus.contracts.tasks import TASK_COMMANDS, TaskMessage
 from chorus.contracts.workflow_types import DefineWorkflowType
 from chorus.contracts.workflows import WORKFLOW_COMMANDS
@@ -125,7 +133,9 @@ def _named(cls: Any, name: str) -> Any:
     def convert(value: Any) -> Any:
         return msgspec.convert(value, cls)
 
-    return Annotated[cls, PlainValidator(convert), WithJsonSchema({"title": name}), Field(title=name)]
+    return Annotated[
+        cls, PlainValidator(convert), WithJsonSchema({"title": name}), Field(title=name)
+    ]
 
 
 def _receives(broker: NatsBroker, subject: str, title: str, description: str, payload: Any) -> None:
@@ -228,7 +238,8 @@ def asyncapi(servers: Sequence[str] = DEFAULT_SERVERS) -> dict[str, Any]:
     schemas = _asyncapi_schemas(schemas)
     placeholders = document["components"]["schemas"]
     document["components"]["schemas"] = {
-        **{n: s for n, s in placeholders.items() if n not in declared}, **schemas
+        **{n: s for n, s in placeholders.items() if n not in declared},
+        **schemas,
     }
     for channel in document["channels"].values():
         tokens = _PARAMETER.findall(channel["address"])

@@ -12,8 +12,13 @@ import jsonschema
 import msgspec
 from chorus.cli import main
 from chorus.contracts.subjects import (
-    AGENT_PING, DEAD_LETTER, EVENT, REPLY_INBOX, TASK_INBOX, command_template,
-)  # fmt: skip
+    AGENT_PING,
+    DEAD_LETTER,
+    EVENT,
+    REPLY_INBOX,
+    TASK_INBOX,
+    command_template,
+)
 from chorus.contracts.tasks import TaskMessage
 from chorus.schema import PUBLIC_COMMANDS, asyncapi, contract_broker, json_schemas
 
