@@ -51,7 +51,8 @@ from uuid import UUID
 
 import msgspec
 from chorus.events.codec import GENESIS_HASH, StoredBody, hash_of_body
-from chorus.store.recorder import RawRow, _Dialect, fetch_where, raw_row
+from chorus.store.datastore import Dialect, transaction
+from chorus.store.recorder import RawRow, fetch_where, raw_row
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from eventsourcing.persistence import ApplicationRecorder
@@ -198,18 +199,15 @@ def read_anchor(path: Path) -> Checkpoint | None:
 # The seals table ------------------------------------------------------------------------
 
 
-def _table(d: _Dialect) -> str:
-    if d.sqlite:
-        return TABLE
-    schema = d.table.split(".", 1)[0]
-    return f"{schema}.{TABLE}"
+def _table(d: Dialect) -> str:
+    return d.beside(TABLE)
 
 
 def ensure_ledger(recorder: ApplicationRecorder) -> None:
     """Create the seals table next to the events (idempotent)."""
-    d = _Dialect(recorder)
+    d = Dialect(recorder)
     integer = "INTEGER" if d.sqlite else "BIGINT"
-    with recorder.datastore.transaction(commit=True) as cursor:  # type: ignore[attr-defined]
+    with transaction(recorder, commit=True) as cursor:
         cursor.execute(
             f"CREATE TABLE IF NOT EXISTS {_table(d)} (position {integer} PRIMARY KEY, "
             f"aggregate_id TEXT NOT NULL, version {integer} NOT NULL, "
@@ -227,7 +225,7 @@ def _seal_of(row: Any) -> Seal:
     )
 
 
-def _last_seal(cursor: Any, d: _Dialect, lte: int | None = None) -> Seal | None:
+def _last_seal(cursor: Any, d: Dialect, lte: int | None = None) -> Seal | None:
     if lte is None:
         cursor.execute(f"SELECT * FROM {_table(d)} ORDER BY position DESC LIMIT 1")
     else:
@@ -239,7 +237,7 @@ def _last_seal(cursor: Any, d: _Dialect, lte: int | None = None) -> Seal | None:
     return _seal_of(row) if row else None
 
 
-def _exists(cursor: Any, d: _Dialect) -> bool:
+def _exists(cursor: Any, d: Dialect) -> bool:
     """False for a store written before seals existed (nothing sealed yet)."""
     if d.sqlite:
         cursor.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", [TABLE])
@@ -250,8 +248,8 @@ def _exists(cursor: Any, d: _Dialect) -> bool:
 
 def last_seal(recorder: ApplicationRecorder, lte: int | None = None) -> Seal | None:
     """The newest seal (at or before ``lte``), or None if nothing was sealed."""
-    d = _Dialect(recorder)
-    with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+    d = Dialect(recorder)
+    with transaction(recorder, commit=False) as cursor:
         return _last_seal(cursor, d, lte) if _exists(cursor, d) else None
 
 
@@ -259,7 +257,7 @@ def select_seals(
     recorder: ApplicationRecorder, *, gt: int, limit: int, lte: int | None = None
 ) -> list[Seal]:
     """Seals after position ``gt`` (and at or before ``lte``), in position order."""
-    d = _Dialect(recorder)
+    d = Dialect(recorder)
     rows = fetch_where(
         recorder, f"* FROM {_table(d)}", [("position>", gt), ("position<=", lte)],
         order_by="position", limit=limit, ready=lambda cursor: _exists(cursor, d),
@@ -331,7 +329,7 @@ KNOWN_MAX = 50_000
 
 
 def _previous_hashes(
-    cursor: Any, d: _Dialect, rows: list[RawRow], known: dict[str, tuple[int, str]]
+    cursor: Any, d: Dialect, rows: list[RawRow], known: dict[str, tuple[int, str]]
 ) -> dict[tuple[str, int], str]:
     """The stored hash of each row's previous version that neither this batch nor
     ``known`` holds, read in a few queries instead of one per row. A previous row that
@@ -398,9 +396,9 @@ def seal_step(
     command path never waits for the hashing. Seals are deterministic: if another
     sealer wrote the same positions meanwhile, the inserts are no-ops.
     """
-    d = _Dialect(recorder)
+    d = Dialect(recorder)
     m = d.mark
-    with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+    with transaction(recorder, commit=False) as cursor:
         last = _last_seal(cursor, d)
         after = last.position if last else 0
         running = last.running_hash if last else GENESIS_HASH
@@ -431,7 +429,7 @@ def seal_step(
     for stale in list(itertools.islice(known, max(0, len(known) - KNOWN_MAX))):
         del known[stale]
     if seals:
-        with recorder.datastore.transaction(commit=True) as cursor:  # type: ignore[attr-defined]
+        with transaction(recorder, commit=True) as cursor:
             cursor.executemany(
                 f"INSERT INTO {_table(d)} (position, aggregate_id, version, row_hash, "
                 f"running_hash) VALUES ({m}, {m}, {m}, {m}, {m}) "

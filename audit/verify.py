@@ -38,7 +38,8 @@ from chorus.audit.ledger import (
     select_seals,
 )
 from chorus.events.codec import GENESIS_HASH, recompute_hash, stored_body
-from chorus.store.recorder import RawRow, _Dialect, count_rows, select_raw_rows
+from chorus.store.datastore import Dialect
+from chorus.store.recorder import RawRow, count_rows, select_raw_rows
 from eventsourcing.persistence import ApplicationRecorder
 from msgspec import Struct
 
@@ -296,7 +297,7 @@ def verify_store(
     """
     head = recorder.max_notification_id() or 0  # first: the bound for rows and seals alike
     head_seal = last_seal(recorder, lte=head)
-    d = _Dialect(recorder)
+    d = Dialect(recorder)
     walk = _Walk(
         head_seal.position if head_seal else 0,
         d.sqlite,

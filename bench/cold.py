@@ -26,6 +26,7 @@ from chorus.contracts.sessions import OpenSession, SubmitResult, Task
 from chorus.engine.handlers import HANDLERS
 from chorus.engine.processor import Command, Processor
 from chorus.natsd import start_nats_server
+from chorus.store.datastore import close_recorder
 from chorus.store.recorder import open_recorder
 
 from bench.e2e import request, spawn, teardown, wait_for_engine
@@ -52,7 +53,7 @@ def write_long_session(path: Path, events: int) -> tuple[str, str]:
                         session_id=sid, result={"v": 1}, success=True)))
             for m in members[start : min(start + 500, events - 1)]
         ])  # fmt: skip
-    recorder.datastore.close()  # type: ignore[attr-defined]
+    close_recorder(recorder)
     return sid, members[-1]
 
 

@@ -26,6 +26,7 @@ from chorus.contracts.sessions import OpenSession, SubmitResult, Task
 from chorus.engine.handlers import HANDLERS
 from chorus.engine.processor import Command, Processor
 from chorus.projections.runner import rebuild_together
+from chorus.store.datastore import close_recorder
 from chorus.store.recorder import open_recorder
 
 from bench import wiring
@@ -63,7 +64,7 @@ def write_log(path: Path, sessions: int, participants: int) -> int:
                 for sid in sids
             ])  # fmt: skip
     head = recorder.max_notification_id() or 0
-    recorder.datastore.close()  # type: ignore[attr-defined]
+    close_recorder(recorder)
     return head
 
 
@@ -74,7 +75,7 @@ def plain_scan(database_url: str) -> float:
     while batch := recorder.select_notifications(start, 1000):
         start = batch[-1].id + 1
     elapsed = time.perf_counter() - started
-    recorder.datastore.close()  # type: ignore[attr-defined]
+    close_recorder(recorder)
     return elapsed
 
 
@@ -87,7 +88,7 @@ def rebuild_all(database_url: str, work: Path, run: int) -> float:
     rebuild_together(runners)
     elapsed = time.perf_counter() - started
     runners[0].store.close()
-    runners[0].recorder.datastore.close()  # type: ignore[attr-defined]
+    close_recorder(runners[0].recorder)
     return elapsed
 
 

@@ -34,6 +34,7 @@ from chorus.bootstrap import bootstrap
 from chorus.engine.adapters.streams import ensure_streams
 from chorus.natsd import NatsServer, die_with_parent, start_nats_server
 from chorus.settings import Settings
+from chorus.store.datastore import close_recorder
 from chorus.store.snapshots import snapshot_recorder
 
 CLUSTER_NAME = "chorus"
@@ -313,7 +314,7 @@ def prepare_store(settings: Settings) -> None:
         ensure_ledger(recorder)
         snapshot_recorder(recorder)
     finally:
-        recorder.datastore.close()  # type: ignore[attr-defined]
+        close_recorder(recorder)
 
 
 def _base_env() -> dict[str, str]:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chorus.store.datastore import Dialect, transaction
 from eventsourcing.persistence import ApplicationRecorder
-from eventsourcing.sqlite import SQLiteDatastore
 
 TABLE = "chorus_checkpoints"
 
@@ -33,13 +33,10 @@ class CheckpointStore:
     """Reads and writes checkpoint rows through the recorder's own connection pool."""
 
     def __init__(self, recorder: ApplicationRecorder) -> None:
-        self.datastore = recorder.datastore  # type: ignore[attr-defined]
-        self.sqlite = isinstance(self.datastore, SQLiteDatastore)
-        if self.sqlite:
-            self.table, self.mark, blob = TABLE, "?", "BLOB"
-        else:
-            # The schema comes from the recorder's settings, never from a request.
-            self.table, self.mark, blob = f'"{self.datastore.schema}".{TABLE}', "%s", "BYTEA"
+        self.recorder = recorder
+        d = Dialect(recorder)
+        self.sqlite, self.table, self.mark = d.sqlite, d.beside(TABLE), d.mark
+        blob = "BLOB" if d.sqlite else "BYTEA"
         self._create = (
             f"CREATE TABLE IF NOT EXISTS {self.table} (name TEXT PRIMARY KEY, "
             f"position BIGINT NOT NULL, version TEXT NOT NULL, state {blob} NOT NULL)"
@@ -50,14 +47,14 @@ class CheckpointStore:
 
     def _ensure_table(self) -> None:
         if not self._created:
-            with self.datastore.transaction(commit=True) as cursor:
+            with transaction(self.recorder, commit=True) as cursor:
                 cursor.execute(self._create)
             self._created = True
 
     def load(self, name: str) -> Checkpoint | None:
         self._ensure_table()
         m = self.mark
-        with self.datastore.transaction(commit=False) as cursor:
+        with transaction(self.recorder, commit=False) as cursor:
             cursor.execute(
                 f"SELECT position, version, state FROM {self.table} WHERE name={m}", [name]
             )
@@ -80,5 +77,5 @@ class CheckpointStore:
             f"WHERE excluded.position >= c.position OR excluded.version <> c.version"
         )
         c = checkpoint
-        with self.datastore.transaction(commit=True) as cursor:
+        with transaction(self.recorder, commit=True) as cursor:
             cursor.execute(sql, [c.name, c.position, c.version, c.state])

@@ -8,8 +8,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID
 
+from chorus.store.datastore import Dialect, transaction
 from eventsourcing.persistence import ApplicationRecorder, InfrastructureFactory, Notification
-from eventsourcing.sqlite import SQLiteDatastore
 from msgspec import Struct
 
 
@@ -47,27 +47,6 @@ def open_recorder(database_url: str) -> ApplicationRecorder:
     return factory.application_recorder()
 
 
-class _Dialect:
-    """What differs between the recorders for our own read queries."""
-
-    def __init__(self, recorder: ApplicationRecorder) -> None:
-        table = recorder.events_table_name  # type: ignore[attr-defined]
-        datastore = recorder.datastore  # type: ignore[attr-defined]
-        self.sqlite = isinstance(datastore, SQLiteDatastore)
-        if self.sqlite:
-            self.table, self.position, self.mark = table, "rowid", "?"
-        else:
-            # Identifiers come from the recorder's own settings, never from a request.
-            self.table = f'"{datastore.schema}"."{table}"'
-            self.position, self.mark = "notification_id", "%s"
-
-    def key(self, aggregate_id: UUID) -> object:
-        return aggregate_id.hex if self.sqlite else aggregate_id
-
-    def columns(self) -> str:
-        return f"{self.position} AS position, originator_id, originator_version, topic, state"
-
-
 def fetch_where(
     recorder: ApplicationRecorder,
     source: str,
@@ -83,11 +62,11 @@ def fetch_where(
     whose value is None is left out, so optional bounds need no string building at the
     call site. ``ready(cursor)`` may say the source does not exist yet (no rows).
     """
-    d = _Dialect(recorder)
+    d = Dialect(recorder)
     used = [(clause, value) for clause, value in conditions if value is not None]
     where = " AND ".join(f"{clause}{d.mark}" for clause, _ in used) or "1=1"
     sql = f"SELECT {source} WHERE {where} ORDER BY {order_by} LIMIT {d.mark}"
-    with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+    with transaction(recorder, commit=False) as cursor:
         if ready is not None and not ready(cursor):
             return []
         cursor.execute(sql, [value for _, value in used] + [limit])
@@ -125,7 +104,7 @@ class RawRow(Struct, kw_only=True, frozen=True):
 
 
 def raw_row(row: Any) -> RawRow:
-    """A row of ``_Dialect.columns()`` as a ``RawRow``.
+    """A row of ``Dialect.columns()`` as a ``RawRow``.
 
     A hand-edited SQLite row can come back as TEXT instead of a BLOB: it is read as its
     UTF-8 bytes, so the verifier judges the content rather than crash on the type."""
@@ -144,7 +123,7 @@ def select_raw_rows(
 ) -> list[RawRow]:
     """Rows in position order up to ``lte``, after ``gt`` (None: from the very first row,
     including any at position 0 or below, which the recorder's own reads skip)."""
-    d = _Dialect(recorder)
+    d = Dialect(recorder)
     rows = fetch_where(
         recorder, f"{d.columns()} FROM {d.table}",
         [(f"{d.position}<=", lte), (f"{d.position}>", gt)],
@@ -155,8 +134,8 @@ def select_raw_rows(
 
 def count_rows(recorder: ApplicationRecorder, *, lte: int) -> int:
     """How many rows the store holds up to position ``lte`` (with no lower bound)."""
-    d = _Dialect(recorder)
-    with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+    d = Dialect(recorder)
+    with transaction(recorder, commit=False) as cursor:
         cursor.execute(f"SELECT count(*) AS n FROM {d.table} WHERE {d.position}<={d.mark}", [lte])
         return int(cursor.fetchone()["n"])
 
@@ -185,7 +164,7 @@ def select_aggregate_notifications(
     eventsourcing's ``select_events`` leaves positions out, and history records need
     them; this reads the same table through the recorder's own connection pool.
     """
-    d = _Dialect(recorder)
+    d = Dialect(recorder)
     rows = fetch_where(
         recorder, f"{d.columns()} FROM {d.table}",
         [("originator_id=", d.key(aggregate_id)), ("originator_version>", gt),
@@ -205,7 +184,7 @@ def select_first_events(
     """
     if not aggregate_ids:
         return {}
-    d = _Dialect(recorder)
+    d = Dialect(recorder)
     by_key = {d.key(a): a for a in aggregate_ids}
     if d.sqlite:
         marks = ",".join("?" * len(by_key))
@@ -213,7 +192,7 @@ def select_first_events(
     else:
         where, params = "originator_id = ANY(%s)", [list(by_key)]
     sql = f"SELECT {d.columns()} FROM {d.table} WHERE {where} AND originator_version=1"
-    with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+    with transaction(recorder, commit=False) as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     found = {}

@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
+from chorus.store.datastore import aggregate_recorder
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
@@ -23,7 +24,6 @@ from eventsourcing.persistence import (
     Mapper,
     Transcoder,
 )
-from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteDatastore
 
 TABLE = "stored_snapshots"
 
@@ -44,16 +44,7 @@ class MsgpackTranscoder(Transcoder):
 
 def snapshot_recorder(recorder: ApplicationRecorder) -> AggregateRecorder:
     """The snapshots table beside the events of ``recorder`` (created if missing)."""
-    datastore = recorder.datastore  # type: ignore[attr-defined]
-    snapshots: AggregateRecorder
-    if isinstance(datastore, SQLiteDatastore):
-        snapshots = SQLiteAggregateRecorder(datastore, events_table_name=TABLE)
-    else:
-        from eventsourcing.postgres import PostgresAggregateRecorder
-
-        snapshots = PostgresAggregateRecorder(datastore, events_table_name=TABLE)
-    snapshots.create_table()
-    return snapshots
+    return aggregate_recorder(recorder, TABLE)
 
 
 def snapshot_store(recorder: ApplicationRecorder) -> EventStore[UUID]:

@@ -12,20 +12,20 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from chorus.store.recorder import _Dialect
+from chorus.store.datastore import Dialect, transaction
 from eventsourcing.persistence import ApplicationRecorder
 
 TABLE = "chorus_trace_context"
 KEEP_SECONDS = 3600
 
 
-def _table(d: _Dialect) -> str:
-    return TABLE if d.sqlite else f"{d.table.split('.', 1)[0]}.{TABLE}"
+def _table(d: Dialect) -> str:
+    return d.beside(TABLE)
 
 
 def ensure_table(recorder: ApplicationRecorder) -> None:
-    d = _Dialect(recorder)
-    with recorder.datastore.transaction(commit=True) as cursor:  # type: ignore[attr-defined]
+    d = Dialect(recorder)
+    with transaction(recorder, commit=True) as cursor:
         cursor.execute(
             f"CREATE TABLE IF NOT EXISTS {_table(d)} (actor TEXT NOT NULL, "
             "command_id TEXT NOT NULL, traceparent TEXT NOT NULL, created DOUBLE PRECISION "
@@ -39,9 +39,9 @@ def save(recorder: ApplicationRecorder, rows: Iterable[tuple[str, str, str]]) ->
     rows = list(rows)
     if not rows:
         return
-    d, now = _Dialect(recorder), time.time()
+    d, now = Dialect(recorder), time.time()
     m = d.mark
-    with recorder.datastore.transaction(commit=True) as cursor:  # type: ignore[attr-defined]
+    with transaction(recorder, commit=True) as cursor:
         for actor, command_id, value in rows:
             cursor.execute(
                 f"INSERT INTO {_table(d)} (actor, command_id, traceparent, created) "
@@ -59,10 +59,10 @@ def load(
     wanted = set(keys)
     if not wanted:
         return {}
-    d = _Dialect(recorder)
+    d = Dialect(recorder)
     ids = sorted({command_id for _, command_id in wanted})
     marks = ", ".join(d.mark for _ in ids)
-    with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+    with transaction(recorder, commit=False) as cursor:
         try:
             cursor.execute(
                 f"SELECT actor, command_id, traceparent FROM {_table(d)} "

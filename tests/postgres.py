@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +34,13 @@ def postgres_schema(prefix: str = "t") -> Iterator[str]:
         gc.collect()
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@contextmanager
+def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """An event store's URL on ``backend`` (``sqlite`` or ``postgres``) for one test."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path}/events.db"
+        return
+    with postgres_schema() as url:
+        yield url

@@ -33,6 +33,7 @@ from chorus.contracts.feed import EventRecord
 from chorus.contracts.subjects import agent_inbox_prefix
 from chorus.events.codec import decode_record, is_domain_topic
 from chorus.natsd import NatsServer, die_with_parent, start_nats_server
+from chorus.store.datastore import close_recorder
 from chorus.store.recorder import open_recorder
 from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
@@ -595,7 +596,7 @@ def read_store(database_url: str) -> list[EventRecord]:
         notifications = recorder.select_notifications(1, 100_000)
         return [decode_record(n) for n in notifications]
     finally:
-        recorder.datastore.close()  # type: ignore[attr-defined]
+        close_recorder(recorder)
 
 
 def domain_events(records: list[EventRecord]) -> list[EventRecord]:

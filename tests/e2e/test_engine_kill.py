@@ -27,6 +27,7 @@ import pytest
 from chorus.bootstrap import EngineConfig, EngineService
 from chorus.events.codec import GENESIS_HASH
 from chorus.natsd import NatsServer
+from chorus.store.datastore import close_recorder
 from nats.aio.client import Client as NATS
 
 from .conftest import (
@@ -402,7 +403,7 @@ async def test_relay_sigkill_while_publishing_a_backlog(
         await send_all(client, submits)
     finally:
         await writer.stop()
-        writer.recorder.datastore.close()  # type: ignore[attr-defined]
+        close_recorder(writer.recorder)
     records = read_store(engine_proc.database_url)
     domain = domain_events(records)
     total = len(domain)

@@ -23,19 +23,17 @@ from chorus.events.codec import decode_record, is_domain_topic
 from chorus.projections.readstore import ReadStore
 from chorus.projections.runner import ProjectionRunner
 from chorus.projections.sessions import SessionsProjection, get_session
-from chorus.store.recorder import _Dialect, open_recorder, select_aggregate_notifications
+from chorus.store.datastore import Dialect, transaction
+from chorus.store.recorder import open_recorder, select_aggregate_notifications
 
-from tests.postgres import postgres_schema
+from tests.postgres import database_url
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/events.db"
-        return
-    with postgres_schema() as url:
+    with database_url(request.param, tmp_path) as url:
         yield url
 
 
@@ -188,8 +186,8 @@ def test_the_seal_ledger_verifies_and_catches_a_deleted_row(store_url: str) -> N
     assert (report.sealed_through, report.unsealed) == (head, 3)  # result, verdict, dedup
 
     victim = select_aggregate_notifications(recorder, uuid.UUID(sids[1]))[-1]
-    d = _Dialect(recorder)
-    with recorder.datastore.transaction(commit=True) as cursor:  # type: ignore[attr-defined]
+    d = Dialect(recorder)
+    with transaction(recorder, commit=True) as cursor:
         cursor.execute(f"DELETE FROM {d.table} WHERE {d.position}={d.mark}", [victim.id])
     first = verify_store(recorder, now=NOW).first
     assert first is not None

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from chorus.store.datastore import close_recorder
 from chorus.store.recorder import open_recorder
 from eventsourcing.persistence import ApplicationRecorder
 
@@ -44,4 +45,4 @@ def recorder(database_url: str) -> Iterator[ApplicationRecorder]:
     """A real eventsourcing SQLite recorder on a file in the test's tmp_path."""
     rec = open_recorder(database_url)
     yield rec
-    rec.datastore.close()  # type: ignore[attr-defined]
+    close_recorder(rec)

@@ -24,6 +24,7 @@ from chorus.events.codec import (
     decode_record,
     recompute_hash,
 )
+from chorus.store.datastore import close_recorder
 from chorus.store.recorder import open_recorder, select_aggregate_notifications
 from eventsourcing.persistence import ApplicationRecorder, IntegrityError, StoredEvent
 
@@ -135,7 +136,7 @@ def second_recorder(
     """Another connection to the same database, as a second engine process would have."""
     rec = open_recorder(database_url)
     yield rec
-    rec.datastore.close()  # type: ignore[attr-defined]
+    close_recorder(rec)
 
 
 # Group commit ------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from chorus.engine.processor import Processor
 from chorus.events.codec import decode_record, stored_body, typed_event
 from chorus.events.session import ResultSubmitted, result_digest
 from chorus.projections.audit import AuditLog
+from chorus.store.datastore import close_recorder
 from chorus.store.recorder import open_recorder
 from eventsourcing.persistence import ApplicationRecorder
 
@@ -40,7 +41,7 @@ def old_store(tmp_path: Path) -> Iterator[ApplicationRecorder]:
     shutil.copy(FIXTURE, copy)
     recorder = open_recorder(f"sqlite:///{copy}")
     yield recorder
-    recorder.datastore.close()  # type: ignore[attr-defined]
+    close_recorder(recorder)
 
 
 def results(recorder: ApplicationRecorder, sid: uuid.UUID) -> list[tuple[int, object]]:

@@ -24,6 +24,7 @@ from chorus.audit.ledger import (
 )
 from chorus.cli import main
 from chorus.engine.adapters.sealer import Sealer
+from chorus.store.datastore import close_recorder
 from chorus.store.recorder import open_recorder
 
 from tests.unit.test_tamper import (
@@ -61,7 +62,7 @@ async def sealed_and_anchored(store: Path, data_dir: Path) -> Checkpoint:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        recorder.datastore.close()  # type: ignore[attr-defined]
+        close_recorder(recorder)
 
 
 async def test_rolling_the_anchor_back_to_the_previous_seal_is_caught(

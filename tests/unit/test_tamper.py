@@ -22,6 +22,7 @@ from chorus.audit.ledger import (
 from chorus.audit.verify import verify_store
 from chorus.cli import main
 from chorus.engine.processor import Processor
+from chorus.store.datastore import close_recorder
 from chorus.store.recorder import open_recorder
 from eventsourcing.persistence import ApplicationRecorder
 
@@ -48,7 +49,7 @@ def sealed_store(tmp_path: Path, clock: FakeClock) -> Path:
     recorder = open_recorder(f"sqlite:///{path}")
     write_history(recorder, clock)
     assert seal_all(recorder) == recorder.max_notification_id()
-    recorder.datastore.close()  # type: ignore[attr-defined]
+    close_recorder(recorder)
     return path
 
 
@@ -60,7 +61,7 @@ def check(path: Path, **options: Any):  # type: ignore[no-untyped-def]
     try:
         return verify_store(recorder, **options)
     finally:
-        recorder.datastore.close()  # type: ignore[attr-defined]
+        close_recorder(recorder)
 
 
 def tamper(path: Path, *statements: tuple[str, tuple[object, ...]]) -> None:
@@ -265,7 +266,7 @@ def test_re_sealing_a_rewritten_log_breaks_the_anchor(sealed_store: Path) -> Non
     )
     recorder = open_recorder(f"sqlite:///{sealed_store}")
     seal_all(recorder)
-    recorder.datastore.close()  # type: ignore[attr-defined]
+    close_recorder(recorder)
     report = check(sealed_store, expected=[anchor])
     assert [p.kind for p in report.problems] == ["anchor_mismatch"]
     assert target[0] < anchor.position
@@ -346,7 +347,7 @@ async def test_the_sealer_appends_each_new_head_to_the_anchor_file(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        recorder.datastore.close()  # type: ignore[attr-defined]
+        close_recorder(recorder)
 
 
 # Rows outside the log's range, re-spelled keys, topics ---------------------------------------
@@ -390,7 +391,7 @@ def test_a_changed_event_type_in_the_topic_is_caught_before_sealing(
     path = tmp_path / "e.db"
     recorder = open_recorder(f"sqlite:///{path}")
     write_history(recorder, clock)
-    recorder.datastore.close()  # type: ignore[attr-defined]
+    close_recorder(recorder)
     target = next(r for r in rows(path) if r["topic"] == "session.ResultSubmitted")
     tamper(path, ("UPDATE stored_events SET topic='session.SessionCancelled' WHERE rowid=?",
                   (target[0],)))  # fmt: skip
@@ -441,7 +442,7 @@ def test_the_sealer_stops_at_a_row_that_does_not_verify(tmp_path: Path, clock: F
     assert seal.position == target[0] - 1
     with pytest.raises(UnsoundRow):  # and stays stopped
         seal_all(recorder)
-    recorder.datastore.close()  # type: ignore[attr-defined]
+    close_recorder(recorder)
 
 
 def seal_one_row_at_a_time(recorder: ApplicationRecorder, known: dict[str, Any] | None) -> None:
@@ -485,7 +486,7 @@ def test_the_sealer_stops_at_a_re_hashed_row_that_breaks_its_chain(
         sealing(recorder)
     assert raised.value.position == next_version[0]
     assert "prev_hash" in raised.value.reason
-    recorder.datastore.close()  # type: ignore[attr-defined]
+    close_recorder(recorder)
 
 
 def test_chorus_audit_seal_exits_1_at_a_row_that_does_not_verify(
@@ -494,7 +495,7 @@ def test_chorus_audit_seal_exits_1_at_a_row_that_does_not_verify(
     path = tmp_path / "e.db"
     recorder = open_recorder(f"sqlite:///{path}")
     write_history(recorder, clock)
-    recorder.datastore.close()  # type: ignore[attr-defined]
+    close_recorder(recorder)
     target = domain_row(path, 2)
     tamper(path, ("UPDATE stored_events SET originator_id=? WHERE rowid=?",
                   (target["originator_id"].upper(), target[0])))  # fmt: skip

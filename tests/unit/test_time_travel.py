@@ -23,6 +23,7 @@ from chorus.engine.processor import Command, Processor
 from chorus.events.codec import decode_record, typed_event
 from chorus.projections.history import History
 from chorus.projections.timetravel import state_at
+from chorus.store.datastore import close_recorder
 from chorus.store.recorder import open_recorder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -140,7 +141,7 @@ def test_session_views_at_every_version_and_time_agree_with_the_engine_fold(
         assert before is not None
         assert (before.view, before.version) == (None, 0)
         assert state_at(history, "session", str(uuid.uuid4()), at_version=1) is None
-        recorder.datastore.close()  # type: ignore[attr-defined]
+        close_recorder(recorder)
 
 
 def workflow_command(actor: str, name: str, command_id: str, payload: Any) -> Command:

@@ -1,0 +1,103 @@
+"""``chorus.store.datastore``, the only code that reaches past the recorder interface,
+checked on each backend: an eventsourcing release that moves what it relies on fails here.
+
+PostgreSQL runs when ``CHORUS_TEST_POSTGRES_URL`` names a server (``.ci/run`` starts one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from chorus.store.datastore import Dialect, aggregate_recorder, close_recorder, transaction
+from chorus.store.recorder import open_recorder, select_aggregate_notifications
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    ConnectionPoolClosedError,
+    OperationalError,
+    StoredEvent,
+)
+
+from tests.postgres import database_url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with database_url(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def recorder(url: str) -> Iterator[ApplicationRecorder]:
+    rec = open_recorder(url)
+    yield rec
+    with contextlib.suppress(ConnectionPoolClosedError, OperationalError):
+        close_recorder(rec)
+
+
+def event(aggregate_id: uuid.UUID, version: int, topic: str = "session.Opened") -> StoredEvent:
+    return StoredEvent(originator_id=aggregate_id, originator_version=version, topic=topic,
+                       state=b'{"v": %d}' % version)  # fmt: skip
+
+
+def test_the_dialect_names_the_events_table_its_position_and_stored_keys(
+    recorder: ApplicationRecorder,
+) -> None:
+    aggregate_id = uuid.uuid4()
+    recorder.insert_events([event(aggregate_id, 1), event(aggregate_id, 2)])
+    d = Dialect(recorder)
+    with transaction(recorder, commit=False) as cursor:
+        cursor.execute(
+            f"SELECT {d.columns()} FROM {d.table} WHERE originator_id={d.mark} "
+            f"ORDER BY {d.position}",
+            [d.key(aggregate_id)],
+        )
+        rows = cursor.fetchall()
+    assert [r["originator_version"] for r in rows] == [1, 2]
+    assert [r["position"] for r in rows] == [n.id for n in recorder.select_notifications(1, 10)]
+
+
+def test_a_transaction_commits_only_when_asked(recorder: ApplicationRecorder) -> None:
+    d = Dialect(recorder)
+    table = d.beside("chorus_probe")
+    with transaction(recorder, commit=True) as cursor:
+        cursor.execute(f"CREATE TABLE {table} (n INTEGER)")
+    with transaction(recorder, commit=False) as cursor:
+        cursor.execute(f"INSERT INTO {table} (n) VALUES ({d.mark})", [1])
+    with transaction(recorder, commit=True) as cursor:
+        cursor.execute(f"INSERT INTO {table} (n) VALUES ({d.mark})", [2])
+    with transaction(recorder, commit=False) as cursor:
+        cursor.execute(f"SELECT n FROM {table}")
+        assert [r["n"] for r in cursor.fetchall()] == [2]
+
+
+def test_an_aggregate_recorder_beside_the_events_keeps_its_own_table(
+    recorder: ApplicationRecorder,
+) -> None:
+    aggregate_id = uuid.uuid4()
+    beside = aggregate_recorder(recorder, "chorus_probe_events")
+    beside.insert_events([event(aggregate_id, 1, "snapshot")])
+    assert [e.topic for e in beside.select_events(aggregate_id)] == ["snapshot"]
+    assert recorder.max_notification_id() in (None, 0)  # the log saw nothing of it
+    assert select_aggregate_notifications(recorder, aggregate_id) == []
+
+
+def test_closing_a_recorder_releases_its_pool_and_loses_nothing(
+    recorder: ApplicationRecorder, request: pytest.FixtureRequest
+) -> None:
+    aggregate_id = uuid.uuid4()
+    recorder.insert_events([event(aggregate_id, 1)])
+    close_recorder(recorder)
+    with (
+        pytest.raises((ConnectionPoolClosedError, OperationalError)),
+        transaction(recorder, commit=False) as cursor,
+    ):
+        cursor.execute("SELECT 1")
+    again = open_recorder(request.getfixturevalue("url"))
+    try:
+        assert [n.originator_id for n in again.select_notifications(1, 10)] == [aggregate_id]
+    finally:
+        close_recorder(again)
