@@ -25,7 +25,7 @@ from chorus.contracts.bounds import MAX_POSITION
 from chorus.contracts.envelope import Reply
 from chorus.contracts.subjects import LIVENESS_BUCKET, command_subject, is_token, liveness_key
 from chorus.gateway.auth import can_audit, can_read, can_write
-from chorus.gateway.bus import issue, replayed
+from chorus.gateway.bus import issue_command, replayed
 from chorus.gateway.errors import Problem, check_cursor
 from chorus.gateway.history import AtVersion, EventPage, current_or_past, history_page
 from chorus.gateway.keys import Principal
@@ -129,8 +129,7 @@ async def _agent_command(
     payload: msgspec.Struct,
 ) -> Response[read_model.AgentDetail]:
     _check_name(agent_id)
-    reply = await issue(services.bus, request.headers, request.user.actor, "agent", command,
-                        payload)  # fmt: skip
+    reply = await issue_command(services, request, "agent", command, payload)
     view = await _fresh_agent(services, agent_id, reply.position)
     return Response(view, headers=replayed(reply))
 
@@ -188,6 +187,8 @@ def _as_of(value: str | None) -> datetime:
 class AgentController(Controller):
     path = "/api/v1/agents"
     tags = ["agents"]
+    #: Every route here is for readers at least; writes and audits narrow it further.
+    guards = [can_read]
 
     @post("/", guards=[can_write], status_code=201,
           summary="Register an agent (the caller's key becomes its owner)")  # fmt: skip
@@ -199,8 +200,7 @@ class AgentController(Controller):
     ) -> Response[read_model.AgentDetail]:
         """201 when this request registered the name; 200 for a repeat by the owner (new
         capabilities are recorded as an update); 409 ``agent_name_taken`` for anyone else."""
-        reply = await issue(services.bus, request.headers, request.user.actor, "agent",
-                            "register", data)  # fmt: skip
+        reply = await issue_command(services, request, "agent", "register", data)
         view = await _fresh_agent(services, data.name, reply.position)
         created = reply.status == "accepted" and reply.position > 0 and reply.version == 1
         return Response(
@@ -273,8 +273,8 @@ class AgentController(Controller):
         assert evidence.task_id is not None
         assert evidence.completion_time is not None
         assert evidence.output_hash is not None
-        reply = await issue(
-            services.bus, request.headers, request.user.actor, "agent", "verify_completion",
+        reply = await issue_command(
+            services, request, "agent", "verify_completion",
             VerifyCompletion(
                 agent_id=agent_id, task_id=evidence.task_id,
                 completion_time=evidence.completion_time, output_hash=evidence.output_hash,
@@ -287,7 +287,7 @@ class AgentController(Controller):
             headers=replayed(reply),
         )
 
-    @get("/", guards=[can_read], summary="List agents with their reliability")
+    @get("/", summary="List agents with their reliability")
     async def list_agents(
         self,
         services: ServicesDep,
@@ -313,7 +313,7 @@ class AgentController(Controller):
             min_success_rate=min_success_rate, sort=sort, limit=limit, cursor=cursor,
         )  # fmt: skip
 
-    @get("/{agent_id:str}", guards=[can_read],
+    @get("/{agent_id:str}",
          summary="An agent, its status and record: current, or at a version or time (auditors)")  # fmt: skip
     async def get_agent(
         self,
@@ -332,7 +332,7 @@ class AgentController(Controller):
             request.user, services, "agent", str(agent_uuid(agent_id)), at_version, as_of, current
         )
 
-    @get("/{agent_id:str}/metrics", guards=[can_read],
+    @get("/{agent_id:str}/metrics",
          summary="Reliability over a window (1h, 24h, 7d, all), optionally as of a past time")  # fmt: skip
     async def metrics(
         self,
@@ -348,7 +348,7 @@ class AgentController(Controller):
             raise _not_found(agent_id)
         return found  # type: ignore[no-any-return]
 
-    @get("/{agent_id:str}/tasks", guards=[can_read],
+    @get("/{agent_id:str}/tasks",
          summary="An agent's open tasks, as its inbox chorus.task.<id> delivers them")  # fmt: skip
     async def tasks(
         self,

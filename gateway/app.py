@@ -23,7 +23,7 @@ from chorus.gateway.docs import (
     render_plugins,
     static_files,
 )
-from chorus.gateway.errors import EXCEPTION_HANDLERS, add_request_id_header
+from chorus.gateway.errors import EXCEPTION_HANDLERS, add_request_id_header, problem_details
 from chorus.gateway.feeds import session_feed, workflow_feed
 from chorus.gateway.headers import AllowedHostsMiddleware, SecurityHeaders, cors_config
 from chorus.gateway.health import health, ready
@@ -155,6 +155,7 @@ def create_app(config: GatewayConfig) -> Litestar:
         before_send=[add_request_id_header, SecurityHeaders(docs)],
         cors_config=cors_config(edge.cors_origins),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        plugins=[problem_details()],
         request_max_body_size=config.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Chorus",

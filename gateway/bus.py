@@ -1,4 +1,10 @@
-"""Publishing commands to the engine and turning its replies into HTTP outcomes."""
+"""Publishing commands to the engine and turning its replies into HTTP outcomes.
+
+A route that changes something is send -> wait -> read: ``issue_command`` sends the
+caller's command (as its actor, with its ``Idempotency-Key`` and ``X-Correlation-Id``) and
+waits until the read model the route answers from shows the change; the route then reads
+and answers, with ``replayed(reply)`` among its headers.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from chorus.contracts import errors as codes
@@ -18,6 +24,7 @@ from chorus.contracts.envelope import Envelope, Reply
 from chorus.contracts.subjects import command_subject
 from chorus.contracts.tracing import inject
 from chorus.gateway.errors import Problem
+from litestar import Request
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
@@ -162,6 +169,35 @@ async def issue(
         actor, aggregate, command, payload,
         command_id=idempotency_key(headers), correlation_id=headers.get("x-correlation-id"),
     )  # fmt: skip
+
+
+class CommandServices(Protocol):
+    """What ``issue_command`` needs of the gateway's services."""
+
+    @property
+    def bus(self) -> CommandBus: ...
+
+    async def read_your_write(self, name: str, position: int, **details: Any) -> None: ...
+
+
+async def issue_command(
+    services: CommandServices,
+    request: Request[Any, Any, Any],
+    aggregate: str,
+    command: str,
+    payload: msgspec.Struct,
+    *,
+    read_model: str | None = None,
+    **details: Any,
+) -> Reply:
+    """Send the caller's command (``issue``) and, with ``read_model``, wait until that read
+    model shows it (``read_your_write``: 503 ``read_model_behind`` with ``details`` if it
+    does not in time), so what the route reads next includes the change."""
+    reply = await issue(services.bus, request.headers, request.user.actor, aggregate, command,
+                        payload)  # fmt: skip
+    if read_model is not None:
+        await services.read_your_write(read_model, reply.position, **details)
+    return reply
 
 
 def replayed(reply: Reply) -> dict[str, str]:

@@ -1,4 +1,13 @@
-"""RFC 9457 problem details for every error, each with a stable ``code`` and the request id."""
+"""RFC 9457 problem details for every error, each with a stable ``code`` and the request id.
+
+Litestar's ``ProblemDetailsPlugin`` renders them: ``Problem`` is its
+``ProblemDetailsException`` with our members (``code``, ``request_id``, ``details``) and
+``instance`` filled from the request, and every other handler here answers by building a
+``Problem``, so there is one way an error body is written. The plugin's own mapping of
+other exceptions is not used: its converters see the exception alone, and ours need the
+request (the route's body type names a field's allowed values; failures are logged with
+the request id).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +25,7 @@ from eventsourcing.persistence import InterfaceError as StoreInterfaceError
 from eventsourcing.persistence import OperationalError as StoreOperationalError
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.plugins.problem_details import ProblemDetailsException, ProblemDetailsPlugin
 from litestar.types import Message, Scope
 
 log = logging.getLogger(__name__)
@@ -37,7 +47,7 @@ _FRAMEWORK_CODES: dict[int, tuple[str, str]] = {
 }
 
 
-class Problem(HTTPException):
+class Problem(ProblemDetailsException):
     """An error with a stable code; raised by handlers, rendered as problem details."""
 
     def __init__(
@@ -50,10 +60,26 @@ class Problem(HTTPException):
         details: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(detail=detail, status_code=status, headers=headers)
+        super().__init__(
+            detail=detail, status_code=status, headers=headers,
+            type_=f"https://chorus.dev/problems/{code}",
+            title=title or code.replace("_", " ").capitalize(),
+        )  # fmt: skip
         self.code = code
-        self.title = title or code.replace("_", " ").capitalize()
         self.details = details
+
+    def to_response(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        """The plugin's body, with where (``instance``) and which request it was."""
+        self.instance = request.url.path
+        self.extra = {"code": self.code, "request_id": request_id_of(request.scope)}
+        if self.details:
+            self.extra["details"] = self.details
+        return super().to_response(request)
+
+
+def problem_details() -> ProblemDetailsPlugin:
+    """The plugin for an app: it registers the handler that renders every ``Problem``."""
+    return ProblemDetailsPlugin()
 
 
 def check_cursor(cursor: str | None, decode: Any) -> None:
@@ -97,24 +123,8 @@ def problem_response(
     details: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response[dict[str, Any]]:
-    body: dict[str, Any] = {
-        "type": f"https://chorus.dev/problems/{code}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "code": code,
-        "instance": request.url.path,
-        "request_id": request_id_of(request.scope),
-    }
-    if details:
-        body["details"] = details
-    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
-
-
-def handle_problem(request: Request[Any, Any, Any], exc: Problem) -> Response[dict[str, Any]]:
-    return problem_response(
-        request, exc.status_code, exc.code, exc.title, exc.detail, exc.details, exc.headers
-    )
+    problem = Problem(status, code, detail, title=title, details=details, headers=headers)
+    return problem.to_response(request)
 
 
 def handle_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
@@ -257,8 +267,8 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
     )  # fmt: skip
 
 
+#: ``Problem`` itself is the plugin's (``problem_details``); these turn the rest into one.
 EXCEPTION_HANDLERS = {
-    Problem: handle_problem,
     ValidationException: handle_validation,
     HTTPException: handle_http,
     RecursionError: handle_too_deep,
@@ -269,4 +279,7 @@ EXCEPTION_HANDLERS = {
     Exception: handle_unexpected,
 }
 
-__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "Problem", "add_request_id_header"]
+__all__ = [
+    "EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "Problem", "add_request_id_header",
+    "problem_details",
+]  # fmt: skip

@@ -33,7 +33,7 @@ from chorus.contracts.mcp import (
 from chorus.contracts.sessions import Id
 from chorus.gateway import mcp_client
 from chorus.gateway.auth import can_read, can_write, require_roles
-from chorus.gateway.bus import idempotency_key
+from chorus.gateway.bus import issue_command, replayed
 from chorus.gateway.errors import Problem
 from chorus.gateway.keys import Principal
 from chorus.gateway.state import Services, ServicesDep
@@ -89,13 +89,6 @@ async def _server(services: Services, name: str) -> read_model.McpServerView:
     return view  # type: ignore[no-any-return]
 
 
-async def _fresh(services: Services, name: str, position: int) -> read_model.McpServerView:
-    if not await services.wait_for_projection(read_model.NAME, position):
-        raise Problem(503, codes.READ_MODEL_BEHIND, "recorded, but not readable yet",
-                      headers={"Retry-After": "1"})  # fmt: skip
-    return await _server(services, name)
-
-
 async def _discover_checked(transport: Transport, timeout: float) -> list[Any]:
     tools = await mcp_client.discover(transport, timeout)
     problems = catalogue_problems(tools)
@@ -111,6 +104,8 @@ async def _discover_checked(transport: Transport, timeout: float) -> list[Any]:
 class McpServerController(Controller):
     path = "/api/v1/mcp-servers"
     tags = ["mcp"]
+    #: Every route here is for readers at least; writes and audits narrow it further.
+    guards = [can_read]
 
     @post("/", guards=[can_manage], status_code=201,
           summary="Register an MCP server: discover and validate its tools, record them")  # fmt: skip
@@ -119,21 +114,21 @@ class McpServerController(Controller):
         services: ServicesDep,
     ) -> Response[read_model.McpServerView]:  # fmt: skip
         tools = await _discover_checked(data.transport, data.config.timeout_seconds)
-        reply = await services.bus.send(
-            request.user.actor, "mcp_server", "register",
+        reply = await issue_command(
+            services, request, "mcp_server", "register",
             RegisterMcpServer(name=data.name, transport=data.transport, tools=tools,
                               owner=data.owner, access=data.access or Access(), config=data.config),
-            command_id=idempotency_key(request.headers),
+            read_model=read_model.NAME, mcp_server=data.name,
         )  # fmt: skip
-        view = await _fresh(services, data.name, reply.position)
+        view = await _server(services, data.name)
         return Response(view, status_code=201,
-                        headers={"Location": f"{self.path}/{data.name}"})  # fmt: skip
+                        headers={"Location": f"{self.path}/{data.name}", **replayed(reply)})  # fmt: skip
 
-    @get("/", guards=[can_read], summary="Registered MCP servers and their tools")
+    @get("/", summary="Registered MCP servers and their tools")
     async def list_servers(self, services: ServicesDep) -> list[read_model.McpServerView]:
         return await services.read(read_model.list_servers)  # type: ignore[no-any-return]
 
-    @get("/{name:str}", guards=[can_read], summary="An MCP server and its tools")
+    @get("/{name:str}", summary="An MCP server and its tools")
     async def get_server(
         self, name: FromPath[str], services: ServicesDep
     ) -> read_model.McpServerView:
@@ -145,13 +140,13 @@ class McpServerController(Controller):
         data: JSONBody[ConfigureBody], services: ServicesDep,
     ) -> read_model.McpServerView:  # fmt: skip
         await _server(services, name)
-        reply = await services.bus.send(
-            request.user.actor, "mcp_server", "configure",
+        await issue_command(
+            services, request, "mcp_server", "configure",
             ConfigureMcpServer(name=name, transport=data.transport, owner=data.owner,
                                access=data.access, config=data.config),
-            command_id=idempotency_key(request.headers),
+            read_model=read_model.NAME, mcp_server=name,
         )  # fmt: skip
-        return await _fresh(services, name, reply.position)
+        return await _server(services, name)
 
     @delete("/{name:str}", guards=[can_manage], status_code=204, summary="Remove an MCP server")
     async def remove(
@@ -159,9 +154,8 @@ class McpServerController(Controller):
         reason: FromQuery[str] = "removed",
     ) -> None:  # fmt: skip
         await _server(services, name)
-        reply = await services.bus.send(
-            request.user.actor, "mcp_server", "remove", RemoveMcpServer(name=name, reason=reason),
-            command_id=idempotency_key(request.headers),
+        reply = await issue_command(
+            services, request, "mcp_server", "remove", RemoveMcpServer(name=name, reason=reason),
         )  # fmt: skip
         await services.wait_for_projection(read_model.NAME, reply.position)
 
@@ -174,14 +168,13 @@ class McpServerController(Controller):
         tools = await _discover_checked(
             _transport(view.transport), view.config.get("timeout_seconds", 30.0)
         )
-        reply = await services.bus.send(
-            request.user.actor, "mcp_server", "record_tools",
-            RecordToolsDiscovered(name=name, tools=tools),
-            command_id=idempotency_key(request.headers),
+        await issue_command(
+            services, request, "mcp_server", "record_tools",
+            RecordToolsDiscovered(name=name, tools=tools), read_model=read_model.NAME, mcp_server=name,
         )  # fmt: skip
-        return await _fresh(services, name, reply.position)
+        return await _server(services, name)
 
-    @get("/{name:str}/health", guards=[can_read], summary="Connect, ping and list tools now")
+    @get("/{name:str}/health", summary="Connect, ping and list tools now")
     async def health(self, name: FromPath[str], services: ServicesDep) -> Health:
         view = await _server(services, name)
         found = await mcp_client.health(

@@ -18,7 +18,7 @@ from chorus.contracts.sessions import (
     SubmitResult,
 )
 from chorus.gateway.auth import can_audit, can_read, can_write
-from chorus.gateway.bus import derived_id, idempotency_key, issue, replayed
+from chorus.gateway.bus import derived_id, idempotency_key, issue_command, replayed
 from chorus.gateway.errors import Problem, check_cursor
 from chorus.gateway.history import AtVersion, EventPage, current_or_past, history_page
 from chorus.gateway.keys import Principal
@@ -56,9 +56,8 @@ async def _session_command(
     request: Request[Principal, Any, Any], services: Services, command: str, payload: Any
 ) -> Response[CommandOutcome]:
     """Issue a command on an existing session as the caller; answer once it is readable."""
-    reply = await issue(services.bus, request.headers, request.user.actor, "session", command,
-                        payload)  # fmt: skip
-    await services.read_your_write(read_model.NAME, reply.position, session_id=payload.session_id)
+    reply = await issue_command(services, request, "session", command, payload,
+                                read_model=read_model.NAME, session_id=payload.session_id)  # fmt: skip
     assert reply.version is not None
     return Response(
         CommandOutcome(session_id=payload.session_id, status=reply.status, version=reply.version),
@@ -69,6 +68,8 @@ async def _session_command(
 class SessionController(Controller):
     path = "/api/v1/sessions"
     tags = ["sessions"]
+    #: Every route here is for readers at least; writes and audits narrow it further.
+    guards = [can_read]
 
     @post("/", guards=[can_write], status_code=201, summary="Open a coordination session")
     async def open_session(
@@ -82,9 +83,8 @@ class SessionController(Controller):
         session_id = data.session_id or derived_id(principal.actor, "session", command_id)
         await check_session_quota(services, principal, str(session_id), data.participants)
         fields = msgspec.structs.asdict(data) | {"session_id": session_id}
-        reply = await issue(services.bus, request.headers, principal.actor, "session", "open",
-                            OpenSession(**fields))  # fmt: skip
-        await services.read_your_write(read_model.NAME, reply.position, session_id=session_id)
+        reply = await issue_command(services, request, "session", "open", OpenSession(**fields),
+                                    read_model=read_model.NAME, session_id=session_id)  # fmt: skip
         assert reply.aggregate_id is not None
         assert reply.version is not None
         # A replay may come long after: say what the session is now, not what it was.
@@ -125,7 +125,7 @@ class SessionController(Controller):
         return await _session_command(request, services, "cancel", payload)
 
     @get(
-        "/{session_id:uuid}", guards=[can_read],
+        "/{session_id:uuid}",
         summary="A session's state: current, or at a version or time (auditors)",
     )  # fmt: skip
     async def get_session(
@@ -146,7 +146,7 @@ class SessionController(Controller):
             request.user, services, "session", str(session_id), at_version, as_of, current
         )
 
-    @get("/", guards=[can_read], summary="List sessions, newest first")
+    @get("/", summary="List sessions, newest first")
     async def list_sessions(
         self,
         request: Request[Principal, Any, Any],

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 from chorus.contracts.workflow_types import REGISTRY_ID, DefineWorkflowType, WorkflowType
 from chorus.gateway.auth import can_read, require_roles
-from chorus.gateway.bus import issue, replayed
+from chorus.gateway.bus import issue_command, replayed
 from chorus.gateway.keys import Principal
 from chorus.gateway.state import Services, ServicesDep
 from litestar import Request, Response, get, post
@@ -45,6 +45,6 @@ async def list_workflow_types(services: ServicesDep) -> dict[str, list[WorkflowT
 async def define_workflow_type(
     request: Request[Principal, Any, Any], data: JSONBody[WorkflowType], services: ServicesDep
 ) -> Response[WorkflowType]:
-    reply = await issue(services.bus, request.headers, request.user.actor, "workflow_type",
-                        "define", DefineWorkflowType(workflow_type=data))  # fmt: skip
+    reply = await issue_command(services, request, "workflow_type", "define",
+                                DefineWorkflowType(workflow_type=data))  # fmt: skip
     return Response(data, status_code=201, headers=replayed(reply))

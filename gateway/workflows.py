@@ -11,7 +11,7 @@ from chorus.contracts.bounds import MAX_POSITION
 from chorus.contracts.sessions import Cancellation
 from chorus.contracts.workflows import PRIORITIES, CancelWorkflow, StartWorkflow, WorkflowRequest
 from chorus.gateway.auth import can_audit, can_read, can_write
-from chorus.gateway.bus import derived_id, idempotency_key, issue, replayed
+from chorus.gateway.bus import derived_id, idempotency_key, issue_command, replayed
 from chorus.gateway.errors import Problem, check_cursor
 from chorus.gateway.history import AtVersion, EventPage, current_or_past, history_page
 from chorus.gateway.keys import Principal
@@ -50,9 +50,8 @@ async def start_workflow(
 ) -> Response[WorkflowAccepted]:
     workflow_id = derived_id(request.user.actor, "workflow", idempotency_key(request.headers))
     payload = StartWorkflow(workflow_id=workflow_id, **msgspec.structs.asdict(data))
-    reply = await issue(services.bus, request.headers, request.user.actor, "workflow", "start",
-                        payload)  # fmt: skip
-    await services.read_your_write(read_model.NAME, reply.position, workflow_id=reply.aggregate_id)
+    reply = await issue_command(services, request, "workflow", "start", payload,
+                                read_model=read_model.NAME, workflow_id=workflow_id)  # fmt: skip
     assert reply.aggregate_id is not None
     view = await services.read(read_model.get_workflow, reply.aggregate_id)
     return Response(
@@ -80,6 +79,8 @@ async def workflow_status(workflow_id: uuid.UUID, services: Services) -> read_mo
 class WorkflowController(Controller):
     path = "/api/v1/workflows"
     tags = ["workflows"]
+    #: Every route here is for readers at least; writes and audits narrow it further.
+    guards = [can_read]
 
     @post("/", guards=[can_write], status_code=202, summary="Start a workflow")
     async def start(
@@ -91,7 +92,7 @@ class WorkflowController(Controller):
         return await start_workflow(request, data, services)
 
     @get(
-        "/{workflow_id:uuid}", guards=[can_read],
+        "/{workflow_id:uuid}",
         summary="A workflow's status and progress: current, or at a version or time (auditors)",
     )  # fmt: skip
     async def get_workflow(
@@ -107,7 +108,7 @@ class WorkflowController(Controller):
             lambda: workflow_status(workflow_id, services),
         )  # fmt: skip
 
-    @get("/", guards=[can_read], summary="List workflows, newest first")
+    @get("/", summary="List workflows, newest first")
     async def list_workflows(
         self,
         services: ServicesDep,
@@ -137,11 +138,8 @@ class WorkflowController(Controller):
         payload = CancelWorkflow(
             workflow_id=str(workflow_id), reason=(data or Cancellation()).reason
         )
-        reply = await issue(services.bus, request.headers, request.user.actor, "workflow",
-                            "cancel", payload)  # fmt: skip
-        await services.read_your_write(
-            read_model.NAME, reply.position, workflow_id=str(workflow_id)
-        )
+        reply = await issue_command(services, request, "workflow", "cancel", payload,
+                                    read_model=read_model.NAME, workflow_id=str(workflow_id))  # fmt: skip
         return Response(await workflow_status(workflow_id, services), headers=replayed(reply))
 
     @get("/{workflow_id:uuid}/events", guards=[can_audit], summary="A workflow's history")
