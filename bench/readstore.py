@@ -57,6 +57,15 @@ def write_log(recorder: ApplicationRecorder, agents: int, sessions: int, size: i
     return int(recorder.max_notification_id() or 0)
 
 
+def log_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The event log's shape (``write_log``) and how many runs, as options."""
+    parser.add_argument("--agents", type=int, default=50)
+    parser.add_argument("--sessions", type=int, default=400)
+    parser.add_argument("--participants", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=3)
+    return parser
+
+
 def catch_up(recorder: ApplicationRecorder, url: str, head: int) -> float:
     """Seconds for every read model to reach the head of the log from 0, stepping them
     together as ``chorus project`` does (one scan of the log, ``step_together``)."""
@@ -92,11 +101,7 @@ def summary(rates: list[float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--agents", type=int, default=50)
-    parser.add_argument("--sessions", type=int, default=400)
-    parser.add_argument("--participants", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=3)
+    parser = log_arguments(argparse.ArgumentParser(description=__doc__))
     parser.add_argument("--postgres-url", default=os.environ.get("CHORUS_TEST_POSTGRES_URL"))
     args = parser.parse_args()
     if not args.postgres_url:
