@@ -253,6 +253,11 @@ def asyncapi(servers: Sequence[str] = DEFAULT_SERVERS) -> dict[str, Any]:
                 "channel": {"$ref": f"#/channels/{answer}"},
                 "messages": [{"$ref": f"#/channels/{answer}/messages/SubscribeMessage"}],
             }
+    # The broker keeps its publishers in a set: sorted, the document reads the same each time.
+    for section in (document, document["components"]):
+        for key in ("channels", "operations", "messages", "schemas"):
+            if key in section:
+                section[key] = dict(sorted(section[key].items()))
     return document
 
 
