@@ -182,6 +182,20 @@ async def test_a_bad_schema_is_refused_with_its_reason(
         assert forbidden.status_code == 403
 
 
+async def test_a_retried_registration_is_answered_as_a_replay(
+    engine: EngineService, projector: ProjectionRunner, gateway: Gateway
+) -> None:
+    ops = {**gateway.key("ops", "operator"), "Idempotency-Key": "register-calc-1"}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+        body = {"name": "calc", "transport": stdio()}
+        first = await http.post(BASE, headers=ops, json=body)
+        again = await http.post(BASE, headers=ops, json=body)
+    assert first.status_code == again.status_code == 201, again.text
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["version"] == first.json()["version"]
+
+
 async def test_a_hanging_http_server_times_out_cleanly_and_others_go_on(
     engine: EngineService, projector: ProjectionRunner, gateway: Gateway, http_calc: str
 ) -> None:
