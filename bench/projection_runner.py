@@ -37,16 +37,17 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from chorus.bootstrap import PROJECTIONS, bootstrap
 from chorus.events.codec import decode_record
-from chorus.projections.readstore import ReadStore
-from chorus.projections.runner import Projection, ProjectionRunner, step_together
+from chorus.projections.runner import Projection, step_together
+from chorus.settings import Settings
 from chorus.store.datastore import close_recorder
 from chorus.store.recorder import open_recorder
 from eventsourcing.persistence import ApplicationRecorder, Tracking
 from eventsourcing.projection import Projection as LibraryProjection
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 
-from bench.readstore import MODELS, log_arguments, write_log
+from bench.readstore import log_arguments, write_log
 
 #: How many notifications eventsourcing's subscription selects at a time.
 SUBSCRIPTION_PAGE = 500
@@ -54,9 +55,10 @@ SUBSCRIPTION_PAGE = 500
 
 def ours(recorder: ApplicationRecorder, path: Path, head: int, batch_size: int) -> float:
     """Seconds for ``chorus project``'s runner to bring every read model to ``head``."""
-    store = ReadStore(f"sqlite:///{path}")
-    runners = [ProjectionRunner(recorder, store, model(), batch_size=batch_size)
-               for model in MODELS]  # fmt: skip
+    runners = bootstrap(Settings(), recorder=recorder).projection_runners(
+        read_store_url=f"sqlite:///{path}", batch_size=batch_size
+    )  # every read model of ``chorus project``, wired as it wires them
+    store = runners[0].store
     started = time.perf_counter()
     while min(runner.position for runner in runners) < head:
         step_together(runners)
@@ -93,7 +95,7 @@ def library(recorder: ApplicationRecorder, path: Path, head: int) -> float:
     """Seconds for eventsourcing-style projections to bring every read model to ``head``."""
     datastore = SQLiteDatastore(str(path))
     projections = []
-    for model in MODELS:
+    for model in PROJECTIONS.values():
         view = View(datastore, model())
         view.create_table()
         projections.append(ReadModelProjection(view))
@@ -130,9 +132,9 @@ def main() -> None:
     try:
         recorder = open_recorder(f"sqlite:///{work}/events.db")
         head = write_log(recorder, args.agents, args.sessions, args.participants)
-        tables = [t for model in MODELS for t in model().tables]
+        tables = [t for model in PROJECTIONS.values() for t in model().tables]
         print(f"chorus bench.projection_runner  ({head:,} notifications, "
-              f"{len(MODELS)} read models, SQLite)")  # fmt: skip
+              f"{len(PROJECTIONS)} read models, SQLite)")  # fmt: skip
         ways: dict[str, Callable[[Path], float]] = {
             "runner": lambda path: ours(recorder, path, head, 1000),
             "runner, batch 1": lambda path: ours(recorder, path, head, 1),
