@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -26,7 +27,8 @@ from typing import Any
 import nats
 import pytest
 import uvicorn
-from chorus.bootstrap import EngineService, bootstrap
+from chorus.bootstrap import EngineConfig, EngineService, bootstrap
+from chorus.engine.domain.authz import StaticRoles
 from chorus.gateway.app import create_app
 from chorus.gateway.edge import EdgeConfig
 from chorus.gateway.keys import KeyStore
@@ -166,6 +168,15 @@ def chorus_settings(tmp_path: Path, **fields: Any) -> Settings:
 ENGINE_TEST_DEFAULTS: dict[str, Any] = {
     "session_quota": 0, "seal_anchor_path": None, "audit_key_path": None,
 }  # fmt: skip
+
+
+def engine_config(**fields: Any) -> EngineConfig:
+    """An engine's configuration wired by ``chorus.bootstrap``, for a test that starts its
+    own engines: the ``engine`` fixture's defaults, except that no key store is read (every
+    actor counts as an agent unless ``roles`` says otherwise). ``fields`` are
+    ``EngineConfig``'s, ``nats_url`` and ``database_url`` among them."""
+    components = bootstrap(Settings(data_dir=Path(tempfile.gettempdir())), roles=StaticRoles())
+    return components.engine_config(**(ENGINE_TEST_DEFAULTS | fields))
 
 
 @pytest.fixture

@@ -24,11 +24,13 @@ from typing import Any
 
 import nats
 import pytest
-from chorus.bootstrap import EngineConfig, EngineService
+from chorus.bootstrap import EngineService
 from chorus.events.codec import GENESIS_HASH
 from chorus.natsd import NatsServer
 from chorus.store.datastore import close_recorder
 from nats.aio.client import Client as NATS
+
+from tests.conftest import engine_config
 
 from .conftest import (
     EngineProcess,
@@ -387,7 +389,7 @@ async def test_relay_sigkill_while_publishing_a_backlog(
     # The backlog: written by an engine whose relay is off, so none of it is in EVENTS yet.
     # Sessions are opened and completed, so domain events and dedup records interleave.
     writer = EngineService(
-        EngineConfig(
+        engine_config(
             nats_url=natsd.url, database_url=engine_proc.database_url, relay=False, timers=False
         )
     )

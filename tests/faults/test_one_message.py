@@ -18,7 +18,7 @@ import httpx
 import nats
 import pytest
 import websockets
-from chorus.bootstrap import EngineConfig, EngineService
+from chorus.bootstrap import EngineService
 from chorus.contracts.bounds import MAX_COMMAND_BYTES, MAX_JSON_DEPTH
 from chorus.contracts.envelope import Envelope
 from chorus.contracts.sessions import OpenSession, SubmitResult, Task
@@ -31,7 +31,7 @@ from chorus.store.recorder import open_recorder
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
-from tests.conftest import Gateway, NatsEndpoint, serve_gateway
+from tests.conftest import Gateway, NatsEndpoint, engine_config, serve_gateway
 from tests.integration.test_bus import domain_records, open_payload, send, stream_records
 from tests.integration.test_gateway_support import (
     SESSIONS,
@@ -194,7 +194,7 @@ async def test_an_event_too_large_to_publish_goes_out_as_a_reference_the_feed_re
     nc = await nats.connect(small_payload_nats.url)
     try:
         engine = EngineService(
-            EngineConfig(
+            engine_config(
                 nats_url=small_payload_nats.url,
                 database_url=database_url,
                 timers=False,
@@ -289,7 +289,7 @@ async def test_deep_json_over_http_is_a_400_not_a_500(
 async def test_ready_reports_a_stalled_relay(
     nats_server: NatsEndpoint, database_url: str, roomy_gateway: Gateway, nc: NATS
 ) -> None:
-    config = EngineConfig(nats_url=nats_server.url, database_url=database_url, relay=False)
+    config = engine_config(nats_url=nats_server.url, database_url=database_url, relay=False)
     async with httpx.AsyncClient(base_url=roomy_gateway.url, timeout=20) as http:
         async with EngineService(config):
             await send(nc, "coord", "open", open_payload(["a1"]))
@@ -298,7 +298,9 @@ async def test_ready_reports_a_stalled_relay(
             relay = response.json()["checks"]["relay"]
             assert relay["stalled"] is True
             assert relay["oldest_unpublished"] is not None
-        async with EngineService(EngineConfig(nats_url=nats_server.url, database_url=database_url)):
+        async with EngineService(
+            engine_config(nats_url=nats_server.url, database_url=database_url)
+        ):
 
             async def ready() -> bool:
                 return (await http.get("/ready")).status_code == 200

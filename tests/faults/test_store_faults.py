@@ -16,10 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from chorus.bootstrap import EngineConfig, EngineService
+from chorus.bootstrap import EngineService
 from chorus.gateway.state import GatewayConfig
 
-from tests.conftest import Gateway, NatsEndpoint, serve_gateway
+from tests.conftest import Gateway, NatsEndpoint, engine_config, serve_gateway
 from tests.integration.test_gateway_support import SESSIONS, eventually, open_body
 
 
@@ -86,7 +86,7 @@ async def stack(
     projector: POSTs are judged by their engine outcome, so 503 ``read_model_behind``
     means recorded)."""
     database_url = f"sqlite:///{full_disk}/events.db"
-    config = EngineConfig(nats_url=nats_server.url, database_url=database_url)
+    config = engine_config(nats_url=nats_server.url, database_url=database_url)
     async with EngineService(config):
         gateway_config = GatewayConfig(
             nats_url=nats_server.url, database_url=database_url, read_store_url=read_store_url,

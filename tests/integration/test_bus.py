@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
-from chorus.bootstrap import EngineConfig, EngineService
+from chorus.bootstrap import EngineService
 from chorus.engine.adapters.relay import Relay, StreamAheadOfStore
 from chorus.events.codec import decode_record, is_domain_topic
 from chorus.store.recorder import open_recorder
@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.js.api import DeliverPolicy
 
-from tests.conftest import NatsEndpoint
+from tests.conftest import NatsEndpoint, engine_config
 
 
 async def send(
@@ -130,9 +130,9 @@ async def test_duplicate_is_recognised_after_an_engine_restart(
     nats_server: NatsEndpoint, nc: NATS, database_url: str
 ) -> None:
     payload = open_payload(["a1"])
-    async with EngineService(EngineConfig(nats_url=nats_server.url, database_url=database_url)):
+    async with EngineService(engine_config(nats_url=nats_server.url, database_url=database_url)):
         first = await send(nc, "coord", "open", payload, "same")
-    async with EngineService(EngineConfig(nats_url=nats_server.url, database_url=database_url)):
+    async with EngineService(engine_config(nats_url=nats_server.url, database_url=database_url)):
         again = await send(nc, "coord", "open", payload, "same")
     assert first["status"] == "accepted"
     assert again["status"] == "duplicate"
@@ -225,7 +225,7 @@ async def test_restarted_relay_fills_the_stream_without_gap_or_duplicate(
     nats_server: NatsEndpoint, nc: NATS, database_url: str
 ) -> None:
     # Phase 1: engine with relay; phase 2: events written while no relay runs.
-    async with EngineService(EngineConfig(nats_url=nats_server.url, database_url=database_url)):
+    async with EngineService(engine_config(nats_url=nats_server.url, database_url=database_url)):
         for _ in range(5):
             await send(nc, "coord", "open", open_payload(["a1"]))
         # Let the relay publish them before it stops (a busy machine may not have yet).
@@ -235,7 +235,7 @@ async def test_restarted_relay_fills_the_stream_without_gap_or_duplicate(
                 break
             await asyncio.sleep(0.01)
     async with EngineService(
-        EngineConfig(nats_url=nats_server.url, database_url=database_url, relay=False)
+        engine_config(nats_url=nats_server.url, database_url=database_url, relay=False)
     ):
         for _ in range(7):
             await send(nc, "coord", "open", open_payload(["a1"]))
@@ -255,12 +255,12 @@ async def test_session_times_out_even_when_the_engine_was_down_at_its_deadline(
 ) -> None:
     payload = open_payload(["a1", "a2"], timeout=1)
     async with EngineService(
-        EngineConfig(nats_url=nats_server.url, database_url=database_url, timers=False)
+        engine_config(nats_url=nats_server.url, database_url=database_url, timers=False)
     ):
         await send(nc, "coord", "open", payload)
         await send(nc, "a1", "submit_result", {"session_id": payload["session_id"], "result": {}})
     await asyncio.sleep(1.2)  # the deadline passes while no engine runs
-    async with EngineService(EngineConfig(nats_url=nats_server.url, database_url=database_url)):
+    async with EngineService(engine_config(nats_url=nats_server.url, database_url=database_url)):
         for _ in range(250):
             if domain_records(database_url)[-1].type == "SessionTimedOut":
                 break
@@ -278,7 +278,7 @@ async def test_two_engine_workers_share_the_queue_without_double_effects(
     agents = [f"a{i}" for i in range(20)]
     payload = open_payload(agents, require="all")
     sid = payload["session_id"]
-    config = EngineConfig(nats_url=nats_server.url, database_url=database_url)
+    config = engine_config(nats_url=nats_server.url, database_url=database_url)
     async with EngineService(config), EngineService(config):
         assert (await send(nc, "coord", "open", payload))["status"] == "accepted"
         replies = await asyncio.gather(
@@ -334,7 +334,7 @@ async def test_a_foreign_message_on_the_event_subjects_does_not_stop_the_relay(
 async def test_two_relays_on_one_store_keep_the_stream_complete_and_ordered(
     nats_server: NatsEndpoint, nc: NATS, database_url: str
 ) -> None:
-    config = EngineConfig(nats_url=nats_server.url, database_url=database_url)
+    config = engine_config(nats_url=nats_server.url, database_url=database_url)
     async with EngineService(config), EngineService(config):
         await asyncio.gather(*(send(nc, "coord", "open", open_payload(["a1"])) for _ in range(60)))
         stored = domain_records(database_url)

@@ -12,13 +12,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from chorus.bootstrap import EngineConfig, EngineService
+from chorus.bootstrap import EngineService
 from chorus.contracts.agents import agent_uuid
 from chorus.engine.adapters.liveness import LivenessConfig
 from chorus.engine.domain.authz import StaticRoles
 from nats.aio.client import Client as NATS
 
-from tests.conftest import NatsEndpoint
+from tests.conftest import NatsEndpoint, engine_config
 from tests.integration.test_bus import domain_records, open_payload, send
 
 FAST = LivenessConfig(interval=0.1, missed=3)
@@ -27,7 +27,7 @@ FAST = LivenessConfig(interval=0.1, missed=3)
 @pytest.fixture
 async def engine(nats_server: NatsEndpoint, database_url: str) -> AsyncIterator[EngineService]:
     """An engine whose agents go offline after 0.3 s of silence; ``ops`` and ``coord`` are operators."""
-    config = EngineConfig(nats_url=nats_server.url, database_url=database_url,
+    config = engine_config(nats_url=nats_server.url, database_url=database_url,
                           liveness_config=FAST, roles=StaticRoles({"ops": {"operator"}, "coord": {"operator"}}))  # fmt: skip
     async with EngineService(config) as service:
         yield service
@@ -161,7 +161,7 @@ async def test_bad_heartbeats_are_answered_and_change_nothing(
 async def test_an_agent_that_died_while_the_engine_was_down_is_marked_offline(
     nats_server: NatsEndpoint, database_url: str, nc: NATS
 ) -> None:
-    config = EngineConfig(nats_url=nats_server.url, database_url=database_url,
+    config = engine_config(nats_url=nats_server.url, database_url=database_url,
                           liveness_config=FAST)  # fmt: skip
     async with EngineService(config):
         await register(nc, "survivor")
@@ -344,7 +344,7 @@ async def test_a_lost_participant_is_handled_by_the_session_policy(
 async def test_heartbeats_at_200_per_second_for_a_minute_add_only_transitions(
     nats_server: NatsEndpoint, nc: NATS, database_url: str
 ) -> None:
-    config = EngineConfig(nats_url=nats_server.url, database_url=database_url,
+    config = engine_config(nats_url=nats_server.url, database_url=database_url,
                           liveness_config=LivenessConfig(interval=1.0, missed=3))  # fmt: skip
     async with EngineService(config) as engine:
         await _beat_for_a_minute(engine, nc, database_url)
@@ -396,7 +396,7 @@ async def test_evidence_reads_what_another_engine_worker_wrote(
 ) -> None:
     """Two workers in the queue group: the session may change through either; a claim
     checked by the other still sees the result (its cache is fast-forwarded)."""
-    config = EngineConfig(nats_url=nats_server.url, database_url=database_url,
+    config = engine_config(nats_url=nats_server.url, database_url=database_url,
                           liveness_config=FAST, relay=False, timers=False,
                           delegation=False, liveness=False)  # fmt: skip
     async with EngineService(config):

@@ -20,11 +20,13 @@ from typing import Any
 import nats
 import pytest
 from chorus import busauth
-from chorus.bootstrap import EngineConfig, EngineService, key_store_roles
+from chorus.bootstrap import EngineService, key_store_roles
 from chorus.contracts.subjects import agent_inbox_prefix
 from chorus.gateway.keys import KeyStore
 from chorus.natsd import NatsServer, start_nats_server
 from nats.aio.client import Client as NATS
+
+from tests.conftest import engine_config
 
 
 @dataclass
@@ -65,7 +67,7 @@ def bus(tmp_path: Path) -> Iterator[Bus]:
 @pytest.fixture
 async def engine(bus: Bus, tmp_path: Path) -> AsyncIterator[EngineService]:
     url = busauth.service_url(bus.url, "engine", bus.nats_dir)
-    config = EngineConfig(nats_url=url, database_url=f"sqlite:///{tmp_path}/events.db",
+    config = engine_config(nats_url=url, database_url=f"sqlite:///{tmp_path}/events.db",
                           roles=key_store_roles(bus.keys_path))  # fmt: skip
     async with EngineService(config) as service:
         yield service

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from chorus.bootstrap import EngineConfig, EngineService
+from chorus.bootstrap import EngineService
 from chorus.contracts.envelope import Envelope
 from chorus.contracts.sessions import OpenSession, Task
 from chorus.engine.adapters.worker import CommandWorker
@@ -25,7 +25,7 @@ from chorus.store.checkpoints import CheckpointStore
 from chorus.store.recorder import open_recorder
 from nats.aio.client import Client as NATS
 
-from tests.conftest import NatsEndpoint
+from tests.conftest import NatsEndpoint, engine_config
 from tests.integration.test_delegation import config as delegation_config
 from tests.integration.test_delegation import (
     events_of,
@@ -167,7 +167,7 @@ async def test_a_restarted_engine_reads_none_of_the_old_log(
     finished_history(processor, 100)
     still_open = str(uuid.uuid4())
     processor.handle_batch([deadline_cmd(still_open, 600)])
-    config = EngineConfig(nats_url=nats_server.url, database_url=database_url, clock=clock,
+    config = engine_config(nats_url=nats_server.url, database_url=database_url, clock=clock,
                           relay=False, sealer=False)  # fmt: skip
 
     first = EngineService(config, open_recorder(database_url))

@@ -19,7 +19,7 @@ from chorus.contracts.workflow_types import (
 from chorus.engine.policies.delegation import delegated_session_id
 from nats.aio.client import Client as NATS
 
-from tests.conftest import NatsEndpoint
+from tests.conftest import NatsEndpoint, engine_config
 from tests.integration.test_bus import domain_records, send
 
 AGENTS = ["agent-1", "agent-2", "agent-3"]
@@ -40,7 +40,7 @@ REVIEWED = WorkflowType(
 def config(
     nats_server: NatsEndpoint, database_url: str, *, delegation: bool = True
 ) -> EngineConfig:
-    return EngineConfig(
+    return engine_config(
         nats_url=nats_server.url,
         database_url=database_url,
         delegation=delegation,
@@ -230,7 +230,7 @@ async def test_a_delegation_the_engine_cannot_open_fails_the_phase_with_the_reas
         name="reviewed",
         phases=[Phase(name="review", delegate=Delegation(participants=["a", "a"]))],
     )
-    cfg = EngineConfig(
+    cfg = engine_config(
         nats_url=nats_server.url,
         database_url=database_url,
         workflow_types=WorkflowTypeRegistry([*BUILT_IN, broken]),
@@ -264,7 +264,7 @@ ROUTED = WorkflowType(
 async def test_a_phase_delegated_by_capabilities_goes_to_the_most_reliable_agents(
     nats_server: NatsEndpoint, nc: NATS, database_url: str
 ) -> None:
-    cfg = EngineConfig(nats_url=nats_server.url, database_url=database_url,
+    cfg = engine_config(nats_url=nats_server.url, database_url=database_url,
                        workflow_types=WorkflowTypeRegistry([*BUILT_IN, ROUTED]))  # fmt: skip
     async with EngineService(cfg):
         for name, caps in (("rev-a", ["review"]), ("rev-b", ["review", "py"]), ("coder", ["py"])):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chorus.bootstrap import EngineConfig, EngineService
+from chorus.bootstrap import EngineService
 from chorus.contracts.workflow_types import (
     BUILT_IN,
     Backoff,
@@ -30,7 +30,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
 
-from tests.conftest import NatsEndpoint
+from tests.conftest import NatsEndpoint, engine_config
 from tests.integration.test_bus import domain_records, send
 from tests.integration.test_bus_agents import eventually, register
 
@@ -107,7 +107,7 @@ async def dispatching(
     nats_server: NatsEndpoint, database_url: str, tmp_path: Path
 ) -> AsyncIterator[EngineService]:
     """An engine that re-sends unacknowledged tasks quickly and notices silent agents soon."""
-    config = EngineConfig(
+    config = engine_config(
         nats_url=nats_server.url, database_url=database_url,
         workflow_types=WorkflowTypeRegistry([*BUILT_IN, LEASED]),
         dispatch_config=DispatchConfig(redeliver_seconds=0.05),
