@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -108,6 +108,8 @@ class Processor:
         self.cache_size = cache_size
         self._cache: OrderedDict[UUID, AggregateState] = OrderedDict()
         self._working: dict[UUID, AggregateState] | None = None
+        #: The defined workflow types as the running batch read them (one read per batch).
+        self._registry_memo: list[WorkflowType] | None = None
 
     # Aggregates -----------------------------------------------------------------------------
 
@@ -205,6 +207,8 @@ class Processor:
     def _defined_types(self, refresh: bool = False) -> list[WorkflowType]:
         """Types defined over the API, fast-forwarded on every read: another engine worker
         may have defined or replaced one since this worker cached the registry."""
+        if not refresh and self._registry_memo is not None:
+            return self._registry_memo  # read once per batch
         handler = HANDLERS[("workflow_type", "define")]
         registry_id = UUID(REGISTRY_ID)
         if refresh:
@@ -214,7 +218,8 @@ class Processor:
             record = decode_record(stored)
             state.apply(typed_event(record))
             state.last_hash = record.hash
-        return list(state.defined.values())  # type: ignore[attr-defined]
+        self._registry_memo = list(state.defined.values())  # type: ignore[attr-defined]
+        return self._registry_memo
 
     def evict(self, ids: Sequence[UUID]) -> None:
         for aggregate_id in ids:
@@ -227,14 +232,33 @@ class Processor:
         return self.recorded_outcomes([command])[0]
 
     def recorded_outcomes(self, commands: Sequence[Command]) -> list[Reply | None]:
-        """For each command, the reply owed to a repeat, or None if its id is new.
+        """For each command, the reply owed to a repeat, or None if its id is new."""
+        return self._recorded_and_existing(commands, {})[0]
 
-        One query for the whole batch. The dedup record is written last in its command's
-        rows, in one transaction, so the command's last domain event sits at the position
-        just before it.
+    def _uncached_targets(self, commands: Sequence[Command]) -> dict[UUID, Handler]:
+        """The aggregates the batch writes that the cache does not hold, by id."""
+        cold: dict[UUID, Handler] = {}
+        for command in commands:
+            try:
+                aggregate_id = command.handler.target(command.envelope.payload)
+            except (AttributeError, ValueError):
+                continue  # the decision rejects it
+            if aggregate_id not in self._cache:
+                cold.setdefault(aggregate_id, command.handler)
+        return cold
+
+    def _recorded_and_existing(
+        self, commands: Sequence[Command], aggregates: Mapping[UUID, Handler]
+    ) -> tuple[list[Reply | None], set[UUID]]:
+        """The replies owed to repeats (None for a new command id) and which of
+        ``aggregates`` have any event, in one query for the whole batch.
+
+        The dedup record is written last in its command's rows, in one transaction, so the
+        command's last domain event sits at the position just before it.
         """
         keys = [command_record_id(c.actor, c.command_id) for c in commands]
-        found = select_first_events(self.recorder, keys)
+        found = select_first_events(self.recorder, [*keys, *aggregates])
+        existing = {aggregate_id for aggregate_id in aggregates if aggregate_id in found}
         replies: list[Reply | None] = []
         for command, key in zip(commands, keys, strict=True):
             record = found.get(key)
@@ -254,7 +278,7 @@ class Processor:
                     position=record.id - 1,
                 )
             )
-        return replies
+        return replies, existing
 
     # Batches --------------------------------------------------------------------------------
 
@@ -271,7 +295,15 @@ class Processor:
         in_batch: dict[UUID, int] = {}
         repeats: list[tuple[int, int]] = []
         now = self.clock()
-        recorded = self.recorded_outcomes(commands)
+        self._registry_memo = None
+        # One query tells both which command ids were seen before and which of the
+        # uncached targets exist at all: one that does not (a workflow being started, a
+        # session being opened) starts empty without reading its snapshot and events.
+        cold = self._uncached_targets(commands)
+        recorded, existing = self._recorded_and_existing(commands, cold)
+        for aggregate_id, handler in cold.items():
+            if aggregate_id not in existing:
+                working[aggregate_id] = handler.new_state(aggregate_id)
         for index, command in enumerate(commands):
             key = command_record_id(command.actor, command.command_id)
             if key in in_batch:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -16,7 +16,7 @@ from chorus.contracts.sessions import CancelSession, OpenSession, SubmitResult, 
 from chorus.engine.domain.authz import StaticRoles
 from chorus.engine.domain.context import EngineContext
 from chorus.engine.domain.session import SessionState
-from chorus.engine.handlers import HANDLERS
+from chorus.engine.handlers import HANDLERS, Handler
 from chorus.engine.processor import Command, Processor
 from chorus.events.codec import (
     GENESIS_HASH,
@@ -609,11 +609,14 @@ class RacingProcessor(Processor):
         super().__init__(*args, **kwargs)
         self.blind_lookups = 1
 
-    def recorded_outcomes(self, commands: Sequence[Command]) -> list[Reply | None]:
+    def _recorded_and_existing(
+        self, commands: Sequence[Command], aggregates: Mapping[uuid.UUID, Handler]
+    ) -> tuple[list[Reply | None], set[uuid.UUID]]:
+        replies, existing = super()._recorded_and_existing(commands, aggregates)
         if self.blind_lookups:
             self.blind_lookups -= 1
-            return [None] * len(commands)
-        return super().recorded_outcomes(commands)
+            return [None] * len(commands), existing
+        return replies, existing
 
 
 def test_a_command_raced_on_two_workers_is_recorded_once(
@@ -750,3 +753,27 @@ def test_a_type_redefined_by_another_worker_is_used_at_once(
     started = two.handle_batch([start_custom()])
     record = decode_record(recorder.select_events(uuid.UUID(started[0].aggregate_id))[0])
     assert [p["name"] for p in record.data["phases"]] == ["x", "y"]
+
+
+def test_a_new_aggregate_is_not_folded_and_an_existing_cold_one_is(
+    recorder: ApplicationRecorder, clock: FakeClock
+) -> None:
+    """The batch's one lookup says which targets exist: opening new sessions reads no
+    snapshot or events, while a cold session that exists is folded (and refuses a reopen)."""
+    Processor(recorder, clock=clock).handle_batch([open_session(old := new_sid())])
+    cold = Processor(recorder, clock=clock)  # a fresh cache: ``old`` is cold here
+    folded: list[uuid.UUID] = []
+    real_prefold = cold.prefold
+
+    def prefold(handler: Handler, aggregate_id: uuid.UUID) -> Any:
+        folded.append(aggregate_id)
+        return real_prefold(handler, aggregate_id)
+
+    cold.prefold = prefold  # type: ignore[method-assign]
+    fresh = [new_sid(), new_sid()]
+    replies = cold.handle_batch(
+        [*(open_session(x) for x in fresh), open_session(old, command_id="reopen")]
+    )
+    assert statuses(replies) == ["accepted", "accepted", "rejected"]
+    assert replies[2].error is not None and replies[2].error.code == codes.SESSION_EXISTS
+    assert folded == [uuid.UUID(old)]
