@@ -48,7 +48,7 @@ MAX_PROBLEMS = 50
 MAX_UNSEALED_AGE = 60.0
 
 
-class Problem(Struct, kw_only=True, frozen=True):
+class Break(Struct, kw_only=True, frozen=True):
     """One break in the record, located as precisely as the evidence allows."""
 
     position: int
@@ -67,13 +67,13 @@ class Report(Struct, kw_only=True, frozen=True):
     sealed_through: int
     unsealed: int
     head_running_hash: str | None
-    problems: list[Problem]
+    problems: list[Break]
     #: Checkpoints (``POS:HASH``) the store was checked against, and matched unless a
     #: problem of kind ``anchor_mismatch`` says otherwise.
     anchors: list[str] = []
 
     @property
-    def first(self) -> Problem | None:
+    def first(self) -> Break | None:
         return self.problems[0] if self.problems else None
 
 
@@ -123,7 +123,7 @@ class _Walk:
         self.stale_before = stale_before
         self.running = GENESIS_HASH
         self.chains: dict[str, tuple[int, str]] = {}  # aggregate id -> (version, hash)
-        self.problems: list[Problem] = []
+        self.problems: list[Break] = []
         self.events = 0
         self.unsealed = 0
         self.seals = 0
@@ -132,7 +132,7 @@ class _Walk:
     def report(self, position: int, kind: str, message: str, **where: Any) -> None:
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(
-                Problem(
+                Break(
                     position=position,
                     aggregate=where.get("aggregate"),
                     aggregate_id=where.get("aggregate_id"),

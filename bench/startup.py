@@ -43,7 +43,7 @@ from chorus.events.agent import (
     AgentRegistered,
     AgentWentOffline,
     CompletionRejected,
-    Rejection,
+    InvalidMessage,
 )
 from chorus.events.codec import GENESIS_HASH, EventMeta, decode_record, encode_event
 from chorus.natsd import start_nats_server
@@ -56,7 +56,7 @@ from bench import wiring
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 ROWS_PER_SESSION = 5
 OPEN_SESSIONS = 100
-REJECTION = Rejection(code="bench", message="a rejected claim")
+REJECTION = InvalidMessage(code="bench", message="a rejected claim")
 
 
 def _command(actor: str, name: str, payload: Any) -> Command:

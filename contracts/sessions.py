@@ -128,7 +128,7 @@ class TimeOutSession(Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     session_id: SessionId
 
 
-class ParticipantLost(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class ReportParticipantLost(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Issued by the engine when a participant that has not submitted goes offline."""
 
     session_id: SessionId
@@ -144,5 +144,5 @@ SESSION_COMMANDS: dict[str, type[Struct]] = {
     "submit_result": SubmitResult,
     "cancel": CancelSession,
     "timeout": TimeOutSession,
-    "participant_lost": ParticipantLost,
+    "participant_lost": ReportParticipantLost,
 }

@@ -32,7 +32,7 @@ from chorus.contracts.mcp import (
 from chorus.contracts.sessions import (
     CancelSession,
     OpenSession,
-    ParticipantLost,
+    ReportParticipantLost,
     SubmitResult,
     TimeOutSession,
 )
@@ -102,7 +102,7 @@ HANDLERS: dict[tuple[str, str], Handler] = {
         Handler(
             "session",
             "participant_lost",
-            ParticipantLost,
+            ReportParticipantLost,
             session.decide_participant_lost,
             session.SessionState,
         ),

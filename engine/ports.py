@@ -14,7 +14,7 @@ from chorus.contracts.envelope import Reply
 from nats.aio.msg import Msg
 
 if TYPE_CHECKING:
-    from chorus.engine.adapters.worker import Rejection
+    from chorus.engine.adapters.worker import InvalidMessage
     from chorus.engine.processor import Command
 
 
@@ -28,7 +28,7 @@ class CommandSink(Protocol):
 class DeadLetterSink(Protocol):
     """Answers a message that is not a command, and keeps a copy on ``chorus.dlq.>``."""
 
-    async def reject(self, msg: Msg, rejection: Rejection) -> None: ...
+    async def reject(self, msg: Msg, rejection: InvalidMessage) -> None: ...
 
 
 class HeartbeatSink(Protocol):

@@ -46,7 +46,7 @@ from chorus.contracts.subjects import (
     liveness_key,
     parse_command_subject,
 )
-from chorus.engine.adapters.worker import Rejection
+from chorus.engine.adapters.worker import InvalidMessage
 from chorus.engine.handlers import HANDLERS
 from chorus.engine.policies.directory import AgentDirectory
 from chorus.engine.ports import CommandSink, DeadLetterSink
@@ -76,12 +76,12 @@ class LivenessConfig:
 
 
 def parse_heartbeat(subject: str, data: bytes) -> tuple[str, str]:
-    """(actor, agent_id) of a heartbeat message, or Rejection."""
+    """(actor, agent_id) of a heartbeat message, or InvalidMessage."""
     parsed = parse_command_subject(subject)
     if parsed is None or not is_token(parsed.actor):
-        raise Rejection(codes.INVALID_SUBJECT, f"not a command subject: {subject}")
+        raise InvalidMessage(codes.INVALID_SUBJECT, f"not a command subject: {subject}")
     if parsed.actor == "system":
-        raise Rejection(codes.NOT_AUTHORIZED, "the actor 'system' is reserved for the engine")
+        raise InvalidMessage(codes.NOT_AUTHORIZED, "the actor 'system' is reserved for the engine")
     if not data.strip():
         return parsed.actor, parsed.actor
     try:
@@ -90,9 +90,9 @@ def parse_heartbeat(subject: str, data: bytes) -> tuple[str, str]:
             body = body["payload"]  # the command envelope is welcome, and optional
         beat = msgspec.convert(body, Heartbeat)
     except msgspec.DecodeError as error:
-        raise Rejection(codes.MALFORMED_MESSAGE, f"body is not valid JSON: {error}") from None
+        raise InvalidMessage(codes.MALFORMED_MESSAGE, f"body is not valid JSON: {error}") from None
     except msgspec.ValidationError as error:
-        raise Rejection(codes.INVALID_COMMAND, f"invalid heartbeat: {error}") from None
+        raise InvalidMessage(codes.INVALID_COMMAND, f"invalid heartbeat: {error}") from None
     return parsed.actor, beat.agent_id or parsed.actor
 
 
@@ -154,7 +154,7 @@ class LivenessMonitor:
             msg = await self._inbox.get()
             try:
                 reply = await self._beat(msg)
-            except Rejection as rejection:
+            except InvalidMessage as rejection:
                 if rejection.code in (codes.MALFORMED_MESSAGE, codes.INVALID_COMMAND,
                                       codes.INVALID_SUBJECT):  # fmt: skip
                     await self.dead_letters.reject(msg, rejection)  # a broken message: dead letter
@@ -175,11 +175,11 @@ class LivenessMonitor:
         actor, agent_id = parse_heartbeat(msg.subject, msg.data)
         state = await self._agent(agent_id)
         if state is None:
-            raise Rejection(codes.AGENT_NOT_FOUND, f"agent {agent_id} is not registered")
+            raise InvalidMessage(codes.AGENT_NOT_FOUND, f"agent {agent_id} is not registered")
         if actor not in (agent_id, state.owner):
-            raise Rejection(codes.NOT_AUTHORIZED, f"{actor} may not beat for agent {agent_id}")
+            raise InvalidMessage(codes.NOT_AUTHORIZED, f"{actor} may not beat for agent {agent_id}")
         if state.status == "retired":
-            raise Rejection(codes.AGENT_RETIRED, f"agent {agent_id} is retired")
+            raise InvalidMessage(codes.AGENT_RETIRED, f"agent {agent_id} is retired")
         now = self.clock()
         self.beats += 1
         self.last_seen[agent_id] = now

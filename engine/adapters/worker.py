@@ -72,7 +72,7 @@ class Incoming:
     received_ns: int = field(default_factory=time.time_ns)
 
 
-class Rejection(Exception):
+class InvalidMessage(Exception):
     """A message failed edge validation."""
 
     def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
@@ -83,22 +83,22 @@ class Rejection(Exception):
 
 
 def parse_message(subject: str, data: bytes) -> Command:
-    """Validate a raw command message into a typed Command, or raise Rejection."""
+    """Validate a raw command message into a typed Command, or raise InvalidMessage."""
     parsed = parse_command_subject(subject)
     if parsed is None or not is_token(parsed.actor):
-        raise Rejection(codes.INVALID_SUBJECT, f"not a command subject: {subject}")
+        raise InvalidMessage(codes.INVALID_SUBJECT, f"not a command subject: {subject}")
     key = (parsed.aggregate, parsed.command)
     if violation := check_command_bytes(data):
-        raise Rejection(violation.code, violation.message, violation.details)
+        raise InvalidMessage(violation.code, violation.message, violation.details)
     if is_reserved(parsed.actor) and parsed.actor != RECORDER:
         # Only the engine's own timers and process managers act as "system", and they do
         # not come over the bus; no spelling of a reserved name passes for them. The
         # gateway records tool calls as itself (on a secured bus only its service user can).
-        raise Rejection(codes.NOT_AUTHORIZED, f"the actor {parsed.actor!r} is reserved")
+        raise InvalidMessage(codes.NOT_AUTHORIZED, f"the actor {parsed.actor!r} is reserved")
     handler = HANDLERS.get(key)
     if handler is None or key in ENGINE_ONLY:
         known = sorted(f"{a}.{c}" for a, c in HANDLERS if (a, c) not in ENGINE_ONLY)
-        raise Rejection(
+        raise InvalidMessage(
             codes.UNKNOWN_COMMAND,
             f"unknown command {parsed.aggregate}.{parsed.command}",
             {"known": known},
@@ -108,14 +108,14 @@ def parse_message(subject: str, data: bytes) -> Command:
     except msgspec.ValidationError as error:
         message = str(error)
         if message.startswith("Expected `object`") and "at `$." not in message:
-            raise Rejection(
+            raise InvalidMessage(
                 codes.MALFORMED_MESSAGE, f"body must be a JSON object: {message}"
             ) from None
-        raise Rejection(codes.INVALID_COMMAND, message, _error_path(message)) from None
+        raise InvalidMessage(codes.INVALID_COMMAND, message, _error_path(message)) from None
     except msgspec.DecodeError as error:
-        raise Rejection(codes.MALFORMED_MESSAGE, f"body is not valid JSON: {error}") from None
+        raise InvalidMessage(codes.MALFORMED_MESSAGE, f"body is not valid JSON: {error}") from None
     except RecursionError:  # the bounds above should have caught it; never a traceback
-        raise Rejection(codes.NESTING_TOO_DEEP, "JSON nested too deeply") from None
+        raise InvalidMessage(codes.NESTING_TOO_DEEP, "JSON nested too deeply") from None
     if handler.resolve is not None:  # the payload says which aggregate takes it
         handler = handler.resolve(envelope.payload)
     return Command(actor=parsed.actor, handler=handler, envelope=envelope)
@@ -177,7 +177,7 @@ class DeadLetters:
         #: A flood of bad messages must not flood the log (nor slow the worker down).
         self.errors = RateLimitedLog(log)
 
-    async def reject(self, msg: Msg, rejection: Rejection) -> None:
+    async def reject(self, msg: Msg, rejection: InvalidMessage) -> None:
         """Answer an invalid message (if it asked) and copy it to the dead letters."""
         reply = Reply(
             command_id=_command_id_of(msg.data),
@@ -280,18 +280,18 @@ class CommandWorker:
         try:
             if self.heartbeats is not None and msg.subject.endswith(HEARTBEAT_SUFFIX):
                 if violation := check_command_bytes(msg.data):
-                    raise Rejection(violation.code, violation.message, violation.details)
+                    raise InvalidMessage(violation.code, violation.message, violation.details)
                 await self.heartbeats.on_heartbeat(msg)
                 return
             command = parse_message(msg.subject, msg.data)
-        except Rejection as rejection:
+        except InvalidMessage as rejection:
             await self.reject(msg, rejection)
             return
         except Exception as error:
             # A bug on one message: answer it and keep the subscription alive.
             self.errors.warning("message on %s failed: %r", msg.subject, error)
             await self.reject(
-                msg, Rejection(codes.INTERNAL_ERROR, "the engine failed on this message")
+                msg, InvalidMessage(codes.INTERNAL_ERROR, "the engine failed on this message")
             )
             return
         context = extract(msg.headers) if self.tracer is not None else None
@@ -301,7 +301,7 @@ class CommandWorker:
         """Run a command from inside the engine (timers) through the same pipeline."""
         return await self.intake.submit(command)
 
-    async def reject(self, msg: Msg, rejection: Rejection) -> None:
+    async def reject(self, msg: Msg, rejection: InvalidMessage) -> None:
         """Answer an invalid message (if it asked) and copy it to the dead letters."""
         await self.dead_letters.reject(msg, rejection)
 

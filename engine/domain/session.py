@@ -15,7 +15,7 @@ import msgspec
 from chorus.contracts.sessions import (
     CancelSession,
     OpenSession,
-    ParticipantLost,
+    ReportParticipantLost,
     SubmitResult,
     Task,
     TimeOutSession,
@@ -27,9 +27,7 @@ from chorus.engine.domain.criteria import evaluate
 from chorus.engine.domain.routing import route
 from chorus.events.codec import GENESIS_HASH
 from chorus.events.session import (
-    ParticipantLost as ParticipantLostEvent,
-)
-from chorus.events.session import (
+    ParticipantLost,
     ParticipantReplaced,
     ResultSubmitted,
     SessionCancelled,
@@ -100,7 +98,7 @@ class SessionState:
                 self.assigned_at = dict.fromkeys(event.participants, opened_at)
                 if event.routing is not None and event.routing.eligible > event.routing.size:
                     self.engine_chosen.update(event.routing.chosen)
-            case ParticipantLostEvent():
+            case ParticipantLost():
                 self.lost.add(event.agent_id)
             case ParticipantReplaced():
                 self.participants = tuple(
@@ -281,7 +279,7 @@ def decide_timeout(
 
 def decide_participant_lost(
     state: SessionState,
-    cmd: ParticipantLost,
+    cmd: ReportParticipantLost,
     actor: str,
     now: datetime,
     ctx: EngineContext | None = None,
@@ -296,7 +294,7 @@ def decide_participant_lost(
     state.check_is_open(now)
     if cmd.agent_id not in state.pending:
         raise errors.NoChange(f"{cmd.agent_id} is not a pending participant of {state.id}")
-    lost = ParticipantLostEvent(agent_id=cmd.agent_id, reason=cmd.reason, action="waiting")
+    lost = ParticipantLost(agent_id=cmd.agent_id, reason=cmd.reason, action="waiting")
     if state.on_participant_lost == "fail_fast":
         reason = f"participant {cmd.agent_id} was lost: {cmd.reason}"
         succeeded = sum(r.success for r in state.results.values())

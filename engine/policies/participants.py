@@ -22,7 +22,7 @@ import logging
 from chorus.contracts.envelope import Envelope
 from chorus.contracts.errors import STORE_UNAVAILABLE
 from chorus.contracts.feed import EventRecord
-from chorus.contracts.sessions import ParticipantLost
+from chorus.contracts.sessions import ReportParticipantLost
 from chorus.engine.handlers import HANDLERS
 from chorus.engine.policies.follower import LogFollower
 from chorus.engine.ports import CommandSink
@@ -146,7 +146,7 @@ class ParticipantWatch(LogFollower):
                     handler=handler,
                     envelope=Envelope(
                         command_id=f"lost:{sid}:{agent}:{suffix}",
-                        payload=ParticipantLost(
+                        payload=ReportParticipantLost(
                             session_id=sid, agent_id=agent, reason=reason, retry=":after:" in suffix
                         ),
                         correlation_id=sid,

@@ -22,7 +22,7 @@ WAIT = 20  # seconds: a bound on waiting for something that must happen, never a
 
 
 @dataclass
-class Command:
+class ReceivedCommand:
     aggregate: str
     command: str
     command_id: str
@@ -33,7 +33,7 @@ class Command:
 class FakeEngine:
     """Records commands; rejects those named in ``reject`` with the given code."""
 
-    commands: list[Command] = field(default_factory=list)
+    commands: list[ReceivedCommand] = field(default_factory=list)
     beats: int = 0
     reject: dict[str, str] = field(default_factory=dict)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -47,14 +47,16 @@ class FakeEngine:
                 self.beats += 1
                 return None
             body = json.loads(msg.body)
-            self.commands.append(Command(aggregate, command, body["command_id"], body["payload"]))
+            self.commands.append(
+                ReceivedCommand(aggregate, command, body["command_id"], body["payload"])
+            )
         reply: dict[str, Any] = {"command_id": body["command_id"], "status": "accepted"}
         if command in self.reject:
             reply = {**reply, "status": "rejected",
                      "error": {"code": self.reject[command], "message": "no"}}  # fmt: skip
         return json.dumps(reply).encode()
 
-    def named(self, *commands: str) -> list[Command]:
+    def named(self, *commands: str) -> list[ReceivedCommand]:
         return [c for c in self.commands if c.command in commands]
 
     async def until(self, predicate: Callable[[], object]) -> None:

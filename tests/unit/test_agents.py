@@ -16,7 +16,7 @@ from chorus.contracts.agents import (
     agent_uuid,
     result_hash,
 )
-from chorus.contracts.sessions import OpenSession, ParticipantLost, SubmitResult, Task
+from chorus.contracts.sessions import OpenSession, ReportParticipantLost, SubmitResult, Task
 from chorus.engine.domain import errors
 from chorus.engine.domain.agent import (
     AgentState,
@@ -136,7 +136,7 @@ def test_a_routed_session_records_its_candidates() -> None:
 
 
 def test_lost_participant_policies() -> None:
-    lost = ParticipantLost(session_id=str(SID), agent_id="b")
+    lost = ReportParticipantLost(session_id=str(SID), agent_id="b")
     waiting, _ = session_with(["a", "b"])
     events = decide_participant_lost(waiting, lost, "system", NOW)
     assert [e.action for e in events] == ["waiting"]

@@ -41,7 +41,7 @@ from chorus.contracts.mcp import (
 from chorus.contracts.sessions import (
     CancelSession,
     OpenSession,
-    ParticipantLost,
+    ReportParticipantLost,
     SubmitResult,
     Task,
     TimeOutSession,
@@ -179,7 +179,7 @@ SCENARIOS: dict[tuple[str, str], Scenario] = {
         session_id=w.session(owner, ["p1"])),
     ("session", "timeout"): lambda w, owner, actor: TimeOutSession(
         session_id=w.session(owner, ["p1"])),
-    ("session", "participant_lost"): lambda w, owner, actor: ParticipantLost(
+    ("session", "participant_lost"): lambda w, owner, actor: ReportParticipantLost(
         session_id=w.session(owner, ["p1"]), agent_id="p1", reason="gone"),
     ("agent", "register"): lambda w, owner, actor: RegisterAgent(
         name=actor if actor == owner else "someone-new"),

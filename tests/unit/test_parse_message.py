@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from chorus.contracts import errors as codes
 from chorus.contracts.sessions import OpenSession, SubmitResult
-from chorus.engine.adapters.worker import Rejection, parse_message
+from chorus.engine.adapters.worker import InvalidMessage, parse_message
 from chorus.engine.handlers import HANDLERS
 
 SID = "0b7e0c3a-6f0e-4c55-8f1e-2d6a7c9a1b01"
@@ -26,8 +26,8 @@ def body(**payload_changes: Any) -> bytes:
     return json.dumps(data).encode()
 
 
-def rejection(subject: str, data: bytes) -> Rejection:
-    with pytest.raises(Rejection) as caught:
+def rejection(subject: str, data: bytes) -> InvalidMessage:
+    with pytest.raises(InvalidMessage) as caught:
         parse_message(subject, data)
     return caught.value
 

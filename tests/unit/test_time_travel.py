@@ -14,7 +14,7 @@ from typing import Any
 
 from chorus.contracts.agents import RegisterAgent
 from chorus.contracts.envelope import Envelope
-from chorus.contracts.sessions import OpenSession, ParticipantLost, Task
+from chorus.contracts.sessions import OpenSession, ReportParticipantLost, Task
 from chorus.contracts.workflows import CompletePhase, ReportProgress, StartPhase, StartWorkflow
 from chorus.engine.domain.session import SessionState
 from chorus.engine.domain.workflow import WorkflowState
@@ -46,7 +46,7 @@ SPARES = ["s1", "s2"]  # registered agents a "replace" session can take
 def lose(sid: str, agent: str, command_id: str) -> Command:
     return Command(actor="system", handler=HANDLERS[("session", "participant_lost")],
                    envelope=Envelope(command_id=command_id,
-                                     payload=ParticipantLost(session_id=sid, agent_id=agent)))  # fmt: skip
+                                     payload=ReportParticipantLost(session_id=sid, agent_id=agent)))  # fmt: skip
 
 
 def open_with_policy(sid: str, participants: list[str], policy: str) -> Command:
