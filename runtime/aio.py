@@ -7,6 +7,11 @@ a leaf)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def raise_if_cancelling() -> None:
@@ -34,3 +39,21 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
         raise_if_cancelling()
         return False
     return True
+
+
+async def in_thread(fn: Callable[..., T], *args: object) -> T:
+    """Run a blocking call in a thread; on cancellation, let the thread finish first.
+
+    A cancelled ``asyncio.to_thread`` returns at once but leaves its thread running: if the
+    engine then closes the store (its stop does), that thread's SQLite call runs on a
+    closed connection and crashes the whole process (a segfault, not an exception). The
+    engine's loops run their blocking store calls through this, so stopping the engine
+    returns only once no thread of it touches the store.
+    """
+    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await future
+        raise

@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
-from chorus.aio import raise_if_cancelling
+from chorus.aio import in_thread, raise_if_cancelling
 from chorus.contracts import errors as codes
 from chorus.contracts.agents import Heartbeat, MarkOffline, MarkOnline, agent_uuid
 from chorus.contracts.envelope import Envelope, Reply
@@ -136,7 +136,7 @@ class LivenessMonitor:
             self.kv = await js.create_key_value(bucket=BUCKET, ttl=ttl, replicas=self.replicas)
         except Exception:
             self.kv = await js.key_value(BUCKET)  # exists with other settings: use it
-        await asyncio.to_thread(self.directory.catch_up)
+        await in_thread(self.directory.catch_up)
         self._started = self.clock()
 
     # Heartbeats -----------------------------------------------------------------------------
@@ -204,7 +204,7 @@ class LivenessMonitor:
             # Perhaps registered a moment ago through another worker: read the log. Misses
             # share one read at a time, so unregistered senders cannot flood the store.
             if self._refreshing is None or self._refreshing.done():
-                self._refreshing = asyncio.ensure_future(asyncio.to_thread(self.directory.catch_up))
+                self._refreshing = asyncio.ensure_future(in_thread(self.directory.catch_up))
             await asyncio.shield(self._refreshing)
             state = self.directory.by_id.get(agent_id)
         return state
@@ -270,7 +270,7 @@ class LivenessMonitor:
 
     async def sweep(self) -> int:
         """Mark offline every online agent silent for longer than the timeout."""
-        agents = await asyncio.to_thread(self.directory.catch_up)
+        agents = await in_thread(self.directory.catch_up)
         now = self.clock()
         if now - self._started < self.config.timeout:
             return 0  # just started: give live agents the time to beat again
@@ -302,7 +302,7 @@ class LivenessMonitor:
             if reply.status == "accepted":
                 self.transitions += 1
             # Read our own write, so the next beat or sweep sees the new status.
-            await asyncio.to_thread(self.directory.catch_up)
+            await in_thread(self.directory.catch_up)
         finally:
             self._pending.discard(agent_id)
 

@@ -23,7 +23,7 @@ import logging
 import secrets
 
 import msgspec
-from chorus.aio import raise_if_cancelling, wait_event
+from chorus.aio import in_thread, raise_if_cancelling, wait_event
 from chorus.contracts.feed import EventRecord
 from chorus.contracts.subjects import EVENTS_STREAM, event_message_id, event_subject
 from chorus.engine.adapters import metrics
@@ -155,7 +155,7 @@ class Relay:
         info = await self.js.stream_info(EVENTS_STREAM)
         self._stream_seq = info.state.last_seq
         self.position = 0
-        head = await asyncio.to_thread(self.recorder.max_notification_id) or 0
+        head = await in_thread(self.recorder.max_notification_id) or 0
         seq = self._stream_seq
         lowest = max(info.state.first_seq, self._stream_seq - self.scan_back)
         foreign_claims: list[int] = []
@@ -192,7 +192,7 @@ class Relay:
         """Does the store hold, at ``position``, the event this message says it carries?"""
         if not 0 < position <= head:
             return False
-        found = await asyncio.to_thread(self.recorder.select_notifications, position, 1)
+        found = await in_thread(self.recorder.select_notifications, position, 1)
         if not found or found[0].id != position or not is_domain_topic(found[0].topic):
             return False
         record = decode_record(found[0])
@@ -239,7 +239,7 @@ class Relay:
 
     async def step(self) -> bool:
         """Publish the next batch; True if the log had anything after our position."""
-        notifications = await asyncio.to_thread(
+        notifications = await in_thread(
             self.recorder.select_notifications, self.position + 1, self.batch_size
         )
         if not notifications:
@@ -249,7 +249,7 @@ class Relay:
         last_domain = self.position
         domain = [(n, decode_record(n)) for n in notifications if is_domain_topic(n.topic)]
         if self.tracing is not None:
-            await asyncio.to_thread(self.tracing.load, [record for _, record in domain])
+            await in_thread(self.tracing.load, [record for _, record in domain])
         for n, record in domain:
             headers = {
                 "Nats-Msg-Id": event_message_id(record.aggregate_id, record.version),
@@ -320,7 +320,7 @@ class Relay:
         head = self.position
         if not caught_up:
             with contextlib.suppress(Exception):  # metrics never break the relay
-                head = await asyncio.to_thread(lambda: self.recorder.max_notification_id() or 0)
+                head = await in_thread(lambda: self.recorder.max_notification_id() or 0)
         metrics.RELAY_LAG.set(max(0, head - self.position))
 
 

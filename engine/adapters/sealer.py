@@ -24,11 +24,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
-from chorus.aio import raise_if_cancelling
+from chorus.aio import in_thread, raise_if_cancelling
 from chorus.audit.ledger import (
     Checkpoint,
     UnsoundRow,
@@ -41,23 +39,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from eventsourcing.persistence import ApplicationRecorder
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-
-async def _in_thread(fn: Callable[..., T], *args: object) -> T:
-    """Run ``fn`` in a thread; on cancellation, let the thread finish before re-raising.
-
-    A cancelled ``to_thread`` leaves its thread running: if the engine then closes the
-    store, the thread's SQLite call runs on a closed connection and crashes the process.
-    """
-    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await future
-        raise
 
 
 class Sealer:
@@ -103,10 +84,10 @@ class Sealer:
     async def _run(self) -> None:
         while True:
             try:
-                await _in_thread(ensure_ledger, self.recorder)
+                await in_thread(ensure_ledger, self.recorder)
                 # Anchor the head as it is now, even if nothing new comes to seal: the
                 # file may be older (or unsigned, or missing) after a restart.
-                seal = await _in_thread(last_seal, self.recorder)
+                seal = await in_thread(last_seal, self.recorder)
                 if seal is not None and self.anchor_path is not None:
                     self._unanchored = Checkpoint(
                         position=seal.position, running_hash=seal.running_hash
@@ -118,7 +99,7 @@ class Sealer:
                 await asyncio.sleep(1)
         while True:
             try:
-                step = await _in_thread(seal_step, self.recorder, self.batch, self._known)
+                step = await in_thread(seal_step, self.recorder, self.batch, self._known)
             except UnsoundRow as unsound:
                 if self.halted_at != unsound.position:
                     log.error(
@@ -152,7 +133,7 @@ class Sealer:
             return
         head, self._unanchored = self._unanchored, None
         try:
-            await _in_thread(append_anchor, self.anchor_path, head, self.anchor_key)
+            await in_thread(append_anchor, self.anchor_path, head, self.anchor_key)
             self._anchored_at = time.monotonic()
         except OSError as error:
             log.error("cannot write the seal anchor %s: %s", self.anchor_path, error)

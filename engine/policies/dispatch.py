@@ -41,6 +41,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+from chorus.aio import in_thread
 from chorus.contracts.agents import RecordLeaseLost
 from chorus.contracts.envelope import Envelope, Reply
 from chorus.contracts.errors import NOT_DUE, STORE_UNAVAILABLE
@@ -449,7 +450,7 @@ class Dispatcher(LogFollower):
         ]
         if not ready:
             return
-        agents = list(await asyncio.to_thread(lambda: list(self.directory.catch_up().values())))
+        agents = list(await in_thread(lambda: list(self.directory.catch_up().values())))
         busy = {agent: len(wids) for agent, wids in self._busy.items()}
         sends: list[tuple[str, _Next, str | None, Any]] = []
         for item in in_order(ready, now, self.config.aging_seconds):

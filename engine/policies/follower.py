@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 
-from chorus.aio import raise_if_cancelling
+from chorus.aio import in_thread, raise_if_cancelling
 from chorus.contracts.feed import EventRecord
 from chorus.engine.policies.checkpoint import StateCheckpoint
 from chorus.engine.ports import CommandSink
@@ -94,10 +94,10 @@ class LogFollower:
 
     async def round(self) -> None:
         """Read what is new, act on it, then save the checkpoint (if due)."""
-        await asyncio.to_thread(self._catch_up)
+        await in_thread(self._catch_up)
         self.ready.set()
         await self.act()
-        await asyncio.to_thread(self._save)
+        await in_thread(self._save)
 
     async def run(self) -> None:
         while True:

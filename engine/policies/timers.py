@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from chorus.aio import raise_if_cancelling
+from chorus.aio import in_thread, raise_if_cancelling
 from chorus.contracts.envelope import Envelope
 from chorus.contracts.errors import STORE_UNAVAILABLE
 from chorus.contracts.sessions import TimeOutSession
@@ -106,7 +106,7 @@ class SessionTimer:
 
     async def tick(self) -> None:
         """One round: read what is new, time out what is due, save the checkpoint."""
-        await asyncio.to_thread(self._catch_up)
+        await in_thread(self._catch_up)
         self.ready.set()
         now = self.clock()
         due: list[str] = []
@@ -133,7 +133,7 @@ class SessionTimer:
                 self._open.discard(session_id)
                 if reply.status == "accepted":
                     self.fired += 1
-        await asyncio.to_thread(self._save)
+        await in_thread(self._save)
 
     async def run(self) -> None:
         while True:

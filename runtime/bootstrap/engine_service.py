@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from chorus.aio import in_thread
 from chorus.audit.bundle import load_signing_key
 from chorus.contracts.tracing import tracer_of
 from chorus.contracts.workflow_types import WorkflowTypeRegistry
@@ -136,7 +137,7 @@ class EngineService:
         )
         tracer = tracer_of(cfg.tracer_provider, "chorus.engine")
         if tracer is not None:
-            await asyncio.to_thread(tracecontext.ensure_table, self.recorder)
+            await in_thread(tracecontext.ensure_table, self.recorder)
         # Made first: the process managers send into it, the worker drains it.
         intake = CommandIntake()
         dead_letters = DeadLetters(nc)
@@ -196,7 +197,7 @@ class EngineService:
             directories.append(self.dispatcher.directory)
         if self.liveness is not None:
             directories.append(self.liveness.directory)
-        waits += [asyncio.to_thread(d.catch_up) for d in directories]
+        waits += [in_thread(d.catch_up) for d in directories]
         await asyncio.gather(*waits)
 
     async def wait_failed(self) -> asyncio.Task[None]:
