@@ -2,9 +2,11 @@
 
     python -m bench.dispatch [--agents 20] [--workflows 300] [--rate 100] [--seconds 10]
 
-Starts a nats-server from the wheel and an engine (SQLite), registers ``--agents`` no-op
-agents (plain nats-py subscribers on their inboxes, ``max_concurrency`` 100 each) that
-complete every phase task the moment it arrives, then:
+Starts a nats-server from the wheel and an engine process (``chorus engine``, SQLite, as
+``chorus up`` runs it: worker, process managers, relay and sealer in one process), registers
+``--agents`` no-op agents in this process (plain nats-py subscribers on their inboxes,
+``max_concurrency`` 100 each; agents are programs of their own, so they do not share the
+engine's interpreter) that complete every phase task the moment it arrives, then:
 
 1. **Throughput**: starts ``--workflows`` workflows of three phases at once and times
    until every one has completed: phases/s.
@@ -33,15 +35,24 @@ from pathlib import Path
 from typing import Any
 
 import nats
-from chorus.contracts.workflow_types import BUILT_IN, Phase, WorkflowType, WorkflowTypeRegistry
 from chorus.events.codec import decode_record
 from chorus.natsd import start_nats_server
 from chorus.store.recorder import open_recorder
 from nats.aio.msg import Msg
 
-from bench import wiring
+from bench.e2e import spawn, wait_for_engine
 
-BENCH_TYPE = WorkflowType(name="bench3", phases=[Phase(name=n) for n in ("one", "two", "three")])
+#: The bench's workflow type, given to the engine process as a workflow types file.
+BENCH_TYPES_TOML = """
+[[workflow_types]]
+name = "bench3"
+[[workflow_types.phases]]
+name = "one"
+[[workflow_types.phases]]
+name = "two"
+[[workflow_types.phases]]
+name = "three"
+"""
 
 
 def _body(payload: dict[str, Any]) -> bytes:
@@ -152,43 +163,52 @@ async def run(agents: int, workflows: int, rate: float, seconds: float) -> None:
     work = Path(tempfile.mkdtemp(prefix="chorus-bench-"))
     server = start_nats_server(work / "nats", monitor=False)
     database_url = f"sqlite:///{work}/events.db"
-    service = wiring.engine(work, server.url, database_url,
-                            workflow_types=WorkflowTypeRegistry([*BUILT_IN, BENCH_TYPE]))  # fmt: skip
+    types = work / "types.toml"
+    types.write_text(BENCH_TYPES_TOML)
+    engine = spawn("engine", {
+        "CHORUS_NATS_URL": server.url, "CHORUS_DATA_DIR": str(work),
+        "CHORUS_DATABASE_URL": database_url, "CHORUS_WORKFLOW_TYPES": str(types),
+        "CHORUS_SESSION_QUOTA": "0",
+    }, work / "engine.log")  # fmt: skip
     try:
-        async with service:
-            nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024)
-            fleet = Fleet(nc, [f"bench-{i}" for i in range(agents)])
-            await fleet.start()
-            beating = asyncio.create_task(fleet.beat())
-            recorder = open_recorder(database_url)
-            completions = Completions(recorder)
+        nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024)
+        await wait_for_engine(nc)
+        fleet = Fleet(nc, [f"bench-{i}" for i in range(agents)])
+        await fleet.start()
+        beating = asyncio.create_task(fleet.beat())
+        recorder = open_recorder(database_url)
+        completions = Completions(recorder)
 
-            burst = {str(uuid.uuid4()) for _ in range(workflows)}
-            started = time.perf_counter()
-            await asyncio.gather(*(_start(nc, wid) for wid in burst))
-            await _wait_completed(completions, burst)
-            throughput = 3 * workflows / (time.perf_counter() - started)
+        burst = {str(uuid.uuid4()) for _ in range(workflows)}
+        started = time.perf_counter()
+        await asyncio.gather(*(_start(nc, wid) for wid in burst))
+        await _wait_completed(completions, burst)
+        throughput = 3 * workflows / (time.perf_counter() - started)
 
-            paced: set[str] = set()
-            interval = 3 / rate  # a workflow is three phases
-            first = len(fleet.received)
-            loop_start = time.perf_counter()
-            while time.perf_counter() - loop_start < seconds:
-                wid = str(uuid.uuid4())
-                paced.add(wid)
-                asyncio.create_task(_start(nc, wid))  # noqa: RUF006 (awaited via the log)
-                await asyncio.sleep(interval)
-            await _wait_completed(completions, paced)
-            assigned = await asyncio.to_thread(_assigned_at, recorder)
-            latencies = [
-                (fleet.received[key] - assigned[key]) * 1000
-                for key in list(fleet.received)[first:]
-                if key in assigned
-            ]
-            beating.cancel()
-            await nc.close()
+        paced: set[str] = set()
+        interval = 3 / rate  # a workflow is three phases
+        first = len(fleet.received)
+        loop_start = time.perf_counter()
+        while time.perf_counter() - loop_start < seconds:
+            wid = str(uuid.uuid4())
+            paced.add(wid)
+            asyncio.create_task(_start(nc, wid))  # noqa: RUF006 (awaited via the log)
+            await asyncio.sleep(interval)
+        await _wait_completed(completions, paced)
+        # Both clocks are this machine's wall clock: the engine stamps PhaseAssigned,
+        # the fleet the task's arrival.
+        assigned = await asyncio.to_thread(_assigned_at, recorder)
+        latencies = [
+            (fleet.received[key] - assigned[key]) * 1000
+            for key in list(fleet.received)[first:]
+            if key in assigned
+        ]
+        beating.cancel()
+        await nc.close()
         baseline = await _jetstream_baseline(server.url, 20_000)
     finally:
+        engine.terminate()
+        engine.wait(timeout=30)
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(f"chorus bench.dispatch  ({agents} agents, workflows of 3 phases)")
