@@ -1,12 +1,15 @@
 """Dispatch: phases per second and assignment latency, against JetStream in the same run.
 
-    python -m bench.dispatch [--agents 20] [--workflows 300] [--rate 100] [--seconds 10]
+    python -m bench.dispatch [--agents 20] [--workflows 300] [--rate 100] [--seconds 10] [--sdk]
 
 Starts a nats-server from the wheel and an engine process (``chorus engine``, SQLite, as
 ``chorus up`` runs it: worker, process managers, relay and sealer in one process), registers
 ``--agents`` no-op agents in this process (plain nats-py subscribers on their inboxes,
 ``max_concurrency`` 100 each; agents are programs of their own, so they do not share the
-engine's interpreter) that complete every phase task the moment it arrives, then:
+engine's interpreter) that complete every phase task the moment it arrives (``--sdk``:
+the same number of ``AgentClient.serve`` agents with a handler that returns at once; they
+accept each task, complete it and claim the completion with its evidence, so a phase costs
+the engine four commands instead of two), then:
 
 1. **Throughput**: starts ``--workflows`` workflows of three phases at once and times
    until every one has completed: phases/s.
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from chorus.agent_sdk import AgentClient
 from chorus.events.codec import decode_record
 from chorus.natsd import start_nats_server
 from chorus.store.recorder import open_recorder
@@ -99,6 +103,35 @@ class Fleet:
             await asyncio.sleep(1.0)
 
 
+class SdkFleet:
+    """No-op agents on the SDK (``AgentClient.serve``): each task is accepted, its handler
+    returns at once, the phase is completed and the completion claimed with its evidence,
+    as any SDK agent does (four commands a phase with the assignment, not two)."""
+
+    def __init__(self, url: str, names: list[str]) -> None:
+        self.clients = [AgentClient.connect(url, name) for name in names]
+        self.received: dict[tuple[str, int], float] = {}  # (task_id, attempt) -> wall time
+        self.serving: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Serve every client; ``run`` waits for their registrations in the log."""
+        for client in self.clients:
+            serving = client.serve(self._handle, max_concurrency=100)
+            self.serving.append(asyncio.create_task(serving))
+
+    async def _handle(self, task: Any, ctx: Any) -> dict[str, Any]:
+        self.received.setdefault((task.task_id, getattr(task, "attempt", 0) or 0), time.time())
+        return {}
+
+    async def beat(self) -> None:
+        await asyncio.Event().wait()  # the SDK heartbeats by itself
+
+    async def stop(self) -> None:
+        for client in self.clients:
+            client.shutdown()
+        await asyncio.gather(*self.serving, return_exceptions=True)
+
+
 async def _start(nc: nats.NATS, wid: str) -> None:
     await nc.request("chorus.cmd.ops.workflow.start", _body(
         {"workflow_id": wid, "requirements": "noop", "workflow_type": "bench3"}), timeout=30)  # fmt: skip
@@ -133,6 +166,16 @@ def _assigned_at(recorder: Any) -> dict[tuple[str, int], float]:
     return out
 
 
+async def _wait_registered(recorder: Any, agents: int) -> None:
+    """Until ``agents`` registrations are in the log (SDK agents register as they start)."""
+    topics = ["agent.AgentRegistered"]
+    while True:
+        found = await asyncio.to_thread(recorder.select_notifications, 1, 100_000, topics=topics)
+        if len(found) >= agents:
+            return
+        await asyncio.sleep(0.05)
+
+
 async def _wait_completed(completions: Completions, wids: set[str]) -> None:
     # Polls the log: the bench must not change what it measures.
     while not wids <= await asyncio.to_thread(completions.read):  # noqa: ASYNC110
@@ -159,7 +202,7 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run(agents: int, workflows: int, rate: float, seconds: float) -> None:
+async def run(agents: int, workflows: int, rate: float, seconds: float, sdk: bool) -> None:
     work = Path(tempfile.mkdtemp(prefix="chorus-bench-"))
     server = start_nats_server(work / "nats", monitor=False)
     database_url = f"sqlite:///{work}/events.db"
@@ -173,10 +216,12 @@ async def run(agents: int, workflows: int, rate: float, seconds: float) -> None:
     try:
         nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024)
         await wait_for_engine(nc)
-        fleet = Fleet(nc, [f"bench-{i}" for i in range(agents)])
+        names = [f"bench-{i}" for i in range(agents)]
+        fleet: Fleet | SdkFleet = SdkFleet(server.url, names) if sdk else Fleet(nc, names)
         await fleet.start()
-        beating = asyncio.create_task(fleet.beat())
         recorder = open_recorder(database_url)
+        await _wait_registered(recorder, agents)
+        beating = asyncio.create_task(fleet.beat())
         completions = Completions(recorder)
 
         burst = {str(uuid.uuid4()) for _ in range(workflows)}
@@ -204,6 +249,8 @@ async def run(agents: int, workflows: int, rate: float, seconds: float) -> None:
             if key in assigned
         ]
         beating.cancel()
+        if isinstance(fleet, SdkFleet):
+            await fleet.stop()
         await nc.close()
         baseline = await _jetstream_baseline(server.url, 20_000)
     finally:
@@ -211,7 +258,8 @@ async def run(agents: int, workflows: int, rate: float, seconds: float) -> None:
         engine.wait(timeout=30)
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"chorus bench.dispatch  ({agents} agents, workflows of 3 phases)")
+    kind = "SDK agents" if sdk else "agents"
+    print(f"chorus bench.dispatch  ({agents} no-op {kind}, workflows of 3 phases)")
     print(f"  throughput ({workflows} workflows at once)   {throughput:>10,.0f} phases/s")
     print(f"  JetStream publish_async, same run          {baseline:>10,.0f} msgs/s (baseline)")
     print(f"  ratio phases / JetStream msgs              {throughput / baseline:>10.4f}")
@@ -227,8 +275,9 @@ def main() -> None:
     parser.add_argument("--workflows", type=int, default=300)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--sdk", action="store_true", help="agents on AgentClient.serve")
     args = parser.parse_args()
-    asyncio.run(run(args.agents, args.workflows, args.rate, args.seconds))
+    asyncio.run(run(args.agents, args.workflows, args.rate, args.seconds, args.sdk))
 
 
 if __name__ == "__main__":
