@@ -210,6 +210,8 @@ class Components:
             "database_url": str(s.database_url),
             "read_store_url": str(s.read_store_url),
             "keys_path": str(s.keys_path),
+            # The engine's anchors and the gateway's bundles are signed with one key.
+            "audit_key_path": str(s.audit_key_path) if s.audit_key_path else None,
             "max_body_bytes": s.max_body_bytes,
             "tracer_provider": self.tracer_provider,
         }

@@ -115,3 +115,13 @@ def test_compose_gives_the_engine_the_key_store_the_gateways_write() -> None:
     assert _mounted(services["engine"], keys_path("engine")) == gateway
     audit = services["engine"]["environment"]["CHORUS_AUDIT_KEY_PATH"]
     assert _mounted(services["engine"], audit) == (gateway[0], "audit/signing.key")
+
+
+def test_the_gateway_signs_bundles_with_the_configured_audit_key(tmp_path: Path) -> None:
+    """CHORUS_AUDIT_KEY_PATH names one key for the engine's anchors and the gateway's
+    bundles; the gateway used to take ``<keys dir>/audit/signing.key`` whatever it said."""
+    key = tmp_path / "elsewhere" / "audit.key"
+    settings = Settings(data_dir=tmp_path, nats_url="nats://unused", audit_key_path=key)
+    components = bootstrap(settings, roles=StaticRoles({}))
+    assert components.gateway_config(asyncapi=None).audit_key_path == str(key)
+    assert components.engine_config().audit_key_path == key
