@@ -265,7 +265,9 @@ class Processor:
             if record is None:
                 replies.append(None)
                 continue
-            outcome = msgspec.convert(decode_record(record).data, CommandAccepted)
+            outcome = decode_record(record).event
+            if not isinstance(outcome, CommandAccepted):
+                raise TypeError(f"not a dedup record: {type(outcome).__name__}")
             if outcome.fingerprint and outcome.fingerprint != command.fingerprint:
                 replies.append(_reused(command))
                 continue

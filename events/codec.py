@@ -15,7 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
-from chorus.contracts.feed import EventRecord
+from chorus.contracts.feed import EventRecord, install_event_decoder
 from chorus.events.agent import AGENT_EVENTS
 from chorus.events.commands import CommandAccepted
 from chorus.events.mcp import MCP_EVENTS
@@ -230,10 +230,24 @@ def decode_record(stored: StoredEvent, position: int | None = None) -> EventReco
     )
 
 
+def _event_of(record: EventRecord) -> msgspec.Struct:
+    """``record.event``: the data (already upcast) as its event class. Converting the
+    decoded dict costs less than decoding the JSON body again (measured: 0.6 against
+    1.0 us for a ``ResultSubmitted``), and only code that reads the event pays it."""
+    return msgspec.convert(record.data, EVENT_TYPES[record.aggregate][record.type])
+
+
+install_event_decoder(_event_of)
+
+
 def typed_event(record: EventRecord) -> msgspec.Struct:
-    """The record's data as its event class (for folds)."""
-    cls = EVENT_TYPES[record.aggregate][record.type]
-    return msgspec.convert(record.data, cls)
+    """The record's data as its event class (for folds): ``record.event``."""
+    return record.event
+
+
+def data_without(record: EventRecord, *fields: str) -> dict[str, Any]:
+    """The record's wire ``data`` without ``fields`` (a feed that must not show them)."""
+    return {k: v for k, v in record.data.items() if k not in fields}
 
 
 def is_domain_topic(topic: str) -> bool:

@@ -2,7 +2,7 @@
 
 The dispatcher delivers these on ``chorus.task.<agent_id>`` and the ``agent_tasks`` read
 model lists them (``GET /api/v1/agents/{id}/tasks``): both build them here, from the
-events' stored data, so an agent sees the same task whichever way it asks.
+typed events, so an agent sees the same task whichever way it asks.
 """
 
 from __future__ import annotations
@@ -10,61 +10,71 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import msgspec
-from chorus.contracts.sessions import Criteria
 from chorus.contracts.tasks import PhaseTask, SessionTask, phase_task_id
-
-
-def _time(value: Any) -> datetime:
-    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+from chorus.events.session import SessionOpened
+from chorus.events.workflow import PhaseAssigned, WorkflowStarted
 
 
 def phase_task(
     workflow_id: str,
-    started: dict[str, Any],
+    started: WorkflowStarted,
     results: dict[str, dict[str, Any]],
-    assigned: dict[str, Any],
+    assigned: PhaseAssigned,
 ) -> PhaseTask:
-    """``started``: the ``WorkflowStarted`` data; ``results``: the earlier phases' results
-    in phase order; ``assigned``: the ``PhaseAssigned`` data."""
-    phase = assigned["phase"]
-    requirements = started["requirements"]
+    """``results``: the earlier phases' results in phase order."""
+    return phase_task_of(
+        workflow_id, started, results, phase=assigned.phase, attempt=assigned.attempt,
+        lease_expires_at=assigned.lease_expires_at, heartbeat_seconds=assigned.heartbeat_seconds,
+    )  # fmt: skip
+
+
+def phase_task_of(
+    workflow_id: str,
+    started: WorkflowStarted,
+    results: dict[str, dict[str, Any]],
+    *,
+    phase: str,
+    attempt: int,
+    lease_expires_at: datetime,
+    heartbeat_seconds: int | None,
+) -> PhaseTask:
+    """The task of an attempt not recorded yet (the dispatcher's first delivery, sent
+    before the log round trip) as well as of a recorded ``PhaseAssigned``."""
+    requirements = started.requirements
     return PhaseTask(
         task_id=phase_task_id(workflow_id, phase),
-        attempt=assigned["attempt"],
-        lease_expires_at=_time(assigned["lease_expires_at"]),
-        priority=started["priority"],
+        attempt=attempt,
+        lease_expires_at=lease_expires_at,
+        priority=started.priority,  # type: ignore[arg-type]
         workflow_id=workflow_id,
-        workflow_type=started["workflow_type"],
+        workflow_type=started.workflow_type,
         phase=phase,
-        description=f"{started['workflow_type']}/{phase}: {requirements}",
+        description=f"{started.workflow_type}/{phase}: {requirements}",
         requirements=requirements,
-        configuration=dict(started["configuration"]),
+        configuration=dict(started.configuration),
         inputs=dict(results),
-        heartbeat_seconds=assigned.get("heartbeat_seconds"),
+        heartbeat_seconds=heartbeat_seconds,
     )
 
 
 def session_task(
     session_id: str,
-    opened: dict[str, Any],
+    opened: SessionOpened,
     priority: str = "normal",
     workflow_id: str | None = None,
     phase: str | None = None,
     inputs: dict[str, dict[str, Any]] | None = None,
 ) -> SessionTask:
-    """``opened``: the ``SessionOpened`` data; a delegated phase's session names its
-    workflow and phase, and carries the earlier phases' results."""
-    task = opened["task"]
-    deadline = _time(opened["deadline"])
+    """A delegated phase's session names its workflow and phase, and carries the earlier
+    phases' results."""
     return SessionTask(
         task_id=session_id,
-        lease_expires_at=deadline,
+        lease_expires_at=opened.deadline,
         priority=priority,  # type: ignore[arg-type]
         session_id=session_id,
-        description=task["description"],
-        criteria=msgspec.convert(task.get("criteria", {}), Criteria),
-        deadline=deadline,
+        description=opened.task.description,
+        criteria=opened.task.criteria,
+        deadline=opened.deadline,
         inputs=dict(inputs or {}),
         workflow_id=workflow_id,
         phase=phase,

@@ -82,14 +82,6 @@ DEFAULT_PING_TIMEOUT = 2.0
 #: the status anyway: short, so a lagging projector slows the feed but never stalls it.
 READ_MODEL_WAIT = 0.2
 MAX_PING_TIMEOUT = 30.0
-#: What an event makes the agent; other events leave the status as it was.
-STATUS_OF = {
-    "AgentRegistered": "online",
-    "AgentCameOnline": "online",
-    "AgentWentOffline": "offline",
-    "AgentRetired": "retired",
-}
-
 #: Session and workflow events that can make an agent busy or idle.
 ASSIGNING = frozenset({
     "SessionOpened", "ResultSubmitted", "ParticipantReplaced", "SessionFinalised",
@@ -177,14 +169,14 @@ class Lookups:
         """The agent's name: registration carries it; later events only the aggregate id,
         looked up in the read model, else in the store (the read model may lag the feed)."""
         uuid = record.aggregate_id
-        if record.type == "AgentRegistered":
-            self.names[uuid] = record.data["agent_id"]
+        if (registered := read_model.registered_name(record)) is not None:
+            self.names[uuid] = registered
         if uuid not in self.names:
             name = await self.services.read(read_model.agent_name, uuid)
             if name is None:
                 first = await self.services.read_history("agent", uuid, limit=1)
-                if first and first[0].type == "AgentRegistered":
-                    name = first[0].data["agent_id"]
+                if first:
+                    name = read_model.registered_name(first[0])
             if name is None:
                 return None
             self.names[uuid] = name
@@ -244,8 +236,8 @@ class AgentFeed:
         name = await self.lookups.name_of(record)
         if name is None or (self.watch is not None and name not in self.watch):
             return
-        status = STATUS_OF.get(record.type)
-        if status is None or status == "online":  # online may in fact be busy
+        status = read_model.status_of_event(record)  # the status rule, written once
+        if status is None or status == read_model.ONLINE:  # online may in fact be busy
             seen = await self.lookups.status(record, name)
             if seen is not None and (status is None or seen == "busy"):
                 # The read model may be ahead of a replayed event: it only tells what
@@ -266,11 +258,8 @@ class AgentFeed:
         and auditors see it."""
         principal = self.socket.scope.get("user")
         role = getattr(principal, "role", "")
-        if "output_hash" not in record.data or role in SEES_ALL_RESULTS:
-            return record.data
-        if getattr(principal, "actor", None) == name:
-            return record.data
-        return {k: v for k, v in record.data.items() if k != "output_hash"}
+        sees = role in SEES_ALL_RESULTS or getattr(principal, "actor", None) == name
+        return read_model.shown_data(record, with_output_hash=sees)
 
     async def assignment_changed(self, record: EventRecord) -> None:
         """A session or phase event: tell the agents whose status it changed."""

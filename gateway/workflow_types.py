@@ -9,19 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from chorus.contracts.workflow_types import REGISTRY_ID, DefineWorkflowType, WorkflowType
 from chorus.gateway.auth import can_read, require_roles
 from chorus.gateway.bus import issue_command, replayed
 from chorus.gateway.keys import Principal
 from chorus.gateway.state import Services, ServicesDep
+from chorus.projections import workflows as workflows_read_model
 from litestar import Request, Response, get, post
 from litestar.params import JSONBody
 
 
 async def all_types(services: Services) -> list[WorkflowType]:
     records = await services.read_history("workflow_type", REGISTRY_ID, limit=10_000)
-    defined = [msgspec.convert(r.data["workflow_type"], WorkflowType) for r in records]
+    defined = workflows_read_model.defined_types(records)
     return services.workflow_types.with_defined(defined).all()
 
 

@@ -26,7 +26,45 @@ from typing import Any
 
 import msgspec
 from chorus.contracts.feed import EventRecord
+from chorus.events.agent import (
+    AgentCameOnline,
+    AgentCapabilitiesUpdated,
+    AgentRegistered,
+    AgentRetired,
+    AgentWentOffline,
+    CompletionRejected,
+    CompletionVerified,
+    TaskLeaseLost,
+)
+
+# The gateway's choices and the agents feed's check read the status rule through here.
+from chorus.events.agent_status import ONLINE as ONLINE
+from chorus.events.agent_status import STATUSES as STATUSES
+from chorus.events.agent_status import (
+    shown_status,
+    shown_status_sql,
+    status_after,
+    status_set_by,
+)
+from chorus.events.codec import data_without
 from chorus.events.reliability import reliability_score, success_rate
+from chorus.events.session import (
+    ParticipantReplaced,
+    ResultSubmitted,
+    SessionCancelled,
+    SessionFinalised,
+    SessionOpened,
+    SessionTimedOut,
+)
+from chorus.events.workflow import (
+    PhaseCompleted,
+    PhaseFailed,
+    PhaseLeaseExpired,
+    PhaseStarted,
+    WorkflowCancelled,
+    WorkflowCompleted,
+    WorkflowFailed,
+)
 from chorus.projections.readstore import NOT_CREATED, Connection, Row
 from chorus.projections.sessions import decode_cursor as decode_seq_cursor
 from chorus.projections.sessions import encode_cursor as encode_seq_cursor
@@ -137,24 +175,25 @@ class AgentsProjection:
     # Agent events -------------------------------------------------------------------------
 
     def _agent(self, conn: Connection, record: EventRecord) -> None:
-        data = record.data
+        event = record.event
         at = stamp(record.occurred_at)
-        if record.type == "AgentRegistered":
-            name = data["agent_id"]
-            registered = stamp(data["registered_at"])
+        if isinstance(event, AgentRegistered):
+            name = event.agent_id
+            registered = stamp(event.registered_at)
             conn.execute(
                 "INSERT INTO agents (seq, uuid, agent_id, type, capabilities, metadata, owner, "
                 "status, registered_at, last_seen, last_activity, verified, rejected, score, "
                 "retired_reason, version, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 'online', ?, ?, ?, 0, 0, ?, NULL, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, NULL, ?, ?)",
                 (
-                    record.position, record.aggregate_id, name, data["type"],
-                    _json.encode(sorted(set(data["capabilities"]))).decode(),
-                    _json.encode(data["metadata"]).decode(), data["owner"], registered,
-                    registered, registered, reliability_score(0, 0), record.version, at,
+                    record.position, record.aggregate_id, name, event.type,
+                    _json.encode(sorted(set(event.capabilities))).decode(),
+                    _json.encode(event.metadata).decode(), event.owner, status_after(event, ""),
+                    registered, registered, registered, reliability_score(0, 0), record.version,
+                    at,
                 ),
             )  # fmt: skip
-            self._set_capabilities(conn, name, data["capabilities"])
+            self._set_capabilities(conn, name, event.capabilities)
             _touch(conn, name, registered)
             # Activity recorded before the name was registered (a session naming it) counts.
             conn.execute(
@@ -170,29 +209,31 @@ class AgentsProjection:
             return
         name = row["agent_id"]
         changes: dict[str, Any] = {"version": record.version, "updated_at": at}
-        match record.type:
-            case "AgentCapabilitiesUpdated":
-                changes["capabilities"] = _json.encode(sorted(set(data["capabilities"]))).decode()
-                self._set_capabilities(conn, name, data["capabilities"])
-            case "AgentRetired":
-                changes.update(status="retired", retired_reason=data["reason"])
-            case "AgentCameOnline" | "AgentWentOffline":
-                seen = stamp(data["last_seen"])
-                online = record.type == "AgentCameOnline"
-                changes.update(status="online" if online else "offline", last_seen=seen)
+        status = status_set_by(event)
+        if status is not None:
+            changes["status"] = status
+        match event:
+            case AgentCapabilitiesUpdated():
+                changes["capabilities"] = _json.encode(sorted(set(event.capabilities))).decode()
+                self._set_capabilities(conn, name, event.capabilities)
+            case AgentRetired():
+                changes["retired_reason"] = event.reason
+            case AgentCameOnline() | AgentWentOffline():
+                seen = stamp(event.last_seen)
+                changes["last_seen"] = seen
                 _touch(conn, name, seen)
-            case "TaskLeaseLost":  # a task it held and lost counts as a failure
+            case TaskLeaseLost():  # a task it held and lost counts as a failure
                 counts = (row["verified"], row["rejected"] + 1)
                 changes.update(rejected=counts[1], score=reliability_score(*counts))
-            case "CompletionVerified" | "CompletionRejected":
-                verified = record.type == "CompletionVerified"
-                earned = int(data.get("counts", True))
+            case CompletionVerified() | CompletionRejected():
+                verified = isinstance(event, CompletionVerified)
+                earned = int(event.counts)
                 counts = (row["verified"] + earned * verified,
                           row["rejected"] + earned * (not verified))  # fmt: skip
                 changes.update(
                     verified=counts[0], rejected=counts[1], score=reliability_score(*counts)
                 )
-                self._verdict(conn, record, name, verified)
+                self._verdict(conn, record, name, event)
                 _touch(conn, name, at)
         columns = ", ".join(f"{k}=?" for k in changes)
         conn.execute(f"UPDATE agents SET {columns} WHERE agent_id=?", (*changes.values(), name))
@@ -206,22 +247,23 @@ class AgentsProjection:
         )
 
     @staticmethod
-    def _verdict(conn: Connection, record: EventRecord, name: str, verified: bool) -> None:
-        data = record.data
-        assigned = data.get("assigned_at")
+    def _verdict(
+        conn: Connection, record: EventRecord, name: str,
+        verdict: CompletionVerified | CompletionRejected,
+    ) -> None:  # fmt: skip
+        view = verdict_view(record, name, verdict)
         conn.execute(
             "INSERT INTO agent_verdicts (position, agent_id, task_id, at, verified, task_kind, "
             "completion_time, output_hash, assigned_at, response_time, quality_score, "
             "score_parts, reasons) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                record.position, name, data["task_id"], stamp(record.occurred_at), int(verified),
-                data.get("task_kind"), stamp(data["completion_time"]), data["output_hash"],
-                stamp(assigned) if assigned else None, data.get("response_time"),
-                data.get("quality_score", 0.0), _json.encode(data.get("score_parts", {})).decode(),
-                _json.encode(data.get("reasons", [])).decode(),
+                record.position, name, view.task_id, view.recorded_at, int(view.verified),
+                view.task_kind, view.completion_time, view.output_hash, view.assigned_at,
+                view.response_time, view.quality_score, _json.encode(view.score_parts).decode(),
+                _json.encode(view.reasons).decode(),
             ),
         )  # fmt: skip
-        if not data.get("counts", True):
+        if not view.counts:
             conn.execute(
                 "INSERT INTO agent_verdicts_uncounted (position) VALUES (?)", (record.position,)
             )
@@ -229,21 +271,21 @@ class AgentsProjection:
     # Session events: participations are assignments ---------------------------------------
 
     def _session(self, conn: Connection, record: EventRecord) -> None:
-        data = record.data
+        event = record.event
         sid = record.aggregate_id
         at = stamp(record.occurred_at)
-        match record.type:
-            case "SessionOpened":
+        match event:
+            case SessionOpened():
                 # The engine's own notion of "assigned at" (evidence is checked against it).
-                opened = parse_time(data["deadline"]) - timedelta(seconds=data["timeout_seconds"])
-                _assign_all(conn, data["participants"], sid, "session", stamp(opened))
-            case "ParticipantReplaced":
-                _close(conn, data["replaced"], sid, at)
-                _assign_all(conn, [data["replacement"]], sid, "session", stamp(data["assigned_at"]))
-            case "ResultSubmitted":
-                _close(conn, data["agent_id"], sid, at)
-                _touch(conn, data["agent_id"], at)
-            case "SessionFinalised" | "SessionTimedOut" | "SessionCancelled":
+                opened = event.deadline - timedelta(seconds=event.timeout_seconds)
+                _assign_all(conn, event.participants, sid, "session", stamp(opened))
+            case ParticipantReplaced():
+                _close(conn, event.replaced, sid, at)
+                _assign_all(conn, [event.replacement], sid, "session", stamp(event.assigned_at))
+            case ResultSubmitted():
+                _close(conn, event.agent_id, sid, at)
+                _touch(conn, event.agent_id, at)
+            case SessionFinalised() | SessionTimedOut() | SessionCancelled():
                 conn.execute(
                     "UPDATE agent_assignments SET closed_at=? WHERE task_id=? AND closed_at IS NULL",
                     (at, sid),
@@ -252,24 +294,24 @@ class AgentsProjection:
     # Workflow events: a running phase is its assignee's task -------------------------------
 
     def _workflow(self, conn: Connection, record: EventRecord) -> None:
-        data = record.data
+        event = record.event
         wid = record.aggregate_id
         at = stamp(record.occurred_at)
-        if record.type in ("WorkflowCompleted", "WorkflowFailed", "WorkflowCancelled"):
+        if isinstance(event, WorkflowCompleted | WorkflowFailed | WorkflowCancelled):
             conn.execute(
                 "UPDATE agent_assignments SET closed_at=? WHERE kind='phase' AND task_id LIKE ? "
                 "AND closed_at IS NULL",
                 (at, f"{wid}/%"),
             )
             return
-        phase = data.get("phase")
+        phase = getattr(event, "phase", None)  # every other workflow event names its phase
         if phase is None:
             return
         task_id = f"{wid}/{phase}"
-        if record.type == "PhaseStarted":
-            assignee = data["assignee"]
+        if isinstance(event, PhaseStarted):
+            assignee = event.assignee
             if assignee != SYSTEM:
-                started = data.get("started_at")
+                started = event.started_at
                 conn.execute(
                     "INSERT INTO agent_assignments (agent_id, task_id, kind, assigned_at, "
                     "closed_at) VALUES (?, ?, 'phase', ?, NULL) ON CONFLICT(agent_id, task_id) "
@@ -285,9 +327,9 @@ class AgentsProjection:
         ).fetchone()
         if holder is not None and record.actor == holder["agent_id"]:
             _touch(conn, holder["agent_id"], at)
-        if record.type == "PhaseLeaseExpired":
-            _close(conn, data["agent_id"], task_id, at)
-        if record.type in ("PhaseCompleted", "PhaseFailed"):
+        if isinstance(event, PhaseLeaseExpired):
+            _close(conn, event.agent_id, task_id, at)
+        if isinstance(event, PhaseCompleted | PhaseFailed):
             conn.execute(
                 "UPDATE agent_assignments SET closed_at=? WHERE task_id=? AND closed_at IS NULL",
                 (at, task_id),
@@ -419,7 +461,6 @@ def compute_metrics(
 
 # Queries ------------------------------------------------------------------------------------
 
-STATUSES = ("online", "busy", "offline", "retired")
 SORTS = ("registered", "reliability")
 
 
@@ -496,7 +537,7 @@ SELECT * FROM (
 
 
 def _shown_status(row: Row) -> str:
-    return "busy" if row["status"] == "online" and row["open_tasks"] > 0 else str(row["status"])
+    return shown_status(str(row["status"]), row["open_tasks"])
 
 
 def _view(row: Row) -> AgentView:
@@ -591,7 +632,7 @@ def reachable_agents(conn: Connection) -> list[str]:
     """Agents that should answer a ping: online (busy included), by name."""
     try:
         rows = conn.execute(
-            "SELECT agent_id FROM agents WHERE status='online' ORDER BY agent_id"
+            f"SELECT agent_id FROM agents WHERE status='{ONLINE}' ORDER BY agent_id"
         ).fetchall()
     except NOT_CREATED:
         return []
@@ -652,7 +693,7 @@ def list_agents(
         )
         params.append(capability)
     if statuses:
-        shown = "CASE WHEN r.status='online' AND r.open_tasks>0 THEN 'busy' ELSE r.status END"
+        shown = shown_status_sql("r.status", "r.open_tasks>0")
         where.append(f"{shown} IN ({', '.join('?' * len(statuses))})")
         params.extend(statuses)
     if min_success_rate is not None:
@@ -760,18 +801,51 @@ def get_verdict(conn: Connection, position: int) -> VerdictView | None:
 
 def verdict_from_record(record: EventRecord, agent_id: str) -> VerdictView | None:
     """The same view built straight from a stored verdict event (when the read model lags)."""
-    if record.type not in ("CompletionVerified", "CompletionRejected"):
+    event = record.event
+    if not isinstance(event, CompletionVerified | CompletionRejected):
         return None
-    data = record.data
-    verified = record.type == "CompletionVerified"
-    assigned = data.get("assigned_at")
+    return verdict_view(record, agent_id, event)
+
+
+def verdict_view(
+    record: EventRecord, agent_id: str, event: CompletionVerified | CompletionRejected
+) -> VerdictView:
+    """A verdict event as the API shows it (and as its row stores it)."""
+    verified = isinstance(event, CompletionVerified)
+    assigned = event.assigned_at if isinstance(event, CompletionVerified) else None
     return VerdictView(
-        agent_id=agent_id, task_id=data["task_id"],
+        agent_id=agent_id, task_id=event.task_id,
         verdict="verified" if verified else "rejected", verified=verified,
-        reasons=list(data.get("reasons", [])), quality_score=data.get("quality_score", 0.0),
-        score_parts=dict(data.get("score_parts", {})), response_time=data.get("response_time"),
-        completion_time=stamp(data["completion_time"]), output_hash=data["output_hash"],
-        task_kind=data.get("task_kind"), assigned_at=stamp(assigned) if assigned else None,
-        recorded_at=stamp(record.occurred_at), position=record.position,
-        counts=bool(data.get("counts", True)),
+        reasons=msgspec.to_builtins(event.reasons) if isinstance(event, CompletionRejected) else [],
+        quality_score=event.quality_score,
+        score_parts=dict(event.score_parts) if isinstance(event, CompletionVerified) else {},
+        response_time=event.response_time, completion_time=stamp(event.completion_time),
+        output_hash=event.output_hash,
+        task_kind=event.task_kind if isinstance(event, CompletionVerified) else None,
+        assigned_at=stamp(assigned) if assigned else None,
+        recorded_at=stamp(record.occurred_at), position=record.position, counts=event.counts,
     )  # fmt: skip
+
+
+# What the agents feed shows of an agent event ---------------------------------------------
+
+
+def registered_name(record: EventRecord) -> str | None:
+    """The agent's name, if ``record`` is its registration (later events carry only the
+    aggregate id)."""
+    event = record.event
+    return event.agent_id if isinstance(event, AgentRegistered) else None
+
+
+def status_of_event(record: EventRecord) -> str | None:
+    """The status an agent event gives its agent (``chorus.events.agent_status``); None
+    when it leaves the status as it was."""
+    return status_set_by(record.event)
+
+
+def shown_data(record: EventRecord, *, with_output_hash: bool) -> dict[str, Any]:
+    """An agent event's data as a feed shows it: a verdict's ``output_hash`` is another
+    agent's answer in short, so it is left out unless ``with_output_hash``."""
+    if with_output_hash or not isinstance(record.event, CompletionVerified | CompletionRejected):
+        return record.data
+    return data_without(record, "output_hash")

@@ -7,6 +7,14 @@ from typing import Any
 
 import msgspec
 from chorus.contracts.feed import EventRecord
+from chorus.events.mcp import (
+    McpServerConfigured,
+    McpServerHealthChanged,
+    McpServerRegistered,
+    McpServerRemoved,
+    ToolCalled,
+    ToolsDiscovered,
+)
 from chorus.projections.readstore import NOT_CREATED, Connection, upsert
 
 NAME = "mcp"
@@ -101,16 +109,16 @@ class McpServersProjection:
     tables = TABLES
 
     def apply(self, conn: Connection, record: EventRecord) -> None:
-        data = record.data
+        event = record.event
         at = _ts(record.occurred_at)
-        if record.type == "McpServerRegistered":
-            name = data["name"]
-            conn.execute("DELETE FROM mcp_tools WHERE server=?", (name,))
-            conn.execute("DELETE FROM mcp_health WHERE server=?", (name,))
+        if isinstance(event, McpServerRegistered):
+            server = event.name
+            conn.execute("DELETE FROM mcp_tools WHERE server=?", (server,))
+            conn.execute("DELETE FROM mcp_health WHERE server=?", (server,))
             conn.execute(
                 _REGISTER,
-                (name, record.aggregate_id, record.position, "active", _json.encode(data["transport"]).decode(),
-                 data["owner"], _json.encode(data["access"]).decode(), _json.encode(data["config"]).decode(),
+                (server, record.aggregate_id, record.position, "active", _json.encode(event.transport).decode(),
+                 event.owner, _json.encode(event.access).decode(), _json.encode(event.config).decode(),
                  None, 0, 0, None, record.version, at, at),
             )  # fmt: skip
             return
@@ -118,31 +126,31 @@ class McpServersProjection:
         if name is None:
             return
         sets: dict[str, Any] = {"version": record.version, "updated_at": at}
-        match record.type:
-            case "McpServerConfigured":
-                for key in ("transport", "access", "config"):
-                    if data.get(key) is not None:
-                        sets[key] = _json.encode(data[key]).decode()
-                if data.get("owner"):
-                    sets["owner"] = data["owner"]
-            case "McpServerRemoved":
+        match event:
+            case McpServerConfigured():
+                changed = {"transport": event.transport, "access": event.access,
+                           "config": event.config}  # fmt: skip
+                for key, value in changed.items():
+                    if value is not None:
+                        sets[key] = _json.encode(value).decode()
+                if event.owner:
+                    sets["owner"] = event.owner
+            case McpServerRemoved():
                 sets["status"] = "removed"
-            case "ToolsDiscovered":
+            case ToolsDiscovered():
                 conn.execute("DELETE FROM mcp_tools WHERE server=?", (name,))
                 conn.executemany(
                     "INSERT INTO mcp_tools VALUES (?, ?, ?, ?, ?)",
-                    [(name, t["name"], t.get("description", ""),
-                      _json.encode(t["input_schema"]).decode(), t["schema_digest"])
-                     for t in data["tools"]],
+                    [(name, t.name, t.description, _json.encode(t.input_schema).decode(),
+                      t.schema_digest) for t in event.tools],
                 )  # fmt: skip
-                sets["catalogue_digest"] = data["catalogue_digest"]
-            case "McpServerHealthChanged":
-                conn.execute(_HEALTH,
-                             (name, data["status"], data.get("error"), at))  # fmt: skip
-            case "ToolCalled":
+                sets["catalogue_digest"] = event.catalogue_digest
+            case McpServerHealthChanged():
+                conn.execute(_HEALTH, (name, event.status, event.error, at))
+            case ToolCalled():
                 conn.execute(
                     "UPDATE mcp_servers SET calls = calls + 1, failed_calls = failed_calls + ? "
-                    "WHERE name=?", (0 if data["outcome"] == "ok" else 1, name),
+                    "WHERE name=?", (0 if event.outcome == "ok" else 1, name),
                 )  # fmt: skip
                 sets["last_call_at"] = at
         assignments = ", ".join(f"{column}=?" for column in sets)

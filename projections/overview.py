@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from chorus.audit.ledger import last_seal
+from chorus.events.agent_status import shown_status_sql
 from chorus.projections.readstore import NOT_CREATED, Connection
 from eventsourcing.persistence import ApplicationRecorder
 
@@ -17,12 +18,13 @@ _COUNTS = {
     "sessions": "SELECT status, count(*) FROM sessions GROUP BY status",
     "workflows": "SELECT status, count(*) FROM workflows GROUP BY status",
     # ``busy`` is derived, as in the agents API: online with an open assignment.
-    "agents": """
-        SELECT CASE WHEN a.status='online' AND EXISTS (
-                   SELECT 1 FROM agent_assignments t
-                   WHERE t.agent_id=a.agent_id AND t.closed_at IS NULL)
-               THEN 'busy' ELSE a.status END AS shown, count(*)
-        FROM agents a GROUP BY shown""",
+    "agents": "SELECT "
+    + shown_status_sql(
+        "a.status",
+        "EXISTS (SELECT 1 FROM agent_assignments t "
+        "WHERE t.agent_id=a.agent_id AND t.closed_at IS NULL)",
+    )
+    + " AS shown, count(*) FROM agents a GROUP BY shown",
     # Work waiting for an agent: the dispatch queue's depth by priority.
     "queued": "SELECT priority, count(*) FROM workflows WHERE status='queued' GROUP BY priority",
 }

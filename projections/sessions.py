@@ -8,6 +8,15 @@ from typing import Any, Literal
 
 import msgspec
 from chorus.contracts.feed import EventRecord
+from chorus.events.session import (
+    ParticipantLost,
+    ParticipantReplaced,
+    ResultSubmitted,
+    SessionCancelled,
+    SessionFinalised,
+    SessionOpened,
+    SessionTimedOut,
+)
 from chorus.projections.readstore import NOT_CREATED, Connection, Row
 
 NAME = "sessions"
@@ -62,33 +71,33 @@ class SessionsProjection:
     tables = TABLES
 
     def apply(self, conn: Connection, record: EventRecord) -> None:
-        data = record.data
+        event = record.event
         sid = record.aggregate_id
         at = _ts(record.occurred_at)
-        match record.type:
-            case "SessionOpened":
+        match event:
+            case SessionOpened():
                 conn.execute(
                     "INSERT INTO sessions (seq, id, status, coordinator_id, opened_by, task, "
                     "timeout_seconds, deadline, outcome, participant_count, submitted_count, "
                     "version, created_at, updated_at) "
                     "VALUES (?, ?, 'open', ?, ?, ?, ?, ?, NULL, ?, 0, ?, ?, ?)",
                     (
-                        record.position, sid, data["coordinator_id"], data["opened_by"],
-                        _json.encode(data["task"]).decode(), data["timeout_seconds"],
-                        data["deadline"], len(data["participants"]), record.version, at, at,
+                        record.position, sid, event.coordinator_id, event.opened_by,
+                        _json.encode(event.task).decode(), event.timeout_seconds,
+                        _ts(event.deadline), len(event.participants), record.version, at, at,
                     ),
                 )  # fmt: skip
                 conn.executemany(
                     "INSERT INTO session_participants (session_id, agent_id, ord) VALUES (?, ?, ?)",
-                    [(sid, agent, i) for i, agent in enumerate(data["participants"])],
+                    [(sid, agent, i) for i, agent in enumerate(event.participants)],
                 )
-            case "ResultSubmitted":
+            case ResultSubmitted():
                 conn.execute(
                     "UPDATE session_participants SET result=?, success=?, output_hash=?, "
                     "submitted_at=? WHERE session_id=? AND agent_id=?",
                     (
-                        _json.encode(data["result"]).decode(), int(data["success"]),
-                        data.get("output_hash"), at, sid, data["agent_id"],
+                        _json.encode(event.result).decode(), int(event.success),
+                        event.output_hash, at, sid, event.agent_id,
                     ),
                 )  # fmt: skip
                 conn.execute(
@@ -96,29 +105,27 @@ class SessionsProjection:
                     "updated_at=? WHERE id=?",
                     (record.version, at, sid),
                 )
-            case "ParticipantReplaced":
+            case ParticipantReplaced():
                 # The replacement takes the lost participant's place (and its order).
                 conn.execute(
                     "UPDATE session_participants SET agent_id=? WHERE session_id=? AND agent_id=?",
-                    (data["replacement"], sid, data["replaced"]),
+                    (event.replacement, sid, event.replaced),
                 )
                 self._touch(conn, record)
-            case "ParticipantLost":
+            case ParticipantLost():
                 self._touch(conn, record)  # what the policy did shows in the events
-            case "SessionFinalised":
-                self._close(conn, record, data["outcome"], {
-                    "outcome": data["outcome"], "reason": data["reason"],
-                    "verdict": data["verdict"],
+            case SessionFinalised():
+                self._close(conn, record, event.outcome, {
+                    "outcome": event.outcome, "reason": event.reason, "verdict": event.verdict,
                 })  # fmt: skip
-            case "SessionTimedOut":
+            case SessionTimedOut():
                 self._close(conn, record, "timed_out", {
-                    "outcome": "timed_out", "reason": "deadline passed",
-                    "pending": data["pending"],
+                    "outcome": "timed_out", "reason": "deadline passed", "pending": event.pending,
                 })  # fmt: skip
-            case "SessionCancelled":
+            case SessionCancelled():
                 self._close(conn, record, "cancelled", {
-                    "outcome": "cancelled", "reason": data["reason"],
-                    "cancelled_by": data["cancelled_by"],
+                    "outcome": "cancelled", "reason": event.reason,
+                    "cancelled_by": event.cancelled_by,
                 })  # fmt: skip
 
     @staticmethod

@@ -15,7 +15,27 @@ from typing import Any
 import msgspec
 from chorus.contracts.feed import EventRecord
 from chorus.contracts.tasks import TASK_ENCODER, PhaseTask, SessionTask, phase_task_id
+from chorus.events.session import (
+    ParticipantReplaced,
+    ResultSubmitted,
+    SessionCancelled,
+    SessionFinalised,
+    SessionOpened,
+    SessionTimedOut,
+)
+from chorus.events.session import TaskAccepted as SessionTaskAccepted
 from chorus.events.tasks import phase_task, session_task
+from chorus.events.workflow import (
+    PhaseAssigned,
+    PhaseCompleted,
+    PhaseFailed,
+    PhaseLeaseExpired,
+    WorkflowCancelled,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowStarted,
+)
+from chorus.events.workflow import TaskAccepted as WorkflowTaskAccepted
 from chorus.projections.readstore import NOT_CREATED, Connection, upsert
 
 NAME = "agent_tasks"
@@ -49,8 +69,9 @@ _TASK = upsert(
     ("agent_id", "task_id"),
 )
 _decode = msgspec.json.Decoder()
-ENDS_WORKFLOW = ("WorkflowCompleted", "WorkflowFailed", "WorkflowCancelled")
-ENDS_SESSION = ("SessionFinalised", "SessionTimedOut", "SessionCancelled")
+ENDS_WORKFLOW = (WorkflowCompleted, WorkflowFailed, WorkflowCancelled)
+ENDS_SESSION = (SessionFinalised, SessionTimedOut, SessionCancelled)
+_started = msgspec.json.Decoder(WorkflowStarted)
 
 
 class AgentTasksProjection:
@@ -66,73 +87,68 @@ class AgentTasksProjection:
             self._session(conn, record)
 
     def _workflow(self, conn: Connection, record: EventRecord) -> None:
-        wid, data = record.aggregate_id, record.data
-        if record.type == "WorkflowStarted":
-            conn.execute(
-                _WORKFLOW,
-                (wid, _json.encode(data).decode(), "{}"),
-            )
+        wid, event = record.aggregate_id, record.event
+        if isinstance(event, WorkflowStarted):
+            conn.execute(_WORKFLOW, (wid, _json.encode(event).decode(), "{}"))
             return
-        if record.type in ENDS_WORKFLOW:
+        if isinstance(event, ENDS_WORKFLOW):
             conn.execute("DELETE FROM agent_tasks WHERE owner_id=?", (wid,))
             conn.execute("DELETE FROM task_workflows WHERE id=?", (wid,))
             return
         row = conn.execute("SELECT * FROM task_workflows WHERE id=?", (wid,)).fetchone()
         if row is None:
             return
-        match record.type:
-            case "PhaseAssigned":
+        match event:
+            case PhaseAssigned():
                 results = _decode.decode(row["results"])
-                task = phase_task(wid, _decode.decode(row["started"]), results, data)
-                _open(conn, data["agent_id"], task, wid, record.position)
-            case "TaskAccepted":
+                task = phase_task(wid, _started.decode(row["started"]), results, event)
+                _open(conn, event.agent_id, task, wid, record.position)
+            case WorkflowTaskAccepted():
                 conn.execute(
                     "UPDATE agent_tasks SET accepted=1 WHERE task_id=? AND agent_id=?",
-                    (phase_task_id(wid, data["phase"]), data["agent_id"]),
+                    (phase_task_id(wid, event.phase), event.agent_id),
                 )
-            case "PhaseLeaseExpired" | "PhaseFailed":
+            case PhaseLeaseExpired() | PhaseFailed():
                 conn.execute(
-                    "DELETE FROM agent_tasks WHERE task_id=?", (phase_task_id(wid, data["phase"]),)
+                    "DELETE FROM agent_tasks WHERE task_id=?", (phase_task_id(wid, event.phase),)
                 )
-            case "PhaseCompleted":
+            case PhaseCompleted():
                 conn.execute(
-                    "DELETE FROM agent_tasks WHERE task_id=?", (phase_task_id(wid, data["phase"]),)
+                    "DELETE FROM agent_tasks WHERE task_id=?", (phase_task_id(wid, event.phase),)
                 )
-                results = {**_decode.decode(row["results"]), data["phase"]: data["result"]}
+                results = {**_decode.decode(row["results"]), event.phase: event.result}
                 conn.execute(
                     "UPDATE task_workflows SET results=? WHERE id=?",
                     (_json.encode(results).decode(), wid),
                 )
 
     def _session(self, conn: Connection, record: EventRecord) -> None:
-        sid, data = record.aggregate_id, record.data
-        match record.type:
-            case "SessionOpened":
-                task = session_task(sid, data)
-                for agent in data["participants"]:
+        sid, event = record.aggregate_id, record.event
+        match event:
+            case SessionOpened():
+                task = session_task(sid, event)
+                for agent in event.participants:
                     _open(conn, agent, task, sid, record.position)
-            case "ParticipantReplaced":
+            case ParticipantReplaced():
                 conn.execute(
-                    "DELETE FROM agent_tasks WHERE task_id=? AND agent_id=?",
-                    (sid, data["replaced"]),
+                    "DELETE FROM agent_tasks WHERE task_id=? AND agent_id=?", (sid, event.replaced)
                 )
                 row = conn.execute(
                     "SELECT message FROM agent_tasks WHERE task_id=? LIMIT 1", (sid,)
                 ).fetchone()
                 if row is not None:
                     task = msgspec.json.decode(row["message"], type=SessionTask)
-                    _open(conn, data["replacement"], task, sid, record.position)
-            case "TaskAccepted":
+                    _open(conn, event.replacement, task, sid, record.position)
+            case SessionTaskAccepted():
                 conn.execute(
                     "UPDATE agent_tasks SET accepted=1 WHERE task_id=? AND agent_id=?",
-                    (sid, data["agent_id"]),
+                    (sid, event.agent_id),
                 )
-            case "ResultSubmitted":
+            case ResultSubmitted():
                 conn.execute(
-                    "DELETE FROM agent_tasks WHERE task_id=? AND agent_id=?",
-                    (sid, data["agent_id"]),
+                    "DELETE FROM agent_tasks WHERE task_id=? AND agent_id=?", (sid, event.agent_id)
                 )
-            case closing if closing in ENDS_SESSION:
+            case _ if isinstance(event, ENDS_SESSION):
                 conn.execute("DELETE FROM agent_tasks WHERE owner_id=?", (sid,))
 
 

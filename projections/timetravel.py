@@ -26,7 +26,10 @@ from typing import Any
 
 import msgspec
 from chorus.contracts.feed import EventRecord
+from chorus.events.agent import AgentRegistered
 from chorus.events.codec import EVENT_TYPES, decode_record, topic_of
+from chorus.events.session import ParticipantReplaced, ResultSubmitted, SessionOpened
+from chorus.events.workflow import PhaseStarted
 from chorus.projections import agents, sessions, workflows
 from chorus.projections.history import History
 from chorus.projections.readstore import NOT_CREATED, Connection
@@ -85,16 +88,15 @@ _CONTEXT_TOPICS = [
 
 def _names(record: EventRecord, agent: str) -> bool:
     """Whether this session or workflow event gives ``agent`` a part in its aggregate."""
-    data = record.data
-    match record.type:
-        case "SessionOpened":
-            return agent in data.get("participants", ())
-        case "ParticipantReplaced":
-            return agent in (data.get("replacement"), data.get("replaced"))
-        case "ResultSubmitted":
-            return bool(data.get("agent_id") == agent)
-        case "PhaseStarted":
-            return bool(data.get("assignee") == agent)
+    match record.event:
+        case SessionOpened(participants=participants):
+            return agent in participants
+        case ParticipantReplaced(replacement=replacement, replaced=replaced):
+            return agent in (replacement, replaced)
+        case ResultSubmitted(agent_id=agent_id):
+            return agent_id == agent
+        case PhaseStarted(assignee=assignee):
+            return assignee == agent
     return False
 
 
@@ -105,7 +107,10 @@ def agent_context(history: History, own: list[EventRecord], cutoff: Cutoff) -> l
     The agents projection touches an agent's rows only from such events, so folding them
     with the agent's own events gives exactly the view the live model showed then.
     """
-    agent = own[0].data["agent_id"]  # AgentRegistered
+    registered = own[0].event  # an agent's history starts with its registration
+    if not isinstance(registered, AgentRegistered):
+        return []
+    agent = registered.agent_id
     needle = msgspec.json.encode(agent)
     involved: set[str] = set()
     found = []

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 from chorus.contracts.feed import EventRecord
+from chorus.contracts.workflow_types import WorkflowType
+from chorus.events.workflow import (
+    PartialResultRecorded,
+    PhaseAssigned,
+    PhaseCompleted,
+    PhaseFailed,
+    PhaseLeaseExpired,
+    PhaseProgressReported,
+    PhaseStarted,
+    PhaseWaiting,
+    WorkflowCancelled,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowStarted,
+    WorkflowTypeDefined,
+)
 from chorus.projections.readstore import NOT_CREATED, Connection, Row, upsert
 from chorus.projections.sessions import (
     decode_cursor as decode_cursor,  # re-exported for the gateway
@@ -57,8 +74,8 @@ DDL = [
 ]
 TABLES = ["workflows", "phase_durations", "workflow_waiting"]
 #: Events after which the next phase no longer waits for an agent.
-NOT_WAITING = frozenset({"PhaseAssigned", "PhaseStarted", "PhaseCompleted", "WorkflowCompleted",
-                         "WorkflowFailed", "WorkflowCancelled"})  # fmt: skip
+NOT_WAITING = (PhaseAssigned, PhaseStarted, PhaseCompleted, WorkflowCompleted, WorkflowFailed,
+               WorkflowCancelled)  # fmt: skip
 
 _json = msgspec.json.Encoder(order="sorted")
 _WAITING = upsert("workflow_waiting", ("id", "phase", "capabilities"), ("id",))
@@ -80,20 +97,20 @@ class WorkflowsProjection:
     tables = TABLES
 
     def apply(self, conn: Connection, record: EventRecord) -> None:
-        data = record.data
+        event = record.event
         wid = record.aggregate_id
         at = _ts(record.occurred_at)
-        if record.type == "WorkflowStarted":
+        if isinstance(event, WorkflowStarted):
             conn.execute(
                 "INSERT INTO workflows (seq, id, workflow_type, status, priority, started_by, "
                 "requirements, configuration, phases, current_progress, phases_completed, errors, "
                 "partial_results, version, created_at, updated_at) "
                 "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, 0, '[]', '[]', '{}', ?, ?, ?)",
                 (
-                    record.position, wid, data["workflow_type"], data["priority"],
-                    data["started_by"], data["requirements"],
-                    _json.encode(data["configuration"]).decode(),
-                    _json.encode(data["phases"]).decode(), record.version, at, at,
+                    record.position, wid, event.workflow_type, event.priority,
+                    event.started_by, event.requirements,
+                    _json.encode(event.configuration).decode(),
+                    _json.encode(event.phases).decode(), record.version, at, at,
                 ),
             )  # fmt: skip
             return
@@ -101,33 +118,32 @@ class WorkflowsProjection:
         if row is None:
             return
         changes: dict[str, Any] = {"version": record.version, "updated_at": at}
-        if record.type in NOT_WAITING:
+        if isinstance(event, NOT_WAITING):
             conn.execute("DELETE FROM workflow_waiting WHERE id=?", (wid,))
-        match record.type:
-            case "PhaseWaiting":
+        match event:
+            case PhaseWaiting():
                 conn.execute(
-                    _WAITING,
-                    (wid, data["phase"], _json.encode(data["capabilities"]).decode()),
+                    _WAITING, (wid, event.phase, _json.encode(event.capabilities).decode())
                 )
-            case "PhaseLeaseExpired":
+            case PhaseLeaseExpired():
                 changes.update(
                     status="queued", current_phase=None, current_assignee=None,
                     current_progress=0, current_started_at=None,
                 )  # fmt: skip
-            case "PhaseStarted":
+            case PhaseStarted():
                 changes.update(
-                    status="running", current_phase=data["phase"], current_progress=0,
-                    current_assignee=data["assignee"], current_started_at=at,
+                    status="running", current_phase=event.phase, current_progress=0,
+                    current_assignee=event.assignee, current_started_at=at,
                     started_at=row["started_at"] or at,
                 )  # fmt: skip
-            case "PhaseProgressReported":
-                changes["current_progress"] = data["progress"]
-            case "PartialResultRecorded":
+            case PhaseProgressReported():
+                changes["current_progress"] = event.progress
+            case PartialResultRecorded():
                 partial = _decode.decode(row["partial_results"])
-                partial.setdefault(data["phase"], []).append(data["result"])
+                partial.setdefault(event.phase, []).append(event.result)
                 changes["partial_results"] = _json.encode(partial).decode()
-            case "PhaseCompleted":
-                done = [*_decode.decode(row["phases_completed"]), data["phase"]]
+            case PhaseCompleted():
+                done = [*_decode.decode(row["phases_completed"]), event.phase]
                 changes.update(
                     phases_completed=_json.encode(done).decode(), current_phase=None,
                     current_assignee=None, current_progress=0, current_started_at=None,
@@ -141,20 +157,20 @@ class WorkflowsProjection:
                         "ON CONFLICT(workflow_type, phase) DO UPDATE SET "
                         "completed=phase_durations.completed+1, "
                         "total_seconds=phase_durations.total_seconds+excluded.total_seconds",
-                        (row["workflow_type"], data["phase"], max(seconds, 0.0)),
+                        (row["workflow_type"], event.phase, max(seconds, 0.0)),
                     )
-            case "PhaseFailed":
-                error = {"phase": data["phase"], **data["error"]}
-                if data.get("attempts"):  # every attempt that lost its lease before
-                    error["attempts"] = data["attempts"]
+            case PhaseFailed():
+                error = {"phase": event.phase, **msgspec.to_builtins(event.error)}
+                if event.attempts:  # every attempt that lost its lease before
+                    error["attempts"] = event.attempts
                 errors = [*_decode.decode(row["errors"]), error]
                 changes["errors"] = _json.encode(errors).decode()
-            case "WorkflowCompleted":
-                changes.update(status="completed", final_result=_json.encode(data["final_result"]).decode(),
-                               finished_at=at)  # fmt: skip
-            case "WorkflowFailed" | "WorkflowCancelled":
+            case WorkflowCompleted():
+                changes.update(status="completed", finished_at=at,
+                               final_result=_json.encode(event.final_result).decode())  # fmt: skip
+            case WorkflowFailed() | WorkflowCancelled():
                 changes.update(
-                    status="failed" if record.type == "WorkflowFailed" else "cancelled",
+                    status="failed" if isinstance(event, WorkflowFailed) else "cancelled",
                     finished_at=at, current_phase=None, current_assignee=None,
                     current_progress=0, current_started_at=None,
                 )  # fmt: skip
@@ -163,6 +179,11 @@ class WorkflowsProjection:
 
 
 # Queries ------------------------------------------------------------------------------------
+
+
+def defined_types(records: Iterable[EventRecord]) -> list[WorkflowType]:
+    """The workflow types defined in the registry's history (its records, oldest first)."""
+    return [r.event.workflow_type for r in records if isinstance(r.event, WorkflowTypeDefined)]
 
 
 class WaitingForAgent(msgspec.Struct, kw_only=True):

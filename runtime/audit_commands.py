@@ -29,7 +29,8 @@ from chorus.audit.verify import MAX_UNSEALED_AGE
 from chorus.contracts.sessions import Criteria
 from chorus.engine.domain.criteria import evaluate
 from chorus.engine.domain.session import SessionState
-from chorus.events.codec import decode_record, typed_event
+from chorus.events.codec import decode_record
+from chorus.events.session import SessionFinalised, Verdict
 from chorus.projections.audit import AuditLog
 from chorus.settings import Settings
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -284,14 +285,15 @@ def what_if(recorder: ApplicationRecorder, session_id: UUID, criteria_json: str)
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
         raise Failure(f"invalid criteria: {error}") from None
     state = SessionState(id=session_id)
-    recorded: dict[str, Any] | None = None
+    recorded: Verdict | None = None
     for stored in recorder.select_events(session_id):
         record = decode_record(stored)
         if record.aggregate != "session":
             break
-        state.apply(typed_event(record))
-        if record.type == "SessionFinalised":
-            recorded = record.data["verdict"]
+        event = record.event
+        state.apply(event)
+        if isinstance(event, SessionFinalised):
+            recorded = event.verdict
     if not state.exists:
         raise Failure(f"session {session_id} does not exist")
     if not state.is_closed:
@@ -300,7 +302,7 @@ def what_if(recorder: ApplicationRecorder, session_id: UUID, criteria_json: str)
     verdict = evaluate(criteria, state.results.values())
     # A session that timed out or was cancelled has no recorded verdict: its status is not
     # an outcome the criteria decided, so there is nothing to compare the new verdict with.
-    changes = recorded["outcome"] != verdict.outcome if recorded is not None else None
+    changes = recorded.outcome != verdict.outcome if recorded is not None else None
     return {
         "session_id": str(session_id),
         "status": state.status,

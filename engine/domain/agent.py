@@ -36,6 +36,7 @@ from chorus.events.agent import (
     CompletionVerified,
     TaskLeaseLost,
 )
+from chorus.events.agent_status import status_after
 from chorus.events.codec import GENESIS_HASH
 from chorus.events.reliability import reliability_score
 
@@ -68,6 +69,7 @@ class AgentState:
         return reliability_score(self.verified, self.rejected)
 
     def apply(self, event: msgspec.Struct) -> None:
+        self.status = status_after(event, self.status)
         match event:
             case AgentRegistered():
                 self.agent_id = event.agent_id
@@ -75,7 +77,6 @@ class AgentState:
                 self.owner = event.owner
                 self.capabilities = frozenset(event.capabilities)
                 self.metadata = dict(event.metadata)
-                self.status = "online"  # registering is a sign of life
                 self.last_seen = event.registered_at
                 self.max_concurrency = event.max_concurrency
             case AgentConcurrencyChanged():
@@ -85,12 +86,8 @@ class AgentState:
             case AgentCapabilitiesUpdated():
                 self.capabilities = frozenset(event.capabilities)
             case AgentRetired():
-                self.status = "retired"
-            case AgentCameOnline():
-                self.status = "online"
-                self.last_seen = event.last_seen
-            case AgentWentOffline():
-                self.status = "offline"
+                pass  # the status rule (chorus.events.agent_status) is all it changes
+            case AgentCameOnline() | AgentWentOffline():
                 self.last_seen = event.last_seen
             case CompletionVerified():
                 self.verified += event.counts

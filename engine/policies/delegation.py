@@ -32,7 +32,23 @@ from chorus.engine.policies.follower import LogFollower
 from chorus.engine.ports import CommandSink
 from chorus.engine.processor import Command
 from chorus.events.codec import topic_of
+from chorus.events.session import (
+    SessionCancelled,
+    SessionFinalised,
+    SessionOpened,
+    SessionTimedOut,
+)
+from chorus.events.workflow import (
+    PhaseCompleted,
+    PhaseFailed,
+    PhaseStarted,
+    WorkflowCancelled,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowStarted,
+)
 from eventsourcing.persistence import ApplicationRecorder
+from msgspec import Struct
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +63,12 @@ TOPICS = [
     topic_of("session", t)
     for t in ("SessionOpened", "SessionFinalised", "SessionTimedOut", "SessionCancelled")
 ]  # fmt: skip
-CLOSED_ERRORS = {
-    "SessionTimedOut": "session_timed_out",
-    "SessionCancelled": "session_cancelled",
+CLOSED_ERRORS: dict[type[Struct], str] = {
+    SessionTimedOut: "session_timed_out",
+    SessionCancelled: "session_cancelled",
 }
+#: How a delegated phase's session closed.
+Closed = SessionFinalised | SessionTimedOut | SessionCancelled
 
 
 def delegated_session_id(workflow_id: str, phase: str) -> str:
@@ -79,7 +97,7 @@ class DelegationManager(LogFollower):
     checkpoint_fields = (
         "_workflows", "_to_open", "_opened", "_phase_of", "_to_finish", "_done", "_to_cancel",
     )  # fmt: skip
-    checkpoint_modules = ("chorus.contracts.workflow_types",)
+    checkpoint_modules = ("chorus.contracts.workflow_types", "chorus.events.session")
 
     def __init__(
         self,
@@ -94,24 +112,23 @@ class DelegationManager(LogFollower):
         self._to_open: list[_ToOpen] = []
         self._opened: set[str] = set()  # session ids known to exist
         self._phase_of: dict[str, tuple[str, str]] = {}  # session id -> (workflow, phase)
-        self._to_finish: dict[str, tuple[str, dict[str, Any]]] = {}  # session -> (type, data)
+        self._to_finish: dict[str, Closed] = {}  # session -> how it closed
         self._done: set[tuple[str, str]] = set()  # phases finished (or workflow cancelled)
         self._to_cancel: set[str] = set()  # sessions of cancelled workflows, still open
 
     def observe(self, record: EventRecord) -> None:
         position = record.position
-        data = record.data
+        event = record.event
         wid = record.aggregate_id
-        match record.type:
-            case "WorkflowStarted":
-                phases = [msgspec.convert(p, Phase) for p in data["phases"]]
+        match event:
+            case WorkflowStarted():
                 self._workflows[wid] = _Workflow(
-                    data["workflow_type"], data["requirements"], data["priority"],
-                    {p.name: p for p in phases},
+                    event.workflow_type, event.requirements, event.priority,
+                    {p.name: p for p in event.phases},
                 )  # fmt: skip
-            case "PhaseStarted":
+            case PhaseStarted():
                 workflow = self._workflows.get(wid)
-                phase = workflow.phases.get(data["phase"]) if workflow else None
+                phase = workflow.phases.get(event.phase) if workflow else None
                 if workflow is None or phase is None or phase.delegate is None:
                     return
                 sid = delegated_session_id(wid, phase.name)
@@ -119,9 +136,9 @@ class DelegationManager(LogFollower):
                 if sid not in self._opened:
                     rank = PRIORITY_RANK.get(workflow.priority, 2)
                     heapq.heappush(self._to_open, _ToOpen(rank, position, wid, phase.name))
-            case "PhaseCompleted" | "PhaseFailed":
-                self._finished(wid, data["phase"])
-            case "WorkflowCancelled":
+            case PhaseCompleted() | PhaseFailed():
+                self._finished(wid, event.phase)
+            case WorkflowCancelled():
                 for sid, (w, p) in list(self._phase_of.items()):
                     if w == wid and (w, p) not in self._done:
                         self._finished(w, p)
@@ -129,22 +146,22 @@ class DelegationManager(LogFollower):
                             # Nobody will use its outcome: release its agents now.
                             self._to_cancel.add(sid)
                 self._forget(wid)
-            case "WorkflowCompleted" | "WorkflowFailed":
+            case WorkflowCompleted() | WorkflowFailed():
                 self._forget(wid)
-            case "SessionOpened":
+            case SessionOpened():
                 # Only a session the engine opened speaks for a phase: someone who guessed
                 # the derived id and opened it first must not finish the phase.
-                if data["opened_by"] == SYSTEM and record.aggregate_id in self._phase_of:
+                if event.opened_by == SYSTEM and record.aggregate_id in self._phase_of:
                     self._opened.add(record.aggregate_id)
-            case "SessionCancelled" if record.aggregate_id in self._to_cancel:
+            case SessionCancelled() if record.aggregate_id in self._to_cancel:
                 self._cancelled(record.aggregate_id)
-            case "SessionFinalised" | "SessionTimedOut" | "SessionCancelled":
+            case SessionFinalised() | SessionTimedOut() | SessionCancelled():
                 sid = record.aggregate_id
                 if sid in self._to_cancel:
                     self._cancelled(sid)
                     return
                 if sid in self._opened and self._phase_of[sid] not in self._done:
-                    self._to_finish[sid] = (record.type, data)
+                    self._to_finish[sid] = event
 
     def _finished(self, workflow_id: str, phase: str) -> None:
         self._done.add((workflow_id, phase))
@@ -227,19 +244,20 @@ class DelegationManager(LogFollower):
         return self._command("session", "open", f"delegate-open:{wid}/{phase}", payload, wid)
 
     async def _finish_due(self) -> None:
-        for sid, (event_type, data) in list(self._to_finish.items()):
+        for sid, closed in list(self._to_finish.items()):
             wid, phase = self._phase_of[sid]
-            if event_type == "SessionFinalised" and data["outcome"] == "succeeded":
+            if isinstance(closed, SessionFinalised) and closed.outcome == "succeeded":
                 command = self._command(
                     "workflow", "complete_phase", f"delegate-finish:{wid}/{phase}",
                     CompletePhase(workflow_id=wid, phase=phase, result={
-                        "session_id": sid, "outcome": data["outcome"], "verdict": data["verdict"],
+                        "session_id": sid, "outcome": closed.outcome,
+                        "verdict": msgspec.to_builtins(closed.verdict),
                     }),
                     wid,
                 )  # fmt: skip
             else:
-                code = CLOSED_ERRORS.get(event_type, "session_failed")
-                reason = data.get("reason") or "the session passed its deadline"
+                code = CLOSED_ERRORS.get(type(closed), "session_failed")
+                reason = getattr(closed, "reason", "") or "the session passed its deadline"
                 command = self._fail(wid, phase, code, f"session {sid}: {reason}")
             reply = await self._send(command)
             if _retryable(reply):

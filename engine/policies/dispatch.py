@@ -58,8 +58,34 @@ from chorus.engine.policies.directory import AgentDirectory
 from chorus.engine.policies.follower import LogFollower
 from chorus.engine.ports import CommandSink
 from chorus.engine.processor import Clock, Command, utc_now
+from chorus.events.agent import AgentRegistered
+from chorus.events.agent_status import ONLINE, status_set_by
 from chorus.events.codec import topic_of
-from chorus.events.tasks import phase_task, session_task
+from chorus.events.session import (
+    ParticipantReplaced,
+    ResultSubmitted,
+    SessionCancelled,
+    SessionFinalised,
+    SessionOpened,
+    SessionTimedOut,
+)
+from chorus.events.session import TaskAccepted as SessionTaskAccepted
+from chorus.events.tasks import phase_task, phase_task_of, session_task
+from chorus.events.workflow import (
+    PartialResultRecorded,
+    PhaseAssigned,
+    PhaseCompleted,
+    PhaseFailed,
+    PhaseLeaseExpired,
+    PhaseProgressReported,
+    PhaseStarted,
+    PhaseWaiting,
+    WorkflowCancelled,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowStarted,
+)
+from chorus.events.workflow import TaskAccepted as WorkflowTaskAccepted
 from eventsourcing.persistence import ApplicationRecorder
 from nats.aio.client import Client as NATS
 
@@ -95,7 +121,7 @@ class DispatchConfig:
 
 @dataclass
 class _Workflow:
-    started: dict[str, Any]  # the WorkflowStarted data
+    started: WorkflowStarted
     phases: list[Phase]
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -125,7 +151,7 @@ class _Live:
 
 @dataclass
 class _Session:
-    opened: dict[str, Any]
+    opened: SessionOpened
     workflow_id: str | None
     phase: str | None
     priority: str
@@ -145,6 +171,8 @@ class Dispatcher(LogFollower):
         "chorus.engine.domain.workflow",
         "chorus.contracts.workflow_types",
         "chorus.contracts.agents",
+        "chorus.events.workflow",
+        "chorus.events.session",
     )
 
     def __init__(
@@ -195,72 +223,72 @@ class Dispatcher(LogFollower):
                 self._observe_agent(record)
 
     def _observe_workflow(self, record: EventRecord) -> None:
-        wid, data = record.aggregate_id, record.data
+        wid, event = record.aggregate_id, record.event
         workflow = self._workflows.get(wid)
-        if record.type == "WorkflowStarted":
-            phases = [msgspec.convert(p, Phase) for p in data["phases"]]
-            self._workflows[wid] = _Workflow(started=data, phases=phases)
+        if isinstance(event, WorkflowStarted):
+            phases = list(event.phases)
+            self._workflows[wid] = _Workflow(started=event, phases=phases)
             self._ready(wid, phases[0], 1, record)
             return
         if workflow is None:
             return
-        match record.type:
-            case "PhaseAssigned":
+        match event:
+            case PhaseAssigned():
                 self._next.pop(wid, None)
                 attempt = LiveAttempt(
-                    phase=data["phase"], number=data["attempt"], agent_id=data["agent_id"],
-                    assigned_at=_time(data["assigned_at"]), accept_by=_time(data["accept_by"]),
-                    lease_expires_at=_time(data["lease_expires_at"]),
-                    heartbeat_seconds=data.get("heartbeat_seconds"),
+                    phase=event.phase, number=event.attempt, agent_id=event.agent_id,
+                    assigned_at=event.assigned_at, accept_by=event.accept_by,
+                    lease_expires_at=event.lease_expires_at,
+                    heartbeat_seconds=event.heartbeat_seconds,
                 )  # fmt: skip
-                task = phase_task(wid, workflow.started, workflow.results, data)
+                task = phase_task(wid, workflow.started, workflow.results, event)
                 previous = self._live.get(wid)
                 fresh = _Live(attempt, TASK_ENCODER.encode(task))
                 if previous is not None and previous.attempt.number == attempt.number:
                     fresh.last_sent = previous.last_sent  # delivered from the reply already
                 self._live[wid] = fresh
                 self._busy.setdefault(attempt.agent_id, set()).add(wid)
-            case "PhaseWaiting":
+            case PhaseWaiting():
                 waiting = self._next.get(wid)
                 if waiting is not None:
-                    waiting.waiting = list(data["capabilities"])
-            case "TaskAccepted":
+                    waiting.waiting = list(event.capabilities)
+            case WorkflowTaskAccepted():
                 live: _Live | None = self._live.get(wid)
-                if live is not None and live.attempt.number == data["attempt"]:
+                if live is not None and live.attempt.number == event.attempt:
                     live.attempt.accepted = True
-                    live.attempt.last_activity = _time(data["accepted_at"])
-            case "PhaseStarted":
+                    live.attempt.last_activity = event.accepted_at
+            case PhaseStarted():
                 live = self._live.get(wid)
-                if live is not None and live.attempt.agent_id == data["assignee"]:
+                if live is not None and live.attempt.agent_id == event.assignee:
                     live.attempt.accepted = True
                     return
                 # Started by hand, or a delegated phase: not the dispatcher's to assign.
                 self._next.pop(wid, None)
                 self._delegate.discard(wid)
-                if data["assignee"] == SYSTEM:
-                    sid = delegated_session_id(wid, data["phase"])
-                    self._of_session[sid] = (wid, data["phase"])
-            case "PhaseProgressReported" | "PartialResultRecorded":
+                if event.assignee == SYSTEM:
+                    sid = delegated_session_id(wid, event.phase)
+                    self._of_session[sid] = (wid, event.phase)
+            case PhaseProgressReported() | PartialResultRecorded():
                 live = self._live.get(wid)
-                if live is not None and data.get("reported_at"):
-                    live.attempt.last_activity = _time(data["reported_at"])
-            case "PhaseLeaseExpired":
-                self._lease_expired(wid, workflow, record)
-            case "PhaseCompleted":
-                workflow.results[data["phase"]] = data["result"]
+                if live is not None and event.reported_at:
+                    live.attempt.last_activity = event.reported_at
+            case PhaseLeaseExpired():
+                self._lease_expired(wid, workflow, record, event)
+            case PhaseCompleted():
+                workflow.results[event.phase] = event.result
                 self._release(wid)
                 names = [p.name for p in workflow.phases]
-                index = names.index(data["phase"]) + 1
+                index = names.index(event.phase) + 1
                 if index < len(names):
                     self._ready(wid, workflow.phases[index], 1, record)
-            case "WorkflowCancelled":
+            case WorkflowCancelled():
                 live = self._release(wid)
                 if live is not None:
                     attempt = live.attempt
                     self._cancel(attempt.agent_id, phase_task_id(wid, attempt.phase),
-                                 attempt.number, f"workflow cancelled: {data['reason']}")  # fmt: skip
+                                 attempt.number, f"workflow cancelled: {event.reason}")  # fmt: skip
                 self._forget(wid)
-            case "PhaseFailed" | "WorkflowCompleted" | "WorkflowFailed":
+            case PhaseFailed() | WorkflowCompleted() | WorkflowFailed():
                 self._release(wid)
                 self._forget(wid)
 
@@ -272,30 +300,31 @@ class Dispatcher(LogFollower):
             return
         self._next[wid] = _Next(phase, attempt, record.occurred_at, record.position)
 
-    def _lease_expired(self, wid: str, workflow: _Workflow, record: EventRecord) -> None:
-        data = record.data
+    def _lease_expired(
+        self, wid: str, workflow: _Workflow, record: EventRecord, event: PhaseLeaseExpired
+    ) -> None:
         self._release(wid)
-        reason = data["reason"]
-        task_id = phase_task_id(wid, data["phase"])
-        self._cancel(data["agent_id"], task_id, data["attempt"], f"lease lost: {reason}")
+        reason = event.reason
+        task_id = phase_task_id(wid, event.phase)
+        self._cancel(event.agent_id, task_id, event.attempt, f"lease lost: {reason}")
         if reason != "reassigned":
             self._lease_lost.append(
                 RecordLeaseLost(
-                    agent_id=data["agent_id"],
+                    agent_id=event.agent_id,
                     task_id=task_id,
-                    attempt=data["attempt"],
+                    attempt=event.attempt,
                     reason=reason,
                 )
             )
-        if data.get("retry_at") is None:
+        if event.retry_at is None:
             return  # failed for good, or taken back by hand
-        phase = next(p for p in workflow.phases if p.name == data["phase"])
+        phase = next(p for p in workflow.phases if p.name == event.phase)
         lost = self._lost.setdefault(wid, set())
-        lost.add(data["agent_id"])
+        lost.add(event.agent_id)
         since = self._since.get(wid, record.occurred_at)
         self._next[wid] = _Next(
-            phase, data["attempt"] + 1, since, record.position,
-            ready_at=_time(data["retry_at"]), lost=set(lost),
+            phase, event.attempt + 1, since, record.position,
+            ready_at=event.retry_at, lost=set(lost),
         )  # fmt: skip
 
     def _release(self, wid: str) -> _Live | None:
@@ -325,51 +354,53 @@ class Dispatcher(LogFollower):
             )
 
     def _observe_session(self, record: EventRecord) -> None:
-        sid, data = record.aggregate_id, record.data
-        if record.type == "SessionOpened":
+        sid, event = record.aggregate_id, record.event
+        if isinstance(event, SessionOpened):
             wid, phase = self._of_session.pop(sid, (None, None))
             workflow = self._workflows.get(wid) if wid else None
-            priority = workflow.started["priority"] if workflow else "normal"
+            priority = workflow.started.priority if workflow else "normal"
             inputs = dict(workflow.results) if workflow else {}
-            session = _Session(data, wid, phase, priority, inputs)
+            session = _Session(event, wid, phase, priority, inputs)
             session.message = TASK_ENCODER.encode(
-                session_task(sid, data, priority, wid, phase, inputs)
+                session_task(sid, event, priority, wid, phase, inputs)
             )
-            session.pending = {p: [False, None] for p in data["participants"]}
+            session.pending = {p: [False, None] for p in event.participants}
             self._sessions[sid] = session
             return
         known = self._sessions.get(sid)
         if known is None:
             return
         session = known
-        match record.type:
-            case "ParticipantReplaced":
-                if session.pending.pop(data["replaced"], None) is not None:
-                    self._cancel(data["replaced"], sid, None, f"replaced: {data['reason']}")
-                session.pending[data["replacement"]] = [False, None]
-            case "TaskAccepted":
-                if data["agent_id"] in session.pending:
-                    session.pending[data["agent_id"]][0] = True
-            case "ResultSubmitted":
-                session.pending.pop(data["agent_id"], None)
-            case "SessionFinalised" | "SessionTimedOut" | "SessionCancelled":
+        match event:
+            case ParticipantReplaced():
+                if session.pending.pop(event.replaced, None) is not None:
+                    self._cancel(event.replaced, sid, None, f"replaced: {event.reason}")
+                session.pending[event.replacement] = [False, None]
+            case SessionTaskAccepted():
+                if event.agent_id in session.pending:
+                    session.pending[event.agent_id][0] = True
+            case ResultSubmitted():
+                session.pending.pop(event.agent_id, None)
+            case SessionFinalised() | SessionTimedOut() | SessionCancelled():
                 del self._sessions[sid]
-                if record.type != "SessionFinalised":
-                    reason = "session cancelled" if record.type == "SessionCancelled" else (
+                if not isinstance(event, SessionFinalised):
+                    reason = "session cancelled" if isinstance(event, SessionCancelled) else (
                         "session timed out")  # fmt: skip
                     for agent in session.pending:
                         self._cancel(agent, sid, None, reason)
 
     def _observe_agent(self, record: EventRecord) -> None:
-        if record.type == "AgentRegistered":
-            self._agent_names[record.aggregate_id] = record.data["agent_id"]
+        event = record.event
+        if isinstance(event, AgentRegistered):
+            self._agent_names[record.aggregate_id] = event.agent_id
         name = self._agent_names.get(record.aggregate_id)
         if name is None:
             return
-        if record.type in ("AgentCameOnline", "AgentRegistered"):
+        status = status_set_by(event)
+        if status == ONLINE:
             self._back_online.add(name)
             self._mark(name, offline=False)
-        elif record.type in ("AgentWentOffline", "AgentRetired"):
+        elif status is not None:
             self._back_online.discard(name)
             self._mark(name, offline=True)
 
@@ -444,7 +475,7 @@ class Dispatcher(LogFollower):
 
     async def _assign_ready(self, now: datetime) -> None:
         ready = [
-            Waiting(wid, self._workflows[wid].started["priority"], item.since, item.position)
+            Waiting(wid, self._workflows[wid].started.priority, item.since, item.position)
             for wid, item in self._next.items()
             if not item.sent and (item.ready_at is None or item.ready_at <= now)
         ]
@@ -491,12 +522,11 @@ class Dispatcher(LogFollower):
             # is the dispatcher's estimate; redeliveries carry the recorded one.
             workflow = self._workflows[wid]
             lease = now.timestamp() + nxt.phase.lease_seconds
-            estimate = {
-                "phase": nxt.phase.name, "attempt": nxt.attempt,
-                "lease_expires_at": datetime.fromtimestamp(lease, now.tzinfo),
-                "heartbeat_seconds": nxt.phase.heartbeat_seconds,
-            }  # fmt: skip
-            task = phase_task(wid, workflow.started, workflow.results, estimate)
+            task = phase_task_of(
+                wid, workflow.started, workflow.results, phase=nxt.phase.name,
+                attempt=nxt.attempt, lease_expires_at=datetime.fromtimestamp(lease, now.tzinfo),
+                heartbeat_seconds=nxt.phase.heartbeat_seconds,
+            )  # fmt: skip
             message = TASK_ENCODER.encode(task)
             self.assigned += 1
             self._publish_soon(agent, message)
@@ -581,10 +611,6 @@ class Dispatcher(LogFollower):
                if v.attempt.agent_id == agent]  # fmt: skip
         out += [decoder.decode(s.message) for s in self._sessions.values() if agent in s.pending]
         return out
-
-
-def _time(value: Any) -> datetime:
-    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
 
 def _retryable(reply: Reply) -> bool:

@@ -27,7 +27,18 @@ from chorus.engine.handlers import HANDLERS
 from chorus.engine.policies.follower import LogFollower
 from chorus.engine.ports import CommandSink
 from chorus.engine.processor import Command
+from chorus.events.agent import AgentCameOnline, AgentCapabilitiesUpdated, AgentRegistered
+from chorus.events.agent_status import OFFLINE, ONLINE, RETIRED, status_set_by
 from chorus.events.codec import topic_of
+from chorus.events.session import ParticipantLost as LossRecorded
+from chorus.events.session import (
+    ParticipantReplaced,
+    ResultSubmitted,
+    SessionCancelled,
+    SessionFinalised,
+    SessionOpened,
+    SessionTimedOut,
+)
 from eventsourcing.persistence import ApplicationRecorder
 
 log = logging.getLogger(__name__)
@@ -42,8 +53,7 @@ TOPICS = [
               "AgentCapabilitiesUpdated")
 ]  # fmt: skip
 #: Agent events after which a waiting replacement may now be found.
-NEW_CANDIDATE = {"AgentRegistered", "AgentCameOnline", "AgentCapabilitiesUpdated"}
-CLOSING = {"SessionFinalised", "SessionTimedOut", "SessionCancelled"}
+NEW_CANDIDATE = (AgentRegistered, AgentCameOnline, AgentCapabilitiesUpdated)
 
 
 class ParticipantWatch(LogFollower):
@@ -74,49 +84,48 @@ class ParticipantWatch(LogFollower):
         self.reported = 0
 
     def observe(self, record: EventRecord) -> None:
-        data, key = record.data, record.aggregate_id
-        if record.type in NEW_CANDIDATE:
+        event, key = record.event, record.aggregate_id
+        if isinstance(event, NEW_CANDIDATE):
             for waiting, version in self._unreplaced.items():
                 self._to_report[waiting] = f"{version}:after:{record.position}"
-        match record.type:
-            case "AgentRegistered":
-                self._name[key] = data["agent_id"]
-                self._status[data["agent_id"]] = ("online", record.version)
-            case "AgentCameOnline" | "AgentWentOffline" | "AgentRetired":
-                agent = self._name.get(key)
-                if agent is None:
-                    return
-                status = {"AgentCameOnline": "online", "AgentWentOffline": "offline"}.get(
-                    record.type, "retired"
-                )
-                self._status[agent] = (status, record.version)
-                if status != "online":
-                    for sid in self._sessions_of.get(agent, ()):
-                        self._to_report[(sid, agent)] = str(record.version)
-                else:  # back: nobody needs to replace it any more
-                    for sid in self._sessions_of.get(agent, ()):
-                        self._unreplaced.pop((sid, agent), None)
-            case "SessionOpened":
-                self._pending[key] = set(data["participants"])
-                if data.get("on_participant_lost") == "replace":
+        if isinstance(event, AgentRegistered):
+            self._name[key] = event.agent_id
+        if (status := status_set_by(event)) is not None:
+            agent = self._name.get(key)
+            if agent is None:
+                return
+            self._status[agent] = (status, record.version)
+            if isinstance(event, AgentRegistered):
+                return
+            if status != ONLINE:
+                for sid in self._sessions_of.get(agent, ()):
+                    self._to_report[(sid, agent)] = str(record.version)
+            else:  # back: nobody needs to replace it any more
+                for sid in self._sessions_of.get(agent, ()):
+                    self._unreplaced.pop((sid, agent), None)
+            return
+        match event:
+            case SessionOpened():
+                self._pending[key] = set(event.participants)
+                if event.on_participant_lost == "replace":
                     self._replacing.add(key)
-                for agent in data["participants"]:
+                for agent in event.participants:
                     self._sessions_of.setdefault(agent, set()).add(key)
                     status, version = self._status.get(agent, ("unknown", 0))
-                    if status in ("offline", "retired"):
+                    if status in (OFFLINE, RETIRED):
                         self._to_report[(key, agent)] = str(version)
-            case "ParticipantLost":
-                if key in self._replacing and data["action"] == "waiting":
-                    status, version = self._status.get(data["agent_id"], ("unknown", 0))
-                    self._unreplaced[(key, data["agent_id"])] = version
-            case "ResultSubmitted":
-                self._leave(key, data["agent_id"])
-            case "ParticipantReplaced":
-                self._leave(key, data["replaced"])
-                new = data["replacement"]
+            case LossRecorded():
+                if key in self._replacing and event.action == "waiting":
+                    status, version = self._status.get(event.agent_id, ("unknown", 0))
+                    self._unreplaced[(key, event.agent_id)] = version
+            case ResultSubmitted():
+                self._leave(key, event.agent_id)
+            case ParticipantReplaced():
+                self._leave(key, event.replaced)
+                new = event.replacement
                 self._pending.setdefault(key, set()).add(new)
                 self._sessions_of.setdefault(new, set()).add(key)
-            case closing if closing in CLOSING:
+            case SessionFinalised() | SessionTimedOut() | SessionCancelled():
                 for agent in self._pending.pop(key, set()):
                     self._leave(key, agent)
                 self._replacing.discard(key)
@@ -136,10 +145,10 @@ class ParticipantWatch(LogFollower):
         handler = HANDLERS[("session", "participant_lost")]
         for (sid, agent), suffix in list(self._to_report.items()):
             status, _ = self._status.get(agent, ("unknown", 0))
-            if status == "online" or agent not in self._pending.get(sid, ()):
+            if status == ONLINE or agent not in self._pending.get(sid, ()):
                 self._to_report.pop((sid, agent), None)  # back, or no longer waited on
                 continue
-            reason = "agent retired" if status == "retired" else "agent went offline"
+            reason = "agent retired" if status == RETIRED else "agent went offline"
             reply = await self.worker.submit(
                 Command(
                     actor="system",

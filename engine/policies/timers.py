@@ -26,6 +26,7 @@ from chorus.engine.policies.checkpoint import StateCheckpoint
 from chorus.engine.ports import CommandSink
 from chorus.engine.processor import Command, utc_now
 from chorus.events.codec import decode_record, topic_of
+from chorus.events.session import SessionOpened
 from chorus.store.checkpoints import CheckpointStore
 from chorus.store.recorder import select_topics_after
 from eventsourcing.persistence import ApplicationRecorder
@@ -75,9 +76,8 @@ class SessionTimer:
             self.events_read += len(batch)
             for n in batch:
                 record = decode_record(n)
-                if n.topic == OPENED:
-                    deadline = datetime.fromisoformat(record.data["deadline"])
-                    heapq.heappush(self._heap, (deadline, record.aggregate_id))
+                if isinstance(opened := record.event, SessionOpened):
+                    heapq.heappush(self._heap, (opened.deadline, record.aggregate_id))
                     self._open.add(record.aggregate_id)
                 else:
                     self._open.discard(record.aggregate_id)

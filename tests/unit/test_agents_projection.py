@@ -216,7 +216,10 @@ def test_a_replacement_takes_over_the_lost_participants_open_task(log):
 def test_a_running_phase_is_its_assignees_task_and_delegated_phases_are_nobodys(log):
     log.register("a1")
     wid = str(uuid.uuid4())
-    log.apply("workflow", wid, "WorkflowStarted", {"workflow_id": wid}, T0)
+    log.apply("workflow", wid, "WorkflowStarted", {
+        "workflow_id": wid, "workflow_type": "ci", "phases": [], "requirements": "r",
+        "configuration": {}, "priority": "normal", "started_by": "c",
+    }, T0)  # fmt: skip
     log.apply("workflow", wid, "PhaseStarted",
               {"phase": "build", "assignee": "a1", "started_at": T0.isoformat()}, T0, actor="a1")  # fmt: skip
     assert status(log, "a1") == "busy"
