@@ -151,7 +151,9 @@ class _Live:
 
 @dataclass
 class _Session:
-    opened: SessionOpened
+    """An open session's delivery state (its task message is built once, at opening: the
+    ``SessionOpened`` event itself is not kept, so checkpoints stay small)."""
+
     workflow_id: str | None
     phase: str | None
     priority: str
@@ -360,7 +362,7 @@ class Dispatcher(LogFollower):
             workflow = self._workflows.get(wid) if wid else None
             priority = workflow.started.priority if workflow else "normal"
             inputs = dict(workflow.results) if workflow else {}
-            session = _Session(event, wid, phase, priority, inputs)
+            session = _Session(wid, phase, priority, inputs)
             session.message = TASK_ENCODER.encode(
                 session_task(sid, event, priority, wid, phase, inputs)
             )
