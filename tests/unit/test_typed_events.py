@@ -9,6 +9,7 @@ the class. These tests keep it that way: reading a field of ``data`` by name any
 from __future__ import annotations
 
 import ast
+import sqlite3
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,8 +19,9 @@ import pytest
 from chorus.contracts.feed import EventRecord
 from chorus.events.agent import AgentRetired, AgentWentOffline, CompletionVerified
 from chorus.events.agent_status import shown_status, status_after, status_set_by
-from chorus.events.codec import EventMeta, decode_record, encode_event
+from chorus.events.codec import EventMeta, UnknownEvent, decode_record, encode_event
 from chorus.events.session import SessionCancelled
+from chorus.projections.sessions import SessionsProjection
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("contracts", "events", "audit", "store", "engine", "projections", "gateway", "runtime")
@@ -125,3 +127,18 @@ def test_an_online_agent_with_open_tasks_shows_busy() -> None:
     assert shown_status("online", 2) == "busy"
     assert shown_status("online", 0) == "online"
     assert shown_status("offline", 2) == "offline"
+
+
+def test_an_event_type_this_code_does_not_know_reads_as_unknown_and_is_passed_over() -> None:
+    record = msgspec.structs.replace(
+        _stored(SessionCancelled(reason="why", cancelled_by="boss")), type="SessionRenamed"
+    )
+    assert record.event == UnknownEvent(
+        aggregate="session", type="SessionRenamed", data={"reason": "why", "cancelled_by": "boss"}
+    )
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    projection = SessionsProjection()
+    for statement in projection.ddl:
+        conn.execute(statement)
+    projection.apply(conn, record)  # nothing to do, nothing raised
+    assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 0
