@@ -7,7 +7,7 @@ Heartbeats are not events: only the transitions they cause (``AgentCameOnline``,
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 from msgspec import Struct
 
@@ -105,17 +105,16 @@ class TaskLeaseLost(Struct, kw_only=True, frozen=True):
     lost_at: datetime
 
 
-AGENT_EVENTS: dict[str, type[Struct]] = {
-    cls.__name__: cls
-    for cls in (
-        AgentRegistered,
-        AgentCapabilitiesUpdated,
-        AgentRetired,
-        AgentCameOnline,
-        AgentWentOffline,
-        CompletionVerified,
-        CompletionRejected,
-        AgentConcurrencyChanged,
-        TaskLeaseLost,
-    )
-}
+#: Every event of the Agent aggregate: a union tagged by the record's ``type`` (the class name).
+AgentEvent = (
+    AgentRegistered
+    | AgentCapabilitiesUpdated
+    | AgentRetired
+    | AgentCameOnline
+    | AgentWentOffline
+    | CompletionVerified
+    | CompletionRejected
+    | AgentConcurrencyChanged
+    | TaskLeaseLost
+)
+AGENT_EVENTS: dict[str, type[Struct]] = {cls.__name__: cls for cls in get_args(AgentEvent)}

@@ -9,7 +9,7 @@ only when the server's configuration says so.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 from chorus.contracts.mcp import Access, ServerConfig, ToolSpec, Transport
 from msgspec import Struct
@@ -72,14 +72,13 @@ class McpServerHealthChanged(Struct, kw_only=True, frozen=True):
     checked_by: str
 
 
-MCP_EVENTS: dict[str, type[Struct]] = {
-    cls.__name__: cls
-    for cls in (
-        McpServerRegistered,
-        McpServerConfigured,
-        McpServerRemoved,
-        ToolsDiscovered,
-        ToolCalled,
-        McpServerHealthChanged,
-    )
-}
+#: Every event of the McpServer aggregate: a union tagged by the record's ``type`` (the class name).
+McpServerEvent = (
+    McpServerRegistered
+    | McpServerConfigured
+    | McpServerRemoved
+    | ToolsDiscovered
+    | ToolCalled
+    | McpServerHealthChanged
+)
+MCP_EVENTS: dict[str, type[Struct]] = {cls.__name__: cls for cls in get_args(McpServerEvent)}

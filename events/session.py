@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from chorus.contracts.agents import result_hash
 from chorus.contracts.sessions import Task
@@ -120,6 +120,7 @@ def upcast_result_submitted_v1(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "result_digest": result_digest(data["result"])}
 
 
+#: Every event of the CoordinationSession aggregate: a union tagged by the record's ``type``.
 SessionEvent = (
     SessionOpened
     | ResultSubmitted
@@ -132,16 +133,4 @@ SessionEvent = (
 )
 
 #: Every session event class by its type name (the stored ``type`` field).
-SESSION_EVENTS: dict[str, type[Struct]] = {
-    cls.__name__: cls
-    for cls in (
-        SessionOpened,
-        ResultSubmitted,
-        SessionFinalised,
-        SessionTimedOut,
-        SessionCancelled,
-        ParticipantLost,
-        ParticipantReplaced,
-        TaskAccepted,
-    )
-}
+SESSION_EVENTS: dict[str, type[Struct]] = {cls.__name__: cls for cls in get_args(SessionEvent)}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 from chorus.contracts.workflow_types import Phase, WorkflowType
 from chorus.contracts.workflows import PhaseError
@@ -129,23 +129,22 @@ class WorkflowTypeDefined(Struct, kw_only=True, frozen=True):
     defined_by: str
 
 
-WORKFLOW_EVENTS: dict[str, type[Struct]] = {
-    cls.__name__: cls
-    for cls in (
-        WorkflowStarted,
-        PhaseStarted,
-        PhaseAssigned,
-        PhaseWaiting,
-        TaskAccepted,
-        PhaseLeaseExpired,
-        PhaseProgressReported,
-        PartialResultRecorded,
-        PhaseCompleted,
-        PhaseFailed,
-        WorkflowCompleted,
-        WorkflowFailed,
-        WorkflowCancelled,
-    )
-}
+#: Every event of the Workflow aggregate: a union tagged by the record's ``type`` (the class name).
+WorkflowEvent = (
+    WorkflowStarted
+    | PhaseStarted
+    | PhaseAssigned
+    | PhaseWaiting
+    | TaskAccepted
+    | PhaseLeaseExpired
+    | PhaseProgressReported
+    | PartialResultRecorded
+    | PhaseCompleted
+    | PhaseFailed
+    | WorkflowCompleted
+    | WorkflowFailed
+    | WorkflowCancelled
+)
+WORKFLOW_EVENTS: dict[str, type[Struct]] = {cls.__name__: cls for cls in get_args(WorkflowEvent)}
 
 REGISTRY_EVENTS: dict[str, type[Struct]] = {"WorkflowTypeDefined": WorkflowTypeDefined}
