@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import hashlib
+import keyword
 import re
 import signal
 import subprocess
@@ -58,6 +59,8 @@ def requirements(text: str) -> dict[str, Any]:
     name = "_".join(words) or "module"
     if not name[0].isalpha():
         name = f"m_{name}"
+    if keyword.iskeyword(name) or name in sys.stdlib_module_names:
+        name = f"{name}_module"  # ``import or as m`` does not parse; ``import sys`` is not ours
     return {"name": name, "title": items[0], "items": items}
 
 

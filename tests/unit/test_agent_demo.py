@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import keyword
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -128,3 +130,12 @@ def test_any_requirements_text_gives_a_module_that_compiles_and_passes_its_test(
     report = run_tests(code, spec)
     assert (report["passed"], report["failed"]) == (3, 0)
     assert review(code["source"], report)["checks"]["compiles"] is True
+
+
+@pytest.mark.parametrize("text", ["or", "Import.", "sys", "os tools", "class"])
+def test_a_keyword_or_a_standard_module_name_is_not_the_module_name(text: str) -> None:
+    """Hypothesis found ``or``: the generated test did ``import or as m``."""
+    spec = requirements(text)
+    assert not keyword.iskeyword(spec["name"]) and spec["name"] not in sys.stdlib_module_names
+    report = run_tests(implement(spec), spec)
+    assert (report["passed"], report["failed"]) == (3, 0)
