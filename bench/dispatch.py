@@ -40,6 +40,7 @@ from typing import Any
 import nats
 from chorus.agent_sdk import AgentClient
 from chorus.events.codec import decode_record
+from chorus.events.workflow import PhaseAssigned
 from chorus.natsd import start_nats_server
 from chorus.store.recorder import open_recorder
 from nats.aio.msg import Msg
@@ -158,11 +159,11 @@ def _assigned_at(recorder: Any) -> dict[tuple[str, int], float]:
     out: dict[tuple[str, int], float] = {}
     for n in recorder.select_notifications(1, 10_000_000, topics=["workflow.PhaseAssigned"]):
         record = decode_record(n)
-        when = record.occurred_at
-        assert isinstance(when, datetime)
-        out[(f"{record.aggregate_id}/{record.data['phase']}", record.data["attempt"])] = (
-            when.timestamp()
-        )
+        event = record.event
+        assert isinstance(event, PhaseAssigned)
+        assert isinstance(record.occurred_at, datetime)
+        key = (f"{record.aggregate_id}/{event.phase}", event.attempt)
+        out[key] = record.occurred_at.timestamp()
     return out
 
 
