@@ -241,8 +241,8 @@ class Processor:
         for command in commands:
             try:
                 aggregate_id = command.handler.target(command.envelope.payload)
-            except (AttributeError, ValueError):
-                continue  # the decision rejects it
+            except Exception:  # noqa: S112 - its decision rejects it (and logs), alone
+                continue
             if aggregate_id not in self._cache:
                 cold.setdefault(aggregate_id, command.handler)
         return cold
@@ -465,7 +465,7 @@ def _rejected(
     aggregate_id: str | None
     try:
         aggregate_id = str(command.handler.target(command.envelope.payload))
-    except (AttributeError, ValueError):
+    except Exception:  # a rejection must never fail: the target may be what was wrong
         aggregate_id = None
     return Reply(
         command_id=command.command_id,

@@ -777,3 +777,19 @@ def test_a_new_aggregate_is_not_folded_and_an_existing_cold_one_is(
     assert statuses(replies) == ["accepted", "accepted", "rejected"]
     assert replies[2].error is not None and replies[2].error.code == codes.SESSION_EXISTS
     assert folded == [uuid.UUID(old)]
+
+
+def test_a_command_whose_target_fails_is_rejected_alone(
+    recorder: ApplicationRecorder, clock: FakeClock
+) -> None:
+    """The batch's existence lookup computes every target first: one that raises must
+    cost its own command only, never the batch it came in."""
+    good, bad = open_session(new_sid()), open_session(new_sid(), command_id="bad")
+
+    def broken(value: str) -> uuid.UUID:
+        raise TypeError(f"cannot key {value!r}")
+
+    bad = dataclasses.replace(bad, handler=dataclasses.replace(bad.handler, key=broken))
+    replies = Processor(recorder, clock=clock).handle_batch([bad, good])
+    assert statuses(replies) == ["rejected", "accepted"]
+    assert replies[0].error is not None and replies[0].error.code == codes.INTERNAL_ERROR
