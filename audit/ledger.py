@@ -51,7 +51,7 @@ from uuid import UUID
 
 import msgspec
 from chorus.events.codec import GENESIS_HASH, StoredBody, hash_of_body
-from chorus.store.datastore import Dialect, transaction
+from chorus.store.datastore import Dialect, create_tables, transaction
 from chorus.store.recorder import RawRow, fetch_where, raw_row
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -207,12 +207,12 @@ def ensure_ledger(recorder: ApplicationRecorder) -> None:
     """Create the seals table next to the events (idempotent)."""
     d = Dialect(recorder)
     integer = "INTEGER" if d.sqlite else "BIGINT"
-    with transaction(recorder, commit=True) as cursor:
-        cursor.execute(
-            f"CREATE TABLE IF NOT EXISTS {_table(d)} (position {integer} PRIMARY KEY, "
-            f"aggregate_id TEXT NOT NULL, version {integer} NOT NULL, "
-            "row_hash TEXT NOT NULL, running_hash TEXT NOT NULL)"
-        )
+    create_tables(
+        recorder,
+        f"CREATE TABLE IF NOT EXISTS {_table(d)} (position {integer} PRIMARY KEY, "
+        f"aggregate_id TEXT NOT NULL, version {integer} NOT NULL, "
+        "row_hash TEXT NOT NULL, running_hash TEXT NOT NULL)",
+    )
 
 
 def _seal_of(row: Any) -> Seal:

@@ -2,6 +2,7 @@
 
     python -m bench.e2e [--sessions 3000] [--participants 10] [--agents 50] [--window 32]
     python -m bench.e2e --rate 1000 [--seconds 20]
+    python -m bench.e2e ... --database-url postgresql://user:pw@host/db?schema=s
 
 Starts a nats-server from the wheel, the engine and the projector as separate processes
 (as ``chorus up`` does) and opens sessions; then agents submit one result per session
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -36,6 +38,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +98,13 @@ async def request(nc: nats.NATS, subject: str, body: dict[str, object]) -> dict[
     return reply
 
 
+@dataclass
+class Deployment:
+    url: str
+    work: Path
+    pids: list[int]
+
+
 class Watcher:
     """Samples the read model's position over time, to tell when a position became
     visible without polling once per command."""
@@ -141,29 +152,40 @@ def percentiles(values: list[float]) -> str:
     return f"p50 {at(0.5):,.1f}  p95 {at(0.95):,.1f}  p99 {at(0.99):,.1f}  max {at(1.0):,.1f} ms"
 
 
-async def run(args: argparse.Namespace) -> None:
+@contextlib.asynccontextmanager
+async def deployment(database_url: str | None = None) -> AsyncIterator[Deployment]:
+    """A nats-server, the engine and the projector as separate processes, on a fresh work
+    directory; the event store at ``database_url`` (default: SQLite in the work directory),
+    the read store always SQLite there (``Watcher`` reads it). Torn down on leaving."""
     work = Path(tempfile.mkdtemp(prefix="chorus-bench-"))
     server = start_nats_server(work / "nats", monitor=False)
     env = {
         "CHORUS_NATS_URL": server.url,
         "CHORUS_DATA_DIR": str(work),
-        "CHORUS_DATABASE_URL": f"sqlite:///{work}/events.db",
+        "CHORUS_DATABASE_URL": database_url or f"sqlite:///{work}/events.db",
         "CHORUS_READ_STORE_URL": f"sqlite:///{work}/read.db",
         # One coordinator opens every session on an open bus (where it counts as an
         # agent): the session quota would stop it at 20.
         "CHORUS_SESSION_QUOTA": "0",
     }
     procs = [spawn("engine", env, work / "engine.log"), spawn("project", env, work / "project.log")]
-    args.pids = [p.pid for p in procs]
     try:
-        baseline = await jetstream_baseline(server.url, args.baseline, 400)
-        conns = [await nats.connect(server.url) for _ in range(4)]
+        yield Deployment(server.url, work, [p.pid for p in procs])
+    finally:
+        teardown(procs, server, work)
+
+
+async def run(args: argparse.Namespace) -> None:
+    async with deployment(args.database_url) as deployed:
+        args.pids = deployed.pids
+        baseline = await jetstream_baseline(deployed.url, args.baseline, 400)
+        conns = [await nats.connect(deployed.url) for _ in range(4)]
         await wait_for_engine(conns[0])
         if args.rate:
             args.sessions = max(1, int(args.rate * args.seconds) // args.participants)
         agents = [f"agent-{i}" for i in range(args.agents)]
         sessions = await open_sessions(conns, agents, args)
-        watcher = Watcher(work / "read.db")
+        watcher = Watcher(deployed.work / "read.db")
         watching = asyncio.create_task(watcher.run())
         header = (f"chorus bench.e2e  ({os.cpu_count()} cores, {args.sessions} sessions x "
                   f"{args.participants} participants, {args.agents} agents")  # fmt: skip
@@ -174,8 +196,6 @@ async def run(args: argparse.Namespace) -> None:
         watching.cancel()
         for nc in conns:
             await nc.close()
-    finally:
-        teardown(procs, server, work)
 
 
 async def open_sessions(
@@ -271,11 +291,26 @@ async def sustained(
     print(f"  last slice / first slice       {slices[-1] / max(slices[0], 1):>10.2f}")
 
 
-async def open_loop(
+@dataclass
+class OpenLoop:
+    """One open-loop run: seconds from each command's scheduled send to its reply and to
+    its visibility in the read model."""
+
+    replies: list[float]
+    visible: list[float]
+    #: Commands answered per second, from the first scheduled send to the last reply.
+    achieved: float
+    #: Sends that left more than 1 ms after their schedule (the bench's own client lagging).
+    late: int
+
+
+async def measure_open_loop(
     conns: list[nats.NATS], sessions: list[tuple[str, list[str]]], watcher: Watcher,
-    baseline: float, header: str, args: argparse.Namespace,
-) -> None:  # fmt: skip
-    commands = [(member, sid) for k in range(args.participants) for sid, m in sessions
+    rate: float, participants: int,
+) -> OpenLoop:  # fmt: skip
+    """Sends one submit_result per (session, participant) at ``rate`` per second on a fixed
+    schedule, whatever the replies do."""
+    commands = [(member, sid) for k in range(participants) for sid, m in sessions
                 for member in m[k : k + 1]]  # fmt: skip
     replies: list[float] = []
     reply_at: list[tuple[float, int]] = []  # (scheduled send, position)
@@ -297,18 +332,27 @@ async def open_loop(
         reply_at.append((at, int(reply["position"])))  # type: ignore[call-overload]
 
     started = time.perf_counter() + 0.5
-    await asyncio.gather(*(one(i, member, sid, started + i / args.rate)
+    await asyncio.gather(*(one(i, member, sid, started + i / rate)
                            for i, (member, sid) in enumerate(commands)))  # fmt: skip
+    achieved = len(commands) / (time.perf_counter() - started)
     last_position = max(p for _, p in reply_at)
     while watcher.visible_at(last_position) is None:  # noqa: ASYNC110 - a file another process writes
         await asyncio.sleep(POLL)
     visible = [(watcher.visible_at(p) or 0) - at for at, p in reply_at]
+    return OpenLoop(replies, visible, achieved, late)
 
+
+async def open_loop(
+    conns: list[nats.NATS], sessions: list[tuple[str, list[str]]], watcher: Watcher,
+    baseline: float, header: str, args: argparse.Namespace,
+) -> None:  # fmt: skip
+    result = await measure_open_loop(conns, sessions, watcher, args.rate, args.participants)
     print(f"{header}: open loop at {args.rate:,.0f} commands/s for {args.seconds:g} s)")
-    print(f"  commands                       {len(commands):>10,}")
-    print(f"  reply (from scheduled send)    {percentiles(replies)}")
-    print(f"  visible in the read model      {percentiles(visible)}")
-    print(f"  sends more than 1 ms late      {late:>10,} (the bench's own client lagging)")
+    print(f"  commands                       {len(result.replies):>10,}")
+    print(f"  reply (from scheduled send)    {percentiles(result.replies)}")
+    print(f"  visible in the read model      {percentiles(result.visible)}")
+    print(f"  achieved                       {result.achieved:>10,.0f} commands/s")
+    print(f"  sends more than 1 ms late      {result.late:>10,} (the bench's own client lagging)")
     print(f"  JetStream publish_async        {baseline:>10,.0f} msgs/s  (baseline, same run)")
     print(f"  offered rate / JetStream       {args.rate / baseline:>10.3f}")
 
@@ -343,6 +387,9 @@ def main() -> None:
     parser.add_argument("--baseline", type=int, default=20_000, help="JetStream messages")
     parser.add_argument("--rate", type=float, help="open loop: commands per second")
     parser.add_argument("--seconds", type=float, default=20, help="open loop: how long")
+    parser.add_argument(
+        "--database-url", help="the event store (default: SQLite in the run's directory)"
+    )
     asyncio.run(run(parser.parse_args()))
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chorus.store.datastore import Dialect, transaction
+from chorus.store.datastore import Dialect, create_tables, transaction
 from eventsourcing.persistence import ApplicationRecorder
 
 TABLE = "chorus_checkpoints"
@@ -47,8 +47,7 @@ class CheckpointStore:
 
     def _ensure_table(self) -> None:
         if not self._created:
-            with transaction(self.recorder, commit=True) as cursor:
-                cursor.execute(self._create)
+            create_tables(self.recorder, self._create)
             self._created = True
 
     def load(self, name: str) -> Checkpoint | None:

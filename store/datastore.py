@@ -12,6 +12,7 @@ both backends: an upgrade that moves them fails there, in one place.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -64,6 +65,50 @@ def transaction(recorder: ApplicationRecorder, *, commit: bool) -> Iterator[Any]
         yield cursor
 
 
+def _ddl_key(schema: str) -> int:
+    """The advisory lock's key for table creation in ``schema`` (a signed 64-bit int)."""
+    digest = hashlib.blake2b(f"chorus.ddl:{schema}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@contextmanager
+def schema_lock(recorder: ApplicationRecorder) -> Iterator[None]:
+    """Table creation in the store's schema, one process (and thread) at a time.
+
+    On PostgreSQL, ``CREATE TABLE IF NOT EXISTS``, ``CREATE TYPE`` (eventsourcing catches
+    only ``DuplicateObject``) and ``CREATE OR REPLACE FUNCTION`` are not safe to run at
+    once: the loser of a race fails with a unique violation on ``pg_type`` or "tuple
+    concurrently updated", so an engine, a projector and a gateway starting together on a
+    fresh schema would not all come up. A session-level advisory lock, keyed by the schema,
+    serialises them. It is held on a connection of its own, outside the recorder's pool:
+    eventsourcing's ``create_table`` runs several transactions on pool connections, and
+    threads waiting for the lock must not hold the pool connections the holder needs.
+    SQLite serialises DDL itself (one writer at a time): nothing to do there.
+    """
+    datastore = _datastore(recorder)
+    if isinstance(datastore, SQLiteDatastore):
+        yield
+        return
+    import psycopg
+
+    options = {k: v for k, v in datastore.pool.kwargs.items() if k != "row_factory"}
+    key = _ddl_key(datastore.schema)
+    with psycopg.connect(**options, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", [key])
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", [key])
+
+
+def create_tables(recorder: ApplicationRecorder, *statements: str) -> None:
+    """Run ``CREATE ... IF NOT EXISTS`` statements beside the events, in one transaction,
+    under the schema's lock (``schema_lock``)."""
+    with schema_lock(recorder), transaction(recorder, commit=True) as cursor:
+        for statement in statements:
+            cursor.execute(statement)
+
+
 def aggregate_recorder(recorder: ApplicationRecorder, table: str) -> AggregateRecorder:
     """An eventsourcing aggregate recorder on another ``table`` of the same database and
     connection pool (created if missing): where snapshots are kept."""
@@ -75,7 +120,8 @@ def aggregate_recorder(recorder: ApplicationRecorder, table: str) -> AggregateRe
         from eventsourcing.postgres import PostgresAggregateRecorder
 
         beside = PostgresAggregateRecorder(datastore, events_table_name=table)
-    beside.create_table()
+    with schema_lock(recorder):
+        beside.create_table()
     return beside
 
 

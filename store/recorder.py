@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID
 
-from chorus.store.datastore import Dialect, transaction
+from chorus.store.datastore import Dialect, schema_lock, transaction
 from eventsourcing.persistence import ApplicationRecorder, InfrastructureFactory, Notification
 from msgspec import Struct
 
@@ -42,9 +42,15 @@ def recorder_env(database_url: str) -> dict[str, str]:
 
 
 def open_recorder(database_url: str) -> ApplicationRecorder:
-    """The application recorder: events, the notification log and optimistic concurrency."""
-    factory = InfrastructureFactory.construct(recorder_env(database_url))
-    return factory.application_recorder()
+    """The application recorder: events, the notification log and optimistic concurrency.
+
+    Its tables are created here rather than by eventsourcing's factory, under the schema's
+    lock: processes opening a fresh PostgreSQL schema at once would race otherwise."""
+    env = {**recorder_env(database_url), "CREATE_TABLE": "no"}
+    recorder = InfrastructureFactory.construct(env).application_recorder()
+    with schema_lock(recorder):
+        recorder.create_table()
+    return recorder
 
 
 def fetch_where(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from chorus.store.datastore import Dialect, transaction
+from chorus.store.datastore import Dialect, create_tables, transaction
 from eventsourcing.persistence import ApplicationRecorder
 
 TABLE = "chorus_trace_context"
@@ -25,12 +25,12 @@ def _table(d: Dialect) -> str:
 
 def ensure_table(recorder: ApplicationRecorder) -> None:
     d = Dialect(recorder)
-    with transaction(recorder, commit=True) as cursor:
-        cursor.execute(
-            f"CREATE TABLE IF NOT EXISTS {_table(d)} (actor TEXT NOT NULL, "
-            "command_id TEXT NOT NULL, traceparent TEXT NOT NULL, created DOUBLE PRECISION "
-            "NOT NULL, PRIMARY KEY (actor, command_id))"
-        )
+    create_tables(
+        recorder,
+        f"CREATE TABLE IF NOT EXISTS {_table(d)} (actor TEXT NOT NULL, "
+        "command_id TEXT NOT NULL, traceparent TEXT NOT NULL, created DOUBLE PRECISION "
+        "NOT NULL, PRIMARY KEY (actor, command_id))",
+    )
 
 
 def save(recorder: ApplicationRecorder, rows: Iterable[tuple[str, str, str]]) -> None:

@@ -1,0 +1,145 @@
+"""The write path on both event stores, side by side: SQLite and PostgreSQL, open loop.
+
+    python -m bench.pgwrite [--rate 1000] [--seconds 20] [--runs 3]
+        [--database-url postgresql://chorus:chorus@127.0.0.1:5432/chorus_test]
+
+Each run starts ``bench.e2e``'s deployment (a nats-server, the engine and the projector as
+separate processes, as ``chorus up`` runs them) once with the event store on SQLite and
+once on PostgreSQL (a fresh schema, dropped after), the read store on SQLite both times so
+only the event store differs. Sessions are opened first; then agents submit results at
+``--rate`` commands/s on a fixed schedule whatever the replies do (latency counts from each
+command's scheduled send, so a store that falls behind cannot hide its queue).
+
+Prints, per backend, the reply's and the read model's p50/p95/p99/max and the achieved
+rate, each the median of ``--runs`` runs with min and max, and the same runs' JetStream
+``publish_async`` baseline (the bus's own limit on this machine). The backends alternate
+within each run, so a noisy neighbour hits both alike. The URL defaults to
+``CHORUS_TEST_POSTGRES_URL``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+
+import nats
+
+from bench.cluster import drop_schema, fresh_schema
+from bench.e2e import (
+    OpenLoop,
+    Watcher,
+    deployment,
+    jetstream_baseline,
+    measure_open_loop,
+    open_sessions,
+    wait_for_engine,
+)
+
+BACKENDS = ("sqlite", "postgres")
+
+
+async def one_run(database_url: str | None, args: argparse.Namespace) -> tuple[OpenLoop, float]:
+    """One deployment on ``database_url`` (None: SQLite): the open loop and the baseline."""
+    async with deployment(database_url) as deployed:
+        baseline = await jetstream_baseline(deployed.url, args.baseline, 400)
+        conns = [await nats.connect(deployed.url) for _ in range(4)]
+        await wait_for_engine(conns[0])
+        args.sessions = max(1, int(args.rate * args.seconds) // args.participants)
+        agents = [f"agent-{i}" for i in range(args.agents)]
+        sessions = await open_sessions(conns, agents, args)
+        watcher = Watcher(deployed.work / "read.db")
+        watching = asyncio.create_task(watcher.run())
+        try:
+            result = await measure_open_loop(conns, sessions, watcher, args.rate, args.participants)
+        finally:
+            watching.cancel()
+            for nc in conns:
+                await nc.close()
+        return result, baseline
+
+
+def at(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def spread(values: list[float], unit: str = "ms", digits: int = 1) -> str:
+    """Median (min-max) of one figure over the runs."""
+    med, low, high = statistics.median(values), min(values), max(values)
+    return f"{med:,.{digits}f} ({low:,.{digits}f}-{high:,.{digits}f}) {unit}"
+
+
+def report(
+    results: dict[str, list[OpenLoop]], baselines: list[float], args: argparse.Namespace
+) -> None:
+    print(
+        f"chorus bench.pgwrite  ({os.cpu_count()} cores; open loop at {args.rate:,.0f} "
+        f"submit_result/s for {args.seconds:g} s; median (min-max) of {args.runs} runs)"
+    )
+    figures = [("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0)]
+    for backend in BACKENDS:
+        runs = results[backend]
+        print(f"  {backend}")
+        print(f"    achieved          {spread([r.achieved for r in runs], 'commands/s', 0)}")
+        for label, attr in (("reply", "replies"), ("read model", "visible")):
+            for name, q in figures:
+                values = [at(getattr(r, attr), q) for r in runs]
+                print(f"    {label:<10} {name}    {spread(values)}")
+        print(f"    sends >1 ms late  {spread([float(r.late) for r in runs], '', 0)}")
+    print(f"  JetStream publish_async {spread(baselines, 'msgs/s', 0)}  (baseline, same runs)")
+    rate = {b: statistics.median(r.achieved for r in results[b]) for b in BACKENDS}
+    print(f"  achieved PostgreSQL / SQLite        {rate['postgres'] / rate['sqlite']:.3f}")
+    p99 = {b: statistics.median(at(r.replies, 0.99) for r in results[b]) for b in BACKENDS}
+    print(f"  reply p99 PostgreSQL / SQLite       {p99['postgres'] / p99['sqlite']:.2f}")
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    results: dict[str, list[OpenLoop]] = {b: [] for b in BACKENDS}
+    baselines: list[float] = []
+    for run in range(args.runs):
+        order = BACKENDS if run % 2 == 0 else BACKENDS[::-1]
+        for backend in order:
+            if backend == "sqlite":
+                result, baseline = await one_run(None, args)
+            else:
+                schema, url = fresh_schema(args.database_url)
+                try:
+                    result, baseline = await one_run(url, args)
+                finally:
+                    drop_schema(args.database_url, schema)
+            results[backend].append(result)
+            baselines.append(baseline)
+            print(
+                f"  run {run + 1} {backend:<8} reply p99 {at(result.replies, 0.99):,.1f} ms, "
+                f"achieved {result.achieved:,.0f}/s",
+                file=sys.stderr,
+            )
+    report(results, baselines, args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--rate", type=float, default=1000, help="commands per second")
+    parser.add_argument("--seconds", type=float, default=20, help="how long each run sends")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--participants", type=int, default=10)
+    parser.add_argument("--agents", type=int, default=50)
+    parser.add_argument("--baseline", type=int, default=20_000, help="JetStream messages")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("CHORUS_TEST_POSTGRES_URL"),
+        help="a PostgreSQL server (default: CHORUS_TEST_POSTGRES_URL)",
+    )
+    args = parser.parse_args()
+    if not args.database_url:
+        parser.error("name a PostgreSQL server with --database-url or CHORUS_TEST_POSTGRES_URL")
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
