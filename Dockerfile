@@ -10,5 +10,5 @@ COPY engine engine
 COPY projections projections
 COPY gateway gateway
 COPY runtime runtime
-RUN pip install --no-cache-dir '.' 'eventsourcing[postgres]'
+RUN pip install --no-cache-dir '.[postgres]'
 ENV CHORUS_DATA_DIR=/data

@@ -7,7 +7,9 @@ recorders (SQLite and PostgreSQL) carry a ``datastore`` (a connection pool with
 ``transaction(commit=...)``) and an ``events_table_name``: attributes of those classes, not
 of the interface, which another eventsourcing release may change. So only this module
 touches them, and ``tests/integration/test_datastore.py`` checks each function here on
-both backends: an upgrade that moves them fails there, in one place.
+both backends: an upgrade that moves them fails there, in one place. (``pgrecorder.py``
+subclasses the PostgreSQL recorder; ``tests/integration/test_pgrecorder.py`` runs the
+library's own recorder test cases against it.)
 """
 
 from __future__ import annotations
@@ -107,6 +109,13 @@ def create_tables(recorder: ApplicationRecorder, *statements: str) -> None:
     with schema_lock(recorder), transaction(recorder, commit=True) as cursor:
         for statement in statements:
             cursor.execute(statement)
+
+
+def create_events_table(recorder: ApplicationRecorder) -> None:
+    """The recorder's own tables (and on PostgreSQL its type, index and function), created
+    under the schema's lock: ``create_table`` is a method of both concrete recorders."""
+    with schema_lock(recorder):
+        recorder.create_table()  # type: ignore[attr-defined]
 
 
 def aggregate_recorder(recorder: ApplicationRecorder, table: str) -> AggregateRecorder:

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID
 
-from chorus.store.datastore import Dialect, schema_lock, transaction
+from chorus.store.datastore import Dialect, create_events_table, transaction
 from eventsourcing.persistence import ApplicationRecorder, InfrastructureFactory, Notification
 from msgspec import Struct
 
@@ -33,6 +33,7 @@ def recorder_env(database_url: str) -> dict[str, str]:
             "POSTGRES_PORT": str(url.port or 5432),
             "POSTGRES_USER": unquote(url.username or ""),
             "POSTGRES_PASSWORD": unquote(url.password or ""),
+            "APPLICATION_RECORDER_TOPIC": "chorus.store.pgrecorder:ArrayInsertRecorder",
         }
         schema = parse_qs(url.query).get("schema")
         if schema:
@@ -48,8 +49,7 @@ def open_recorder(database_url: str) -> ApplicationRecorder:
     lock: processes opening a fresh PostgreSQL schema at once would race otherwise."""
     env = {**recorder_env(database_url), "CREATE_TABLE": "no"}
     recorder = InfrastructureFactory.construct(env).application_recorder()
-    with schema_lock(recorder):
-        recorder.create_table()
+    create_events_table(recorder)
     return recorder
 
 
