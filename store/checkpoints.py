@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chorus.store.datastore import Dialect, create_tables, transaction
+from chorus.store.datastore import Dialect, create_tables, reading, transaction
 from eventsourcing.persistence import ApplicationRecorder
 
 TABLE = "chorus_checkpoints"
@@ -53,7 +53,7 @@ class CheckpointStore:
     def load(self, name: str) -> Checkpoint | None:
         self._ensure_table()
         m = self.mark
-        with transaction(self.recorder, commit=False) as cursor:
+        with reading(self.recorder) as cursor:
             cursor.execute(
                 f"SELECT position, version, state FROM {self.table} WHERE name={m}", [name]
             )

@@ -67,6 +67,25 @@ def transaction(recorder: ApplicationRecorder, *, commit: bool) -> Iterator[Any]
         yield cursor
 
 
+@contextmanager
+def reading(recorder: ApplicationRecorder) -> Iterator[Any]:
+    """A cursor for reads that need no transaction of their own.
+
+    On PostgreSQL the pool's connections are in autocommit mode, so each statement runs
+    alone, without a BEGIN before it and a ROLLBACK after it: two round trips fewer, and
+    the engine reads once per batch (its dedup lookup). Each statement sees what was
+    committed before it started, as it would in a READ COMMITTED transaction. On SQLite,
+    a read transaction as ``transaction(commit=False)``.
+    """
+    datastore = _datastore(recorder)
+    if isinstance(datastore, SQLiteDatastore):
+        with datastore.transaction(commit=False) as cursor:
+            yield cursor
+        return
+    with datastore.get_connection() as conn, conn.cursor() as cursor:
+        yield cursor
+
+
 def _ddl_key(schema: str) -> int:
     """The advisory lock's key for table creation in ``schema`` (a signed 64-bit int)."""
     digest = hashlib.blake2b(f"chorus.ddl:{schema}".encode(), digest_size=8).digest()

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID
 
-from chorus.store.datastore import Dialect, create_events_table, transaction
+from chorus.store.datastore import Dialect, create_events_table, reading
 from eventsourcing.persistence import ApplicationRecorder, InfrastructureFactory, Notification
 from msgspec import Struct
 
@@ -62,7 +62,7 @@ def fetch_where(
     limit: int,
     ready: Callable[[Any], bool] | None = None,
 ) -> list[Any]:
-    """``SELECT <source> WHERE ... ORDER BY ... LIMIT`` in one read transaction.
+    """``SELECT <source> WHERE ... ORDER BY ... LIMIT`` (``reading``: no transaction of its own).
 
     Each condition is ``(column and operator, value)``, e.g. ``("position>", 5)``; one
     whose value is None is left out, so optional bounds need no string building at the
@@ -72,7 +72,7 @@ def fetch_where(
     used = [(clause, value) for clause, value in conditions if value is not None]
     where = " AND ".join(f"{clause}{d.mark}" for clause, _ in used) or "1=1"
     sql = f"SELECT {source} WHERE {where} ORDER BY {order_by} LIMIT {d.mark}"
-    with transaction(recorder, commit=False) as cursor:
+    with reading(recorder) as cursor:
         if ready is not None and not ready(cursor):
             return []
         cursor.execute(sql, [value for _, value in used] + [limit])
@@ -141,7 +141,7 @@ def select_raw_rows(
 def count_rows(recorder: ApplicationRecorder, *, lte: int) -> int:
     """How many rows the store holds up to position ``lte`` (with no lower bound)."""
     d = Dialect(recorder)
-    with transaction(recorder, commit=False) as cursor:
+    with reading(recorder) as cursor:
         cursor.execute(f"SELECT count(*) AS n FROM {d.table} WHERE {d.position}<={d.mark}", [lte])
         return int(cursor.fetchone()["n"])
 
@@ -198,7 +198,7 @@ def select_first_events(
     else:
         where, params = "originator_id = ANY(%s)", [list(by_key)]
     sql = f"SELECT {d.columns()} FROM {d.table} WHERE {where} AND originator_version=1"
-    with transaction(recorder, commit=False) as cursor:
+    with reading(recorder) as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     found = {}

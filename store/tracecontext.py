@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from chorus.store.datastore import Dialect, create_tables, transaction
+from chorus.store.datastore import Dialect, create_tables, reading, transaction
 from eventsourcing.persistence import ApplicationRecorder
 
 TABLE = "chorus_trace_context"
@@ -62,7 +62,7 @@ def load(
     d = Dialect(recorder)
     ids = sorted({command_id for _, command_id in wanted})
     marks = ", ".join(d.mark for _ in ids)
-    with transaction(recorder, commit=False) as cursor:
+    with reading(recorder) as cursor:
         try:
             cursor.execute(
                 f"SELECT actor, command_id, traceparent FROM {_table(d)} "

@@ -12,7 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chorus.store.datastore import Dialect, aggregate_recorder, close_recorder, transaction
+from chorus.store.datastore import (
+    Dialect,
+    aggregate_recorder,
+    close_recorder,
+    reading,
+    transaction,
+)
 from chorus.store.recorder import open_recorder, select_aggregate_notifications
 from eventsourcing.persistence import (
     ApplicationRecorder,
@@ -101,3 +107,22 @@ def test_closing_a_recorder_releases_its_pool_and_loses_nothing(
         assert [n.originator_id for n in again.select_notifications(1, 10)] == [aggregate_id]
     finally:
         close_recorder(again)
+
+
+def test_a_read_sees_what_was_committed_and_writes_nothing_itself(
+    recorder: ApplicationRecorder,
+) -> None:
+    aggregate_id = uuid.uuid4()
+    recorder.insert_events([event(aggregate_id, 1)])
+    d = Dialect(recorder)
+    with reading(recorder) as cursor:
+        cursor.execute(f"SELECT count(*) AS n FROM {d.table}")
+        assert cursor.fetchone()["n"] == 1
+    with (
+        pytest.raises(Exception, match=r"(?i)no such table|does not exist"),
+        reading(recorder) as cursor,
+    ):
+        cursor.execute(f"SELECT * FROM {d.beside('chorus_absent')}")
+    with reading(recorder) as cursor:  # the failed statement left nothing behind
+        cursor.execute("SELECT 1 AS one")
+        assert cursor.fetchone()["one"] == 1
