@@ -51,7 +51,7 @@ from uuid import UUID
 
 import msgspec
 from chorus.events.codec import GENESIS_HASH, StoredBody, hash_of_body
-from chorus.store.datastore import Dialect, create_tables, transaction
+from chorus.store.datastore import Dialect, create_tables, insert_rows, reading, transaction
 from chorus.store.recorder import RawRow, fetch_where, raw_row
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -61,6 +61,11 @@ from msgspec import Struct
 log = logging.getLogger(__name__)
 
 TABLE = "chorus_seals"
+#: The seal table's columns as ``insert_rows`` takes them (name, PostgreSQL type).
+SEAL_COLUMNS = (
+    ("position", "bigint"), ("aggregate_id", "text"), ("version", "bigint"),
+    ("row_hash", "text"), ("running_hash", "text"),
+)  # fmt: skip
 
 _body_decoder = msgspec.json.Decoder(StoredBody)
 
@@ -249,7 +254,7 @@ def _exists(cursor: Any, d: Dialect) -> bool:
 def last_seal(recorder: ApplicationRecorder, lte: int | None = None) -> Seal | None:
     """The newest seal (at or before ``lte``), or None if nothing was sealed."""
     d = Dialect(recorder)
-    with transaction(recorder, commit=False) as cursor:
+    with reading(recorder) as cursor:
         return _last_seal(cursor, d, lte) if _exists(cursor, d) else None
 
 
@@ -391,14 +396,14 @@ def seal_step(
     Each row is checked first (``row_defect``); the seals before a defective row are
     committed, then ``UnsoundRow`` is raised for it, and every later call stops there.
 
-    The rows and their previous versions are read in one read transaction and checked
+    The rows and their previous versions are read together (``reading``) and checked
     outside any transaction; only the insert of the seals takes the write lock, so the
     command path never waits for the hashing. Seals are deterministic: if another
     sealer wrote the same positions meanwhile, the inserts are no-ops.
     """
     d = Dialect(recorder)
     m = d.mark
-    with transaction(recorder, commit=False) as cursor:
+    with reading(recorder) as cursor:
         last = _last_seal(cursor, d)
         after = last.position if last else 0
         running = last.running_hash if last else GENESIS_HASH
@@ -430,11 +435,8 @@ def seal_step(
         del known[stale]
     if seals:
         with transaction(recorder, commit=True) as cursor:
-            cursor.executemany(
-                f"INSERT INTO {_table(d)} (position, aggregate_id, version, row_hash, "
-                f"running_hash) VALUES ({m}, {m}, {m}, {m}, {m}) "
-                "ON CONFLICT (position) DO NOTHING",
-                seals,
+            insert_rows(
+                cursor, d, _table(d), SEAL_COLUMNS, seals, "ON CONFLICT (position) DO NOTHING"
             )
     if unsound is not None:
         raise unsound

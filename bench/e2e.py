@@ -153,7 +153,9 @@ def percentiles(values: list[float]) -> str:
 
 
 @contextlib.asynccontextmanager
-async def deployment(database_url: str | None = None) -> AsyncIterator[Deployment]:
+async def deployment(
+    database_url: str | None = None, extra_env: dict[str, str] | None = None
+) -> AsyncIterator[Deployment]:
     """A nats-server, the engine and the projector as separate processes, on a fresh work
     directory; the event store at ``database_url`` (default: SQLite in the work directory),
     the read store always SQLite there (``Watcher`` reads it). Torn down on leaving."""
@@ -167,6 +169,7 @@ async def deployment(database_url: str | None = None) -> AsyncIterator[Deploymen
         # One coordinator opens every session on an open bus (where it counts as an
         # agent): the session quota would stop it at 20.
         "CHORUS_SESSION_QUOTA": "0",
+        **(extra_env or {}),
     }
     procs = [spawn("engine", env, work / "engine.log"), spawn("project", env, work / "project.log")]
     try:

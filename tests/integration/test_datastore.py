@@ -16,6 +16,7 @@ from chorus.store.datastore import (
     Dialect,
     aggregate_recorder,
     close_recorder,
+    insert_rows,
     reading,
     transaction,
 )
@@ -126,3 +127,25 @@ def test_a_read_sees_what_was_committed_and_writes_nothing_itself(
     with reading(recorder) as cursor:  # the failed statement left nothing behind
         cursor.execute("SELECT 1 AS one")
         assert cursor.fetchone()["one"] == 1
+
+
+def test_insert_rows_writes_every_row_and_passes_the_suffix(recorder: ApplicationRecorder) -> None:
+    d = Dialect(recorder)
+    table = d.beside("chorus_probe_rows")
+    with transaction(recorder, commit=True) as cursor:
+        cursor.execute(f"CREATE TABLE {table} (n BIGINT PRIMARY KEY, label TEXT)")
+    columns = [("n", "bigint"), ("label", "text")]
+    with transaction(recorder, commit=True) as cursor:
+        insert_rows(cursor, d, table, columns, [(1, "a"), (2**40, "b")])
+        insert_rows(cursor, d, table, columns, [])
+    with transaction(recorder, commit=True) as cursor:
+        insert_rows(
+            cursor, d, table, columns, [(1, "again"), (3, "c")], "ON CONFLICT (n) DO NOTHING"
+        )
+    with reading(recorder) as cursor:
+        cursor.execute(f"SELECT n, label FROM {table} ORDER BY n")
+        assert [(r["n"], r["label"]) for r in cursor.fetchall()] == [
+            (1, "a"),
+            (3, "c"),
+            (2**40, "b"),
+        ]
