@@ -46,14 +46,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
-def node_config(name: str, route_port: int, route_ports: list[int]) -> str:
-    """A node's config: its name (JetStream needs one per node) and the cluster's routes.
+def node_config(name: str, route_port: int, route_ports: list[int], monitor_port: int) -> str:
+    """A node's config: its name (JetStream needs one per node), its monitoring port
+    (``/healthz``, ``/connz``) and the cluster's routes.
 
     Every node lists every route, its own included (the server ignores itself): the nodes
     find each other whichever starts first, and a restarted node rejoins."""
     routes = ", ".join(f'"nats-route://127.0.0.1:{port}"' for port in route_ports)
     return (
         f'server_name: "{name}"\n'
+        f'http: "127.0.0.1:{monitor_port}"\n'
         "cluster {\n"
         f'  name: "{CLUSTER_NAME}"\n'
         f'  listen: "127.0.0.1:{route_port}"\n'
@@ -69,12 +71,17 @@ class Node:
     name: str
     port: int
     route_port: int
+    monitor_port: int
     data_dir: Path
     server: NatsServer | None = None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}"
 
     @property
     def alive(self) -> bool:
@@ -116,13 +123,14 @@ class Cluster:
         self.data_dir = data_dir
         route_ports = [free_port() for _ in range(self.layout.nodes)]
         self.nodes = [
-            Node(f"nats-{i + 1}", free_port(), route_ports[i], data_dir / f"nats-{i + 1}")
+            Node(f"nats-{i + 1}", free_port(), route_ports[i], free_port(),
+                 data_dir / f"nats-{i + 1}")
             for i in range(self.layout.nodes)
-        ]
+        ]  # fmt: skip
         for node in self.nodes:
             node.data_dir.mkdir(parents=True, exist_ok=True)
             (node.data_dir / "cluster.conf").write_text(
-                node_config(node.name, node.route_port, route_ports)
+                node_config(node.name, node.route_port, route_ports, node.monitor_port)
             )
         ports = self.layout.gateway_ports or [
             self.settings.port + i for i in range(self.layout.gateways)
@@ -253,14 +261,15 @@ class Cluster:
     def dead(self) -> list[str]:
         return [item.name for item in self.everything() if not item.alive]
 
-    def revive(self) -> list[str]:
-        """Start again, on the same ports, every node and member that is not running."""
-        revived = self.dead()
+    def revive(self, *names: str) -> list[str]:
+        """Start again, on the same ports, every node and member that is not running (or
+        only those ``names``, if given)."""
+        revived = [name for name in self.dead() if not names or name in names]
         for node in self.nodes:
-            if not node.alive:
+            if node.name in revived:
                 self._start_node(node)
         for member in self.members:
-            if not member.alive:
+            if member.name in revived:
                 self._spawn(member)
         return revived
 
@@ -286,7 +295,10 @@ class Cluster:
         s = self.settings
         lines = ["Chorus cluster is up"]
         for node in self.nodes:
-            lines.append(f"  {node.name:<10} {node.url}  (route 127.0.0.1:{node.route_port})")
+            lines.append(
+                f"  {node.name:<10} {node.url}  (route 127.0.0.1:{node.route_port}, "
+                f"monitor {node.monitor_url})"
+            )
         lines.append(
             f"  NATS       {self.nats_url}  (open bus on loopback; streams R{len(self.nodes)})"
         )

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import nats.errors
+from chorus.aio import raise_if_cancelling
 from chorus.contracts.subjects import DLQ_PREFIX, DLQ_STREAM, EVENTS_STREAM, EVT_PREFIX
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DAY = 24 * 3600.0
 #: Dead letters are for inspection, not storage: a flood of bad messages evicts the oldest.
 DLQ_MAX_BYTES = 64 * 1024 * 1024
 #: A dead letter keeps 64 KiB of its message (engine.worker.DEAD_LETTER_BYTES) plus headers.
 DLQ_MAX_MESSAGE_BYTES = 128 * 1024
+#: How long a process starting up waits for JetStream to answer before it gives up.
+JETSTREAM_START_WAIT = 120.0
 
 
 def stream_configs(replicas: int = 1) -> list[StreamConfig]:
@@ -53,3 +66,29 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
             await js.add_stream(config)
         else:
             await js.update_stream(config)
+
+
+async def until_jetstream_answers(
+    call: Callable[[], Awaitable[T]], what: str, timeout: float = JETSTREAM_START_WAIT
+) -> T:
+    """``call()`` again while JetStream does not answer, for up to ``timeout`` seconds.
+
+    In a cluster, a JetStream request is lost when the node it went through dies, and
+    none is answered while the cluster elects a leader or lacks a quorum. A process
+    starting at that moment waits for the cluster rather than exiting (and being restarted
+    into the same moment). A request the server refuses as bad (a stream it will not
+    create) is not retried."""
+    deadline = time.monotonic() + timeout
+    delay = 0.25
+    while True:
+        try:
+            return await call()
+        except BadRequestError:
+            raise
+        except (nats.errors.Error, TimeoutError) as error:
+            raise_if_cancelling()
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("JetStream did not answer (%s): %r; trying again", what, error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

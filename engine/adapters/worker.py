@@ -375,7 +375,13 @@ class CommandWorker:
                 if item.done is not None and not item.done.done():
                     item.done.set_result(reply)
                 elif item.reply_to:
-                    await self.nc.publish(item.reply_to, _reply_encoder.encode(reply))
+                    try:
+                        await self.nc.publish(item.reply_to, _reply_encoder.encode(reply))
+                    except Exception as error:
+                        # NATS away for longer than the reconnect buffer holds: the reply
+                        # is lost, not the command (a retry is answered ``duplicate``).
+                        raise_if_cancelling()
+                        self.errors.warning("reply to %s lost: %r", item.reply_to, error)
                 if reply.error is not None:
                     handler = item.command.handler
                     log.info(

@@ -25,7 +25,7 @@ from chorus.contracts.workflow_types import WorkflowTypeRegistry
 from chorus.engine.adapters.liveness import LivenessConfig, LivenessMonitor
 from chorus.engine.adapters.relay import Relay
 from chorus.engine.adapters.sealer import Sealer
-from chorus.engine.adapters.streams import ensure_streams
+from chorus.engine.adapters.streams import ensure_streams, until_jetstream_answers
 from chorus.engine.adapters.worker import CommandIntake, CommandWorker, DeadLetters
 from chorus.engine.domain.authz import Roles, StaticRoles
 from chorus.engine.domain.context import EngineContext
@@ -126,7 +126,9 @@ class EngineService:
         )  # fmt: skip
         nc = self.nc
         js = nc.jetstream()
-        await ensure_streams(js, cfg.replicas)
+        # A cluster may be electing a leader, or have lost the node this request went
+        # through: wait for it rather than exit.
+        await until_jetstream_answers(lambda: ensure_streams(js, cfg.replicas), "the streams")
         processor = Processor(
             self.recorder,
             clock=cfg.clock,
@@ -178,7 +180,7 @@ class EngineService:
         if self.dispatcher is not None:
             self._run("engine-dispatch", self.dispatcher.run())
         if self.liveness is not None:
-            await self.liveness.start()
+            await until_jetstream_answers(self.liveness.start, "the liveness bucket")
             self._run("engine-liveness", self.liveness.run())
         if self.participants is not None:
             self._run("engine-participants", self.participants.run())

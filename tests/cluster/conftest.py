@@ -1,0 +1,86 @@
+"""Fixtures for the tests of ``chorus cluster``'s layout (runtime/cluster.py).
+
+PostgreSQL runs when ``CHORUS_TEST_POSTGRES_URL`` names a server (``.ci/run`` starts one);
+each test gets a schema of its own for its events, and another for its read models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import nats
+import pytest
+from chorus.cluster import Cluster, ClusterLayout, Node
+from chorus.contracts.feed import EventRecord
+from chorus.settings import Settings
+from eventsourcing.persistence import PersistenceError
+from nats.aio.client import Client as NATS
+
+from tests.e2e.conftest import open_body, read_store, request_until_answered
+from tests.postgres import postgres_schema
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """The event store's schema."""
+    with postgres_schema("cluster") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_cluster(settings: Settings, layout: ClusterLayout) -> Iterator[Cluster]:
+    running = Cluster(settings, layout)
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+async def bus_client(cluster: Cluster) -> NATS:
+    """A connection to every node of the cluster that rides over a node's loss."""
+    return await nats.connect(
+        cluster.nats_url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2
+    )
+
+
+async def open_session(nc: NATS, actor: str = "coordinator") -> dict[str, Any]:
+    """Open a session over the bus, re-sent by command id until an engine answers."""
+    body = open_body(uuid.uuid4().hex, str(uuid.uuid4()), ["participant"])
+    reply = await request_until_answered(nc, f"chorus.cmd.{actor}.session.open", body)
+    assert reply["status"] == "accepted", reply
+    return reply
+
+
+def store_records(database_url: str, attempts: int = 10) -> list[EventRecord]:
+    """The store's records, read again when opening the store races another process
+    opening it (each one's recorder creates its tables and functions on PostgreSQL, and
+    two at once may fail with "tuple concurrently updated")."""
+    for _ in range(attempts - 1):
+        try:
+            return read_store(database_url)
+        except PersistenceError:
+            time.sleep(0.2)
+    return read_store(database_url)
+
+
+def connections(node: Node) -> list[dict[str, Any]]:
+    """The client connections a node serves (its monitoring port's ``/connz``)."""
+    with urllib.request.urlopen(f"{node.monitor_url}/connz?auth=1", timeout=5) as response:  # noqa: S310
+        found: list[dict[str, Any]] = json.loads(response.read()).get("connections") or []
+        return found
+
+
+def nodes_serving(cluster: Cluster, client_name: str) -> list[Node]:
+    """The live nodes a client named ``client_name`` is connected to."""
+    return [
+        node
+        for node in cluster.nodes
+        if node.alive and any(c.get("name") == client_name for c in connections(node))
+    ]
