@@ -10,9 +10,10 @@ Every member keeps its ports for the life of the cluster, so a member that is ki
 started again (``revive``) is found where it was: clients reconnect to the node they
 knew, or to any other node of the cluster (they learn them from the server).
 
-The bus is open (no NATS users) and listens on loopback only: the per-key users of
-``chorus up`` (runtime/busauth.py) are not wired into the cluster yet. The read store is
-one SQLite file that the projector writes and both gateways read (one host only).
+The read models are in PostgreSQL too (``CHORUS_READ_STORE_URL``; by default the events'
+database, in a schema of their own: ``shared_read_store_url``), written by the projector
+and read by every gateway. The bus is open (no NATS users) and listens on loopback only:
+the per-key users of ``chorus up`` (runtime/busauth.py) are not wired into the cluster yet.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import nats
 from chorus.audit.bundle import create_signing_key
@@ -117,6 +119,8 @@ class Cluster:
     """Start, kill, revive and stop the members of the layout (see the module's docstring)."""
 
     def __init__(self, settings: Settings, layout: ClusterLayout | None = None) -> None:
+        if settings.read_store_url is None and (url := shared_read_store_url(settings)):
+            settings = settings.model_copy(update={"read_store_url": url})
         self.settings = settings.resolved()
         self.layout = layout or ClusterLayout()
         data_dir = Path(self.settings.data_dir)
@@ -315,6 +319,21 @@ class Cluster:
             "Ctrl-C stops everything.",
         ]
         return "\n".join(lines)
+
+
+def shared_read_store_url(settings: Settings) -> str | None:
+    """With the events on PostgreSQL, the read models' default: the same database, in a
+    schema of their own (``read``, or ``<the events' schema>_read``), which the projector
+    writes and every gateway reads wherever it runs. None for an event store on SQLite
+    (the read models stay in ``<data_dir>/read.db`` then)."""
+    url = str(settings.database_url or "")
+    if not url.startswith(("postgresql://", "postgres://")):
+        return None
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    events_schema = query.pop("schema", [None])[0]
+    query["schema"] = [f"{events_schema}_read" if events_schema else "read"]
+    return urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
 
 
 def prepare_store(settings: Settings) -> None:

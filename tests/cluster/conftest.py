@@ -1,7 +1,7 @@
 """Fixtures for the tests of ``chorus cluster``'s layout (runtime/cluster.py).
 
 PostgreSQL runs when ``CHORUS_TEST_POSTGRES_URL`` names a server (``.ci/run`` starts one);
-each test gets a schema of its own for its events, and another for its read models.
+each test gets a schema of its own for its events, and one for its read models.
 """
 
 from __future__ import annotations
@@ -30,6 +30,21 @@ from tests.postgres import postgres_schema
 def postgres_url() -> Iterator[str]:
     """The event store's schema."""
     with postgres_schema("cluster") as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_read_url() -> Iterator[str]:
+    """The read models' schema, beside the events' (the projector writes it, every
+    gateway reads it)."""
+    with postgres_schema("cluster_read") as url:
+        yield url
+
+
+@pytest.fixture
+def rebuilt_url() -> Iterator[str]:
+    """A schema to rebuild the read models into from the log, to compare with the live."""
+    with postgres_schema("rebuilt") as url:
         yield url
 
 

@@ -3,8 +3,9 @@ under load, and afterwards nothing is lost, nothing is applied twice, every read
 equals its rebuild from the log and the record verifies.
 
 The layout is ``chorus cluster``'s (runtime/cluster.py): three nats-server nodes on
-loopback with the streams at R3, the event store on PostgreSQL (a schema of its own per
-run), two engines in one command queue group, one projector, two gateways. Clients drive
+loopback with the streams at R3, the event store and the read models on PostgreSQL (a
+schema of its own each, per run), two engines in one command queue group, one projector
+writing the read models, two gateways reading them. Clients drive
 session commands through both gateways (HTTP, retried by ``Idempotency-Key``, moving to
 the other gateway when one does not answer) and straight over the bus (retried by
 command id). Each fault waits for the load to make progress, and the member stays dead
@@ -19,7 +20,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import sqlite3
 import subprocess
 import uuid
 from collections import Counter, defaultdict
@@ -35,6 +35,7 @@ import pytest
 from chorus.bootstrap import PROJECTIONS
 from chorus.cluster import Cluster, ClusterLayout
 from chorus.gateway.keys import KeyStore
+from chorus.projections.readstore import ReadStore
 from chorus.settings import Settings
 from nats.aio.client import Client as NATS
 from websockets.asyncio.client import ClientConnection, connect
@@ -53,7 +54,6 @@ from tests.e2e.conftest import (
     open_body,
     read_stream,
     request_until_answered,
-    sqlite_url,
     submit_body,
     wait_for_relay,
     wait_until,
@@ -74,10 +74,11 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, postgres_url: str, postgres_read_url: str) -> Iterator[Cluster]:
     settings = Settings(
         data_dir=tmp_path / "cluster",
         database_url=postgres_url,
+        read_store_url=postgres_read_url,
         # One actor sends many commands and opens many sessions here.
         rate_limits={"write": "1000000/minute", "read": "1000000/minute"},
         session_quota=0,
@@ -277,7 +278,7 @@ async def drive(cluster: Cluster, keys: dict[str, str]) -> tuple[Load, list[str]
 
 
 def test_the_cluster_survives_a_node_an_engine_and_a_gateway_killed_under_load(
-    cluster: Cluster, tmp_path: Path
+    cluster: Cluster, postgres_read_url: str, rebuilt_url: str
 ) -> None:
     store = KeyStore(Path(str(cluster.settings.keys_path)))
     keys = {
@@ -327,18 +328,19 @@ def test_the_cluster_survives_a_node_an_engine_and_a_gateway_killed_under_load(
     assert all(e["hash"] == by_position[e["position"]].hash for e in load.feed)
 
     # 2. Every read model equals its rebuild from the log ------------------------------------
-    live = Path(str(cluster.settings.read_store_url).removeprefix("sqlite:///"))
+    live = str(cluster.settings.read_store_url)
+    assert live == postgres_read_url
+    assert not (cluster.data_dir / "read.db").exists()  # nothing read or wrote SQLite
     last = max(r.position for r in records)
     wait_until(lambda: _positions_at(live, last), 60, f"the projector to reach {last}")
     cluster.stop()
-    rebuilt = tmp_path / "rebuilt.db"
     env = clean_env(CHORUS_DATA_DIR=str(cluster.data_dir), CHORUS_DATABASE_URL=database_url)
     done = subprocess.run(
-        cli("project", "--rebuild", "--read-store-url", sqlite_url(rebuilt)),
+        cli("project", "--rebuild", "--read-store-url", rebuilt_url),
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert _dump(rebuilt) == _dump(live)
+    assert _dump(rebuilt_url) == _dump(live)
     sessions = _rows(live, "SELECT count(*) FROM sessions")[0][0]
     assert sessions == (HTTP_CLIENTS + BUS_CLIENTS) * SESSIONS_PER_CLIENT
 
@@ -351,20 +353,23 @@ def test_the_cluster_survives_a_node_an_engine_and_a_gateway_killed_under_load(
         assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
-def _rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-        return [tuple(row) for row in conn.execute(sql).fetchall()]
+def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    store = ReadStore(url, readonly=True)
+    try:
+        return [tuple(row) for row in store.connection().execute(sql).fetchall()]
+    finally:
+        store.close()
 
 
-def _positions_at(path: Path, position: int) -> bool:
-    rows = _rows(path, "SELECT name, position FROM tracking")
+def _positions_at(url: str, position: int) -> bool:
+    rows = _rows(url, "SELECT name, position FROM tracking")
     return len(rows) == len(PROJECTIONS) and all(p >= position for _, p in rows)
 
 
-def _dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+def _dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every read model (and its position), in an order independent of how
     they were written."""
     tables = [table for make in PROJECTIONS.values() for table in make().tables]
-    dump = {t: sorted(_rows(path, f"SELECT * FROM {t}"), key=repr) for t in tables}
-    dump["tracking"] = sorted(_rows(path, "SELECT * FROM tracking"))
+    dump = {t: sorted(_rows(url, f"SELECT * FROM {t}"), key=repr) for t in tables}
+    dump["tracking"] = sorted(_rows(url, "SELECT * FROM tracking"))
     return dump

@@ -1,0 +1,28 @@
+"""``chorus cluster``'s layout as written down, before anything runs: where its read
+models go and what each node's config says."""
+
+from __future__ import annotations
+
+from chorus.cluster import node_config, shared_read_store_url
+from chorus.settings import Settings
+
+
+def test_the_read_models_share_the_events_postgresql_database_in_a_schema_of_their_own() -> None:
+    events = "postgresql://chorus:pw@db:5432/chorus"
+    assert shared_read_store_url(Settings(database_url=events)) == f"{events}?schema=read"
+    in_schema = Settings(database_url=f"{events}?schema=run_1&sslmode=disable")
+    assert shared_read_store_url(in_schema) == f"{events}?sslmode=disable&schema=run_1_read"
+
+
+def test_with_the_events_in_sqlite_the_read_models_stay_in_the_data_directory() -> None:
+    assert shared_read_store_url(Settings(database_url="sqlite:///tmp/events.db")) is None
+    assert shared_read_store_url(Settings()) is None
+
+
+def test_a_node_config_names_the_node_its_monitoring_port_and_every_route() -> None:
+    config = node_config("nats-2", 6002, [6001, 6002, 6003], 8002)
+    assert 'server_name: "nats-2"' in config
+    assert 'http: "127.0.0.1:8002"' in config
+    assert 'listen: "127.0.0.1:6002"' in config
+    for port in (6001, 6002, 6003):
+        assert f"nats-route://127.0.0.1:{port}" in config
