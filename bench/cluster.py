@@ -98,7 +98,8 @@ def one_run(base_url: str, engines: int, args: argparse.Namespace) -> dict[str, 
     schema, url = fresh_schema(base_url)
     work = Path(tempfile.mkdtemp(prefix="chorus-bench-cluster-"))
     settings = Settings(data_dir=work, database_url=url, session_quota=0, port=args.port)
-    cluster = Cluster(settings, ClusterLayout(engines=engines))
+    # An open bus: the load acts as many agents, and the baseline makes a stream of its own.
+    cluster = Cluster(settings, ClusterLayout(engines=engines, open_bus=True))
     try:
         cluster.start()
         urls = cluster.nats_url.split(",")

@@ -13,6 +13,7 @@ from typing import Any
 
 import nats
 from chorus.contracts import errors as codes
+from chorus.contracts.servers import servers
 from chorus.contracts.tracing import tracer_of
 from chorus.contracts.workflow_types import WorkflowTypeRegistry
 from chorus.gateway.bus import CommandBus
@@ -112,10 +113,12 @@ async def connect_services(
     """Connect what the handlers share; used by the HTTP app and by ``chorus mcp`` (stdio),
     so both speak to the engine and read models the same way. ``nats_options`` go to
     ``nats.connect`` (``chorus mcp`` connects as its caller: name and reply inbox)."""
+    # A comma-separated list names the nodes of a NATS cluster (any one lets us in); the
+    # credentials go to every node, those the cluster announces too (contracts.servers).
+    urls, credentials = servers(config.nats_url)
     options: dict[str, Any] = {"name": "chorus-gateway", "max_reconnect_attempts": -1,
-                               "reconnect_time_wait": 0.5, **nats_options}  # fmt: skip
-    # A comma-separated list names the nodes of a NATS cluster (any one lets us in).
-    nc = await nats.connect(config.nats_url.split(","), **options)
+                               "reconnect_time_wait": 0.5, **credentials, **nats_options}  # fmt: skip
+    nc = await nats.connect(urls, **options)
     history = History(config.database_url)
     feeds = FeedHub(nc, history.head)
     try:

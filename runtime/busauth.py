@@ -156,11 +156,18 @@ def write_config(nats_dir: Path, keys_path: Path) -> Path:
     return path
 
 
+def _ports_files(nats_dir: Path) -> list[Path]:
+    """The ports files of this data directory's servers: the embedded one's, and each
+    node's of ``chorus cluster`` (a directory of its own under ``nats_dir``)."""
+    return sorted([*(nats_dir / "ports").glob("nats-server_*.ports"),
+                   *nats_dir.glob("*/ports/nats-server_*.ports")])  # fmt: skip
+
+
 def reload(nats_dir: Path) -> int:
     """Ask every running server of this data directory to reload its config (SIGHUP): new
     keys can connect, revoked keys' connections are closed. Returns how many it signalled."""
     signalled = 0
-    for ports in (nats_dir / "ports").glob("nats-server_*.ports"):
+    for ports in _ports_files(nats_dir):
         try:
             pid = int(ports.stem.rsplit("_", 1)[1])
             os.kill(pid, signal.SIGHUP)
@@ -186,7 +193,7 @@ def service_url(url: str, service: str, nats_dir: Path) -> str:
 
 def running_url(nats_dir: Path) -> str | None:
     """The client URL of this data directory's running server (no credentials), if any."""
-    for ports in sorted((nats_dir / "ports").glob("nats-server_*.ports")):
+    for ports in _ports_files(nats_dir):
         try:
             pid = int(ports.stem.rsplit("_", 1)[1])
             os.kill(pid, 0)

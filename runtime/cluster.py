@@ -10,16 +10,21 @@ Every member keeps its ports for the life of the cluster, so a member that is ki
 started again (``revive``) is found where it was: clients reconnect to the node they
 knew, or to any other node of the cluster (they learn them from the server).
 
-The read models are in PostgreSQL too (``CHORUS_READ_STORE_URL``; by default the events'
-database, in a schema of their own: ``shared_read_store_url``), written by the projector
-and read by every gateway. The bus is open (no NATS users) and listens on loopback only:
-the per-key users of ``chorus up`` (runtime/busauth.py) are not wired into the cluster yet.
+The bus is secured as ``chorus up``'s (runtime/busauth.py): one NATS user per API key and
+per service, written from the key store to ``<data_dir>/nats/users.conf``, which every
+node includes; ``chorus keys create --data-dir <data_dir>`` rewrites it and reloads every
+node. The engines and the gateways connect as their service users, the routes between
+the nodes with a secret of their own. The read models are in PostgreSQL too
+(``CHORUS_READ_STORE_URL``; by default the events' database, in a schema of their own:
+``shared_read_store_url``), written by the projector and read by every gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -30,9 +35,11 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import nats
+from chorus import busauth
 from chorus.audit.bundle import create_signing_key
 from chorus.audit.ledger import ensure_ledger
 from chorus.bootstrap import bootstrap
+from chorus.contracts.servers import servers
 from chorus.engine.adapters.streams import ensure_streams
 from chorus.natsd import NatsServer, die_with_parent, start_nats_server
 from chorus.settings import Settings
@@ -48,22 +55,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
-def node_config(name: str, route_port: int, route_ports: list[int], monitor_port: int) -> str:
+def node_config(
+    name: str, route_port: int, route_ports: list[int], monitor_port: int,
+    route_secret: str | None = None,
+) -> str:  # fmt: skip
     """A node's config: its name (JetStream needs one per node), its monitoring port
-    (``/healthz``, ``/connz``) and the cluster's routes.
+    (``/healthz``, ``/connz``), the cluster's routes and, on a secured bus, its users.
 
     Every node lists every route, its own included (the server ignores itself): the nodes
-    find each other whichever starts first, and a restarted node rejoins."""
-    routes = ", ".join(f'"nats-route://127.0.0.1:{port}"' for port in route_ports)
-    return (
-        f'server_name: "{name}"\n'
-        f'http: "127.0.0.1:{monitor_port}"\n'
-        "cluster {\n"
-        f'  name: "{CLUSTER_NAME}"\n'
-        f'  listen: "127.0.0.1:{route_port}"\n'
-        f"  routes: [{routes}]\n"
-        "}\n"
-    )
+    find each other whichever starts first, and a restarted node rejoins. With a
+    ``route_secret`` the routes authenticate (a route sees every message, so an
+    unauthenticated route port would bypass every user's permissions) and the users come
+    from ``users.conf`` one directory up, which ``chorus keys`` rewrites (runtime/busauth.py)."""
+    credentials = f"route:{route_secret}@" if route_secret else ""
+    routes = ", ".join(f'"nats-route://{credentials}127.0.0.1:{port}"' for port in route_ports)
+    lines = [f'server_name: "{name}"', f'http: "127.0.0.1:{monitor_port}"']
+    if route_secret:
+        lines.append(f'include "../{busauth.CONFIG_NAME}"')
+    lines += ["cluster {", f'  name: "{CLUSTER_NAME}"', f'  listen: "127.0.0.1:{route_port}"']
+    if route_secret:
+        lines.append(f'  authorization {{ user: "route", password: "{route_secret}" }}')
+    lines += [f"  routes: [{routes}]", "}"]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -113,6 +126,9 @@ class ClusterLayout:
     gateways: int = 2
     #: The gateways' ports (default: consecutive from ``settings.port``).
     gateway_ports: list[int] = field(default_factory=list)
+    #: No NATS users at all (anyone on this host may publish anything): only for
+    #: measuring what the users' permission checks cost.
+    open_bus: bool = False
 
 
 class Cluster:
@@ -125,26 +141,24 @@ class Cluster:
         self.layout = layout or ClusterLayout()
         data_dir = Path(self.settings.data_dir)
         self.data_dir = data_dir
-        route_ports = [free_port() for _ in range(self.layout.nodes)]
+        #: The users (``users.conf``), the services' passwords and every node's directory.
+        self.nats_dir = data_dir / "nats"
+        self.secured = not self.layout.open_bus
+        self._route_secret = _secret(self.nats_dir / "route.secret") if self.secured else None
         self.nodes = [
-            Node(f"nats-{i + 1}", free_port(), route_ports[i], free_port(),
-                 data_dir / f"nats-{i + 1}")
+            Node(f"nats-{i + 1}", 0, 0, 0, self.nats_dir / f"nats-{i + 1}")
             for i in range(self.layout.nodes)
-        ]  # fmt: skip
-        for node in self.nodes:
-            node.data_dir.mkdir(parents=True, exist_ok=True)
-            (node.data_dir / "cluster.conf").write_text(
-                node_config(node.name, node.route_port, route_ports, node.monitor_port)
-            )
+        ]
+        self._pick_ports()
         ports = self.layout.gateway_ports or [
             self.settings.port + i for i in range(self.layout.gateways)
         ]
         self.gateway_ports = ports[: self.layout.gateways]
         self.members: list[Member] = []
+        # CHORUS_NATS_URL is added at each start (``_spawn``): the nodes' ports are final then.
         base = {
             **_base_env(),
             **self.settings.child_env(),
-            "CHORUS_NATS_URL": self.nats_url,
             "CHORUS_STREAM_REPLICAS": str(self.layout.nodes),
         }
         for i in range(self.layout.engines):
@@ -154,6 +168,17 @@ class Cluster:
         self._add("project", "project", base)
         for i, port in enumerate(self.gateway_ports):
             self._add(f"gateway-{i + 1}", "gateway", {**base, "CHORUS_PORT": str(port)})
+
+    def _pick_ports(self) -> None:
+        """Free ports for every node, and each node's config written with them."""
+        for node in self.nodes:
+            node.port, node.route_port, node.monitor_port = free_port(), free_port(), free_port()
+        route_ports = [node.route_port for node in self.nodes]
+        for node in self.nodes:
+            config = node_config(
+                node.name, node.route_port, route_ports, node.monitor_port, self._route_secret
+            )
+            _write_private(node.data_dir / "cluster.conf", config)
 
     def _add(self, name: str, role: str, env: dict[str, str]) -> None:
         log_path = self.data_dir / "logs" / f"{name}.log"
@@ -165,6 +190,15 @@ class Cluster:
     def nats_url(self) -> str:
         """Every node, comma-separated (what ``CHORUS_NATS_URL`` takes)."""
         return ",".join(node.url for node in self.nodes)
+
+    def service_nats_url(self, service: str) -> str:
+        """Every node, each URL with a service's credentials (``engine``, ``gateway``);
+        without them on an open bus."""
+        if not self.secured:
+            return self.nats_url
+        return ",".join(
+            busauth.service_url(node.url, service, self.nats_dir) for node in self.nodes
+        )
 
     @property
     def gateway_urls(self) -> list[str]:
@@ -186,8 +220,9 @@ class Cluster:
         leader), then the engines, the projector and the gateways."""
         create_signing_key(Path(str(self.settings.audit_key_path)))
         prepare_store(self.settings)
-        for node in self.nodes:
-            self._start_node(node)
+        if self.secured:  # one NATS user per API key and per service, from the key store
+            busauth.write_config(self.nats_dir, Path(str(self.settings.keys_path)))
+        self._start_nodes()
         asyncio.run(self._ensure_streams(timeout))
         # One engine first, alone until it answers: it creates the tables it needs (two
         # engines doing that at once on a fresh PostgreSQL schema race, and one exits).
@@ -199,6 +234,23 @@ class Cluster:
             if member.process is None:
                 self._spawn(member)
 
+    def _start_nodes(self, attempts: int = 3) -> None:
+        """Every node, on ports picked again if one was taken between being found free and
+        being bound (another process on a busy machine)."""
+        for attempt in range(attempts):
+            try:
+                for node in self.nodes:
+                    self._start_node(node)
+                return
+            except RuntimeError:
+                for node in self.nodes:
+                    if node.server is not None:
+                        node.server.stop()
+                        node.server = None
+                if attempt == attempts - 1:
+                    raise
+                self._pick_ports()
+
     def _start_node(self, node: Node) -> None:
         node.server = start_nats_server(
             node.data_dir, port=node.port, config=node.data_dir / "cluster.conf", monitor=False
@@ -206,8 +258,10 @@ class Cluster:
 
     async def _ensure_streams(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        # As the engine, which owns the streams.
+        urls, credentials = servers(self.service_nats_url("engine"))
         nc = await nats.connect(
-            self.nats_url.split(","), name="chorus-cluster", max_reconnect_attempts=-1
+            urls, name="chorus-cluster", max_reconnect_attempts=-1, **credentials
         )
         try:
             while True:
@@ -224,7 +278,9 @@ class Cluster:
     async def _wait_for_engine(self, timeout: float) -> None:
         """Until an engine answers on the command subjects (any answer, a refusal too)."""
         deadline = time.monotonic() + timeout
-        nc = await nats.connect(self.nats_url.split(","), name="chorus-cluster")
+        # As the gateway, which may send commands for any actor.
+        urls, credentials = servers(self.service_nats_url("gateway"))
+        nc = await nats.connect(urls, name="chorus-cluster", **credentials)
         try:
             while True:
                 try:
@@ -242,9 +298,12 @@ class Cluster:
         with member.log_path.open("ab") as log_file:
             log_file.write(f"--- start {member.starts + 1} ---\n".encode())
             log_file.flush()
+            # Engines and gateways as their service users; the projector does not use the bus.
+            role = member.role
+            nats_url = self.nats_url if role == "project" else self.service_nats_url(role)
             member.process = subprocess.Popen(
                 [sys.executable, "-m", "chorus.cli", member.role],
-                env=member.env,
+                env={**member.env, "CHORUS_NATS_URL": nats_url},
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent,  # no orphans if we are killed
@@ -303,9 +362,12 @@ class Cluster:
                 f"  {node.name:<10} {node.url}  (route 127.0.0.1:{node.route_port}, "
                 f"monitor {node.monitor_url})"
             )
-        lines.append(
-            f"  NATS       {self.nats_url}  (open bus on loopback; streams R{len(self.nodes)})"
-        )
+        bus = (
+            f"users from {s.keys_path} (chorus keys create --data-dir {s.data_dir} ...)"
+            if self.secured else "open bus on loopback"
+        )  # fmt: skip
+        lines.append(f"  NATS       {self.nats_url}  (streams R{len(self.nodes)})")
+        lines.append(f"  bus        {bus}")
         for i, url in enumerate(self.gateway_urls):
             lines.append(f"  gateway-{i + 1:<2} {url}/api/v1")
         engines = [m.name for m in self.members if m.role == "engine"]
@@ -348,9 +410,26 @@ def prepare_store(settings: Settings) -> None:
         close_recorder(recorder)
 
 
-def _base_env() -> dict[str, str]:
-    import os
+def _write_private(path: Path, text: str) -> None:
+    """A file only its owner reads: a node's config holds the route secret."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    path.chmod(0o600)
 
+
+def _secret(path: Path) -> str:
+    """A random secret kept in ``path`` (created once, owner-only): the same across
+    restarts, so a revived node rejoins."""
+    if path.exists():
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(24)
+    _write_private(path, secret)
+    return secret
+
+
+def _base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("CHORUS_")}
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import nats
 from chorus.aio import in_thread
 from chorus.audit.bundle import load_signing_key
+from chorus.contracts.servers import servers
 from chorus.contracts.tracing import tracer_of
 from chorus.contracts.workflow_types import WorkflowTypeRegistry
 from chorus.engine.adapters.liveness import LivenessConfig, LivenessMonitor
@@ -119,10 +120,12 @@ class EngineService:
 
     async def start(self) -> None:
         cfg = self.config
+        # A comma-separated list names the nodes of a cluster (any one lets us in); the
+        # credentials go to every node, those the cluster announces too (contracts.servers).
+        urls, credentials = servers(cfg.nats_url)
         self.nc = await nats.connect(
-            # A comma-separated list names the nodes of a cluster (any one lets us in).
-            cfg.nats_url.split(","), name="chorus-engine", max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
+            urls, name="chorus-engine", max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+            **credentials,
         )  # fmt: skip
         nc = self.nc
         js = nc.jetstream()

@@ -12,17 +12,29 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
+from chorus import busauth
 from chorus.cluster import Cluster, ClusterLayout, Node
 from chorus.contracts.feed import EventRecord
+from chorus.contracts.servers import servers
+from chorus.contracts.subjects import agent_inbox_prefix
 from chorus.settings import Settings
 from eventsourcing.persistence import PersistenceError
 from nats.aio.client import Client as NATS
 
-from tests.e2e.conftest import open_body, read_store, request_until_answered
+from tests.e2e.conftest import (
+    bus_admits,
+    open_body,
+    read_store,
+    request_until_answered,
+    wait_until,
+)
+from tests.e2e.conftest import create_key as e2e_create_key
 from tests.postgres import postgres_schema
 
 
@@ -58,11 +70,42 @@ def running_cluster(settings: Settings, layout: ClusterLayout) -> Iterator[Clust
         running.stop()
 
 
+@pytest.fixture
+def one_engine(tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
+    """The layout with one engine and no gateway: whatever answers a command is that
+    engine, and nothing else stands in for it."""
+    settings = Settings(data_dir=tmp_path / "cluster", database_url=postgres_url)
+    with running_cluster(settings, ClusterLayout(engines=1, gateways=0)) as running:
+        yield running
+
+
 async def bus_client(cluster: Cluster) -> NATS:
-    """A connection to every node of the cluster that rides over a node's loss."""
+    """A connection to every node of the cluster that rides over a node's loss, as the
+    gateway's service user (commands for any actor, reads of the EVENTS stream)."""
+    urls, credentials = servers(cluster.service_nats_url("gateway"))
     return await nats.connect(
-        cluster.nats_url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2
+        urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2, **credentials
     )
+
+
+def create_key(cluster: Cluster, actor: str, role: str = "agent") -> str:
+    """A new API key from ``chorus keys create`` (as an operator makes one), once every
+    node of the cluster lets it in as its actor's bus user."""
+    key = e2e_create_key(cluster.data_dir, actor, role)
+    if role in busauth.BUS_ROLES:
+        for node in cluster.nodes:
+            admitted = partial(bus_admits, node.url, key.split("_")[1], key)
+            wait_until(admitted, 30, f"{node.name} to admit {actor}")
+    return key
+
+
+async def agent_bus(cluster: Cluster, actor: str, key: str, **options: Any) -> NATS:
+    """A connection as ``actor`` with its own key and reply inbox, to every node."""
+    return await nats.connect(
+        cluster.nats_url.split(","), user=key.split("_")[1], password=key,
+        inbox_prefix=agent_inbox_prefix(actor), max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2, **options,
+    )  # fmt: skip
 
 
 async def open_session(nc: NATS, actor: str = "coordinator") -> dict[str, Any]:

@@ -8,30 +8,19 @@ for it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from chorus.cluster import Cluster, ClusterLayout, Member
-from chorus.settings import Settings
+from chorus.cluster import Cluster, Member
 
 from tests.cluster.conftest import (
     bus_client,
     nodes_serving,
     open_session,
-    running_cluster,
     store_records,
 )
 from tests.e2e.conftest import domain_events, wait_for_relay, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kill, pytest.mark.timeout(180)]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
-    settings = Settings(data_dir=tmp_path / "cluster", database_url=postgres_url)
-    with running_cluster(settings, ClusterLayout(engines=1, gateways=0)) as running:
-        yield running
 
 
 def engine(cluster: Cluster) -> Member:
@@ -56,7 +45,8 @@ async def serves_and_relays(cluster: Cluster) -> None:
         await nc.close()
 
 
-def test_an_engine_rides_over_the_loss_of_the_node_it_is_connected_to(cluster: Cluster) -> None:
+def test_an_engine_rides_over_the_loss_of_the_node_it_is_connected_to(one_engine: Cluster) -> None:
+    cluster = one_engine
     asyncio.run(serves_and_relays(cluster))
     [node] = wait_until(lambda: nodes_serving(cluster, "chorus-engine"), 30, "the engine's node")
 
@@ -70,8 +60,9 @@ def test_an_engine_rides_over_the_loss_of_the_node_it_is_connected_to(cluster: C
 
 
 def test_an_engine_that_starts_while_jetstream_has_no_quorum_waits_for_it(
-    cluster: Cluster,
+    one_engine: Cluster,
 ) -> None:
+    cluster = one_engine
     member = engine(cluster)
     for name in ("engine-1", "nats-2", "nats-3"):
         cluster.kill(name)

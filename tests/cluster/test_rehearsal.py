@@ -3,13 +3,14 @@ under load, and afterwards nothing is lost, nothing is applied twice, every read
 equals its rebuild from the log and the record verifies.
 
 The layout is ``chorus cluster``'s (runtime/cluster.py): three nats-server nodes on
-loopback with the streams at R3, the event store and the read models on PostgreSQL (a
-schema of its own each, per run), two engines in one command queue group, one projector
-writing the read models, two gateways reading them. Clients drive
-session commands through both gateways (HTTP, retried by ``Idempotency-Key``, moving to
-the other gateway when one does not answer) and straight over the bus (retried by
-command id). Each fault waits for the load to make progress, and the member stays dead
-until the load has made more progress without it.
+loopback with the streams at R3 and one NATS user per API key and per service, the event
+store and the read models on PostgreSQL (a schema of its own each, per run), two engines
+in one command queue group, one projector writing the read models, two gateways reading
+them. Clients drive session commands through both gateways (HTTP, retried by
+``Idempotency-Key``, moving to the other gateway when one does not answer) and straight
+over the bus, each actor with its own key (retried by command id). Each fault waits for
+the load to make progress, and the member stays dead until the load has made more
+progress without it; no other member may die with it.
 
 PostgreSQL runs when ``CHORUS_TEST_POSTGRES_URL`` names a server (``.ci/run`` starts one).
 """
@@ -41,7 +42,7 @@ from nats.aio.client import Client as NATS
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.cluster.conftest import store_records
+from tests.cluster.conftest import agent_bus, bus_client, create_key, store_records
 from tests.e2e.conftest import (
     StreamEvent,
     assert_stream_mirrors_store,
@@ -176,7 +177,8 @@ async def http_client(load: Load, index: int, gateways: list[str], keys: dict[st
             submit.version, submit.status = reply["version"], reply["status"]
 
 
-async def bus_client(load: Load, index: int, nc: NATS) -> None:
+async def bus_load(load: Load, index: int, buses: dict[str, NATS]) -> None:
+    """Sessions over the bus, each actor on its own connection with its own key."""
     coordinator, agent = f"bus-coord-{index}", f"bus-agent-{index}"
     for n in range(SESSIONS_PER_CLIENT):
         session_id = str(uuid.uuid4())
@@ -191,7 +193,7 @@ async def bus_client(load: Load, index: int, nc: NATS) -> None:
                 body = open_body(sent.command_id, session_id, [agent])
             else:
                 body = submit_body(sent.command_id, session_id, {"n": n})
-            reply = await request_until_answered(nc, subject, body, timeout=2.0)
+            reply = await request_until_answered(buses[sent.actor], subject, body, timeout=2.0)
             assert reply["status"] in ("accepted", "duplicate"), reply
             sent.status, sent.version = reply["status"], reply["version"]
 
@@ -241,8 +243,9 @@ async def collect_feed(ws: ClientConnection, records: list[dict[str, Any]]) -> N
 async def drive(cluster: Cluster, keys: dict[str, str]) -> tuple[Load, list[str]]:
     load = Load()
     faults: list[str] = []
-    nc = await nats.connect(cluster.nats_url.split(","), max_reconnect_attempts=-1,
-                            reconnect_time_wait=0.2)  # fmt: skip
+    # The stream's reader, as the gateway's service user; each bus actor as itself.
+    nc = await bus_client(cluster)
+    buses = {actor: await agent_bus(cluster, actor, keys[actor]) for actor in bus_actors()}
     # The global feed of the gateway no fault touches, whole records (an auditor), from 0.
     steady = cluster.gateway_urls[-1].replace("http://", "ws://")
     ws = await connect(f"{steady}/api/v1/events/feed?since=0",
@@ -252,7 +255,7 @@ async def drive(cluster: Cluster, keys: dict[str, str]) -> tuple[Load, list[str]
     try:
         tasks = [
             *(http_client(load, i, cluster.gateway_urls, keys) for i in range(HTTP_CLIENTS)),
-            *(bus_client(load, i, nc) for i in range(BUS_CLIENTS)),
+            *(bus_load(load, i, buses) for i in range(BUS_CLIENTS)),
             inject_faults(load, cluster, faults),
         ]
         await asyncio.gather(*tasks)
@@ -273,8 +276,13 @@ async def drive(cluster: Cluster, keys: dict[str, str]) -> tuple[Load, list[str]
         with contextlib.suppress(asyncio.CancelledError):
             await feed
         await ws.close()
-        await nc.close()
+        for connection in (nc, *buses.values()):
+            await connection.close()
     return load, faults
+
+
+def bus_actors() -> list[str]:
+    return [actor for i in range(BUS_CLIENTS) for actor in (f"bus-coord-{i}", f"bus-agent-{i}")]
 
 
 def test_the_cluster_survives_a_node_an_engine_and_a_gateway_killed_under_load(
@@ -287,6 +295,9 @@ def test_the_cluster_survives_a_node_an_engine_and_a_gateway_killed_under_load(
         for actor in (f"http-coord-{i}", f"http-agent-{i}")
     }
     keys["auditor"] = store.create("auditor", "auditor")
+    # Bus users: made as an operator makes them, which rewrites the users and reloads
+    # every node.
+    keys |= {actor: create_key(cluster, actor) for actor in bus_actors()}
     load, faults = asyncio.run(drive(cluster, keys))
     # Every planned fault happened, and nothing else died.
     assert faults == [name for name, _, _ in FAULTS], faults
