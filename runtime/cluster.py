@@ -363,8 +363,8 @@ class Cluster:
                 f"monitor {node.monitor_url})"
             )
         bus = (
-            f"users from {s.keys_path} (chorus keys create --data-dir {s.data_dir} ...)"
-            if self.secured else "open bus on loopback"
+            f"one NATS user per API key and per service ({self.nats_dir / busauth.CONFIG_NAME})"
+            if self.secured else "open: no NATS users, loopback only"
         )  # fmt: skip
         lines.append(f"  NATS       {self.nats_url}  (streams R{len(self.nodes)})")
         lines.append(f"  bus        {bus}")

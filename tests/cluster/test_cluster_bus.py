@@ -2,6 +2,7 @@
 NATS user on every node, pinned to its own subjects, and nothing gets in without a
 credential, through a client port or a route port.
 
+Each node also answers ``/healthz`` on its monitoring port (compose.yaml's health check).
 The attacks are the reviewer's, with an ordinary agent key, on a node other than the one
 the engine uses: act as another agent, read the EVENTS stream's API or everyone's events.
 """
@@ -11,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import urllib.request
 import uuid
+from functools import partial
 
 import pytest
 from chorus.cluster import Cluster, Node
 
 from tests.cluster.conftest import create_key
-from tests.e2e.conftest import bus_admits, open_body, request_until_answered
+from tests.e2e.conftest import bus_admits, open_body, request_until_answered, wait_until
 from tests.integration.test_bus_identity import Client
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
@@ -31,6 +34,14 @@ def route_refuses_a_stranger(node: Node) -> bool:
         options = {"verbose": False, "name": "stranger", "cluster": "chorus"}
         conn.sendall(f"CONNECT {json.dumps(options)}\r\nPING\r\n".encode())
         return b"Authorization Violation" in reader.readline()
+
+
+def healthz_ok(node: Node) -> bool:
+    try:
+        with urllib.request.urlopen(f"{node.monitor_url}/healthz", timeout=5) as response:  # noqa: S310
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 async def attack(cluster: Cluster, key: str) -> None:
@@ -61,6 +72,8 @@ def test_an_agent_key_is_a_user_on_every_node_with_its_own_subjects_only(
     key = create_key(cluster, "agent-1")  # every node admits it (create_key waits)
     asyncio.run(attack(cluster, key))
     for node in cluster.nodes:
+        # What compose.yaml's health check asks, on a node of a secured cluster.
+        wait_until(partial(healthz_ok, node), 30, f"{node.name}'s /healthz")
         assert not bus_admits(node.url, "agent-1", "agent-1")  # a guessed password
         assert not bus_admits(node.url, "", "")  # no credential at all
         assert route_refuses_a_stranger(node)

@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import json
 import subprocess
+import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator
@@ -44,6 +45,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.cluster.conftest import agent_bus, bus_client, create_key, store_records
 from tests.e2e.conftest import (
+    SendStats,
     StreamEvent,
     assert_stream_mirrors_store,
     async_wait_until,
@@ -119,6 +121,8 @@ class Sent:
 class Load:
     sent: list[Sent] = field(default_factory=list)
     retries: Counter[str] = field(default_factory=Counter)
+    #: The bus clients' requests, and those unanswered (re-sent by command id).
+    bus: SendStats = field(default_factory=SendStats)
     #: The EVENTS stream once the load is over and the relay caught up.
     stream: list[StreamEvent] = field(default_factory=list)
     #: What the global event feed of the gateway that stays up delivered, from position 0.
@@ -193,7 +197,9 @@ async def bus_load(load: Load, index: int, buses: dict[str, NATS]) -> None:
                 body = open_body(sent.command_id, session_id, [agent])
             else:
                 body = submit_body(sent.command_id, session_id, {"n": n})
-            reply = await request_until_answered(buses[sent.actor], subject, body, timeout=2.0)
+            reply = await request_until_answered(
+                buses[sent.actor], subject, body, timeout=2.0, stats=load.bus
+            )
             assert reply["status"] in ("accepted", "duplicate"), reply
             sent.status, sent.version = reply["status"], reply["version"]
 
@@ -298,7 +304,12 @@ def test_the_cluster_survives_a_node_an_engine_and_a_gateway_killed_under_load(
     # Bus users: made as an operator makes them, which rewrites the users and reloads
     # every node.
     keys |= {actor: create_key(cluster, actor) for actor in bus_actors()}
+    started = time.monotonic()
     load, faults = asyncio.run(drive(cluster, keys))
+    # What the README quotes (``pytest -s`` shows it).
+    print(f"rehearsal: {len(load.sent)} commands, {len(load.stream)} events, faults {faults}, "
+          f"load and recovery {time.monotonic() - started:.1f}s, retries {dict(load.retries)}, "
+          f"bus {load.bus}")  # fmt: skip
     # Every planned fault happened, and nothing else died.
     assert faults == [name for name, _, _ in FAULTS], faults
     assert not cluster.dead(), cluster.dead()
