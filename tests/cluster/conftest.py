@@ -93,10 +93,15 @@ def create_key(cluster: Cluster, actor: str, role: str = "agent") -> str:
     node of the cluster lets it in as its actor's bus user."""
     key = e2e_create_key(cluster.data_dir, actor, role)
     if role in busauth.BUS_ROLES:
-        for node in cluster.nodes:
-            admitted = partial(bus_admits, node.url, key.split("_")[1], key)
-            wait_until(admitted, 30, f"{node.name} to admit {actor}")
+        wait_admitted(cluster, actor, key)
     return key
+
+
+def wait_admitted(cluster: Cluster, actor: str, key: str) -> None:
+    """Until every node of the cluster lets ``key`` in."""
+    for node in cluster.nodes:
+        admitted = partial(bus_admits, node.url, key.split("_")[1], key)
+        wait_until(admitted, 30, f"{node.name} to admit {actor}")
 
 
 async def agent_bus(cluster: Cluster, actor: str, key: str, **options: Any) -> NATS:

@@ -43,7 +43,13 @@ from nats.aio.client import Client as NATS
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.cluster.conftest import agent_bus, bus_client, create_key, store_records
+from tests.cluster.conftest import (
+    agent_bus,
+    bus_client,
+    create_key,
+    store_records,
+    wait_admitted,
+)
 from tests.e2e.conftest import (
     SendStats,
     StreamEvent,
@@ -301,9 +307,13 @@ def test_the_cluster_survives_a_node_an_engine_and_a_gateway_killed_under_load(
         for actor in (f"http-coord-{i}", f"http-agent-{i}")
     }
     keys["auditor"] = store.create("auditor", "auditor")
-    # Bus users: made as an operator makes them, which rewrites the users and reloads
-    # every node.
-    keys |= {actor: create_key(cluster, actor) for actor in bus_actors()}
+    # Bus users: the last made as an operator makes one (``chorus keys create``), which
+    # rewrites the users from the key store, all of them, and reloads every node.
+    *others, last = bus_actors()
+    keys |= {actor: store.create(actor, "agent") for actor in others}
+    keys[last] = create_key(cluster, last)
+    for actor in others:
+        wait_admitted(cluster, actor, keys[actor])
     started = time.monotonic()
     load, faults = asyncio.run(drive(cluster, keys))
     # What the README quotes (``pytest -s`` shows it).
