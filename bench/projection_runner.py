@@ -80,7 +80,8 @@ class View(SQLiteTrackingRecorder):
 
     def apply_with_tracking(self, record: Any, tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as cursor:
-            self.model.apply(cursor, record)
+            # sqlite3's own cursor: the read model reads rows back (its wrapper returns none).
+            self.model.apply(cursor.sqlite_cursor, record)
             self._insert_tracking(cursor, tracking)
 
 

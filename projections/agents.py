@@ -95,13 +95,40 @@ from chorus.projections.agents_verdicts import get_verdict as get_verdict
 from chorus.projections.agents_verdicts import recent_verdicts as recent_verdicts
 from chorus.projections.agents_verdicts import verdict_from_record as verdict_from_record
 from chorus.projections.agents_verdicts import verdict_view as verdict_view
+from chorus.projections.pending import Pending, Table, fold
 from chorus.projections.readstore import Connection
 
 _json = msgspec.json.Encoder(order="sorted")
 
 
+AGENTS = Table(
+    "agents",
+    ("seq", "uuid", "agent_id", "type", "capabilities", "metadata", "owner", "status",
+     "registered_at", "last_seen", "last_activity", "verified", "rejected", "score",
+     "retired_reason", "version", "updated_at"),
+    key=("agent_id",),
+)  # fmt: skip
+CAPABILITIES = Table(
+    "agent_capabilities", ("capability", "agent_id"), key=("capability", "agent_id"),
+    group="agent_id",
+)  # fmt: skip
+ASSIGNMENTS = Table(
+    "agent_assignments", ("agent_id", "task_id", "kind", "assigned_at", "closed_at"),
+    key=("agent_id", "task_id"), group="task_id",
+)  # fmt: skip
+VERDICTS = Table(
+    "agent_verdicts",
+    ("position", "agent_id", "task_id", "at", "verified", "task_kind", "completion_time",
+     "output_hash", "assigned_at", "response_time", "quality_score", "score_parts", "reasons"),
+    key=("position",),
+)  # fmt: skip
+UNCOUNTED = Table("agent_verdicts_uncounted", ("position",), key=("position",), insert_only=True)
+ACTIVITY = Table("agent_activity", ("agent_id", "at"), key=("agent_id", "at"), insert_only=True)
+
+
 class AgentsProjection:
-    """Folds agent, session and workflow events into the agents tables."""
+    """Folds agent, session and workflow events into the agents tables (rows changed in
+    the batch's memory, written at its end: ``projections.pending``)."""
 
     name = NAME
     aggregates = frozenset({"agent", "session", "workflow"})
@@ -109,47 +136,46 @@ class AgentsProjection:
     tables = TABLES
 
     def apply(self, conn: Connection, record: EventRecord) -> None:
+        fold(conn, self._apply, record)
+
+    def _apply(self, rows: Pending, record: EventRecord) -> None:
         match record.aggregate:
             case "agent":
-                self._agent(conn, record)
+                self._agent(rows, record)
             case "session":
-                self._session(conn, record)
+                self._session(rows, record)
             case "workflow":
-                self._workflow(conn, record)
+                self._workflow(rows, record)
 
     # Agent events -------------------------------------------------------------------------
 
-    def _agent(self, conn: Connection, record: EventRecord) -> None:
+    def _agent(self, rows: Pending, record: EventRecord) -> None:
         event = record.event
         at = stamp(record.occurred_at)
         if isinstance(event, AgentRegistered):
             name = event.agent_id
             registered = stamp(event.registered_at)
-            conn.execute(
-                "INSERT INTO agents (seq, uuid, agent_id, type, capabilities, metadata, owner, "
-                "status, registered_at, last_seen, last_activity, verified, rejected, score, "
-                "retired_reason, version, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, NULL, ?, ?)",
-                (
-                    record.position, record.aggregate_id, name, event.type,
-                    _json.encode(sorted(set(event.capabilities))).decode(),
-                    _json.encode(event.metadata).decode(), event.owner, status_after(event, ""),
-                    registered, registered, registered, reliability_score(0, 0), record.version,
-                    at,
-                ),
-            )  # fmt: skip
-            self._set_capabilities(conn, name, event.capabilities)
-            _touch(conn, name, registered)
+            rows.put(AGENTS, {
+                "seq": record.position, "uuid": record.aggregate_id, "agent_id": name,
+                "type": event.type,
+                "capabilities": _json.encode(sorted(set(event.capabilities))).decode(),
+                "metadata": _json.encode(event.metadata).decode(), "owner": event.owner,
+                "status": status_after(event, ""), "registered_at": registered,
+                "last_seen": registered, "last_activity": registered, "verified": 0,
+                "rejected": 0, "score": reliability_score(0, 0), "retired_reason": None,
+                "version": record.version, "updated_at": at,
+            })  # fmt: skip
+            self._set_capabilities(rows, name, event.capabilities)
+            _touch(rows, name, registered)
             # Activity recorded before the name was registered (a session naming it) counts.
-            conn.execute(
-                "UPDATE agents SET last_activity=(SELECT max(at) FROM agent_activity "
-                "WHERE agent_id=?) WHERE agent_id=?",
-                (name, name),
-            )
+            latest = rows.execute(
+                "SELECT max(at) FROM agent_activity WHERE agent_id=?", (name,)
+            ).fetchone()[0]
+            row = rows.get(AGENTS, name)
+            if row is not None:
+                rows.update(AGENTS, row, last_activity=latest)
             return
-        row = conn.execute(
-            "SELECT agent_id, verified, rejected FROM agents WHERE uuid=?", (record.aggregate_id,)
-        ).fetchone()
+        row = rows.find(AGENTS, "uuid", record.aggregate_id)
         if row is None:  # never registered: nothing to attach the event to
             return
         name = row["agent_id"]
@@ -160,13 +186,13 @@ class AgentsProjection:
         match event:
             case AgentCapabilitiesUpdated():
                 changes["capabilities"] = _json.encode(sorted(set(event.capabilities))).decode()
-                self._set_capabilities(conn, name, event.capabilities)
+                self._set_capabilities(rows, name, event.capabilities)
             case AgentRetired():
                 changes["retired_reason"] = event.reason
             case AgentCameOnline() | AgentWentOffline():
                 seen = stamp(event.last_seen)
                 changes["last_seen"] = seen
-                _touch(conn, name, seen)
+                _touch(rows, name, seen)
             case TaskLeaseLost():  # a task it held and lost counts as a failure
                 counts = (row["verified"], row["rejected"] + 1)
                 changes.update(rejected=counts[1], score=reliability_score(*counts))
@@ -178,44 +204,37 @@ class AgentsProjection:
                 changes.update(
                     verified=counts[0], rejected=counts[1], score=reliability_score(*counts)
                 )
-                self._verdict(conn, record, name, event)
-                _touch(conn, name, at)
-        columns = ", ".join(f"{k}=?" for k in changes)
-        conn.execute(f"UPDATE agents SET {columns} WHERE agent_id=?", (*changes.values(), name))
+                self._verdict(rows, record, name, event)
+                _touch(rows, name, at)
+        rows.update(AGENTS, row, **changes)
 
     @staticmethod
-    def _set_capabilities(conn: Connection, name: str, capabilities: list[str]) -> None:
-        conn.execute("DELETE FROM agent_capabilities WHERE agent_id=?", (name,))
-        conn.executemany(
-            "INSERT INTO agent_capabilities (capability, agent_id) VALUES (?, ?)",
-            [(c, name) for c in sorted(set(capabilities))],
-        )
+    def _set_capabilities(rows: Pending, name: str, capabilities: list[str]) -> None:
+        rows.delete_where(CAPABILITIES, agent_id=name)
+        for capability in sorted(set(capabilities)):
+            rows.put(CAPABILITIES, {"capability": capability, "agent_id": name})
 
     @staticmethod
     def _verdict(
-        conn: Connection, record: EventRecord, name: str,
+        rows: Pending, record: EventRecord, name: str,
         verdict: CompletionVerified | CompletionRejected,
     ) -> None:  # fmt: skip
         view = verdict_view(record, name, verdict)
-        conn.execute(
-            "INSERT INTO agent_verdicts (position, agent_id, task_id, at, verified, task_kind, "
-            "completion_time, output_hash, assigned_at, response_time, quality_score, "
-            "score_parts, reasons) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                record.position, name, view.task_id, view.recorded_at, int(view.verified),
-                view.task_kind, view.completion_time, view.output_hash, view.assigned_at,
-                view.response_time, view.quality_score, _json.encode(view.score_parts).decode(),
-                _json.encode(view.reasons).decode(),
-            ),
-        )  # fmt: skip
+        rows.put(VERDICTS, {
+            "position": record.position, "agent_id": name, "task_id": view.task_id,
+            "at": view.recorded_at, "verified": int(view.verified), "task_kind": view.task_kind,
+            "completion_time": view.completion_time, "output_hash": view.output_hash,
+            "assigned_at": view.assigned_at, "response_time": view.response_time,
+            "quality_score": view.quality_score,
+            "score_parts": _json.encode(view.score_parts).decode(),
+            "reasons": _json.encode(view.reasons).decode(),
+        })  # fmt: skip
         if not view.counts:
-            conn.execute(
-                "INSERT INTO agent_verdicts_uncounted (position) VALUES (?)", (record.position,)
-            )
+            rows.put(UNCOUNTED, {"position": record.position})
 
     # Session events: participations are assignments ---------------------------------------
 
-    def _session(self, conn: Connection, record: EventRecord) -> None:
+    def _session(self, rows: Pending, record: EventRecord) -> None:
         event = record.event
         sid = record.aggregate_id
         at = stamp(record.occurred_at)
@@ -223,27 +242,25 @@ class AgentsProjection:
             case SessionOpened():
                 # The engine's own notion of "assigned at" (evidence is checked against it).
                 opened = event.deadline - timedelta(seconds=event.timeout_seconds)
-                _assign_all(conn, event.participants, sid, "session", stamp(opened))
+                rows.created(ASSIGNMENTS, sid)  # the session's first event: no task of it yet
+                _assign_all(rows, event.participants, sid, "session", stamp(opened))
             case ParticipantReplaced():
-                _close(conn, event.replaced, sid, at)
-                _assign_all(conn, [event.replacement], sid, "session", stamp(event.assigned_at))
+                _close(rows, event.replaced, sid, at)
+                _assign_all(rows, [event.replacement], sid, "session", stamp(event.assigned_at))
             case ResultSubmitted():
-                _close(conn, event.agent_id, sid, at)
-                _touch(conn, event.agent_id, at)
+                _close(rows, event.agent_id, sid, at)
+                _touch(rows, event.agent_id, at)
             case SessionFinalised() | SessionTimedOut() | SessionCancelled():
-                conn.execute(
-                    "UPDATE agent_assignments SET closed_at=? WHERE task_id=? AND closed_at IS NULL",
-                    (at, sid),
-                )
+                rows.update_where(ASSIGNMENTS, {"closed_at": at}, task_id=sid, closed_at=None)
 
     # Workflow events: a running phase is its assignee's task -------------------------------
 
-    def _workflow(self, conn: Connection, record: EventRecord) -> None:
+    def _workflow(self, rows: Pending, record: EventRecord) -> None:
         event = record.event
         wid = record.aggregate_id
         at = stamp(record.occurred_at)
         if isinstance(event, WorkflowCompleted | WorkflowFailed | WorkflowCancelled):
-            conn.execute(
+            rows.execute(
                 "UPDATE agent_assignments SET closed_at=? WHERE kind='phase' AND task_id LIKE ? "
                 "AND closed_at IS NULL",
                 (at, f"{wid}/%"),
@@ -257,53 +274,42 @@ class AgentsProjection:
             assignee = event.assignee
             if assignee != SYSTEM:
                 started = event.started_at
-                conn.execute(
-                    "INSERT INTO agent_assignments (agent_id, task_id, kind, assigned_at, "
-                    "closed_at) VALUES (?, ?, 'phase', ?, NULL) ON CONFLICT(agent_id, task_id) "
-                    "DO UPDATE SET assigned_at=excluded.assigned_at, closed_at=NULL",
-                    (assignee, task_id, stamp(started) if started else at),
-                )
+                assigned = stamp(started) if started else at
+                held = rows.get(ASSIGNMENTS, assignee, task_id)
+                if held is None:
+                    rows.put(ASSIGNMENTS, {"agent_id": assignee, "task_id": task_id,
+                                           "kind": "phase", "assigned_at": assigned,
+                                           "closed_at": None})  # fmt: skip
+                else:
+                    rows.update(ASSIGNMENTS, held, assigned_at=assigned, closed_at=None)
             if record.actor == assignee:
-                _touch(conn, assignee, at)
+                _touch(rows, assignee, at)
             return
-        holder = conn.execute(
-            "SELECT agent_id FROM agent_assignments WHERE task_id=? AND closed_at IS NULL",
-            (task_id,),
-        ).fetchone()
-        if holder is not None and record.actor == holder["agent_id"]:
-            _touch(conn, holder["agent_id"], at)
+        holders = {r["agent_id"] for r in rows.rows(ASSIGNMENTS, task_id) if r["closed_at"] is None}
+        if record.actor in holders:
+            _touch(rows, record.actor, at)
         if isinstance(event, PhaseLeaseExpired):
-            _close(conn, event.agent_id, task_id, at)
+            _close(rows, event.agent_id, task_id, at)
         if isinstance(event, PhaseCompleted | PhaseFailed):
-            conn.execute(
-                "UPDATE agent_assignments SET closed_at=? WHERE task_id=? AND closed_at IS NULL",
-                (at, task_id),
-            )
+            rows.update_where(ASSIGNMENTS, {"closed_at": at}, task_id=task_id, closed_at=None)
 
 
-def _assign_all(conn: Connection, agents: Iterable[str], task_id: str, kind: str, at: str) -> None:
-    conn.executemany(
-        "INSERT INTO agent_assignments (agent_id, task_id, kind, assigned_at, "
-        "closed_at) VALUES (?, ?, ?, ?, NULL) ON CONFLICT DO NOTHING",
-        [(agent, task_id, kind, at) for agent in agents],
-    )
+def _assign_all(rows: Pending, agents: Iterable[str], task_id: str, kind: str, at: str) -> None:
+    for agent in agents:
+        rows.add(ASSIGNMENTS, {"agent_id": agent, "task_id": task_id, "kind": kind,
+                               "assigned_at": at, "closed_at": None})  # fmt: skip
 
 
-def _close(conn: Connection, agent: str, task_id: str, at: str) -> None:
-    conn.execute(
-        "UPDATE agent_assignments SET closed_at=? WHERE agent_id=? AND task_id=? "
-        "AND closed_at IS NULL",
-        (at, agent, task_id),
-    )
+def _close(rows: Pending, agent: str, task_id: str, at: str) -> None:
+    held = rows.get(ASSIGNMENTS, agent, task_id)
+    if held is not None and held["closed_at"] is None:
+        rows.update(ASSIGNMENTS, held, closed_at=at)
 
 
-def _touch(conn: Connection, agent: str, at: str) -> None:
+def _touch(rows: Pending, agent: str, at: str) -> None:
     """The record shows ``agent`` acting at ``at``: registering, being seen by the liveness
     monitor, submitting a result, reporting on its phase, claiming a completion."""
-    conn.execute(
-        "INSERT INTO agent_activity (agent_id, at) VALUES (?, ?) ON CONFLICT DO NOTHING",
-        (agent, at),
-    )
-    conn.execute(
-        "UPDATE agents SET last_activity=? WHERE agent_id=? AND last_activity<?", (at, agent, at)
-    )
+    rows.put(ACTIVITY, {"agent_id": agent, "at": at})
+    row = rows.get(AGENTS, agent)
+    if row is not None and row["last_activity"] < at:
+        rows.update(AGENTS, row, last_activity=at)

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import msgspec
+
+_encode = msgspec.json.encode
+
 NAME = "agents"
 
 DDL = [
@@ -76,10 +80,14 @@ SYSTEM = "system"
 
 
 def stamp(value: datetime | str) -> str:
-    """A time as stored here: fixed-width UTC, so text order is time order."""
+    """A time as stored here: fixed-width UTC, so text order is time order. msgspec writes
+    it (``strftime`` was 5% of a rebuild); it leaves out a zero fraction, put back here."""
     if isinstance(value, str):
         value = parse_time(value)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    text = _encode(value)[1:-1].decode()
+    return text if len(text) == 27 else f"{text[:-1]}.000000Z"
 
 
 def parse_time(value: str) -> datetime:

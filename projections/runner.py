@@ -19,6 +19,7 @@ from chorus.aio import raise_if_cancelling
 from chorus.contracts.feed import EventRecord
 from chorus.events.codec import decode_record
 from chorus.projections import metrics
+from chorus.projections.pending import Pending
 from chorus.projections.readstore import Connection, ReadStore, position_in, set_position, track
 from chorus.projections.tracing import record_write_spans
 from eventsourcing.persistence import ApplicationRecorder, Notification
@@ -33,7 +34,9 @@ class Projection(Protocol):
     ddl: list[str]
     tables: list[str]
 
-    def apply(self, conn: Connection, record: EventRecord) -> None: ...
+    def apply(self, conn: Connection, record: EventRecord) -> None:
+        """Fold ``record`` in. The runner passes a ``projections.pending.Pending`` (the
+        batch's rows, written at its end); time travel a plain connection."""
 
 
 class ProjectionRunner:
@@ -85,13 +88,15 @@ class ProjectionRunner:
         with self.store.transaction() as conn:
             if position_in(conn, self.projection.name) != start:
                 return False
+            rows = Pending(conn)  # the batch's rows, written once at its end
             for n in notifications:
                 # Filtered on the topic before decoding: most of the log is not this read
                 # model's (and dedup records are no read model's).
                 if n.id > start and n.topic.split(".", 1)[0] in self.projection.aggregates:
                     record = decoded(n)
-                    self.projection.apply(conn, record)
+                    self.projection.apply(rows, record)
                     applied.append(record)
+            rows.flush()
             set_position(conn, self.projection.name, notifications[-1].id)
         name = self.projection.name
         if self.tracer is not None and applied:
@@ -175,15 +180,25 @@ class Decoded:
         return record
 
 
+#: Events a rebuild applies per transaction of its scratch store. Nobody reads a scratch
+#: store before its swap, so its batches can be larger than the live projector's: a row
+#: is read and written once per batch (``projections.pending``), and a session's events
+#: spread over a few thousand positions of a busy log.
+REBUILD_BATCH = 20_000
+
+
 def rebuild_together(
     runners: Sequence[ProjectionRunner],
     progress: Sequence[Callable[[int, int], None]] | None = None,
+    *,
+    batch: int = REBUILD_BATCH,
 ) -> int:
     """Rebuild these read models from position 0 with one scan of the log: each page of
     notifications is read once, each event decoded once (``Decoded``), and applied to
-    every read model that wants it, each in its own scratch store; each is then swapped
-    in atomically (blue/green: queries, and a running projector, keep using the live
-    tables until then). Returns the number of notifications read.
+    every read model that wants it, each in its own scratch store, ``batch`` events per
+    transaction; each is then swapped in atomically (blue/green: queries, and a running
+    projector, keep using the live tables until then). Returns the number of
+    notifications read.
 
     Before, each read model scanned and decoded the whole log on its own: measured on
     23,000 events, reading notifications was 38% of a rebuild of all three, decoding 15%.
@@ -195,9 +210,17 @@ def rebuild_together(
     try:
         head = recorder.max_notification_id() or 0
         position, count = 0, 0
-        batch_size = max(runner.batch_size for runner in runners)
+        page = max(runner.batch_size for runner in runners)
         while position < head:
-            notifications = recorder.select_notifications(position + 1, batch_size, stop=head)
+            notifications: list[Notification] = []
+            while len(notifications) < batch and (
+                more := recorder.select_notifications(
+                    (notifications[-1].id if notifications else position) + 1,
+                    min(page, batch - len(notifications)),
+                    stop=head,
+                )
+            ):
+                notifications.extend(more)
             if not notifications:
                 break
             decoded = Decoded()

@@ -17,6 +17,7 @@ from chorus.events.session import (
     SessionOpened,
     SessionTimedOut,
 )
+from chorus.projections.pending import Pending, RowDict, Table, fold
 from chorus.projections.readstore import NOT_CREATED, Connection, Row
 
 NAME = "sessions"
@@ -58,12 +59,28 @@ _decode = msgspec.json.Decoder()
 
 
 def _ts(value: datetime) -> str:
-    """RFC 3339 in UTC with a ``Z``, the same spelling msgspec uses on the wire."""
-    return value.isoformat().replace("+00:00", "Z")
+    """RFC 3339 in UTC with a ``Z``, the same spelling msgspec uses on the wire (msgspec
+    itself writes it: a tenth of ``isoformat``'s cost, which showed in rebuild profiles)."""
+    return _json.encode(value)[1:-1].decode()
+
+
+SESSIONS = Table(
+    "sessions",
+    ("seq", "id", "status", "coordinator_id", "opened_by", "task", "timeout_seconds", "deadline",
+     "outcome", "participant_count", "submitted_count", "version", "created_at", "updated_at"),
+    key=("id",),
+)  # fmt: skip
+PARTICIPANTS = Table(
+    "session_participants",
+    ("session_id", "agent_id", "ord", "result", "success", "output_hash", "submitted_at"),
+    key=("session_id", "agent_id"),
+    group="session_id",
+)
 
 
 class SessionsProjection:
-    """Folds session events into rows. ``apply`` runs inside the runner's transaction."""
+    """Folds session events into rows. ``apply`` runs inside the runner's transaction; rows
+    are changed in the batch's memory and written once at its end (``projections.pending``)."""
 
     name = NAME
     aggregates = frozenset({"session"})
@@ -71,77 +88,78 @@ class SessionsProjection:
     tables = TABLES
 
     def apply(self, conn: Connection, record: EventRecord) -> None:
+        fold(conn, self._apply, record)
+
+    def _apply(self, rows: Pending, record: EventRecord) -> None:
         event = record.event
         sid = record.aggregate_id
         at = _ts(record.occurred_at)
+        if isinstance(event, SessionOpened):
+            rows.put(SESSIONS, {
+                "seq": record.position, "id": sid, "status": "open",
+                "coordinator_id": event.coordinator_id, "opened_by": event.opened_by,
+                "task": _json.encode(event.task).decode(),
+                "timeout_seconds": event.timeout_seconds, "deadline": _ts(event.deadline),
+                "outcome": None, "participant_count": len(event.participants),
+                "submitted_count": 0, "version": record.version, "created_at": at,
+                "updated_at": at,
+            })  # fmt: skip
+            rows.created(PARTICIPANTS, sid)  # a session's first event
+            for i, agent in enumerate(event.participants):
+                rows.put(PARTICIPANTS, {
+                    "session_id": sid, "agent_id": agent, "ord": i, "result": None,
+                    "success": None, "output_hash": None, "submitted_at": None,
+                })  # fmt: skip
+            return
+        session = rows.get(SESSIONS, sid)
         match event:
-            case SessionOpened():
-                conn.execute(
-                    "INSERT INTO sessions (seq, id, status, coordinator_id, opened_by, task, "
-                    "timeout_seconds, deadline, outcome, participant_count, submitted_count, "
-                    "version, created_at, updated_at) "
-                    "VALUES (?, ?, 'open', ?, ?, ?, ?, ?, NULL, ?, 0, ?, ?, ?)",
-                    (
-                        record.position, sid, event.coordinator_id, event.opened_by,
-                        _json.encode(event.task).decode(), event.timeout_seconds,
-                        _ts(event.deadline), len(event.participants), record.version, at, at,
-                    ),
-                )  # fmt: skip
-                conn.executemany(
-                    "INSERT INTO session_participants (session_id, agent_id, ord) VALUES (?, ?, ?)",
-                    [(sid, agent, i) for i, agent in enumerate(event.participants)],
-                )
             case ResultSubmitted():
-                conn.execute(
-                    "UPDATE session_participants SET result=?, success=?, output_hash=?, "
-                    "submitted_at=? WHERE session_id=? AND agent_id=?",
-                    (
-                        _json.encode(event.result).decode(), int(event.success),
-                        event.output_hash, at, sid, event.agent_id,
-                    ),
-                )  # fmt: skip
-                conn.execute(
-                    "UPDATE sessions SET submitted_count=submitted_count+1, version=?, "
-                    "updated_at=? WHERE id=?",
-                    (record.version, at, sid),
-                )
+                participant = rows.get(PARTICIPANTS, sid, event.agent_id)
+                if participant is not None:
+                    rows.update(PARTICIPANTS, participant,
+                                result=_json.encode(event.result).decode(),
+                                success=int(event.success), output_hash=event.output_hash,
+                                submitted_at=at)  # fmt: skip
+                if session is not None:
+                    rows.update(SESSIONS, session, submitted_count=session["submitted_count"] + 1,
+                                version=record.version, updated_at=at)  # fmt: skip
             case ParticipantReplaced():
                 # The replacement takes the lost participant's place (and its order).
-                conn.execute(
-                    "UPDATE session_participants SET agent_id=? WHERE session_id=? AND agent_id=?",
-                    (event.replacement, sid, event.replaced),
-                )
-                self._touch(conn, record)
+                replaced = rows.get(PARTICIPANTS, sid, event.replaced)
+                if replaced is not None:
+                    rows.delete(PARTICIPANTS, sid, event.replaced)
+                    rows.put(PARTICIPANTS, {**replaced, "agent_id": event.replacement})
+                self._touch(rows, session, record)
             case ParticipantLost():
-                self._touch(conn, record)  # what the policy did shows in the events
+                self._touch(rows, session, record)  # what the policy did shows in the events
             case SessionFinalised():
-                self._close(conn, record, event.outcome, {
+                self._close(rows, session, record, event.outcome, {
                     "outcome": event.outcome, "reason": event.reason, "verdict": event.verdict,
                 })  # fmt: skip
             case SessionTimedOut():
-                self._close(conn, record, "timed_out", {
+                self._close(rows, session, record, "timed_out", {
                     "outcome": "timed_out", "reason": "deadline passed", "pending": event.pending,
                 })  # fmt: skip
             case SessionCancelled():
-                self._close(conn, record, "cancelled", {
+                self._close(rows, session, record, "cancelled", {
                     "outcome": "cancelled", "reason": event.reason,
                     "cancelled_by": event.cancelled_by,
                 })  # fmt: skip
 
     @staticmethod
-    def _touch(conn: Connection, record: EventRecord) -> None:
-        conn.execute(
-            "UPDATE sessions SET version=?, updated_at=? WHERE id=?",
-            (record.version, _ts(record.occurred_at), record.aggregate_id),
-        )
+    def _touch(rows: Pending, session: RowDict | None, record: EventRecord) -> None:
+        if session is not None:
+            rows.update(SESSIONS, session, version=record.version,
+                        updated_at=_ts(record.occurred_at))  # fmt: skip
 
     @staticmethod
-    def _close(conn: Connection, record: EventRecord, status: str, outcome: dict[str, Any]) -> None:
-        conn.execute(
-            "UPDATE sessions SET status=?, outcome=?, version=?, updated_at=? WHERE id=?",
-            (status, _json.encode(outcome).decode(), record.version, _ts(record.occurred_at),
-             record.aggregate_id),
-        )  # fmt: skip
+    def _close(
+        rows: Pending, session: RowDict | None, record: EventRecord, status: str,
+        outcome: dict[str, Any],
+    ) -> None:  # fmt: skip
+        if session is not None:
+            rows.update(SESSIONS, session, status=status, outcome=_json.encode(outcome).decode(),
+                        version=record.version, updated_at=_ts(record.occurred_at))  # fmt: skip
 
 
 # Queries ------------------------------------------------------------------------------------

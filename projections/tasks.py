@@ -36,7 +36,8 @@ from chorus.events.workflow import (
     WorkflowStarted,
 )
 from chorus.events.workflow import TaskAccepted as WorkflowTaskAccepted
-from chorus.projections.readstore import NOT_CREATED, Connection, upsert
+from chorus.projections.pending import Pending, Table, fold
+from chorus.projections.readstore import NOT_CREATED, Connection
 
 NAME = "agent_tasks"
 
@@ -62,11 +63,12 @@ DDL = [
 TABLES = ["task_workflows", "agent_tasks"]
 
 _json = msgspec.json.Encoder(order="sorted")
-_WORKFLOW = upsert("task_workflows", ("id", "started", "results"), ("id",))
-_TASK = upsert(
+WORKFLOWS = Table("task_workflows", ("id", "started", "results"), key=("id",))
+TASKS = Table(
     "agent_tasks",
     ("agent_id", "task_id", "owner_id", "kind", "attempt", "accepted", "message", "position"),
-    ("agent_id", "task_id"),
+    key=("agent_id", "task_id"),
+    group="task_id",
 )
 _decode = msgspec.json.Decoder()
 ENDS_WORKFLOW = (WorkflowCompleted, WorkflowFailed, WorkflowCancelled)
@@ -75,96 +77,87 @@ _started = msgspec.json.Decoder(WorkflowStarted)
 
 
 class AgentTasksProjection:
+    """Rows changed in the batch's memory, written at its end (``projections.pending``)."""
+
     name = NAME
     aggregates = frozenset({"workflow", "session"})
     ddl = DDL
     tables = TABLES
 
     def apply(self, conn: Connection, record: EventRecord) -> None:
-        if record.aggregate == "workflow":
-            self._workflow(conn, record)
-        else:
-            self._session(conn, record)
+        fold(conn, self._apply, record)
 
-    def _workflow(self, conn: Connection, record: EventRecord) -> None:
+    def _apply(self, rows: Pending, record: EventRecord) -> None:
+        if record.aggregate == "workflow":
+            self._workflow(rows, record)
+        else:
+            self._session(rows, record)
+
+    def _workflow(self, rows: Pending, record: EventRecord) -> None:
         wid, event = record.aggregate_id, record.event
         if isinstance(event, WorkflowStarted):
-            conn.execute(_WORKFLOW, (wid, _json.encode(event).decode(), "{}"))
+            rows.put(
+                WORKFLOWS, {"id": wid, "started": _json.encode(event).decode(), "results": "{}"}
+            )
             return
         if isinstance(event, ENDS_WORKFLOW):
-            conn.execute("DELETE FROM agent_tasks WHERE owner_id=?", (wid,))
-            conn.execute("DELETE FROM task_workflows WHERE id=?", (wid,))
+            rows.delete_where(TASKS, owner_id=wid)
+            rows.delete(WORKFLOWS, wid)
             return
-        row = conn.execute("SELECT * FROM task_workflows WHERE id=?", (wid,)).fetchone()
+        row = rows.get(WORKFLOWS, wid)
         if row is None:
             return
         match event:
             case PhaseAssigned():
                 results = _decode.decode(row["results"])
                 task = phase_task(wid, _started.decode(row["started"]), results, event)
-                _open(conn, event.agent_id, task, wid, record.position)
+                _open(rows, event.agent_id, task, wid, record.position)
             case WorkflowTaskAccepted():
-                conn.execute(
-                    "UPDATE agent_tasks SET accepted=1 WHERE task_id=? AND agent_id=?",
-                    (phase_task_id(wid, event.phase), event.agent_id),
-                )
+                rows.update_where(TASKS, {"accepted": 1},
+                                  task_id=phase_task_id(wid, event.phase), agent_id=event.agent_id)  # fmt: skip
             case PhaseLeaseExpired() | PhaseFailed():
-                conn.execute(
-                    "DELETE FROM agent_tasks WHERE task_id=?", (phase_task_id(wid, event.phase),)
-                )
+                rows.delete_where(TASKS, task_id=phase_task_id(wid, event.phase))
             case PhaseCompleted():
-                conn.execute(
-                    "DELETE FROM agent_tasks WHERE task_id=?", (phase_task_id(wid, event.phase),)
-                )
+                rows.delete_where(TASKS, task_id=phase_task_id(wid, event.phase))
                 results = {**_decode.decode(row["results"]), event.phase: event.result}
-                conn.execute(
-                    "UPDATE task_workflows SET results=? WHERE id=?",
-                    (_json.encode(results).decode(), wid),
-                )
+                rows.update(WORKFLOWS, row, results=_json.encode(results).decode())
 
-    def _session(self, conn: Connection, record: EventRecord) -> None:
+    def _session(self, rows: Pending, record: EventRecord) -> None:
         sid, event = record.aggregate_id, record.event
         match event:
             case SessionOpened():
                 task = session_task(sid, event)
+                rows.created(TASKS, sid)  # the session's first event: no task of it yet
                 for agent in event.participants:
-                    _open(conn, agent, task, sid, record.position)
+                    _open(rows, agent, task, sid, record.position)
             case ParticipantReplaced():
-                conn.execute(
-                    "DELETE FROM agent_tasks WHERE task_id=? AND agent_id=?", (sid, event.replaced)
-                )
-                row = conn.execute(
-                    "SELECT message FROM agent_tasks WHERE task_id=? LIMIT 1", (sid,)
-                ).fetchone()
-                if row is not None:
-                    task = msgspec.json.decode(row["message"], type=SessionTask)
-                    _open(conn, event.replacement, task, sid, record.position)
+                rows.delete(TASKS, event.replaced, sid)
+                others = rows.rows(TASKS, sid)
+                if others:  # every participant's row holds the same session task
+                    task = msgspec.json.decode(others[0]["message"], type=SessionTask)
+                    _open(rows, event.replacement, task, sid, record.position)
             case SessionTaskAccepted():
-                conn.execute(
-                    "UPDATE agent_tasks SET accepted=1 WHERE task_id=? AND agent_id=?",
-                    (sid, event.agent_id),
-                )
+                rows.update_where(TASKS, {"accepted": 1}, task_id=sid, agent_id=event.agent_id)
             case ResultSubmitted():
-                conn.execute(
-                    "DELETE FROM agent_tasks WHERE task_id=? AND agent_id=?", (sid, event.agent_id)
-                )
+                rows.delete(TASKS, event.agent_id, sid)
             case _ if isinstance(event, ENDS_SESSION):
-                conn.execute("DELETE FROM agent_tasks WHERE owner_id=?", (sid,))
+                # A session's tasks are its own (owner and task id are the session's id).
+                rows.delete_where(TASKS, task_id=sid, owner_id=sid)
 
 
 def _open(
-    conn: Connection,
+    rows: Pending,
     agent: str,
     task: PhaseTask | SessionTask,
     owner: str,
     position: int,
 ) -> None:
     kind = "phase" if isinstance(task, PhaseTask) else "session"
-    conn.execute(
-        _TASK,
-        (agent, task.task_id, owner, kind, task.attempt, 0, TASK_ENCODER.encode(task).decode(),
-         position),
-    )  # fmt: skip
+    rows.put(TASKS, {
+        "agent_id": agent, "task_id": task.task_id, "owner_id": owner, "kind": kind,
+        "attempt": task.attempt, "accepted": 0, "message": TASK_ENCODER.encode(task).decode(),
+        "position": position,
+    })  # fmt: skip
 
 
 # Queries ------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from chorus.events.workflow import (
     WorkflowStarted,
     WorkflowTypeDefined,
 )
-from chorus.projections.readstore import NOT_CREATED, Connection, Row, upsert
+from chorus.projections.pending import Pending, Table, fold
+from chorus.projections.readstore import NOT_CREATED, Connection, Row
 from chorus.projections.sessions import (
     decode_cursor as decode_cursor,  # re-exported for the gateway
 )
@@ -78,53 +79,70 @@ NOT_WAITING = (PhaseAssigned, PhaseStarted, PhaseCompleted, WorkflowCompleted, W
                WorkflowCancelled)  # fmt: skip
 
 _json = msgspec.json.Encoder(order="sorted")
-_WAITING = upsert("workflow_waiting", ("id", "phase", "capabilities"), ("id",))
 _decode = msgspec.json.Decoder()
 
 
 def _ts(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
+    return _json.encode(value)[1:-1].decode()  # as sessions._ts
 
 
 def _parse(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+WORKFLOWS = Table(
+    "workflows",
+    ("seq", "id", "workflow_type", "status", "priority", "started_by", "requirements",
+     "configuration", "phases", "current_phase", "current_assignee", "current_started_at",
+     "current_progress", "phases_completed", "errors", "partial_results", "final_result",
+     "version", "created_at", "started_at", "finished_at", "updated_at"),
+    key=("id",),
+)  # fmt: skip
+WAITING = Table("workflow_waiting", ("id", "phase", "capabilities"), key=("id",))
+DURATIONS = Table(
+    "phase_durations", ("workflow_type", "phase", "completed", "total_seconds"),
+    key=("workflow_type", "phase"),
+)  # fmt: skip
+
+
 class WorkflowsProjection:
+    """Rows changed in the batch's memory, written at its end (``projections.pending``)."""
+
     name = NAME
     aggregates = frozenset({"workflow"})
     ddl = DDL
     tables = TABLES
 
     def apply(self, conn: Connection, record: EventRecord) -> None:
+        fold(conn, self._apply, record)
+
+    def _apply(self, rows: Pending, record: EventRecord) -> None:
         event = record.event
         wid = record.aggregate_id
         at = _ts(record.occurred_at)
         if isinstance(event, WorkflowStarted):
-            conn.execute(
-                "INSERT INTO workflows (seq, id, workflow_type, status, priority, started_by, "
-                "requirements, configuration, phases, current_progress, phases_completed, errors, "
-                "partial_results, version, created_at, updated_at) "
-                "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, 0, '[]', '[]', '{}', ?, ?, ?)",
-                (
-                    record.position, wid, event.workflow_type, event.priority,
-                    event.started_by, event.requirements,
-                    _json.encode(event.configuration).decode(),
-                    _json.encode(event.phases).decode(), record.version, at, at,
-                ),
-            )  # fmt: skip
+            rows.put(WORKFLOWS, {
+                "seq": record.position, "id": wid, "workflow_type": event.workflow_type,
+                "status": "queued", "priority": event.priority, "started_by": event.started_by,
+                "requirements": event.requirements,
+                "configuration": _json.encode(event.configuration).decode(),
+                "phases": _json.encode(event.phases).decode(), "current_phase": None,
+                "current_assignee": None, "current_started_at": None, "current_progress": 0,
+                "phases_completed": "[]", "errors": "[]", "partial_results": "{}",
+                "final_result": None, "version": record.version, "created_at": at,
+                "started_at": None, "finished_at": None, "updated_at": at,
+            })  # fmt: skip
             return
-        row = conn.execute("SELECT * FROM workflows WHERE id=?", (wid,)).fetchone()
+        row = rows.get(WORKFLOWS, wid)
         if row is None:
             return
         changes: dict[str, Any] = {"version": record.version, "updated_at": at}
         if isinstance(event, NOT_WAITING):
-            conn.execute("DELETE FROM workflow_waiting WHERE id=?", (wid,))
+            rows.delete(WAITING, wid)
         match event:
             case PhaseWaiting():
-                conn.execute(
-                    _WAITING, (wid, event.phase, _json.encode(event.capabilities).decode())
-                )
+                rows.put(WAITING, {"id": wid, "phase": event.phase,
+                                   "capabilities": _json.encode(event.capabilities).decode()})  # fmt: skip
             case PhaseLeaseExpired():
                 changes.update(
                     status="queued", current_phase=None, current_assignee=None,
@@ -152,13 +170,7 @@ class WorkflowsProjection:
                     seconds = (
                         record.occurred_at - _parse(row["current_started_at"])
                     ).total_seconds()
-                    conn.execute(
-                        "INSERT INTO phase_durations VALUES (?, ?, 1, ?) "
-                        "ON CONFLICT(workflow_type, phase) DO UPDATE SET "
-                        "completed=phase_durations.completed+1, "
-                        "total_seconds=phase_durations.total_seconds+excluded.total_seconds",
-                        (row["workflow_type"], event.phase, max(seconds, 0.0)),
-                    )
+                    _observe(rows, row["workflow_type"], event.phase, max(seconds, 0.0))
             case PhaseFailed():
                 error = {"phase": event.phase, **msgspec.to_builtins(event.error)}
                 if event.attempts:  # every attempt that lost its lease before
@@ -174,8 +186,18 @@ class WorkflowsProjection:
                     finished_at=at, current_phase=None, current_assignee=None,
                     current_progress=0, current_started_at=None,
                 )  # fmt: skip
-        columns = ", ".join(f"{k}=?" for k in changes)
-        conn.execute(f"UPDATE workflows SET {columns} WHERE id=?", (*changes.values(), wid))
+        rows.update(WORKFLOWS, row, **changes)
+
+
+def _observe(rows: Pending, workflow_type: str, phase: str, seconds: float) -> None:
+    """One more completed run of ``phase`` of ``workflow_type``, lasting ``seconds``."""
+    seen = rows.get(DURATIONS, workflow_type, phase)
+    if seen is None:
+        rows.put(DURATIONS, {"workflow_type": workflow_type, "phase": phase, "completed": 1,
+                             "total_seconds": seconds})  # fmt: skip
+    else:
+        rows.update(DURATIONS, seen, completed=seen["completed"] + 1,
+                    total_seconds=seen["total_seconds"] + seconds)  # fmt: skip
 
 
 # Queries ------------------------------------------------------------------------------------
