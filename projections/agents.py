@@ -22,7 +22,7 @@ callers keep one name for the read model (``projections.agents``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -95,7 +95,7 @@ from chorus.projections.agents_verdicts import get_verdict as get_verdict
 from chorus.projections.agents_verdicts import recent_verdicts as recent_verdicts
 from chorus.projections.agents_verdicts import verdict_from_record as verdict_from_record
 from chorus.projections.agents_verdicts import verdict_view as verdict_view
-from chorus.projections.pending import Pending, Table, fold
+from chorus.projections.pending import Pending, Table, continued, fold
 from chorus.projections.readstore import Connection
 
 _json = msgspec.json.Encoder(order="sorted")
@@ -137,6 +137,22 @@ class AgentsProjection:
 
     def apply(self, conn: Connection, record: EventRecord) -> None:
         fold(conn, self._apply, record)
+
+    def prefetch(self, rows: Pending, records: Sequence[EventRecord]) -> None:
+        """Agents by id (their events) and by name (who acted, submitted, was assigned),
+        and the assignments of the sessions and phases the batch names."""
+        rows.load(AGENTS, {r.aggregate_id for r in records if r.aggregate == "agent"}, "uuid")
+        names = {r.actor for r in records}
+        for r in records:
+            for field in ("agent_id", "assignee", "replaced", "replacement"):
+                if isinstance(value := getattr(r.event, field, None), str):
+                    names.add(value)
+        rows.load(AGENTS, names)
+        sessions = [r for r in records if r.aggregate == "session"]
+        rows.load_groups(ASSIGNMENTS, continued(sessions, "SessionOpened"))
+        rows.load_groups(ASSIGNMENTS, {f"{r.aggregate_id}/{phase}" for r in records
+                                       if r.aggregate == "workflow"
+                                       and isinstance(phase := getattr(r.event, "phase", None), str)})  # fmt: skip
 
     def _apply(self, rows: Pending, record: EventRecord) -> None:
         match record.aggregate:

@@ -34,6 +34,8 @@ from typing import Any
 
 from chorus.projections.readstore import Connection, Cursor
 
+#: Values per ``IN (...)`` of a bulk read (well under SQLite's 32,766 parameters).
+_IN_CHUNK = 500
 #: A row as a read model changes it: column name -> value.
 RowDict = dict[str, Any]
 Key = tuple[Any, ...]
@@ -123,7 +125,7 @@ _WHOLE: frozenset[str] = frozenset()
 class _Held:
     """What one batch holds of one table."""
 
-    __slots__ = ("changed", "groups", "members", "missing", "rows", "stored")
+    __slots__ = ("changed", "groups", "index", "members", "missing", "rows", "stored")
 
     def __init__(self) -> None:
         #: Rows read or written in this batch; None: known to be absent (or deleted).
@@ -137,6 +139,13 @@ class _Held:
         self.members: dict[Any, set[Key]] = {}
         #: (column, value) pairs a ``find`` looked for in the store and did not find.
         self.missing: set[tuple[str, Any]] = set()
+        #: Per column ``find`` looks rows up by: value -> key of the held rows.
+        self.index: dict[str, dict[Any, Key]] = {}
+
+    def note(self, key: Key, row: RowDict) -> None:
+        """Index a held row under the columns ``find`` uses."""
+        for column, keys in self.index.items():
+            keys[row[column]] = key
 
 
 class Pending:
@@ -165,6 +174,8 @@ class Pending:
         held.rows[key] = row
         if table.group is not None:
             held.members.setdefault(row[table.group], set()).add(key)
+        if held.index:
+            held.note(key, row)
         return row
 
     def get(self, table: Table, *key: Any) -> RowDict | None:
@@ -192,6 +203,46 @@ class Pending:
             self._keep(table, held, tuple(values))
         held.groups.add(group)
 
+    def load(self, table: Table, values: Iterable[Any], column: str | None = None) -> None:
+        """Read the rows whose ``column`` (default: the table's one-column key) is one of
+        ``values``, in a few queries, so that ``get`` / ``find`` need none: a batch's
+        reads in bulk (on PostgreSQL each query is a round trip)."""
+        held = self._of(table)
+        by_key = column is None
+        name = table.key[0] if column is None else column
+        assert not by_key or len(table.key) == 1, f"{table.name}: a key of several columns"
+        wanted = sorted(
+            {v for v in values if v is not None}
+            - ({k[0] for k in held.rows} if by_key else {v for c, v in held.missing if c == name})
+        )
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start : start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            found = set()
+            for values_ in self.conn.execute(f"{table.select_sql}{name} IN ({marks})", chunk):
+                self._keep(table, held, tuple(values_))
+                found.add(values_[table.columns.index(name)])
+            for value in chunk:
+                if value in found:
+                    continue
+                if by_key:
+                    held.rows.setdefault((value,), None)
+                    held.stored.setdefault((value,), False)
+                else:
+                    held.missing.add((name, value))
+
+    def load_groups(self, table: Table, groups: Iterable[Any]) -> None:
+        """Read these groups whole (``Table.group``), in a few queries."""
+        assert table.group is not None, f"{table.name} has no group"
+        held = self._of(table)
+        wanted = sorted({g for g in groups if g is not None} - held.groups)
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start : start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            for values in self.conn.execute(f"{table.select_sql}{table.group} IN ({marks})", chunk):
+                self._keep(table, held, tuple(values))
+            held.groups.update(chunk)
+
     def created(self, table: Table, group: Any) -> None:
         """``group`` begins now: the store has none of its rows (a session's participants
         at its opening, its first event), so none need be read."""
@@ -210,9 +261,16 @@ class Pending:
     def find(self, table: Table, column: str, value: Any) -> RowDict | None:
         """The row whose unique ``column`` is ``value`` (another key than the table's)."""
         held = self._of(table)
-        for row in held.rows.values():
-            if row is not None and row[column] == value:
-                return row
+        index = held.index.get(column)
+        if index is None:
+            index = held.index[column] = {}
+            for key, row in held.rows.items():
+                if row is not None:
+                    index[row[column]] = key
+        if (found_key := index.get(value)) is not None:
+            held_row = held.rows[found_key]
+            if held_row is not None and held_row[column] == value:
+                return held_row
         if (column, value) in held.missing:
             return None
         found = self.conn.execute(f"{table.select_sql}{column}=?", (value,)).fetchone()
@@ -246,6 +304,8 @@ class Pending:
         held.changed[key] = _WHOLE
         if table.group is not None:
             held.members.setdefault(row[table.group], set()).add(key)
+        if held.index:
+            held.note(key, row)
         if held.missing:
             held.missing -= {(column, row[column]) for column, _ in held.missing}
 
@@ -264,6 +324,8 @@ class Pending:
             held.changed[key] = frozenset(changes)
         elif before:  # _WHOLE stays whole
             held.changed[key] = before | changes.keys()
+        if held.index and not changes.keys().isdisjoint(held.index):
+            held.note(key, row)
 
     def delete(self, table: Table, *key: Any) -> None:
         held = self._of(table)
@@ -369,6 +431,12 @@ class Pending:
             self.conn.executemany(table.update_sql(columns), map(values, rows))
         if upserts:
             self.conn.executemany(table.upsert_sql, map(table.values_of, upserts))
+
+
+def continued(records: Sequence[Any], first: str) -> set[str]:
+    """The aggregates ``records`` (event records) name, but those whose first event, of
+    type ``first``, they hold: the rows of those are new, nothing to read."""
+    return {r.aggregate_id for r in records} - {r.aggregate_id for r in records if r.type == first}
 
 
 def fold(conn: Connection, apply: Callable[[Pending, Any], None], record: Any) -> None:

@@ -36,7 +36,11 @@ class Projection(Protocol):
 
     def apply(self, conn: Connection, record: EventRecord) -> None:
         """Fold ``record`` in. The runner passes a ``projections.pending.Pending`` (the
-        batch's rows, written at its end); time travel a plain connection."""
+        batch's rows, written at its end); time travel a plain connection.
+
+        A read model may also define ``prefetch(rows, records)``: read, in bulk, the rows
+        a batch of records will need (``Pending.load``, ``load_groups``), before they are
+        applied (``apply_batch``)."""
 
 
 class ProjectionRunner:
@@ -94,7 +98,6 @@ class ProjectionRunner:
         with self.store.transaction() as conn:
             if position_in(conn, self.projection.name) != start:
                 return False
-            rows = Pending(conn)  # the batch's rows, written once at its end
             wants = self._wants
             for n in notifications:
                 # Filtered on the topic before decoding: most of the log is not this read
@@ -103,10 +106,8 @@ class ProjectionRunner:
                 if wanted is None:
                     wanted = wants[n.topic] = self.wants(n.topic)
                 if wanted and n.id > start:
-                    record = decoded(n)
-                    self.projection.apply(rows, record)
-                    applied.append(record)
-            rows.flush()
+                    applied.append(decoded(n))
+            apply_batch(self.projection, conn, applied)
             set_position(conn, self.projection.name, notifications[-1].id)
         name = self.projection.name
         if self.tracer is not None and applied:
@@ -175,6 +176,19 @@ class ProjectionRunner:
                 continue
             if not moved:
                 await asyncio.sleep(self.idle_interval)
+
+
+def apply_batch(projection: Projection, conn: Connection, records: Sequence[EventRecord]) -> None:
+    """Fold ``records`` into ``projection`` as one batch (``projections.pending``): the
+    rows it will read are read in bulk first, when it says which (``prefetch``), then each
+    record is applied to the rows in memory, and every changed row is written once."""
+    rows = Pending(conn)
+    prefetch = getattr(projection, "prefetch", None)
+    if prefetch is not None and records:
+        prefetch(rows, records)
+    for record in records:
+        projection.apply(rows, record)
+    rows.flush()
 
 
 class Decoded:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -17,7 +18,7 @@ from chorus.events.session import (
     SessionOpened,
     SessionTimedOut,
 )
-from chorus.projections.pending import Pending, RowDict, Table, fold
+from chorus.projections.pending import Pending, RowDict, Table, continued, fold
 from chorus.projections.readstore import NOT_CREATED, Connection, Row
 
 NAME = "sessions"
@@ -89,6 +90,12 @@ class SessionsProjection:
 
     def apply(self, conn: Connection, record: EventRecord) -> None:
         fold(conn, self._apply, record)
+
+    def prefetch(self, rows: Pending, records: Sequence[EventRecord]) -> None:
+        """The sessions a batch changes, and their participants (those it opens are new)."""
+        ids = continued(records, "SessionOpened")
+        rows.load(SESSIONS, ids)
+        rows.load_groups(PARTICIPANTS, ids)
 
     def _apply(self, rows: Pending, record: EventRecord) -> None:
         event = record.event

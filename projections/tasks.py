@@ -10,6 +10,7 @@ same builder the dispatcher delivers with.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -36,7 +37,7 @@ from chorus.events.workflow import (
     WorkflowStarted,
 )
 from chorus.events.workflow import TaskAccepted as WorkflowTaskAccepted
-from chorus.projections.pending import Pending, Table, fold
+from chorus.projections.pending import Pending, Table, continued, fold
 from chorus.projections.readstore import NOT_CREATED, Connection
 
 NAME = "agent_tasks"
@@ -86,6 +87,14 @@ class AgentTasksProjection:
 
     def apply(self, conn: Connection, record: EventRecord) -> None:
         fold(conn, self._apply, record)
+
+    def prefetch(self, rows: Pending, records: Sequence[EventRecord]) -> None:
+        sessions = [r for r in records if r.aggregate == "session"]
+        workflows = [r for r in records if r.aggregate == "workflow"]
+        rows.load(WORKFLOWS, continued(workflows, "WorkflowStarted"))
+        rows.load_groups(TASKS, continued(sessions, "SessionOpened"))
+        rows.load_groups(TASKS, {phase_task_id(r.aggregate_id, phase) for r in workflows
+                                 if isinstance(phase := getattr(r.event, "phase", None), str)})  # fmt: skip
 
     def _apply(self, rows: Pending, record: EventRecord) -> None:
         if record.aggregate == "workflow":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,7 +24,7 @@ from chorus.events.workflow import (
     WorkflowStarted,
     WorkflowTypeDefined,
 )
-from chorus.projections.pending import Pending, Table, fold
+from chorus.projections.pending import Pending, Table, continued, fold
 from chorus.projections.readstore import NOT_CREATED, Connection, Row
 from chorus.projections.sessions import (
     decode_cursor as decode_cursor,  # re-exported for the gateway
@@ -115,6 +115,9 @@ class WorkflowsProjection:
 
     def apply(self, conn: Connection, record: EventRecord) -> None:
         fold(conn, self._apply, record)
+
+    def prefetch(self, rows: Pending, records: Sequence[EventRecord]) -> None:
+        rows.load(WORKFLOWS, continued(records, "WorkflowStarted"))
 
     def _apply(self, rows: Pending, record: EventRecord) -> None:
         event = record.event

@@ -17,8 +17,8 @@ import pytest
 from chorus.contracts.agents import agent_uuid
 from chorus.contracts.feed import EventRecord
 from chorus.projections.agents import AgentsProjection
-from chorus.projections.pending import Pending
 from chorus.projections.readstore import ReadStore
+from chorus.projections.runner import apply_batch
 from chorus.projections.sessions import SessionsProjection
 from chorus.projections.tasks import AgentTasksProjection
 from chorus.projections.workflows import WorkflowsProjection
@@ -237,17 +237,17 @@ def one_at_a_time(url: str, records: list[EventRecord]) -> Rows:
 
 
 def batched(url: str, records: list[EventRecord], size: int) -> Rows:
-    """``size`` events per transaction, as the runner applies them."""
+    """``size`` events per transaction, as the runner applies them (``apply_batch``: the
+    rows a batch needs read in bulk first, then applied in memory, written once)."""
     store = fresh(url)
     models = [model() for model in MODELS]
     for start in range(0, len(records), size):
         with store.transaction() as conn:
             for model in models:
-                pending = Pending(conn)
-                for record in records[start : start + size]:
-                    if record.aggregate in model.aggregates:
-                        model.apply(pending, record)
-                pending.flush()
+                batch = [
+                    r for r in records[start : start + size] if r.aggregate in model.aggregates
+                ]
+                apply_batch(model, conn, batch)
     rows = dump(store)
     store.close()
     return rows
