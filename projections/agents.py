@@ -95,8 +95,9 @@ from chorus.projections.agents_verdicts import get_verdict as get_verdict
 from chorus.projections.agents_verdicts import recent_verdicts as recent_verdicts
 from chorus.projections.agents_verdicts import verdict_from_record as verdict_from_record
 from chorus.projections.agents_verdicts import verdict_view as verdict_view
-from chorus.projections.pending import Pending, Table, continued, fold
+from chorus.projections.pending import Pending, continued, fold
 from chorus.projections.readstore import Connection
+from chorus.projections.tables import Table
 
 _json = msgspec.json.Encoder(order="sorted")
 

@@ -26,98 +26,14 @@ A read model called with a plain connection (time travel's in-memory fold, tests
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any
 
 from chorus.projections.readstore import Connection, Cursor
+from chorus.projections.tables import Key, RowDict, Table, condition, matches, tuple_getter
 
 #: Values per ``IN (...)`` of a bulk read (well under SQLite's 32,766 parameters).
 _IN_CHUNK = 500
-#: A row as a read model changes it: column name -> value.
-RowDict = dict[str, Any]
-Key = tuple[Any, ...]
-
-
-@dataclass(frozen=True, eq=False)
-class Table:
-    """A read-model table as ``Pending`` handles it.
-
-    ``key`` identifies a row (the primary key, or a unique column). ``group``, one of the
-    key's columns, names rows read together: the first read of a row of a group reads
-    the whole group (a session's participants). ``insert_only``: rows only ever inserted
-    when absent and never read within a batch (activity marks); written with
-    ``ON CONFLICT DO NOTHING``."""
-
-    name: str
-    columns: tuple[str, ...]
-    key: tuple[str, ...]
-    group: str | None = None
-    insert_only: bool = False
-    key_of: Callable[[RowDict], Key] = field(init=False, repr=False)
-    #: A row's values in ``columns`` order (the parameters of an insert).
-    values_of: Callable[[RowDict], tuple[Any, ...]] = field(init=False, repr=False)
-    #: The columns not in the key (what an update of a whole row sets).
-    values: frozenset[str] = field(init=False, repr=False)
-    select_sql: str = field(init=False, repr=False)
-    insert_sql: str = field(init=False, repr=False)
-    upsert_sql: str = field(init=False, repr=False)
-    delete_sql: str = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        names = ", ".join(self.columns)
-        marks = ", ".join("?" * len(self.columns))
-        where = " AND ".join(f"{k}=?" for k in self.key)
-        updates = ", ".join(f"{c}=excluded.{c}" for c in self.columns if c not in self.key)
-        conflict = f"DO UPDATE SET {updates}" if updates and not self.insert_only else "DO NOTHING"
-        set_ = object.__setattr__  # frozen: the statements are derived once, here
-        set_(self, "values", frozenset(self.columns) - frozenset(self.key))
-        set_(self, "select_sql", f"SELECT {names} FROM {self.name} WHERE ")
-        set_(self, "insert_sql", f"INSERT INTO {self.name} ({names}) VALUES ({marks})")
-        set_(self, "upsert_sql", f"INSERT INTO {self.name} ({names}) VALUES ({marks}) "
-                                 f"ON CONFLICT ({', '.join(self.key)}) {conflict}")  # fmt: skip
-        set_(self, "delete_sql", f"DELETE FROM {self.name} WHERE {where}")
-        set_(self, "key_of", _tuple_getter(self.key))
-        set_(self, "values_of", _tuple_getter(self.columns))
-
-    def update_sql(self, columns: tuple[str, ...]) -> str:
-        """An UPDATE of these columns of one row, by key (parameters: values, then key)."""
-        return _update_sql(self.name, columns, self.key)
-
-
-@functools.cache
-def _tuple_getter(columns: tuple[str, ...]) -> Callable[[RowDict], tuple[Any, ...]]:
-    """``itemgetter`` that returns a tuple for one column too."""
-    if len(columns) == 1:
-        only = columns[0]
-        return lambda row: (row[only],)
-    return itemgetter(*columns)
-
-
-@functools.cache
-def _update_sql(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
-    sets = ", ".join(f"{c}=?" for c in columns)
-    return f"UPDATE {table} SET {sets} WHERE {' AND '.join(f'{k}=?' for k in key)}"
-
-
-def _condition(where: dict[str, Any]) -> tuple[str, list[Any]]:
-    """``where`` (column -> value; None means IS NULL) as SQL and its parameters."""
-    parts, params = [], []
-    for column, value in where.items():
-        if value is None:
-            parts.append(f"{column} IS NULL")
-        else:
-            parts.append(f"{column}=?")
-            params.append(value)
-    return " AND ".join(parts), params
-
-
-def _matches(row: RowDict, where: dict[str, Any]) -> bool:
-    return all(row[column] == value for column, value in where.items())
-
-
 #: ``changed`` of a row written whole (inserted, or replaced by ``put``).
 _WHOLE: frozenset[str] = frozenset()
 
@@ -354,23 +270,23 @@ class Pending:
         statement runs in the store now, for the rows this batch does not hold."""
         assert not table.insert_only, f"{table.name}: rows are only inserted"
         if table.group is not None and table.group in where:
-            return [row for row in self.rows(table, where[table.group]) if _matches(row, where)]
-        condition, params = _condition(where)
+            return [row for row in self.rows(table, where[table.group]) if matches(row, where)]
+        sql_where, params = condition(where)
         verb, changes = run
         if verb == "UPDATE":
             sets = ", ".join(f"{column}=?" for column in changes)
             self.conn.execute(
-                f"UPDATE {table.name} SET {sets} WHERE {condition}", [*changes.values(), *params]
+                f"UPDATE {table.name} SET {sets} WHERE {sql_where}", [*changes.values(), *params]
             )
         else:
-            self.conn.execute(f"DELETE FROM {table.name} WHERE {condition}", params)
+            self.conn.execute(f"DELETE FROM {table.name} WHERE {sql_where}", params)
         held = self._of(table)
         held.missing.clear()  # the store changed under the absent marks
         # The statement may have changed the store's copy of a row this batch changed too:
         # the held row is written whole at the end, over whatever the statement did.
         for key in held.changed:
             held.changed[key] = _WHOLE
-        return [row for row in held.rows.values() if row is not None and _matches(row, where)]
+        return [row for row in held.rows.values() if row is not None and matches(row, where)]
 
     # Plain SQL, and the end of the batch ----------------------------------------------------
 
@@ -427,7 +343,7 @@ class Pending:
         if inserts:
             self.conn.executemany(table.insert_sql, map(table.values_of, inserts))
         for columns, rows in updates.items():
-            values = _tuple_getter((*columns, *table.key))
+            values = tuple_getter((*columns, *table.key))
             self.conn.executemany(table.update_sql(columns), map(values, rows))
         if upserts:
             self.conn.executemany(table.upsert_sql, map(table.values_of, upserts))

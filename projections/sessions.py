@@ -18,8 +18,9 @@ from chorus.events.session import (
     SessionOpened,
     SessionTimedOut,
 )
-from chorus.projections.pending import Pending, RowDict, Table, continued, fold
+from chorus.projections.pending import Pending, continued, fold
 from chorus.projections.readstore import NOT_CREATED, Connection, Row
+from chorus.projections.tables import RowDict, Table
 
 NAME = "sessions"
 

@@ -37,8 +37,9 @@ from chorus.events.workflow import (
     WorkflowStarted,
 )
 from chorus.events.workflow import TaskAccepted as WorkflowTaskAccepted
-from chorus.projections.pending import Pending, Table, continued, fold
+from chorus.projections.pending import Pending, continued, fold
 from chorus.projections.readstore import NOT_CREATED, Connection
+from chorus.projections.tables import Table
 
 NAME = "agent_tasks"
 

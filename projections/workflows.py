@@ -24,12 +24,13 @@ from chorus.events.workflow import (
     WorkflowStarted,
     WorkflowTypeDefined,
 )
-from chorus.projections.pending import Pending, Table, continued, fold
+from chorus.projections.pending import Pending, continued, fold
 from chorus.projections.readstore import NOT_CREATED, Connection, Row
 from chorus.projections.sessions import (
     decode_cursor as decode_cursor,  # re-exported for the gateway
 )
 from chorus.projections.sessions import encode_cursor
+from chorus.projections.tables import Table
 
 NAME = "workflows"
 
