@@ -213,8 +213,7 @@ class Pending:
             self._inserts.setdefault(table, {}).setdefault(key, row)
             return
         held = self._of(table)
-        stored = self._stored(table, held, key)
-        if stored is not None:
+        if key not in held.stored and (stored := self._stored(table, held, key)) is not None:
             held.stored[key] = stored
         held.rows[key] = row
         held.changed[key] = _WHOLE
@@ -223,7 +222,8 @@ class Pending:
         if held.index:
             held.note(key, row)
         if held.missing:
-            held.missing -= {(column, row[column]) for column, _ in held.missing}
+            for column in {column for column, _ in held.missing}:
+                held.missing.discard((column, row[column]))
 
     def add(self, table: Table, row: RowDict) -> None:
         """Insert the row unless one with its key exists (``ON CONFLICT DO NOTHING``)."""

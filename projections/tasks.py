@@ -121,7 +121,7 @@ class AgentTasksProjection:
             case PhaseAssigned():
                 results = _decode.decode(row["results"])
                 task = phase_task(wid, _started.decode(row["started"]), results, event)
-                _open(rows, event.agent_id, task, wid, record.position)
+                _open(rows, [event.agent_id], task, wid, record.position)
             case WorkflowTaskAccepted():
                 rows.update_where(TASKS, {"accepted": 1},
                                   task_id=phase_task_id(wid, event.phase), agent_id=event.agent_id)  # fmt: skip
@@ -138,14 +138,13 @@ class AgentTasksProjection:
             case SessionOpened():
                 task = session_task(sid, event)
                 rows.created(TASKS, sid)  # the session's first event: no task of it yet
-                for agent in event.participants:
-                    _open(rows, agent, task, sid, record.position)
+                _open(rows, event.participants, task, sid, record.position)
             case ParticipantReplaced():
                 rows.delete(TASKS, event.replaced, sid)
                 others = rows.rows(TASKS, sid)
                 if others:  # every participant's row holds the same session task
                     task = msgspec.json.decode(others[0]["message"], type=SessionTask)
-                    _open(rows, event.replacement, task, sid, record.position)
+                    _open(rows, [event.replacement], task, sid, record.position)
             case SessionTaskAccepted():
                 rows.update_where(TASKS, {"accepted": 1}, task_id=sid, agent_id=event.agent_id)
             case ResultSubmitted():
@@ -157,17 +156,20 @@ class AgentTasksProjection:
 
 def _open(
     rows: Pending,
-    agent: str,
+    agents: list[str],
     task: PhaseTask | SessionTask,
     owner: str,
     position: int,
 ) -> None:
+    """Open ``task`` for each of ``agents`` (a session's participants share one message,
+    encoded once)."""
     kind = "phase" if isinstance(task, PhaseTask) else "session"
-    rows.put(TASKS, {
-        "agent_id": agent, "task_id": task.task_id, "owner_id": owner, "kind": kind,
-        "attempt": task.attempt, "accepted": 0, "message": TASK_ENCODER.encode(task).decode(),
-        "position": position,
-    })  # fmt: skip
+    message = TASK_ENCODER.encode(task).decode()
+    for agent in agents:
+        rows.put(TASKS, {
+            "agent_id": agent, "task_id": task.task_id, "owner_id": owner, "kind": kind,
+            "attempt": task.attempt, "accepted": 0, "message": message, "position": position,
+        })  # fmt: skip
 
 
 # Queries ------------------------------------------------------------------------------------
