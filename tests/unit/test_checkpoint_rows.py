@@ -86,3 +86,35 @@ def test_only_data_types_resolve(call: tuple[Any, ...]) -> None:
 
     with pytest.raises(pickle.UnpicklingError):
         load_state(pickle.dumps(Forged()))
+
+
+class SlowStore(CheckpointStore):
+    """Each save takes 0.1 s of the fake clock."""
+
+    def __init__(self, recorder: ApplicationRecorder, clock: list[float]) -> None:
+        super().__init__(recorder)
+        self.clock = clock
+        self.saves = 0
+
+    def save(self, checkpoint: Any) -> None:
+        super().save(checkpoint)
+        self.clock[0] += 0.1
+        self.saves += 1
+
+
+def test_slow_saves_stretch_the_interval_to_keep_within_the_budget(
+    recorder: ApplicationRecorder,
+) -> None:
+    """A save that costs 0.1 s with a 2% budget means the next one waits 5 s, not 1 s:
+    a manager with a large state does not spend its time pickling it."""
+    clock = [100.0]
+    store = SlowStore(recorder, clock)
+    kept = StateCheckpoint(store, "owner", Owner(), ("items", "seen"), [__name__],
+                           every=1.0, budget=0.02, monotonic=lambda: clock[0])  # fmt: skip
+    assert kept.save(1)
+    assert kept.interval == pytest.approx(5.0)
+    clock[0] += 2.0
+    assert not kept.save(2)  # past ``every``, not past the stretched interval
+    clock[0] += 3.0
+    assert kept.save(3)
+    assert store.saves == 2
