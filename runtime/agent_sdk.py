@@ -233,19 +233,23 @@ class AgentClient:
         drain_timeout: float = 30.0,
         claim_completions: bool = True,
         keepalive: bool = False,
+        accept_after: float | None = None,
     ) -> None:
         """Register, heartbeat, and run ``handler`` for every task on this agent's inbox,
         until cancelled or ``shutdown()``; then finish the running tasks (for up to
         ``drain_timeout`` seconds) or hand them back. ``claim_completions``: claim each
         completed task with its evidence; ``keepalive``: while a handler runs, repeat its
-        last progress report often enough for the phase's ``heartbeat_seconds``. See
-        ``chorus.agent_worker``."""
-        from chorus.agent_worker import Worker
+        last progress report often enough for the phase's ``heartbeat_seconds``;
+        ``accept_after``: accept a task once its handler has run this long (default
+        ``ACCEPT_AFTER``, 0.25 s; a quicker handler's report acknowledges it; 0: accept
+        before running). See ``chorus.agent_worker``."""
+        from chorus.agent_worker import ACCEPT_AFTER, Worker
 
         if self.broker is None:
             raise TypeError("serve() needs a FastStream broker: AgentClient.connect(url, name)")
         worker = Worker(self, self.broker, handler, max_concurrency=max_concurrency,
-                        claim_completions=claim_completions, keepalive=keepalive)  # fmt: skip
+                        claim_completions=claim_completions, keepalive=keepalive,
+                        accept_after=ACCEPT_AFTER if accept_after is None else accept_after)  # fmt: skip
         self._worker = worker
         await worker.run(
             capabilities=capabilities or [],

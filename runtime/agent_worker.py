@@ -3,9 +3,15 @@
 The engine delivers tasks on ``chorus.task.<agent_id>`` at least once, until acknowledged
 (``chorus.contracts.tasks``). For each task the worker:
 
-1. waits for a free slot (``max_concurrency``), then acknowledges it with ``task.accept``
-   (accepting a phase starts it), so an agent with no free slot leaves the task
-   unacknowledged and the dispatcher can give it to another agent;
+1. waits for a free slot (``max_concurrency``), so an agent with no free slot leaves the
+   task unacknowledged and the dispatcher can give it to another agent; then starts the
+   handler, and acknowledges the task with ``task.accept`` (accepting a phase starts it)
+   only if the handler is still running ``accept_after`` seconds later. A handler that
+   finishes sooner acknowledges with its report (the engine takes the work itself as
+   the acknowledgement), so a quick task costs the engine one command fewer; the grace
+   is far below the engine's re-send interval and accept window. A refused accept (the
+   attempt was taken back meanwhile) cancels the handler; ``accept_after=0`` accepts
+   before the handler starts;
 2. runs the handler with a ``TaskContext`` (progress and partial results), bounded by the
    task's lease: past ``lease_expires_at`` the engine counts the attempt lost, so the
    handler is cancelled and nothing more is reported;
@@ -47,6 +53,9 @@ from faststream.nats.annotations import NatsMessage
 log = logging.getLogger("chorus.agent")
 
 Task = PhaseTask | SessionTask
+#: Seconds a handler runs before its task is accepted (see the module's docstring): well
+#: under the engine's re-send interval (1 s) and any accept window.
+ACCEPT_AFTER = 0.25
 #: ``async def handle(task, ctx) -> dict | None``: the result (None: an empty result).
 Handler = Callable[[Task, "TaskContext"], Awaitable[dict[str, Any] | None]]
 Clock = Callable[[], datetime]
@@ -164,10 +173,14 @@ class Worker:
         max_concurrency: int = 1,
         claim_completions: bool = True,
         keepalive: bool = False,
+        accept_after: float = ACCEPT_AFTER,
         clock: Clock = utc_now,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if accept_after < 0:
+            raise ValueError("accept_after must not be negative")
+        self.accept_after = accept_after
         self.client = client
         self.broker = broker
         self.handler = handler
@@ -302,11 +315,38 @@ class Worker:
             while len(self._finished) > REMEMBERED:
                 self._finished.popitem(last=False)
 
-    async def _accept_and_run(self, task: Task) -> None:
+    async def _accept(self, task: Task) -> None:
         check(task.task_id, await self.client.accept(task.task_id))
         held = self.running.get(task.task_id)
         if held is not None and held.task is task:
             held.accepted = True
+
+    def _accept_later(self, task: Task) -> asyncio.Task[None]:
+        """Accept ``task`` if its handler (the current task) runs ``accept_after``
+        seconds; a refusal (or a lost lease) cancels the handler."""
+        handler = asyncio.current_task()
+        assert handler is not None
+
+        async def accept() -> None:
+            await asyncio.sleep(self.accept_after)
+            try:
+                await self._accept(task)
+            except TaskLost as lost:
+                held = self.running.get(task.task_id)
+                if held is not None and held.task is task:
+                    held.cancelled = f"accept refused: {lost.code}"
+                handler.cancel()
+            except SKIPPABLE:
+                pass  # unanswered: the handler's own report acknowledges it
+
+        return asyncio.create_task(accept(), name=f"accept-{task.task_id}")
+
+    async def _accept_and_run(self, task: Task) -> None:
+        accepting = None
+        if self.accept_after > 0:
+            accepting = self._accept_later(task)
+        else:
+            await self._accept(task)
         ctx = TaskContext(self.client, task)
         lease = max(0.0, (task.lease_expires_at - self.clock()).total_seconds())
         beats = self._keep_alive(ctx)
@@ -331,6 +371,8 @@ class Worker:
         finally:
             if beats is not None:
                 beats.cancel()
+            if accepting is not None:
+                accepting.cancel()
         await self._complete(task, result or {})
 
     def _keep_alive(self, ctx: TaskContext) -> asyncio.Task[None] | None:

@@ -35,6 +35,7 @@ class Rig:
 
     async def serve(self, handler: Handler, **options: Any) -> Worker:
         clock = options.pop("clock", lambda: NOW)
+        options.setdefault("accept_after", 0)  # accept first: the order these tests check
         worker = Worker(self.client, self.broker, handler, clock=clock, **options)
         self.client._worker = worker  # what AgentClient.serve does, with this test's clock
         self.serving = asyncio.create_task(worker.run(capabilities=["python"]))
@@ -221,6 +222,64 @@ async def test_a_refused_accept_runs_nothing(rig: Rig) -> None:
     assert runs == 0 and not worker.running
 
 
+async def test_a_quick_handler_acknowledges_with_its_report_and_sends_no_accept(
+    rig: Rig,
+) -> None:
+    """With a grace before accepting, a handler done within it needs no ``task.accept``:
+    the completion acknowledges the task (one command fewer for the engine)."""
+
+    async def handle(task: PhaseTask | SessionTask, ctx: TaskContext) -> dict[str, Any]:
+        return {"ok": True}
+
+    await rig.serve(handle, accept_after=30)
+    await rig.send(phase_task())
+    await rig.engine.until(lambda: rig.engine.named("verify_completion"))
+    assert [(c.aggregate, c.command) for c in rig.engine.commands[1:]] == [
+        ("workflow", "complete_phase"), ("agent", "verify_completion"),
+    ]  # fmt: skip
+
+
+async def test_a_handler_still_running_after_the_grace_accepts_its_task(rig: Rig) -> None:
+    release = asyncio.Event()
+
+    async def handle(task: PhaseTask | SessionTask, ctx: TaskContext) -> dict[str, Any]:
+        await release.wait()
+        return {"ok": True}
+
+    worker = await rig.serve(handle, accept_after=0.01)
+    task = phase_task()
+    await rig.send(task)
+    async with asyncio.timeout(WAIT):
+        while not getattr(worker.running.get(task["task_id"]), "accepted", False):
+            await asyncio.sleep(0.01)
+    assert [c.command for c in rig.engine.commands[1:]] == ["accept"]
+    release.set()
+    await rig.engine.until(lambda: rig.engine.named("verify_completion"))
+    assert [c.command for c in rig.engine.commands[1:]] == [
+        "accept", "complete_phase", "verify_completion",
+    ]  # fmt: skip
+
+
+async def test_a_refused_late_accept_stops_the_handler_and_reports_nothing(rig: Rig) -> None:
+    rig.engine.reject["accept"] = "not_assigned"
+    stopped = asyncio.Event()
+
+    async def handle(task: PhaseTask | SessionTask, ctx: TaskContext) -> dict[str, Any]:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+        return {}
+
+    worker = await rig.serve(handle, accept_after=0.01)
+    await rig.send(phase_task())
+    await asyncio.wait_for(stopped.wait(), WAIT)
+    async with asyncio.timeout(WAIT):
+        while worker.running:  # the job unwinds right after its handler
+            await asyncio.sleep(0.01)
+    assert not rig.engine.named("complete_phase", "fail_phase", "verify_completion")
+
+
 async def test_a_full_agent_accepts_the_next_task_only_when_a_slot_frees(rig: Rig) -> None:
     release = asyncio.Event()
 
@@ -304,7 +363,7 @@ async def test_shutdown_finishes_running_work_and_hands_back_what_does_not_finis
     # Handed back: the accepted phase is failed as handed back, so it moves on at once.
     started.clear()
     rig.serving = None
-    worker = Worker(rig.client, rig.broker, handle, clock=lambda: NOW)
+    worker = Worker(rig.client, rig.broker, handle, clock=lambda: NOW, accept_after=0)
     rig.client._worker = worker
     serving = asyncio.create_task(worker.run(capabilities=[], drain_timeout=0))
     await rig.engine.until(lambda: len(rig.engine.named("register")) == 2)
