@@ -1,15 +1,18 @@
 """Dispatch: phases per second and assignment latency, against JetStream in the same run.
 
     python -m bench.dispatch [--agents 20] [--workflows 300] [--rate 100] [--seconds 10] [--sdk]
+                             [--relay-in-engine]
 
-Starts a nats-server from the wheel and an engine process (``chorus engine``, SQLite, as
-``chorus up`` runs it: worker, process managers, relay and sealer in one process), registers
+Starts a nats-server from the wheel and the engine as ``chorus up`` runs it (SQLite;
+``chorus engine`` with worker and process managers, ``chorus relay`` with the relay and the
+sealer beside it; ``--relay-in-engine``: all in one process), registers
 ``--agents`` no-op agents in this process (plain nats-py subscribers on their inboxes,
 ``max_concurrency`` 100 each; agents are programs of their own, so they do not share the
 engine's interpreter) that complete every phase task the moment it arrives (``--sdk``:
 the same number of ``AgentClient.serve`` agents with a handler that returns at once; they
-accept each task, complete it and claim the completion with its evidence, so a phase costs
-the engine four commands instead of two), then:
+complete each task (which acknowledges it: a handler that quick needs no ``task.accept``)
+and claim the completion with its evidence, so a phase costs the engine three commands
+instead of two), then:
 
 1. **Throughput**: starts ``--workflows`` workflows of three phases at once and times
    until every one has completed: phases/s.
@@ -45,7 +48,7 @@ from chorus.natsd import start_nats_server
 from chorus.store.recorder import open_recorder
 from nats.aio.msg import Msg
 
-from bench.e2e import spawn, wait_for_engine
+from bench.e2e import spawn_engine, wait_for_engine
 
 #: The bench's workflow type, given to the engine process as a workflow types file.
 BENCH_TYPES_TOML = """
@@ -203,17 +206,19 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run(agents: int, workflows: int, rate: float, seconds: float, sdk: bool) -> None:
+async def run(
+    agents: int, workflows: int, rate: float, seconds: float, sdk: bool, relay_in_engine: bool
+) -> None:
     work = Path(tempfile.mkdtemp(prefix="chorus-bench-"))
     server = start_nats_server(work / "nats", monitor=False)
     database_url = f"sqlite:///{work}/events.db"
     types = work / "types.toml"
     types.write_text(BENCH_TYPES_TOML)
-    engine = spawn("engine", {
+    engine = spawn_engine({
         "CHORUS_NATS_URL": server.url, "CHORUS_DATA_DIR": str(work),
         "CHORUS_DATABASE_URL": database_url, "CHORUS_WORKFLOW_TYPES": str(types),
         "CHORUS_SESSION_QUOTA": "0",
-    }, work / "engine.log")  # fmt: skip
+    }, work, relay_in_engine)  # fmt: skip
     try:
         nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024)
         await wait_for_engine(nc)
@@ -255,8 +260,10 @@ async def run(agents: int, workflows: int, rate: float, seconds: float, sdk: boo
         await nc.close()
         baseline = await _jetstream_baseline(server.url, 20_000)
     finally:
-        engine.terminate()
-        engine.wait(timeout=30)
+        for process in engine:
+            process.terminate()
+        for process in engine:
+            process.wait(timeout=30)
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
     kind = "SDK agents" if sdk else "agents"
@@ -277,8 +284,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--sdk", action="store_true", help="agents on AgentClient.serve")
+    parser.add_argument("--relay-in-engine", action="store_true",
+                        help="run the relay and the sealer in the engine process (not as chorus up does)")  # fmt: skip
     args = parser.parse_args()
-    asyncio.run(run(args.agents, args.workflows, args.rate, args.seconds, args.sdk))
+    asyncio.run(run(args.agents, args.workflows, args.rate, args.seconds, args.sdk,
+                    args.relay_in_engine))  # fmt: skip
 
 
 if __name__ == "__main__":

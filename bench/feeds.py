@@ -36,7 +36,15 @@ import nats
 import websockets
 from chorus.natsd import start_nats_server
 
-from bench.e2e import cpu_seconds, jetstream_baseline, request, spawn, teardown, wait_for_engine
+from bench.e2e import (
+    cpu_seconds,
+    jetstream_baseline,
+    request,
+    spawn,
+    spawn_engine,
+    teardown,
+    wait_for_engine,
+)
 
 SETTLE = 1.0  # seconds between the last client joining and the first event
 
@@ -152,8 +160,9 @@ async def run(args: argparse.Namespace) -> None:
         "CHORUS_RATE_LIMITS": '{"feed": "100000/minute"}',
     }
     token = KeyStore(work / "keys.db").create("bench-watcher", "operator")
-    procs = [spawn(role, env, work / f"{role}.log") for role in ("engine", "project", "gateway")]
-    gateway_pid = procs[2].pid
+    procs = [*spawn_engine(env, work), *(spawn(role, env, work / f"{role}.log")
+                                         for role in ("project", "gateway"))]  # fmt: skip
+    gateway_pid = procs[-1].pid
     ctx = multiprocessing.get_context("spawn")
     clients: list[Any] = []
     try:

@@ -90,8 +90,8 @@ async def one_run(database_url: str | None, args: argparse.Namespace) -> Run:
         sessions = await open_sessions(conns, agents, args)
         watcher = Watcher(deployed.work / "read.db")
         watching = asyncio.create_task(watcher.run())
-        engine, projector = deployed.pids
-        before = [cpu_seconds(engine), cpu_seconds(projector)]
+        *engine, projector = deployed.pids  # the engine and its relay process, the projector
+        before = [sum(map(cpu_seconds, engine)), cpu_seconds(projector)]
         server_before = server_cpu(args.database_url, application) if postgres else {}
         try:
             loop = await measure_open_loop(conns, sessions, watcher, args.rate, args.participants)
@@ -99,7 +99,7 @@ async def one_run(database_url: str | None, args: argparse.Namespace) -> Run:
             watching.cancel()
             for nc in conns:
                 await nc.close()
-        after = [cpu_seconds(engine), cpu_seconds(projector)]
+        after = [sum(map(cpu_seconds, engine)), cpu_seconds(projector)]
         server_after = server_cpu(args.database_url, application) if postgres else {}
     server = sum(t - server_before.get(pid, 0.0) for pid, t in server_after.items())
     per = 1e6 / len(loop.replies)

@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in (
         ("engine", "run command workers, timers and the relay"),
+        ("relay", "run the relay and the sealer alone (beside CHORUS_ENGINE_RELAY=false)"),
         ("gateway", "run the HTTP/WebSocket gateway"),
     ):
         p = sub.add_parser(name, help=text)
@@ -172,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             from chorus.processes import run_engine
 
             run_engine(settings)
+        case "relay":
+            from chorus.processes import run_engine
+
+            run_engine(settings, relay_only=True)
         case "gateway":
             from chorus.processes import run_gateway
 

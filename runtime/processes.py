@@ -1,4 +1,4 @@
-"""Entry points of the split processes: engine, projector, gateway.
+"""Entry points of the split processes: engine, relay, projector, gateway.
 
 Each asks the composition root (``chorus.bootstrap``) for its parts and runs them until
 signalled; nothing is wired here.
@@ -27,11 +27,15 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
-def run_engine(settings: Settings) -> None:
-    serve_metrics(settings.metrics_port, settings.host)
+def run_engine(settings: Settings, *, relay_only: bool = False) -> None:
+    """``chorus engine``, or with ``relay_only`` ``chorus relay`` (the relay and the sealer
+    alone, beside an engine that does not run them: ``CHORUS_ENGINE_RELAY=false``)."""
+    if not relay_only:
+        serve_metrics(settings.metrics_port, settings.host)
 
     async def main() -> int:
-        service = bootstrap(settings, tracer_provider=setup_tracing("chorus-engine")).engine()
+        components = bootstrap(settings, tracer_provider=setup_tracing("chorus-engine"))
+        service = components.relay() if relay_only else components.engine()
         await service.start()
         signalled = asyncio.create_task(_until_signalled())
         failed = asyncio.create_task(service.wait_failed())

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     batch_max: int = Field(default=256, ge=1, le=10_000)
     batch_window_ms: float = Field(default=2.0, ge=0, le=1000)
     cache_size: int = Field(default=10_000, ge=0)
+    engine_relay: bool = Field(
+        default=True,
+        description="The engine runs the relay and the sealer itself; chorus up sets it "
+        "false and runs them as chorus relay, a process of their own",
+    )
     stream_replicas: int = Field(default=1, ge=1, le=5)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     request_read_timeout: float = Field(

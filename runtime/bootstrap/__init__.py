@@ -41,6 +41,10 @@ from chorus.typesfile import load_workflow_types
 from eventsourcing.persistence import ApplicationRecorder
 from opentelemetry.trace import TracerProvider
 
+#: Seconds between ``chorus relay``'s looks at the store once it has caught up: a feed
+#: sees an event at most this much later than with the relay in the engine.
+RELAY_POLL = 0.005
+
 if TYPE_CHECKING:  # the engine and the projector never load the web framework
     from chorus.gateway.state import GatewayConfig, Services
     from litestar import Litestar
@@ -164,6 +168,8 @@ class Components:
             "session_quota": s.session_quota,
             "clock": self.clock,
             "tracer_provider": self.tracer_provider,
+            "relay": s.engine_relay,
+            "sealer": s.engine_relay,
         }
         return EngineConfig(**_merged(fields, overrides, {
             "nats_url": lambda: _require_nats(s),
@@ -175,6 +181,13 @@ class Components:
         """The engine process's parts (not started): ``await engine.start()``."""
         config = self.engine_config(**overrides)
         return EngineService(config, self._recorder)
+
+    def relay(self, **overrides: Any) -> EngineService:
+        """``chorus relay``: the relay and the sealer without the command path, polling the
+        store for new rows every ``RELAY_POLL`` seconds (no commit in this process wakes
+        them). Out of the engine's interpreter they leave it more of the GIL for commands."""
+        fields = {"commands": False, "relay": True, "sealer": True, "relay_idle": RELAY_POLL}
+        return self.engine(**{**fields, **overrides})
 
     # The projector -----------------------------------------------------------------------
 

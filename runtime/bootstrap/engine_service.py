@@ -40,7 +40,7 @@ from chorus.store.recorder import open_recorder
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from eventsourcing.persistence import ApplicationRecorder
 from nats.aio.client import Client as NATS
-from opentelemetry.trace import TracerProvider
+from opentelemetry.trace import Tracer, TracerProvider
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,14 @@ class EngineConfig:
     batch_max: int = 256
     batch_window: float = 0.002
     cache_size: int = 10_000
+    #: Take commands: the bus worker, the processor and the process managers. Off, the
+    #: service runs only the relay and the sealer (``chorus relay``, which ``chorus up``
+    #: runs beside an engine started with ``CHORUS_ENGINE_RELAY=false``).
+    commands: bool = True
     relay: bool = True
+    #: Seconds the relay waits for new rows once it has caught up. In the engine a commit
+    #: wakes it at once; in a process of its own it polls the store this often.
+    relay_idle: float = 0.05
     timers: bool = True
     delegation: bool = True
     #: The dispatcher: phases to agents, leases, task delivery on ``chorus.task.<agent>``.
@@ -132,6 +139,24 @@ class EngineService:
         # A cluster may be electing a leader, or have lost the node this request went
         # through: wait for it rather than exit.
         await until_jetstream_answers(lambda: ensure_streams(js, cfg.replicas), "the streams")
+        tracer = tracer_of(cfg.tracer_provider, "chorus.engine")
+        if tracer is not None:
+            await in_thread(tracecontext.ensure_table, self.recorder)
+        if cfg.relay:
+            self.relay = Relay(self.recorder, nc, tracer=tracer, idle_interval=cfg.relay_idle)
+            self._run("engine-relay", self.relay.run())
+        if cfg.sealer:
+            sealer = Sealer(
+                self.recorder, anchor_path=cfg.seal_anchor_path,
+                anchor_key=_signing_key(cfg.audit_key_path),
+            )  # fmt: skip
+            self._run("engine-sealer", sealer.run())
+        if cfg.commands:
+            await self._start_command_path(nc, tracer)
+
+    async def _start_command_path(self, nc: NATS, tracer: Tracer | None) -> None:
+        """The processor, the bus worker and the process managers around them."""
+        cfg = self.config
         processor = Processor(
             self.recorder,
             clock=cfg.clock,
@@ -140,14 +165,9 @@ class EngineService:
                 workflow_types=cfg.workflow_types, roles=cfg.roles, session_quota=cfg.session_quota
             ),
         )
-        tracer = tracer_of(cfg.tracer_provider, "chorus.engine")
-        if tracer is not None:
-            await in_thread(tracecontext.ensure_table, self.recorder)
         # Made first: the process managers send into it, the worker drains it.
         intake = CommandIntake()
         dead_letters = DeadLetters(nc)
-        if cfg.relay:
-            self.relay = Relay(self.recorder, nc, tracer=tracer)
         if cfg.timers:
             self.timer = SessionTimer(self.recorder, intake, cfg.clock)
         if cfg.delegation:
@@ -168,16 +188,8 @@ class EngineService:
             heartbeats=self.liveness, listeners=listeners,
         )  # fmt: skip
         self._run("engine-worker", self.worker.run())
-        if self.relay is not None:
-            self._run("engine-relay", self.relay.run())
         if self.timer is not None:
             self._run("engine-timer", self.timer.run())
-        if cfg.sealer:
-            sealer = Sealer(
-                self.recorder, anchor_path=cfg.seal_anchor_path,
-                anchor_key=_signing_key(cfg.audit_key_path),
-            )  # fmt: skip
-            self._run("engine-sealer", sealer.run())
         if self.delegation is not None:
             self._run("engine-delegation", self.delegation.run())
         if self.dispatcher is not None:

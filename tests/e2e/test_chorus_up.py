@@ -258,7 +258,7 @@ def test_banner_names_embedded_nats_and_admin_key(scenario: Scenario) -> None:
     assert re.match(r"^nats://127\.0\.0\.1:\d+$", scenario.nats_url)
     assert scenario.admin_key is not None
     assert scenario.admin_key.startswith("chk_")
-    assert set(scenario.children) >= {"nats-server", "engine", "project", "gateway"}
+    assert set(scenario.children) >= {"nats-server", "engine", "relay", "project", "gateway"}
 
 
 def test_sigterm_stops_everything_without_orphans(scenario: Scenario) -> None:

@@ -70,7 +70,7 @@ def test_sigkilled_supervisor_leaves_no_orphans(tmp_path: Path) -> None:
         up.start()
         assert up.process is not None
         pids = {role: child.pid for role, child in up.children.items()}
-        assert set(pids) >= {"nats-server", "engine", "project", "gateway"}
+        assert set(pids) >= {"nats-server", "engine", "relay", "project", "gateway"}
         up.process.send_signal(signal.SIGKILL)
         up.process.wait(10)
 

@@ -5,18 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
-from chorus.bootstrap import EngineService
+from chorus.audit.ledger import last_seal
+from chorus.bootstrap import EngineService, bootstrap
 from chorus.engine.adapters.relay import Relay, StreamAheadOfStore
+from chorus.engine.domain.authz import StaticRoles
 from chorus.events.codec import decode_record, is_domain_topic
+from chorus.store.datastore import close_recorder
 from chorus.store.recorder import open_recorder
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.js.api import DeliverPolicy
 
-from tests.conftest import NatsEndpoint, engine_config
+from tests.conftest import ENGINE_TEST_DEFAULTS, NatsEndpoint, chorus_settings, engine_config
 
 
 async def send(
@@ -340,3 +344,40 @@ async def test_two_relays_on_one_store_keep_the_stream_complete_and_ordered(
         stored = domain_records(database_url)
         published = await stream_records(nc, len(stored))
     assert [r["position"] for r in published] == [r.position for r in stored]
+
+
+async def test_the_relay_in_a_service_of_its_own_publishes_what_an_engine_without_one_records(
+    nats_server: NatsEndpoint, nc: NATS, database_url: str, tmp_path: Path
+) -> None:
+    """``chorus up``'s layout: the engine runs without relay and sealer
+    (``CHORUS_ENGINE_RELAY=false``) and ``chorus relay`` runs them, polling the store."""
+    settings = chorus_settings(tmp_path, nats_url=nats_server.url, database_url=database_url,
+                               engine_relay=False)  # fmt: skip
+    components = bootstrap(settings, roles=StaticRoles())
+    engine = components.engine(**ENGINE_TEST_DEFAULTS)
+    relay = components.relay(seal_anchor_path=None, audit_key_path=None)
+    assert (engine.config.relay, engine.config.sealer, engine.config.commands) == (
+        False,
+        False,
+        True,
+    )
+    assert (relay.config.relay, relay.config.sealer, relay.config.commands) == (True, True, False)
+    async with engine, relay:
+        assert relay.worker is None and engine.relay is None
+        payload = open_payload(["a1"])
+        await send(nc, "coord", "open", payload)
+        await send(nc, "a1", "submit_result", {"session_id": payload["session_id"], "result": {}})
+        stored = domain_records(database_url)
+        published = await stream_records(nc, len(stored))
+        assert [r["position"] for r in published] == [r.position for r in stored]
+        recorder = open_recorder(database_url)
+        try:
+            head = recorder.max_notification_id()
+            for _ in range(500):  # the sealer catches up beside it
+                seal = last_seal(recorder)
+                if seal is not None and seal.position == head:
+                    break
+                await asyncio.sleep(0.02)
+            assert seal is not None and seal.position == head
+        finally:
+            close_recorder(recorder)
