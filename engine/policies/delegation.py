@@ -29,6 +29,7 @@ from chorus.contracts.workflow_types import Delegation, Phase
 from chorus.contracts.workflows import CompletePhase, FailPhase, PhaseError
 from chorus.engine.handlers import HANDLERS
 from chorus.engine.policies.follower import LogFollower
+from chorus.engine.policies.logtail import LogReader
 from chorus.engine.ports import CommandSink
 from chorus.engine.processor import Command
 from chorus.events.codec import topic_of
@@ -106,8 +107,9 @@ class DelegationManager(LogFollower):
         *,
         idle: float = 0.1,
         checkpoint_every: float = 1.0,
+        log: LogReader | None = None,
     ) -> None:
-        super().__init__(recorder, worker, idle=idle, checkpoint_every=checkpoint_every)
+        super().__init__(recorder, worker, idle=idle, checkpoint_every=checkpoint_every, log=log)
         self._workflows: dict[str, _Workflow] = {}
         self._to_open: list[_ToOpen] = []
         self._opened: set[str] = set()  # session ids known to exist

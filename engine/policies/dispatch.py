@@ -56,6 +56,7 @@ from chorus.engine.handlers import HANDLERS
 from chorus.engine.policies.delegation import delegated_session_id
 from chorus.engine.policies.directory import AgentDirectory
 from chorus.engine.policies.follower import LogFollower
+from chorus.engine.policies.logtail import LogReader
 from chorus.engine.ports import CommandSink
 from chorus.engine.processor import Clock, Command, utc_now
 from chorus.events.agent import AgentRegistered
@@ -187,8 +188,9 @@ class Dispatcher(LogFollower):
         *,
         idle: float = 0.1,
         checkpoint_every: float = 1.0,
+        log: LogReader | None = None,
     ) -> None:
-        super().__init__(recorder, worker, idle=idle, checkpoint_every=checkpoint_every)
+        super().__init__(recorder, worker, idle=idle, checkpoint_every=checkpoint_every, log=log)
         self.nc = nc
         self.clock = clock
         self.config = config or DispatchConfig()

@@ -16,10 +16,9 @@ import logging
 from chorus.aio import in_thread, raise_if_cancelling
 from chorus.contracts.feed import EventRecord
 from chorus.engine.policies.checkpoint import StateCheckpoint
+from chorus.engine.policies.logtail import LogReader, StoreLog
 from chorus.engine.ports import CommandSink
-from chorus.events.codec import decode_record
 from chorus.store.checkpoints import CheckpointStore
-from chorus.store.recorder import select_topics_after
 from eventsourcing.persistence import ApplicationRecorder
 
 log = logging.getLogger(__name__)
@@ -42,8 +41,11 @@ class LogFollower:
         *,
         idle: float = 0.1,
         checkpoint_every: float = 1.0,
+        log: LogReader | None = None,
     ) -> None:
         self.recorder = recorder
+        #: Where new records come from: the engine's shared ``LogTail``, else the store.
+        self.log = log or StoreLog(recorder)
         self.worker = worker
         self.idle = idle
         self.position = 0
@@ -80,9 +82,9 @@ class LogFollower:
             self.position = self.checkpoint.restore()
             self._restored = True
         while True:
-            batch, position = select_topics_after(self.recorder, self.position, self.topics)
-            for notification in batch:
-                self.observe(decode_record(notification))
+            batch, position = self.log.after(self.position, self.topics)
+            for record in batch:
+                self.observe(record)
             self.events_read += len(batch)
             if position == self.position:
                 return

@@ -25,6 +25,7 @@ from chorus.contracts.feed import EventRecord
 from chorus.contracts.sessions import ReportParticipantLost
 from chorus.engine.handlers import HANDLERS
 from chorus.engine.policies.follower import LogFollower
+from chorus.engine.policies.logtail import LogReader
 from chorus.engine.ports import CommandSink
 from chorus.engine.processor import Command
 from chorus.events.agent import AgentCameOnline, AgentCapabilitiesUpdated, AgentRegistered
@@ -70,8 +71,9 @@ class ParticipantWatch(LogFollower):
         *,
         idle: float = 0.1,
         checkpoint_every: float = 1.0,
+        log: LogReader | None = None,
     ) -> None:
-        super().__init__(recorder, worker, idle=idle, checkpoint_every=checkpoint_every)
+        super().__init__(recorder, worker, idle=idle, checkpoint_every=checkpoint_every, log=log)
         self._pending: dict[str, set[str]] = {}  # session -> participants yet to submit
         self._sessions_of: dict[str, set[str]] = {}  # agent -> open sessions waiting on it
         self._name: dict[str, str] = {}  # agent aggregate id -> agent id

@@ -23,12 +23,12 @@ from chorus.contracts.errors import STORE_UNAVAILABLE
 from chorus.contracts.sessions import TimeOutSession
 from chorus.engine.handlers import HANDLERS, Handler
 from chorus.engine.policies.checkpoint import StateCheckpoint
+from chorus.engine.policies.logtail import LogReader, StoreLog
 from chorus.engine.ports import CommandSink
 from chorus.engine.processor import Command, utc_now
-from chorus.events.codec import decode_record, topic_of
+from chorus.events.codec import topic_of
 from chorus.events.session import SessionOpened
 from chorus.store.checkpoints import CheckpointStore
-from chorus.store.recorder import select_topics_after
 from eventsourcing.persistence import ApplicationRecorder
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,15 @@ OPENED = topic_of("session", "SessionOpened")
 CLOSING = [
     topic_of("session", t) for t in ("SessionFinalised", "SessionTimedOut", "SessionCancelled")
 ]
+#: What the timer follows: sessions opening (with their deadline) and closing.
+TOPICS = [OPENED, *CLOSING]
 
 RETRY_AFTER = timedelta(seconds=1)
 
 
 class SessionTimer:
+    topics = TOPICS
+
     def __init__(
         self,
         recorder: ApplicationRecorder,
@@ -50,8 +54,10 @@ class SessionTimer:
         *,
         max_sleep: float = 0.25,
         checkpoint_every: float = 1.0,
+        log: LogReader | None = None,
     ) -> None:
         self.recorder = recorder
+        self.log = log or StoreLog(recorder)
         self.worker = worker
         self.clock = clock
         self.max_sleep = max_sleep
@@ -72,10 +78,9 @@ class SessionTimer:
             self.position = self.checkpoint.restore()
             self._restored = True
         while True:
-            batch, position = select_topics_after(self.recorder, self.position, [OPENED, *CLOSING])
+            batch, position = self.log.after(self.position, TOPICS)
             self.events_read += len(batch)
-            for n in batch:
-                record = decode_record(n)
+            for record in batch:
                 if isinstance(opened := record.event, SessionOpened):
                     heapq.heappush(self._heap, (opened.deadline, record.aggregate_id))
                     self._open.add(record.aggregate_id)

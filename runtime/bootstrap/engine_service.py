@@ -32,6 +32,7 @@ from chorus.engine.domain.authz import Roles, StaticRoles
 from chorus.engine.domain.context import EngineContext
 from chorus.engine.policies.delegation import DelegationManager
 from chorus.engine.policies.dispatch import DispatchConfig, Dispatcher
+from chorus.engine.policies.logtail import LogTail
 from chorus.engine.policies.participants import ParticipantWatch
 from chorus.engine.policies.timers import SessionTimer
 from chorus.engine.processor import Clock, Processor, utc_now
@@ -168,18 +169,23 @@ class EngineService:
         # Made first: the process managers send into it, the worker drains it.
         intake = CommandIntake()
         dead_letters = DeadLetters(nc)
+        # The followers read what is new through one tail, each record read and decoded once.
+        followers = (SessionTimer, DelegationManager, Dispatcher, ParticipantWatch)
+        tail = LogTail(self.recorder, {topic for f in followers for topic in f.topics})
         if cfg.timers:
-            self.timer = SessionTimer(self.recorder, intake, cfg.clock)
+            self.timer = SessionTimer(self.recorder, intake, cfg.clock, log=tail)
         if cfg.delegation:
-            self.delegation = DelegationManager(self.recorder, intake)
+            self.delegation = DelegationManager(self.recorder, intake, log=tail)
         if cfg.dispatch:
-            self.dispatcher = Dispatcher(self.recorder, intake, nc, cfg.clock, cfg.dispatch_config)
+            self.dispatcher = Dispatcher(
+                self.recorder, intake, nc, cfg.clock, cfg.dispatch_config, log=tail
+            )
         if cfg.liveness:
             self.liveness = LivenessMonitor(
                 self.recorder, intake, nc, cfg.liveness_config, cfg.clock, cfg.replicas,
                 dead_letters=dead_letters,
             )  # fmt: skip
-            self.participants = ParticipantWatch(self.recorder, intake)
+            self.participants = ParticipantWatch(self.recorder, intake, log=tail)
         # New events: the relay and the dispatcher look now rather than at their next poll.
         listeners = [part for part in (self.relay, self.dispatcher) if part is not None]
         self.worker = CommandWorker(
