@@ -30,3 +30,15 @@ def test_an_actor_with_two_keys_holds_both_roles(tmp_path: Path) -> None:
     store.create("dual", "auditor")
     store.create("dual", "operator")
     assert key_store_roles(tmp_path / "keys.db", ttl=0).roles_of("dual") == {"auditor", "operator"}
+
+
+def test_a_key_revoked_elsewhere_stops_counting_at_the_next_lookup(tmp_path: Path) -> None:
+    """Lookups keep their connection open; a revocation written by another process (its
+    own store object) still counts at once, and authentication refuses the key too."""
+    engine_side = KeyStore(tmp_path / "keys.db")
+    key = engine_side.create("ops-1", "operator")
+    assert engine_side.roles_of("ops-1") == frozenset({"operator"})
+    assert engine_side.authenticate(key) is not None
+    KeyStore(tmp_path / "keys.db").revoke(key.split("_")[1])  # the CLI, elsewhere
+    assert engine_side.roles_of("ops-1") == frozenset()
+    assert engine_side.authenticate(key) is None
