@@ -108,9 +108,10 @@ class Fleet:
 
 
 class SdkFleet:
-    """No-op agents on the SDK (``AgentClient.serve``): each task is accepted, its handler
-    returns at once, the phase is completed and the completion claimed with its evidence,
-    as any SDK agent does (four commands a phase with the assignment, not two)."""
+    """No-op agents on the SDK (``AgentClient.serve``): each handler returns at once, the
+    phase is completed (which acknowledges it: no ``task.accept`` for a handler that
+    quick) and the completion claimed with its evidence, as any SDK agent does (three
+    commands a phase with the assignment, not two)."""
 
     def __init__(self, url: str, names: list[str]) -> None:
         self.clients = [AgentClient.connect(url, name) for name in names]
