@@ -86,6 +86,15 @@ async def test_one_scrape_counts_every_command_of_every_process(tmp_path: Path) 
                 started = await http.post("/api/v1/workflows", json={
                     "requirements": "r", "workflow_type": "quick", "priority": "high"})  # fmt: skip
                 assert started.status_code == 202, started.text
+                workflow = f"/api/v1/workflows/{started.json()['workflow_id']}"
+
+                async def waiting() -> bool:
+                    """The dispatcher found no agent for it and recorded so (PhaseWaiting):
+                    the last event this test causes, so the log's head settles after it."""
+                    status = (await http.get(workflow)).json()
+                    return status.get("waiting_for_agent") is not None
+
+                await async_wait_until(waiting, 60, "the workflow to wait for an agent")
                 for _ in range(3):
                     assert (await http.get("/api/v1/sessions")).status_code == 200
                 assert (await http.get("/api/v1/sessions/not-a-uuid")).status_code in (400, 404)
