@@ -1,16 +1,20 @@
-"""The scale-out layout without faults: commands/s end to end with 1 and 2 engine workers.
+"""The scale-out layout without faults: commands/s end to end with 1, 2 and 3 engine workers.
 
     python -m bench.cluster --database-url postgresql://... [--sessions 1000] [--agents 20]
         [--window 8] [--runs 3]
 
 Starts ``chorus cluster``'s layout (runtime/cluster.py: three nats-server nodes on
 loopback with the streams at R3, the event store on PostgreSQL in a fresh schema per run,
-the projector and the gateways) once with one engine and once with two. Agents on the
-bus open ``--sessions`` sessions, then each submits its result to the sessions it is in
-(two commands per session), ``--window`` requests in flight per agent. A command counts
+the projector and the gateways) once per ``--engines`` count. Agents on the bus (spread
+over the three nodes) open ``--sessions`` sessions of ``--participants`` agents each, then
+each submits its result to the sessions it is in (several commands per session, arriving
+together: where two engines take commands of one session, they meet on its version),
+``--window`` requests in flight per agent. A command counts
 when its ``accepted`` reply has arrived: the engine recorded it in PostgreSQL (the read
-model follows; ``bench.e2e`` measures visibility). Prints commands/s and the reply's
-p50/p99, each the median of ``--runs`` runs with min and max.
+model follows; ``bench.e2e`` measures visibility). Prints commands/s, the reply's
+p50/p99 and the engines' version conflicts (``chorus_engine_version_conflicts_total``,
+summed over the engine processes through prometheus-client's multiprocess files), each the
+median of ``--runs`` runs with min and max.
 
 In the same run it measures JetStream publishing into an R3 file stream of the same
 cluster (``publish_async``, acks awaited at the end) and prints the ratio, so figures
@@ -34,6 +38,7 @@ import msgspec
 import nats
 from chorus.cluster import Cluster, ClusterLayout
 from chorus.settings import Settings
+from chorus.telemetry import MULTIPROC_ENV
 
 from bench.e2e import jetstream_baseline, wait_for_engine
 
@@ -43,11 +48,16 @@ _dec = msgspec.json.Decoder()
 
 async def drive(urls: list[str], args: argparse.Namespace) -> tuple[float, list[float]]:
     """Open the sessions, then submit every result; commands/s and each reply's latency."""
-    nc = await nats.connect(urls)
-    await wait_for_engine(nc)
+    # One connection per node, the agents spread over them, as agents on several hosts
+    # would be: NATS hands a queue-group message to a subscriber on the publisher's own node
+    # first, so agents all on one node would all reach the engine(s) on that node.
+    connections = [await nats.connect(url) for url in urls]
+    await wait_for_engine(connections[0])
     agents = [f"agent-{i}" for i in range(args.agents)]
+    bus = {agent: connections[i % len(connections)] for i, agent in enumerate(agents)}
+    # Each session's participants: its opener and the next agents (``--participants`` in all).
     sessions = [
-        (str(uuid.uuid4()), agents[i % len(agents)], agents[(i + 1) % len(agents)])
+        (str(uuid.uuid4()), [agents[(i + k) % len(agents)] for k in range(args.participants)])
         for i in range(args.sessions)
     ]
     latencies: list[float] = []
@@ -57,7 +67,9 @@ async def drive(urls: list[str], args: argparse.Namespace) -> tuple[float, list[
         body = _enc.encode({"command_id": uuid.uuid4().hex, "payload": payload})
         async with window[actor]:
             sent = time.perf_counter()
-            msg = await nc.request(f"chorus.cmd.{actor}.session.{command}", body, timeout=60)
+            msg = await bus[actor].request(
+                f"chorus.cmd.{actor}.session.{command}", body, timeout=60
+            )
             latencies.append(time.perf_counter() - sent)
         reply = _dec.decode(msg.data)
         if reply["status"] != "accepted":
@@ -65,16 +77,17 @@ async def drive(urls: list[str], args: argparse.Namespace) -> tuple[float, list[
 
     started = time.perf_counter()
     await asyncio.gather(*(
-        send(opener, "open", {"session_id": sid, "participants": [opener, other],
-                              "task": {"description": "bench"}, "timeout_seconds": 3600})
-        for sid, opener, other in sessions
+        send(members[0], "open", {"session_id": sid, "participants": members,
+                                  "task": {"description": "bench"}, "timeout_seconds": 3600})
+        for sid, members in sessions
     ))  # fmt: skip
     await asyncio.gather(*(
         send(agent, "submit_result", {"session_id": sid, "result": {"value": 42}})
-        for sid, opener, other in sessions for agent in (opener, other)
+        for sid, members in sessions for agent in members
     ))  # fmt: skip
     elapsed = time.perf_counter() - started
-    await nc.close()
+    for nc in connections:
+        await nc.close()
     return len(latencies) / elapsed, latencies
 
 
@@ -94,9 +107,22 @@ def drop_schema(base: str, schema: str) -> None:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
+def version_conflicts(metrics_dir: Path) -> float:
+    """What every engine of the run counted (their counters outlive them in the files)."""
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
+    return registry.get_sample_value("chorus_engine_version_conflicts_total") or 0.0
+
+
 def one_run(base_url: str, engines: int, args: argparse.Namespace) -> dict[str, float]:
     schema, url = fresh_schema(base_url)
     work = Path(tempfile.mkdtemp(prefix="chorus-bench-cluster-"))
+    metrics_dir = work / "metrics"
+    metrics_dir.mkdir()
+    # The members inherit it (runtime/cluster.py passes the environment on).
+    os.environ[MULTIPROC_ENV] = str(metrics_dir)
     settings = Settings(data_dir=work, database_url=url, session_quota=0, port=args.port)
     # An open bus: the load acts as many agents, and the baseline makes a stream of its own.
     cluster = Cluster(settings, ClusterLayout(engines=engines, open_bus=True))
@@ -107,6 +133,7 @@ def one_run(base_url: str, engines: int, args: argparse.Namespace) -> dict[str, 
         baseline = asyncio.run(jetstream_baseline(urls, args.baseline_messages, 512, len(urls)))
     finally:
         cluster.stop()
+        os.environ.pop(MULTIPROC_ENV, None)
         drop_schema(base_url, schema)
     ordered = sorted(latencies)
     return {
@@ -115,6 +142,7 @@ def one_run(base_url: str, engines: int, args: argparse.Namespace) -> dict[str, 
         "p99": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
         "baseline": baseline,
         "ratio": rate / baseline,
+        "conflicts": version_conflicts(metrics_dir),
     }
 
 
@@ -131,9 +159,13 @@ def main() -> None:
     parser.add_argument("--database-url", default=os.environ.get("CHORUS_TEST_POSTGRES_URL"))
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--agents", type=int, default=20)
+    parser.add_argument(
+        "--participants", type=int, default=4,
+        help="agents per session: each session is one open and this many results",
+    )  # fmt: skip
     parser.add_argument("--window", type=int, default=8, help="requests in flight per agent")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--engines", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--engines", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--baseline-messages", type=int, default=20_000)
     parser.add_argument("--port", type=int, default=18600, help="first gateway's port")
     args = parser.parse_args()
@@ -141,7 +173,7 @@ def main() -> None:
         sys.exit("bench: --database-url postgresql://... (or CHORUS_TEST_POSTGRES_URL)")
     print(
         f"cluster: 3 NATS nodes (R3), PostgreSQL, projector, 2 gateways; {args.sessions} "
-        f"sessions x (open + 2 results) by {args.agents} agents, window {args.window}; "
+        f"sessions x (open + {args.participants} results) by {args.agents} agents, window {args.window}; "
         f"median of {args.runs} runs (min-max)"
     )
     for engines in args.engines:
@@ -149,7 +181,8 @@ def main() -> None:
         print(
             f"engines {engines}: {summary([r['rate'] for r in runs], ',.0f')} commands/s  "
             f"reply p50 {summary([r['p50'] for r in runs], '.1f')} ms  "
-            f"p99 {summary([r['p99'] for r in runs], '.1f')} ms  |  "
+            f"p99 {summary([r['p99'] for r in runs], '.1f')} ms  "
+            f"conflicts {summary([r['conflicts'] for r in runs], ',.0f')}  |  "
             f"R3 publish {summary([r['baseline'] for r in runs], ',.0f')} msg/s  "
             f"ratio {summary([r['ratio'] for r in runs], '.3f')}",
             flush=True,

@@ -24,6 +24,7 @@ from chorus.contracts import errors as codes
 from chorus.contracts.envelope import Envelope, Reply
 from chorus.contracts.errors import ErrorInfo
 from chorus.contracts.workflow_types import REGISTRY_ID, WorkflowType
+from chorus.engine.adapters import metrics
 from chorus.engine.adapters.snapshots import Snapshots
 from chorus.engine.domain.authz import RULES, authorize
 from chorus.engine.domain.context import EngineContext
@@ -110,6 +111,10 @@ class Processor:
         self._working: dict[UUID, AggregateState] | None = None
         #: The defined workflow types as the running batch read them (one read per batch).
         self._registry_memo: list[WorkflowType] | None = None
+        #: Commits refused on a version check (also ``chorus_engine_version_conflicts_total``):
+        #: another writer wrote an aggregate of the batch first. Partitioned engines keep it
+        #: at zero; a bench reads it.
+        self.conflicts = 0
 
     # Aggregates -----------------------------------------------------------------------------
 
@@ -360,6 +365,8 @@ class Processor:
             try:
                 self._commit(staged, replies)
             except IntegrityError:
+                self.conflicts += 1
+                metrics.VERSION_CONFLICTS.inc()
                 self.evict(list(working))
                 if attempt >= 3:
                     return [

@@ -39,6 +39,11 @@ REPLY_SECONDS = Histogram(
     "From a command's arrival at the engine to its reply (batching, commit, answer)",
     buckets=_LATENCY_BUCKETS,
 )
+VERSION_CONFLICTS = Counter(
+    "chorus_engine_version_conflicts_total",
+    "Batches whose commit failed on a version check (another writer got there first); "
+    "each is retried command by command, so none is lost, but each costs a refold",
+)
 DEAD_LETTERS = Counter(
     "chorus_dead_letters_total", "Messages copied to chorus.dlq.<reason>", ["reason"]
 )

@@ -27,6 +27,7 @@ from chorus.events.codec import (
 from chorus.store.datastore import close_recorder
 from chorus.store.recorder import open_recorder, select_aggregate_notifications
 from eventsourcing.persistence import ApplicationRecorder, IntegrityError, StoredEvent
+from prometheus_client import REGISTRY
 
 from .conftest import FakeClock
 
@@ -87,6 +88,10 @@ def event_types(recorder: ApplicationRecorder, sid: str) -> list[str]:
 
 def last_position(recorder: ApplicationRecorder) -> int:
     return recorder.max_notification_id() or 0
+
+
+def metric_value(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
 
 
 def statuses(replies: Sequence[Reply]) -> list[str]:
@@ -536,9 +541,13 @@ def test_two_processors_with_stale_caches_conflict_and_retry_without_losing_even
     assert two.load(HANDLERS[(SESSION, "open")], uuid.UUID(x)).version == 1
 
     inserts = watch_inserts(second_recorder)
+    counted = metric_value("chorus_engine_version_conflicts_total")
     first = one.handle_batch([submit(x, "a")])
     second = two.handle_batch([submit(x, "b")])  # decided on a stale state: conflicts, retried
     assert inserts == ["conflict", "ok"]
+    # The conflict is counted, by the processor and in its Prometheus counter.
+    assert (one.conflicts, two.conflicts) == (0, 1)
+    assert metric_value("chorus_engine_version_conflicts_total") == counted + 1
 
     assert (first[0].status, first[0].version) == ("accepted", 2)
     assert (second[0].status, second[0].version) == ("accepted", 3)
