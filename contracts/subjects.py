@@ -7,6 +7,8 @@ Dead letters: ``chorus.dlq.<reason>``.
 Health checks: ``chorus.agent.<agent_id>.ping``, a request each agent answers (any body).
 Inboxes: ``chorus.task.<agent_id>``, where the engine delivers an agent's tasks
 (``chorus.contracts.tasks``); a plain core-NATS subscription receives them.
+Partitions: ``chorus.part.<partition>``, engine-only: an engine that took a command of a
+partition it does not own passes it on there, to the one engine that does.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ EVT_PREFIX = "chorus.evt"
 DLQ_PREFIX = "chorus.dlq"
 AGENT_PREFIX = "chorus.agent"
 TASK_PREFIX = "chorus.task"
+PART_PREFIX = "chorus.part"
 
 #: Every subject as a template with its variable tokens named: the functions below fill
 #: them in, and the AsyncAPI document (``chorus.schema``) publishes them as they are.
@@ -28,11 +31,19 @@ EVENT = EVT_PREFIX + ".{aggregate}.{aggregate_id}.{event_type}"
 DEAD_LETTER = DLQ_PREFIX + ".{reason}"
 AGENT_PING = AGENT_PREFIX + ".{agent_id}.ping"
 TASK_INBOX = TASK_PREFIX + ".{agent_id}"
+#: Engine-only: the owner of a partition takes its commands here (engine/adapters/partitioned.py).
+PARTITION = PART_PREFIX + ".{partition}"
+#: Where a command passed on to a partition's owner keeps the subject it was sent to (its
+#: actor, aggregate and command): the owner parses it from there.
+COMMAND_SUBJECT_HEADER = "Chorus-Command-Subject"
 #: Where an actor's replies arrive (``agent_inbox_prefix``): the bus lets it read no other.
 REPLY_INBOX = "_INBOX_{actor_id}.>"
 
 #: Queue group shared by engine workers: each command is handled by exactly one worker.
 ENGINE_QUEUE = "chorus-engine"
+#: Queue group of a partition's subject: one engine owns a partition, and should two ever
+#: believe they do (a handover's race), each command still reaches only one of them.
+PARTITION_QUEUE = "chorus-partition"
 #: JetStream stream holding every event, fed by the relay.
 EVENTS_STREAM = "EVENTS"
 #: JetStream stream keeping dead letters for inspection.
@@ -136,6 +147,13 @@ def agent_inbox_prefix(actor: str) -> str:
 
 #: JetStream KV bucket where the engine keeps each agent's last heartbeat time (ISO 8601).
 LIVENESS_BUCKET = "chorus_liveness"
+#: JetStream KV bucket (in memory) holding the engines' partition table.
+PARTITIONS_BUCKET = "chorus_partitions"
+
+
+def partition_subject(partition: int) -> str:
+    """Where the owner of ``partition`` takes the commands other engines pass on."""
+    return PARTITION.format(partition=partition)
 
 
 def liveness_key(agent_id: str) -> str:

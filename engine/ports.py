@@ -42,3 +42,18 @@ class CommitListener(Protocol):
     poll (the relay, the dispatcher)."""
 
     def wake(self) -> None: ...
+
+
+class PartitionHolder(Protocol):
+    """What takes a partition's commands in this engine (the bus worker), as the ownership
+    table gives partitions to it and takes them away (``chorus.engine.adapters.ownership``)."""
+
+    async def acquire(self, partitions: frozenset[int]) -> None:
+        """Forget cached aggregates of ``partitions`` (another engine may have written
+        them), then start taking their commands."""
+
+    async def release(self, partitions: frozenset[int]) -> None:
+        """Stop taking their commands and return once those in flight are answered."""
+
+    async def drop(self, partitions: frozenset[int]) -> None:
+        """Stop taking their commands at once (the lease ran out: no waiting)."""

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -29,6 +29,7 @@ from chorus.engine.adapters.snapshots import Snapshots
 from chorus.engine.domain.authz import RULES, authorize
 from chorus.engine.domain.context import EngineContext
 from chorus.engine.domain.errors import DomainError
+from chorus.engine.domain.partitions import partition_of
 from chorus.engine.handlers import HANDLERS, AggregateState, Handler
 from chorus.engine.policies.directory import AgentDirectory
 from chorus.engine.policies.quota import OpenSessionsByOpener
@@ -229,6 +230,11 @@ class Processor:
     def evict(self, ids: Sequence[UUID]) -> None:
         for aggregate_id in ids:
             self._cache.pop(aggregate_id, None)
+
+    def evict_partitions(self, partitions: Collection[int], count: int) -> None:
+        """Writer thread: forget the cached aggregates of ``partitions`` (of ``count``),
+        which this engine is about to own again: another engine may have written them."""
+        self.evict([a for a in self._cache if partition_of(a, count) in partitions])
 
     # Dedup ----------------------------------------------------------------------------------
 

@@ -37,6 +37,8 @@ from chorus.contracts.subjects import (
     DLQ_STREAM,
     EVENTS_STREAM,
     LIVENESS_BUCKET,
+    PART_PREFIX,
+    PARTITIONS_BUCKET,
     TOOL_CALLS,
     agent_inbox_prefix,
 )
@@ -47,6 +49,8 @@ SERVICES = {"engine": "chorus-engine", "gateway": "chorus-gateway", "demo": "cho
 DEMO_FLEET = ("demo-1", "demo-2", "demo-3")
 #: API roles that get a bus user.
 BUS_ROLES = frozenset({"agent", "operator", "admin"})
+#: The engine-only subjects where a partition's owner takes commands passed on to it.
+PARTITION_SUBJECTS = f"{PART_PREFIX}.>"
 CONFIG_NAME = "users.conf"  # not auth.conf: the token mode of runtime.natsd writes that
 
 #: The JetStream API the gateway's reads need (feeds, health, the liveness bucket).
@@ -64,29 +68,34 @@ GATEWAY_JS_READS = [
 #: DLQ and the liveness bucket at start, read their info, the relay's last-message check
 #: and the bucket's reads. No delete, purge or consumer on anything, and nothing on a
 #: stream it does not own.
-_ENGINE_STREAMS = (EVENTS_STREAM, DLQ_STREAM, f"KV_{LIVENESS_BUCKET}")
+_ENGINE_BUCKETS = (f"KV_{LIVENESS_BUCKET}", f"KV_{PARTITIONS_BUCKET}")
+_ENGINE_STREAMS = (EVENTS_STREAM, DLQ_STREAM, *_ENGINE_BUCKETS)
 ENGINE_JS_API = [
     "$JS.API.INFO",
     *(f"$JS.API.STREAM.{api}.{stream}" for api in ("CREATE", "UPDATE", "INFO", "MSG.GET")
       for stream in _ENGINE_STREAMS),
-    *(f"$JS.API.DIRECT.GET.{stream}{tail}" for stream in (EVENTS_STREAM, f"KV_{LIVENESS_BUCKET}")
+    *(f"$JS.API.DIRECT.GET.{stream}{tail}" for stream in (EVENTS_STREAM, *_ENGINE_BUCKETS)
       for tail in ("", ".>")),
 ]  # fmt: skip
 
 SERVICE_PERMISSIONS: dict[str, dict[str, Any]] = {
     # Takes every command (queue group), replies, publishes events, dead letters and
     # tasks, keeps heartbeats in the liveness bucket, creates and updates its own streams.
+    # Only engines pass commands on to a partition's owner (chorus.part.>) and write the
+    # partition table: no other user may publish or listen there.
     "engine": {
         "publish": {
             "allow": [
                 "chorus.evt.>",
                 "chorus.dlq.>",
                 "chorus.task.>",
+                PARTITION_SUBJECTS,
                 *ENGINE_JS_API,
                 f"$KV.{LIVENESS_BUCKET}.>",
+                f"$KV.{PARTITIONS_BUCKET}.>",
             ]
         },
-        "subscribe": {"allow": ["chorus.cmd.>", "_INBOX.>"]},
+        "subscribe": {"allow": ["chorus.cmd.>", PARTITION_SUBJECTS, "_INBOX.>"]},
         "allow_responses": True,
     },
     # Publishes commands for the HTTP caller it authenticated, pings agents, reads the

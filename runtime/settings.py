@@ -66,6 +66,20 @@ class Settings(BaseSettings):
         "false and runs them as chorus relay, a process of their own",
     )
     stream_replicas: int = Field(default=1, ge=1, le=5)
+    partitions: int = Field(
+        default=32,
+        ge=1,
+        le=1024,
+        description="Command partitions shared out among the engine workers (the same on "
+        "every engine of a deployment)",
+    )
+    partition_lease: float = Field(
+        default=5.0,
+        gt=0.5,
+        le=300,
+        description="Seconds after an engine's last heartbeat before the others take over "
+        "its partitions",
+    )
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     request_read_timeout: float = Field(
         default=30.0,
@@ -173,6 +187,8 @@ class Settings(BaseSettings):
             "CHORUS_BATCH_WINDOW_MS": str(s.batch_window_ms),
             "CHORUS_CACHE_SIZE": str(s.cache_size),
             "CHORUS_STREAM_REPLICAS": str(s.stream_replicas),
+            "CHORUS_PARTITIONS": str(s.partitions),
+            "CHORUS_PARTITION_LEASE": str(s.partition_lease),
             "CHORUS_MAX_BODY_BYTES": str(s.max_body_bytes),
             "CHORUS_REQUEST_READ_TIMEOUT": str(s.request_read_timeout),
             "CHORUS_MAX_CONNECTIONS": str(s.max_connections),

@@ -44,6 +44,16 @@ VERSION_CONFLICTS = Counter(
     "Batches whose commit failed on a version check (another writer got there first); "
     "each is retried command by command, so none is lost, but each costs a refold",
 )
+FORWARDED = Counter(
+    "chorus_engine_forwarded_total",
+    "Commands this engine took from the queue group (or its process managers issued) and "
+    "passed on to the owner of their partition",
+)
+PARTITIONS_OWNED = Gauge(
+    "chorus_engine_partitions_owned",
+    "Command partitions this engine takes now",
+    multiprocess_mode="livesum",
+)
 DEAD_LETTERS = Counter(
     "chorus_dead_letters_total", "Messages copied to chorus.dlq.<reason>", ["reason"]
 )

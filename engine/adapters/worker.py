@@ -6,15 +6,19 @@ batch to the processor in its single writer thread, and answers each request onc
 batch's transaction has committed. Invalid messages are answered ``rejected`` at once and
 copied to ``chorus.dlq.<reason>``; they never reach the processor or stall the batch.
 Bounds (size, nesting depth, integer range: ``chorus.contracts.bounds``) are checked on the raw
-bytes before anything decodes them, heartbeats included.
+bytes before anything decodes them, heartbeats included. With partitions
+(``chorus.engine.adapters.partitioned``) a worker decides only the commands of the partitions
+it owns and passes the others on to their owner.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +34,7 @@ from chorus.contracts.mcp import RECORDER
 from chorus.contracts.roles import is_reserved
 from chorus.contracts.subjects import (
     CMD_PREFIX,
+    COMMAND_SUBJECT_HEADER,
     ENGINE_QUEUE,
     dlq_subject,
     is_token,
@@ -38,6 +43,7 @@ from chorus.contracts.subjects import (
 )
 from chorus.contracts.tracing import extract
 from chorus.engine.adapters import metrics
+from chorus.engine.adapters.partitioned import PartitionRouting, PartitionSubscriptions
 from chorus.engine.adapters.prefetch import Prefetcher
 from chorus.engine.adapters.ratelog import RateLimitedLog
 from chorus.engine.adapters.tracing import TracedBatch
@@ -47,6 +53,7 @@ from chorus.engine.processor import Command, Processor
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import ConnectionClosedError
 from opentelemetry.context import Context
 from opentelemetry.trace import Tracer
 
@@ -70,6 +77,8 @@ class Incoming:
     #: The W3C trace context the message carried (only when the engine traces).
     trace: Context | None = None
     received_ns: int = field(default_factory=time.time_ns)
+    #: Its partition, counted in flight until answered (None: not partitioned).
+    partition: int | None = None
 
 
 class InvalidMessage(Exception):
@@ -82,21 +91,25 @@ class InvalidMessage(Exception):
         self.details = details
 
 
-def parse_message(subject: str, data: bytes) -> Command:
-    """Validate a raw command message into a typed Command, or raise InvalidMessage."""
+def parse_message(subject: str, data: bytes, *, trusted: bool = False) -> Command:
+    """Validate a raw command message into a typed Command, or raise InvalidMessage.
+
+    ``trusted``: another engine passed it on (an engine-only partition subject), having
+    checked it here first, or one of its process managers issued it: its actor may be
+    reserved and its command engine-only."""
     parsed = parse_command_subject(subject)
     if parsed is None or not is_token(parsed.actor):
         raise InvalidMessage(codes.INVALID_SUBJECT, f"not a command subject: {subject}")
     key = (parsed.aggregate, parsed.command)
     if violation := check_command_bytes(data):
         raise InvalidMessage(violation.code, violation.message, violation.details)
-    if is_reserved(parsed.actor) and parsed.actor != RECORDER:
+    if is_reserved(parsed.actor) and parsed.actor != RECORDER and not trusted:
         # Only the engine's own timers and process managers act as "system", and they do
         # not come over the bus; no spelling of a reserved name passes for them. The
         # gateway records tool calls as itself (on a secured bus only its service user can).
         raise InvalidMessage(codes.NOT_AUTHORIZED, f"the actor {parsed.actor!r} is reserved")
     handler = HANDLERS.get(key)
-    if handler is None or key in ENGINE_ONLY:
+    if handler is None or (key in ENGINE_ONLY and not trusted):
         known = sorted(f"{a}.{c}" for a, c in HANDLERS if (a, c) not in ENGINE_ONLY)
         raise InvalidMessage(
             codes.UNKNOWN_COMMAND,
@@ -156,15 +169,34 @@ def _command_id_of(data: bytes) -> str:
 class CommandIntake:
     """The queue commands wait in for their batch: the bus worker puts what arrives on the
     command subjects, and process managers ``submit`` their own (the ``CommandSink`` port).
-    Made before the worker and the managers, so each is built with what it needs."""
+    Made before the worker and the managers, so each is built with what it needs. With
+    ``routing``, a command of a partition another engine owns goes to that engine."""
 
-    def __init__(self) -> None:
+    def __init__(self, routing: PartitionRouting | None = None) -> None:
         self.queue: asyncio.Queue[Incoming] = asyncio.Queue()
+        self.routing = routing
+
+    def put(self, item: Incoming) -> None:
+        """Queue a command here (its partition counted in flight until answered)."""
+        if self.routing is not None:
+            self.routing.enter(item.partition)
+        self.queue.put_nowait(item)
+
+    def answered(self, batch: Sequence[Incoming]) -> None:
+        if self.routing is not None:
+            self.routing.leave([item.partition for item in batch])
 
     async def submit(self, command: Command) -> Reply:
         """Run a command from inside the engine (timers) through the same pipeline."""
+        routing = self.routing
+        partition = routing.partition(command) if routing is not None else None
+        if routing is not None and partition is not None and not routing.owns(partition):
+            return await routing.submit(command, partition, lambda: self._here(command, partition))
+        return await self._here(command, partition)
+
+    async def _here(self, command: Command, partition: int | None) -> Reply:
         done: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait(Incoming(command, None, done))
+        self.put(Incoming(command, None, done, partition=partition))
         return await done
 
 
@@ -252,6 +284,23 @@ class CommandWorker:
         self.dead_letters = dead_letters or DeadLetters(nc)
         #: A flood of bad messages must not flood the log (nor slow the worker down).
         self.errors = RateLimitedLog(log)
+        self.routing = self.intake.routing
+        #: The partition subjects it owns (the ownership table's ``PartitionHolder``).
+        self.partitions = (
+            PartitionSubscriptions(nc, self.routing, self._on_passed_on, self.forget)
+            if self.routing is not None
+            else None
+        )
+
+    async def forget(self, partitions: frozenset[int]) -> None:
+        """Evict the cached aggregates of ``partitions``, in the writer thread (after the
+        batch in flight, before any command of theirs)."""
+        if self.routing is None:
+            return
+        count = self.routing.count
+        await asyncio.get_running_loop().run_in_executor(
+            self._writer, self.processor.evict_partitions, partitions, count
+        )
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(
@@ -266,8 +315,9 @@ class CommandWorker:
 
     async def stop(self) -> None:
         if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(ConnectionClosedError):  # the bus is gone already
+                await sub.unsubscribe()
 
     def close(self) -> None:
         """Wait for a batch in flight to finish its transaction."""
@@ -277,25 +327,56 @@ class CommandWorker:
     async def _on_message(self, msg: Msg) -> None:
         if is_tool_call(msg.subject):
             return  # the gateways answer tool calls (queue group chorus-tools), never the engine
+        if self.heartbeats is not None and msg.subject.endswith(HEARTBEAT_SUFFIX):
+            await self._checked(msg, self._heartbeat)
+            return
+        command = await self._checked(msg, lambda m: parse_message(m.subject, m.data))
+        if command is None:
+            return
+        context = extract(msg.headers) if self.tracer is not None else None
+        routing = self.routing
+        if routing is None:
+            self.queue.put_nowait(Incoming(command, msg.reply or None, trace=context))
+            return
+        partition = routing.partition(command)
+        item = Incoming(command, msg.reply or None, trace=context, partition=partition)
+        if partition is None or routing.owns(partition):
+            self.intake.put(item)
+        else:
+            routing.forward(msg, command, partition, lambda: self.intake.put(item))
+
+    async def _on_passed_on(self, msg: Msg) -> None:
+        """A command another engine passed on to this partition's owner: checked by that
+        engine already (the subject is engine-only), so its actor is trusted here."""
+        subject = (msg.headers or {}).get(COMMAND_SUBJECT_HEADER, "")
+        command = await self._checked(msg, lambda m: parse_message(subject, m.data, trusted=True))
+        if command is None or self.routing is None:
+            return
+        context = extract(msg.headers) if self.tracer is not None else None
+        partition = self.routing.partition(command)
+        self.intake.put(Incoming(command, msg.reply or None, trace=context, partition=partition))
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        if violation := check_command_bytes(msg.data):
+            raise InvalidMessage(violation.code, violation.message, violation.details)
+        assert self.heartbeats is not None
+        await self.heartbeats.on_heartbeat(msg)
+
+    async def _checked(self, msg: Msg, take: Callable[[Msg], Any]) -> Any:
+        """``take(msg)`` (awaited if it is a coroutine), or None once an invalid message was
+        answered and dead-lettered; a bug on one message is answered too, and the
+        subscription stays alive."""
         try:
-            if self.heartbeats is not None and msg.subject.endswith(HEARTBEAT_SUFFIX):
-                if violation := check_command_bytes(msg.data):
-                    raise InvalidMessage(violation.code, violation.message, violation.details)
-                await self.heartbeats.on_heartbeat(msg)
-                return
-            command = parse_message(msg.subject, msg.data)
+            result = take(msg)
+            return await result if inspect.isawaitable(result) else result
         except InvalidMessage as rejection:
             await self.reject(msg, rejection)
-            return
         except Exception as error:
-            # A bug on one message: answer it and keep the subscription alive.
             self.errors.warning("message on %s failed: %r", msg.subject, error)
             await self.reject(
                 msg, InvalidMessage(codes.INTERNAL_ERROR, "the engine failed on this message")
             )
-            return
-        context = extract(msg.headers) if self.tracer is not None else None
-        self.queue.put_nowait(Incoming(command, msg.reply or None, trace=context))
+        return None
 
     async def submit(self, command: Command) -> Reply:
         """Run a command from inside the engine (timers) through the same pipeline."""
@@ -389,6 +470,7 @@ class CommandWorker:
                         reply.error.code, extra=_log_fields(item.command),
                     )  # fmt: skip
             metrics.observe_replies(batch, replies)
+            self.intake.answered(batch)
             if traced is not None:
                 traced.finish(replies)
             for listener in self.listeners:

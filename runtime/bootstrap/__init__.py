@@ -162,6 +162,8 @@ class Components:
             "batch_window": s.batch_window_ms / 1000,
             "cache_size": s.cache_size,
             "replicas": s.stream_replicas,
+            "partitions": s.partitions,
+            "partition_lease": s.partition_lease,
             "liveness_config": LivenessConfig(s.heartbeat_interval, s.missed_heartbeats),
             "seal_anchor_path": s.seal_anchor_path,
             "audit_key_path": s.audit_key_path,

@@ -24,6 +24,8 @@ from chorus.contracts.servers import servers
 from chorus.contracts.tracing import tracer_of
 from chorus.contracts.workflow_types import WorkflowTypeRegistry
 from chorus.engine.adapters.liveness import LivenessConfig, LivenessMonitor
+from chorus.engine.adapters.ownership import Ownership
+from chorus.engine.adapters.partitioned import PartitionRouting
 from chorus.engine.adapters.relay import Relay
 from chorus.engine.adapters.sealer import Sealer
 from chorus.engine.adapters.streams import ensure_streams, until_jetstream_answers
@@ -99,6 +101,12 @@ class EngineConfig:
     #: exists; without it the anchor is written unsigned.
     audit_key_path: Path | None = None
     replicas: int = 1
+    #: Command partitions (chorus.engine.adapters.partitioned); the same on every engine of
+    #: a deployment. 0: none (every engine decides whatever it takes, as before).
+    partitions: int = 32
+    #: Seconds after an engine's last heartbeat in the partition table before the others
+    #: take its partitions over.
+    partition_lease: float = 5.0
     workflow_types: WorkflowTypeRegistry = field(default_factory=WorkflowTypeRegistry)
     #: Every actor's roles, the engine's operator directory (``bootstrap`` reads them from
     #: the key store).
@@ -124,6 +132,7 @@ class EngineService:
         self.liveness: LivenessMonitor | None = None
         self.participants: ParticipantWatch | None = None
         self.dispatcher: Dispatcher | None = None
+        self.ownership: Ownership | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -166,8 +175,14 @@ class EngineService:
                 workflow_types=cfg.workflow_types, roles=cfg.roles, session_quota=cfg.session_quota
             ),
         )
-        # Made first: the process managers send into it, the worker drains it.
-        intake = CommandIntake()
+        # Made first: the process managers send into it, the worker drains it; with
+        # partitions it passes what this engine does not own on to the owner.
+        routing = (
+            PartitionRouting(nc, cfg.partitions, grace=2 * cfg.partition_lease)
+            if cfg.partitions
+            else None
+        )
+        intake = CommandIntake(routing)
         dead_letters = DeadLetters(nc)
         # The followers read what is new through one tail, each record read and decoded once.
         followers = (SessionTimer, DelegationManager, Dispatcher, ParticipantWatch)
@@ -194,6 +209,14 @@ class EngineService:
             heartbeats=self.liveness, listeners=listeners,
         )  # fmt: skip
         self._run("engine-worker", self.worker.run())
+        if self.worker.partitions is not None:
+            # Joins the table before the worker takes commands: alone, it owns them all.
+            self.ownership = Ownership(
+                nc, self.worker.partitions, cfg.partitions, lease=cfg.partition_lease,
+                replicas=cfg.replicas,
+            )  # fmt: skip
+            await self.ownership.start()
+            self._run("engine-partitions", self.ownership.run())
         if self.timer is not None:
             self._run("engine-timer", self.timer.run())
         if self.delegation is not None:
@@ -231,6 +254,10 @@ class EngineService:
     async def stop(self) -> None:
         if self.worker is not None:
             await self.worker.stop()
+        if self.ownership is not None:
+            # While the worker still runs: its partitions' commands finish, then another
+            # engine takes them.
+            await self.ownership.stop()
         for task in self._tasks:
             task.cancel()
         if self._tasks:

@@ -145,6 +145,8 @@ async def test_an_agent_commands_as_itself_and_nothing_else(bus: Bus, engine: En
         ("chorus.evt.>", ""),
         ("chorus.task.agent-2", ""),
         ("chorus.agent.agent-2.ping", ""),
+        ("chorus.part.>", ""),  # take commands passed on to a partition's owner
+        ("chorus.part.0", "chorus-partition"),
     ],
 )
 async def test_an_agent_cannot_listen_where_it_does_not_belong(
@@ -154,6 +156,45 @@ async def test_an_agent_cannot_listen_where_it_does_not_belong(
     nc = await client.connect(bus.url, await bus.key("agent-1"), "agent-1")
     await nc.subscribe(subject, queue=queue)
     assert subject.lower() in await client.refused()
+    await nc.close()
+
+
+async def test_no_key_can_pass_a_forged_command_to_a_partitions_owner(
+    bus: Bus, engine: EngineService
+) -> None:
+    """The partition subjects carry commands that one engine checked and passes to another,
+    which trusts their actor: an agent key (or the gateway's user) publishing there, say a
+    session's time-out as the engine itself, is refused by the server; so is a write of the
+    partition table."""
+    key = await bus.key("agent-1")
+    client = Client()
+    nc = await client.connect(bus.url, key, "agent-1")
+    sid = str(uuid.uuid4())
+    reply = await nc.request("chorus.cmd.agent-1.session.open", command({
+        "session_id": sid, "participants": ["agent-1", "agent-2"],
+        "task": {"description": "x"}, "timeout_seconds": 3600}), timeout=10)  # fmt: skip
+    assert json.loads(reply.data)["status"] == "accepted"
+    forged = {"Chorus-Command-Subject": "chorus.cmd.system.session.timeout"}
+    for partition in range(32):
+        await nc.publish(f"chorus.part.{partition}", command({"session_id": sid}), headers=forged)
+        assert f"chorus.part.{partition}" in await client.refused()
+    await nc.publish("$KV.chorus_partitions.table", b"{}")
+    assert "$kv.chorus_partitions.table" in await client.refused()
+    await nc.close()
+
+    gateway_client = Client()
+    gateway = await gateway_client.connect_as(
+        bus.url, "chorus-gateway", busauth.service_passwords(bus.nats_dir)["gateway"], None
+    )
+    await gateway.publish("chorus.part.0", command({"session_id": sid}), headers=forged)
+    assert "chorus.part.0" in await gateway_client.refused()
+    await gateway.close()
+    # The engine recorded no time-out: the session takes results as before.
+    submitter = Client()
+    nc = await submitter.connect(bus.url, key, "agent-1")
+    reply = await nc.request("chorus.cmd.agent-1.session.submit_result",
+                             command({"session_id": sid, "result": {}}), timeout=10)  # fmt: skip
+    assert json.loads(reply.data)["status"] == "accepted"
     await nc.close()
 
 
