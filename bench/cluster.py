@@ -13,10 +13,13 @@ together: where two engines take commands of one session, they meet on its versi
 when its ``accepted`` reply has arrived: the engine recorded it in PostgreSQL (the read
 model follows; ``bench.e2e`` measures visibility). Prints commands/s, the reply's
 p50/p99 and the engines' version conflicts (``chorus_engine_version_conflicts_total``,
-summed over the engine processes through prometheus-client's multiprocess files), each the
-median of ``--runs`` runs with min and max.
+summed over the engine processes through prometheus-client's multiprocess files) and the
+share of commands an engine passed on to their partition's owner, each the median of
+``--runs`` runs with min and max. ``--partitions 0`` runs the engines unpartitioned.
 
-In the same run it measures JetStream publishing into an R3 file stream of the same
+Before the measured load, a warm-up waits until every engine decides commands and, with
+partitions, the engines own their fair shares (counts are taken over the measured load
+only). In the same run it measures JetStream publishing into an R3 file stream of the same
 cluster (``publish_async``, acks awaited at the end) and prints the ratio, so figures
 from noisy shared machines can still be compared. The database URL defaults to
 ``CHORUS_TEST_POSTGRES_URL``.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -107,13 +111,71 @@ def drop_schema(base: str, schema: str) -> None:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
-def version_conflicts(metrics_dir: Path) -> float:
-    """What every engine of the run counted (their counters outlive them in the files)."""
+def engine_counts(metrics_dir: Path) -> tuple[float, float]:
+    """Version conflicts and commands passed on to a partition's owner, summed over every
+    engine of the run (their counters outlive them in the files)."""
     from prometheus_client import CollectorRegistry, multiprocess
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
-    return registry.get_sample_value("chorus_engine_version_conflicts_total") or 0.0
+    return (
+        registry.get_sample_value("chorus_engine_version_conflicts_total") or 0.0,
+        registry.get_sample_value("chorus_engine_forwarded_total") or 0.0,
+    )
+
+
+def engines_deciding(metrics_dir: Path, pids: list[int]) -> int:
+    """How many of the engine processes ``pids`` have decided a command."""
+    from prometheus_client import multiprocess
+
+    deciding = 0
+    for pid in pids:
+        path = metrics_dir / f"counter_{pid}.db"
+        if not path.exists():
+            continue
+        metrics = multiprocess.MultiProcessCollector.merge([str(path)])  # type: ignore[no-untyped-call]
+        answered = sum(
+            sample.value
+            for metric in metrics if metric.name == "chorus_commands"
+            for sample in metric.samples
+        )  # fmt: skip
+        deciding += answered > 0
+    return deciding
+
+
+async def balanced(nc: nats.NATS, engines: int) -> bool:
+    """Whether the partition table names ``engines`` members, each at most its fair share."""
+    try:
+        entry = await (await nc.jetstream().key_value("chorus_partitions")).get("table")
+    except Exception:
+        return False
+    table = _dec.decode(entry.value or b"{}")
+    owners = table.get("owners", [])
+    share = -(-len(owners) // engines)
+    held = [owners.count(member) for member in table.get("members", {})]
+    return len(held) == engines and "" not in owners and max(held) <= share
+
+
+async def warm_up(cluster: Cluster, metrics_dir: Path, args: argparse.Namespace) -> None:
+    """Until every engine has started, decided commands and (partitioned) taken its share
+    of the partitions: the measured load starts with every engine at work."""
+    pids = [m.process.pid for m in cluster.members if m.role == "engine" and m.process]
+    nc = await nats.connect(cluster.nats_url.split(","))
+    try:
+        while True:
+            for _ in range(20):
+                sid = str(uuid.uuid4())
+                body = _enc.encode({"command_id": uuid.uuid4().hex, "payload": {
+                    "session_id": sid, "participants": ["warm-up"],
+                    "task": {"description": "warm-up"}, "timeout_seconds": 3600}})  # fmt: skip
+                with contextlib.suppress(Exception):
+                    await nc.request("chorus.cmd.warm-up.session.open", body, timeout=10)
+            ready = engines_deciding(metrics_dir, pids) == len(pids)
+            if ready and (not args.partitions or await balanced(nc, len(pids))):
+                return
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
 
 
 def one_run(base_url: str, engines: int, args: argparse.Namespace) -> dict[str, float]:
@@ -123,13 +185,19 @@ def one_run(base_url: str, engines: int, args: argparse.Namespace) -> dict[str, 
     metrics_dir.mkdir()
     # The members inherit it (runtime/cluster.py passes the environment on).
     os.environ[MULTIPROC_ENV] = str(metrics_dir)
-    settings = Settings(data_dir=work, database_url=url, session_quota=0, port=args.port)
+    settings = Settings(
+        data_dir=work, database_url=url, session_quota=0, port=args.port,
+        partitions=args.partitions,
+    )  # fmt: skip
     # An open bus: the load acts as many agents, and the baseline makes a stream of its own.
     cluster = Cluster(settings, ClusterLayout(engines=engines, open_bus=True))
     try:
         cluster.start()
         urls = cluster.nats_url.split(",")
+        asyncio.run(warm_up(cluster, metrics_dir, args))
+        conflicts_before, forwarded_before = engine_counts(metrics_dir)
         rate, latencies = asyncio.run(drive(urls, args))
+        conflicts, forwarded = engine_counts(metrics_dir)
         baseline = asyncio.run(jetstream_baseline(urls, args.baseline_messages, 512, len(urls)))
     finally:
         cluster.stop()
@@ -142,7 +210,8 @@ def one_run(base_url: str, engines: int, args: argparse.Namespace) -> dict[str, 
         "p99": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
         "baseline": baseline,
         "ratio": rate / baseline,
-        "conflicts": version_conflicts(metrics_dir),
+        "conflicts": conflicts - conflicts_before,
+        "forwarded": (forwarded - forwarded_before) / len(latencies),
     }
 
 
@@ -165,6 +234,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--window", type=int, default=8, help="requests in flight per agent")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--partitions", type=int, default=32,
+        help="CHORUS_PARTITIONS of the engines (0: none, every engine decides what it takes)",
+    )  # fmt: skip
     parser.add_argument("--engines", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--baseline-messages", type=int, default=20_000)
     parser.add_argument("--port", type=int, default=18600, help="first gateway's port")
@@ -173,7 +246,8 @@ def main() -> None:
         sys.exit("bench: --database-url postgresql://... (or CHORUS_TEST_POSTGRES_URL)")
     print(
         f"cluster: 3 NATS nodes (R3), PostgreSQL, projector, 2 gateways; {args.sessions} "
-        f"sessions x (open + {args.participants} results) by {args.agents} agents, window {args.window}; "
+        f"sessions x (open + {args.participants} results) by {args.agents} agents, window {args.window}, "
+        f"{args.partitions or 'no'} partitions; "
         f"median of {args.runs} runs (min-max)"
     )
     for engines in args.engines:
@@ -182,7 +256,8 @@ def main() -> None:
             f"engines {engines}: {summary([r['rate'] for r in runs], ',.0f')} commands/s  "
             f"reply p50 {summary([r['p50'] for r in runs], '.1f')} ms  "
             f"p99 {summary([r['p99'] for r in runs], '.1f')} ms  "
-            f"conflicts {summary([r['conflicts'] for r in runs], ',.0f')}  |  "
+            f"conflicts {summary([r['conflicts'] for r in runs], ',.0f')}  "
+            f"passed on {summary([100 * r['forwarded'] for r in runs], '.0f')}%  |  "
             f"R3 publish {summary([r['baseline'] for r in runs], ',.0f')} msg/s  "
             f"ratio {summary([r['ratio'] for r in runs], '.3f')}",
             flush=True,

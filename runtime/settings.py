@@ -68,10 +68,10 @@ class Settings(BaseSettings):
     stream_replicas: int = Field(default=1, ge=1, le=5)
     partitions: int = Field(
         default=32,
-        ge=1,
+        ge=0,
         le=1024,
         description="Command partitions shared out among the engine workers (the same on "
-        "every engine of a deployment)",
+        "every engine of a deployment); 0: none, every engine decides what it takes",
     )
     partition_lease: float = Field(
         default=5.0,

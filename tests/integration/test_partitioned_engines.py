@@ -191,6 +191,18 @@ async def test_a_lone_engine_owns_every_partition_once_started(
         assert owned(engine) == frozenset(range(32))
 
 
+async def test_with_partitions_off_an_engine_decides_whatever_it_takes(
+    nats_server: NatsEndpoint, database_url: str, client: NATS
+) -> None:
+    config = engine_config(nats_url=nats_server.url, database_url=database_url, partitions=0)
+    async with EngineService(config) as engine:
+        assert engine.ownership is None and engine.worker is not None
+        assert engine.worker.routing is None
+        load = Load(client, sessions=2)
+        await load.run()
+    assert_recorded_exactly_once(load, database_url)
+
+
 @pytest.mark.parametrize("count", [2, 3])
 async def test_engines_share_the_partitions_and_never_meet_on_a_version(
     count: int, config: Callable[[], Any], client: NATS, database_url: str
