@@ -139,6 +139,12 @@ class Ownership:
 
     async def start(self) -> None:
         """Open the bucket and join: a lone engine owns every partition when this returns."""
+        await self._open_bucket()
+        await self.round()
+
+    async def _open_bucket(self) -> None:
+        """Create the bucket, or open it if another engine made it. Also after a failed
+        round: a restarted NATS server has lost the in-memory bucket."""
         js = self.nc.jetstream()
         try:
             self.kv = await js.create_key_value(
@@ -148,7 +154,6 @@ class Ownership:
         except Exception:
             raise_if_cancelling()
             self.kv = await js.key_value(PARTITIONS_BUCKET)  # made by another engine
-        await self.round()
 
     async def run(self) -> None:
         """Rounds until cancelled; a round that fails is tried again at the next one."""
@@ -164,6 +169,8 @@ class Ownership:
             except Exception as error:
                 raise_if_cancelling()
                 log.warning("partition table round failed: %r", error)
+                with contextlib.suppress(Exception):
+                    await self._open_bucket()
             await self._fence()
 
     async def round(self) -> None:

@@ -135,10 +135,11 @@ class PartitionRouting:
 
         async def relay() -> None:
             reply = await self.relay(partition, msg.data, headers, take_here)
-            if reply is None:
-                return
-            if msg.reply:
-                await self.nc.publish(msg.reply, reply)
+            if reply is not None and msg.reply:
+                try:
+                    await self.nc.publish(msg.reply, reply)
+                except Exception:  # the connection is closing: the requester retries
+                    raise_if_cancelling()
 
         self._spawn(relay())
 

@@ -353,3 +353,37 @@ async def test_an_engine_cut_off_the_bus_loses_its_partitions_once_its_lease_ran
         await cut.stop()
         await survivor.stop()
     assert_recorded_exactly_once(load, database_url)
+
+
+async def test_an_engine_takes_its_partitions_again_after_nats_restarts(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The table lives in memory: a restarted server has none, and the engine makes the
+    bucket again and claims every partition (it stopped taking commands meanwhile)."""
+    from chorus.cluster import free_port
+    from chorus.natsd import start_nats_server
+
+    port = free_port()
+    server = start_nats_server(tmp_path / "nats", port=port, monitor=False)
+    config = engine_config(nats_url=server.url, database_url=database_url, partition_lease=LEASE)
+    engine = EngineService(config)
+    await engine.start()
+    try:
+        assert engine.ownership is not None
+        rounds = engine.ownership.rounds
+        server.stop()
+        while engine.ownership.active:  # its lease could not be renewed: it stops taking
+            await asyncio.sleep(0.05)
+        server = start_nats_server(tmp_path / "nats", port=port, monitor=False)
+        await owns_everything(engine)
+        assert engine.ownership.rounds > rounds
+        client = await nats.connect(server.url)
+        try:
+            load = Load(client, sessions=2)
+            await load.run()
+        finally:
+            await client.close()
+    finally:
+        await engine.stop()
+        server.stop()
+    assert_recorded_exactly_once(load, database_url)
