@@ -77,6 +77,7 @@ class PartitionRouting:
         self.active: set[int] = set()
         self._in_flight: Counter[int] = Counter()
         self._settled = asyncio.Condition()
+        self._waiting = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.forwarded = 0
 
@@ -101,12 +102,10 @@ class PartitionRouting:
 
     def leave(self, partitions: Collection[int | None]) -> None:
         """Those commands were answered."""
-        changed = False
         for partition in partitions:
             if partition is not None:
                 self._in_flight[partition] -= 1
-                changed = True
-        if changed:
+        if self._waiting:  # a handover waits for its partitions to settle
             self._spawn(self._notify())
 
     async def _notify(self) -> None:
@@ -115,8 +114,14 @@ class PartitionRouting:
 
     async def settled(self, partitions: Collection[int]) -> None:
         """Until no command of ``partitions`` is queued or in a batch here."""
-        async with self._settled:
-            await self._settled.wait_for(lambda: all(self._in_flight[p] <= 0 for p in partitions))
+        self._waiting += 1
+        try:
+            async with self._settled:
+                await self._settled.wait_for(
+                    lambda: all(self._in_flight[p] <= 0 for p in partitions)
+                )
+        finally:
+            self._waiting -= 1
 
     # Passing on -------------------------------------------------------------------------
 
