@@ -215,7 +215,7 @@ class EngineService:
                 nc, self.worker.partitions, cfg.partitions, lease=cfg.partition_lease,
                 replicas=cfg.replicas,
             )  # fmt: skip
-            await self.ownership.start()
+            await until_jetstream_answers(self.ownership.start, "the partition table")
             self._run("engine-partitions", self.ownership.run())
         if self.timer is not None:
             self._run("engine-timer", self.timer.run())
