@@ -143,7 +143,9 @@ def schema_lock(recorder: ApplicationRecorder) -> Iterator[None]:
 
     options = {k: v for k, v in datastore.pool.kwargs.items() if k != "row_factory"}
     key = _ddl_key(datastore.schema)
-    with psycopg.connect(**options, autocommit=True) as conn:
+    # Bounded like the pool's own connections: an unreachable server fails, never hangs.
+    timeout = max(1, round(datastore.pool.timeout))
+    with psycopg.connect(**options, autocommit=True, connect_timeout=timeout) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", [key])
         try:
             yield
