@@ -54,7 +54,10 @@ async def test_chorus_mcp_acts_on_the_secured_bus_with_its_callers_own_key(
             await call(agent, "register_agent", name="agent-1")
             sid = (await call(ops, "open_session", participants=["agent-1"],
                               task={"description": "sum"}))["session_id"]  # fmt: skip
-            inbox = await call(agent, "my_tasks")
+            # The open waited for the sessions read model; the task list is another.
+            async with asyncio.timeout(30):
+                while not (inbox := await call(agent, "my_tasks"))["items"]:
+                    await asyncio.sleep(0.05)
             assert (inbox["agent_id"], [t["task_id"] for t in inbox["items"]]) == ("agent-1", [sid])
             assert (await call(other, "my_tasks"))["items"] == []
             accepted = await call(agent, "accept_task", task_id=sid)

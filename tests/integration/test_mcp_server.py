@@ -3,6 +3,7 @@ real gateway, engine, projector and nats-server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -142,7 +143,11 @@ async def test_a_jwt_works_over_mcp_and_an_agent_sees_and_accepts_its_tasks(
         await call(agent, "register_agent", name="agent-1")
         sid = (await call(ops, "open_session", participants=["agent-1"],
                           task={"description": "d"}))["session_id"]  # fmt: skip
-        tasks = await call(agent, "my_tasks")
+        # The open waited for the sessions read model; the agent's task list is another
+        # read model, which may be a moment behind it.
+        async with asyncio.timeout(30):
+            while not (tasks := await call(agent, "my_tasks"))["items"]:
+                await asyncio.sleep(0.05)
         assert tasks["agent_id"] == "agent-1"
         assert [t["task_id"] for t in tasks["items"]] == [sid]
         accepted = await call(agent, "accept_task", task_id=sid)
