@@ -17,7 +17,7 @@ import signal
 import subprocess
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,15 +157,6 @@ def config(nats_server: NatsEndpoint, database_url: str) -> Callable[[], Any]:
     )
 
 
-@pytest.fixture
-async def client(nats_server: NatsEndpoint) -> AsyncIterator[NATS]:
-    nc = await nats.connect(nats_server.url)
-    try:
-        yield nc
-    finally:
-        await nc.close()
-
-
 async def owns_everything(engine: EngineService) -> None:
     while owned(engine) != frozenset(range(32)):
         await asyncio.sleep(0.05)
@@ -192,27 +183,27 @@ async def test_a_lone_engine_owns_every_partition_once_started(
 
 
 async def test_with_partitions_off_an_engine_decides_whatever_it_takes(
-    nats_server: NatsEndpoint, database_url: str, client: NATS
+    nats_server: NatsEndpoint, database_url: str, nc: NATS
 ) -> None:
     config = engine_config(nats_url=nats_server.url, database_url=database_url, partitions=0)
     async with EngineService(config) as engine:
         assert engine.ownership is None and engine.worker is not None
         assert engine.worker.routing is None
-        load = Load(client, sessions=2)
+        load = Load(nc, sessions=2)
         await load.run()
     assert_recorded_exactly_once(load, database_url)
 
 
 @pytest.mark.parametrize("count", [2, 3])
 async def test_engines_share_the_partitions_and_never_meet_on_a_version(
-    count: int, config: Callable[[], Any], client: NATS, database_url: str
+    count: int, config: Callable[[], Any], nc: NATS, database_url: str
 ) -> None:
     engines = [EngineService(config()) for _ in range(count)]
     for engine in engines:
         await engine.start()
     try:
         await balanced(engines)
-        load = Load(client, sessions=60)
+        load = Load(nc, sessions=60)
         await load.run()
         # Every engine decided commands of its own partitions and passed others on.
         assert all(e.worker is not None and e.worker.handled > 0 for e in engines)
@@ -229,14 +220,14 @@ async def test_engines_share_the_partitions_and_never_meet_on_a_version(
 
 
 async def test_a_process_managers_command_goes_to_the_partitions_owner(
-    config: Callable[[], Any], client: NATS
+    config: Callable[[], Any], nc: NATS
 ) -> None:
     first, second = EngineService(config()), EngineService(config())
     await first.start()
     await second.start()
     try:
         await balanced([first, second])
-        load = Load(client, sessions=1)
+        load = Load(nc, sessions=1)
         await load.run()
         sid = load.sent[0].session_id
         assert first.worker is not None and second.worker is not None
@@ -264,13 +255,13 @@ async def test_a_process_managers_command_goes_to_the_partitions_owner(
 
 
 async def test_an_engine_joining_and_one_leaving_mid_load_lose_and_double_nothing(
-    config: Callable[[], Any], client: NATS, database_url: str
+    config: Callable[[], Any], nc: NATS, database_url: str
 ) -> None:
     first = EngineService(config())
     await first.start()
     second = EngineService(config())
     engines = [first, second]
-    load = Load(client, sessions=120)
+    load = Load(nc, sessions=120)
     running = asyncio.create_task(load.run())
     try:
         await load.reached(load.total // 4)
@@ -289,7 +280,7 @@ async def test_an_engine_joining_and_one_leaving_mid_load_lose_and_double_nothin
 
 
 async def test_an_engine_killed_mid_load_hands_nothing_twice_and_loses_nothing(
-    nats_server: NatsEndpoint, config: Callable[[], Any], client: NATS, database_url: str,
+    nats_server: NatsEndpoint, config: Callable[[], Any], nc: NATS, database_url: str,
     tmp_path: Path,
 ) -> None:  # fmt: skip
     """The second engine is a ``chorus engine`` process: SIGKILLed with commands in flight,
@@ -306,7 +297,7 @@ async def test_an_engine_killed_mid_load_hands_nothing_twice_and_loses_nothing(
     victim = await asyncio.create_subprocess_exec(
         *cli("engine"), env=env, stdout=log, stderr=subprocess.STDOUT
     )
-    load = Load(client, sessions=120)
+    load = Load(nc, sessions=120)
     running: asyncio.Task[None] | None = None
     try:
         while len(owned(survivor)) > 16:  # the process joined and took its share
@@ -330,7 +321,7 @@ async def test_an_engine_killed_mid_load_hands_nothing_twice_and_loses_nothing(
 
 
 async def test_an_engine_cut_off_the_bus_loses_its_partitions_once_its_lease_ran_out(
-    config: Callable[[], Any], client: NATS, database_url: str
+    config: Callable[[], Any], nc: NATS, database_url: str
 ) -> None:
     """Its process still runs (so nothing tells the others it is gone, as a kill on the
     same machine does): the survivor waits until the cut-off engine's heartbeat stood
@@ -338,7 +329,7 @@ async def test_an_engine_cut_off_the_bus_loses_its_partitions_once_its_lease_ran
     survivor, cut = EngineService(config()), EngineService(config())
     await survivor.start()
     await cut.start()
-    load = Load(client, sessions=120)
+    load = Load(nc, sessions=120)
     running = asyncio.create_task(load.run())
     try:
         await balanced([survivor, cut])
