@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 
+from chorus import heap
 from chorus.bootstrap import bootstrap
 from chorus.projections.runner import run_together
 from chorus.settings import Settings
@@ -37,6 +38,7 @@ def run_engine(settings: Settings, *, relay_only: bool = False) -> None:
         components = bootstrap(settings, tracer_provider=setup_tracing("chorus-engine"))
         service = components.relay() if relay_only else components.engine()
         await service.start()
+        heap.settle()
         signalled = asyncio.create_task(_until_signalled())
         failed = asyncio.create_task(service.wait_failed())
         try:
@@ -63,6 +65,7 @@ def run_projector(settings: Settings) -> None:
     async def main() -> None:
         tracing = setup_tracing("chorus-projector")
         runners = bootstrap(settings, tracer_provider=tracing).projection_runners()
+        heap.settle()
         tasks = [asyncio.create_task(run_together(runners))]
         try:
             await _until_signalled()
@@ -82,6 +85,7 @@ def run_gateway(settings: Settings) -> None:
 
     s = settings.resolved()
     app = bootstrap(s, tracer_provider=setup_tracing("chorus-gateway")).gateway_app()
+    heap.settle()
     uvicorn.run(
         app,
         host=s.host,
