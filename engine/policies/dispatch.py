@@ -16,8 +16,11 @@ It follows the log like the other process managers (engine/policies/follower.py)
   workflow then waits for the backoff and the next attempt goes to another agent, or the
   phase fails when no attempt is left. The lost lease is recorded against the agent.
 - **Delivery.** Task messages go to ``chorus.task.<agent_id>`` (core NATS): a new
-  assignment at once, then again every ``redeliver_seconds`` until the agent acknowledges
-  it; all of an agent's open tasks again when it comes back online; session participants
+  assignment at once, then again after ``redeliver_seconds``, twice that, and so on up to
+  ``redeliver_max_seconds`` between sends, until the agent acknowledges it (a backoff, as
+  JetStream's redeliveries have: an agent that never acknowledges costs a message every
+  half minute, not every second); all of an agent's open tasks again, at once and with the
+  backoff restarted, when it comes back online; session participants
   (named, routed, replacements) get session tasks the same way; a cancel when the work is
   cancelled, moved or closed without them.
 
@@ -37,7 +40,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -114,8 +117,10 @@ TOPICS = (
 
 @dataclass
 class DispatchConfig:
-    #: Re-send an unacknowledged task this often (seconds, by the engine's clock).
+    #: Re-send an unacknowledged task after this long (seconds, by the engine's clock),
+    #: doubling the wait after each send up to ``redeliver_max_seconds``.
     redeliver_seconds: float = 1.0
+    redeliver_max_seconds: float = 30.0
     #: Every this many seconds of waiting lifts a phase one priority level.
     aging_seconds: float = 60.0
 
@@ -148,6 +153,7 @@ class _Live:
     offline: bool = False
     expiring: bool = False
     last_sent: datetime | None = None
+    sends: int = 0
 
 
 @dataclass
@@ -159,7 +165,7 @@ class _Session:
     phase: str | None
     priority: str
     inputs: dict[str, dict[str, Any]]
-    #: participant -> (acknowledged, last sent)
+    #: participant -> [acknowledged, last sent, sends]
     pending: dict[str, list[Any]] = field(default_factory=dict)
     message: bytes = b""
 
@@ -204,6 +210,8 @@ class Dispatcher(LogFollower):
         self._of_session: dict[str, tuple[str, str]] = {}  # delegated sid -> (wid, phase)
         self._agent_names: dict[str, str] = {}  # agent aggregate id -> agent id
         self._back_online: set[str] = set()
+        #: When the next open task falls due (None: walk them all next round).
+        self._walk_at: datetime | None = None
         self._cancels: list[tuple[str, CancelTask]] = []
         self._outbox: list[tuple[str, bytes]] = []
         self._lease_lost: list[RecordLeaseLost] = []
@@ -249,8 +257,10 @@ class Dispatcher(LogFollower):
                 previous = self._live.get(wid)
                 fresh = _Live(attempt, TASK_ENCODER.encode(task))
                 if previous is not None and previous.attempt.number == attempt.number:
-                    fresh.last_sent = previous.last_sent  # delivered from the reply already
+                    # Delivered from the reply already.
+                    fresh.last_sent, fresh.sends = previous.last_sent, previous.sends
                 self._live[wid] = fresh
+                self._walk_at = None
                 self._busy.setdefault(attempt.agent_id, set()).add(wid)
             case PhaseWaiting():
                 waiting = self._next.get(wid)
@@ -368,8 +378,9 @@ class Dispatcher(LogFollower):
             session.message = TASK_ENCODER.encode(
                 session_task(sid, event, priority, wid, phase, inputs)
             )
-            session.pending = {p: [False, None] for p in event.participants}
+            session.pending = {p: [False, None, 0] for p in event.participants}
             self._sessions[sid] = session
+            self._walk_at = None
             return
         known = self._sessions.get(sid)
         if known is None:
@@ -379,7 +390,8 @@ class Dispatcher(LogFollower):
             case ParticipantReplaced():
                 if session.pending.pop(event.replaced, None) is not None:
                     self._cancel(event.replaced, sid, None, f"replaced: {event.reason}")
-                session.pending[event.replacement] = [False, None]
+                session.pending[event.replacement] = [False, None, 0]
+                self._walk_at = None
             case SessionTaskAccepted():
                 if event.agent_id in session.pending:
                     session.pending[event.agent_id][0] = True
@@ -450,6 +462,7 @@ class Dispatcher(LogFollower):
         for (_, live, _), reply in zip(due, replies, strict=True):
             if reply.status == "rejected":
                 live.expiring = False  # not due by the workflow's clock yet, or a retry
+                self._walk_at = None
 
     async def _record_lease_lost(self) -> None:
         while self._lease_lost:
@@ -539,7 +552,8 @@ class Dispatcher(LogFollower):
                 accept_by=datetime.max.replace(tzinfo=now.tzinfo),
                 lease_expires_at=datetime.max.replace(tzinfo=now.tzinfo), heartbeat_seconds=None,
             )  # fmt: skip
-            self._live[wid] = _Live(attempt, message, last_sent=now)  # until the log's
+            self._live[wid] = _Live(attempt, message, last_sent=now, sends=1)  # until the log's
+            self._walk_at = None
             return
         if reply.status == "accepted" or reply.status == "duplicate":
             return  # the log has it (or will): observe() takes over
@@ -553,26 +567,61 @@ class Dispatcher(LogFollower):
         # Anything else (the phase moved on, was started by hand): the log will tell.
 
     async def _deliver(self, now: datetime) -> None:
-        every = self.config.redeliver_seconds
+        """Send what is due: new and unacknowledged tasks (with the backoff), and every open
+        task of an agent back online. The walk over all open tasks is skipped until the
+        earliest one falls due, so a round after each commit does not cost one step per
+        open task."""
         back, self._back_online = self._back_online, set()
+        cancels, self._cancels = self._cancels, []
+        for agent, cancel in cancels:
+            self._publish_soon(agent, TASK_ENCODER.encode(cancel))
+        if not back and self._walk_at is not None and now < self._walk_at:
+            return
+        walk_at: datetime | None = None
         for live in self._live.values():
             if live.expiring:
                 continue  # its lease is being ended: a cancel follows, not the task again
             attempt = live.attempt
-            due = live.last_sent is None or (now - live.last_sent).total_seconds() >= every
-            if attempt.agent_id in back or (not attempt.accepted and due):
-                live.last_sent = now
-                self._publish_soon(attempt.agent_id, live.message)
+            if attempt.agent_id in back:
+                live.sends = 0
+            elif attempt.accepted:
+                continue
+            due_at = self._due_at(live.last_sent, live.sends)
+            if due_at is not None and now < due_at:
+                walk_at = due_at if walk_at is None else min(walk_at, due_at)
+                continue
+            live.last_sent, live.sends = now, live.sends + 1
+            self._publish_soon(attempt.agent_id, live.message)
+            if not attempt.accepted:
+                due_at = self._due_at(now, live.sends)
+                walk_at = due_at if walk_at is None else min(walk_at, due_at)
         for session in self._sessions.values():
             for agent, state in session.pending.items():
-                acknowledged, last_sent = state
-                due = last_sent is None or (now - last_sent).total_seconds() >= every
-                if agent in back or (not acknowledged and due):
-                    state[1] = now
-                    self._publish_soon(agent, session.message)
-        cancels, self._cancels = self._cancels, []
-        for agent, cancel in cancels:
-            self._publish_soon(agent, TASK_ENCODER.encode(cancel))
+                acknowledged, last_sent, sends = state
+                if agent in back:
+                    sends = 0
+                elif acknowledged:
+                    continue
+                due_at = self._due_at(last_sent, sends)
+                if due_at is not None and now < due_at:
+                    walk_at = due_at if walk_at is None else min(walk_at, due_at)
+                    continue
+                state[1], state[2] = now, sends + 1
+                self._publish_soon(agent, session.message)
+                if not acknowledged:
+                    due_at = self._due_at(now, sends + 1)
+                    walk_at = due_at if walk_at is None else min(walk_at, due_at)
+        self._walk_at = walk_at if walk_at is not None else datetime.max.replace(tzinfo=now.tzinfo)
+
+    def _due_at(self, last_sent: datetime | None, sends: int) -> datetime | None:
+        """When a task sent ``sends`` times, the last at ``last_sent``, is sent again
+        (None: now, it was never sent)."""
+        if last_sent is None or sends <= 0:
+            return None
+        wait = min(
+            self.config.redeliver_seconds * 2 ** (sends - 1), self.config.redeliver_max_seconds
+        )
+        return last_sent + timedelta(seconds=wait)
 
     def _publish_soon(self, agent: str, message: bytes) -> None:
         """Queue a delivery for the end of this round (``_flush``)."""

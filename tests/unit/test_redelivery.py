@@ -1,0 +1,100 @@
+"""When the dispatcher sends an open task again: after 1 s, then with a doubling wait up to a
+cap, until acknowledged; all of an agent's tasks at once when it is back online.
+
+The dispatcher is driven by hand (records observed, rounds at chosen times by its injected
+clock) and its bus is a recorder of publishes: delivery logic, nothing timed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from chorus.contracts.sessions import Task
+from chorus.engine.policies.dispatch import DispatchConfig, Dispatcher
+from chorus.events.codec import EventMeta, decode_record, encode_event
+from chorus.events.session import SessionOpened
+from chorus.events.session import TaskAccepted as SessionTaskAccepted
+from eventsourcing.persistence import ApplicationRecorder
+
+from tests.unit.conftest import CLOCK_START, FakeClock
+
+T0 = CLOCK_START
+SID = uuid.uuid4()
+
+
+class Bus:
+    """Records what the dispatcher publishes (it only publishes)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        self.sent.append(subject.rsplit(".", 1)[-1])
+
+
+def observe(dispatcher: Dispatcher, version: int, event: Any) -> None:
+    stored, _ = encode_event(
+        aggregate="session", aggregate_id=SID, version=version, event=event,
+        meta=EventMeta(actor="ops", command_id=f"c{version}"), occurred_at=T0, prev_hash="",
+    )  # fmt: skip
+    dispatcher.observe(decode_record(stored, version))
+
+
+@pytest.fixture
+def opened(recorder: ApplicationRecorder, clock: FakeClock) -> tuple[Dispatcher, Bus, FakeClock]:
+    bus = Bus()
+    config = DispatchConfig(redeliver_seconds=1.0, redeliver_max_seconds=8.0)
+    dispatcher = Dispatcher(recorder, None, bus, clock, config)  # type: ignore[arg-type]
+    observe(dispatcher, 1, SessionOpened(
+        session_id=str(SID), coordinator_id="coord", opened_by="ops",
+        participants=["a1", "a2"], task=Task(description="review"), timeout_seconds=600,
+        deadline=T0 + timedelta(minutes=10),
+    ))  # fmt: skip
+    return dispatcher, bus, clock
+
+
+async def sends_at(dispatcher: Dispatcher, bus: Bus, clock: FakeClock, second: float) -> list[str]:
+    clock.now = T0 + timedelta(seconds=second)
+    bus.sent.clear()
+    await dispatcher._deliver(clock.now)
+    await dispatcher._flush()
+    return sorted(bus.sent)
+
+
+async def test_an_unacknowledged_task_is_sent_again_with_a_doubling_wait_up_to_the_cap(
+    opened: tuple[Dispatcher, Bus, FakeClock],
+) -> None:
+    dispatcher, bus, clock = opened
+    # Rounds every 0.25 s for a minute: the sends fall at 0, 1, 3, 7, 15, 23, 31, ... s.
+    sent_at = [
+        tick / 4 for tick in range(4 * 60) if await sends_at(dispatcher, bus, clock, tick / 4)
+    ]
+    assert sent_at == [0, 1, 3, 7, 15, 23, 31, 39, 47, 55]
+
+
+async def test_an_acknowledged_task_is_not_sent_again_and_the_others_go_on(
+    opened: tuple[Dispatcher, Bus, FakeClock],
+) -> None:
+    dispatcher, bus, clock = opened
+    assert await sends_at(dispatcher, bus, clock, 0) == ["a1", "a2"]
+    observe(dispatcher, 2, SessionTaskAccepted(agent_id="a1", accepted_at=T0))
+    assert await sends_at(dispatcher, bus, clock, 1) == ["a2"]
+    assert await sends_at(dispatcher, bus, clock, 3) == ["a2"]
+
+
+async def test_an_agent_back_online_gets_its_tasks_at_once_and_the_backoff_starts_over(
+    opened: tuple[Dispatcher, Bus, FakeClock],
+) -> None:
+    dispatcher, bus, clock = opened
+    for second in (0, 1, 3, 7):
+        await sends_at(dispatcher, bus, clock, second)
+    dispatcher._back_online.add("a1")
+    assert await sends_at(dispatcher, bus, clock, 8) == ["a1"]  # a2 is due at 15
+    assert await sends_at(dispatcher, bus, clock, 9) == ["a1"]  # 1 s after its fresh send
+    assert await sends_at(dispatcher, bus, clock, 10) == []
+    assert await sends_at(dispatcher, bus, clock, 11) == ["a1"]  # 2 s after that
+    assert await sends_at(dispatcher, bus, clock, 14) == []
+    assert await sends_at(dispatcher, bus, clock, 15) == ["a1", "a2"]
