@@ -577,51 +577,41 @@ class Dispatcher(LogFollower):
             self._publish_soon(agent, TASK_ENCODER.encode(cancel))
         if not back and self._walk_at is not None and now < self._walk_at:
             return
-        walk_at: datetime | None = None
+        walk_at = datetime.max.replace(tzinfo=now.tzinfo)
+
+        def visit(
+            agent: str, message: bytes, acknowledged: bool, last_sent: datetime | None, sends: int
+        ) -> tuple[datetime | None, int]:
+            """Send one open task if it is due; its new (last sent, sends)."""
+            nonlocal walk_at
+            if agent in back:
+                sends = 0
+            elif acknowledged:
+                return last_sent, sends
+            if sends > 0 and last_sent is not None and now < last_sent + self._wait(sends):
+                walk_at = min(walk_at, last_sent + self._wait(sends))
+                return last_sent, sends
+            self._publish_soon(agent, message)
+            if not acknowledged:
+                walk_at = min(walk_at, now + self._wait(sends + 1))
+            return now, sends + 1
+
         for live in self._live.values():
             if live.expiring:
                 continue  # its lease is being ended: a cancel follows, not the task again
-            attempt = live.attempt
-            if attempt.agent_id in back:
-                live.sends = 0
-            elif attempt.accepted:
-                continue
-            due_at = self._due_at(live.last_sent, live.sends)
-            if due_at is not None and now < due_at:
-                walk_at = due_at if walk_at is None else min(walk_at, due_at)
-                continue
-            live.last_sent, live.sends = now, live.sends + 1
-            self._publish_soon(attempt.agent_id, live.message)
-            if not attempt.accepted:
-                due_at = self._due_at(now, live.sends)
-                walk_at = due_at if walk_at is None else min(walk_at, due_at)
+            live.last_sent, live.sends = visit(
+                live.attempt.agent_id, live.message, live.attempt.accepted, live.last_sent,
+                live.sends,
+            )  # fmt: skip
         for session in self._sessions.values():
             for agent, state in session.pending.items():
-                acknowledged, last_sent, sends = state
-                if agent in back:
-                    sends = 0
-                elif acknowledged:
-                    continue
-                due_at = self._due_at(last_sent, sends)
-                if due_at is not None and now < due_at:
-                    walk_at = due_at if walk_at is None else min(walk_at, due_at)
-                    continue
-                state[1], state[2] = now, sends + 1
-                self._publish_soon(agent, session.message)
-                if not acknowledged:
-                    due_at = self._due_at(now, sends + 1)
-                    walk_at = due_at if walk_at is None else min(walk_at, due_at)
-        self._walk_at = walk_at if walk_at is not None else datetime.max.replace(tzinfo=now.tzinfo)
+                state[1], state[2] = visit(agent, session.message, *state)
+        self._walk_at = walk_at
 
-    def _due_at(self, last_sent: datetime | None, sends: int) -> datetime | None:
-        """When a task sent ``sends`` times, the last at ``last_sent``, is sent again
-        (None: now, it was never sent)."""
-        if last_sent is None or sends <= 0:
-            return None
-        wait = min(
-            self.config.redeliver_seconds * 2 ** (sends - 1), self.config.redeliver_max_seconds
-        )
-        return last_sent + timedelta(seconds=wait)
+    def _wait(self, sends: int) -> timedelta:
+        """How long after its last send a task sent ``sends`` times goes out again."""
+        seconds = self.config.redeliver_seconds * 2 ** min(sends - 1, 32)  # no overflow
+        return timedelta(seconds=min(seconds, self.config.redeliver_max_seconds))
 
     def _publish_soon(self, agent: str, message: bytes) -> None:
         """Queue a delivery for the end of this round (``_flush``)."""

@@ -98,3 +98,13 @@ async def test_an_agent_back_online_gets_its_tasks_at_once_and_the_backoff_start
     assert await sends_at(dispatcher, bus, clock, 11) == ["a1"]  # 2 s after that
     assert await sends_at(dispatcher, bus, clock, 14) == []
     assert await sends_at(dispatcher, bus, clock, 15) == ["a1", "a2"]
+
+
+async def test_a_task_sent_a_thousand_times_keeps_the_capped_wait(
+    opened: tuple[Dispatcher, Bus, FakeClock],
+) -> None:
+    dispatcher, bus, clock = opened
+    for state in dispatcher._sessions[str(SID)].pending.values():
+        state[1], state[2] = T0, 5000  # an agent that never acknowledged, for 40 hours
+    assert await sends_at(dispatcher, bus, clock, 7) == []
+    assert await sends_at(dispatcher, bus, clock, 8) == ["a1", "a2"]
