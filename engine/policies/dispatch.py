@@ -37,10 +37,12 @@ are dropped when it ends.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -94,6 +96,8 @@ from eventsourcing.persistence import ApplicationRecorder
 from nats.aio.client import Client as NATS
 
 log = logging.getLogger(__name__)
+#: Due before any time: a task to look at in the next round.
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 WORKFLOW_TOPICS = (
     "WorkflowStarted", "PhaseAssigned", "PhaseWaiting", "TaskAccepted", "PhaseLeaseExpired",
@@ -210,8 +214,12 @@ class Dispatcher(LogFollower):
         self._of_session: dict[str, tuple[str, str]] = {}  # delegated sid -> (wid, phase)
         self._agent_names: dict[str, str] = {}  # agent aggregate id -> agent id
         self._back_online: set[str] = set()
-        #: When the next open task falls due (None: walk them all next round).
-        self._walk_at: datetime | None = None
+        #: Open tasks by when they fall due: (due, order, sends, workflow or session id,
+        #: participant or "" for a phase task). An item whose task was sent since, or
+        #: acknowledged, or closed, is stale and skipped. None: rebuilt by a walk over
+        #: every open task next round (after a restart, or agents back online).
+        self._due: list[tuple[datetime, int, int, str, str]] | None = None
+        self._order = itertools.count()
         self._cancels: list[tuple[str, CancelTask]] = []
         self._outbox: list[tuple[str, bytes]] = []
         self._lease_lost: list[RecordLeaseLost] = []
@@ -260,7 +268,7 @@ class Dispatcher(LogFollower):
                     # Delivered from the reply already.
                     fresh.last_sent, fresh.sends = previous.last_sent, previous.sends
                 self._live[wid] = fresh
-                self._walk_at = None
+                self._check_soon(wid, "", fresh.sends)
                 self._busy.setdefault(attempt.agent_id, set()).add(wid)
             case PhaseWaiting():
                 waiting = self._next.get(wid)
@@ -380,7 +388,8 @@ class Dispatcher(LogFollower):
             )
             session.pending = {p: [False, None, 0] for p in event.participants}
             self._sessions[sid] = session
-            self._walk_at = None
+            for agent in session.pending:
+                self._check_soon(sid, agent, 0)
             return
         known = self._sessions.get(sid)
         if known is None:
@@ -391,7 +400,7 @@ class Dispatcher(LogFollower):
                 if session.pending.pop(event.replaced, None) is not None:
                     self._cancel(event.replaced, sid, None, f"replaced: {event.reason}")
                 session.pending[event.replacement] = [False, None, 0]
-                self._walk_at = None
+                self._check_soon(sid, event.replacement, 0)
             case SessionTaskAccepted():
                 if event.agent_id in session.pending:
                     session.pending[event.agent_id][0] = True
@@ -459,10 +468,10 @@ class Dispatcher(LogFollower):
             ExpireLease(workflow_id=wid, phase=live.attempt.phase, attempt=live.attempt.number,
                         reason=reason),  # type: ignore[arg-type]
             wid) for wid, live, reason in due))  # fmt: skip
-        for (_, live, _), reply in zip(due, replies, strict=True):
+        for (wid, live, _), reply in zip(due, replies, strict=True):
             if reply.status == "rejected":
                 live.expiring = False  # not due by the workflow's clock yet, or a retry
-                self._walk_at = None
+                self._check_soon(wid, "", live.sends)
 
     async def _record_lease_lost(self) -> None:
         while self._lease_lost:
@@ -553,7 +562,7 @@ class Dispatcher(LogFollower):
                 lease_expires_at=datetime.max.replace(tzinfo=now.tzinfo), heartbeat_seconds=None,
             )  # fmt: skip
             self._live[wid] = _Live(attempt, message, last_sent=now, sends=1)  # until the log's
-            self._walk_at = None
+            self._check_soon(wid, "", 1)
             return
         if reply.status == "accepted" or reply.status == "duplicate":
             return  # the log has it (or will): observe() takes over
@@ -568,45 +577,73 @@ class Dispatcher(LogFollower):
 
     async def _deliver(self, now: datetime) -> None:
         """Send what is due: new and unacknowledged tasks (with the backoff), and every open
-        task of an agent back online. The walk over all open tasks is skipped until the
-        earliest one falls due, so a round after each commit does not cost one step per
-        open task."""
+        task of an agent back online. Only the due items of ``_due`` are looked at: a round
+        after each commit costs what it sends, not one step per open task."""
         back, self._back_online = self._back_online, set()
         cancels, self._cancels = self._cancels, []
         for agent, cancel in cancels:
             self._publish_soon(agent, TASK_ENCODER.encode(cancel))
-        if not back and self._walk_at is not None and now < self._walk_at:
+        if self._due is None or back:
+            self._due = []
+            for wid, live in self._live.items():
+                self._visit_live(wid, live, back, now)
+            for sid, session in self._sessions.items():
+                for agent in session.pending:
+                    self._visit_session(sid, session, agent, back, now)
             return
-        walk_at = datetime.max.replace(tzinfo=now.tzinfo)
+        while self._due and self._due[0][0] <= now:
+            _, _, sends, key, agent = heapq.heappop(self._due)
+            if not agent:
+                open_live = self._live.get(key)
+                if open_live is not None and open_live.sends == sends:
+                    self._visit_live(key, open_live, back, now)
+                continue
+            open_session = self._sessions.get(key)
+            state = open_session.pending.get(agent) if open_session is not None else None
+            if open_session is not None and state is not None and state[2] == sends:
+                self._visit_session(key, open_session, agent, back, now)
 
-        def visit(
-            agent: str, message: bytes, acknowledged: bool, last_sent: datetime | None, sends: int
-        ) -> tuple[datetime | None, int]:
-            """Send one open task if it is due; its new (last sent, sends)."""
-            nonlocal walk_at
-            if agent in back:
-                sends = 0
-            elif acknowledged:
-                return last_sent, sends
-            if sends > 0 and last_sent is not None and now < last_sent + self._wait(sends):
-                walk_at = min(walk_at, last_sent + self._wait(sends))
-                return last_sent, sends
-            self._publish_soon(agent, message)
-            if not acknowledged:
-                walk_at = min(walk_at, now + self._wait(sends + 1))
-            return now, sends + 1
+    def _visit_live(self, wid: str, live: _Live, back: set[str], now: datetime) -> None:
+        if live.expiring:
+            return  # its lease is being ended: a cancel follows, not the task again
+        attempt = live.attempt
+        live.last_sent, live.sends = self._visit(
+            wid, "", attempt.agent_id, live.message, attempt.accepted, live.last_sent,
+            live.sends, back, now,
+        )  # fmt: skip
 
-        for live in self._live.values():
-            if live.expiring:
-                continue  # its lease is being ended: a cancel follows, not the task again
-            live.last_sent, live.sends = visit(
-                live.attempt.agent_id, live.message, live.attempt.accepted, live.last_sent,
-                live.sends,
-            )  # fmt: skip
-        for session in self._sessions.values():
-            for agent, state in session.pending.items():
-                state[1], state[2] = visit(agent, session.message, *state)
-        self._walk_at = walk_at
+    def _visit_session(
+        self, sid: str, session: _Session, agent: str, back: set[str], now: datetime
+    ) -> None:
+        state = session.pending[agent]
+        state[1], state[2] = self._visit(sid, agent, agent, session.message, state[0], state[1],
+                                         state[2], back, now)  # fmt: skip
+
+    def _visit(
+        self, key: str, participant: str, agent: str, message: bytes, acknowledged: bool,
+        last_sent: datetime | None, sends: int, back: set[str], now: datetime,
+    ) -> tuple[datetime | None, int]:  # fmt: skip
+        """Send one open task if it is due (or its agent is back), schedule its next send;
+        returns its (last sent, sends)."""
+        if agent in back:
+            sends = 0
+        elif acknowledged:
+            return last_sent, sends
+        if sends > 0 and last_sent is not None and now < last_sent + self._wait(sends):
+            self._schedule(last_sent + self._wait(sends), sends, key, participant)
+            return last_sent, sends
+        self._publish_soon(agent, message)
+        if not acknowledged:
+            self._schedule(now + self._wait(sends + 1), sends + 1, key, participant)
+        return now, sends + 1
+
+    def _schedule(self, due: datetime, sends: int, key: str, participant: str) -> None:
+        if self._due is not None:
+            heapq.heappush(self._due, (due, next(self._order), sends, key, participant))
+
+    def _check_soon(self, key: str, participant: str, sends: int) -> None:
+        """A task is new or changed: look at it next round (nothing is sent before due)."""
+        self._schedule(_EARLIEST, sends, key, participant)
 
     def _wait(self, sends: int) -> timedelta:
         """How long after its last send a task sent ``sends`` times goes out again."""

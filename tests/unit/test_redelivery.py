@@ -108,3 +108,44 @@ async def test_a_task_sent_a_thousand_times_keeps_the_capped_wait(
         state[1], state[2] = T0, 5000  # an agent that never acknowledged, for 40 hours
     assert await sends_at(dispatcher, bus, clock, 7) == []
     assert await sends_at(dispatcher, bus, clock, 8) == ["a1", "a2"]
+
+
+async def test_tasks_opened_at_different_times_each_keep_their_own_schedule(
+    opened: tuple[Dispatcher, Bus, FakeClock],
+) -> None:
+    dispatcher, bus, clock = opened
+    assert await sends_at(dispatcher, bus, clock, 0) == ["a1", "a2"]
+    other = uuid.uuid4()
+    stored, _ = encode_event(
+        aggregate="session", aggregate_id=other, version=1, event=SessionOpened(
+            session_id=str(other), coordinator_id="coord", opened_by="ops",
+            participants=["b1"], task=Task(description="review"), timeout_seconds=600,
+            deadline=T0 + timedelta(minutes=10)),
+        meta=EventMeta(actor="ops", command_id="o1"), occurred_at=T0, prev_hash="",
+    )  # fmt: skip
+    dispatcher.observe(decode_record(stored, 2))
+    sent = {t / 2: await sends_at(dispatcher, bus, clock, t / 2) for t in range(1, 8)}
+    assert sent == {0.5: ["b1"], 1: ["a1", "a2"], 1.5: ["b1"], 2: [], 2.5: [],
+                    3: ["a1", "a2"], 3.5: ["b1"]}  # fmt: skip
+
+
+async def test_a_round_looks_only_at_the_tasks_that_are_due(
+    opened: tuple[Dispatcher, Bus, FakeClock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dispatcher, bus, clock = opened
+    for k in range(1000):
+        dispatcher._sessions[str(SID)].pending[f"p{k}"] = [False, None, 0]
+    assert len(await sends_at(dispatcher, bus, clock, 0)) == 1002  # the first round walks
+    visits: list[str] = []
+    visit = dispatcher._visit
+
+    def counted(*args: Any) -> Any:
+        visits.append(args[2])
+        return visit(*args)
+
+    monkeypatch.setattr(dispatcher, "_visit", counted)
+    for tick in range(1, 10):
+        assert await sends_at(dispatcher, bus, clock, tick / 10) == []
+    assert visits == []
+    assert len(await sends_at(dispatcher, bus, clock, 1)) == 1002
+    assert len(visits) == 1002
