@@ -2,6 +2,7 @@
 
     python -m bench.e2e [--sessions 3000] [--participants 10] [--agents 50] [--window 32]
     python -m bench.e2e --rate 1000 [--seconds 20]
+    python -m bench.e2e --rate 500,1000,1500,2000   (one run each; where p99 crosses 100 ms)
     python -m bench.e2e ... --database-url postgresql://user:pw@host/db?schema=s
 
 Starts a nats-server from the wheel, the engine and the projector as separate processes
@@ -157,11 +158,15 @@ class Watcher:
         return self.times[i] if i < len(self.positions) else None
 
 
+def quantile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def percentiles(values: list[float]) -> str:
     ordered = sorted(values)
 
     def at(q: float) -> float:
-        return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return 1000 * quantile(ordered, q)
 
     return f"p50 {at(0.5):,.1f}  p95 {at(0.95):,.1f}  p99 {at(0.99):,.1f}  max {at(1.0):,.1f} ms"
 
@@ -202,18 +207,27 @@ async def run(args: argparse.Namespace) -> None:
         baseline = await jetstream_baseline(deployed.url, args.baseline, 400)
         conns = [await nats.connect(deployed.url) for _ in range(4)]
         await wait_for_engine(conns[0])
-        if args.rate:
-            args.sessions = max(1, int(args.rate * args.seconds) // args.participants)
         agents = [f"agent-{i}" for i in range(args.agents)]
-        sessions = await open_sessions(conns, agents, args)
         watcher = Watcher(deployed.work / "read.db")
         watching = asyncio.create_task(watcher.run())
-        header = (f"chorus bench.e2e  ({os.cpu_count()} cores, {args.sessions} sessions x "
-                  f"{args.participants} participants, {args.agents} agents")  # fmt: skip
-        if args.rate:
-            await open_loop(conns, sessions, watcher, baseline, header, args)
-        else:
-            await sustained(conns, agents, sessions, watcher, baseline, header, args)
+        p99s: list[tuple[float, float]] = []
+        for rate in args.rate or [None]:
+            if rate:
+                args.sessions = max(1, int(rate * args.seconds) // args.participants)
+            sessions = await open_sessions(conns, agents, args)
+            header = (f"chorus bench.e2e  ({os.cpu_count()} cores, {args.sessions} sessions x "
+                      f"{args.participants} participants, {args.agents} agents")  # fmt: skip
+            if rate:
+                p99s.append((rate, await open_loop(conns, sessions, watcher, baseline, header,
+                                                   rate, args)))  # fmt: skip
+            else:
+                await sustained(conns, agents, sessions, watcher, baseline, header, args)
+        if len(p99s) > 1:
+            below = [rate for rate, p99 in p99s if p99 <= 0.1]
+            crossed = [rate for rate, p99 in p99s if p99 > 0.1]
+            print(f"reply p99 <= 100 ms up to {max(below, default=0):,.0f} commands/s of those "
+                  f"offered; above it from {min(crossed):,.0f}" if crossed else
+                  "reply p99 <= 100 ms at every rate offered")  # fmt: skip
         watching.cancel()
         for nc in conns:
             await nc.close()
@@ -382,13 +396,14 @@ async def measure_open_loop(
 
 async def open_loop(
     conns: list[nats.NATS], sessions: list[tuple[str, list[str]]], watcher: Watcher,
-    baseline: float, header: str, args: argparse.Namespace,
-) -> None:  # fmt: skip
+    baseline: float, header: str, rate: float, args: argparse.Namespace,
+) -> float:  # fmt: skip
+    """One open-loop run at ``rate``; prints it, returns its reply p99 (seconds)."""
     cpu_before = [cpu_seconds(pid) for pid in args.pids]
-    result = await measure_open_loop(conns, sessions, watcher, args.rate, args.participants)
+    result = await measure_open_loop(conns, sessions, watcher, rate, args.participants)
     spent = [cpu_seconds(pid) - before for pid, before in zip(args.pids, cpu_before, strict=True)]
     per = 1e6 / len(result.replies)
-    print(f"{header}: open loop at {args.rate:,.0f} commands/s for {args.seconds:g} s)")
+    print(f"{header}: open loop at {rate:,.0f} commands/s for {args.seconds:g} s)")
     print(f"  commands                       {len(result.replies):>10,}")
     print(f"  reply (from scheduled send)    {percentiles(result.replies)}")
     print(f"  visible in the read model      {percentiles(result.visible)}")
@@ -399,7 +414,8 @@ async def open_loop(
         f"{per * spent[-1]:,.0f} us projector (steadier than latency when shared)"
     )
     print(f"  JetStream publish_async        {baseline:>10,.0f} msgs/s  (baseline, same run)")
-    print(f"  offered rate / JetStream       {args.rate / baseline:>10.3f}")
+    print(f"  offered rate / JetStream       {rate / baseline:>10.3f}")
+    return quantile(sorted(result.replies), 0.99)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -421,6 +437,10 @@ def teardown(procs: list[subprocess.Popen[bytes]], server: Any, work: Path) -> N
     shutil.rmtree(work, ignore_errors=True)
 
 
+def rates(text: str) -> list[float]:
+    return sorted(float(r) for r in text.split(","))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -430,7 +450,12 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=50)
     parser.add_argument("--window", type=int, default=32, help="requests in flight per agent")
     parser.add_argument("--baseline", type=int, default=20_000, help="JetStream messages")
-    parser.add_argument("--rate", type=float, help="open loop: commands per second")
+    parser.add_argument(
+        "--rate",
+        type=rates,
+        help="open loop: commands per second (several, "
+        "comma-separated: one run each, lowest first, and where p99 crosses 100 ms)",
+    )
     parser.add_argument("--seconds", type=float, default=20, help="open loop: how long")
     parser.add_argument(
         "--database-url", help="the event store (default: SQLite in the run's directory)"
