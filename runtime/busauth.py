@@ -6,7 +6,9 @@ subject permissions) regenerated from the store and reloaded with SIGHUP is enou
 no extra process on the connect path (a callout service down means nobody connects), and a
 reload re-checks every open connection, so a revoked key's connections are closed at once.
 Its limit: one config per deployment, so a cluster whose servers do not share a data
-directory writes the same users with ``render_config`` (see ``nats.conf``).
+directory has it written where they all include it: ``chorus bus users`` (compose.yaml's
+``nats-users`` service, ``write_deployment``) renders the same users from the key store,
+with the services' passwords the deployment chose, and the routes' secret.
 
 Each API key (agent, operator, admin) is a NATS user named by its key id, whose password is
 the API key itself (only its bcrypt hash is written). Its rights, for actor ``A``:
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import bcrypt
 from chorus.contracts.subjects import (
     DLQ_STREAM,
     EVENTS_STREAM,
@@ -52,6 +55,13 @@ BUS_ROLES = frozenset({"agent", "operator", "admin"})
 #: The engine-only subjects where a partition's owner takes commands passed on to it.
 PARTITION_SUBJECTS = f"{PART_PREFIX}.>"
 CONFIG_NAME = "users.conf"  # not auth.conf: the token mode of runtime.natsd writes that
+#: A cluster's routes (``write_deployment``): included inside each node's ``cluster`` block.
+ROUTES_NAME = "routes.conf"
+ROUTE_SECRET_NAME = "route.secret"  # noqa: S105 (a file name)
+ROUTE_USER = "route"
+#: Where ``chorus bus users`` reads the services' passwords a deployment chose (compose.yaml
+#: gives the same to the engines' and the gateways' ``CHORUS_NATS_URL``).
+PASSWORD_ENV = {"engine": "CHORUS_ENGINE_PASSWORD", "gateway": "CHORUS_GATEWAY_PASSWORD"}
 
 #: The JetStream API the gateway's reads need (feeds, health, the liveness bucket).
 GATEWAY_JS_READS = [
@@ -142,11 +152,12 @@ def service_passwords(nats_dir: Path) -> dict[str, str]:
 
 
 def render_config(passwords: dict[str, str], store: KeyStore) -> str:
-    """The ``authorization`` block: service users, then one user per active key."""
+    """The ``authorization`` block: the users of the services in ``passwords`` (a password
+    may be a bcrypt hash), then one user per active key."""
     users: list[dict[str, Any]] = [
         {"user": SERVICES[name], "password": passwords[name],
          "permissions": SERVICE_PERMISSIONS[name]}
-        for name in SERVICES
+        for name in SERVICES if name in passwords
     ]  # fmt: skip
     for key_id, actor, role, bus_hash in store.bus_users():
         if role in BUS_ROLES:
@@ -163,6 +174,50 @@ def write_config(nats_dir: Path, keys_path: Path) -> Path:
     path = nats_dir / CONFIG_NAME
     _write_private(path, render_config(service_passwords(nats_dir), KeyStore(keys_path)))
     return path
+
+
+def route_secret(nats_dir: Path) -> str:
+    """The secret of the routes between a cluster's nodes, created once (mode 0600) and
+    kept: a node restarted later presents the same and rejoins."""
+    path = nats_dir / ROUTE_SECRET_NAME
+    if path.exists():
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(24)
+    _write_private(path, secret)
+    return secret
+
+
+def render_routes(secret: str, routes: list[str]) -> str:
+    """The inside of a node's ``cluster`` block: the user every route must present (a
+    route sees every message, so an open route port would bypass every user's
+    permissions), and this node's routes to every node (``host:port``), presenting it.
+    nats-server does not lend a route its ``authorization`` user: each URL carries it."""
+    credentials = f"{ROUTE_USER}:{quote(secret, safe='')}@"
+    urls = [f"nats-route://{credentials}{route}" for route in routes]
+    authorization = {"user": ROUTE_USER, "password": secret}
+    return f"authorization: {json.dumps(authorization)}\nroutes: {json.dumps(urls, indent=1)}\n"
+
+
+def write_deployment(
+    out_dir: Path, keys_path: Path, passwords: dict[str, str], routes: list[str]
+) -> list[Path]:
+    """What every node of a cluster includes (compose.yaml's ``nats.conf``), in ``out_dir``:
+    ``users.conf`` from the key store, with the services' ``passwords`` (chosen by the
+    deployment, written as bcrypt hashes), and ``routes.conf``, with the routes' secret
+    (``route.secret``, created once). Run again after ``chorus keys create`` or ``revoke``,
+    then reload the nodes (SIGHUP)."""
+    hashed = {name: _service_hash(password) for name, password in passwords.items()}
+    users, cluster = out_dir / CONFIG_NAME, out_dir / ROUTES_NAME
+    _write_private(users, render_config(hashed, KeyStore(keys_path)))
+    _write_private(cluster, render_routes(route_secret(out_dir), routes))
+    return [users, cluster]
+
+
+def _service_hash(password: str) -> str:
+    """A service's password as nats-server checks it. Unlike a key, a deployment's own
+    password may be short, so the cost is bcrypt's usual range; a service connects once
+    (and again after losing its node), so each node pays it rarely."""
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
 
 
 def _ports_files(nats_dir: Path) -> list[Path]:

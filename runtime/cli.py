@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -132,6 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     revoke.add_argument("--data-dir", type=Path)
 
+    bus = sub.add_parser("bus", help="the NATS users of a deployment whose nodes run elsewhere")
+    bus_sub = bus.add_subparsers(dest="bus_command", required=True)
+    users = bus_sub.add_parser(
+        "users",
+        help="write users.conf (one NATS user per API key and per service) and routes.conf "
+        "(the routes' secret) for a cluster's nodes to include (compose.yaml); the services' "
+        "passwords from CHORUS_ENGINE_PASSWORD and CHORUS_GATEWAY_PASSWORD",
+    )
+    users.add_argument("--keys", type=Path, required=True, help="the key store (keys.db)")
+    users.add_argument("--out", type=Path, required=True, help="the directory the nodes include")
+    users.add_argument(
+        "--route", action="append", default=[], metavar="HOST:PORT",
+        help="a node's route address (once per node)",
+    )  # fmt: skip
+
     from chorus import audit_commands as audit
 
     audit.add_parser(sub, _common)
@@ -233,6 +249,16 @@ def main(argv: list[str] | None = None) -> int:
                 # Reloading the embedded server closes the key's bus connections at once.
                 busauth.sync(nats_dir, keys_path)
                 print(f"revoked {args.key_id}")
+        case "bus":
+            from chorus import busauth
+
+            missing = [env for env in busauth.PASSWORD_ENV.values() if not os.environ.get(env)]
+            if missing:
+                print(f"chorus: set {' and '.join(missing)} (no default)", file=sys.stderr)
+                return 2
+            passwords = {name: os.environ[env] for name, env in busauth.PASSWORD_ENV.items()}
+            for path in busauth.write_deployment(args.out, args.keys, passwords, args.route):
+                print(path)
         case "audit":
             from chorus import audit_commands as audit
 

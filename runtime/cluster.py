@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -144,7 +143,7 @@ class Cluster:
         #: The users (``users.conf``), the services' passwords and every node's directory.
         self.nats_dir = data_dir / "nats"
         self.secured = not self.layout.open_bus
-        self._route_secret = _secret(self.nats_dir / "route.secret") if self.secured else None
+        self._route_secret = busauth.route_secret(self.nats_dir) if self.secured else None
         self.nodes = [
             Node(f"nats-{i + 1}", 0, 0, 0, self.nats_dir / f"nats-{i + 1}")
             for i in range(self.layout.nodes)
@@ -417,16 +416,6 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as file:
         file.write(text)
     path.chmod(0o600)
-
-
-def _secret(path: Path) -> str:
-    """A random secret kept in ``path`` (created once, owner-only): the same across
-    restarts, so a revived node rejoins."""
-    if path.exists():
-        return path.read_text().strip()
-    secret = secrets.token_urlsafe(24)
-    _write_private(path, secret)
-    return secret
 
 
 def _base_env() -> dict[str, str]:
