@@ -34,9 +34,11 @@ import yaml
 from chorus import busauth
 from chorus.cluster import free_port
 from chorus.contracts.servers import servers
+from chorus.contracts.subjects import TOOL_CALLS, TOOL_QUEUE
 from chorus.engine.adapters.streams import ensure_streams, until_jetstream_answers
 from chorus.natsd import NatsServer, start_nats_server
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 
 from tests.e2e.conftest import (
@@ -270,6 +272,42 @@ async def ping(nc: NATS) -> bytes | None:
         return (await nc.request("chorus.agent.agent-1.ping", b"", timeout=5)).data
     except (NoRespondersError, TimeoutError):
         return None
+
+
+async def test_only_the_gateway_answers_tool_calls_and_agents_call_as_themselves(
+    cluster: Compose,
+) -> None:
+    """Tool calls (``chorus.cmd.<actor>.tool.call``) are the gateways' to answer (queue group
+    chorus-tools), through the routes here: the gateway on one node, the agent on another."""
+    gateway, agent = Client(), Client()
+    credentials = cluster.service_credentials("gateway")
+    gnc = await gateway.connect_as(cluster.nodes["nats-2"].url, credentials["user"],
+                                   credentials["password"], None)  # fmt: skip
+    anc = await agent.connect(cluster.nodes["nats-1"].url, cluster.keys["agent-1"], "agent-1")
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(msg.subject.encode())
+
+    await gnc.subscribe(TOOL_CALLS, queue=TOOL_QUEUE, cb=answer)
+    await gnc.flush()
+
+    async def call() -> bytes | None:
+        try:
+            return (await anc.request("chorus.cmd.agent-1.tool.call", b"{}", timeout=5)).data
+        except (NoRespondersError, TimeoutError):  # the gateway's interest not there yet
+            return None
+
+    assert (
+        await async_wait_until(call, 30, "the gateway's answer") == b"chorus.cmd.agent-1.tool.call"
+    )
+    assert not gateway.violation.is_set() and not agent.violation.is_set()
+    # An agent can neither take tool calls (to answer them itself) nor call as another.
+    await anc.subscribe(TOOL_CALLS, queue=TOOL_QUEUE)
+    assert "chorus.cmd.*.tool.call" in await agent.refused()
+    await anc.publish("chorus.cmd.agent-2.tool.call", b"{}")
+    assert "chorus.cmd.agent-2.tool.call" in await agent.refused()
+    await anc.close()
+    await gnc.close()
 
 
 # The routes ------------------------------------------------------------------------------
