@@ -137,6 +137,21 @@ class VerifyCompletion(Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             raise ValueError("completion_time is out of range in UTC") from None
 
 
+#: The most claims one ``verify_completions`` carries.
+MAX_CLAIMS = 100
+
+
+class VerifyCompletions(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Several claims of one agent in one command, each judged as if it came alone (in
+    order: a second claim of one task is ``already_verified``). Every claim names the
+    command's ``agent_id`` (a claim for another agent refuses the whole command): one
+    agent's claims, so one rule authorizes them all. The SDK worker sends the claims that
+    piled up for a moment in one, which spares the engine a command per task."""
+
+    agent_id: Id
+    claims: Annotated[list[VerifyCompletion], Meta(min_length=1, max_length=MAX_CLAIMS)]
+
+
 class RecordLeaseLost(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Issued by the dispatcher: the agent lost the lease of a task it was given (it did
     not accept it, finish it, or stay in touch in time). It counts against its record."""
@@ -152,6 +167,7 @@ AGENT_COMMANDS: dict[str, type[Struct]] = {
     "update_capabilities": UpdateCapabilities,
     "retire": RetireAgent,
     "verify_completion": VerifyCompletion,
+    "verify_completions": VerifyCompletions,
     "mark_online": MarkOnline,
     "mark_offline": MarkOffline,
     "lease_lost": RecordLeaseLost,

@@ -17,6 +17,7 @@ from chorus.contracts.agents import (
     RetireAgent,
     UpdateCapabilities,
     VerifyCompletion,
+    VerifyCompletions,
     agent_uuid,
 )
 from chorus.contracts.envelope import Envelope
@@ -121,6 +122,7 @@ HANDLERS: dict[tuple[str, str], Handler] = {
                 ("update_capabilities", UpdateCapabilities, agent.decide_update_capabilities),
                 ("retire", RetireAgent, agent.decide_retire),
                 ("verify_completion", VerifyCompletion, agent.decide_verify_completion),
+                ("verify_completions", VerifyCompletions, agent.decide_verify_completions),
                 ("mark_online", MarkOnline, agent.decide_mark_online),
                 ("mark_offline", MarkOffline, agent.decide_mark_offline),
                 ("lease_lost", RecordLeaseLost, agent.decide_lease_lost),

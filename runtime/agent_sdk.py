@@ -225,6 +225,25 @@ class AgentClient:
         """Claim the task done: the hash is ``output_hash``, else that of ``result``. The
         completion time defaults to when this client submitted the task's result, else
         now."""
+        claim = self.claim(task_id, result, output_hash=output_hash,
+                           completion_time=completion_time, response_time=response_time)  # fmt: skip
+        return await self.send("agent", "verify_completion", claim)
+
+    async def verify_completions(self, claims: list[dict[str, Any]]) -> Reply:
+        """Several claims (each made by ``claim``) in one command: a verdict for each."""
+        payload = {"agent_id": self.agent_id, "claims": claims}
+        return await self.send("agent", "verify_completions", payload)
+
+    def claim(
+        self,
+        task_id: str,
+        result: dict[str, Any] | None = None,
+        *,
+        output_hash: str | None = None,
+        completion_time: datetime | None = None,
+        response_time: float | None = None,
+    ) -> dict[str, Any]:
+        """One claim's payload, as ``verify_completion`` sends it."""
         if output_hash is None:
             if result is None:
                 raise ValueError("give the result or its output_hash")
@@ -239,7 +258,7 @@ class AgentClient:
         }
         if response_time is not None:
             payload["response_time"] = response_time
-        return await self.send("agent", "verify_completion", payload)
+        return payload
 
     # Tasks ----------------------------------------------------------------------------------
 

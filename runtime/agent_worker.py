@@ -18,7 +18,9 @@ The engine delivers tasks on ``chorus.task.<agent_id>`` at least once, until ack
 3. completes the phase with the handler's return value, or fails it with the exception's
    message; a session task submits the value as the agent's result (an exception: a
    failed result); then claims the completion with its evidence, so it counts for the
-   agent's reliability.
+   agent's reliability. Claims are not urgent: they wait up to ``CLAIM_LINGER`` seconds
+   and go out together, as one ``verify_completions`` (``Claims``), which spares the
+   engine a command per task (each claim is still judged and recorded on its own).
 
 A ``cancel`` message cancels the running handler of that task (nothing is reported after
 it). A repeat of a task already held (same ``task_id`` and ``attempt``) is ignored; a new
@@ -44,6 +46,7 @@ from typing import Any
 
 import msgspec
 from chorus.agent_sdk import UNANSWERED, AgentClient
+from chorus.contracts.agents import MAX_CLAIMS
 from chorus.contracts.envelope import Reply
 from chorus.contracts.subjects import task_subject
 from chorus.contracts.tasks import TASK_DECODER, CancelTask, PhaseTask, SessionTask
@@ -70,6 +73,8 @@ LOST_CODES = frozenset({
 MAX_ERROR_MESSAGE = 10_000
 #: How many finished (task, attempt) pairs to remember, to ignore late repeats.
 REMEMBERED = 10_000
+#: Seconds a completion claim waits for others to go out with it.
+CLAIM_LINGER = 0.1
 
 
 async def _raw_body(message: NatsMessage) -> bytes:
@@ -158,6 +163,47 @@ def check(task_id: str, reply: Reply) -> None:
     raise CommandRejected(reply)
 
 
+class Claims:
+    """Completion claims on their way: the first waits ``linger`` seconds, then all that
+    piled up go in one ``verify_completions`` (at most ``MAX_CLAIMS``; more, in order, in
+    the next). A refused or unanswered batch is logged, as a refused claim always was: a
+    claim is the agent's record, never the work, and the engine re-sends nothing for it."""
+
+    def __init__(self, client: AgentClient, linger: float = CLAIM_LINGER) -> None:
+        self.client = client
+        self.linger = linger
+        self.queued: list[dict[str, Any]] = []
+        self.sending: asyncio.Task[None] | None = None
+        self._hurry = asyncio.Event()  # set on shutdown: no more lingering
+
+    def add(self, claim: dict[str, Any]) -> None:
+        self.queued.append(claim)
+        if self.sending is None or self.sending.done():
+            self.sending = asyncio.create_task(self._send(), name="claims")
+
+    async def flush(self) -> None:
+        """Send what is queued now, without waiting (shutdown)."""
+        self._hurry.set()
+        if self.sending is not None:
+            await self.sending
+
+    async def _send(self) -> None:
+        while self.queued:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), self.linger)
+            batch, self.queued = self.queued[:MAX_CLAIMS], self.queued[MAX_CLAIMS:]
+            try:
+                reply = await self.client.verify_completions(batch)
+            except UNANSWERED as error:
+                log.warning("%d completion claim(s) unanswered: %r", len(batch), error)
+                continue
+            except Exception:  # disconnected, say: the claims are lost, the work is not
+                log.exception("%d completion claim(s) not sent", len(batch))
+                continue
+            if reply.status == "rejected":
+                log.info("%d completion claim(s) refused: %s", len(batch), reply.error)
+
+
 @dataclass
 class Running:
     task: Task
@@ -191,6 +237,7 @@ class Worker:
         self.handler = handler
         self.max_concurrency = max_concurrency
         self.claim_completions = claim_completions
+        self.claims = Claims(client)
         self.keepalive = keepalive
         self.clock = clock
         self.running: dict[str, Running] = {}
@@ -236,6 +283,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 await inbox.stop()
             await self.drain(drain_timeout)
+            await self.claims.flush()
             await self.client.stop()
             if started:
                 await self.broker.stop()
@@ -433,9 +481,7 @@ class Worker:
             reply = await self.client.submit_result(task.session_id, result)
         check(task.task_id, reply)
         if self.claim_completions:
-            verdict = await self.client.verify_completion(task.task_id, result)
-            if verdict.status == "rejected":
-                log.info("task %s: completion claim refused: %s", task.task_id, verdict.error)
+            self.claims.add(self.client.claim(task.task_id, result))
 
     async def _fail(self, task: Task, message: str, code: str = "agent_error") -> None:
         message = message[-MAX_ERROR_MESSAGE:]

@@ -21,6 +21,7 @@ from chorus.contracts.agents import (
     RetireAgent,
     UpdateCapabilities,
     VerifyCompletion,
+    VerifyCompletions,
 )
 from chorus.engine.domain import errors
 from chorus.engine.domain.context import EngineContext
@@ -206,6 +207,31 @@ def decide_verify_completion(
     """Always records a verdict (verified, or rejected with every failed check)."""
     state.check_exists(cmd.agent_id)  # who may: engine/domain/authz.py
     return [judge(cmd, state.verified_tasks, now, ctx or EngineContext())]
+
+
+def decide_verify_completions(
+    state: AgentState,
+    cmd: VerifyCompletions,
+    actor: str,
+    now: datetime,
+    ctx: EngineContext | None = None,
+) -> list[msgspec.Struct]:
+    """A verdict per claim, in order, each judged as if it came alone."""
+    state.check_exists(cmd.agent_id)  # who may: engine/domain/authz.py
+    others = sorted({claim.agent_id for claim in cmd.claims} - {cmd.agent_id})
+    if others:
+        raise errors.InvalidCommand(
+            f"every claim must be {cmd.agent_id}'s own, not {', '.join(others)}'s",
+            {"agents": others},
+        )
+    verified = set(state.verified_tasks)
+    verdicts: list[msgspec.Struct] = []
+    for claim in cmd.claims:
+        verdict = judge(claim, verified, now, ctx or EngineContext())
+        if isinstance(verdict, CompletionVerified):
+            verified.add(verdict.task_id)
+        verdicts.append(verdict)
+    return verdicts
 
 
 def decide_lease_lost(

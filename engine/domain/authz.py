@@ -197,6 +197,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("agent", "update_capabilities"): FOR_AGENT,
     ("agent", "retire"): FOR_AGENT,
     ("agent", "verify_completion"): FOR_AGENT,
+    ("agent", "verify_completions"): FOR_AGENT,
     ("agent", "mark_online"): ENGINE_ONLY,
     ("agent", "mark_offline"): ENGINE_ONLY,
     ("workflow", "start"): ANY_WRITER,

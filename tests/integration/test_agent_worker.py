@@ -89,11 +89,11 @@ async def test_a_phase_is_accepted_reported_on_completed_and_claimed(rig: Rig) -
     assert (register["capabilities"], register["max_concurrency"]) == (["python"], 2)
     task = phase_task()
     await rig.send(task)
-    await rig.engine.until(lambda: rig.engine.named("verify_completion"))
+    await rig.engine.until(lambda: rig.engine.named("verify_completions"))
     assert [(c.aggregate, c.command) for c in rig.engine.commands[1:]] == [
         ("task", "accept"), ("workflow", "report_progress"),
         ("workflow", "record_partial_result"), ("workflow", "complete_phase"),
-        ("agent", "verify_completion"),
+        ("agent", "verify_completions"),
     ]  # fmt: skip
     accept, progress, partial, complete, claim = rig.engine.commands[1:]
     assert accept.payload == {"task_id": task["task_id"]}
@@ -101,7 +101,7 @@ async def test_a_phase_is_accepted_reported_on_completed_and_claimed(rig: Rig) -
     assert progress.payload == {**where, "progress": 40}
     assert partial.payload == {**where, "result": {"draft": "def add(a, b): ..."}}
     assert complete.payload == {**where, "result": {"module": "def add(a, b):\n    return a + b\n"}}
-    assert claim.payload["task_id"] == task["task_id"]
+    assert [c["task_id"] for c in claim.payload["claims"]] == [task["task_id"]]
     assert isinstance(seen[0], PhaseTask) and seen[0].inputs == {"design": {"api": "add(a, b)"}}
 
 
@@ -117,7 +117,7 @@ async def test_an_exception_fails_the_phase_with_its_message(rig: Rig) -> None:
     assert fail == {"workflow_id": task["workflow_id"], "phase": "implement",
                     "error": {"code": "agent_error",
                               "message": "ValueError: the requirements are contradictory"}}  # fmt: skip
-    assert not rig.engine.named("complete_phase", "verify_completion")
+    assert not rig.engine.named("complete_phase", "verify_completions")
 
 
 async def test_a_repeated_delivery_runs_the_handler_once(rig: Rig) -> None:
@@ -164,7 +164,7 @@ async def test_a_cancel_message_stops_the_handler_and_nothing_is_reported(rig: R
     await rig.send({"kind": "cancel", "task_id": task["task_id"], "reason": "workflow cancelled"})
     await asyncio.wait_for(cancelled.wait(), WAIT)
     await rig.stop()
-    assert not rig.engine.named("complete_phase", "fail_phase", "verify_completion")
+    assert not rig.engine.named("complete_phase", "fail_phase", "verify_completions")
 
 
 async def test_a_lost_lease_ends_the_attempt_without_a_report(rig: Rig) -> None:
@@ -233,10 +233,32 @@ async def test_a_quick_handler_acknowledges_with_its_report_and_sends_no_accept(
 
     await rig.serve(handle, accept_after=30)
     await rig.send(phase_task())
-    await rig.engine.until(lambda: rig.engine.named("verify_completion"))
+    await rig.engine.until(lambda: rig.engine.named("verify_completions"))
     assert [(c.aggregate, c.command) for c in rig.engine.commands[1:]] == [
-        ("workflow", "complete_phase"), ("agent", "verify_completion"),
+        ("workflow", "complete_phase"), ("agent", "verify_completions"),
     ]  # fmt: skip
+
+
+async def test_claims_that_pile_up_go_out_in_one_command(rig: Rig) -> None:
+    """Claims wait for others (``Claims.linger``); on shutdown the rest go out at once."""
+
+    async def handle(task: PhaseTask | SessionTask, ctx: TaskContext) -> dict[str, Any]:
+        return {"ok": True}
+
+    worker = await rig.serve(handle, max_concurrency=3)
+    worker.claims.linger = 3600  # nothing goes out before the shutdown's flush
+    tasks = [phase_task() for _ in range(3)]
+    for task in tasks:
+        await rig.send(task)
+    await rig.engine.until(lambda: len(rig.engine.named("complete_phase")) == 3)
+    assert not rig.engine.named("verify_completions")
+    await rig.stop()
+    claims = rig.engine.named("verify_completions")
+    assert len(claims) == 1 and claims[0].payload["agent_id"] == AGENT
+    sent = {c["task_id"]: c for c in claims[0].payload["claims"]}
+    assert set(sent) == {t["task_id"] for t in tasks}
+    assert all(c["agent_id"] == AGENT and c["output_hash"].startswith("sha256:")
+               for c in sent.values())  # fmt: skip
 
 
 async def test_a_handler_still_running_after_the_grace_accepts_its_task(rig: Rig) -> None:
@@ -254,9 +276,9 @@ async def test_a_handler_still_running_after_the_grace_accepts_its_task(rig: Rig
             await asyncio.sleep(0.01)
     assert [c.command for c in rig.engine.commands[1:]] == ["accept"]
     release.set()
-    await rig.engine.until(lambda: rig.engine.named("verify_completion"))
+    await rig.engine.until(lambda: rig.engine.named("verify_completions"))
     assert [c.command for c in rig.engine.commands[1:]] == [
-        "accept", "complete_phase", "verify_completion",
+        "accept", "complete_phase", "verify_completions",
     ]  # fmt: skip
 
 
@@ -277,7 +299,7 @@ async def test_a_refused_late_accept_stops_the_handler_and_reports_nothing(rig: 
     async with asyncio.timeout(WAIT):
         while worker.running:  # the job unwinds right after its handler
             await asyncio.sleep(0.01)
-    assert not rig.engine.named("complete_phase", "fail_phase", "verify_completion")
+    assert not rig.engine.named("complete_phase", "fail_phase", "verify_completions")
 
 
 async def test_a_full_agent_accepts_the_next_task_only_when_a_slot_frees(rig: Rig) -> None:
@@ -323,7 +345,7 @@ async def test_a_session_task_submits_the_result_and_an_exception_a_failed_one(r
     }  # fmt: skip
     assert submitted[bad["session_id"]]["success"] is False
     assert submitted[bad["session_id"]]["result"] == {"error": "RuntimeError: cannot review"}
-    assert not rig.engine.named("report_progress", "verify_completion")
+    assert not rig.engine.named("report_progress", "verify_completions")
 
 
 # Liveness and shutdown --------------------------------------------------------------------------

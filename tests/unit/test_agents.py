@@ -13,6 +13,7 @@ from chorus.contracts.agents import (
     MarkOnline,
     RegisterAgent,
     VerifyCompletion,
+    VerifyCompletions,
     agent_uuid,
     result_hash,
 )
@@ -24,6 +25,7 @@ from chorus.engine.domain.agent import (
     decide_mark_online,
     decide_register,
     decide_verify_completion,
+    decide_verify_completions,
 )
 from chorus.engine.domain.context import EngineContext
 from chorus.engine.domain.evidence import CLOCK_SKEW, quality_parts, quality_score
@@ -225,6 +227,37 @@ def test_work_an_agent_handed_itself_earns_no_record() -> None:
     fold(state, decide_open(state, opened, "a", NOW, ctx))
     fold(state, decide_submit(state, SubmitResult(session_id=str(SID), result={"x": 1}), "a", NOW))
     assert codes(verify(state, {"completion_time": NOW})) == ["self_assigned"]
+
+
+def claim_of(agent_id: str, **fields: Any) -> VerifyCompletion:
+    return VerifyCompletion(**{"agent_id": agent_id, "task_id": str(SID),
+                               "output_hash": result_hash({"x": 1}),
+                               "completion_time": NOW + timedelta(seconds=30), **fields})  # fmt: skip
+
+
+def test_claims_in_one_command_are_each_judged_as_if_alone() -> None:
+    session = submitted(["a", "b"])
+    ctx = EngineContext(load=lambda aggregate, aggregate_id: session)
+    batch = VerifyCompletions(agent_id="a", claims=[
+        claim_of("a"), claim_of("a", output_hash="x"), claim_of("a", task_id=SID.hex),
+    ])  # fmt: skip
+    verdicts = decide_verify_completions(agent("a"), batch, "a", NOW + timedelta(seconds=60), ctx)
+    assert isinstance(verdicts[0], CompletionVerified)
+    assert verdicts[0] == verify(session, {})  # the same verdict as the claim alone
+    # Once verified in the batch, the task is verified for the claims after it.
+    assert codes(verdicts[1]) == ["already_verified", "hash_mismatch"]
+    assert codes(verdicts[2]) == ["already_verified"]
+
+
+def test_claims_naming_another_agent_refuse_the_whole_command() -> None:
+    """The rule authorizes the command's agent: a claim of another agent must not ride
+    along (agent ``a`` claiming ``b``'s task for ``b``, or for itself under ``b``'s name)."""
+    session = submitted(["a", "b"])
+    ctx = EngineContext(load=lambda aggregate, aggregate_id: session)
+    batch = VerifyCompletions(agent_id="a", claims=[claim_of("a"), claim_of("b")])
+    with pytest.raises(errors.InvalidCommand) as refused:
+        decide_verify_completions(agent("a"), batch, "a", NOW + timedelta(seconds=60), ctx)
+    assert refused.value.details == {"agents": ["b"]}
 
 
 def test_quality_score_formula() -> None:

@@ -24,6 +24,7 @@ from chorus.contracts.agents import (
     RetireAgent,
     UpdateCapabilities,
     VerifyCompletion,
+    VerifyCompletions,
 )
 from chorus.contracts.envelope import Envelope, Reply
 from chorus.contracts.mcp import (
@@ -87,6 +88,7 @@ EXPECTED: dict[tuple[str, str], tuple[frozenset[str], frozenset[str]]] = {
     ("agent", "update_capabilities"): (W, STAFF),
     ("agent", "retire"): (W, STAFF),
     ("agent", "verify_completion"): (W, STAFF),
+    ("agent", "verify_completions"): (W, STAFF),
     ("agent", "mark_online"): (NOBODY, NOBODY),
     ("agent", "mark_offline"): (NOBODY, NOBODY),
     ("workflow", "start"): (W, W),
@@ -189,6 +191,10 @@ SCENARIOS: dict[tuple[str, str], Scenario] = {
     ("agent", "verify_completion"): lambda w, owner, actor: VerifyCompletion(
         agent_id=w.agent(owner), task_id=str(uuid.uuid4()), completion_time=NOW,
         output_hash="sha256:00"),
+    ("agent", "verify_completions"): lambda w, owner, actor: VerifyCompletions(
+        agent_id=w.agent(owner), claims=[VerifyCompletion(
+            agent_id=w.agent(owner), task_id=str(uuid.uuid4()), completion_time=NOW,
+            output_hash="sha256:00")]),
     ("agent", "mark_online"): lambda w, owner, actor: MarkOnline(
         agent_id=w.agent(owner), last_seen=NOW),
     ("agent", "mark_offline"): lambda w, owner, actor: MarkOffline(
