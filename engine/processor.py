@@ -197,17 +197,24 @@ class Processor:
         Outside the batch's own writes it is fast-forwarded from the store: another engine
         worker may have written it since this one cached it, and a decision that reads it
         (evidence) is not protected by the version check of the aggregate it writes. An id
-        that belongs to another kind of aggregate reads as one that does not exist.
+        that belongs to another kind of aggregate reads as one that does not exist: a cached
+        state's kind is its type, else the first stored event tells (a query the claims of
+        completed phases, whose workflows are cached, no longer pay).
         """
         handler = next(h for (a, _), h in HANDLERS.items() if a == aggregate)
         working = self._working
+        fresh = handler.new_state(aggregate_id)
         if working is not None and aggregate_id in working:
             state = working[aggregate_id]
-            fresh = handler.new_state(aggregate_id)
             return state if isinstance(state, type(fresh)) else fresh
-        first = self.recorder.select_events(aggregate_id, limit=1)
-        if first and not first[0].topic.startswith(f"{aggregate}."):
-            return handler.new_state(aggregate_id)
+        cached = self._cache.get(aggregate_id)
+        if cached is not None:
+            if not isinstance(cached, type(fresh)):
+                return fresh
+        else:
+            first = self.recorder.select_events(aggregate_id, limit=1)
+            if first and not first[0].topic.startswith(f"{aggregate}."):
+                return fresh
         return self._fast_forward(self.load(handler, aggregate_id, working))
 
     def _defined_types(self, refresh: bool = False) -> list[WorkflowType]:

@@ -802,3 +802,30 @@ def test_a_command_whose_target_fails_is_rejected_alone(
     replies = Processor(recorder, clock=clock).handle_batch([bad, good])
     assert statuses(replies) == ["rejected", "accepted"]
     assert replies[0].error is not None and replies[0].error.code == codes.INTERNAL_ERROR
+
+
+# Reads for a decision ----------------------------------------------------------------------------
+
+
+def test_another_aggregate_read_for_a_decision_is_fast_forwarded_and_kept_to_its_kind(
+    recorder: ApplicationRecorder, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached aggregate costs one query (its newer events), as evidence checks read the
+    workflows of completed phases; an id of another kind reads as absent, cached or not."""
+    proc = Processor(recorder, clock=clock)
+    x = new_sid()
+    proc.handle_batch([open_session(x)])  # committed, so cached
+    queries: list[dict[str, Any]] = []
+    select = recorder.select_events
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        queries.append(kwargs)
+        return select(*args, **kwargs)
+
+    monkeypatch.setattr(recorder, "select_events", counted)
+    assert proc._lookup(SESSION, uuid.UUID(x)).exists
+    assert queries == [{"gt": 1}]
+    assert not proc._lookup("workflow", uuid.UUID(x)).exists
+    proc.evict([uuid.UUID(x)])
+    assert not proc._lookup("workflow", uuid.UUID(x)).exists
+    assert proc._lookup(SESSION, uuid.UUID(x)).exists
