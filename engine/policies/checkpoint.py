@@ -143,14 +143,19 @@ class StateCheckpoint:
         self.restored_from = row.position
         return row.position
 
+    def due(self, position: int) -> bool:
+        """Whether ``save`` would write now: callers on an event loop ask first, so a round
+        with nothing to save costs no hop to a thread."""
+        return position != self.saved_position and (
+            self.monotonic() - self._saved_at >= self.interval
+        )
+
     def save(self, position: int, prune: Callable[[], None] | None = None) -> bool:
         """Write the owner's state at ``position`` if it moved and the interval passed;
         ``prune`` first drops what the state no longer needs (only when it is written)."""
-        if position == self.saved_position:
+        if not self.due(position):
             return False
         now = self.monotonic()
-        if now - self._saved_at < self.interval:
-            return False
         if prune is not None:
             prune()
         state = {field: getattr(self.owner, field) for field in self.fields}

@@ -99,7 +99,8 @@ class LogFollower:
         await in_thread(self._catch_up)
         self.ready.set()
         await self.act()
-        await in_thread(self._save)
+        if self.checkpoint.fields and self.checkpoint.due(self.position):
+            await in_thread(self._save)
 
     async def run(self) -> None:
         while True:

@@ -138,7 +138,8 @@ class SessionTimer:
                 self._open.discard(session_id)
                 if reply.status == "accepted":
                     self.fired += 1
-        await in_thread(self._save)
+        if self.checkpoint.due(self.position):
+            await in_thread(self._save)
 
     async def run(self) -> None:
         while True:

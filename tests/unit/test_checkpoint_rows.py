@@ -118,3 +118,21 @@ def test_slow_saves_stretch_the_interval_to_keep_within_the_budget(
     clock[0] += 3.0
     assert kept.save(3)
     assert store.saves == 2
+
+
+def test_due_says_beforehand_whether_a_save_would_write(recorder: ApplicationRecorder) -> None:
+    """Managers on the event loop ask ``due`` first and hop to a thread only to write."""
+    clock = [100.0]
+    store = SlowStore(recorder, clock)
+    kept = StateCheckpoint(store, "owner", Owner(), ("items", "seen"), [__name__],
+                           every=1.0, budget=0.02, monotonic=lambda: clock[0])  # fmt: skip
+    assert kept.due(1)
+    assert kept.save(1)
+    clock[0] += 10.0
+    assert not kept.due(1)  # nothing new to save
+    assert kept.due(2)
+    assert kept.save(2)
+    clock[0] += 1.0
+    assert not kept.due(3)  # within the (stretched) interval
+    assert not kept.save(3)
+    assert store.saves == 2
