@@ -33,6 +33,10 @@ AGENT_PING = AGENT_PREFIX + ".{agent_id}.ping"
 TASK_INBOX = TASK_PREFIX + ".{agent_id}"
 #: Engine-only: the owner of a partition takes its commands here (engine/adapters/partitioned.py).
 PARTITION = PART_PREFIX + ".{partition}"
+#: Engine-only: an engine says here, after each batch it recorded, that the log has new
+#: rows (an empty message: a hint to look, never what to read). A relay in a process of
+#: its own (``chorus relay``) reads the store at once instead of at its next poll.
+COMMITTED = "chorus.engine.committed"
 #: Where a command passed on to a partition's owner keeps the subject it was sent to (its
 #: actor, aggregate and command): the owner parses it from there.
 COMMAND_SUBJECT_HEADER = "Chorus-Command-Subject"

@@ -37,6 +37,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import bcrypt
 from chorus.contracts.subjects import (
+    COMMITTED,
     DLQ_STREAM,
     EVENTS_STREAM,
     LIVENESS_BUCKET,
@@ -91,8 +92,9 @@ ENGINE_JS_API = [
 SERVICE_PERMISSIONS: dict[str, dict[str, Any]] = {
     # Takes every command (queue group), replies, publishes events, dead letters and
     # tasks, keeps heartbeats in the liveness bucket, creates and updates its own streams.
-    # Only engines pass commands on to a partition's owner (chorus.part.>) and write the
-    # partition table: no other user may publish or listen there.
+    # Only engines pass commands on to a partition's owner (chorus.part.>), write the
+    # partition table and signal their commits (chorus.engine.committed, which a relay
+    # process listens to): no other user may publish or listen there.
     "engine": {
         "publish": {
             "allow": [
@@ -100,12 +102,13 @@ SERVICE_PERMISSIONS: dict[str, dict[str, Any]] = {
                 "chorus.dlq.>",
                 "chorus.task.>",
                 PARTITION_SUBJECTS,
+                COMMITTED,
                 *ENGINE_JS_API,
                 f"$KV.{LIVENESS_BUCKET}.>",
                 f"$KV.{PARTITIONS_BUCKET}.>",
             ]
         },
-        "subscribe": {"allow": ["chorus.cmd.>", PARTITION_SUBJECTS, "_INBOX.>"]},
+        "subscribe": {"allow": ["chorus.cmd.>", PARTITION_SUBJECTS, COMMITTED, "_INBOX.>"]},
         "allow_responses": True,
     },
     # Publishes commands for the HTTP caller it authenticated, pings agents, reads the

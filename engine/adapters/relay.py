@@ -122,7 +122,10 @@ class Relay:
         idle_interval: float = 0.05,
         scan_back: int = 10_000,
         tracer: Tracer | None = None,
+        listen: str | None = None,
     ) -> None:
+        """``listen``: a subject whose messages wake the relay (``COMMITTED``, for a relay
+        in a process of its own); else only ``wake`` and the poll every ``idle_interval``."""
         self.recorder = recorder
         self.nc = nc
         #: Publish spans for traced commands' events (see engine.tracing).
@@ -136,11 +139,17 @@ class Relay:
         self._stream_seq = 0
         self._skip_dedup_through = 0
         self._wake = asyncio.Event()
+        self.listen = listen
+        #: Set once the server has the subscription to ``listen``.
+        self.listening = asyncio.Event()
         self.published = 0
         self.errors = RateLimitedLog(log)
 
     def wake(self) -> None:
         """Called after a commit so the relay does not wait for its next poll."""
+        self._wake.set()
+
+    async def _on_signal(self, _msg: Msg) -> None:
         self._wake.set()
 
     async def resync(self) -> None:
@@ -205,6 +214,10 @@ class Relay:
         return body.get("hash") == record.hash
 
     async def run(self) -> None:
+        if self.listen is not None:
+            await self.nc.subscribe(self.listen, cb=self._on_signal)
+            await self.nc.flush()
+            self.listening.set()
         await self._resync_until_ok()
         while True:
             try:

@@ -35,6 +35,7 @@ from chorus.contracts.roles import is_reserved
 from chorus.contracts.subjects import (
     CMD_PREFIX,
     COMMAND_SUBJECT_HEADER,
+    COMMITTED,
     ENGINE_QUEUE,
     dlq_subject,
     is_token,
@@ -324,6 +325,15 @@ class CommandWorker:
         self.prefetch.close()
         self._writer.shutdown(wait=True)
 
+    async def _signal_commit(self) -> None:
+        """Tell a relay in another process that the log has new rows (``COMMITTED``):
+        core NATS, no reply; a lost signal costs the relay one poll interval."""
+        try:
+            await self.nc.publish(COMMITTED, b"")
+        except Exception as error:
+            raise_if_cancelling()
+            self.errors.warning("commit signal lost: %r", error)
+
     async def _on_message(self, msg: Msg) -> None:
         if is_tool_call(msg.subject):
             return  # the gateways answer tool calls (queue group chorus-tools), never the engine
@@ -469,6 +479,8 @@ class CommandWorker:
                         "command %s.%s rejected: %s", handler.aggregate, handler.command,
                         reply.error.code, extra=_log_fields(item.command),
                     )  # fmt: skip
+            if any(reply.status == "accepted" for reply in replies):
+                await self._signal_commit()
             metrics.observe_replies(batch, replies)
             self.intake.answered(batch)
             if traced is not None:

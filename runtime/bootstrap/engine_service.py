@@ -21,6 +21,7 @@ import nats
 from chorus.aio import in_thread
 from chorus.audit.bundle import load_signing_key
 from chorus.contracts.servers import servers
+from chorus.contracts.subjects import COMMITTED
 from chorus.contracts.tracing import tracer_of
 from chorus.contracts.workflow_types import WorkflowTypeRegistry
 from chorus.engine.adapters.liveness import LivenessConfig, LivenessMonitor
@@ -153,7 +154,10 @@ class EngineService:
         if tracer is not None:
             await in_thread(tracecontext.ensure_table, self.recorder)
         if cfg.relay:
-            self.relay = Relay(self.recorder, nc, tracer=tracer, idle_interval=cfg.relay_idle)
+            self.relay = Relay(
+                self.recorder, nc, tracer=tracer, idle_interval=cfg.relay_idle,
+                listen=None if cfg.commands else COMMITTED,
+            )  # fmt: skip
             self._run("engine-relay", self.relay.run())
         if cfg.sealer:
             sealer = Sealer(

@@ -381,3 +381,24 @@ async def test_the_relay_in_a_service_of_its_own_publishes_what_an_engine_withou
             assert seal is not None and seal.position == head
         finally:
             close_recorder(recorder)
+
+
+async def test_the_relay_in_a_service_of_its_own_is_woken_by_the_engines_commits(
+    nats_server: NatsEndpoint, nc: NATS, database_url: str, tmp_path: Path
+) -> None:
+    """With a poll interval of an hour, only the engine's commit signal
+    (``chorus.engine.committed``) can make the relay publish what was just recorded."""
+    settings = chorus_settings(tmp_path, nats_url=nats_server.url, database_url=database_url,
+                               engine_relay=False)  # fmt: skip
+    components = bootstrap(settings, roles=StaticRoles())
+    engine = components.engine(**ENGINE_TEST_DEFAULTS)
+    relay = components.relay(seal_anchor_path=None, audit_key_path=None, relay_idle=3600)
+    async with engine, relay:
+        assert relay.relay is not None
+        await asyncio.wait_for(relay.relay.listening.wait(), 30)
+        for k in range(3):
+            payload = open_payload([f"a{k}"])
+            await send(nc, "coord", "open", payload)
+            stored = domain_records(database_url)
+            published = await stream_records(nc, len(stored))
+            assert [r["position"] for r in published] == [r.position for r in stored]
