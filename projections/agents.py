@@ -127,6 +127,9 @@ UNCOUNTED = Table("agent_verdicts_uncounted", ("position",), key=("position",), 
 ACTIVITY = Table("agent_activity", ("agent_id", "at"), key=("agent_id", "at"), insert_only=True)
 
 
+SESSION_ENDS = (SessionFinalised, SessionTimedOut, SessionCancelled)
+
+
 class AgentsProjection:
     """Folds agent, session and workflow events into the agents tables (rows changed in
     the batch's memory, written at its end: ``projections.pending``)."""
@@ -150,7 +153,18 @@ class AgentsProjection:
                     names.add(value)
         rows.load(AGENTS, names)
         sessions = [r for r in records if r.aggregate == "session"]
-        rows.load_groups(ASSIGNMENTS, continued(sessions, "SessionOpened"))
+        # Whole sessions only where the batch closes them (every open assignment); else
+        # the assignments the events name.
+        closed = {r.aggregate_id for r in sessions if isinstance(r.event, SESSION_ENDS)}
+        rows.load_groups(ASSIGNMENTS, closed & continued(sessions, "SessionOpened"))
+        named: set[tuple[str, str]] = set()
+        for r in sessions:
+            if isinstance(event := r.event, ResultSubmitted):
+                named.add((event.agent_id, r.aggregate_id))
+            elif isinstance(event, ParticipantReplaced):
+                named.add((event.replaced, r.aggregate_id))
+                named.add((event.replacement, r.aggregate_id))
+        rows.load_keys(ASSIGNMENTS, named)
         rows.load_groups(ASSIGNMENTS, {f"{r.aggregate_id}/{phase}" for r in records
                                        if r.aggregate == "workflow"
                                        and isinstance(phase := getattr(r.event, "phase", None), str)})  # fmt: skip
@@ -267,7 +281,7 @@ class AgentsProjection:
             case ResultSubmitted():
                 _close(rows, event.agent_id, sid, at)
                 _touch(rows, event.agent_id, at)
-            case SessionFinalised() | SessionTimedOut() | SessionCancelled():
+            case _ if isinstance(event, SESSION_ENDS):
                 rows.update_where(ASSIGNMENTS, {"closed_at": at}, task_id=sid, closed_at=None)
 
     # Workflow events: a running phase is its assignee's task -------------------------------

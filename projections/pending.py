@@ -34,6 +34,9 @@ from chorus.projections.tables import Key, RowDict, Table, condition, matches, t
 
 #: Values per ``IN (...)`` of a bulk read (well under SQLite's 32,766 parameters).
 _IN_CHUNK = 500
+#: Keys per query of ``load_keys``: one OR term each (SQLite parses a chain of ORs to a
+#: tree as deep as it is long, at most 1,000).
+_KEYS_CHUNK = 100
 #: ``changed`` of a row written whole (inserted, or replaced by ``put``).
 _WHOLE: frozenset[str] = frozenset()
 
@@ -146,6 +149,33 @@ class Pending:
                     held.stored.setdefault((value,), False)
                 else:
                     held.missing.add((name, value))
+
+    def load_keys(self, table: Table, keys: Iterable[Key]) -> None:
+        """Read these rows by their whole key, in a few queries: of a group table, the
+        rows a batch names without its whole groups (a result submitted to a session of
+        ten changes one participant's row: reading all ten cost more than the rest of
+        the batch when each event of a batch named another session)."""
+        held = self._of(table)
+        at = None if table.group is None else table.key.index(table.group)
+        wanted = sorted({
+            key for key in keys
+            if key not in held.rows and (at is None or key[at] not in held.groups)
+        })  # fmt: skip
+        width = len(table.key)
+        one = "(" + " AND ".join(f"{column}=?" for column in table.key) + ")"
+        for start in range(0, len(wanted), _KEYS_CHUNK):
+            chunk = wanted[start : start + _KEYS_CHUNK]
+            if width == 1:
+                where = f"{table.key[0]} IN ({', '.join('?' * len(chunk))})"
+            else:  # each key by its index (SQLite scans the table for a row-value IN list)
+                where = " OR ".join([one] * len(chunk))
+            parameters = [value for key in chunk for value in key]
+            for values in self.conn.execute(table.select_sql + where, parameters):
+                self._keep(table, held, tuple(values))
+            for key in chunk:
+                if key not in held.stored:
+                    held.rows[key] = None
+                    held.stored[key] = False
 
     def load_groups(self, table: Table, groups: Iterable[Any]) -> None:
         """Read these groups whole (``Table.group``), in a few queries."""

@@ -93,10 +93,16 @@ class SessionsProjection:
         fold(conn, self._apply, record)
 
     def prefetch(self, rows: Pending, records: Sequence[EventRecord]) -> None:
-        """The sessions a batch changes, and their participants (those it opens are new)."""
-        ids = continued(records, "SessionOpened")
-        rows.load(SESSIONS, ids)
-        rows.load_groups(PARTICIPANTS, ids)
+        """The sessions a batch changes, and the participants' rows its events name (a
+        session's other participants are not read)."""
+        rows.load(SESSIONS, continued(records, "SessionOpened"))
+        named: set[tuple[str, str]] = set()
+        for r in records:
+            if isinstance(event := r.event, ResultSubmitted):
+                named.add((r.aggregate_id, event.agent_id))
+            elif isinstance(event, ParticipantReplaced):
+                named.add((r.aggregate_id, event.replaced))
+        rows.load_keys(PARTICIPANTS, named)
 
     def _apply(self, rows: Pending, record: EventRecord) -> None:
         event = record.event

@@ -61,6 +61,9 @@ DDL = [
         PRIMARY KEY (agent_id, task_id)
     )""",
     "CREATE INDEX IF NOT EXISTS agent_tasks_owner ON agent_tasks (owner_id)",
+    # A session's or a phase's tasks are read together (the table's group): without this
+    # index each such read scanned the whole table.
+    "CREATE INDEX IF NOT EXISTS agent_tasks_task ON agent_tasks (task_id)",
 ]
 TABLES = ["task_workflows", "agent_tasks"]
 
@@ -93,7 +96,11 @@ class AgentTasksProjection:
         sessions = [r for r in records if r.aggregate == "session"]
         workflows = [r for r in records if r.aggregate == "workflow"]
         rows.load(WORKFLOWS, continued(workflows, "WorkflowStarted"))
-        rows.load_groups(TASKS, continued(sessions, "SessionOpened"))
+        # A submitted result deletes its participant's task by key, reading nothing; the
+        # session's other events read its tasks whole.
+        rows.load_groups(TASKS, continued(
+            [r for r in sessions if not isinstance(r.event, ResultSubmitted)], "SessionOpened"
+        ))  # fmt: skip
         rows.load_groups(TASKS, {phase_task_id(r.aggregate_id, phase) for r in workflows
                                  if isinstance(phase := getattr(r.event, "phase", None), str)})  # fmt: skip
 

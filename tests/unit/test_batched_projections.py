@@ -276,3 +276,35 @@ def test_batched_rows_equal_one_event_at_a_time_on_each_backend(
     assert expected["sessions"] and expected["agents"] and expected["workflows"]
     for size in (1, 9, 100, 1000):
         assert batched(read_stores.url(f"batched{size}"), records, size) == expected, size
+
+
+def test_a_submitted_result_reads_its_participant_not_the_whole_session(
+    tmp_path: Path,
+) -> None:
+    history = History(random.Random(0))
+    sid = history.new_id()
+    history.add("session", sid, "SessionOpened", {
+        "session_id": sid, "coordinator_id": "c", "opened_by": "c", "participants": ["a1", "a2"],
+        "task": {"description": "x"}, "timeout_seconds": 600,
+        "deadline": (history.at + timedelta(minutes=10)).isoformat(),
+    })  # fmt: skip
+    history.add("session", sid, "ResultSubmitted",
+                {"agent_id": "a1", "result": {"v": 1}, "success": True}, actor="a1")  # fmt: skip
+    opened, submitted = history.records
+    store = fresh(f"sqlite:///{tmp_path}/read.db")
+    models = [model() for model in (SessionsProjection, AgentsProjection, AgentTasksProjection)]
+    with store.transaction() as conn:
+        for model in models:
+            apply_batch(model, conn, [opened])
+    statements: list[str] = []
+    conn = store.connection()
+    conn.set_trace_callback(statements.append)
+    with store.transaction() as conn:
+        for model in models:
+            apply_batch(model, conn, [submitted])
+    conn.set_trace_callback(None)
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert not [s for s in reads if "session_id IN" in s or "task_id IN" in s], reads
+    assert not [s for s in reads if "FROM agent_tasks" in s], reads
+    participants = {r[1]: r for r in dump(store)["session_participants"]}
+    assert participants["a1"][4] == 1 and participants["a2"][4] is None
