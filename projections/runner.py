@@ -2,8 +2,9 @@
 
 Each batch of notifications is applied, and the projection's position written, in one
 read-store transaction: a crash between batches repeats nothing and skips nothing.
-SQLite's recorder cannot push notifications, so the runner polls (quickly while there is
-work, every ``idle_interval`` when idle).
+SQLite's recorder cannot push notifications, so the runner polls: at once while a page of
+the log is waiting, else every ``idle_interval`` (the projector's loop, ``run_together``,
+also after a small batch: see ``POLL``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ from eventsourcing.persistence import ApplicationRecorder, Notification
 from opentelemetry.trace import Tracer
 
 log = logging.getLogger(__name__)
+
+#: The projector's loop polls the log this often while it keeps up, from the start of one
+#: step to the next: after a batch smaller than a page it waits for the rest of the
+#: interval, so visibility in the read models waits at most this long for a poll. A loop
+#: that polled again at once after each batch applied a few events per step at 1,000
+#: commands/s, and a step has fixed costs (a read of the log, a transaction and a position
+#: per read model): the projector spent about twice the CPU per command it does now.
+POLL = 0.01
 
 
 class Projection(Protocol):
@@ -51,7 +60,7 @@ class ProjectionRunner:
         projection: Projection,
         *,
         batch_size: int = 1000,
-        idle_interval: float = 0.02,
+        idle_interval: float = POLL,
         tracer: Tracer | None = None,
     ) -> None:
         self.recorder = recorder
@@ -62,6 +71,11 @@ class ProjectionRunner:
         self.batch_size = batch_size
         self.idle_interval = idle_interval
         self._wants: dict[str, bool] = {}
+        #: The position this runner last wrote or read (None: read it from the store).
+        self._known: int | None = None
+        name = projection.name  # the metrics' children, looked up once
+        self._metrics = (metrics.BATCH_SECONDS.labels(name), metrics.APPLIED.labels(name),
+                         metrics.POSITION.labels(name))  # fmt: skip
         with store.transaction() as conn:
             for statement in projection.ddl:
                 conn.execute(statement)
@@ -75,6 +89,14 @@ class ProjectionRunner:
     @property
     def position(self) -> int:
         return self.store.position(self.projection.name)
+
+    def known_position(self) -> int:
+        """The position this runner last wrote, without a query (read from the store the
+        first time, and again after a batch found it moved: a rebuild's swap moves it
+        behind our back, and ``apply``'s compare-and-set finds that out)."""
+        if self._known is None:
+            self._known = self.position
+        return self._known
 
     def step(self) -> int:
         """Apply the next batch; returns how many notifications it consumed.
@@ -95,6 +117,7 @@ class ProjectionRunner:
         ``start`` any more. ``decoded`` is shared by read models replaying together."""
         started, started_ns = time.perf_counter(), time.time_ns()
         applied: list[EventRecord] = []
+        self._known = None
         with self.store.transaction() as conn:
             if position_in(conn, self.projection.name) != start:
                 return False
@@ -109,14 +132,16 @@ class ProjectionRunner:
                     applied.append(decoded(n))
             apply_batch(self.projection, conn, applied)
             set_position(conn, self.projection.name, notifications[-1].id)
+        self._known = notifications[-1].id
         name = self.projection.name
         if self.tracer is not None and applied:
             with contextlib.suppress(Exception):  # tracing never stalls a read model
                 record_write_spans(self.tracer, self.recorder, name, applied, started_ns,
                                    time.time_ns())  # fmt: skip
-        metrics.BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
-        metrics.APPLIED.labels(name).inc(len(notifications))
-        metrics.POSITION.labels(name).set(notifications[-1].id)
+        seconds, applied_total, position = self._metrics
+        seconds.observe(time.perf_counter() - started)
+        applied_total.inc(len(notifications))
+        position.set(notifications[-1].id)
         return True
 
     def run_to_head(self, progress: Callable[[int, int], None] | None = None) -> int:
@@ -161,6 +186,7 @@ class ProjectionRunner:
             # The live projector is ahead of the shadow: catch up, so the swap never
             # shows queries an older state than they already saw.
             count += shadow.run_to_head(progress)
+        self._known = None
         return count
 
     async def run(self) -> None:
@@ -269,7 +295,7 @@ def step_together(runners: Sequence[ProjectionRunner]) -> int:
     of that page steps on its own (one far behind, e.g. new, never holds the others back);
     one whose batch fails is logged and retried at the next step, the others go on.
     Returns how many notifications the page held."""
-    starts = [runner.position for runner in runners]
+    starts = [runner.known_position() for runner in runners]
     recorder = runners[0].recorder
     notifications = recorder.select_notifications(
         min(starts) + 1, max(runner.batch_size for runner in runners)
@@ -294,9 +320,14 @@ async def run_together(
 ) -> None:
     """Follow the log for these read models with one scan (``step_together``) until
     cancelled: the projector's loop. Before, each read model polled and decoded the whole
-    log on its own (three scans and up to three decodes of every event)."""
-    idle = idle_interval if idle_interval is not None else min(r.idle_interval for r in runners)
+    log on its own (three scans and up to three decodes of every event). After a batch
+    smaller than a page it waits until ``idle_interval`` (default: the runners' least,
+    ``POLL`` unless told) has passed since that step began, so that a steady stream of
+    commits is applied in batches of that interval rather than commit by commit."""
+    interval = idle_interval if idle_interval is not None else min(r.idle_interval for r in runners)
+    page = max(runner.batch_size for runner in runners)
     while True:
+        began = time.monotonic()
         try:
             moved = await asyncio.to_thread(step_together, runners)
         except Exception as error:
@@ -304,5 +335,5 @@ async def run_together(
             log.warning("the projector failed to read the log, retrying: %s", error)
             await asyncio.sleep(1)
             continue
-        if not moved:
-            await asyncio.sleep(idle)
+        if moved < page:
+            await asyncio.sleep(max(0.0, began + interval - time.monotonic()))

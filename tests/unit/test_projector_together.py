@@ -7,10 +7,13 @@ import sqlite3
 from pathlib import Path
 
 from chorus.bootstrap import PROJECTIONS
-from chorus.projections.readstore import ReadStore
+from chorus.contracts.feed import EventRecord
+from chorus.projections.readstore import Connection, ReadStore
 from chorus.projections.runner import ProjectionRunner, rebuild_together, step_together
 from chorus.projections.sessions import SessionsProjection
 from eventsourcing.persistence import ApplicationRecorder
+
+from tests.conftest import ReadStores
 
 from .conftest import FakeClock
 from .test_tamper import write_history
@@ -53,15 +56,18 @@ def test_one_scan_for_every_read_model_ends_where_each_would_alone(
 
 
 def test_a_read_model_whose_batch_fails_does_not_hold_back_the_others(
-    recorder: ApplicationRecorder, clock: FakeClock, tmp_path: Path
+    recorder: ApplicationRecorder, clock: FakeClock, read_stores: ReadStores
 ) -> None:
+    """What the failing one wrote before it failed is rolled back; the others' rows and
+    positions are committed."""
     write_history(recorder, clock)
-    store = ReadStore(f"sqlite:///{tmp_path}/read.db")
+    store = ReadStore(read_stores.url())
 
     class Broken(SessionsProjection):
         name = "broken"
 
-        def apply(self, conn: sqlite3.Connection, record: object) -> None:
+        def apply(self, conn: Connection, record: EventRecord) -> None:
+            conn.execute("INSERT INTO tracking (name, position) VALUES ('written', 1)")
             raise RuntimeError("a bug in this read model")
 
     runners = [ProjectionRunner(recorder, store, model()) for model in (Broken, *MODELS[1:])]
@@ -69,6 +75,32 @@ def test_a_read_model_whose_batch_fails_does_not_hold_back_the_others(
         step_together(runners)
     head = recorder.max_notification_id()
     assert [runner.position for runner in runners] == [0] + [head] * (len(MODELS) - 1)
+    assert store.position("written") == 0
+    rows = read_stores.rows(read_stores.url(), ["workflows", "agents"])
+    alone = ReadStore(read_stores.url("alone"))
+    for model in MODELS[1:]:
+        ProjectionRunner(recorder, alone, model()).run_to_head()
+    assert rows == read_stores.rows(read_stores.url("alone"), ["workflows", "agents"])
+
+
+def test_the_projector_follows_a_rebuild_swapped_in_behind_its_back(
+    recorder: ApplicationRecorder, clock: FakeClock, tmp_path: Path
+) -> None:
+    """The loop keeps each read model's position in memory between steps; a rebuild in
+    another process moves it in the store, and the next batch's compare-and-set notices."""
+    write_history(recorder, clock)
+    store = ReadStore(f"sqlite:///{tmp_path}/read.db")
+    runners = [ProjectionRunner(recorder, store, model(), batch_size=2) for model in MODELS]
+    step_together(runners)
+    elsewhere = ProjectionRunner(recorder, ReadStore(f"sqlite:///{tmp_path}/read.db"), MODELS[0]())
+    elsewhere.rebuild()
+    assert elsewhere.position > runners[0].known_position()
+    for _ in range(100):  # bounded: a loop stuck on a stale position would never end
+        if not step_together(runners):
+            break
+    head = recorder.max_notification_id()
+    assert [runner.position for runner in runners] == [head] * len(MODELS)
+    assert dump(tmp_path / "read.db") == each_on_its_own(recorder, tmp_path / "alone.db")
 
 
 def test_rebuilding_every_read_model_together_matches_each_on_its_own(
