@@ -13,7 +13,7 @@ if it were being written at ``--rate`` commands/s (a recorder that hides what ha
 
 Prints, median of ``--runs`` with min and max: the process's CPU per command and the
 delay from each command's arrival to the commit of the sessions read model's batch that
-holds it; and as the same run's baseline, the CPU per
+holds it (when its position gauge is set); and as the same run's baseline, the CPU per
 command of catching up with the same commands in pages of 1,000 (what the read models
 cost with no fixed cost per step spread thin), with the ratio of the two.
 
@@ -40,6 +40,7 @@ from chorus.contracts.envelope import Envelope
 from chorus.contracts.sessions import OpenSession, SubmitResult, Task
 from chorus.engine.handlers import HANDLERS
 from chorus.engine.processor import Command, Processor
+from chorus.projections import metrics
 from chorus.projections.runner import ProjectionRunner, run_together, step_together
 from chorus.store.datastore import close_recorder
 from chorus.store.recorder import open_recorder
@@ -136,19 +137,17 @@ def live(
     end = min(head, opened + int(args.seconds * args.rate * per_command))
     for runner in runners:
         runner.recorder = arriving  # type: ignore[assignment]
-    # When the sessions read model commits each batch (no polling: it would cost this
-    # process CPU of its own).
+    # When the sessions read model commits each batch: its position gauge is set then (no
+    # polling of the store: it would cost this process CPU of its own).
     samples: list[tuple[float, int]] = [(time.perf_counter(), opened)]
-    sessions = next(r for r in runners if r.projection.name == "sessions")
-    apply = sessions.apply
+    gauge = metrics.POSITION.labels("sessions")
+    set_position = gauge.set
 
-    def applied(start: int, notifications: Sequence[Notification], decoded: Any) -> bool:
-        done = apply(start, notifications, decoded)
-        if done:
-            samples.append((time.perf_counter(), notifications[-1].id))
-        return done
+    def observed(position: float) -> None:
+        set_position(position)
+        samples.append((time.perf_counter(), int(position)))
 
-    sessions.apply = applied  # type: ignore[method-assign]
+    gauge.set = observed  # type: ignore[method-assign]
 
     async def follow() -> float:
         loop = asyncio.create_task(run_together(runners, args.poll))
@@ -162,6 +161,7 @@ def live(
         return spent
 
     spent = asyncio.run(follow())
+    gauge.set = set_position  # type: ignore[method-assign]
     runners[0].store.close()
     times, positions = [t for t, _ in samples], [p for _, p in samples]
     delays = [times[bisect.bisect_left(positions, p)] - arriving.arrival(p)
