@@ -205,8 +205,12 @@ async def finish(nc: NATS, session_id: str, agents: list[str], verify: bool = Tr
 async def test_routing_picks_the_most_reliable_online_agents_and_records_why(
     engine: EngineService, nc: NATS, database_url: str
 ) -> None:
+    beaters = []
     for name, caps in (("a", ["py"]), ("b", ["py"]), ("c", ["py", "go"]), ("d", ["go"])):
         await register(nc, name, caps)
+        # Live agents beat: with FAST's 0.3 s timeout a silent one goes offline while
+        # the sessions below run on a loaded machine, and routing passes it over.
+        beaters.append(Beater(nc, name))
     # A record: c verified twice, a once, b rejected once.
     for agents, wrong in ((["a", "b", "c"], {"b"}), (["c"], set())):
         opened = open_payload(agents)
@@ -215,6 +219,8 @@ async def test_routing_picks_the_most_reliable_online_agents_and_records_why(
     routed = {"session_id": str(uuid.uuid4()), "task": {"description": "t"},
               "capabilities": ["py"], "size": 2}  # fmt: skip
     reply = await send(nc, "coord", "open", routed)
+    for beater in beaters:
+        await beater.stop()
     assert reply["status"] == "accepted"
     opened_event = next(r for r in events_of(database_url, "SessionOpened")
                         if r.aggregate_id == routed["session_id"])  # fmt: skip
