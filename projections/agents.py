@@ -97,6 +97,7 @@ from chorus.projections.agents_verdicts import verdict_from_record as verdict_fr
 from chorus.projections.agents_verdicts import verdict_view as verdict_view
 from chorus.projections.pending import Pending, continued, fold
 from chorus.projections.readstore import Connection
+from chorus.projections.sessions import participants_named
 from chorus.projections.tables import Table
 
 _json = msgspec.json.Encoder(order="sorted")
@@ -157,14 +158,7 @@ class AgentsProjection:
         # the assignments the events name.
         closed = {r.aggregate_id for r in sessions if isinstance(r.event, SESSION_ENDS)}
         rows.load_groups(ASSIGNMENTS, closed & continued(sessions, "SessionOpened"))
-        named: set[tuple[str, str]] = set()
-        for r in sessions:
-            if isinstance(event := r.event, ResultSubmitted):
-                named.add((event.agent_id, r.aggregate_id))
-            elif isinstance(event, ParticipantReplaced):
-                named.add((event.replaced, r.aggregate_id))
-                named.add((event.replacement, r.aggregate_id))
-        rows.load_keys(ASSIGNMENTS, named)
+        rows.load_keys(ASSIGNMENTS, {(agent, sid) for sid, agent in participants_named(sessions)})
         rows.load_groups(ASSIGNMENTS, {f"{r.aggregate_id}/{phase}" for r in records
                                        if r.aggregate == "workflow"
                                        and isinstance(phase := getattr(r.event, "phase", None), str)})  # fmt: skip

@@ -80,6 +80,20 @@ PARTICIPANTS = Table(
 )
 
 
+def participants_named(records: Sequence[EventRecord]) -> set[tuple[str, str]]:
+    """(session id, agent id) of each participant a batch's session events change: who
+    submitted a result, who was replaced and who replaced them. A batch's read models read
+    these rows, not whole sessions (a result names one participant of ten)."""
+    named: set[tuple[str, str]] = set()
+    for r in records:
+        if isinstance(event := r.event, ResultSubmitted):
+            named.add((r.aggregate_id, event.agent_id))
+        elif isinstance(event, ParticipantReplaced):
+            named.add((r.aggregate_id, event.replaced))
+            named.add((r.aggregate_id, event.replacement))
+    return named
+
+
 class SessionsProjection:
     """Folds session events into rows. ``apply`` runs inside the runner's transaction; rows
     are changed in the batch's memory and written once at its end (``projections.pending``)."""
@@ -96,13 +110,7 @@ class SessionsProjection:
         """The sessions a batch changes, and the participants' rows its events name (a
         session's other participants are not read)."""
         rows.load(SESSIONS, continued(records, "SessionOpened"))
-        named: set[tuple[str, str]] = set()
-        for r in records:
-            if isinstance(event := r.event, ResultSubmitted):
-                named.add((r.aggregate_id, event.agent_id))
-            elif isinstance(event, ParticipantReplaced):
-                named.add((r.aggregate_id, event.replaced))
-        rows.load_keys(PARTICIPANTS, named)
+        rows.load_keys(PARTICIPANTS, participants_named(records))
 
     def _apply(self, rows: Pending, record: EventRecord) -> None:
         event = record.event

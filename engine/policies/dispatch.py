@@ -629,9 +629,11 @@ class Dispatcher(LogFollower):
             sends = 0
         elif acknowledged:
             return last_sent, sends
-        if sends > 0 and last_sent is not None and now < last_sent + self._wait(sends):
-            self._schedule(last_sent + self._wait(sends), sends, key, participant)
-            return last_sent, sends
+        if sends > 0 and last_sent is not None:
+            due = last_sent + self._wait(sends)
+            if now < due:
+                self._schedule(due, sends, key, participant)
+                return last_sent, sends
         self._publish_soon(agent, message)
         if not acknowledged:
             self._schedule(now + self._wait(sends + 1), sends + 1, key, participant)

@@ -35,12 +35,22 @@ class Bus:
         self.sent.append(subject.rsplit(".", 1)[-1])
 
 
-def observe(dispatcher: Dispatcher, version: int, event: Any) -> None:
+def observe(
+    dispatcher: Dispatcher, version: int, event: Any, sid: uuid.UUID = SID, position: int = 0
+) -> None:
     stored, _ = encode_event(
-        aggregate="session", aggregate_id=SID, version=version, event=event,
-        meta=EventMeta(actor="ops", command_id=f"c{version}"), occurred_at=T0, prev_hash="",
+        aggregate="session", aggregate_id=sid, version=version, event=event,
+        meta=EventMeta(actor="ops", command_id=f"{sid}:{version}"), occurred_at=T0,
+        prev_hash="",
     )  # fmt: skip
-    dispatcher.observe(decode_record(stored, version))
+    dispatcher.observe(decode_record(stored, position or version))
+
+
+def session_opened(sid: uuid.UUID, participants: list[str]) -> SessionOpened:
+    return SessionOpened(
+        session_id=str(sid), coordinator_id="coord", opened_by="ops", participants=participants,
+        task=Task(description="review"), timeout_seconds=600, deadline=T0 + timedelta(minutes=10),
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -48,11 +58,7 @@ def opened(recorder: ApplicationRecorder, clock: FakeClock) -> tuple[Dispatcher,
     bus = Bus()
     config = DispatchConfig(redeliver_seconds=1.0, redeliver_max_seconds=8.0)
     dispatcher = Dispatcher(recorder, None, bus, clock, config)  # type: ignore[arg-type]
-    observe(dispatcher, 1, SessionOpened(
-        session_id=str(SID), coordinator_id="coord", opened_by="ops",
-        participants=["a1", "a2"], task=Task(description="review"), timeout_seconds=600,
-        deadline=T0 + timedelta(minutes=10),
-    ))  # fmt: skip
+    observe(dispatcher, 1, session_opened(SID, ["a1", "a2"]))
     return dispatcher, bus, clock
 
 
@@ -116,14 +122,7 @@ async def test_tasks_opened_at_different_times_each_keep_their_own_schedule(
     dispatcher, bus, clock = opened
     assert await sends_at(dispatcher, bus, clock, 0) == ["a1", "a2"]
     other = uuid.uuid4()
-    stored, _ = encode_event(
-        aggregate="session", aggregate_id=other, version=1, event=SessionOpened(
-            session_id=str(other), coordinator_id="coord", opened_by="ops",
-            participants=["b1"], task=Task(description="review"), timeout_seconds=600,
-            deadline=T0 + timedelta(minutes=10)),
-        meta=EventMeta(actor="ops", command_id="o1"), occurred_at=T0, prev_hash="",
-    )  # fmt: skip
-    dispatcher.observe(decode_record(stored, 2))
+    observe(dispatcher, 1, session_opened(other, ["b1"]), sid=other, position=2)
     sent = {t / 2: await sends_at(dispatcher, bus, clock, t / 2) for t in range(1, 8)}
     assert sent == {0.5: ["b1"], 1: ["a1", "a2"], 1.5: ["b1"], 2: [], 2.5: [],
                     3: ["a1", "a2"], 3.5: ["b1"]}  # fmt: skip
