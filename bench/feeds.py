@@ -23,6 +23,10 @@ import asyncio
 import itertools
 import multiprocessing
 import os
+import shutil
+import signal
+import statistics
+import subprocess
 import tempfile
 import time
 import uuid
@@ -33,8 +37,9 @@ from typing import Any
 import httpx
 import msgspec
 import nats
-import websockets
+from chorus.contracts.subjects import event_filter
 from chorus.natsd import start_nats_server
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from bench.e2e import (
     cpu_seconds,
@@ -74,12 +79,48 @@ def free_port() -> int:
 # Client processes -------------------------------------------------------------------------
 
 
-async def _connect(url: str) -> Any:
-    ws = await websockets.connect(url, max_size=None, compression=None)
-    await ws.send("ping")
-    while await ws.recv() != "pong":
-        pass
-    return ws
+class _Client(WSListener):
+    """One socket: answers the first ``pong`` (the feed is live), then records the
+    position and receipt time of every event until the session is finalised. picows
+    parses frames in C and calls back without a task per socket, so the clients spend
+    a few microseconds per message (the ``websockets`` client spent 18-46) and the
+    figures measure the gateway rather than its clients."""
+
+    def __init__(self, record: bool) -> None:
+        self.record = record
+        self.positions: array[int] = array("q")
+        self.times: array[float] = array("d")
+        loop = asyncio.get_running_loop()
+        self.live: asyncio.Future[None] = loop.create_future()
+        self.finished: asyncio.Future[None] = loop.create_future()
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        transport.send(WSMsgType.TEXT, b"ping")
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type != WSMsgType.TEXT:
+            return
+        if not self.live.done():
+            if frame.get_payload_as_bytes() == b"pong":
+                self.live.set_result(None)
+            return
+        if not self.record:
+            return
+        event = _decode(frame.get_payload_as_memoryview())
+        self.positions.append(event.position)
+        self.times.append(time.time())
+        if event.type == "SessionFinalised" and not self.finished.done():
+            self.finished.set_result(None)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+
+async def _connect(url: str, record: bool) -> tuple[WSTransport, _Client]:
+    transport, client = await ws_connect(lambda: _Client(record), url)
+    await client.live
+    return transport, client
 
 
 async def _clients(
@@ -89,38 +130,21 @@ async def _clients(
     """Connect ``count`` sockets (and ``agents_count`` on the agents feed, which only
     add load), say so, then record (position, receipt time) of every event until each
     socket has seen the session finalised (or ``timeout`` passes)."""
-    received: list[tuple[array[int], array[float]]] = []
-    sockets = [await _connect(url) for _ in range(count)]
-    watchers = [await _connect(agents_url) for _ in range(agents_count)]
+    sockets = [await _connect(url, True) for _ in range(count)]
+    watchers = [await _connect(agents_url, False) for _ in range(agents_count)]
     ready.put(count)
-
-    async def read(ws: Any) -> None:
-        positions: array[int] = array("q")
-        times: array[float] = array("d")
-        received.append((positions, times))
-        async for text in ws:
-            event = _decode(text)
-            positions.append(event.position)
-            times.append(time.time())
-            if event.type == "SessionFinalised":
-                return
-
-    async def drain(ws: Any) -> None:
-        async for _ in ws:
-            pass
-
-    readers = [asyncio.create_task(read(ws)) for ws in sockets]
-    draining = [asyncio.create_task(drain(ws)) for ws in watchers]
     await asyncio.get_running_loop().run_in_executor(None, go.wait)
-    await asyncio.wait(readers, timeout=timeout)
-    for task in draining:
-        task.cancel()
-    for ws in sockets + watchers:
-        await ws.close()
-    return [(p.tobytes(), t.tobytes()) for p, t in received]
+    cpu_at_go = time.process_time()
+    await asyncio.wait([client.finished for _, client in sockets], timeout=timeout)
+    cpu = time.process_time() - cpu_at_go
+    for transport, _ in sockets + watchers:
+        transport.send_close()
+        transport.disconnect()
+    return [cpu, *((c.positions.tobytes(), c.times.tobytes()) for _, c in sockets)]
 
 
 def client_process(*args: Any) -> None:
+    """One client process: its CPU seconds while receiving, then each socket's receipts."""
     *arguments, out = args
     out.put(asyncio.run(_clients(*arguments)))
 
@@ -135,10 +159,20 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def profile(pid: int, out: str) -> subprocess.Popen[bytes]:
+    """py-spy (``pip install py-spy``) sampling the gateway, until interrupted."""
+    spy = shutil.which("py-spy") or "py-spy"
+    return subprocess.Popen(
+        [spy, "record", "-r", "200", "-f", "raw", "--pid", str(pid), "-o", out],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 # The run ----------------------------------------------------------------------------------
 
 
-async def run(args: argparse.Namespace) -> None:
+async def run(args: argparse.Namespace) -> dict[str, float]:
+    """One run: its figures."""
     from chorus.gateway.keys import KeyStore
 
     work = Path(tempfile.mkdtemp(prefix="chorus-bench-feeds-"))
@@ -212,6 +246,13 @@ async def run(args: argparse.Namespace) -> None:
         await asyncio.sleep(SETTLE)
         rss_before, cpu_before = rss_mb(gateway_pid), cpu_seconds(gateway_pid)
 
+        on_bus: dict[int, float] = {}  # position -> when this process saw it on NATS
+
+        async def seen(msg: Any) -> None:
+            on_bus[int((msg.headers or {}).get("Chorus-Position", 0))] = time.time()
+
+        probe = await nc.subscribe(event_filter("session", sid), cb=seen)
+        profiler = profile(gateway_pid, args.profile) if args.profile else None
         go.set()
         sent_at: dict[int, float] = {}
         started = time.time()
@@ -229,16 +270,25 @@ async def run(args: argparse.Namespace) -> None:
             sent_at[int(reply["position"])] = at  # type: ignore[call-overload]
 
         await asyncio.gather(*(submit(i) for i in range(args.events)))
-        results = []
+        results: list[Any] = []
+        clients_cpu = 0.0
         for _ in clients:
-            results += await asyncio.to_thread(out.get, True, timeout + 300)
+            cpu, *received = await asyncio.to_thread(out.get, True, timeout + 300)
+            clients_cpu += cpu
+            results += received
         cpu_used = cpu_seconds(gateway_pid) - cpu_before
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(60)
         rss_peak = rss_mb(gateway_pid)
         await asyncio.sleep(2)
         rss_after = rss_mb(gateway_pid)
+        await probe.unsubscribe()
         await nc.close()
 
         latencies: list[float] = []
+        fan_out: list[float] = []  # from the bus to each client
+        bus = sorted(on_bus[p] - at for p, at in sent_at.items() if p in on_bus)
         missed = duplicated = out_of_order = deliveries = 0
         expected = set(sent_at)
         last_receipt = started
@@ -256,35 +306,81 @@ async def run(args: argparse.Namespace) -> None:
                 last_receipt = max(last_receipt, at)
                 if position in sent_at:
                     latencies.append(at - sent_at[position])
+                if position in on_bus:
+                    fan_out.append(at - on_bus[position])
         latencies.sort()
+        fan_out.sort()
         elapsed = last_receipt - started
-        ms = [1000 * percentile(latencies, q) for q in (0.5, 0.95, 0.99, 1.0)]
-        print(
-            f"chorus bench.feeds  ({os.cpu_count()} cores, {args.clients} clients on one "
-            f"session, {args.events} events at {args.rate:g}/s, {args.procs} client processes, "
-            f"{args.agent_clients} agents-feed sockets)"
-        )
-        print(f"  deliveries                     {deliveries:>10,} (events x clients)")
-        print(f"  delivered                      {deliveries / elapsed:>10,.0f} deliveries/s")
-        print(
-            f"  send -> receipt  p50 {ms[0]:,.0f} ms, p95 {ms[1]:,.0f} ms, "
-            f"p99 {ms[2]:,.0f} ms, max {ms[3]:,.0f} ms"
-        )
-        print(f"  missed / duplicated / reordered {missed} / {duplicated} / {out_of_order}")
-        print(
-            f"  gateway CPU                    {1e6 * cpu_used / max(deliveries, 1):>10,.1f} us "
-            f"per delivery ({cpu_used:.1f} s)"
-        )
-        print(
-            f"  gateway memory                 {rss_before:,.0f} MB before, {rss_peak:,.0f} MB "
-            f"at the end, {rss_after:,.0f} MB 2 s after the clients left"
-        )
-        print(f"  JetStream publish_async        {baseline:>10,.0f} msgs/s  (baseline, same run)")
-        print(f"  ratio deliveries / JetStream   {deliveries / elapsed / baseline:>10.3f}")
+        per_delivery = 1e6 / max(deliveries, 1)
+        return {
+            "deliveries/s": deliveries / elapsed,
+            "p50 ms": 1000 * percentile(latencies, 0.5),
+            "p95 ms": 1000 * percentile(latencies, 0.95),
+            "p99 ms": 1000 * percentile(latencies, 0.99),
+            "max ms": 1000 * percentile(latencies, 1.0),
+            "bus p50 ms": 1000 * percentile(bus, 0.5),
+            "bus p99 ms": 1000 * percentile(bus, 0.99),
+            "fan-out p50 ms": 1000 * percentile(fan_out, 0.5),
+            "fan-out p99 ms": 1000 * percentile(fan_out, 0.99),
+            "missed": missed,
+            "duplicated": duplicated,
+            "reordered": out_of_order,
+            "gateway us/delivery": cpu_used * per_delivery,
+            "gateway cores": cpu_used / elapsed,
+            "clients us/delivery": clients_cpu * per_delivery,
+            "clients cores": clients_cpu / elapsed,
+            "gateway MB before": rss_before,
+            "gateway MB end": rss_peak,
+            "gateway MB after": rss_after,
+            "JetStream msgs/s": baseline,
+            "ratio": deliveries / elapsed / baseline,
+            "load": os.getloadavg()[0],
+        }
     finally:
         for process in clients:
             process.kill()
         teardown(procs, server, work)
+
+
+#: (figure, label, format, unit) of the summary table, in order.
+ROWS = (
+    ("deliveries/s", "deliveries/s", ",.0f", ""),
+    ("p50 ms", "send -> receipt p50", ",.0f", "ms"),
+    ("p95 ms", "send -> receipt p95", ",.0f", "ms"),
+    ("p99 ms", "send -> receipt p99", ",.0f", "ms"),
+    ("max ms", "send -> receipt max", ",.0f", "ms"),
+    ("bus p50 ms", "send -> on NATS p50", ",.0f", "ms (engine and relay)"),
+    ("bus p99 ms", "send -> on NATS p99", ",.0f", "ms"),
+    ("fan-out p50 ms", "NATS -> receipt p50", ",.0f", "ms (gateway and clients)"),
+    ("fan-out p99 ms", "NATS -> receipt p99", ",.0f", "ms"),
+    ("missed", "missed", ",.0f", ""),
+    ("duplicated", "duplicated", ",.0f", ""),
+    ("reordered", "reordered", ",.0f", ""),
+    ("gateway us/delivery", "gateway CPU per delivery", ",.1f", "us"),
+    ("gateway cores", "gateway CPU", ".2f", "cores"),
+    ("clients us/delivery", "clients' CPU per delivery", ",.1f", "us (bench clients)"),
+    ("clients cores", "clients' CPU", ".2f", "cores (bench clients)"),
+    ("gateway MB before", "gateway memory before", ",.0f", "MB"),
+    ("gateway MB end", "gateway memory at the end", ",.0f", "MB"),
+    ("gateway MB after", "gateway memory 2 s after", ",.0f", "MB"),
+    ("JetStream msgs/s", "JetStream publish_async", ",.0f", "msgs/s (baseline, same run)"),
+    ("ratio", "ratio deliveries / JetStream", ".3f", ""),
+    ("load", "load average (1 min) at the end", ".2f", ""),
+)
+
+
+def report(args: argparse.Namespace, runs: list[dict[str, float]]) -> None:
+    """Each figure's median, min and max over the runs (one run: just its figures)."""
+    print(
+        f"chorus bench.feeds  ({os.cpu_count()} cores, {args.clients} clients on one "
+        f"session, {args.events} events at {args.rate:g}/s, {args.procs} client processes, "
+        f"{args.agent_clients} agents-feed sockets, {len(runs)} run(s))"
+    )
+    print(f"  {'':36} {'median':>10} {'min':>10} {'max':>10}")
+    for key, label, spec, unit in ROWS:
+        values = sorted(run[key] for run in runs)
+        cells = [format(v, spec) for v in (statistics.median(values), values[0], values[-1])]
+        print(f"  {label:36} {cells[0]:>10} {cells[1]:>10} {cells[2]:>10}  {unit}")
 
 
 def main() -> None:
@@ -300,7 +396,23 @@ def main() -> None:
     )
     parser.add_argument("--drain", type=float, default=60, help="seconds to wait after sending")
     parser.add_argument("--baseline", type=int, default=20_000, help="JetStream messages")
-    asyncio.run(run(parser.parse_args()))
+    parser.add_argument(
+        "--profile", help="py-spy the gateway while events flow (raw stacks to this file)"
+    )
+    parser.add_argument("--runs", type=int, default=1, help="runs (median, min and max)")
+    args = parser.parse_args()
+    runs = []
+    for i in range(args.runs):
+        runs.append(asyncio.run(run(args)))
+        if args.runs > 1:
+            figures = runs[-1]
+            print(
+                f"run {i + 1}: {figures['deliveries/s']:,.0f} deliveries/s, p99 "
+                f"{figures['p99 ms']:,.0f} ms, ratio {figures['ratio']:.3f}, load "
+                f"{figures['load']:.2f}",
+                flush=True,
+            )
+    report(args, runs)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,13 @@ re-publish) is sent once.
 A socket that cannot keep up never slows the others: when its queue of live events is
 full it is dropped back to catch-up from its own position, from the store.
 
+Served by the gateway's own server (``chorus.gateway.server``), a socket writes whole
+frames itself: each live event's frame is encoded once for all sockets and, while the
+socket keeps up, written to it from the channel's task as it arrives (``Feed.deliver``);
+catch-up pages and queued events go out in one write per batch. Elsewhere (another ASGI
+server, the test client) each record is sent through ``send_text``. The bytes on the wire
+are the same text messages either way.
+
 Client messages: the text ``ping`` is answered ``pong``; anything else gets an error
 message (the socket stays open).
 """
@@ -22,14 +29,14 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Annotated, Any
 
 import msgspec
 from chorus.contracts.bounds import MAX_POSITION
 from chorus.contracts.subjects import event_filter
 from chorus.gateway.auth import can_read
-from chorus.gateway.fanout import POSITION_HEADER, Frame, Listener
+from chorus.gateway.fanout import POSITION_HEADER, Frame, Listener, frame_writer, text_frame
 from chorus.gateway.keys import Principal
 from chorus.gateway.state import Services, ServicesDep
 from chorus.projections import sessions
@@ -65,6 +72,7 @@ class Feed:
         self.last = since
         #: Rewrites each record before it is sent (hides what the viewer may not see).
         self.transform = transform
+        self.writer = frame_writer(socket.scope)
         self._send_lock = asyncio.Lock()
 
     async def send(self, text: str) -> None:
@@ -74,6 +82,24 @@ class Feed:
     async def send_record(self, text: str) -> None:
         await self.send(self.transform(text) if self.transform else text)
 
+    async def send_records(self, texts: list[str], last: int) -> None:
+        """Send these records (JSON text, before ``transform``) in order: in one write if
+        the server gives the socket a frame writer. Then ``last`` is the last position sent."""
+        writer = self.writer
+        if writer is None:
+            for text in texts:
+                await self.send_record(text)
+        elif texts:
+            data = b"".join(self.wire_of(text) for text in texts)
+            async with self._send_lock:
+                if not await writer.drain():
+                    raise WebSocketDisconnect(detail="the socket closed", code=1006)
+                writer.write(data)
+        self.last = last
+
+    def wire_of(self, text: str) -> bytes:
+        return text_frame((self.transform(text) if self.transform else text).encode())
+
     async def catch_up(self) -> None:
         """Send what the store holds after the last position sent, page by page."""
         while True:
@@ -81,11 +107,47 @@ class Feed:
                 self.aggregate, self.aggregate_id, after_position=self.last,
                 limit=CATCH_UP_PAGE,
             )  # fmt: skip
-            for record in records:
-                await self.send_record(_encoder.encode(record).decode())
-                self.last = record.position
+            if records:
+                texts = [_encoder.encode(record).decode() for record in records]
+                await self.send_records(texts, records[-1].position)
             if len(records) < CATCH_UP_PAGE:
                 return
+
+    async def send_frames(self, frames: Sequence[Frame]) -> None:
+        """Frames from the channel, in order, skipping any at or below the last position
+        sent (met in the store already, or re-published)."""
+        texts: list[str] = []
+        last = self.last
+        for frame in frames:
+            if frame.position > last:
+                texts.append(
+                    frame.text if not frame.omitted else await resolve(self.services, frame)
+                )
+                last = frame.position
+        await self.send_records(texts, last)
+
+    def deliver(self, frames: Sequence[Frame]) -> bool:
+        """``Listener.direct``: write the new frames at once (each encoded once for every
+        socket) if the socket can take them now; False leaves them to ``pump``."""
+        writer = self.writer
+        if writer is None or not writer.ready():
+            return False
+        parts: list[bytes] = []
+        last = self.last
+        try:
+            for frame in frames:
+                if frame.position <= last:
+                    continue
+                if frame.omitted:
+                    return False  # read from the store: not here
+                parts.append(frame.wire if self.transform is None else self.wire_of(frame.text))
+                last = frame.position
+        except Exception:
+            return False  # a transform that fails does so in the pump, on this socket alone
+        if parts:
+            writer.write(parts[0] if len(parts) == 1 else b"".join(parts))
+            self.last = last
+        return True
 
     async def pump(self) -> None:
         subject = event_filter(self.aggregate, self.aggregate_id)
@@ -93,18 +155,13 @@ class Feed:
         try:
             await self.services.feeds.join(subject, listener)
             await self.catch_up()
+            listener.direct = self.deliver
             while True:
                 batch = await listener.next_batch()
                 if batch is None:  # too slow: what was queued is gone, the store is not
                     await self.catch_up()
                     continue
-                for frame in batch:
-                    if frame.position <= self.last:
-                        continue
-                    await self.send_record(
-                        frame.text if not frame.omitted else await resolve(self.services, frame)
-                    )
-                    self.last = frame.position
+                await self.send_frames(batch)
         finally:
             self.services.feeds.leave(subject, listener)
 

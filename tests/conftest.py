@@ -32,6 +32,7 @@ from chorus.engine.domain.authz import StaticRoles
 from chorus.gateway.app import create_app
 from chorus.gateway.edge import EdgeConfig
 from chorus.gateway.keys import KeyStore
+from chorus.gateway.server import server_options
 from chorus.gateway.state import GatewayConfig
 from chorus.natsd import start_nats_server
 from chorus.projections.readstore import ReadStore
@@ -264,6 +265,7 @@ def serve_gateway(config: GatewayConfig) -> Iterator[Gateway]:
             log_level="warning",
             lifespan="on",
             server_header=False,
+            **server_options(),  # as chorus serves it (its WebSockets write frames directly)
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)

@@ -5,12 +5,14 @@ against a real gateway in tests/integration/test_gateway_feed.py.)"""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import msgspec
 from chorus.contracts.feed import EventRecord
-from chorus.gateway.fanout import Frame, Listener
+from chorus.gateway.fanout import FRAMES_EXTENSION, Frame, Listener
 from chorus.gateway.feeds import Feed
+from websockets.protocol import Protocol, Side, State
 
 
 def record(position: int) -> EventRecord:
@@ -30,8 +32,8 @@ def frame(position: int) -> Frame:
 
 async def test_a_listener_hands_over_everything_waiting_in_order() -> None:
     listener = Listener(limit=10)
-    for p in (1, 2, 3):
-        listener.offer(frame(p))
+    listener.offer([frame(1), frame(2)])
+    listener.offer([frame(3)])
     batch = await listener.next_batch()
     assert batch is not None
     assert [f.position for f in batch] == [1, 2, 3]
@@ -40,7 +42,7 @@ async def test_a_listener_hands_over_everything_waiting_in_order() -> None:
 async def test_a_full_listener_drops_what_it_holds_and_says_so_once() -> None:
     listener = Listener(limit=3)
     for p in range(1, 6):
-        listener.offer(frame(p))
+        listener.offer([frame(p)])
     assert len(listener.frames) <= 3
     assert await listener.next_batch() is None  # dropped: the caller catches up
     batch = await listener.next_batch()
@@ -78,6 +80,7 @@ def test_a_frame_is_decoded_once_for_every_socket() -> None:
 class FakeSocket:
     def __init__(self) -> None:
         self.sent: list[str] = []
+        self.scope: dict[str, object] = {}
 
     async def send_text(self, text: str) -> None:
         self.sent.append(text)
@@ -101,7 +104,7 @@ class StoreAndHub:
         self.listener = listener
         listener.limit = 2
         for p in (5, 6, 7):  # the queue overflows before the socket drains it
-            listener.offer(frame(p))
+            listener.offer([frame(p)])
 
     def leave(self, subject: str, listener: Listener) -> None:
         pass
@@ -116,7 +119,7 @@ async def test_a_slow_socket_is_caught_up_from_the_store_with_no_gap_or_duplicat
         await asyncio.sleep(0)
     assert services.listener is not None
     for p in (18, 19, 21, 21, 22):
-        services.listener.offer(frame(p))
+        services.listener.offer([frame(p)])
     services.store += [record(p) for p in (21, 22)]
     while feed.last < 22:
         await asyncio.sleep(0)
@@ -125,3 +128,105 @@ async def test_a_slow_socket_is_caught_up_from_the_store_with_no_gap_or_duplicat
 
     positions = [msgspec.json.decode(text)["position"] for text in socket.sent]
     assert positions == list(range(4, 23))
+
+
+# Direct delivery (a socket whose server gives it a frame writer) --------------------------
+
+
+class FakeWriter:
+    """A FrameWriter over a buffer: ``ready`` is the test's to set, as the transport's
+    flow control would."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+
+    def ready(self) -> bool:
+        return self.can_write.is_set()
+
+    def write(self, data: bytes) -> None:
+        assert self.ready(), "written while not ready"
+        self.writes.append(data)
+
+    async def drain(self) -> bool:
+        await self.can_write.wait()
+        return True
+
+    def positions(self) -> list[int]:
+        """What a client would read: the positions of the text messages, in order."""
+        client = Protocol(Side.CLIENT, state=State.OPEN)
+        client.receive_data(b"".join(self.writes))
+        return [msgspec.json.decode(f.data)["position"] for f in client.events_received()]
+
+
+def writing_socket(writer: FakeWriter) -> FakeSocket:
+    socket = FakeSocket()
+    socket.scope = {"extensions": {FRAMES_EXTENSION: {"writer": writer}}}
+    return socket
+
+
+class Hub(StoreAndHub):
+    async def join(self, subject: str, listener: Listener) -> None:
+        self.listener = listener
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0)
+
+
+async def test_an_idle_listener_hands_new_frames_to_its_socket_at_once() -> None:
+    listener = Listener(limit=10)
+    direct: list[int] = []
+    accept = True
+
+    def deliver(frames: Sequence[Frame]) -> bool:
+        if accept:
+            direct.extend(f.position for f in frames)
+        return accept
+
+    listener.direct = deliver
+    listener.offer([frame(1)])  # the socket's task has not asked yet: queued
+    first = await listener.next_batch()
+    assert first is not None and [f.position for f in first] == [1] and direct == []
+    waiting = asyncio.create_task(listener.next_batch())
+    await until(lambda: not listener.busy)
+    listener.offer([frame(2), frame(3)])
+    assert direct == [2, 3] and not listener.frames and not waiting.done()
+    accept = False  # e.g. the socket's write buffer is full: queued, its task woken
+    listener.offer([frame(4)])
+    batch = await waiting
+    assert batch is not None and [f.position for f in batch] == [4]
+    assert direct == [2, 3]
+
+
+async def test_a_feed_writes_each_event_once_in_order_directly_or_after_its_buffer_drains() -> None:
+    services = Hub()
+    writer = FakeWriter()
+    feed = Feed(writing_socket(writer), services, "session", "s", since=3)  # type: ignore[arg-type]
+    pumping = asyncio.create_task(feed.pump())
+    await until(lambda: services.listener is not None and not services.listener.busy)
+    assert services.listener is not None
+    assert len(writer.writes) == 1  # the catch-up page (4..20) in one write
+    services.listener.offer([frame(18), frame(19), frame(21)])  # two met in the store already
+    assert len(writer.writes) == 2 and feed.last == 21  # written from the channel's call
+    writer.can_write.clear()  # the client stops reading: the frames wait in the queue
+    services.listener.offer([frame(22)])
+    services.listener.offer([frame(22), frame(23)])
+    await asyncio.sleep(0)
+    assert len(writer.writes) == 2
+    writer.can_write.set()
+    await until(lambda: feed.last == 23)
+    pumping.cancel()
+    await asyncio.gather(pumping, return_exceptions=True)
+    assert writer.positions() == list(range(4, 24))
+
+
+def test_a_frame_is_encoded_once_for_every_socket() -> None:
+    shared = frame(7)
+    assert shared.wire is shared.wire
+    client = Protocol(Side.CLIENT, state=State.OPEN)
+    client.receive_data(shared.wire)
+    (message,) = client.events_received()
+    assert message.data == shared.data
