@@ -66,6 +66,8 @@ class Bus(Protocol):
 
     async def publish(self, subject: str, body: bytes) -> None: ...
 
+    def connection(self) -> NATS | None: ...
+
 
 class ClientBus:
     """A plain nats-py connection."""
@@ -78,6 +80,9 @@ class ClientBus:
 
     async def publish(self, subject: str, body: bytes) -> None:
         await self.nc.publish(subject, body)
+
+    def connection(self) -> NATS:
+        return self.nc
 
 
 class BrokerBus:
@@ -93,7 +98,8 @@ class BrokerBus:
     def __init__(self, broker: NatsBroker) -> None:
         self.broker = broker
 
-    def _client(self) -> NATS | None:
+    def connection(self) -> NATS | None:
+        """The broker's nats-py connection, or None (not connected yet, or a test broker)."""
         try:
             connection = self.broker.connection
         except IncorrectState:  # not connected yet
@@ -101,13 +107,13 @@ class BrokerBus:
         return connection if isinstance(connection, NATS) else None
 
     async def request(self, subject: str, body: bytes, timeout: float) -> bytes:
-        nc = self._client()
+        nc = self.connection()
         if nc is not None:
             return (await nc.request(subject, body, timeout=timeout)).data
         return bytes((await self.broker.request(body, subject, timeout=timeout)).body)
 
     async def publish(self, subject: str, body: bytes) -> None:
-        nc = self._client()
+        nc = self.connection()
         if nc is not None:
             await nc.publish(subject, body)
             return
@@ -155,6 +161,11 @@ class AgentClient:
             extra["inbox_prefix"] = agent_inbox_prefix(agent_id)
         broker = NatsBroker(url, log_level=logging.DEBUG, name=f"chorus-agent-{agent_id}", **extra)
         return cls(broker, agent_id, **options)
+
+    def connection(self) -> NATS | None:
+        """The nats-py connection under this client (None: a broker not connected yet, or
+        FastStream's in-memory test broker)."""
+        return self.bus.connection()
 
     # Commands -------------------------------------------------------------------------------
 
