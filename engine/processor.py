@@ -116,6 +116,10 @@ class Processor:
         #: another writer wrote an aggregate of the batch first. Partitioned engines keep it
         #: at zero; a bench reads it.
         self.conflicts = 0
+        #: Every cached state reflects the log's events up to this notification id
+        #: (``_sync``); None: not known, so the first sync forgets the cache.
+        self._head: int | None = None
+        self._synced = False  # the running batch's reads see the log up to ``_head``
 
     # Aggregates -----------------------------------------------------------------------------
 
@@ -194,15 +198,17 @@ class Processor:
     def _lookup(self, aggregate: str, aggregate_id: UUID) -> AggregateState:
         """Another aggregate for a decision to read, as the running batch sees it.
 
-        Outside the batch's own writes it is fast-forwarded from the store: another engine
-        worker may have written it since this one cached it, and a decision that reads it
-        (evidence) is not protected by the version check of the aggregate it writes. An id
-        that belongs to another kind of aggregate reads as one that does not exist: a cached
-        state's kind is its type, else the first stored event tells (a query the claims of
-        completed phases, whose workflows are cached, no longer pay).
+        The cache is brought up to the log's head first (``_sync``, once per batch):
+        another engine worker may have written the aggregate since this one cached it, and
+        a decision that reads it (evidence) is not protected by the version check of the
+        aggregate it writes. An id that belongs to another kind of aggregate reads as one
+        that does not exist: a cached state's kind is its type, else the first stored event
+        tells (a query the claims of completed phases, whose workflows are cached, do not
+        pay).
         """
         handler = next(h for (a, _), h in HANDLERS.items() if a == aggregate)
         working = self._working
+        self._sync(working)
         fresh = handler.new_state(aggregate_id)
         if working is not None and aggregate_id in working:
             state = working[aggregate_id]
@@ -215,7 +221,42 @@ class Processor:
             first = self.recorder.select_events(aggregate_id, limit=1)
             if first and not first[0].topic.startswith(f"{aggregate}."):
                 return fresh
-        return self._fast_forward(self.load(handler, aggregate_id, working))
+        return self.load(handler, aggregate_id, working)
+
+    def _sync(self, working: dict[UUID, AggregateState] | None) -> None:
+        """Make every cached state (and the batch's ``working`` ones) reflect the log up to
+        its head, once per batch: one query (the head) while this processor wrote all
+        that is new (``_commit`` moves ``_head`` past its own writes when nothing came
+        between), else a read of what is new, which drops each cached state it changed.
+
+        It replaced a query of each looked-up aggregate's newer events, per read: a batch of
+        completion claims read a workflow per claim, and that query was a fifth of the
+        writer thread's time under SDK agents.
+        """
+        if self._synced and working is not None:
+            return
+        self._synced = working is not None  # outside a batch every read syncs
+        top = self.recorder.max_notification_id() or 0
+        head, self._head = self._head, top
+        if head is None:
+            self._cache.clear()  # nothing known: whatever is cached may be stale
+            for state in (working or {}).values():
+                self._fast_forward(state)
+            return
+        while head < top:
+            changed = self.recorder.select_notifications(head + 1, 1000, stop=top)
+            if not changed:
+                break
+            for n in changed:
+                oid = n.originator_id
+                oid = oid if isinstance(oid, UUID) else UUID(str(oid))
+                cached = self._cache.get(oid)
+                if cached is not None and cached.version < n.originator_version:
+                    del self._cache[oid]
+                staged = working.get(oid) if working else None
+                if staged is not None and staged.version < n.originator_version:
+                    self._fast_forward(staged)  # a target with a write of its own conflicts
+            head = changed[-1].id
 
     def _defined_types(self, refresh: bool = False) -> list[WorkflowType]:
         """Types defined over the API, fast-forwarded on every read: another engine worker
@@ -309,6 +350,13 @@ class Processor:
         raced on two workers), the touched aggregates are evicted and each command is
         retried alone, so one conflict never rejects its neighbours.
         """
+        self._synced = False
+        try:
+            return self._handle_batch(commands, attempt)
+        finally:
+            self._synced = False
+
+    def _handle_batch(self, commands: Sequence[Command], attempt: int) -> list[Reply]:
         replies: list[Reply | None] = [None] * len(commands)
         staged: list[_Staged] = []
         working: dict[UUID, AggregateState] = {}
@@ -457,6 +505,8 @@ class Processor:
         positions = self.recorder.insert_events([e for s in staged for e in s.events])
         if not positions:
             return
+        if self._head is not None and positions[0] == self._head + 1:
+            self._head = positions[-1]  # nothing came between: the cache stays in step
         offset = 0
         for item in staged:
             offset += len(item.events)
