@@ -16,10 +16,14 @@ It follows the log like the other process managers (engine/policies/follower.py)
   workflow then waits for the backoff and the next attempt goes to another agent, or the
   phase fails when no attempt is left. The lost lease is recorded against the agent.
 - **Delivery.** Task messages go to ``chorus.task.<agent_id>`` (core NATS): a new
-  assignment at once, then again after ``redeliver_seconds``, twice that, and so on up to
+  assignment at once, then again after the re-send wait, twice that, and so on up to
   ``redeliver_max_seconds`` between sends, until the agent acknowledges it (a backoff, as
   JetStream's redeliveries have: an agent that never acknowledges costs a message every
-  half minute, not every second); all of an agent's open tasks again, at once and with the
+  half minute, not every second). The wait is ``redeliver_seconds``, or longer while
+  acknowledgements take longer: the round trip from a phase task's first send to its
+  acknowledgement in the log is smoothed as TCP's retransmission timer smooths it (RFC
+  6298: mean plus four mean deviations), so a busy engine, whose agents' reports wait in
+  its queue, is not sent every task again; all of an agent's open tasks again, at once and with the
   backoff restarted, when it comes back online; session participants
   (named, routed, replacements) get session tasks the same way; a cancel when the work is
   cancelled, moved or closed without them.
@@ -158,6 +162,8 @@ class _Live:
     expiring: bool = False
     last_sent: datetime | None = None
     sends: int = 0
+    #: This dispatcher's first send: the acknowledgement's round trip is timed from it.
+    first_sent: datetime | None = None
 
 
 @dataclass
@@ -226,6 +232,10 @@ class Dispatcher(LogFollower):
         self._caught_up = False  # cancels seen while re-reading history are not re-sent
         self._lost: dict[str, set[str]] = {}  # workflow -> agents that lost its next phase
         self._since: dict[str, datetime] = {}  # workflow -> when its next phase got ready
+        #: The smoothed round trip from a phase task's first send to its acknowledgement
+        #: seen in the log, and its mean deviation (seconds); None before the first. Not in
+        #: the checkpoint: a restarted dispatcher measures afresh.
+        self._rtt: tuple[float, float] | None = None
         self.assigned = 0
         self.delivered = 0
         #: Called with (agent id, task message) after each delivery (benches, tests).
@@ -267,6 +277,7 @@ class Dispatcher(LogFollower):
                 if previous is not None and previous.attempt.number == attempt.number:
                     # Delivered from the reply already.
                     fresh.last_sent, fresh.sends = previous.last_sent, previous.sends
+                    fresh.first_sent = previous.first_sent
                 self._live[wid] = fresh
                 self._check_soon(wid, "", fresh.sends)
                 self._busy.setdefault(attempt.agent_id, set()).add(wid)
@@ -277,11 +288,13 @@ class Dispatcher(LogFollower):
             case WorkflowTaskAccepted():
                 live: _Live | None = self._live.get(wid)
                 if live is not None and live.attempt.number == event.attempt:
+                    self._acknowledged(live)
                     live.attempt.accepted = True
                     live.attempt.last_activity = event.accepted_at
             case PhaseStarted():
                 live = self._live.get(wid)
                 if live is not None and live.attempt.agent_id == event.assignee:
+                    self._acknowledged(live)
                     live.attempt.accepted = True
                     return
                 # Started by hand, or a delegated phase: not the dispatcher's to assign.
@@ -313,6 +326,21 @@ class Dispatcher(LogFollower):
             case PhaseFailed() | WorkflowCompleted() | WorkflowFailed():
                 self._release(wid)
                 self._forget(wid)
+
+    def _acknowledged(self, live: _Live) -> None:
+        """Time the first acknowledgement of a task this dispatcher sent (RFC 6298's
+        smoothing: gains 1/8 and 1/4). Timed from the first send even when it was sent
+        again: under load that is the round trip that matters, and a lost first message
+        only lengthens one sample."""
+        if live.attempt.accepted or live.first_sent is None:
+            return
+        cap = self.config.redeliver_max_seconds
+        sample = min(cap, max(0.0, (self.clock() - live.first_sent).total_seconds()))
+        if self._rtt is None:
+            self._rtt = (sample, sample / 2)
+            return
+        mean, deviation = self._rtt
+        self._rtt = (mean + (sample - mean) / 8, deviation + (abs(sample - mean) - deviation) / 4)
 
     def _ready(self, wid: str, phase: Phase, attempt: int, record: EventRecord) -> None:
         self._lost.pop(wid, None)
@@ -561,7 +589,8 @@ class Dispatcher(LogFollower):
                 accept_by=datetime.max.replace(tzinfo=now.tzinfo),
                 lease_expires_at=datetime.max.replace(tzinfo=now.tzinfo), heartbeat_seconds=None,
             )  # fmt: skip
-            self._live[wid] = _Live(attempt, message, last_sent=now, sends=1)  # until the log's
+            self._live[wid] = _Live(attempt, message, last_sent=now, sends=1,
+                                    first_sent=now)  # until the log's  # fmt: skip
             self._check_soon(wid, "", 1)
             return
         if reply.status == "accepted" or reply.status == "duplicate":
@@ -607,6 +636,8 @@ class Dispatcher(LogFollower):
         if live.expiring:
             return  # its lease is being ended: a cancel follows, not the task again
         attempt = live.attempt
+        if live.sends == 0:
+            live.first_sent = now
         live.last_sent, live.sends = self._visit(
             wid, "", attempt.agent_id, live.message, attempt.accepted, live.last_sent,
             live.sends, back, now,
@@ -648,9 +679,18 @@ class Dispatcher(LogFollower):
         self._schedule(_EARLIEST, sends, key, participant)
 
     def _wait(self, sends: int) -> timedelta:
-        """How long after its last send a task sent ``sends`` times goes out again."""
-        seconds = self.config.redeliver_seconds * 2 ** min(sends - 1, 32)  # no overflow
+        """How long after its last send a task sent ``sends`` times goes out again: the
+        re-send wait (``redeliver_wait``), doubled per send, capped."""
+        seconds = self.redeliver_wait() * 2 ** min(sends - 1, 32)  # no overflow
         return timedelta(seconds=min(seconds, self.config.redeliver_max_seconds))
+
+    def redeliver_wait(self) -> float:
+        """Seconds before an unacknowledged task's first re-send: ``redeliver_seconds``, or
+        the acknowledgements' smoothed round trip plus four mean deviations if longer."""
+        if self._rtt is None:
+            return self.config.redeliver_seconds
+        mean, deviation = self._rtt
+        return max(self.config.redeliver_seconds, mean + 4 * deviation)
 
     def _publish_soon(self, agent: str, message: bytes) -> None:
         """Queue a delivery for the end of this round (``_flush``)."""

@@ -1,5 +1,6 @@
-"""When the dispatcher sends an open task again: after 1 s, then with a doubling wait up to a
-cap, until acknowledged; all of an agent's tasks at once when it is back online.
+"""When the dispatcher sends an open task again: after 1 s (longer while acknowledgements
+take longer), then with a doubling wait up to a cap, until acknowledged; all of an agent's
+tasks at once when it is back online.
 
 The dispatcher is driven by hand (records observed, rounds at chosen times by its injected
 clock) and its bus is a recorder of publishes: delivery logic, nothing timed.
@@ -13,10 +14,13 @@ from typing import Any
 
 import pytest
 from chorus.contracts.sessions import Task
+from chorus.contracts.workflow_types import Phase
 from chorus.engine.policies.dispatch import DispatchConfig, Dispatcher
 from chorus.events.codec import EventMeta, decode_record, encode_event
 from chorus.events.session import SessionOpened
 from chorus.events.session import TaskAccepted as SessionTaskAccepted
+from chorus.events.workflow import PhaseAssigned, PhaseStarted, WorkflowStarted
+from chorus.events.workflow import TaskAccepted as WorkflowTaskAccepted
 from eventsourcing.persistence import ApplicationRecorder
 
 from tests.unit.conftest import CLOCK_START, FakeClock
@@ -36,10 +40,11 @@ class Bus:
 
 
 def observe(
-    dispatcher: Dispatcher, version: int, event: Any, sid: uuid.UUID = SID, position: int = 0
-) -> None:
+    dispatcher: Dispatcher, version: int, event: Any, sid: uuid.UUID = SID, position: int = 0,
+    aggregate: str = "session",
+) -> None:  # fmt: skip
     stored, _ = encode_event(
-        aggregate="session", aggregate_id=sid, version=version, event=event,
+        aggregate=aggregate, aggregate_id=sid, version=version, event=event,
         meta=EventMeta(actor="ops", command_id=f"{sid}:{version}"), occurred_at=T0,
         prev_hash="",
     )  # fmt: skip
@@ -148,3 +153,60 @@ async def test_a_round_looks_only_at_the_tasks_that_are_due(
     assert visits == []
     assert len(await sends_at(dispatcher, bus, clock, 1)) == 1002
     assert len(visits) == 1002
+
+
+def assign_phase(dispatcher: Dispatcher, wid: uuid.UUID, agent: str) -> None:
+    """A workflow started and its phase assigned to ``agent``, as the log tells it."""
+    started = WorkflowStarted(
+        workflow_id=str(wid), workflow_type="one", phases=[Phase(name="build")],
+        requirements="r", configuration={}, priority="normal", started_by="ops",
+    )  # fmt: skip
+    observe(dispatcher, 1, started, wid, aggregate="workflow")
+    assigned = PhaseAssigned(
+        phase="build", attempt=1, agent_id=agent, assigned_at=T0,
+        accept_by=T0 + timedelta(minutes=5), lease_expires_at=T0 + timedelta(minutes=30),
+    )  # fmt: skip
+    observe(dispatcher, 2, assigned, wid, aggregate="workflow")
+
+
+async def test_acknowledgements_that_take_longer_stretch_the_wait_before_a_task_goes_again(
+    opened: tuple[Dispatcher, Bus, FakeClock],
+) -> None:
+    """A busy engine, whose agents' reports wait in its queue, is not sent every task
+    again: the first re-send waits the acknowledgements' smoothed round trip plus four mean
+    deviations (RFC 6298), never less than ``redeliver_seconds``."""
+    dispatcher, bus, clock = opened
+    assert dispatcher.redeliver_wait() == 1.0  # nothing timed yet
+    for k in range(20):  # twenty phase tasks, each acknowledged 3 s after its first send
+        wid = uuid.uuid4()
+        assign_phase(dispatcher, wid, "a1")
+        await sends_at(dispatcher, bus, clock, 100 * k)
+        clock.now += timedelta(seconds=3)
+        accepted = WorkflowTaskAccepted(phase="build", attempt=1, agent_id="a1", accepted_at=T0)
+        observe(dispatcher, 3, accepted, wid, aggregate="workflow")
+        observe(dispatcher, 4, PhaseStarted(phase="build", assignee="a1"), wid,
+                aggregate="workflow")  # fmt: skip  # the same acknowledgement: timed once
+    assert dispatcher.redeliver_wait() == pytest.approx(3.0, abs=0.05)
+    # A new task: sent, then again about 3 s later, then after twice that.
+    other = uuid.uuid4()
+    observe(dispatcher, 1, session_opened(other, ["b1"]), sid=other, position=99)
+
+    async def to_b1(second: float) -> list[str]:
+        return [a for a in await sends_at(dispatcher, bus, clock, second) if a == "b1"]
+
+    assert [await to_b1(2000 + t) for t in (0, 1, 3, 3.1, 9, 9.2)] == [
+        ["b1"], [], [], ["b1"], [], ["b1"]]  # fmt: skip
+
+
+async def test_quick_acknowledgements_keep_the_configured_wait(
+    opened: tuple[Dispatcher, Bus, FakeClock],
+) -> None:
+    dispatcher, bus, clock = opened
+    for k in range(5):
+        wid = uuid.uuid4()
+        assign_phase(dispatcher, wid, "a1")
+        await sends_at(dispatcher, bus, clock, k)
+        clock.now += timedelta(milliseconds=20)
+        observe(dispatcher, 3, PhaseStarted(phase="build", assignee="a1"), wid,
+                aggregate="workflow")  # fmt: skip
+    assert dispatcher.redeliver_wait() == 1.0
