@@ -209,14 +209,23 @@ def decode_record(stored: StoredEvent, position: int | None = None) -> EventReco
     """Turn a stored event (or notification) into the wire record, upcast to today's shape."""
     if position is None:
         position = stored.id if isinstance(stored, Notification) else 0
-    aggregate = stored.topic.split(".", 1)[0]
-    body = _body_decoder.decode(stored.state)
+    return record_of(
+        position, stored.topic, str(stored.originator_id), stored.originator_version, stored.state
+    )
+
+
+def record_of(
+    position: int, topic: str, aggregate_id: str, version: int, state: bytes
+) -> EventRecord:
+    """``decode_record`` of a row read as its parts (``aggregate_id`` as text)."""
+    aggregate = topic.split(".", 1)[0]
+    body = _body_decoder.decode(state)
     data = _upcast(aggregate, body.type, body.schema_version, _dict_decoder.decode(body.data))
     return EventRecord(
         position=position,
         aggregate=aggregate,
-        aggregate_id=str(stored.originator_id),
-        version=stored.originator_version,
+        aggregate_id=aggregate_id,
+        version=version,
         type=body.type,
         schema_version=SCHEMA_VERSIONS.get((aggregate, body.type), 1),
         occurred_at=body.occurred_at,

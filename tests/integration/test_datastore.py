@@ -20,7 +20,7 @@ from chorus.store.datastore import (
     reading,
     transaction,
 )
-from chorus.store.recorder import open_recorder, select_aggregate_notifications
+from chorus.store.recorder import open_recorder, select_aggregate_notifications, select_log
 from eventsourcing.persistence import (
     ApplicationRecorder,
     ConnectionPoolClosedError,
@@ -149,3 +149,21 @@ def test_insert_rows_writes_every_row_and_passes_the_suffix(recorder: Applicatio
             (3, "c"),
             (2**40, "b"),
         ]
+
+
+def test_select_log_reads_the_rows_select_notifications_reads(
+    recorder: ApplicationRecorder,
+) -> None:
+    """Same rows, positions, order and bounds: a rebuild reads the log with ``select_log``
+    where the live projector reads notifications."""
+    ids = [uuid.uuid4() for _ in range(3)]
+    for version in (1, 2, 3):
+        recorder.insert_events([event(aggregate_id, version) for aggregate_id in ids])
+    expected = [
+        (n.id, n.originator_id, n.originator_version, n.topic, n.state)
+        for n in recorder.select_notifications(3, 5, stop=8)
+    ]
+    rows = select_log(recorder, gt=2, lte=8, limit=5)
+    assert [(at, uuid.UUID(str(key)), *rest) for at, key, *rest in rows] == expected
+    assert [row[0] for row in select_log(recorder, gt=7, lte=100, limit=10)] == [8, 9]
+    assert select_log(recorder, gt=9, lte=100, limit=10) == []
