@@ -220,14 +220,17 @@ def record_of(
     """``decode_record`` of a row read as its parts (``aggregate_id`` as text)."""
     aggregate = topic.split(".", 1)[0]
     body = _body_decoder.decode(state)
-    data = _upcast(aggregate, body.type, body.schema_version, _dict_decoder.decode(body.data))
+    data = _dict_decoder.decode(body.data)
+    current = SCHEMA_VERSIONS.get((aggregate, body.type), 1)
+    if body.schema_version < current:
+        data = _upcast(aggregate, body.type, body.schema_version, data)
     return EventRecord(
         position=position,
         aggregate=aggregate,
         aggregate_id=aggregate_id,
         version=version,
         type=body.type,
-        schema_version=SCHEMA_VERSIONS.get((aggregate, body.type), 1),
+        schema_version=current,
         occurred_at=body.occurred_at,
         actor=body.actor,
         command_id=body.command_id,

@@ -149,8 +149,9 @@ class AgentsProjection:
         rows.load(AGENTS, {r.aggregate_id for r in records if r.aggregate == "agent"}, "uuid")
         names = {r.actor for r in records}
         for r in records:
+            event = r.event
             for field in ("agent_id", "assignee", "replaced", "replacement"):
-                if isinstance(value := getattr(r.event, field, None), str):
+                if isinstance(value := getattr(event, field, None), str):
                     names.add(value)
         rows.load(AGENTS, names)
         sessions = [r for r in records if r.aggregate == "session"]

@@ -39,6 +39,8 @@ _IN_CHUNK = 500
 _KEYS_CHUNK = 100
 #: ``changed`` of a row written whole (inserted, or replaced by ``put``).
 _WHOLE: frozenset[str] = frozenset()
+#: ``_Held.rows.get``'s answer for a key this batch knows nothing of (None: known absent).
+_UNKNOWN: Any = object()
 
 
 class _Held:
@@ -100,11 +102,12 @@ class Pending:
     def get(self, table: Table, *key: Any) -> RowDict | None:
         """The row with this key (as this batch left it), or None."""
         assert not table.insert_only, f"{table.name}: rows are only inserted"
-        held = self._of(table)
-        if key in held.rows:
-            return held.rows[key]
+        held = self._held.get(table) or self._of(table)
+        row = held.rows.get(key, _UNKNOWN)
+        if row is not _UNKNOWN:
+            return row  # type: ignore[no-any-return]
         if table.group is not None:
-            group = key[table.key.index(table.group)]
+            group = key[table.group_at]
             if group not in held.groups:
                 self._load_group(table, held, group)
                 return held.rows.get(key)
@@ -232,7 +235,7 @@ class Pending:
     def _stored(self, table: Table, held: _Held, key: Key) -> bool | None:
         if key in held.stored:
             return held.stored[key]
-        if table.group is not None and key[table.key.index(table.group)] in held.groups:
+        if table.group is not None and key[table.group_at] in held.groups:
             return False  # its group is held whole, without it
         return None
 
@@ -242,13 +245,17 @@ class Pending:
         if table.insert_only:
             self._inserts.setdefault(table, {}).setdefault(key, row)
             return
-        held = self._of(table)
+        held = self._held.get(table) or self._of(table)
         if key not in held.stored and (stored := self._stored(table, held, key)) is not None:
             held.stored[key] = stored
         held.rows[key] = row
         held.changed[key] = _WHOLE
         if table.group is not None:
-            held.members.setdefault(row[table.group], set()).add(key)
+            members = held.members.get(group := row[table.group])
+            if members is None:
+                held.members[group] = {key}
+            else:
+                members.add(key)
         if held.index:
             held.note(key, row)
         if held.missing:
@@ -263,7 +270,7 @@ class Pending:
     def update(self, table: Table, row: RowDict, **changes: Any) -> None:
         """Change columns of a row this batch holds (from ``get``, ``find`` or ``rows``)."""
         row.update(changes)
-        held = self._of(table)
+        held = self._held.get(table) or self._of(table)
         key = table.key_of(row)
         before = held.changed.get(key)
         if before is None:
@@ -274,11 +281,10 @@ class Pending:
             held.note(key, row)
 
     def delete(self, table: Table, *key: Any) -> None:
-        held = self._of(table)
-        if key in held.rows and held.rows[key] is None:
+        held = self._held.get(table) or self._of(table)
+        if held.rows.get(key, _UNKNOWN) is None:
             return  # known to be absent, or already deleted
-        stored = self._stored(table, held, key)
-        if stored is not None:
+        if key not in held.stored and (stored := self._stored(table, held, key)) is not None:
             held.stored[key] = stored
         held.rows[key] = None
         held.changed[key] = _WHOLE

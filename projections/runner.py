@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -270,38 +271,64 @@ def rebuild_together(
     recorder = runners[0].recorder
     shadows = [runner._shadow() for runner in runners]
     try:
-        head = recorder.max_notification_id() or 0
-        position, count = 0, 0
-        #: topic -> the shadows that apply events of that topic
-        wanted_by: dict[str, list[list[EventRecord]]] = {}
-        while position < head and (rows := select_log(recorder, gt=position, lte=head,
-                                                      limit=batch)):  # fmt: skip
-            batches: list[list[EventRecord]] = [[] for _ in shadows]
-            wanted_by.clear()
-            ids = _AggregateIds()
-            for at, key, version, topic, state in rows:
-                wanting = wanted_by.get(topic)
-                if wanting is None:
-                    wanting = wanted_by[topic] = [
-                        b for b, shadow in zip(batches, shadows, strict=True) if shadow.wants(topic)
-                    ]
-                if wanting:
-                    record = record_of(at, topic, ids[key], version, state)
-                    for applied in wanting:
-                        applied.append(record)
-            last = rows[-1][0]
-            for shadow, applied in zip(shadows, batches, strict=True):
-                shadow.write(position, last, applied)
-            position = last
-            count += len(rows)
-            for update in progress or ():
-                update(position, head)
+        with _collector_paused():
+            count = _replay(recorder, shadows, progress, batch)
         for i, (runner, shadow) in enumerate(zip(runners, shadows, strict=True)):
             count += runner._finish_rebuild(shadow, progress[i] if progress else None)
     finally:
         for shadow in shadows:
             shadow.store.discard()
     return count
+
+
+def _replay(
+    recorder: ApplicationRecorder,
+    shadows: Sequence[ProjectionRunner],
+    progress: Sequence[Callable[[int, int], None]] | None,
+    batch: int,
+) -> int:
+    """``rebuild_together``'s scan: the log up to its head now into the shadows."""
+    head = recorder.max_notification_id() or 0
+    position, count = 0, 0
+    #: topic -> the batches (one per shadow) of the shadows that apply events of that topic
+    wanted_by: dict[str, list[list[EventRecord]]] = {}
+    while position < head and (rows := select_log(recorder, gt=position, lte=head, limit=batch)):
+        batches: list[list[EventRecord]] = [[] for _ in shadows]
+        wanted_by.clear()
+        ids = _AggregateIds()
+        for at, key, version, topic, state in rows:
+            wanting = wanted_by.get(topic)
+            if wanting is None:
+                wanting = wanted_by[topic] = [
+                    b for b, shadow in zip(batches, shadows, strict=True) if shadow.wants(topic)
+                ]
+            if wanting:
+                record = record_of(at, topic, ids[key], version, state)
+                for applied in wanting:
+                    applied.append(record)
+        last = rows[-1][0]
+        for shadow, applied in zip(shadows, batches, strict=True):
+            shadow.write(position, last, applied)
+        position = last
+        count += len(rows)
+        for update in progress or ():
+            update(position, head)
+    return count
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a rebuild replays, back on (if it was)
+    when the replay ends, however it ends. A rebuild's batch holds some 100,000 rows
+    (dicts) until it writes them; the collector's passes over them free nothing (rows
+    hold no cycles) and were 15-20% of a rebuild's CPU (measured, bench.rebuild)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class _AggregateIds(dict[Any, str]):

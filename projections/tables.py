@@ -31,6 +31,8 @@ class Table:
     group: str | None = None
     insert_only: bool = False
     key_of: Callable[[RowDict], Key] = field(init=False, repr=False)
+    #: Where ``group`` is in ``key`` (-1: no group).
+    group_at: int = field(init=False, repr=False)
     #: A row's values in ``columns`` order (the parameters of an insert).
     values_of: Callable[[RowDict], tuple[Any, ...]] = field(init=False, repr=False)
     #: The columns not in the key (what an update of a whole row sets).
@@ -54,6 +56,7 @@ class Table:
                                  f"ON CONFLICT ({', '.join(self.key)}) {conflict}")  # fmt: skip
         set_(self, "delete_sql", f"DELETE FROM {self.name} WHERE {where}")
         set_(self, "key_of", tuple_getter(self.key))
+        set_(self, "group_at", -1 if self.group is None else self.key.index(self.group))
         set_(self, "values_of", tuple_getter(self.columns))
 
     def update_sql(self, columns: tuple[str, ...]) -> str:
