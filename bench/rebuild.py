@@ -4,14 +4,18 @@
 
 Writes a log with the engine's command processor (sessions opened, every participant
 submitting, so each session finalises), then, ``--runs`` times each: a plain scan of
-the notification log (pages of 1,000 rows, nothing decoded: the store's own limit here),
-and the rebuild of every read model as ``chorus project --rebuild`` does it. Prints the
-median with min and max, and the ratio of the rebuild to the scan of the same run.
+the notification log (``select_notifications``, pages of 1,000 rows, nothing decoded: the
+store's own limit here), the raw read a rebuild does (``select_log``, pages of 20,000
+rows, nothing decoded), and the rebuild of every read model as ``chorus project
+--rebuild`` does it. Prints the median with min and max, the ratio of the rebuild to the
+plain scan of the same run (and to the raw read), and the load average before and after
+(the machine may be shared: compare ratios).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import tempfile
@@ -25,9 +29,9 @@ from chorus.contracts.envelope import Envelope
 from chorus.contracts.sessions import OpenSession, SubmitResult, Task
 from chorus.engine.handlers import HANDLERS
 from chorus.engine.processor import Command, Processor
-from chorus.projections.runner import rebuild_together
+from chorus.projections.runner import REBUILD_BATCH, rebuild_together
 from chorus.store.datastore import close_recorder
-from chorus.store.recorder import open_recorder
+from chorus.store.recorder import open_recorder, select_log
 
 from bench import wiring
 
@@ -79,6 +83,18 @@ def plain_scan(database_url: str) -> float:
     return elapsed
 
 
+def raw_scan(database_url: str) -> float:
+    recorder = open_recorder(database_url)
+    started = time.perf_counter()
+    head = recorder.max_notification_id() or 0
+    position = 0
+    while rows := select_log(recorder, gt=position, lte=head, limit=REBUILD_BATCH):
+        position = rows[-1][0]
+    elapsed = time.perf_counter() - started
+    close_recorder(recorder)
+    return elapsed
+
+
 def rebuild_all(database_url: str, work: Path, run: int) -> float:
     read_url = f"sqlite:///{work}/read-{run}.db"
     runners = wiring.components(work, database_url=database_url).projection_runners(
@@ -112,19 +128,27 @@ def main() -> None:
         path = work / "events.db"
         head = write_log(path, args.sessions, args.participants)
         url = f"sqlite:///{path}"
-        scans, rebuilds, ratios = [], [], []
+        load = os.getloadavg()[0]
+        scans, raws, rebuilds, ratios, raw_ratios = [], [], [], [], []
         for run in range(args.runs):
             scan = head / plain_scan(url)
+            raw = head / raw_scan(url)
             rebuild = head / rebuild_all(url, work, run)
             scans.append(scan)
+            raws.append(raw)
             rebuilds.append(rebuild)
             ratios.append(rebuild / scan)
+            raw_ratios.append(rebuild / raw)
         print(f"chorus bench.rebuild  ({head:,} events, {len(PROJECTIONS)} read models, "
-              f"median of {args.runs} runs)")  # fmt: skip
+              f"median of {args.runs} runs, load average {load:.1f} -> "
+              f"{os.getloadavg()[0]:.1f})")  # fmt: skip
         print(f"  plain scan of the log          {summary(scans)}  (baseline, same runs)")
+        print(f"  raw read of the log            {summary(raws)}  (select_log, same runs)")
         print(f"  rebuild of every read model    {summary(rebuilds)}")
         print(f"  ratio rebuild / scan           {statistics.median(ratios):>10.3f}  "
               f"(min {min(ratios):.3f}, max {max(ratios):.3f})")  # fmt: skip
+        print(f"  ratio rebuild / raw read       {statistics.median(raw_ratios):>10.3f}  "
+              f"(min {min(raw_ratios):.3f}, max {max(raw_ratios):.3f})")  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
