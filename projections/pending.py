@@ -251,11 +251,7 @@ class Pending:
         held.rows[key] = row
         held.changed[key] = _WHOLE
         if table.group is not None:
-            members = held.members.get(group := row[table.group])
-            if members is None:
-                held.members[group] = {key}
-            else:
-                members.add(key)
+            held.members.setdefault(row[table.group], set()).add(key)
         if held.index:
             held.note(key, row)
         if held.missing:
