@@ -31,10 +31,14 @@ behind the feed may be coalesced away.
 Fan-out. Live sockets share one upstream subscription (``chorus.gateway.fanout``), and the
 read-model lookups an event needs (the agent's name and status, the agents of a session
 or workflow) run once per event for all sockets (``Lookups``), not once per socket: each
-socket only filters the shared answers by what it watches and what it last sent. A
-socket too slow to keep up is told so (``{"type": "error", "code": "too_slow",
-"position": <last sent>}``) and closed with code 4429: reconnect with ``?since=`` that
-position to resume.
+socket only filters the shared answers by what it watches and what it last sent. Each
+status message is encoded once for every socket that sends it (``Lookups.encoded``), and
+a batch of them goes out in one write where the server gives the socket a frame writer
+(``chorus.gateway.fanout``); events that concern no agent (most of the log) are passed
+over by the channel itself while the socket keeps up, without waking the socket's task
+(``AgentFeed.deliver``). A socket too slow to keep up is told so (``{"type": "error",
+"code": "too_slow", "position": <last sent>}``) and closed with code 4429: reconnect with
+``?since=`` that position to resume.
 
 Client messages (JSON objects; the text ``ping`` is answered ``pong``):
 
@@ -55,8 +59,8 @@ import asyncio
 import contextlib
 import json
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 from chorus.aio import raise_if_cancelling
@@ -65,7 +69,7 @@ from chorus.contracts.bounds import MAX_POSITION
 from chorus.contracts.feed import EventRecord
 from chorus.contracts.subjects import EVT_PREFIX, agent_ping_subject, is_token
 from chorus.gateway.auth import can_read
-from chorus.gateway.fanout import Channel, Frame, Listener
+from chorus.gateway.fanout import Channel, Frame, Listener, frame_writer, text_frame
 from chorus.gateway.feeds import pump_and_listen
 from chorus.gateway.state import Services, ServicesDep
 from chorus.projections import agents as read_model
@@ -106,9 +110,42 @@ class AgentStatus(msgspec.Struct, kw_only=True):
 _encoder = msgspec.json.Encoder()
 
 
+def agent_event(record: EventRecord, name: str, status: str | None, sees: bool) -> AgentStatus:
+    """The message of an agent's own event (``sees``: with a verdict's output hash)."""
+    return AgentStatus(
+        agent_id=name, status=status, event=record.type, position=record.position,
+        version=record.version, occurred_at=read_model.stamp(record.occurred_at),
+        data=read_model.shown_data(record, with_output_hash=sees),
+    )  # fmt: skip
+
+
+def assignment(record: EventRecord, name: str, status: str) -> AgentStatus:
+    """The message of a session or workflow event that changed an agent's status."""
+    return AgentStatus(
+        agent_id=name, status=status, event=record.type, position=record.position,
+        version=record.version, occurred_at=read_model.stamp(record.occurred_at),
+        data={"aggregate": record.aggregate, "aggregate_id": record.aggregate_id},
+    )  # fmt: skip
+
+
+class Encoded(NamedTuple):
+    """A message as text (for ``send_text``) and as a whole WebSocket frame."""
+
+    text: str
+    wire: bytes
+
+
 CLOSE_TOO_SLOW = 4429
-#: How many events' lookups are remembered for sockets that are a little behind.
+#: How many events' lookups (and encoded messages) are remembered for sockets that are a
+#: little behind.
 LOOKUPS_KEPT = 4096
+
+
+def about_agents(frame: Frame) -> bool:
+    """Whether the feed may show anything for this event: an agent's own, or one that
+    assigns or releases work."""
+    aggregate, event_type = frame.kind
+    return aggregate == "agent" or event_type in ASSIGNING
 
 
 def _statuses_of_assigned(conn: Any, aggregate_id: str) -> list[tuple[str, str]]:
@@ -131,6 +168,21 @@ class Lookups:
         self.services = services
         self.names: dict[str, str] = {}  # aggregate uuid -> agent name (never changes)
         self._answers: OrderedDict[tuple[str, int], asyncio.Task[Any]] = OrderedDict()
+        self._encoded: OrderedDict[tuple[Any, ...], Encoded] = OrderedDict()
+
+    def encoded(
+        self, key: tuple[Any, ...], message: Callable[..., AgentStatus], *args: Any
+    ) -> Encoded:
+        """``message(*args)`` as text and as a WebSocket frame, encoded once for every
+        socket that sends the same message (``key`` names it: event position, agent,
+        status, variant)."""
+        frame = self._encoded.get(key)
+        if frame is None:
+            data = _encoder.encode(message(*args))
+            frame = self._encoded[key] = Encoded(data.decode(), text_frame(data))
+            while len(self._encoded) > LOOKUPS_KEPT:
+                self._encoded.popitem(last=False)
+        return frame
 
     async def _once(self, key: tuple[str, int], make: Callable[[], Awaitable[Any]]) -> Any:
         task = self._answers.get(key)
@@ -194,6 +246,9 @@ class AgentFeed:
         self.watch: set[str] | None = None  # None: every agent
         self.sent: dict[str, str | None] = {}  # agent -> the status last sent
         self.checks: set[asyncio.Task[None]] = set()
+        self.writer = frame_writer(socket.scope)
+        #: Status messages of the batch being handled, sent together.
+        self.outbox: list[Encoded] = []
         self._send_lock = asyncio.Lock()
 
     async def send(self, message: Any) -> None:
@@ -201,12 +256,35 @@ class AgentFeed:
         async with self._send_lock:
             await self.socket.send_text(text)
 
+    async def flush(self) -> None:
+        """Send the outbox: in one write through the socket's frame writer if it has one."""
+        messages, self.outbox = self.outbox, []
+        if not messages:
+            return
+        async with self._send_lock:
+            if self.writer is None:
+                for message in messages:
+                    await self.socket.send_text(message.text)
+                return
+            if not await self.writer.drain():
+                raise WebSocketDisconnect(detail="the socket closed", code=1006)
+            self.writer.write(b"".join(message.wire for message in messages))
+
+    def deliver(self, frames: Sequence[Frame]) -> bool:
+        """``Listener.direct``: pass over, in the channel's task, frames that concern no
+        agent; any other leaves the whole batch to ``pump``."""
+        if any(frame.position > self.last and about_agents(frame) for frame in frames):
+            return False
+        self.last = max(self.last, frames[-1].position)
+        return True
+
     async def error(self, code: str, message: str) -> None:
         await self.send({"type": "error", "code": code, "message": message})
 
     # Agent events ---------------------------------------------------------------------------
 
     async def pump(self, listener: Listener) -> None:
+        listener.direct = self.deliver
         while True:
             batch = await listener.next_batch()
             if batch is None:
@@ -222,10 +300,10 @@ class AgentFeed:
                     continue
                 self.last = frame.position
                 await self.on_frame(frame)
+            await self.flush()
 
     async def on_frame(self, frame: Frame) -> None:
-        _, _, aggregate, _, event_type = (frame.subject.split(".") + [""] * 5)[:5]
-        if aggregate != "agent" and event_type not in ASSIGNING:
+        if not about_agents(frame):
             return  # skipped before decoding: most of the log is not about agents
         record = frame.record
         if record is None:
@@ -244,22 +322,17 @@ class AgentFeed:
                 # the event itself does not (busy, or the status it left unchanged).
                 status = seen
         self.sent[name] = status
-        await self.send(
-            AgentStatus(
-                agent_id=name, status=status, event=record.type, position=record.position,
-                version=record.version, occurred_at=read_model.stamp(record.occurred_at),
-                data=self._shown(name, record),
-            )
-        )  # fmt: skip
+        sees = self._sees_output_hash(name)
+        key = ("agent", record.position, name, status, sees)
+        self.outbox.append(self.lookups.encoded(key, agent_event, record, name, status, sees))
 
-    def _shown(self, name: str, record: EventRecord) -> dict[str, Any]:
+    def _sees_output_hash(self, name: str) -> bool:
         """A verdict's ``output_hash`` is another agent's answer in short: an agent sees it
         only for itself (it could copy it into a session still open); operators, admins
         and auditors see it."""
         principal = self.socket.scope.get("user")
         role = getattr(principal, "role", "")
-        sees = role in SEES_ALL_RESULTS or getattr(principal, "actor", None) == name
-        return read_model.shown_data(record, with_output_hash=sees)
+        return role in SEES_ALL_RESULTS or getattr(principal, "actor", None) == name
 
     async def assignment_changed(self, record: EventRecord) -> None:
         """A session or phase event: tell the agents whose status it changed."""
@@ -269,14 +342,8 @@ class AgentFeed:
             if self.sent.get(name) == status:
                 continue
             self.sent[name] = status
-            await self.send(
-                AgentStatus(
-                    agent_id=name, status=status, event=record.type,
-                    position=record.position, version=record.version,
-                    occurred_at=read_model.stamp(record.occurred_at),
-                    data={"aggregate": record.aggregate, "aggregate_id": record.aggregate_id},
-                )
-            )  # fmt: skip
+            key = ("assigned", record.position, name, status)
+            self.outbox.append(self.lookups.encoded(key, assignment, record, name, status))
 
     # Client messages --------------------------------------------------------------------------
 

@@ -110,6 +110,13 @@ class Frame:
         return text_frame(self.data)
 
     @cached_property
+    def kind(self) -> tuple[str, str]:
+        """(aggregate, event type), read from the subject ``chorus.evt.<aggregate>.<id>.
+        <type>`` once for every socket, without decoding the data."""
+        _, _, aggregate, _, event_type = (self.subject.split(".") + [""] * 5)[:5]
+        return aggregate, event_type
+
+    @cached_property
     def record(self) -> EventRecord | None:
         """The event record, or None if the message is not one (a reference to an event
         too large to publish, or, as the relay is the only writer of these subjects,
@@ -188,6 +195,17 @@ class Listener:
         self.frames.clear()
         self._room.set()
         return batch
+
+
+def offer(listeners: set[Listener], batch: list[Frame]) -> None:
+    """Hand ``batch`` to every listener. One whose direct delivery fails (its socket's
+    transform, say) is failed alone: the others, and the channel, go on."""
+    for listener in tuple(listeners):
+        try:
+            listener.offer(batch)
+        except Exception as error:
+            log.warning("feed listener failed: %s", error)
+            listener.fail(error)
 
 
 class Positions:
@@ -271,12 +289,12 @@ class Channel:
                 await sub.unsubscribe()
 
     async def _dispatch(self, batch: list[Frame]) -> None:
+        if not self.private:
+            offer(self.listeners, batch)
+            return
         for listener in tuple(self.listeners):
-            if self.private:
-                for frame in batch:
-                    await listener.put(frame)
-            else:
-                listener.offer(batch)
+            for frame in batch:
+                await listener.put(frame)
 
     def _fail(self, error: BaseException) -> None:
         for listener in tuple(self.listeners):

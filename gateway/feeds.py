@@ -128,22 +128,20 @@ class Feed:
 
     def deliver(self, frames: Sequence[Frame]) -> bool:
         """``Listener.direct``: write the new frames at once (each encoded once for every
-        socket) if the socket can take them now; False leaves them to ``pump``."""
+        socket) if the socket can take them now; False leaves them to ``pump``. Should a
+        transform raise here, this socket alone fails (``fanout.offer``)."""
         writer = self.writer
         if writer is None or not writer.ready():
             return False
         parts: list[bytes] = []
         last = self.last
-        try:
-            for frame in frames:
-                if frame.position <= last:
-                    continue
-                if frame.omitted:
-                    return False  # read from the store: not here
-                parts.append(frame.wire if self.transform is None else self.wire_of(frame.text))
-                last = frame.position
-        except Exception:
-            return False  # a transform that fails does so in the pump, on this socket alone
+        for frame in frames:
+            if frame.position <= last:
+                continue
+            if frame.omitted:
+                return False  # read from the store: not here
+            parts.append(frame.wire if self.transform is None else self.wire_of(frame.text))
+            last = frame.position
         if parts:
             writer.write(parts[0] if len(parts) == 1 else b"".join(parts))
             self.last = last

@@ -93,15 +93,11 @@ class SocketFrameWriter:
 
     def _open(self) -> bool:
         p = self.protocol
-        return (
-            p.handshake_complete
-            and not p.close_sent
-            and not p.disconnected
-            and p.initial_response is None
-            and not p.transport.is_closing()
+        return p.handshake_complete and not (
+            p.close_sent or p.disconnected or p.transport.is_closing()
         )
 
-    def ready(self) -> bool:
+    def ready(self) -> bool:  # once per socket and event: the cheapest test first
         return self.protocol.writable.is_set() and self._open()
 
     def write(self, data: bytes) -> None:

@@ -1,6 +1,7 @@
-"""Feed fan-out logic: a bounded queue per socket, and a slow socket caught up from the
-store with every event once, in order. (The shared upstream and live delivery are proven
-against a real gateway in tests/integration/test_gateway_feed.py.)"""
+"""Feed fan-out logic: a bounded queue per socket, a slow socket caught up from the store
+with every event once, in order, frames written directly while a socket keeps up, and
+each message encoded once for every socket. (The shared upstream and live delivery are
+proven against a real gateway in tests/integration/test_gateway_feed.py.)"""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import msgspec
+import pytest
 from chorus.contracts.feed import EventRecord
-from chorus.gateway.fanout import FRAMES_EXTENSION, Frame, Listener
+from chorus.gateway.agent_feed import AgentFeed, AgentStatus
+from chorus.gateway.fanout import FRAMES_EXTENSION, Frame, Listener, UpstreamLost, offer
 from chorus.gateway.feeds import Feed
 from websockets.protocol import Protocol, Side, State
 
@@ -201,6 +204,20 @@ async def test_an_idle_listener_hands_new_frames_to_its_socket_at_once() -> None
     assert direct == [2, 3]
 
 
+async def test_a_listener_whose_direct_delivery_fails_is_failed_alone() -> None:
+    good, bad = Listener(), Listener()
+
+    def broken(frames: Sequence[Frame]) -> bool:
+        raise ValueError("a transform that fails")
+
+    bad.direct, bad.busy = broken, False
+    offer({good, bad}, [frame(1)])
+    batch = await good.next_batch()
+    assert batch is not None and [f.position for f in batch] == [1]
+    with pytest.raises(UpstreamLost, match="a transform that fails"):
+        await bad.next_batch()
+
+
 async def test_a_feed_writes_each_event_once_in_order_directly_or_after_its_buffer_drains() -> None:
     services = Hub()
     writer = FakeWriter()
@@ -230,3 +247,56 @@ def test_a_frame_is_encoded_once_for_every_socket() -> None:
     client.receive_data(shared.wire)
     (message,) = client.events_received()
     assert message.data == shared.data
+
+
+# The agents feed: frames about no agent passed over in the channel, messages encoded once --
+
+
+def subject_frame(position: int, subject: str) -> Frame:
+    return Frame(position, subject, msgspec.json.encode(record(position)))
+
+
+class Feeds:
+    def __init__(self) -> None:
+        self.objects: dict[str, object] = {}
+
+    def shared(self, name: str, make: Callable[[], object]) -> object:
+        return self.objects.setdefault(name, make())
+
+
+class AgentServices:
+    def __init__(self) -> None:
+        self.feeds = Feeds()
+
+
+def test_the_agents_feed_passes_over_events_about_no_agent_without_its_task() -> None:
+    feed = AgentFeed(writing_socket(FakeWriter()), AgentServices(), since=0)  # type: ignore[arg-type]
+    unrelated = [
+        subject_frame(1, "chorus.evt.workflow.w.WorkflowCreated"),
+        subject_frame(2, "chorus.evt.session.s.SessionExtended"),
+    ]
+    assert feed.deliver(unrelated) and feed.last == 2
+    assert not feed.deliver([subject_frame(3, "chorus.evt.agent.a.AgentWentOffline")])
+    assert not feed.deliver([subject_frame(4, "chorus.evt.session.s.ResultSubmitted")])
+    assert feed.last == 2  # the pump handles those, in order
+
+
+def test_the_agents_feed_encodes_a_message_once_for_every_socket() -> None:
+    services = AgentServices()
+    first = AgentFeed(FakeSocket(), services, since=0)  # type: ignore[arg-type]
+    second = AgentFeed(FakeSocket(), services, since=0)  # type: ignore[arg-type]
+    assert first.lookups is second.lookups
+    built: list[str] = []
+
+    def message(name: str) -> AgentStatus:
+        built.append(name)
+        return AgentStatus(agent_id=name, status="busy", event="ResultSubmitted", position=4,
+                           version=1, occurred_at="t", data={})  # fmt: skip
+
+    one = first.lookups.encoded(("assigned", 4, "a", "busy"), message, "a")
+    two = second.lookups.encoded(("assigned", 4, "a", "busy"), message, "a")
+    assert one is two and built == ["a"]
+    assert msgspec.json.decode(one.text)["agent_id"] == "a"
+    client = Protocol(Side.CLIENT, state=State.OPEN)
+    client.receive_data(one.wire)
+    assert [f.data.decode() for f in client.events_received()] == [one.text]
