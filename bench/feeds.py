@@ -1,19 +1,29 @@
-"""Live feed fan-out: N WebSocket clients on one session's feed while events are recorded.
+"""Live feed fan-out: N WebSocket clients on one session's (or workflow's) feed while
+events are recorded.
 
     python -m bench.feeds [--clients 200] [--events 500] [--rate 50] [--procs 2]
+                          [--feed session|workflow] [--agent-clients 0] [--runs 1]
+                          [--profile FILE]
 
-Starts a nats-server from the wheel, the engine, the projector and the gateway as separate
-processes (as ``chorus up`` does). Opens a session with ``--events`` participants and
-connects ``--clients`` WebSockets to its feed (spread over ``--procs`` client processes,
-so the clients do not starve the driver), then the participants submit one result each
-at ``--rate`` commands/s, open loop (each send at its scheduled time, whatever the replies
-do). Every client must receive every event exactly once, in position order.
+Starts a nats-server from the wheel, the engine, the relay, the projector and the gateway
+as separate processes (as ``chorus up`` does). Opens a session with ``--events``
+participants (``--feed workflow``: starts a workflow and its first phase) and connects
+``--clients`` WebSockets to its feed (spread over ``--procs`` client processes, so the
+clients do not starve the driver), then the participants submit one result each (the
+phase's assignee records a partial result each) at ``--rate`` commands/s, open loop (each
+send at its scheduled time, whatever the replies do). Every client must receive every
+event exactly once, in position order.
 
 Prints deliveries/s (events x clients over the time from the first send to the last
 receipt), the latency from each command's send to each client's receipt of its event
-(p50/p95/p99/max), events missed or duplicated (both must be 0), and the gateway's CPU
-time and memory. In the same run it measures raw JetStream async publishing (the bus's
-own limit on this machine), so figures from noisy shared machines can be compared.
+(p50/p95/p99/max), split at the moment the event is seen on NATS by this process (send ->
+on NATS: the engine and the relay; NATS -> receipt: the gateway and the clients), events
+missed, duplicated or reordered (all must be 0), the gateway's CPU time and memory, and
+the clients' CPU time (they share the machine: who is saturated shows). The clients are
+picows (frames parsed in C). In the same run it measures raw JetStream async publishing
+(the bus's own limit on this machine), so figures from noisy shared machines can be
+compared. ``--runs N`` prints each figure's median, min and max over N runs;
+``--profile FILE`` samples the gateway with py-spy (raw stacks) while events flow.
 """
 
 from __future__ import annotations
@@ -81,13 +91,14 @@ def free_port() -> int:
 
 class _Client(WSListener):
     """One socket: answers the first ``pong`` (the feed is live), then records the
-    position and receipt time of every event until the session is finalised. picows
+    position and receipt time of every event until the run's last event. picows
     parses frames in C and calls back without a task per socket, so the clients spend
     a few microseconds per message (the ``websockets`` client spent 18-46) and the
     figures measure the gateway rather than its clients."""
 
-    def __init__(self, record: bool) -> None:
+    def __init__(self, record: bool, last_event: str = "") -> None:
         self.record = record
+        self.last_event = last_event
         self.positions: array[int] = array("q")
         self.times: array[float] = array("d")
         loop = asyncio.get_running_loop()
@@ -109,7 +120,7 @@ class _Client(WSListener):
         event = _decode(frame.get_payload_as_memoryview())
         self.positions.append(event.position)
         self.times.append(time.time())
-        if event.type == "SessionFinalised" and not self.finished.done():
+        if event.type == self.last_event and not self.finished.done():
             self.finished.set_result(None)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
@@ -117,20 +128,20 @@ class _Client(WSListener):
             self.finished.set_result(None)
 
 
-async def _connect(url: str, record: bool) -> tuple[WSTransport, _Client]:
-    transport, client = await ws_connect(lambda: _Client(record), url)
+async def _connect(url: str, record: bool, last_event: str = "") -> tuple[WSTransport, _Client]:
+    transport, client = await ws_connect(lambda: _Client(record, last_event), url)
     await client.live
     return transport, client
 
 
 async def _clients(
     url: str, count: int, agents_url: str, agents_count: int, ready: Any, go: Any,
-    timeout: float,
+    timeout: float, last_event: str,
 ) -> list[Any]:  # fmt: skip
     """Connect ``count`` sockets (and ``agents_count`` on the agents feed, which only
     add load), say so, then record (position, receipt time) of every event until each
-    socket has seen the session finalised (or ``timeout`` passes)."""
-    sockets = [await _connect(url, True) for _ in range(count)]
+    socket has seen ``last_event`` (or ``timeout`` passes)."""
+    sockets = [await _connect(url, True, last_event) for _ in range(count)]
     watchers = [await _connect(agents_url, False) for _ in range(agents_count)]
     ready.put(count)
     await asyncio.get_running_loop().run_in_executor(None, go.wait)
@@ -147,6 +158,75 @@ def client_process(*args: Any) -> None:
     """One client process: its CPU seconds while receiving, then each socket's receipts."""
     *arguments, out = args
     out.put(asyncio.run(_clients(*arguments)))
+
+
+# What the run records -------------------------------------------------------------------
+
+
+class SessionRun:
+    """One session with a participant per event, each submitting one result; it is
+    finalised by the last one."""
+
+    aggregate, route, last_event = "session", "sessions", "SessionFinalised"
+
+    def __init__(self, nc: nats.NATS, events: int) -> None:
+        self.nc = nc
+        self.id = str(uuid.uuid4())
+        self.participants = [f"p{i}" for i in range(events)]
+
+    async def open(self) -> int:
+        """Its position before the first event the clients count."""
+        opened = await request(self.nc, "chorus.cmd.coordinator.session.open", {
+            "command_id": f"open-{self.id}",
+            "payload": {"session_id": self.id, "participants": self.participants,
+                        "task": {"description": "bench", "criteria": {"require": "all"}},
+                        "timeout_seconds": 3600},
+        })  # fmt: skip
+        assert opened["status"] == "accepted", opened
+        return int(opened["position"])  # type: ignore[call-overload]
+
+    async def event(self, i: int) -> dict[str, object]:
+        return await request(self.nc, f"chorus.cmd.{self.participants[i]}.session.submit_result", {
+            "command_id": f"r-{i}-{self.id}",
+            "payload": {"session_id": self.id, "result": {"n": i}, "output_hash": "sha256:x"},
+        })  # fmt: skip
+
+    async def finish(self) -> None:
+        """Nothing: the last result finalises the session."""
+
+
+class WorkflowRun:
+    """One workflow whose first phase's assignee records a partial result per event,
+    then completes the phase."""
+
+    aggregate, route, last_event = "workflow", "workflows", "PhaseCompleted"
+    assignee, phase = "bench-agent", "implement"
+
+    def __init__(self, nc: nats.NATS, events: int) -> None:
+        self.nc = nc
+        self.id = str(uuid.uuid4())
+
+    async def command(self, actor: str, name: str, key: str, **payload: Any) -> dict[str, object]:
+        reply = await request(self.nc, f"chorus.cmd.{actor}.workflow.{name}", {
+            "command_id": f"{key}-{self.id}", "payload": {"workflow_id": self.id, **payload},
+        })  # fmt: skip
+        assert reply["status"] == "accepted", reply
+        return reply
+
+    async def open(self) -> int:
+        await self.command("ops", "start", "start", requirements="bench", workflow_type="quick")
+        started = await self.command(
+            "ops", "start_phase", "phase", phase=self.phase, assignee=self.assignee
+        )
+        return int(started["position"])  # type: ignore[call-overload]
+
+    async def event(self, i: int) -> dict[str, object]:
+        return await self.command(
+            self.assignee, "record_partial_result", f"r-{i}", phase=self.phase, result={"n": i}
+        )
+
+    async def finish(self) -> None:
+        await self.command(self.assignee, "complete_phase", "done", phase=self.phase)
 
 
 # Gateway process figures ------------------------------------------------------------------
@@ -212,17 +292,12 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                     pass
                 await asyncio.sleep(0.1)
 
-        sid = str(uuid.uuid4())
-        participants = [f"p{i}" for i in range(args.events)]
-        opened = await request(nc, "chorus.cmd.coordinator.session.open", {
-            "command_id": f"open-{sid}",
-            "payload": {"session_id": sid, "participants": participants,
-                        "task": {"description": "bench", "criteria": {"require": "all"}},
-                        "timeout_seconds": 3600},
-        })  # fmt: skip
-        assert opened["status"] == "accepted", opened
-        since = int(opened["position"])  # type: ignore[call-overload]
-        url = f"ws://127.0.0.1:{port}/api/v1/sessions/{sid}/feed?since={since}&token={token}"
+        target = (WorkflowRun if args.feed == "workflow" else SessionRun)(nc, args.events)
+        since = await target.open()
+        url = (
+            f"ws://127.0.0.1:{port}/api/v1/{target.route}/{target.id}/feed?since={since}"
+            f"&token={token}"
+        )
         agents_url = f"ws://127.0.0.1:{port}/api/v1/agents/feed?token={token}"
 
         ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
@@ -235,7 +310,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             process = ctx.Process(
                 target=client_process,
                 args=(url, share(args.clients, i), agents_url, share(args.agent_clients, i),
-                      ready, go, timeout, out),
+                      ready, go, timeout, target.last_event, out),
                 daemon=True,
             )  # fmt: skip
             process.start()
@@ -251,7 +326,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         async def seen(msg: Any) -> None:
             on_bus[int((msg.headers or {}).get("Chorus-Position", 0))] = time.time()
 
-        probe = await nc.subscribe(event_filter("session", sid), cb=seen)
+        probe = await nc.subscribe(event_filter(target.aggregate, target.id), cb=seen)
         profiler = profile(gateway_pid, args.profile) if args.profile else None
         go.set()
         sent_at: dict[int, float] = {}
@@ -262,14 +337,12 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             if delay > 0:
                 await asyncio.sleep(delay)
             at = time.time()
-            reply = await request(nc, f"chorus.cmd.{participants[i]}.session.submit_result", {
-                "command_id": f"r-{i}-{sid}",
-                "payload": {"session_id": sid, "result": {"n": i}, "output_hash": "sha256:x"},
-            })  # fmt: skip
+            reply = await target.event(i)
             assert reply["status"] == "accepted", reply
             sent_at[int(reply["position"])] = at  # type: ignore[call-overload]
 
         await asyncio.gather(*(submit(i) for i in range(args.events)))
+        await target.finish()
         results: list[Any] = []
         clients_cpu = 0.0
         for _ in clients:
@@ -373,7 +446,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, float]]) -> None:
     """Each figure's median, min and max over the runs (one run: just its figures)."""
     print(
         f"chorus bench.feeds  ({os.cpu_count()} cores, {args.clients} clients on one "
-        f"session, {args.events} events at {args.rate:g}/s, {args.procs} client processes, "
+        f"{args.feed}, {args.events} events at {args.rate:g}/s, {args.procs} client processes, "
         f"{args.agent_clients} agents-feed sockets, {len(runs)} run(s))"
     )
     print(f"  {'':36} {'median':>10} {'min':>10} {'max':>10}")
@@ -388,6 +461,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument(
+        "--feed", choices=("session", "workflow"), default="session",
+        help="session: a result per participant; workflow: partial results of one assignee",
+    )  # fmt: skip
     parser.add_argument("--events", type=int, default=500, help="results submitted")
     parser.add_argument("--rate", type=float, default=50, help="results submitted per second")
     parser.add_argument("--procs", type=int, default=2, help="client processes")
