@@ -120,6 +120,9 @@ class Processor:
         #: (``_sync``); None: not known, so the first sync forgets the cache.
         self._head: int | None = None
         self._synced = False  # the running batch's reads see the log up to ``_head``
+        #: Told each committed batch's rows and their log positions, in the writer thread
+        #: (the engine's ``LogTail``: its followers then need no query for them).
+        self.on_commit: Callable[[Sequence[StoredEvent], Sequence[int]], None] | None = None
 
     # Aggregates -----------------------------------------------------------------------------
 
@@ -502,11 +505,17 @@ class Processor:
 
     def _commit(self, staged: list[_Staged], replies: list[Reply | None]) -> None:
         """One transaction for the whole batch; stamps each reply with its log position."""
-        positions = self.recorder.insert_events([e for s in staged for e in s.events])
+        rows = [e for s in staged for e in s.events]
+        positions = self.recorder.insert_events(rows)
         if not positions:
             return
         if self._head is not None and positions[0] == self._head + 1:
             self._head = positions[-1]  # nothing came between: the cache stays in step
+        if self.on_commit is not None:
+            try:
+                self.on_commit(rows, positions)
+            except Exception:  # committed already: a listener must not turn it into a failure
+                log.exception("a commit listener failed")
         offset = 0
         for item in staged:
             offset += len(item.events)

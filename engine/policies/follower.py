@@ -77,6 +77,20 @@ class LogFollower:
     def prune(self) -> None:
         """Drop what is no longer needed before the state is saved (subclasses)."""
 
+    def _recent(self) -> bool:
+        """Catch up from the tail's memory, on the event loop; False when that needs the
+        store (the first round restores the checkpoint, a tail behind reads the log)."""
+        if not self._restored:
+            return False
+        found = self.log.recent(self.position, self.topics)
+        if found is None:
+            return False
+        batch, self.position = found
+        for record in batch:
+            self.observe(record)
+        self.events_read += len(batch)
+        return True
+
     def _catch_up(self) -> None:
         if not self._restored:
             self.position = self.checkpoint.restore()
@@ -96,7 +110,8 @@ class LogFollower:
 
     async def round(self) -> None:
         """Read what is new, act on it, then save the checkpoint (if due)."""
-        await in_thread(self._catch_up)
+        if not self._recent():
+            await in_thread(self._catch_up)
         self.ready.set()
         await self.act()
         if self.checkpoint.fields and self.checkpoint.due(self.position):

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from chorus.aio import in_thread, raise_if_cancelling
 from chorus.contracts.envelope import Envelope
 from chorus.contracts.errors import STORE_UNAVAILABLE
+from chorus.contracts.feed import EventRecord
 from chorus.contracts.sessions import TimeOutSession
 from chorus.engine.handlers import HANDLERS, Handler
 from chorus.engine.policies.checkpoint import StateCheckpoint
@@ -73,19 +74,31 @@ class SessionTimer:
         )  # fmt: skip
         self._restored = False
 
+    def _observe(self, batch: list[EventRecord]) -> None:
+        self.events_read += len(batch)
+        for record in batch:
+            if isinstance(opened := record.event, SessionOpened):
+                heapq.heappush(self._heap, (opened.deadline, record.aggregate_id))
+                self._open.add(record.aggregate_id)
+            else:
+                self._open.discard(record.aggregate_id)
+
+    def _recent(self) -> bool:
+        """Catch up from the tail's memory on the event loop (``LogFollower._recent``)."""
+        found = self.log.recent(self.position, TOPICS) if self._restored else None
+        if found is None:
+            return False
+        batch, self.position = found
+        self._observe(batch)
+        return True
+
     def _catch_up(self) -> None:
         if not self._restored:
             self.position = self.checkpoint.restore()
             self._restored = True
         while True:
             batch, position = self.log.after(self.position, TOPICS)
-            self.events_read += len(batch)
-            for record in batch:
-                if isinstance(opened := record.event, SessionOpened):
-                    heapq.heappush(self._heap, (opened.deadline, record.aggregate_id))
-                    self._open.add(record.aggregate_id)
-                else:
-                    self._open.discard(record.aggregate_id)
+            self._observe(batch)
             if position == self.position:
                 return
             self.position = position
@@ -111,7 +124,8 @@ class SessionTimer:
 
     async def tick(self) -> None:
         """One round: read what is new, time out what is due, save the checkpoint."""
-        await in_thread(self._catch_up)
+        if not self._recent():
+            await in_thread(self._catch_up)
         self.ready.set()
         now = self.clock()
         due: list[str] = []

@@ -191,6 +191,7 @@ class EngineService:
         # The followers read what is new through one tail, each record read and decoded once.
         followers = (SessionTimer, DelegationManager, Dispatcher, ParticipantWatch)
         tail = LogTail(self.recorder, {topic for f in followers for topic in f.topics})
+        processor.on_commit = tail.committed  # its own rows reach the tail without a query
         if cfg.timers:
             self.timer = SessionTimer(self.recorder, intake, cfg.clock, log=tail)
         if cfg.delegation:

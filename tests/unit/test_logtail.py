@@ -99,3 +99,68 @@ def test_the_window_never_loses_a_record_as_it_moves(
         seen += positions(records)
     expected, _ = StoreLog(recorder).after(0, TOPICS)
     assert seen == positions(expected)
+
+
+class Ticks:
+    """The tail's monotonic clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_engines_own_commits_are_served_without_reading_the_store(
+    recorder: ApplicationRecorder, clock: FakeClock
+) -> None:
+    """Rows the processor hands over join the window: ``recent`` answers every reader
+    from memory, exactly as the store would, and the store is not read again."""
+    processor = Processor(recorder, clock=clock)
+    ticks = Ticks()
+    tail = LogTail(recorder, TOPICS, recheck=1.0, clock=ticks)
+    processor.on_commit = tail.committed
+    store = StoreLog(recorder)
+    assert tail.recent(0, TOPICS) is None  # not started: the first look reads the store
+    tail.after(0, TOPICS)
+    start = recorder.max_notification_id() or 0
+    reads = tail.reads
+    write_sessions(processor, 4)
+    end = recorder.max_notification_id() or 0
+    assert end > start
+    for topics in (TIMER_TOPICS, [SUBMITTED], TOPICS):
+        for position in range(start, end + 1):
+            assert tail.recent(position, topics) == store.after(position, topics), position
+    assert tail.reads == reads
+    assert tail.recent(start - 1, TOPICS) is None  # behind the window: the store answers
+    assert tail.recent(start, [topic_of("agent", "AgentRegistered")]) is None
+
+
+def test_another_writers_rows_send_the_tail_back_to_the_store(
+    recorder: ApplicationRecorder, clock: FakeClock
+) -> None:
+    """A second writer's rows come before the engine's next ones: the tail must not skip
+    them, so it answers nothing from memory until it has read the store in order."""
+    processor = Processor(recorder, clock=clock)
+    other = Processor(recorder, clock=clock)  # another engine on the same store
+    ticks = Ticks()
+    tail = LogTail(recorder, TOPICS, recheck=1.0, clock=ticks)
+    processor.on_commit = tail.committed
+    store = StoreLog(recorder)
+    tail.after(0, TOPICS)
+    start = recorder.max_notification_id() or 0
+    write_sessions(other, 1)
+    # Not seen yet, but what memory holds has no gap: nothing, up to the old head.
+    assert tail.recent(start, TOPICS) == ([], start)
+    write_sessions(processor, 1)  # does not follow on from the tail's head
+    assert tail.recent(start, TOPICS) is None
+    assert tail.after(start, TOPICS) == store.after(start, TOPICS)
+    write_sessions(processor, 1)  # follows on again: memory
+    reads = tail.reads
+    assert tail.recent(start, TOPICS) == store.after(start, TOPICS)
+    assert tail.reads == reads
+    write_sessions(other, 1)  # nothing of the engine's follows: found by the recheck
+    assert tail.recent(start, TOPICS) != store.after(start, TOPICS)
+    ticks.now += 1.0
+    assert tail.recent(start, TOPICS) is None
+    assert tail.after(start, TOPICS) == store.after(start, TOPICS)
