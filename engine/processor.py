@@ -60,6 +60,17 @@ class Command:
         return self.envelope.command_id
 
     @cached_property
+    def target(self) -> UUID:
+        """The aggregate it acts on: asked by the partition routing, the prefetcher and the
+        processor (several times a batch), so worked out once (may raise ``ValueError``)."""
+        return self.handler.target(self.envelope.payload)
+
+    @cached_property
+    def record_id(self) -> UUID:
+        """Its dedup record's id (``command_record_id``), looked up and then written."""
+        return command_record_id(self.actor, self.envelope.command_id)
+
+    @cached_property
     def fingerprint(self) -> str:
         """What the command asks for, so a reused command id can be told from a retry."""
         digest = hashlib.sha256(f"{self.handler.aggregate}.{self.handler.command}:".encode())
@@ -302,7 +313,7 @@ class Processor:
         cold: dict[UUID, Handler] = {}
         for command in commands:
             try:
-                aggregate_id = command.handler.target(command.envelope.payload)
+                aggregate_id = command.target
             except Exception:  # noqa: S112 - its decision rejects it (and logs), alone
                 continue
             if aggregate_id not in self._cache:
@@ -318,7 +329,7 @@ class Processor:
         The dedup record is written last in its command's rows, in one transaction, so the
         command's last domain event sits at the position just before it.
         """
-        keys = [command_record_id(c.actor, c.command_id) for c in commands]
+        keys = [c.record_id for c in commands]
         found = select_first_events(self.recorder, [*keys, *aggregates])
         existing = {aggregate_id for aggregate_id in aggregates if aggregate_id in found}
         replies: list[Reply | None] = []
@@ -376,7 +387,7 @@ class Processor:
             if aggregate_id not in existing:
                 working[aggregate_id] = handler.new_state(aggregate_id)
         for index, command in enumerate(commands):
-            key = command_record_id(command.actor, command.command_id)
+            key = command.record_id
             if key in in_batch:
                 repeats.append((index, in_batch[key]))
                 continue
@@ -396,13 +407,14 @@ class Processor:
                     command, codes.INTERNAL_ERROR, "the engine failed on this command"
                 )
                 continue
-            aggregate_id = command.handler.target(command.envelope.payload)
+            aggregate_id = command.target
             version = working[aggregate_id].version
+            target = str(aggregate_id)
             outcome = CommandAccepted(
                 command_id=command.command_id,
                 actor=command.actor,
                 aggregate=command.handler.aggregate,
-                aggregate_id=str(aggregate_id),
+                aggregate_id=target,
                 version=version,
                 fingerprint=command.fingerprint,
             )
@@ -420,7 +432,7 @@ class Processor:
             replies[index] = Reply(
                 command_id=command.command_id,
                 status="accepted",
-                aggregate_id=str(aggregate_id),
+                aggregate_id=target,
                 version=version,
             )
             staged.append(_Staged(command, events, index))
@@ -470,7 +482,7 @@ class Processor:
     ) -> list[StoredEvent]:
         handler = command.handler
         payload = command.envelope.payload
-        aggregate_id = handler.target(payload)
+        aggregate_id = command.target
         state = self.load(handler, aggregate_id, working)
         actor = command.actor
         rule = RULES[(handler.aggregate, handler.command)]
@@ -543,7 +555,7 @@ def _rejected(
 ) -> Reply:
     aggregate_id: str | None
     try:
-        aggregate_id = str(command.handler.target(command.envelope.payload))
+        aggregate_id = str(command.target)
     except Exception:  # a rejection must never fail: the target may be what was wrong
         aggregate_id = None
     return Reply(

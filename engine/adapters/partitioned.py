@@ -87,7 +87,7 @@ class PartitionRouting:
         """The command's partition; None if it names no valid target (its decision rejects
         it, writing nothing, wherever it runs)."""
         try:
-            target = command.handler.target(command.envelope.payload)
+            target = command.target
         except Exception:
             return None
         return partition_of(target, self.count)

@@ -59,7 +59,7 @@ class Prefetcher(Generic[T]):
         for item in batch:
             command = item.command
             try:
-                target = command.handler.target(command.envelope.payload)
+                target = command.target
             except ValueError:  # the processor rejects it with the reason
                 now.append(item)
                 continue
