@@ -139,6 +139,10 @@ class Relay:
         self._stream_seq = 0
         self._skip_dedup_through = 0
         self._wake = asyncio.Event()
+        #: A step and a resync never interleave: a resync called from outside (a restart
+        #: in a test, an operator tool) while a step awaits its acks would reset the
+        #: position under it, and the step would publish the log again from there.
+        self._turn = asyncio.Lock()
         self.listen = listen
         #: Set once the server has the subscription to ``listen``.
         self.listening = asyncio.Event()
@@ -153,6 +157,12 @@ class Relay:
         self._wake.set()
 
     async def resync(self) -> None:
+        """Read the stream's tail: where to resume and which sequence comes next (between
+        steps)."""
+        async with self._turn:
+            await self._resync()
+
+    async def _resync(self) -> None:
         """Read the stream's tail: where to resume and which sequence comes next.
 
         The newest message that matches the store at the position it names is ours; any
@@ -252,6 +262,10 @@ class Relay:
 
     async def step(self) -> bool:
         """Publish the next batch; True if the log had anything after our position."""
+        async with self._turn:
+            return await self._step()
+
+    async def _step(self) -> bool:
         notifications = await in_thread(
             self.recorder.select_notifications, self.position + 1, self.batch_size
         )
@@ -292,7 +306,7 @@ class Relay:
             if first is not None:
                 # Someone stored it before us: our view of the tail is stale.
                 before = self.position
-                await self.resync()
+                await self._resync()
                 if self.position <= before:
                     # No relay moved the tail: the message id is held by a message we did
                     # not publish, or by one purged within the duplicate window. Publish

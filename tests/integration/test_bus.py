@@ -254,6 +254,35 @@ async def test_restarted_relay_fills_the_stream_without_gap_or_duplicate(
     assert [r["position"] for r in published] == [r.position for r in stored]
 
 
+async def test_a_resync_called_during_a_step_waits_for_it(
+    nats_server: NatsEndpoint, nc: NATS, database_url: str
+) -> None:
+    """A resync from outside the relay's loop (a restart, a tool) while a step awaits its
+    acks must not reset the position or drop the acks under it: the step ends whole and
+    nothing is published twice."""
+    async with EngineService(
+        engine_config(nats_url=nats_server.url, database_url=database_url, relay=False)
+    ):
+        for _ in range(6):
+            await send(nc, "coord", "open", open_payload(["a1"]))
+    stored = domain_records(database_url)
+    relay = Relay(open_recorder(database_url), nc, batch_size=2)
+    await relay.resync()
+    overlapped = 0
+    for _ in range(3):
+        stepping = asyncio.create_task(relay.step())
+        while not relay.publisher._pending and not stepping.done():
+            await asyncio.sleep(0)  # until the step's messages are out, acks owed
+        overlapped += not stepping.done()
+        await relay.resync()
+        assert await stepping  # not abandoned by the resync
+    assert overlapped
+    while await relay.step():
+        pass
+    published = await stream_records(nc, len(stored))  # and nothing more
+    assert [r["position"] for r in published] == [r.position for r in stored]
+
+
 async def test_session_times_out_even_when_the_engine_was_down_at_its_deadline(
     nats_server: NatsEndpoint, nc: NATS, database_url: str
 ) -> None:
