@@ -409,10 +409,10 @@ async def open_loop(
     print(f"  visible in the read model      {percentiles(result.visible)}")
     print(f"  achieved                       {result.achieved:>10,.0f} commands/s")
     print(f"  sends more than 1 ms late      {result.late:>10,} (the bench's own client lagging)")
-    print(
-        f"  CPU per command                {per * sum(spent[:-1]):>10,.0f} us engine and relay, "
-        f"{per * spent[-1]:,.0f} us projector (steadier than latency when shared)"
-    )
+    engine = f"{per * sum(spent[:-1]):>10,.0f} us engine and relay"
+    if len(spent) == 3:  # the relay in a process of its own, as ``chorus up`` runs it
+        engine += f" ({per * spent[0]:,.0f} engine, {per * spent[1]:,.0f} relay)"
+    print(f"  CPU per command                {engine}, {per * spent[-1]:,.0f} us projector")
     print(f"  JetStream publish_async        {baseline:>10,.0f} msgs/s  (baseline, same run)")
     print(f"  offered rate / JetStream       {rate / baseline:>10.3f}")
     return quantile(sorted(result.replies), 0.99)

@@ -138,6 +138,8 @@ class Relay:
         self.position = 0  # last store position known to be in the stream
         self._stream_seq = 0
         self._skip_dedup_through = 0
+        #: The last step read the log to its end (fewer rows than a batch).
+        self._caught_up = False
         self._wake = asyncio.Event()
         #: A step and a resync never interleave: a resync called from outside (a restart
         #: in a test, an operator tool) while a step awaits its acks would reset the
@@ -230,6 +232,9 @@ class Relay:
             self.listening.set()
         await self._resync_until_ok()
         while True:
+            # Cleared before the step reads the log: a commit signalled while it runs
+            # wakes the next wait at once.
+            self._wake.clear()
             try:
                 moved = await self.step()
             except Exception as error:
@@ -241,8 +246,10 @@ class Relay:
                 await asyncio.sleep(0.5)
                 await self._resync_until_ok()
                 continue
-            if not moved:
-                self._wake.clear()
+            if not moved or self._caught_up:
+                # A step that read less than a full batch reached the log's end: wait for
+                # the next commit instead of asking the store again at once (at 1,000
+                # commands/s that second, empty step was half of the relay's steps).
                 await wait_event(self._wake, self.idle_interval)
 
     async def _resync_until_ok(self) -> None:
@@ -270,6 +277,7 @@ class Relay:
             self.recorder.select_notifications, self.position + 1, self.batch_size
         )
         if not notifications:
+            self._caught_up = True
             await self._report_lag(caught_up=True)
             return False
         futures: list[asyncio.Future[PubAck]] = []
@@ -314,6 +322,7 @@ class Relay:
                     log.warning("relay: message ids up to position %d are taken; "
                                 "publishing without them", notifications[-1].id)  # fmt: skip
                     self._skip_dedup_through = notifications[-1].id
+                self._caught_up = False  # step again at once, from the resynced position
                 return True
             acks = [r for r in results if isinstance(r, PubAck)]
             self._stream_seq = acks[-1].seq
@@ -322,7 +331,8 @@ class Relay:
         # Bookkeeping notifications after the last domain event are skipped, not lost:
         # the tail message still names the last domain position, and they carry no event.
         self.position = max(last_domain, notifications[-1].id)
-        await self._report_lag(caught_up=len(notifications) < self.batch_size)
+        self._caught_up = len(notifications) < self.batch_size
+        await self._report_lag(caught_up=self._caught_up)
         return True
 
     @property
