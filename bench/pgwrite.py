@@ -188,6 +188,8 @@ def main() -> None:
     parser.add_argument("--participants", type=int, default=10)
     parser.add_argument("--agents", type=int, default=50)
     parser.add_argument("--baseline", type=int, default=20_000, help="JetStream messages")
+    parser.add_argument("--no-accept", dest="accept_tasks", action="store_false",
+                        help="participants never acknowledge their session tasks")  # fmt: skip
     parser.add_argument(
         "--database-url",
         default=os.environ.get("CHORUS_TEST_POSTGRES_URL"),
