@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import math
 import os
 import shutil
 import sqlite3
@@ -48,6 +49,7 @@ from typing import Any
 import msgspec
 import nats
 from chorus import heap
+from chorus.cluster import free_port
 from chorus.natsd import die_with_parent, start_nats_server
 
 _enc = msgspec.json.Encoder()
@@ -86,16 +88,78 @@ def spawn(role: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 def spawn_engine(
-    env: dict[str, str], work: Path, relay_in_engine: bool = False
+    env: dict[str, str], work: Path, relay_in_engine: bool = False, metrics_port: int = 0
 ) -> list[subprocess.Popen[bytes]]:
     """The engine as ``chorus up`` runs it: ``chorus engine`` without the relay and the
-    sealer, and ``chorus relay`` beside it; ``relay_in_engine``: one process for all."""
+    sealer, and ``chorus relay`` beside it; ``relay_in_engine``: one process for all.
+    ``metrics_port``: where the engine answers Prometheus (0: nowhere)."""
+    engine_env = {**env, "CHORUS_METRICS_PORT": str(metrics_port)} if metrics_port else env
     if relay_in_engine:
-        return [spawn("engine", env, work / "engine.log")]
+        return [spawn("engine", engine_env, work / "engine.log")]
     return [
-        spawn("engine", {**env, "CHORUS_ENGINE_RELAY": "false"}, work / "engine.log"),
+        spawn("engine", {**engine_env, "CHORUS_ENGINE_RELAY": "false"}, work / "engine.log"),
         spawn("relay", env, work / "relay.log"),
     ]
+
+
+class EngineView:
+    """What the engine itself measured (its Prometheus histograms), between two scrapes:
+    the time from a command's arrival to its reply, the time to decide and record a
+    batch, and the batch size. Bucketed, so each quantile is a bucket's upper bound."""
+
+    NAMES = ("chorus_command_reply_seconds", "chorus_engine_commit_seconds",
+             "chorus_engine_batch_size")  # fmt: skip
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.before = self.scrape()
+
+    def scrape(self) -> dict[str, list[tuple[float, float]]]:
+        """name -> cumulative (upper bound, count) buckets, and (inf, sum) under name+"_sum"."""
+        from urllib.request import urlopen
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urlopen(self.url, timeout=5) as response:  # noqa: S310 - the bench's own engine
+            text = response.read().decode()
+        found: dict[str, list[tuple[float, float]]] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name not in self.NAMES:
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    found.setdefault(family.name, []).append(
+                        (float(sample.labels["le"]), sample.value)
+                    )
+                elif sample.name.endswith("_sum"):
+                    found[family.name + "_sum"] = [(math.inf, sample.value)]
+        return found
+
+    def report(self) -> str:
+        after = self.scrape()
+
+        def delta(name: str) -> list[tuple[float, float]]:
+            old = dict(self.before.get(name, []))
+            return [(le, count - old.get(le, 0.0)) for le, count in after.get(name, [])]
+
+        def quantile_ms(name: str, q: float) -> str:
+            buckets = delta(name)
+            total = buckets[-1][1] if buckets else 0
+            bound = next((le for le, count in buckets if total and count >= q * total), math.inf)
+            return "?" if bound == math.inf else f"<= {bound * 1000:g}"
+
+        batches = delta("chorus_engine_batch_size")
+        count = batches[-1][1] if batches else 0
+        commands = delta("chorus_engine_batch_size_sum")
+        mean = commands[0][1] / count if count and commands else 0.0
+        reply, commit = "chorus_command_reply_seconds", "chorus_engine_commit_seconds"
+        return (
+            f"  in the engine: arrival -> reply  p50 {quantile_ms(reply, 0.5)}  "
+            f"p99 {quantile_ms(reply, 0.99)} ms\n"
+            f"  in the engine: batches          {count:>10,.0f} of {mean:.1f} commands on "
+            f"average; decide + record p50 {quantile_ms(commit, 0.5)}  "
+            f"p99 {quantile_ms(commit, 0.99)} ms"
+        )
 
 
 async def wait_for_engine(nc: nats.NATS) -> None:
@@ -119,6 +183,8 @@ class Deployment:
     url: str
     work: Path
     pids: list[int]
+    #: The engine's Prometheus endpoint.
+    metrics_url: str
 
 
 class Watcher:
@@ -195,9 +261,12 @@ async def deployment(
         "CHORUS_SESSION_QUOTA": "0",
         **(extra_env or {}),
     }
-    procs = [*spawn_engine(env, work, relay_in_engine), spawn("project", env, work / "project.log")]
+    port = free_port()
+    procs = [*spawn_engine(env, work, relay_in_engine, port),
+             spawn("project", env, work / "project.log")]  # fmt: skip
     try:
-        yield Deployment(server.url, work, [p.pid for p in procs])
+        yield Deployment(server.url, work, [p.pid for p in procs],
+                         f"http://127.0.0.1:{port}/metrics")  # fmt: skip
     finally:
         teardown(procs, server, work)
 
@@ -205,6 +274,7 @@ async def deployment(
 async def run(args: argparse.Namespace) -> None:
     async with deployment(args.database_url, relay_in_engine=args.relay_in_engine) as deployed:
         args.pids = deployed.pids
+        args.metrics_url = deployed.metrics_url
         baseline = await jetstream_baseline(deployed.url, args.baseline, 400)
         conns = [await nats.connect(deployed.url) for _ in range(4)]
         await wait_for_engine(conns[0])
@@ -415,6 +485,7 @@ async def open_loop(
 ) -> float:  # fmt: skip
     """One open-loop run at ``rate``; prints it, returns its reply p99 (seconds)."""
     cpu_before = [cpu_seconds(pid) for pid in args.pids]
+    engine_view = EngineView(args.metrics_url)
     result = await measure_open_loop(conns, sessions, watcher, rate, args.participants)
     spent = [cpu_seconds(pid) - before for pid, before in zip(args.pids, cpu_before, strict=True)]
     per = 1e6 / len(result.replies)
@@ -424,6 +495,7 @@ async def open_loop(
     print(f"  visible in the read model      {percentiles(result.visible)}")
     print(f"  achieved                       {result.achieved:>10,.0f} commands/s")
     print(f"  sends more than 1 ms late      {result.late:>10,} (the bench's own client lagging)")
+    print(engine_view.report())
     engine = f"{per * sum(spent[:-1]):>10,.0f} us engine and relay"
     if len(spent) == 3:  # the relay in a process of its own, as ``chorus up`` runs it
         engine += f" ({per * spent[0]:,.0f} engine, {per * spent[1]:,.0f} relay)"
