@@ -1,6 +1,6 @@
 """The Python agent SDK: what every Chorus agent does, done right once.
 
-A worker that takes tasks from its inbox (FastStream does the subscribing):
+A worker that takes tasks from its inbox (on a FastStream broker, see ``chorus.agent_worker``):
 
     agent = AgentClient.connect("nats://...", "coder-7")
 
