@@ -389,7 +389,7 @@ class Dispatcher(LogFollower):
 
     def _forget(self, wid: str) -> None:
         workflow = self._workflows.pop(wid, None)
-        for phase in workflow.phases if workflow else ():
+        for phase in workflow.phases if workflow and self._of_session else ():
             self._of_session.pop(delegated_session_id(wid, phase.name), None)
         self._next.pop(wid, None)
         self._delegate.discard(wid)
