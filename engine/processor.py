@@ -8,6 +8,7 @@ built only after that call returns, so nothing is ``accepted`` before it is dura
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -128,8 +129,12 @@ class Processor:
         #: at zero; a bench reads it.
         self.conflicts = 0
         #: Every cached state reflects the log's events up to this notification id
-        #: (``_sync``); None: not known, so the first sync forgets the cache.
+        #: (``_sync``); None: not known, so the first sync forgets the cache. Read now,
+        #: while the cache is empty: a first sync that forgot a full cache refolded every
+        #: aggregate in flight (the first completion claim of a burst did).
         self._head: int | None = None
+        with contextlib.suppress(Exception):  # the store is down: the first sync learns it
+            self._head = recorder.max_notification_id() or 0
         self._synced = False  # the running batch's reads see the log up to ``_head``
         #: Told each committed batch's rows and their log positions, in the writer thread
         #: (the engine's ``LogTail``: its followers then need no query for them).

@@ -815,7 +815,6 @@ def test_another_aggregate_read_for_a_decision_is_read_from_the_cache_and_kept_t
     of another kind reads as absent, cached or not."""
     proc = Processor(recorder, clock=clock)
     x = new_sid()
-    proc._lookup(SESSION, uuid.UUID(new_sid()))  # the first read learns the log's head
     proc.handle_batch([open_session(x)])  # committed, so cached
     queries: list[dict[str, Any]] = []
     select = recorder.select_events
@@ -841,7 +840,6 @@ def test_a_read_for_a_decision_sees_what_another_processor_wrote_since_it_cached
     one = Processor(recorder, clock=clock)
     two = Processor(second_recorder, clock=clock)
     changed, kept = new_sid(), new_sid()
-    one._lookup(SESSION, uuid.UUID(new_sid()))  # the first read learns the log's head
     assert statuses(one.handle_batch([open_session(changed), open_session(kept)])) == [
         "accepted", "accepted"]  # fmt: skip
     assert one._lookup(SESSION, uuid.UUID(changed)).version == 1  # cached, in step
@@ -854,12 +852,14 @@ def test_a_read_for_a_decision_sees_what_another_processor_wrote_since_it_cached
     assert one._lookup(SESSION, uuid.UUID(changed)).version == 2
 
 
-def test_a_processor_that_never_read_forgets_its_cache_at_the_first_read(
+def test_a_processor_that_could_not_read_the_head_at_its_start_forgets_its_cache_at_the_first_read(
     recorder: ApplicationRecorder, second_recorder: ApplicationRecorder, clock: FakeClock
 ) -> None:
     one = Processor(recorder, clock=clock)
+    one._head = None  # as when the store was down while the processor was made
     two = Processor(second_recorder, clock=clock)
-    x = new_sid()
-    assert statuses(one.handle_batch([open_session(x)])) == ["accepted"]
+    x, y = new_sid(), new_sid()
+    assert statuses(one.handle_batch([open_session(x), open_session(y)])) == ["accepted"] * 2
     assert statuses(two.handle_batch([submit(x, "a")])) == ["accepted"]
     assert one._lookup(SESSION, uuid.UUID(x)).version == 2
+    assert not one.is_cached(uuid.UUID(y))
