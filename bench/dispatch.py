@@ -1,7 +1,7 @@
 """Dispatch: phases per second and assignment latency, against JetStream in the same run.
 
     python -m bench.dispatch [--agents 20] [--workflows 300] [--rate 100] [--seconds 10] [--sdk]
-                             [--relay-in-engine]
+                             [--no-claims] [--relay-in-engine]
 
 Starts a nats-server from the wheel and the engine as ``chorus up`` runs it (SQLite;
 ``chorus engine`` with worker and process managers, ``chorus relay`` with the relay and the
@@ -13,7 +13,8 @@ the same number of ``AgentClient.serve`` agents with a handler that returns at o
 complete each task (which acknowledges it: a handler that quick needs no ``task.accept``)
 and claim the completion with its evidence, the claims of about 0.25 s in one
 ``verify_completions``, so a phase costs the engine a fraction of a command and one event
-more than with plain agents), then:
+more than with plain agents; ``--no-claims``: the SDK fleet without its claims, which
+shows what they cost), then:
 
 1. **Throughput**: starts ``--workflows`` workflows of three phases at once and times
    until every one has completed: phases/s.
@@ -115,15 +116,16 @@ class SdkFleet:
     quick) and the completion claimed with its evidence, as any SDK agent does (the
     claims batched, a verdict recorded for each)."""
 
-    def __init__(self, url: str, names: list[str]) -> None:
+    def __init__(self, url: str, names: list[str], claims: bool = True) -> None:
         self.clients = [AgentClient.connect(url, name) for name in names]
+        self.claims = claims
         self.received: dict[tuple[str, int], float] = {}  # (task_id, attempt) -> wall time
         self.serving: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         """Serve every client; ``run`` waits for their registrations in the log."""
         for client in self.clients:
-            serving = client.serve(self._handle, max_concurrency=100)
+            serving = client.serve(self._handle, max_concurrency=100, claim_completions=self.claims)
             self.serving.append(asyncio.create_task(serving))
 
     async def _handle(self, task: Any, ctx: Any) -> dict[str, Any]:
@@ -210,8 +212,9 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def run(
-    agents: int, workflows: int, rate: float, seconds: float, sdk: bool, relay_in_engine: bool
-) -> None:
+    agents: int, workflows: int, rate: float, seconds: float, sdk: bool, relay_in_engine: bool,
+    claims: bool = True,
+) -> None:  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="chorus-bench-"))
     server = start_nats_server(work / "nats", monitor=False)
     database_url = f"sqlite:///{work}/events.db"
@@ -226,7 +229,7 @@ async def run(
         nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024)
         await wait_for_engine(nc)
         names = [f"bench-{i}" for i in range(agents)]
-        fleet: Fleet | SdkFleet = SdkFleet(server.url, names) if sdk else Fleet(nc, names)
+        fleet: Fleet | SdkFleet = SdkFleet(server.url, names, claims) if sdk else Fleet(nc, names)
         await fleet.start()
         recorder = open_recorder(database_url)
         await _wait_registered(recorder, agents)
@@ -269,7 +272,7 @@ async def run(
             process.wait(timeout=30)
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    kind = "SDK agents" if sdk else "agents"
+    kind = ("SDK agents" if claims else "SDK agents without claims") if sdk else "agents"
     print(f"chorus bench.dispatch  ({agents} no-op {kind}, workflows of 3 phases)")
     print(f"  throughput ({workflows} workflows at once)   {throughput:>10,.0f} phases/s")
     print(f"  JetStream publish_async, same run          {baseline:>10,.0f} msgs/s (baseline)")
@@ -287,11 +290,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--sdk", action="store_true", help="agents on AgentClient.serve")
+    parser.add_argument("--no-claims", action="store_true",
+                        help="with --sdk: the agents claim no completions")  # fmt: skip
     parser.add_argument("--relay-in-engine", action="store_true",
                         help="run the relay and the sealer in the engine process (not as chorus up does)")  # fmt: skip
     args = parser.parse_args()
     asyncio.run(run(args.agents, args.workflows, args.rate, args.seconds, args.sdk,
-                    args.relay_in_engine))  # fmt: skip
+                    args.relay_in_engine, not args.no_claims))  # fmt: skip
 
 
 if __name__ == "__main__":
