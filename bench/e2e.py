@@ -275,6 +275,7 @@ async def run(args: argparse.Namespace) -> None:
     async with deployment(args.database_url, relay_in_engine=args.relay_in_engine) as deployed:
         args.pids = deployed.pids
         args.metrics_url = deployed.metrics_url
+        args.read_db = deployed.work / "read.db"
         baseline = await jetstream_baseline(deployed.url, args.baseline, 400)
         conns = [await nats.connect(deployed.url) for _ in range(4)]
         await wait_for_engine(conns[0])
@@ -309,6 +310,7 @@ async def open_sessions(
 ) -> list[tuple[str, list[str]]]:
     sessions = []
     opens = []
+    last = 0
     for s in range(args.sessions):
         sid = str(uuid.uuid4())
         members = [agents[(s + k) % len(agents)] for k in range(args.participants)]
@@ -320,8 +322,8 @@ async def open_sessions(
                         "timeout_seconds": 3600},
         }))  # fmt: skip
         if len(opens) >= 500:
-            await _all_accepted(opens)
-    await _all_accepted(opens)
+            last = max(last, await _all_accepted(opens))
+    last = max(last, await _all_accepted(opens))
     if args.accept_tasks:
         # Each participant acknowledges its session task, as an agent does when the task
         # reaches its inbox; else the dispatcher re-sends every task, with its backoff,
@@ -334,16 +336,40 @@ async def open_sessions(
                                        {"command_id": f"accept-{sid}-{member}",
                                         "payload": {"task_id": sid}}))  # fmt: skip
                 if len(accepts) >= 500:
-                    await _all_accepted(accepts)
-        await _all_accepted(accepts)
+                    last = max(last, await _all_accepted(accepts))
+        last = max(last, await _all_accepted(accepts))
+    await settled(conns[0], args.read_db, last)
     return sessions
 
 
-async def _all_accepted(requests: list[Any]) -> None:
+async def _all_accepted(requests: list[Any]) -> int:
+    """Awaits the requests; returns the highest log position they were recorded at."""
     replies = await asyncio.gather(*requests)
     requests.clear()
     bad = [r for r in replies if r["status"] != "accepted"]
     assert not bad, bad[:3]
+    return max((int(r.get("position") or 0) for r in replies), default=0)
+
+
+async def settled(nc: nats.NATS, read_db: Path, position: int) -> None:
+    """Until the set-up is behind every process: each read model has projected up to
+    ``position``, and the relay's stream has stopped growing for half a second (else the
+    measured run starts while the projector, the relay and the sealer still work through
+    the set-up's rows, and its first seconds measure that)."""
+    while True:
+        with contextlib.closing(sqlite3.connect(read_db)) as db:
+            try:
+                row = db.execute("SELECT MIN(position), COUNT(*) FROM tracking").fetchone()
+            except sqlite3.OperationalError:  # not created yet
+                row = (0, 0)
+        if row[1] and row[0] >= position:
+            break
+        await asyncio.sleep(0.05)
+    js = nc.jetstream()
+    last = -1
+    while (count := (await js.stream_info("EVENTS")).state.messages) != last:
+        last = count
+        await asyncio.sleep(0.5)
 
 
 def submit_body(name: str, sid: str) -> dict[str, object]:

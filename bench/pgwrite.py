@@ -87,6 +87,7 @@ async def one_run(database_url: str | None, args: argparse.Namespace) -> Run:
         await wait_for_engine(conns[0])
         args.sessions = max(1, int(args.rate * args.seconds) // args.participants)
         agents = [f"agent-{i}" for i in range(args.agents)]
+        args.read_db = deployed.work / "read.db"
         sessions = await open_sessions(conns, agents, args)
         watcher = Watcher(deployed.work / "read.db")
         watching = asyncio.create_task(watcher.run())
