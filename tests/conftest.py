@@ -268,17 +268,24 @@ def serve_gateway(config: GatewayConfig) -> Iterator[Gateway]:
             **server_options(),  # as chorus serves it (its WebSockets write frames directly)
         )
     )
+    with serving(server):
+        yield Gateway(
+            f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", KeyStore(Path(config.keys_path))
+        )
+
+
+@contextlib.contextmanager
+def serving(server: uvicorn.Server) -> Iterator[None]:
+    """Runs a uvicorn server in a thread until the block ends (started before it begins)."""
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("gateway did not start")
+            raise RuntimeError("the server did not start")
         time.sleep(0.01)
     try:
-        yield Gateway(
-            f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", KeyStore(Path(config.keys_path))
-        )
+        yield
     finally:
         server.should_exit = True
         thread.join(10)

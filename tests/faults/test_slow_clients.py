@@ -5,7 +5,6 @@ WebSockets are untouched."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +15,7 @@ from chorus.gateway.server import server_options
 from litestar import Litestar, get, post
 from litestar.params import JSONBody
 
-from tests.conftest import free_port
+from tests.conftest import free_port, serving
 
 
 @get("/ping", sync_to_thread=False)
@@ -37,16 +36,8 @@ def server() -> Iterator[int]:
         Litestar(route_handlers=[ping, echo]), host="127.0.0.1", port=port, log_level="warning",
         **server_options(read_timeout=0.5, max_connections=50),
     )  # fmt: skip
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    while not instance.started:
-        time.sleep(0.01)
-    try:
+    with serving(uvicorn.Server(config)):
         yield port
-    finally:
-        instance.should_exit = True
-        thread.join(10)
 
 
 def closed_by_server(sock: socket.socket, trickle: bytes) -> bool:

@@ -6,8 +6,6 @@ buffer stays bounded); per-message deflate is declined."""
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +16,7 @@ from chorus.gateway.fanout import FrameWriter, frame_writer, text_frame
 from chorus.gateway.server import server_options
 from litestar import Litestar, WebSocket, websocket
 
-from tests.conftest import free_port
+from tests.conftest import free_port, serving
 
 #: Frames the flooding socket writes at most (64 MiB in all) before it must have been told
 #: to stop: far beyond the kernel's socket buffers and the transport's high-water mark.
@@ -62,16 +60,8 @@ def server() -> Iterator[int]:
         Litestar(route_handlers=[frames, flood]), host="127.0.0.1", port=port,
         log_level="warning", **server_options(),
     )  # fmt: skip
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    while not instance.started:
-        time.sleep(0.01)
-    try:
+    with serving(uvicorn.Server(config)):
         yield port
-    finally:
-        instance.should_exit = True
-        thread.join(10)
 
 
 async def test_frames_written_directly_arrive_in_order_with_the_asgi_ones(server: int) -> None:
