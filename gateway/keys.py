@@ -18,6 +18,7 @@ from pathlib import Path
 
 import bcrypt
 from chorus.contracts.roles import ROLES, Role, name_problem
+from chorus.sqlite_wal import use_wal
 from msgspec import Struct
 
 __all__ = ["ROLES", "KeyStore", "Principal", "Role"]
@@ -60,7 +61,7 @@ class KeyStore:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
+        use_wal(conn)
         return conn
 
     def _reader(self) -> sqlite3.Connection:

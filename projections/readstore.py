@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol, TypeAlias
 from urllib.parse import urlparse
 
+from chorus.sqlite_wal import use_wal
+
 TRACKING_DDL = (
     "CREATE TABLE IF NOT EXISTS tracking (name TEXT PRIMARY KEY, position INTEGER NOT NULL)"
 )
@@ -178,7 +180,7 @@ class SQLiteReadStore(ReadStore):
                 conn.execute(f"PRAGMA cache_size=-{SCRATCH_CACHE_KIB}")
                 conn.execute("PRAGMA temp_store=MEMORY")
             elif not self.readonly:
-                conn.execute("PRAGMA journal_mode=WAL")
+                use_wal(conn)
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn

@@ -163,24 +163,11 @@ def create_tables(recorder: ApplicationRecorder, *statements: str) -> None:
 
 def create_events_table(recorder: ApplicationRecorder) -> None:
     """The recorder's own tables (and on PostgreSQL its type, index and function), created
-    under the schema's lock: ``create_table`` is a method of both concrete recorders.
-
-    On SQLite the first connection of each process switches a new file to WAL, and
-    SQLite answers a switch racing another process "database is locked" at once, without
-    waiting its busy timeout (processes opening a fresh store together failed so): that
-    answer is retried, briefly."""
-    import sqlite3
-    import time
-
-    for attempt in range(100):
-        try:
-            with schema_lock(recorder):
-                recorder.create_table()  # type: ignore[attr-defined]
-            return
-        except sqlite3.OperationalError as error:
-            if "locked" not in str(error) or attempt == 99:
-                raise
-            time.sleep(0.05)
+    under the schema's lock: ``create_table`` is a method of both concrete recorders. (A
+    fresh SQLite file is switched to WAL before, by ``open_recorder``: see
+    ``chorus.sqlite_wal``.)"""
+    with schema_lock(recorder):
+        recorder.create_table()  # type: ignore[attr-defined]
 
 
 def aggregate_recorder(recorder: ApplicationRecorder, table: str) -> AggregateRecorder:

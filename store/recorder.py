@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID
 
+from chorus.sqlite_wal import prepare_wal
 from chorus.store.datastore import Dialect, create_events_table, reading
 from eventsourcing.persistence import ApplicationRecorder, InfrastructureFactory, Notification
 from msgspec import Struct
@@ -48,6 +49,8 @@ def open_recorder(database_url: str) -> ApplicationRecorder:
     Its tables are created here rather than by eventsourcing's factory, under the schema's
     lock: processes opening a fresh PostgreSQL schema at once would race otherwise."""
     env = {**recorder_env(database_url), "CREATE_TABLE": "no"}
+    if "SQLITE_DBNAME" in env:  # before eventsourcing's own switch, which does not retry
+        prepare_wal(env["SQLITE_DBNAME"])
     recorder = InfrastructureFactory.construct(env).application_recorder()
     create_events_table(recorder)
     return recorder
