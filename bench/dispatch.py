@@ -227,7 +227,7 @@ async def run(
     }, work, relay_in_engine)  # fmt: skip
     try:
         nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024)
-        await wait_for_engine(nc)
+        await wait_for_engine(nc, engine)
         names = [f"bench-{i}" for i in range(agents)]
         fleet: Fleet | SdkFleet = SdkFleet(server.url, names, claims) if sdk else Fleet(nc, names)
         await fleet.start()

@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,13 +162,23 @@ class EngineView:
         )
 
 
-async def wait_for_engine(nc: nats.NATS) -> None:
-    """Until the engine answers on the command subjects."""
+async def wait_for_engine(
+    nc: nats.NATS, processes: Sequence[subprocess.Popen[bytes]] = (), patience: float = 120
+) -> None:
+    """Until the engine answers on the command subjects. A bench whose engine (or relay,
+    or projector: ``processes``) died at start-up, or never answers, fails and says so,
+    instead of waiting for ever."""
+    deadline = time.monotonic() + patience
     while True:
         try:
             await nc.request("chorus.cmd.bench.session.ping", b"{}", timeout=1)
             return
         except Exception:
+            dead = [" ".join(map(str, p.args)) for p in processes if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"exited at start-up (see its log): {'; '.join(dead)}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the engine did not answer within {patience:g} s") from None
             await asyncio.sleep(0.1)
 
 
@@ -185,6 +195,7 @@ class Deployment:
     pids: list[int]
     #: The engine's Prometheus endpoint.
     metrics_url: str
+    processes: list[subprocess.Popen[bytes]]
 
 
 class Watcher:
@@ -266,7 +277,7 @@ async def deployment(
              spawn("project", env, work / "project.log")]  # fmt: skip
     try:
         yield Deployment(server.url, work, [p.pid for p in procs],
-                         f"http://127.0.0.1:{port}/metrics")  # fmt: skip
+                         f"http://127.0.0.1:{port}/metrics", procs)  # fmt: skip
     finally:
         teardown(procs, server, work)
 
@@ -278,7 +289,7 @@ async def run(args: argparse.Namespace) -> None:
         args.read_db = deployed.work / "read.db"
         baseline = await jetstream_baseline(deployed.url, args.baseline, 400)
         conns = [await nats.connect(deployed.url) for _ in range(4)]
-        await wait_for_engine(conns[0])
+        await wait_for_engine(conns[0], deployed.processes)
         agents = [f"agent-{i}" for i in range(args.agents)]
         watcher = Watcher(deployed.work / "read.db")
         watching = asyncio.create_task(watcher.run())

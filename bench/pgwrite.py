@@ -84,7 +84,7 @@ async def one_run(database_url: str | None, args: argparse.Namespace) -> Run:
     async with deployment(database_url, {"PGAPPNAME": application}) as deployed:
         baseline = await jetstream_baseline(deployed.url, args.baseline, 400)
         conns = [await nats.connect(deployed.url) for _ in range(4)]
-        await wait_for_engine(conns[0])
+        await wait_for_engine(conns[0], deployed.processes)
         args.sessions = max(1, int(args.rate * args.seconds) // args.participants)
         agents = [f"agent-{i}" for i in range(args.agents)]
         args.read_db = deployed.work / "read.db"
