@@ -10,7 +10,9 @@ each socket's ``Listener``: a bounded queue that the socket's own task drains at
 socket's own pace. Nothing a slow socket does reaches the channel or the other sockets:
 when its queue is full the listener drops what it holds and says so (``next_batch``
 returns None), and the feed either catches up from its last position from the store (the
-session and workflow feeds) or closes with a reason (the agents feed). Memory per socket
+session, workflow and events feeds) or closes with a reason (the agents feed). A frame
+shown differently to different viewers (the events feed's notices) keeps each form beside
+it (``Frame.view``), so that form too is made and encoded once for every socket. Memory per socket
 is bounded by ``Listener.limit`` frames, shared between sockets; a channel is released
 as soon as its last listener leaves.
 
@@ -108,6 +110,20 @@ class Frame:
     def wire(self) -> bytes:
         """The WebSocket frame of the data, encoded once for every socket."""
         return text_frame(self.data)
+
+    def view(self, name: str, render: Callable[[Frame], bytes | None]) -> Frame | None:
+        """This message as a kind of viewer sees it (``name``; e.g. the events feed's
+        notice for roles that may not read the record): a frame of the same position and
+        subject whose data is ``render(self)``, made once for every socket that shows it,
+        so its text and WebSocket frame are encoded once too. None: not shown to them."""
+        views: dict[str, Frame | None] | None = self.__dict__.get("views")
+        if views is None:
+            views = self.__dict__["views"] = {}
+        elif name in views:
+            return views[name]
+        data = render(self)
+        view = views[name] = None if data is None else Frame(self.position, self.subject, data)
+        return view
 
     @cached_property
     def kind(self) -> tuple[str, str]:

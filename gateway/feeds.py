@@ -69,6 +69,8 @@ class Feed:
         self.services = services
         self.aggregate = aggregate
         self.aggregate_id = aggregate_id
+        #: The shared channel's subject (the events feed's is every event).
+        self.subject = event_filter(aggregate, aggregate_id)
         self.last = since
         #: Rewrites each record before it is sent (hides what the viewer may not see).
         self.transform = transform
@@ -113,6 +115,11 @@ class Feed:
             if len(records) < CATCH_UP_PAGE:
                 return
 
+    def shown(self, frame: Frame) -> Frame | None:
+        """The frame as this socket shows it (before ``transform``), or None to pass it
+        over; one still ``omitted`` is read whole from the store."""
+        return frame
+
     async def send_frames(self, frames: Sequence[Frame]) -> None:
         """Frames from the channel, in order, skipping any at or below the last position
         sent (met in the store already, or re-published)."""
@@ -120,9 +127,11 @@ class Feed:
         last = self.last
         for frame in frames:
             if frame.position > last:
-                texts.append(
-                    frame.text if not frame.omitted else await resolve(self.services, frame)
-                )
+                shown = self.shown(frame)
+                if shown is not None:
+                    texts.append(
+                        shown.text if not shown.omitted else await resolve(self.services, shown)
+                    )
                 last = frame.position
         await self.send_records(texts, last)
 
@@ -138,17 +147,19 @@ class Feed:
         for frame in frames:
             if frame.position <= last:
                 continue
-            if frame.omitted:
-                return False  # read from the store: not here
-            parts.append(frame.wire if self.transform is None else self.wire_of(frame.text))
+            shown = self.shown(frame)
+            if shown is not None:
+                if shown.omitted:
+                    return False  # read from the store: not here
+                parts.append(shown.wire if self.transform is None else self.wire_of(shown.text))
             last = frame.position
         if parts:
             writer.write(parts[0] if len(parts) == 1 else b"".join(parts))
-            self.last = last
+        self.last = last
         return True
 
     async def pump(self) -> None:
-        subject = event_filter(self.aggregate, self.aggregate_id)
+        subject = self.subject
         listener = Listener()
         try:
             await self.services.feeds.join(subject, listener)

@@ -6,15 +6,17 @@ proven against a real gateway in tests/integration/test_gateway_feed.py.)"""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 import msgspec
 import pytest
 from chorus.contracts.feed import EventRecord
 from chorus.gateway.agent_feed import AgentFeed, AgentStatus
+from chorus.gateway.console_feed import LogFeed, tail_start
 from chorus.gateway.fanout import FRAMES_EXTENSION, Frame, Listener, UpstreamLost, offer
 from chorus.gateway.feeds import Feed
+from chorus.projections.audit import LogPage
 from websockets.protocol import Protocol, Side, State
 
 
@@ -300,3 +302,102 @@ def test_the_agents_feed_encodes_a_message_once_for_every_socket() -> None:
     client = Protocol(Side.CLIENT, state=State.OPEN)
     client.receive_data(one.wire)
     assert [f.data.decode() for f in client.events_received()] == [one.text]
+
+
+# The events feed: the whole log, notices made once per frame, caught up from the log -------
+
+
+def log_record(position: int) -> EventRecord:
+    return msgspec.structs.replace(
+        record(position), aggregate_id=f"s{position}", data={"secret": position}
+    )
+
+
+class Log(Hub):
+    """The store's log: events at every position but multiples of 3 (bookkeeping rows,
+    never shown), up to 40. Joining overflows the socket's queue, as a flood would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log = [log_record(p) for p in range(1, 41) if p % 3]
+        self.last = 40
+        self.audit = self
+        self.history = self
+
+    async def join(self, subject: str, listener: Listener) -> None:
+        self.listener = listener
+        listener.limit = 2
+        for p in (5, 7, 8):
+            listener.offer([log_frame(p)])
+
+    def page(self, after: int, limit: int, where: object) -> LogPage:
+        items = [r for r in self.log if r.position > after][:limit]
+        scanned = items[-1].position if len(items) == limit else max(self.last, after)
+        return LogPage(items=items, next_after=scanned, more=scanned < self.last)
+
+    def head(self) -> int:
+        return self.last
+
+    def stream(self, after: int, where: object) -> Iterator[list[EventRecord]]:
+        yield [r for r in self.log if r.position > after]
+
+
+def log_frame(position: int, omitted: bool = False) -> Frame:
+    data = log_record(position)
+    if omitted:  # what the relay publishes for an event too large: the record without data
+        data = msgspec.structs.replace(data, data={})
+    return Frame(position, f"chorus.evt.session.s{position}.ResultSubmitted",
+                 msgspec.json.encode(data), omitted)  # fmt: skip
+
+
+async def test_the_events_feed_catches_a_slow_socket_up_from_the_log_with_notices_only() -> None:
+    services = Log()
+    socket = FakeSocket()
+    feed = LogFeed(socket, services, since=4, tail=50, whole=False)  # type: ignore[arg-type]
+    assert feed.subject == "chorus.evt.>"
+    pumping = asyncio.create_task(feed.pump())
+    await until(lambda: feed.last == 40)
+    assert services.listener is not None
+    services.log += [log_record(41), log_record(43)]
+    services.last = 43
+    services.listener.offer([log_frame(38), log_frame(41), log_frame(41), log_frame(43, True)])
+    await until(lambda: feed.last == 43)
+    pumping.cancel()
+    await asyncio.gather(pumping, return_exceptions=True)
+
+    sent = [msgspec.json.decode(text) for text in socket.sent]
+    assert [n["position"] for n in sent] == [p for p in range(5, 44) if p % 3 and p != 42]
+    assert {tuple(n) for n in sent} == {
+        ("type", "event", "position", "aggregate", "aggregate_id", "version", "occurred_at")
+    }
+    assert sent[-1]["event"] == "ResultSubmitted" and sent[-1]["aggregate_id"] == "s43"
+
+
+async def test_the_events_feed_tail_counts_events_not_bookkeeping_rows() -> None:
+    services = Log()
+    assert tail_start(services, 3) == 36  # type: ignore[arg-type]  # then 37, 38, 40
+    assert tail_start(services, 0) == 40  # type: ignore[arg-type]
+    assert tail_start(services, 1000) == 0  # type: ignore[arg-type]
+    socket = FakeSocket()
+    feed = LogFeed(socket, services, since=None, tail=3, whole=True)  # type: ignore[arg-type]
+    await feed.catch_up()
+    assert [msgspec.json.decode(t)["position"] for t in socket.sent] == [37, 38, 40]
+    assert msgspec.json.decode(socket.sent[0])["data"] == {"secret": 37}
+
+
+def test_the_events_feed_makes_each_notice_once_for_every_socket() -> None:
+    services = Log()
+    one, two = (LogFeed(writing_socket(FakeWriter()), services, since=0, tail=50, whole=False)  # type: ignore[arg-type]
+                for _ in range(2))  # fmt: skip
+    whole = LogFeed(writing_socket(FakeWriter()), services, since=0, tail=50, whole=True)  # type: ignore[arg-type]
+    shared = log_frame(7)
+    assert one.shown(shared) is two.shown(shared) is not None
+    assert whole.shown(shared) is shared
+    notice = one.shown(shared)
+    assert notice is not None and notice.wire is notice.wire
+    assert "secret" not in notice.text and msgspec.json.decode(notice.text)["position"] == 7
+    big = one.shown(log_frame(8, omitted=True))  # a notice needs no read of the store
+    assert big is not None and not big.omitted
+    assert one.shown(Frame(9, "chorus.evt.x", b"not a record")) is None
+    assert one.deliver([shared, log_frame(8, omitted=True)]) and one.last == 8
+    assert not whole.deliver([log_frame(8, omitted=True)])  # the whole record: from the store
