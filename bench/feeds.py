@@ -1,9 +1,9 @@
-"""Live feed fan-out: N WebSocket clients on one session's (or workflow's) feed while
-events are recorded.
+"""Live feed fan-out: N WebSocket clients on one session's (or workflow's) feed, or on
+the global events feed, while events are recorded.
 
     python -m bench.feeds [--clients 200] [--events 500] [--rate 50] [--procs 2]
-                          [--feed session|workflow] [--agent-clients 0] [--runs 1]
-                          [--profile FILE]
+                          [--feed session|workflow|events] [--auditor] [--agent-clients 0]
+                          [--runs 1] [--profile FILE]
 
 Starts a nats-server from the wheel, the engine, the relay, the projector and the gateway
 as separate processes (as ``chorus up`` does). Opens a session with ``--events``
@@ -12,7 +12,10 @@ participants (``--feed workflow``: starts a workflow and its first phase) and co
 clients do not starve the driver), then the participants submit one result each (the
 phase's assignee records a partial result each) at ``--rate`` commands/s, open loop (each
 send at its scheduled time, whatever the replies do). Every client must receive every
-event exactly once, in position order.
+event exactly once, in position order. ``--feed events``: the clients follow
+``WS /api/v1/events/feed`` (every event of the log after the session opened) while the
+session's participants submit as above; the clients' key is an operator's, so they get
+notices (``--auditor``: an auditor's, whole records).
 
 Prints deliveries/s (events x clients over the time from the first send to the last
 receipt), the latency from each command's send to each client's receipt of its event
@@ -67,6 +70,8 @@ SETTLE = 1.0  # seconds between the last client joining and the first event
 class _Event(msgspec.Struct):
     position: int
     type: str
+    #: A notice's event type (the events feed's non-auditors): its ``type`` is "event".
+    event: str = ""
 
 
 _decode = msgspec.json.Decoder(_Event).decode
@@ -120,7 +125,7 @@ class _Client(WSListener):
         event = _decode(frame.get_payload_as_memoryview())
         self.positions.append(event.position)
         self.times.append(time.time())
-        if event.type == self.last_event and not self.finished.done():
+        if self.last_event in (event.type, event.event) and not self.finished.done():
             self.finished.set_result(None)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
@@ -273,7 +278,8 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         # (120/minute by default) would refuse most of them (403 at the handshake).
         "CHORUS_RATE_LIMITS": '{"feed": "100000/minute"}',
     }
-    token = KeyStore(work / "keys.db").create("bench-watcher", "operator")
+    role = "auditor" if args.auditor else "operator"
+    token = KeyStore(work / "keys.db").create("bench-watcher", role)
     procs = [*spawn_engine(env, work), *(spawn(role, env, work / f"{role}.log")
                                          for role in ("project", "gateway"))]  # fmt: skip
     gateway_pid = procs[-1].pid
@@ -294,10 +300,8 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
 
         target = (WorkflowRun if args.feed == "workflow" else SessionRun)(nc, args.events)
         since = await target.open()
-        url = (
-            f"ws://127.0.0.1:{port}/api/v1/{target.route}/{target.id}/feed?since={since}"
-            f"&token={token}"
-        )
+        path = "events/feed" if args.feed == "events" else f"{target.route}/{target.id}/feed"
+        url = f"ws://127.0.0.1:{port}/api/v1/{path}?since={since}&token={token}"
         agents_url = f"ws://127.0.0.1:{port}/api/v1/agents/feed?token={token}"
 
         ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
@@ -415,6 +419,13 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         teardown(procs, server, work)
 
 
+#: What each ``--feed`` follows, for the report.
+FEEDS = {
+    "session": "one session's feed",
+    "workflow": "one workflow's feed",
+    "events": "the global events feed",
+}
+
 #: (figure, label, format, unit) of the summary table, in order.
 ROWS = (
     ("deliveries/s", "deliveries/s", ",.0f", ""),
@@ -445,8 +456,9 @@ ROWS = (
 def report(args: argparse.Namespace, runs: list[dict[str, float]]) -> None:
     """Each figure's median, min and max over the runs (one run: just its figures)."""
     print(
-        f"chorus bench.feeds  ({os.cpu_count()} cores, {args.clients} clients on one "
-        f"{args.feed}, {args.events} events at {args.rate:g}/s, {args.procs} client processes, "
+        f"chorus bench.feeds  ({os.cpu_count()} cores, {args.clients} clients on "
+        f"{FEEDS[args.feed]}{' (whole records)' if args.auditor else ''}, {args.events} "
+        f"events at {args.rate:g}/s, {args.procs} client processes, "
         f"{args.agent_clients} agents-feed sockets, {len(runs)} run(s))"
     )
     print(f"  {'':36} {'median':>10} {'min':>10} {'max':>10}")
@@ -462,8 +474,13 @@ def main() -> None:
     )
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument(
-        "--feed", choices=("session", "workflow"), default="session",
-        help="session: a result per participant; workflow: partial results of one assignee",
+        "--feed", choices=tuple(FEEDS), default="session",
+        help="session: a result per participant; workflow: partial results of one assignee; "
+        "events: the global events feed while a session's participants submit",
+    )  # fmt: skip
+    parser.add_argument(
+        "--auditor", action="store_true",
+        help="the clients' key is an auditor's (events feed: whole records, not notices)",
     )  # fmt: skip
     parser.add_argument("--events", type=int, default=500, help="results submitted")
     parser.add_argument("--rate", type=float, default=50, help="results submitted per second")
