@@ -197,7 +197,15 @@ class Feed:
 
 async def resolve(services: Services, frame: Frame) -> str:
     """The record of a reference (an event too large to publish, marked
-    ``Chorus-Data: omitted``) as JSON text, read whole from the event store."""
+    ``Chorus-Data: omitted``) as JSON text, read whole from the event store once for every
+    socket that shows the frame (the others wait for the first one's read)."""
+    read: asyncio.Future[str] | None = frame.__dict__.get("resolved")
+    if read is None or (read.done() and (read.cancelled() or read.exception() is not None)):
+        read = frame.__dict__["resolved"] = asyncio.ensure_future(_read_whole(services, frame))
+    return await asyncio.shield(read)
+
+
+async def _read_whole(services: Services, frame: Frame) -> str:
     try:
         ref = json.loads(frame.data)
         found = await services.read_history(

@@ -15,7 +15,7 @@ from chorus.contracts.feed import EventRecord
 from chorus.gateway.agent_feed import AgentFeed, AgentStatus
 from chorus.gateway.console_feed import LogFeed, tail_start
 from chorus.gateway.fanout import FRAMES_EXTENSION, Frame, Listener, UpstreamLost, offer
-from chorus.gateway.feeds import Feed
+from chorus.gateway.feeds import Feed, resolve
 from chorus.projections.audit import LogPage
 from websockets.protocol import Protocol, Side, State
 
@@ -401,3 +401,26 @@ def test_the_events_feed_makes_each_notice_once_for_every_socket() -> None:
     assert one.shown(Frame(9, "chorus.evt.x", b"not a record")) is None
     assert one.deliver([shared, log_frame(8, omitted=True)]) and one.last == 8
     assert not whole.deliver([log_frame(8, omitted=True)])  # the whole record: from the store
+
+
+class Store:
+    """Holds the record of every reference; counts the reads."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def read_history(
+        self, aggregate: str, aggregate_id: str, **kwargs: int
+    ) -> list[EventRecord]:
+        self.reads += 1
+        await asyncio.sleep(0)  # the other sockets ask while this read is under way
+        return [log_record(int(aggregate_id[1:]))]
+
+
+async def test_an_event_too_large_to_publish_is_read_once_for_every_socket() -> None:
+    services = Store()
+    big = log_frame(8, omitted=True)
+    texts = await asyncio.gather(*(resolve(services, big) for _ in range(5)))  # type: ignore[arg-type]
+    assert services.reads == 1 and len(set(texts)) == 1
+    assert msgspec.json.decode(texts[0])["data"] == {"secret": 8}
+    assert await resolve(services, big) == texts[0] and services.reads == 1  # type: ignore[arg-type]
