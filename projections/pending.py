@@ -345,8 +345,8 @@ class Pending:
                 self._write(table, held)
         for table, rows in self._inserts.items():
             if rows:
-                ordered = (rows[key] for key in sorted(rows))
-                self.conn.executemany(table.upsert_sql, map(table.values_of, ordered))
+                ordered = (rows[key] for key in table.in_order(rows))
+                table.write_rows(self.conn, table.upsert_sql, ordered)
         self._inserts.clear()
 
     def _write(self, table: Table, held: _Held) -> None:
@@ -356,7 +356,7 @@ class Pending:
         inserts: list[RowDict] = []
         upserts: list[RowDict] = []
         updates: dict[tuple[str, ...], list[RowDict]] = {}
-        for key in sorted(held.changed):
+        for key in table.in_order(held.changed):
             row = held.rows[key]
             stored = held.stored.get(key)
             if row is None:
@@ -373,12 +373,12 @@ class Pending:
         if deletes:
             self.conn.executemany(table.delete_sql, deletes)
         if inserts:
-            self.conn.executemany(table.insert_sql, map(table.values_of, inserts))
+            table.write_rows(self.conn, table.insert_sql, inserts)
         for columns, rows in updates.items():
             values = tuple_getter((*columns, *table.key))
             self.conn.executemany(table.update_sql(columns), map(values, rows))
         if upserts:
-            self.conn.executemany(table.upsert_sql, map(table.values_of, upserts))
+            table.write_rows(self.conn, table.upsert_sql, upserts)
 
 
 def continued(records: Sequence[Any], first: str) -> set[str]:

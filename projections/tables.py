@@ -1,14 +1,19 @@
 """A read-model table as ``projections.pending`` handles it: its key, its group, and the
-statements that read and write its rows, derived once; and the simple conditions
-(column = value, None for IS NULL) ``Pending.update_where`` / ``delete_where`` take."""
+statements that read and write its rows, derived once; the simple conditions (column =
+value, None for IS NULL) ``Pending.update_where`` / ``delete_where`` take; and the writing
+of many rows at once (``Table.write_rows``)."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from operator import itemgetter
 from typing import Any
+
+from chorus.projections.readstore import Connection
 
 #: A row as a read model changes it: column name -> value.
 RowDict = dict[str, Any]
@@ -59,9 +64,50 @@ class Table:
         set_(self, "group_at", -1 if self.group is None else self.key.index(self.group))
         set_(self, "values_of", tuple_getter(self.columns))
 
+    def in_order(self, keys: Collection[Key]) -> list[Key]:
+        """``keys`` sorted, a column at a time (stable sorts, the last column first):
+        Python compares tuples element by element through rich comparison, and sorting a
+        rebuild's batch of 20,000 keys that way was 5% of a rebuild (profiled); a column
+        at a time compares plain strings or integers, 2-3x faster. The order makes writes
+        fill B-tree pages one after another; what is written does not depend on it."""
+        ordered = list(keys)
+        try:
+            for column in reversed(range(len(self.key))):
+                ordered.sort(key=itemgetter(column))
+        except TypeError:  # a column of values that do not compare (None beside text)
+            ordered.sort()
+        return ordered
+
+    def write_rows(self, conn: Connection, sql: str, rows: Iterable[RowDict]) -> None:
+        """``sql`` (``insert_sql`` or ``upsert_sql``) for each of ``rows``. On SQLite, in as
+        few statements of many rows (``VALUES (...), (...), ...``) as its parameter limit
+        allows: ``executemany`` steps the statement once a row, which cost more than the
+        rows' inserts themselves (20,000 rows: 65 against 37 ms, measured). Elsewhere
+        ``executemany`` (psycopg pipelines it: one round trip)."""
+        values = map(self.values_of, rows)
+        if not isinstance(conn, sqlite3.Connection):
+            conn.executemany(sql, values)
+            return
+        per = max(1, _PARAMETERS // len(self.columns))
+        while chunk := list(islice(values, per)):
+            conn.execute(
+                _many_rows(sql, len(self.columns), len(chunk)), list(chain.from_iterable(chunk))
+            )
+
     def update_sql(self, columns: tuple[str, ...]) -> str:
         """An UPDATE of these columns of one row, by key (parameters: values, then key)."""
         return _update_sql(self.name, columns, self.key)
+
+
+#: Parameters per statement of ``Table.write_rows`` (SQLite before 3.32 takes 999 at most).
+_PARAMETERS = 999
+
+
+@functools.cache
+def _many_rows(sql: str, width: int, rows: int) -> str:
+    """A one-row ``INSERT ... VALUES (?, ...)`` as one of ``rows`` rows."""
+    one = f"({', '.join('?' * width)})"
+    return sql.replace(f"VALUES {one}", "VALUES " + ", ".join([one] * rows), 1)
 
 
 @functools.cache
