@@ -103,7 +103,7 @@ class Table:
 _PARAMETERS = 999
 
 
-@functools.cache
+@functools.lru_cache(maxsize=128)  # a batch's last statement has any number of rows
 def _many_rows(sql: str, width: int, rows: int) -> str:
     """A one-row ``INSERT ... VALUES (?, ...)`` as one of ``rows`` rows."""
     one = f"({', '.join('?' * width)})"
