@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 
 from chorus import heap
@@ -28,10 +29,20 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
+def _step_back(settings: Settings) -> None:
+    """Lower this process's CPU priority by ``background_nice`` (before any thread starts,
+    so its threads inherit it). The relay and the projector follow the log; a reply
+    waits for the engine alone, so when the cores are all busy the engine goes first."""
+    if settings.background_nice:
+        os.nice(settings.background_nice)
+
+
 def run_engine(settings: Settings, *, relay_only: bool = False) -> None:
     """``chorus engine``, or with ``relay_only`` ``chorus relay`` (the relay and the sealer
     alone, beside an engine that does not run them: ``CHORUS_ENGINE_RELAY=false``)."""
-    if not relay_only:
+    if relay_only:
+        _step_back(settings)
+    else:
         serve_metrics(settings.metrics_port, settings.host)
 
     async def main() -> int:
@@ -60,6 +71,7 @@ def run_engine(settings: Settings, *, relay_only: bool = False) -> None:
 
 
 def run_projector(settings: Settings) -> None:
+    _step_back(settings)
     serve_metrics(settings.metrics_port, settings.host)
 
     async def main() -> None:

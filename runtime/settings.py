@@ -65,6 +65,13 @@ class Settings(BaseSettings):
         description="The engine runs the relay and the sealer itself; chorus up sets it "
         "false and runs them as chorus relay, a process of their own",
     )
+    background_nice: int = Field(
+        default=0,
+        ge=0,
+        le=19,
+        description="chorus relay and chorus project lower their CPU priority by this "
+        "much (os.nice): on a busy machine the engine's replies go first",
+    )
     stream_replicas: int = Field(default=1, ge=1, le=5)
     partitions: int = Field(
         default=32,
@@ -187,6 +194,7 @@ class Settings(BaseSettings):
             "CHORUS_BATCH_WINDOW_MS": str(s.batch_window_ms),
             "CHORUS_CACHE_SIZE": str(s.cache_size),
             "CHORUS_STREAM_REPLICAS": str(s.stream_replicas),
+            "CHORUS_BACKGROUND_NICE": str(s.background_nice),
             "CHORUS_PARTITIONS": str(s.partitions),
             "CHORUS_PARTITION_LEASE": str(s.partition_lease),
             "CHORUS_MAX_BODY_BYTES": str(s.max_body_bytes),
