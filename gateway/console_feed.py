@@ -78,11 +78,11 @@ _encoder = msgspec.json.Encoder()
 _noticed = msgspec.json.Decoder(_Noticed)
 
 
-def notice(record: EventRecord) -> Notice:
+def notice(seen: EventRecord | _Noticed, position: int) -> Notice:
+    """The notice of a stored record, or of a published one decoded as ``_Noticed``."""
     return Notice(
-        event=record.type, position=record.position, aggregate=record.aggregate,
-        aggregate_id=record.aggregate_id, version=record.version,
-        occurred_at=record.occurred_at,
+        event=seen.type, position=position, aggregate=seen.aggregate,
+        aggregate_id=seen.aggregate_id, version=seen.version, occurred_at=seen.occurred_at,
     )  # fmt: skip
 
 
@@ -93,12 +93,7 @@ def notice_of(frame: Frame) -> bytes | None:
         seen = _noticed.decode(frame.data)
     except msgspec.DecodeError:
         return None
-    return _encoder.encode(
-        Notice(
-            event=seen.type, position=frame.position, aggregate=seen.aggregate,
-            aggregate_id=seen.aggregate_id, version=seen.version, occurred_at=seen.occurred_at,
-        )
-    )  # fmt: skip
+    return _encoder.encode(notice(seen, frame.position))
 
 
 def tail_start(services: Services, count: int) -> int:
@@ -138,7 +133,7 @@ class LogFeed(Feed):
         return frame if self.whole else frame.view(NOTICE, notice_of)
 
     def text_of(self, record: EventRecord) -> str:
-        return _encoder.encode(record if self.whole else notice(record)).decode()
+        return _encoder.encode(record if self.whole else notice(record, record.position)).decode()
 
     async def catch_up(self) -> None:
         """Send what the store's log holds after the last position sent, page by page
