@@ -25,6 +25,9 @@ DLQ_MAX_BYTES = 64 * 1024 * 1024
 DLQ_MAX_MESSAGE_BYTES = 128 * 1024
 #: How long a process starting up waits for JetStream to answer before it gives up.
 JETSTREAM_START_WAIT = 120.0
+#: JetStream error codes of a cluster still forming, which answers 400 all the same:
+#: 10005 "no suitable peers for placement" while the routes to the other nodes come up.
+FORMING_CLUSTER_CODES = frozenset({10005})
 
 
 def stream_configs(replicas: int = 1) -> list[StreamConfig]:
@@ -76,16 +79,18 @@ async def until_jetstream_answers(
     In a cluster, a JetStream request is lost when the node it went through dies, and
     none is answered while the cluster elects a leader or lacks a quorum. A process
     starting at that moment waits for the cluster rather than exiting (and being restarted
-    into the same moment). A request the server refuses as bad (a stream it will not
-    create) is not retried."""
+    into the same moment). A replicated stream asked for before the other nodes have
+    joined is refused with a 400 that only names peers offline: that is waited out too.
+    Any other request the server refuses as bad (a stream it will not create) is not
+    retried."""
     deadline = time.monotonic() + timeout
     delay = 0.25
     while True:
         try:
             return await call()
-        except BadRequestError:
-            raise
         except (nats.errors.Error, TimeoutError) as error:
+            if isinstance(error, BadRequestError) and error.err_code not in FORMING_CLUSTER_CODES:
+                raise
             raise_if_cancelling()
             if time.monotonic() + delay > deadline:
                 raise
