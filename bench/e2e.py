@@ -418,6 +418,8 @@ async def sustained(
 
         await asyncio.gather(*(worker() for _ in range(args.window)))
 
+    # A profiler attached to the processes waits for this line (the set-up is behind).
+    print(f"set up; measuring {total:,} commands", flush=True)
     cpu_before = [cpu_seconds(pid) for pid in args.pids]
     client_before = time.process_time()
     started = time.perf_counter()
@@ -430,7 +432,6 @@ async def sustained(
     visible = max(replied, (watcher.visible_at(last_position) or 0) - started)
     e2e_rate = total / visible
     spent = [cpu_seconds(pid) - before for pid, before in zip(args.pids, cpu_before, strict=True)]
-    engine_cpu, projector_cpu = sum(spent[:-1]), spent[-1]  # the engine's: with its relay
 
     print(f"{header}, window {args.window}: sustained)")
     print(f"  commands                       {total:>10,}")
@@ -438,10 +439,7 @@ async def sustained(
     print(f"  end to end (reply + projected) {e2e_rate:>10,.0f} commands/s")
     print(f"  JetStream publish_async        {baseline:>10,.0f} msgs/s  (baseline, same run)")
     print(f"  ratio end-to-end / JetStream   {e2e_rate / baseline:>10.3f}")
-    print(
-        f"  CPU per command                {1e6 * engine_cpu / total:>10,.0f} us engine and relay, "
-        f"{1e6 * projector_cpu / total:,.0f} us projector (steadier than rates when shared)"
-    )
+    print(cpu_per_command(spent, total) + " (steadier than rates when shared)")
     # The agents are this one process: if it spends a core's worth, the bench, not Chorus,
     # is the limit of the figures above.
     print(f"  bench client CPU per command   {1e6 * client_cpu / total:>10,.0f} us "
@@ -534,7 +532,6 @@ async def open_loop(
     engine_view = EngineView(args.metrics_url)
     result = await measure_open_loop(conns, sessions, watcher, rate, args.participants)
     spent = [cpu_seconds(pid) - before for pid, before in zip(args.pids, cpu_before, strict=True)]
-    per = 1e6 / len(result.replies)
     print(f"{header}: open loop at {rate:,.0f} commands/s for {args.seconds:g} s)")
     print(f"  commands                       {len(result.replies):>10,}")
     print(f"  reply (from scheduled send)    {percentiles(result.replies)}")
@@ -542,13 +539,20 @@ async def open_loop(
     print(f"  achieved                       {result.achieved:>10,.0f} commands/s")
     print(f"  sends more than 1 ms late      {result.late:>10,} (the bench's own client lagging)")
     print(engine_view.report())
-    engine = f"{per * sum(spent[:-1]):>10,.0f} us engine and relay"
-    if len(spent) == 3:  # the relay in a process of its own, as ``chorus up`` runs it
-        engine += f" ({per * spent[0]:,.0f} engine, {per * spent[1]:,.0f} relay)"
-    print(f"  CPU per command                {engine}, {per * spent[-1]:,.0f} us projector")
+    print(cpu_per_command(spent, len(result.replies)))
     print(f"  JetStream publish_async        {baseline:>10,.0f} msgs/s  (baseline, same run)")
     print(f"  offered rate / JetStream       {rate / baseline:>10.3f}")
     return quantile(sorted(result.replies), 0.99)
+
+
+def cpu_per_command(spent: list[float], commands: int) -> str:
+    """The line that splits the CPU seconds ``spent`` by the engine, its relay (when in a
+    process of its own, as ``chorus up`` runs it) and the projector, per command."""
+    per = 1e6 / commands
+    engine = f"{per * sum(spent[:-1]):>10,.0f} us engine and relay"
+    if len(spent) == 3:
+        engine += f" ({per * spent[0]:,.0f} engine, {per * spent[1]:,.0f} relay)"
+    return f"  CPU per command                {engine}, {per * spent[-1]:,.0f} us projector"
 
 
 def cpu_seconds(pid: int) -> float:
