@@ -39,7 +39,8 @@ from typing import Any
 
 from chorus.bootstrap import PROJECTIONS, bootstrap
 from chorus.events.codec import decode_record
-from chorus.projections.runner import Projection, step_together
+from chorus.projections.projector import step_together
+from chorus.projections.runner import Projection
 from chorus.settings import Settings
 from chorus.store.datastore import close_recorder
 from chorus.store.recorder import open_recorder

@@ -41,7 +41,8 @@ from chorus.contracts.sessions import OpenSession, SubmitResult, Task
 from chorus.engine.handlers import HANDLERS
 from chorus.engine.processor import Command, Processor
 from chorus.projections import metrics
-from chorus.projections.runner import ProjectionRunner, run_together, step_together
+from chorus.projections.projector import run_together, step_together
+from chorus.projections.runner import ProjectionRunner
 from chorus.store.datastore import close_recorder
 from chorus.store.recorder import open_recorder
 from eventsourcing.persistence import Notification

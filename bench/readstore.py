@@ -28,7 +28,7 @@ from chorus.contracts.envelope import Envelope
 from chorus.contracts.sessions import OpenSession, SubmitResult, Task
 from chorus.engine.handlers import HANDLERS
 from chorus.engine.processor import Command, Processor
-from chorus.projections.runner import step_together
+from chorus.projections.projector import step_together
 from chorus.settings import Settings
 from chorus.store.recorder import open_recorder
 from eventsourcing.persistence import ApplicationRecorder

@@ -3,8 +3,8 @@
 Each batch of notifications is applied, and the projection's position written, in one
 read-store transaction: a crash between batches repeats nothing and skips nothing.
 SQLite's recorder cannot push notifications, so the runner polls: at once while a page of
-the log is waiting, else every ``idle_interval`` (the projector's loop, ``run_together``,
-also after a small batch: see ``POLL``).
+the log is waiting, else every ``idle_interval`` (the projector's loop,
+``chorus.projections.projector.run_together``, also after a small batch: see ``POLL``).
 """
 
 from __future__ import annotations
@@ -339,54 +339,3 @@ class _AggregateIds(dict[Any, str]):
     def __missing__(self, key: Any) -> str:
         text = self[key] = str(UUID(str(key)))
         return text
-
-
-def step_together(runners: Sequence[ProjectionRunner]) -> int:
-    """One step of several read models on one store of events, with one scan: the next
-    page after the slowest one's position is read once and each event decoded once, and
-    each read model applies what is new to it in its own transaction. A read model ahead
-    of that page steps on its own (one far behind, e.g. new, never holds the others back);
-    one whose batch fails is logged and retried at the next step, the others go on.
-    Returns how many notifications the page held."""
-    starts = [runner.known_position() for runner in runners]
-    recorder = runners[0].recorder
-    notifications = recorder.select_notifications(
-        min(starts) + 1, max(runner.batch_size for runner in runners)
-    )
-    if not notifications:
-        return 0
-    decoded = Decoded()
-    moved = len(notifications)
-    for runner, start in zip(runners, starts, strict=True):
-        try:
-            if start >= notifications[-1].id:
-                moved = max(moved, runner.step())
-            else:
-                runner.apply(start, [n for n in notifications if n.id > start], decoded)
-        except Exception as error:
-            log.warning("projection %s failed a batch, retrying: %s", runner.projection.name, error)
-    return moved
-
-
-async def run_together(
-    runners: Sequence[ProjectionRunner], idle_interval: float | None = None
-) -> None:
-    """Follow the log for these read models with one scan (``step_together``) until
-    cancelled: the projector's loop. Before, each read model polled and decoded the whole
-    log on its own (three scans and up to three decodes of every event). After a batch
-    smaller than a page it waits until ``idle_interval`` (default: the runners' least,
-    ``POLL`` unless told) has passed since that step began, so that a steady stream of
-    commits is applied in batches of that interval rather than commit by commit."""
-    interval = idle_interval if idle_interval is not None else min(r.idle_interval for r in runners)
-    page = max(runner.batch_size for runner in runners)
-    while True:
-        began = time.monotonic()
-        try:
-            moved = await asyncio.to_thread(step_together, runners)
-        except Exception as error:
-            raise_if_cancelling()
-            log.warning("the projector failed to read the log, retrying: %s", error)
-            await asyncio.sleep(1)
-            continue
-        if moved < page:
-            await asyncio.sleep(max(0.0, began + interval - time.monotonic()))

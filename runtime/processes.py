@@ -14,7 +14,7 @@ import signal
 
 from chorus import heap
 from chorus.bootstrap import bootstrap
-from chorus.projections.runner import run_together
+from chorus.projections.projector import run_together
 from chorus.settings import Settings
 from chorus.telemetry import serve_metrics, setup_tracing
 

@@ -12,8 +12,9 @@ import msgspec
 import pytest
 from chorus.bootstrap import PROJECTIONS
 from chorus.contracts.feed import EventRecord
+from chorus.projections.projector import step_together
 from chorus.projections.readstore import Connection, ReadStore
-from chorus.projections.runner import ProjectionRunner, rebuild_together, step_together
+from chorus.projections.runner import ProjectionRunner, rebuild_together
 from chorus.projections.sessions import SessionsProjection
 from eventsourcing.persistence import ApplicationRecorder, StoredEvent
 
