@@ -156,7 +156,7 @@ class EngineService:
         if cfg.relay:
             self.relay = Relay(
                 self.recorder, nc, tracer=tracer, idle_interval=cfg.relay_idle,
-                listen=None if cfg.commands else COMMITTED,
+                listen=None if cfg.commands else COMMITTED, read_on_loop=not cfg.commands,
             )  # fmt: skip
             self._run("engine-relay", self.relay.run())
         if cfg.sealer:

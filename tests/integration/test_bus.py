@@ -225,9 +225,12 @@ async def test_relay_publishes_every_event_with_its_message_id(
     assert published[-1]["data"]["outcome"] == "succeeded"
 
 
+@pytest.mark.parametrize("read_on_loop", [False, True], ids=["reads-in-a-thread", "reads-on-loop"])
 async def test_restarted_relay_fills_the_stream_without_gap_or_duplicate(
-    nats_server: NatsEndpoint, nc: NATS, database_url: str
+    nats_server: NatsEndpoint, nc: NATS, database_url: str, read_on_loop: bool
 ) -> None:
+    """Either way of reading the log (in a thread beside an engine's command path, on the
+    loop in a process of its own)."""
     # Phase 1: engine with relay; phase 2: events written while no relay runs.
     async with EngineService(engine_config(nats_url=nats_server.url, database_url=database_url)):
         for _ in range(5):
@@ -245,7 +248,7 @@ async def test_restarted_relay_fills_the_stream_without_gap_or_duplicate(
             await send(nc, "coord", "open", open_payload(["a1"]))
     stored = domain_records(database_url)
     assert len(stored) == 12
-    relay = Relay(open_recorder(database_url), nc)
+    relay = Relay(open_recorder(database_url), nc, read_on_loop=read_on_loop)
     await relay.resync()
     assert 1 <= relay.position < stored[-1].position  # it knows where it stopped
     while await relay.step():
