@@ -282,12 +282,8 @@ class Relay:
             return await self._step()
 
     async def _step(self) -> bool:
-        if self.read_on_loop:
-            notifications = self.recorder.select_notifications(self.position + 1, self.batch_size)
-        else:
-            notifications = await in_thread(
-                self.recorder.select_notifications, self.position + 1, self.batch_size
-            )
+        read, after = self.recorder.select_notifications, (self.position + 1, self.batch_size)
+        notifications = read(*after) if self.read_on_loop else await in_thread(read, *after)
         if not notifications:
             self._caught_up = True
             await self._report_lag(caught_up=True)
