@@ -9,7 +9,6 @@ the log is waiting, else every ``idle_interval`` (the projector's loop,
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
@@ -18,7 +17,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 from uuid import UUID
 
-from chorus.aio import raise_if_cancelling
 from chorus.contracts.feed import EventRecord
 from chorus.events.codec import decode_record, record_of
 from chorus.projections import metrics
@@ -201,20 +199,6 @@ class ProjectionRunner:
             count += shadow.run_to_head(progress)
         self._known = None
         return count
-
-    async def run(self) -> None:
-        while True:
-            try:
-                moved = await asyncio.to_thread(self.step)
-            except Exception as error:
-                raise_if_cancelling()
-                log.warning(
-                    "projection %s failed a batch, retrying: %s", self.projection.name, error
-                )
-                await asyncio.sleep(1)
-                continue
-            if not moved:
-                await asyncio.sleep(self.idle_interval)
 
 
 def apply_batch(projection: Projection, conn: Connection, records: Sequence[EventRecord]) -> None:

@@ -35,6 +35,7 @@ from chorus.gateway.keys import KeyStore
 from chorus.gateway.server import server_options
 from chorus.gateway.state import GatewayConfig
 from chorus.natsd import start_nats_server
+from chorus.projections.projector import run_together
 from chorus.projections.readstore import ReadStore
 from chorus.projections.runner import ProjectionRunner
 from chorus.settings import Settings
@@ -213,15 +214,13 @@ async def projector(
     )
     runners = components.projection_runners(idle_interval=0.005)
     runner = next(r for r in runners if r.projection.name == "sessions")
-    tasks = [asyncio.create_task(r.run()) for r in runners]
+    loop = asyncio.create_task(run_together(runners))  # the loop of ``chorus project``
     try:
         yield runner
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
 
 
 @pytest.fixture

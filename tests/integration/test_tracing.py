@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from chorus.bootstrap import EngineService
+from chorus.projections.projector import run_together
 from chorus.projections.readstore import ReadStore
 from chorus.projections.runner import ProjectionRunner
 from chorus.projections.sessions import SessionsProjection
@@ -61,7 +62,7 @@ async def traced_projector(
         open_recorder(database_url), ReadStore(read_store_url), SessionsProjection(),
         idle_interval=0.005, tracer=provider.get_tracer("chorus.projections"),
     )  # fmt: skip
-    task = asyncio.create_task(runner.run())
+    task = asyncio.create_task(run_together([runner]))
     yield runner
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
