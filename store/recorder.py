@@ -8,9 +8,10 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID
 
-from chorus.sqlite_wal import prepare_wal
+from chorus.sqlite_wal import leave_checkpoints, prepare_wal
 from chorus.store.datastore import Dialect, create_events_table, reading
 from eventsourcing.persistence import ApplicationRecorder, InfrastructureFactory, Notification
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteConnection, SQLiteConnectionPool
 from msgspec import Struct
 
 
@@ -43,17 +44,46 @@ def recorder_env(database_url: str) -> dict[str, str]:
     raise ValueError(f"unsupported database URL {database_url!r} (use sqlite:/// or postgresql://)")
 
 
-def open_recorder(database_url: str) -> ApplicationRecorder:
+class _NoInlineCheckpoints(SQLiteConnectionPool):
+    """eventsourcing's pool, whose connections leave the WAL's checkpoints to another."""
+
+    def _create_connection(self) -> SQLiteConnection:
+        connection = super()._create_connection()
+        with connection.cursor() as cursor:
+            leave_checkpoints(cursor.connection)
+        return connection
+
+
+def open_recorder(database_url: str, *, inline_checkpoints: bool = True) -> ApplicationRecorder:
     """The application recorder: events, the notification log and optimistic concurrency.
 
     Its tables are created here rather than by eventsourcing's factory, under the schema's
-    lock: processes opening a fresh PostgreSQL schema at once would race otherwise."""
+    lock: processes opening a fresh PostgreSQL schema at once would race otherwise.
+
+    ``inline_checkpoints=False`` (SQLite only): its commits never copy the WAL back into
+    the database file; the caller runs ``chorus.engine.adapters.walcheckpoints`` on
+    ``sqlite_file(recorder)`` instead (the engine's writer, see ``chorus.sqlite_wal``)."""
     env = {**recorder_env(database_url), "CREATE_TABLE": "no"}
     if "SQLITE_DBNAME" in env:  # before eventsourcing's own switch, which does not retry
         prepare_wal(env["SQLITE_DBNAME"])
     recorder = InfrastructureFactory.construct(env).application_recorder()
+    if not inline_checkpoints and isinstance(recorder, SQLiteApplicationRecorder):
+        # Swapped before any connection is made (the factory makes none).
+        pool = recorder.datastore.pool
+        recorder.datastore.pool = _NoInlineCheckpoints(
+            db_name=pool.db_name, lock_timeout=pool.lock_timeout
+        )
+        pool.close()
     create_events_table(recorder)
     return recorder
+
+
+def sqlite_file(recorder: ApplicationRecorder) -> str | None:
+    """The SQLite file behind ``recorder`` (None: another database, or SQLite in memory)."""
+    if not isinstance(recorder, SQLiteApplicationRecorder):
+        return None
+    pool = recorder.datastore.pool
+    return None if pool.is_sqlite_memory_mode else pool.db_name
 
 
 def fetch_where(

@@ -57,6 +57,13 @@ PARTITIONS_OWNED = Gauge(
 DEAD_LETTERS = Counter(
     "chorus_dead_letters_total", "Messages copied to chorus.dlq.<reason>", ["reason"]
 )
+WAL_FRAMES = Gauge(
+    "chorus_event_store_wal_frames",
+    "Frames in the SQLite event store's WAL at its last checkpoint, and those not yet copied "
+    "back into the database file (a reader holding an old snapshot keeps them)",
+    ["state"],
+    multiprocess_mode="livemax",
+)
 RELAY_PUBLISHED = Counter(
     "chorus_relay_published_total", "Events the relay published to the EVENTS stream"
 )

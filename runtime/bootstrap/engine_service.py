@@ -30,6 +30,7 @@ from chorus.engine.adapters.partitioned import PartitionRouting
 from chorus.engine.adapters.relay import Relay
 from chorus.engine.adapters.sealer import Sealer
 from chorus.engine.adapters.streams import ensure_streams, until_jetstream_answers
+from chorus.engine.adapters.walcheckpoints import WalCheckpointer
 from chorus.engine.adapters.worker import CommandIntake, CommandWorker, DeadLetters
 from chorus.engine.domain.authz import Roles, StaticRoles
 from chorus.engine.domain.context import EngineContext
@@ -40,7 +41,7 @@ from chorus.engine.policies.participants import ParticipantWatch
 from chorus.engine.policies.timers import SessionTimer
 from chorus.engine.processor import Clock, Processor, utc_now
 from chorus.store import tracecontext
-from chorus.store.recorder import open_recorder
+from chorus.store.recorder import open_recorder, sqlite_file
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from eventsourcing.persistence import ApplicationRecorder
 from nats.aio.client import Client as NATS
@@ -124,7 +125,15 @@ class EngineService:
 
     def __init__(self, config: EngineConfig, recorder: ApplicationRecorder | None = None) -> None:
         self.config = config
-        self.recorder = recorder or open_recorder(config.database_url)
+        #: The SQLite file whose WAL this engine checkpoints (its writer does not).
+        self.wal_file: str | None = None
+        self.checkpointer: WalCheckpointer | None = None
+        if recorder is None:
+            # An engine taking commands leaves the WAL's checkpoints to a loop of its own
+            # (chorus.engine.adapters.walcheckpoints): they stalled its writer.
+            recorder = open_recorder(config.database_url, inline_checkpoints=not config.commands)
+            self.wal_file = sqlite_file(recorder) if config.commands else None
+        self.recorder = recorder
         self.nc: NATS | None = None
         self.worker: CommandWorker | None = None
         self.relay: Relay | None = None
@@ -165,6 +174,9 @@ class EngineService:
                 anchor_key=_signing_key(cfg.audit_key_path),
             )  # fmt: skip
             self._run("engine-sealer", sealer.run())
+        if self.wal_file is not None:
+            self.checkpointer = WalCheckpointer(self.wal_file)
+            self._run("engine-wal-checkpoints", self.checkpointer.run())
         if cfg.commands:
             await self._start_command_path(nc, tracer)
 
