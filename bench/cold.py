@@ -8,6 +8,12 @@ on that session and, right behind it, ``--behind`` commands opening new sessions
 the reply time of the cold command and of the others (median of ``--runs`` engine
 restarts, with min and max). Before the fold moved off the writer thread, the others
 waited as long as the cold one.
+
+The baseline, measured in the same runs (each run restarts the engine twice, alternating):
+the same commands after a restart with no cold command in front of them. The first batch
+after a restart waits for the engine's start-up (its process managers reading the log
+from their checkpoints, in the same interpreter) whatever is in front of it; what the cold
+command costs the others is the difference.
 """
 
 from __future__ import annotations
@@ -58,9 +64,10 @@ def write_long_session(path: Path, events: int) -> tuple[str, str]:
 
 
 async def one_run(
-    work: Path, url: str, sid: str, last: str, behind: int, run: int
+    work: Path, url: str, sid: str, last: str, behind: int, run: int | str, *, cold: bool = True
 ) -> tuple[float, float]:
-    """Start the engine, time the cold command and those behind it, stop the engine."""
+    """Start the engine, time the cold command (unless not ``cold``: 0) and those behind
+    it, stop the engine."""
     env = {
         "CHORUS_NATS_URL": url,
         "CHORUS_DATA_DIR": str(work),
@@ -81,17 +88,20 @@ async def one_run(
             assert reply["status"] in ("accepted", "rejected"), reply
             return time.perf_counter() - started
 
-        cold = asyncio.create_task(timed(
+        async def nothing() -> float:
+            return 0.0
+
+        first = asyncio.create_task(timed(
             f"chorus.cmd.{last}.session.submit_result",
             {"command_id": f"cold-{run}", "payload": {"session_id": sid, "result": {"v": 1}}},
-        ))  # fmt: skip
+        ) if cold else nothing())  # fmt: skip
         await asyncio.sleep(0)  # the cold command goes out first
         others = await asyncio.gather(*(timed("chorus.cmd.coordinator.session.open", {
             "command_id": f"open-{run}-{k}",
             "payload": {"session_id": str(uuid.uuid4()), "participants": ["x"],
                         "task": {"description": "behind"}, "timeout_seconds": 60},
         }) for k in range(behind)))  # fmt: skip
-        cold_time = await cold
+        cold_time = await first
         await nc.close()
         return cold_time, statistics.median(others) if others else 0.0
     finally:
@@ -111,15 +121,23 @@ async def run(args: argparse.Namespace) -> None:
         sid, last = write_long_session(work / "events.db", args.events)
         # A first start publishes the log to the stream: not what is measured.
         await one_run(work, server.url, sid, last, 0, -1)
-        colds, others = [], []
+        colds, others, alone = [], [], []
         for run_ in range(args.runs):
             cold, behind = await one_run(work, server.url, sid, last, args.behind, run_)
             colds.append(cold)
             others.append(behind)
+            _, baseline = await one_run(
+                work, server.url, sid, last, args.behind, f"alone-{run_}", cold=False
+            )
+            alone.append(baseline)
         print(f"chorus bench.cold  (a session of {args.events:,} events, {args.behind} "
               f"commands right behind its first command after a restart, {args.runs} runs)")  # fmt: skip
         print(f"  the cold command's reply        {spread(colds)}")
         print(f"  the commands behind it (median) {spread(others)}")
+        print(f"  the same, no cold command       {spread(alone)}  (baseline, same runs)")
+        ratios = [o / a for o, a in zip(others, alone, strict=True)]
+        print(f"  ratio behind / baseline         {statistics.median(ratios):>8.2f}  "
+              f"(min {min(ratios):.2f}, max {max(ratios):.2f})")  # fmt: skip
     finally:
         teardown([], server, work)
 

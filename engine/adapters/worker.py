@@ -432,6 +432,7 @@ class CommandWorker:
                     break
             batch, folded = self.prefetch.admit(batch)
             if not batch:
+                self.prefetch.start_folds()
                 continue
             commands = [item.command for item in batch]
             started = time.perf_counter()
@@ -458,6 +459,8 @@ class CommandWorker:
                     )
                     for c in commands
                 ]
+            # Cold aggregates found in this batch are folded now that it is recorded.
+            self.prefetch.start_folds()
             metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
             metrics.BATCH_SIZE.observe(len(batch))
             self.handled += len(batch)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import msgspec
 from chorus.contracts.agents import MarkOffline, MarkOnline, RegisterAgent, agent_uuid
 from chorus.contracts.envelope import Envelope
 from chorus.contracts.workflows import StartWorkflow
@@ -13,6 +14,7 @@ from chorus.engine.handlers import HANDLERS
 from chorus.engine.processor import Command, Processor
 from chorus.store.recorder import open_recorder
 from chorus.store.snapshots import snapshot_recorder
+from eventsourcing.persistence import StoredEvent
 
 from tests.integration.test_store_backends import open_cmd, store_url, submit_cmd
 from tests.unit.conftest import CLOCK_START, FakeClock
@@ -88,3 +90,23 @@ def test_a_snapshot_taken_by_other_code_is_passed_over(store_url: str) -> None:
     assert stored.originator_version == 4
     assert reader.snapshots.events_folded == 4  # from the first event
     assert state.version == 4
+
+
+def test_an_unreadable_snapshot_is_passed_over(store_url: str) -> None:
+    """A snapshot with this code's topic whose state does not decode into the state class
+    (written by hand, or a bug) costs a full fold, not the load."""
+    clock = FakeClock(CLOCK_START)
+    writer = Processor(open_recorder(store_url), clock=clock, snapshot_interval=2)
+    agent_life(writer, clock, "agent-4", 3)  # 4 events: a snapshot at 4
+    recorder = snapshot_recorder(open_recorder(store_url))
+    key = agent_uuid("agent-4")
+    (stored,) = recorder.select_events(key, desc=True, limit=1)
+    handler = HANDLERS[("agent", "register")]
+    reader = Processor(open_recorder(store_url), snapshot_interval=2)
+    topic = reader.snapshots._topic(type(handler.new_state(key)))
+    broken = msgspec.msgpack.encode({"topic": topic, "state": {"version": "four"}})
+    recorder.insert_events([StoredEvent(originator_id=key, originator_version=5,
+                                        topic=stored.topic, state=broken)])  # fmt: skip
+    state = reader.load(handler, key)
+    assert reader.snapshots.events_folded == 4  # from the first event
+    assert state == Processor(open_recorder(store_url), snapshot_interval=0).load(handler, key)

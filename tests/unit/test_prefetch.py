@@ -4,8 +4,10 @@ go on, then comes back with its folded state (real SQLite store)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from chorus.engine.adapters.prefetch import Prefetcher
 from chorus.engine.processor import Command, Processor
@@ -53,6 +55,7 @@ async def test_a_command_on_a_cold_aggregate_is_held_while_the_others_go_on(
                                 Item(submit(warm_sid, "a2")))  # fmt: skip
         now, folded = prefetch.admit([cold, warm, cold_too])
         assert now == [warm] and folded == {}
+        prefetch.start_folds()  # the writer recorded the batch of ``warm``
 
         assert await requeued(back, 2) == [cold, cold_too]  # in arrival order
         now, folded = prefetch.admit(back)
@@ -76,6 +79,7 @@ async def test_a_fold_that_the_log_outgrew_is_brought_up_to_date_when_adopted(
     prefetch: Prefetcher[Item] = Prefetcher(processor, back.append)
     try:
         prefetch.admit([Item(submit(sid, "a20"))])
+        prefetch.start_folds()
         (item,) = await requeued(back, 1)
         _, folded = prefetch.admit([item])
         (state,) = folded.values()
@@ -99,5 +103,34 @@ async def test_commands_that_create_their_aggregate_are_never_held(
     try:
         opening = Item(open_session(str(uuid.uuid4()), ("a", "b")))
         assert prefetch.admit([opening]) == ([opening], {})
+    finally:
+        prefetch.close()
+
+
+async def test_a_fold_starts_only_once_the_batch_it_came_with_is_recorded(
+    recorder: ApplicationRecorder, clock: FakeClock
+) -> None:
+    """A fold in a thread of the same interpreter is not beside the writer while it holds
+    the interpreter (a snapshot's decode): the batch it came with goes first."""
+    sid = long_session(recorder, clock, results=20)
+    processor = Processor(recorder, clock=clock)
+    folding = threading.Event()
+    fold = processor.prefold
+
+    def watched(*args: Any) -> Any:
+        folding.set()
+        return fold(*args)
+
+    processor.prefold = watched  # type: ignore[method-assign]
+    back: list[Item] = []
+    prefetch: Prefetcher[Item] = Prefetcher(processor, back.append)
+    try:
+        now, _ = prefetch.admit([Item(submit(sid, "a20"))])
+        assert now == []
+        # The worker records its batch meanwhile: no fold may run beside it.
+        assert not await asyncio.to_thread(folding.wait, 0.2)
+        prefetch.start_folds()
+        assert await asyncio.to_thread(folding.wait, 10)
+        assert len(await requeued(back, 1)) == 1
     finally:
         prefetch.close()
