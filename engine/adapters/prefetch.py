@@ -11,10 +11,12 @@ batch that carries them (``Processor.adopt``, which first reads what the log gai
 the fold). Commands on one aggregate stay in order: while it is held, every later command
 on it is held behind the first.
 
-A fold starts once the batch it was found in has been recorded (``start_folds``), not
-beside it: a thread of the same interpreter is not beside the writer while it decodes a
-snapshot (one C call that holds the interpreter for all of it, 17 ms for a session of
-20,000 participants), and the commands that came with the cold one waited for that.
+A fold starts when the writer has no batch in hand and no command waits for it
+(``start_folds``, called by the worker), not beside a batch: a thread of the same
+interpreter is not beside the writer while it decodes a snapshot (one C call that holds
+the interpreter for all of it, 17 ms for a session of 20,000 participants), and the
+commands that came with the cold one, or right after it, waited for that. Under steady
+load the queue may never be empty: a fold waits at most ``overdue``'s limit.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, Protocol, TypeVar
@@ -55,6 +58,8 @@ class Prefetcher(Generic[T]):
         self._folded: dict[UUID, AggregateState | None] = {}
         #: Folds admitted but not started yet (``start_folds``).
         self._due: list[tuple[Command, UUID]] = []
+        #: When the oldest of them was found (``time.monotonic``).
+        self._due_since = 0.0
 
     def admit(self, batch: Sequence[T]) -> tuple[list[T], dict[UUID, AggregateState]]:
         """The items that may run now, and the folded states their batch must adopt
@@ -86,8 +91,14 @@ class Prefetcher(Generic[T]):
                 now.append(item)
             else:
                 self._held[target] = [item]
+                if not self._due:
+                    self._due_since = time.monotonic()
                 self._due.append((command, target))
         return now, adopt
+
+    def overdue(self, limit: float) -> bool:
+        """Whether a fold has waited ``limit`` seconds to start."""
+        return bool(self._due) and time.monotonic() - self._due_since >= limit
 
     def start_folds(self) -> None:
         """Start the folds ``admit`` found, once the writer has no batch in hand (after it

@@ -65,6 +65,8 @@ _reply_encoder = msgspec.json.Encoder()
 _loose_decoder = msgspec.json.Decoder()
 #: A dead letter keeps at most this much of the message (the DLQ stream is capped too).
 DEAD_LETTER_BYTES = 64 * 1024
+#: The longest a cold aggregate's fold waits for a quiet moment of the writer (seconds).
+FOLD_DELAY = 0.02
 
 
 @dataclass
@@ -409,10 +411,18 @@ class CommandWorker:
                 log.warning("could not store trace contexts: %s", error)
         return self.processor.handle_batch(commands)
 
+    def _fold_when_quiet(self) -> None:
+        """Start the folds of cold aggregates once no command waits for the writer (or
+        once one has waited ``FOLD_DELAY``): beside a batch, a fold would hold the
+        interpreter that batch needs (see chorus.engine.adapters.prefetch)."""
+        if self.queue.empty() or self.prefetch.overdue(FOLD_DELAY):
+            self.prefetch.start_folds()
+
     async def run(self) -> None:
         """Take micro-batches until cancelled."""
         loop = asyncio.get_running_loop()
         while True:
+            self._fold_when_quiet()
             batch = [await self.queue.get()]
             deadline = time.monotonic() + self.batch_window
             while len(batch) < self.batch_max:
@@ -432,7 +442,7 @@ class CommandWorker:
                     break
             batch, folded = self.prefetch.admit(batch)
             if not batch:
-                self.prefetch.start_folds()
+                self._fold_when_quiet()
                 continue
             commands = [item.command for item in batch]
             started = time.perf_counter()
@@ -459,8 +469,7 @@ class CommandWorker:
                     )
                     for c in commands
                 ]
-            # Cold aggregates found in this batch are folded now that it is recorded.
-            self.prefetch.start_folds()
+            self._fold_when_quiet()
             metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
             metrics.BATCH_SIZE.observe(len(batch))
             self.handled += len(batch)

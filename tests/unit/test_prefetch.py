@@ -134,3 +134,21 @@ async def test_a_fold_starts_only_once_the_batch_it_came_with_is_recorded(
         assert len(await requeued(back, 1)) == 1
     finally:
         prefetch.close()
+
+
+async def test_a_fold_not_started_is_overdue_after_its_limit(
+    recorder: ApplicationRecorder, clock: FakeClock
+) -> None:
+    """The worker starts folds when no command waits, or once one is overdue: a steady
+    queue must not hold a cold command for ever."""
+    sid = long_session(recorder, clock, results=5)
+    prefetch: Prefetcher[Item] = Prefetcher(Processor(recorder, clock=clock), lambda i: None)
+    try:
+        assert not prefetch.overdue(0)  # nothing due
+        prefetch.admit([Item(submit(sid, "a5"))])
+        assert prefetch.overdue(0)
+        assert not prefetch.overdue(3600)
+        prefetch.start_folds()
+        assert not prefetch.overdue(0)
+    finally:
+        prefetch.close()
